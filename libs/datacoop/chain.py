@@ -1,0 +1,241 @@
+"""Small web3.py helpers for the payment contracts (MockStablecoin / a real stablecoin, DatacoopMarket).
+
+- Artifacts come from `infra/contracts/artifacts/<Contract>.json` (built by `node infra/contracts/build.mjs`).
+- Transactions are signed locally with a private key (eth-account; eth-keys uses its coincurve backend
+  when coincurve is installed, which it is) and sent raw, so no node-side accounts are needed.
+- A revert surfaces as `TxReverted` carrying the contract's custom error name and arguments.
+- Order ids: a UUID becomes the bytes32 `uuid.bytes + 16 zero bytes` (left-aligned, reversible), so the
+  order id in `OrderPaid` can be mapped back to the order without a lookup table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.types import TxParams, TxReceipt
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS_DIR = REPO_ROOT / "infra" / "contracts" / "artifacts"
+
+OPERATOR_ROLE = keccak(text="OPERATOR_ROLE")
+SETTLER_ROLE = keccak(text="SETTLER_ROLE")
+PAUSER_ROLE = keccak(text="PAUSER_ROLE")
+MINTER_ROLE = keccak(text="MINTER_ROLE")
+
+
+class ChainError(RuntimeError):
+    """A chain interaction failed; the message says what and what to do."""
+
+
+class TxReverted(ChainError):
+    """A transaction (or its gas estimate) reverted; `error` is the custom error name when known."""
+
+    def __init__(self, error: str, args: tuple[Any, ...] = (), detail: str = "") -> None:
+        self.error = error
+        self.error_args = args
+        shown = f"{error}{args if args else ''}{' ' + detail if detail else ''}"
+        super().__init__(f"transaction reverted with {shown}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    abi: list[dict[str, Any]]
+    bytecode: str
+
+
+def load_artifact(name: str, artifacts_dir: Path = ARTIFACTS_DIR) -> Artifact:
+    path = artifacts_dir / f"{name}.json"
+    if not path.exists():
+        raise ChainError(f"artifact {path} is missing; run `node infra/contracts/build.mjs`")
+    data = json.loads(path.read_text())
+    return Artifact(name, data["abi"], data["bytecode"])
+
+
+# ---------------------------------------------------------------- order ids
+
+
+def order_id_from_uuid(order: uuid.UUID) -> bytes:
+    """bytes32 order id: the 16 UUID bytes left-aligned, then 16 zero bytes."""
+    return order.bytes + bytes(16)
+
+
+def uuid_from_order_id(order_id: bytes) -> uuid.UUID:
+    """Inverse of `order_id_from_uuid`; ValueError for an id that was not made from a UUID."""
+    raw = bytes(order_id)
+    if len(raw) != 32 or raw[16:] != bytes(16):
+        raise ValueError(f"order id 0x{raw.hex()} is not a UUID id (16 trailing zero bytes expected)")
+    return uuid.UUID(bytes=raw[:16])
+
+
+# ---------------------------------------------------------------- sending
+
+
+def _decode_revert(abi: list[dict[str, Any]], data: str | bytes | None) -> TxReverted:
+    raw = HexBytes(data) if data else HexBytes(b"")
+    for item in abi:
+        if item.get("type") != "error":
+            continue
+        types = [i["type"] for i in item["inputs"]]
+        if keccak(text=f"{item['name']}({','.join(types)})")[:4] == raw[:4]:
+            return TxReverted(item["name"], tuple(abi_decode(types, bytes(raw[4:]))))
+    return TxReverted("unknown error", (), f"data=0x{raw.hex()}")
+
+
+def send(w3: Web3, fn: ContractFunction, key: str, *, gas: int | None = None, nonce: int | None = None,
+         value: int = 0, wait: bool = True) -> TxReceipt | HexBytes:
+    """Sign `fn` with `key`, send it, and (by default) wait for a successful receipt.
+
+    Raises TxReverted (with the custom error decoded from the contract's ABI) when the call would revert
+    or the mined transaction failed. Pass `gas` and `nonce` to skip the estimate and nonce look-up (bulk
+    sends); with `wait=False` the transaction hash is returned instead of the receipt.
+    """
+    sender = Account.from_key(key).address
+    params: TxParams = {"from": sender, "value": value, "chainId": w3.eth.chain_id}
+    params["nonce"] = nonce if nonce is not None else w3.eth.get_transaction_count(sender, "pending")
+    abi = fn.contract_abi
+    try:
+        params["gas"] = gas if gas is not None else int(fn.estimate_gas(params) * 12 // 10)
+        tx = fn.build_transaction(params)
+    except ContractCustomError as exc:
+        raise _decode_revert(abi, exc.data if isinstance(exc.data, str) else None) from exc
+    except ContractLogicError as exc:
+        raise TxReverted(str(exc.message or "revert"), (), "") from exc
+    signed = Account.sign_transaction(tx, key)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    if not wait:
+        return tx_hash
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+    if receipt["status"] != 1:
+        raise TxReverted("reverted on chain", (), f"tx=0x{bytes(tx_hash).hex()}")
+    return receipt
+
+
+def send_receipt(w3: Web3, fn: ContractFunction, key: str, **kwargs: Any) -> TxReceipt:
+    """`send` that always waits and returns the receipt (typed for callers)."""
+    kwargs.pop("wait", None)
+    receipt = send(w3, fn, key, wait=True, **kwargs)
+    assert not isinstance(receipt, HexBytes | bytes)
+    return receipt
+
+
+def deploy(w3: Web3, artifact: Artifact, key: str, *args: Any) -> Contract:
+    """Deploy `artifact` with constructor `args`, signed by `key`; returns the bound contract."""
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    sender = Account.from_key(key).address
+    tx = factory.constructor(*args).build_transaction(
+        {"from": sender, "nonce": w3.eth.get_transaction_count(sender, "pending"), "chainId": w3.eth.chain_id}
+    )
+    signed = Account.sign_transaction(tx, key)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+    if receipt["status"] != 1 or not receipt["contractAddress"]:
+        raise ChainError(f"deploying {artifact.name} failed (tx 0x{bytes(receipt['transactionHash']).hex()})")
+    return w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
+
+
+# ---------------------------------------------------------------- the pair of contracts
+
+
+@dataclass(frozen=True)
+class Contracts:
+    """The stablecoin and the market, bound to one Web3."""
+
+    w3: Web3
+    stablecoin: Contract
+    market: Contract
+
+    @classmethod
+    def deploy_local(cls, w3: Web3, admin_key: str) -> Contracts:
+        """Deploy MockStablecoin and DatacoopMarket, `admin_key`'s account admin of both (local only)."""
+        admin = Account.from_key(admin_key).address
+        stablecoin = deploy(w3, load_artifact("MockStablecoin"), admin_key, admin)
+        market = deploy(w3, load_artifact("DatacoopMarket"), admin_key, stablecoin.address, admin)
+        return cls(w3, stablecoin, market)
+
+    @classmethod
+    def at(cls, w3: Web3, stablecoin_address: str, market_address: str) -> Contracts:
+        """Bind to already deployed contracts (production: a real stablecoin's address)."""
+        return cls(
+            w3,
+            w3.eth.contract(address=Web3.to_checksum_address(stablecoin_address),
+                            abi=load_artifact("MockStablecoin").abi),
+            w3.eth.contract(address=Web3.to_checksum_address(market_address),
+                            abi=load_artifact("DatacoopMarket").abi),
+        )
+
+    def grant(self, role: bytes, account: str, admin_key: str) -> TxReceipt:
+        """Grant a market role (OPERATOR_ROLE, SETTLER_ROLE, PAUSER_ROLE) to `account`."""
+        return send_receipt(self.w3, self.market.functions.grantRole(role, account), admin_key)
+
+    def sign_permit(self, owner_key: str, value_units: int, deadline: int) -> tuple[int, bytes, bytes]:
+        """EIP-2612 signature letting the market pull `value_units` from the key's account; (v, r, s)."""
+        owner = Account.from_key(owner_key).address
+        _, name, version, chain_id, verifying_contract, _, _ = self.stablecoin.functions.eip712Domain().call()
+        typed = {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Permit": [
+                    {"name": "owner", "type": "address"},
+                    {"name": "spender", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "nonce", "type": "uint256"},
+                    {"name": "deadline", "type": "uint256"},
+                ],
+            },
+            "primaryType": "Permit",
+            "domain": {"name": name, "version": version, "chainId": chain_id,
+                       "verifyingContract": verifying_contract},
+            "message": {"owner": owner, "spender": self.market.address, "value": value_units,
+                        "nonce": self.stablecoin.functions.nonces(owner).call(), "deadline": deadline},
+        }
+        signed = Account.sign_message(encode_typed_data(full_message=typed), owner_key)
+        return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+
+    def default_deadline(self, valid_s: int = 3600) -> int:
+        return int(time.time()) + valid_s
+
+
+# ---------------------------------------------------------------- reading payments
+
+
+@dataclass(frozen=True)
+class OrderPaid:
+    """One `OrderPaid` log."""
+
+    order_id: bytes
+    buyer: str
+    amount_units: int
+    block_number: int
+    tx_hash: str
+    log_index: int
+
+
+def order_paid_logs(market: Contract, from_block: int, to_block: int | str = "latest") -> list[OrderPaid]:
+    """OrderPaid events with from_block <= block <= to_block, in chain order."""
+    logs = market.events.OrderPaid().get_logs(from_block=from_block, to_block=to_block)
+    found = [
+        OrderPaid(bytes(log["args"]["orderId"]), log["args"]["buyer"], int(log["args"]["amount"]),
+                  int(log["blockNumber"]), "0x" + bytes(log["transactionHash"]).hex(), int(log["logIndex"]))
+        for log in logs
+    ]
+    return sorted(found, key=lambda p: (p.block_number, p.log_index))
