@@ -1,0 +1,260 @@
+"""Running a projection from topics with exactly-once effects and no Kafka transactions.
+
+The loop: fetch a batch; decode and validate each record (what fails goes to `<topic>.dlq` with the
+reason and source offset in headers); drop event ids already applied; apply the rest to the DuckDB
+projection and store the consumed offsets and applied ids in the same transaction. On start the
+runner assigns its partitions and seeks to the offsets stored in DuckDB, not Kafka's committed ones.
+"Caught up" is judged from the fetch high-water mark (the local broker's end_offsets is wrong).
+
+A projection bug must not stall a partition: when applying a batch raises, the batch is rolled back
+and re-applied one event per transaction, and the event that raises goes to the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import duckdb
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from datacoop.bus.publisher import Publisher
+from datacoop.events.codec import DecodeError, decode
+from datacoop.events.envelope import Envelope
+from datacoop.events.registry import REGISTRY, Event, EventDataInvalid, EventRegistry, UnknownEventType
+from datacoop.store import ProjectionStore
+from datacoop.topics import dlq
+
+log = logging.getLogger("datacoop.bus")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A decoded, validated event and where it lies in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    envelope: Envelope
+    event: Event
+
+
+class Projection(Protocol):
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        """Write the effects of `deliveries` (in log order per partition) inside transaction `tx`."""
+
+
+@dataclass(slots=True)
+class _Fetched:
+    record: ConsumerRecord[bytes, bytes]
+    delivery: Delivery | None
+    error: str | None
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        store: ProjectionStore,
+        projection: Projection,
+        topics: list[str],
+        consumer_name: str,
+        dlq_publisher: Publisher,
+        registry: EventRegistry = REGISTRY,
+        group_id: str | None = None,
+        writes_topics: frozenset[str] = frozenset(),
+        max_records: int = 2000,
+        fetch_timeout_ms: int = 200,
+        on_applied: Callable[[list[Delivery]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.projection = projection
+        self.topics = topics
+        self.consumer_name = consumer_name
+        self.registry = registry
+        self.group_id = group_id
+        self.writes_topics = writes_topics
+        self.max_records = max_records
+        self.fetch_timeout_ms = fetch_timeout_ms
+        self.on_applied = on_applied
+        self._dlq = dlq_publisher
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=f"datacoop-{consumer_name}",
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        self._positions: dict[TopicPartition, int] = {}
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.caught_up = asyncio.Event()
+        self.applied_count = 0
+        self.dead_count = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._consumer.start()
+        if self.group_id is None:
+            await self._consumer.topics()  # refreshes metadata so partitions are known
+            tps = []
+            for topic in self.topics:
+                parts = self._consumer.partitions_for_topic(topic)
+                if not parts:
+                    raise RuntimeError(f"topic {topic} does not exist; create it first (ensure_topics)")
+                tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            self._consumer.assign(tps)
+            self.seek_to_stored(tps)
+        else:
+            self._consumer.subscribe(self.topics, listener=_SeekOnAssign(self))
+
+    def seek_to_stored(self, tps: list[TopicPartition]) -> None:
+        stored = self.store.offsets(self.consumer_name)
+        for tp in tps:
+            offset = stored.get((tp.topic, tp.partition), 0)
+            self._consumer.seek(tp, offset)
+            self._positions[tp] = offset
+
+    def run_in_background(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name=f"consumer-{self.consumer_name}")
+        return self._task
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.poll_once()
+            except (KafkaError, OSError) as exc:
+                # The batch in hand was abandoned before its transaction: read it again.
+                log.warning("consumer %s: %s; retrying from the stored positions", self.consumer_name, exc)
+                for tp, offset in self._positions.items():
+                    self._consumer.seek(tp, offset)
+                await asyncio.sleep(0.5)
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand (or abandon it before its transaction), then close."""
+        self._stopping = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+            except asyncio.CancelledError:
+                pass
+        await self._consumer.stop()
+
+    # -- one batch ---------------------------------------------------------------------------
+    async def poll_once(self) -> int:
+        batch = await self._consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
+        applied = 0
+        if batch:
+            fetched = [self._decode(rec) for msgs in batch.values() for rec in msgs]
+            applied = await self._apply(fetched)
+        self._update_caught_up()
+        return applied
+
+    def _decode(self, rec: ConsumerRecord[bytes, bytes]) -> _Fetched:
+        try:
+            env = decode(rec.value)
+            ev = self.registry.decode(env.type, env.data)
+        except (DecodeError, UnknownEventType, EventDataInvalid) as exc:
+            return _Fetched(rec, None, f"{type(exc).__name__}: {exc}")
+        return _Fetched(rec, Delivery(rec.topic, rec.partition, rec.offset, env, ev), None)
+
+    async def _apply(self, fetched: list[_Fetched]) -> int:
+        dead = [f for f in fetched if f.error is not None]
+        for f in dead:
+            await self._dead_letter(f.record, f.error or "")
+        async with self.store.lock:
+            try:
+                return self._commit(fetched)
+            except Exception as exc:  # a projection bug: isolate the event that causes it
+                log.warning("batch apply failed (%s); re-applying one event at a time", exc)
+        applied = 0
+        for f in fetched:
+            async with self.store.lock:
+                try:
+                    applied += self._commit([f])
+                    continue
+                except Exception as exc:
+                    reason = f"projection failed: {type(exc).__name__}: {exc}"
+            await self._dead_letter(f.record, reason)
+            async with self.store.lock:
+                self._commit([_Fetched(f.record, None, reason)])
+        return applied
+
+    def _commit(self, fetched: list[_Fetched]) -> int:
+        """One transaction: fresh events applied, their ids marked, the offsets moved past the batch."""
+        candidates = [f.delivery for f in fetched if f.delivery is not None]
+        seen = self.store.already_applied([d.envelope.id for d in candidates])
+        fresh: list[Delivery] = []
+        for d in candidates:
+            if d.envelope.id not in seen:
+                seen.add(d.envelope.id)
+                fresh.append(d)
+        offsets: dict[tuple[str, int], int] = {}
+        for f in fetched:
+            offsets[(f.record.topic, f.record.partition)] = f.record.offset + 1
+        with self.store.transaction() as tx:
+            if fresh:
+                self.projection.apply(tx, fresh)
+                self.store.mark_applied(tx, [d.envelope.id for d in fresh])
+                own = [(d.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
+                       for d in fresh if d.topic in self.writes_topics]
+                self.store.save_subjects(tx, own)
+            self.store.save_offsets(tx, self.consumer_name, offsets)
+        for (topic, partition), offset in offsets.items():
+            self._positions[TopicPartition(topic, partition)] = offset
+        self.applied_count += len(fresh)
+        if fresh and self.on_applied:
+            self.on_applied(fresh)
+        return len(fresh)
+
+    async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        headers = [
+            *[(k, v) for k, v in (rec.headers or ()) if not k.startswith("dlq_")],
+            ("dlq_error", reason.encode()[:4000]),
+            ("dlq_source_topic", rec.topic.encode()),
+            ("dlq_source_partition", str(rec.partition).encode()),
+            ("dlq_source_offset", str(rec.offset).encode()),
+            ("dlq_consumer", self.consumer_name.encode()),
+        ]
+        await self._dlq.send_raw(dlq(rec.topic), rec.value, key=rec.key, headers=headers)
+        self.dead_count += 1
+        log.warning("dead-lettered %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
+
+    def _update_caught_up(self) -> None:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return
+        for tp in assignment:
+            hw = self._consumer.highwater(tp)
+            if hw is None or self._positions.get(tp, 0) < hw:
+                return
+        self.caught_up.set()
+
+    def lag(self) -> dict[str, Any]:
+        """Per partition: next offset to read and the last known high-water mark."""
+        return {f"{tp.topic}[{tp.partition}]": {"position": self._positions.get(tp),
+                                                "highwater": self._consumer.highwater(tp)}
+                for tp in self._consumer.assignment()}
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Group mode (Apache Kafka scale-out): on assignment, seek to the offsets stored in DuckDB."""
+
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.runner.seek_to_stored(sorted(assigned))

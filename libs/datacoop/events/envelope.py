@@ -1,0 +1,54 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) every datacoop event travels in."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import uuid6
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Namespace for ids derived from a cause: a re-sent reaction gets the same id and is dropped.
+_DERIVED_NAMESPACE = uuid.UUID("5f1b6c1e-2f6e-4b1e-9a4e-6d0a7c0d2a11")
+
+
+def new_event_id() -> str:
+    """A fresh UUIDv7: time-ordered, so ids sort roughly by creation."""
+    return str(uuid6.uuid7())
+
+
+def derived_event_id(causation_id: str, event_type: str, discriminator: str = "") -> str:
+    """UUIDv5 of (cause, type[, discriminator]): the same reaction to the same cause has the same id."""
+    return str(uuid.uuid5(_DERIVED_NAMESPACE, f"{causation_id}|{event_type}|{discriminator}"))
+
+
+class Envelope(BaseModel):
+    """One event as it lies in the log.
+
+    `seq` is the per-subject sequence number (1, 2, 3, … with no gaps) assigned by the single
+    writer of the subject's aggregate; `subject` is also the Kafka key, so one subject's events
+    stay in order on one partition.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=new_event_id, min_length=1)
+    source: str = Field(min_length=1, description="the writing service, e.g. 'datacoop/consent'")
+    type: str = Field(pattern=r"^datacoop\.[a-z0-9_]+\.[a-z0-9_.]+\.v[0-9]+$")
+    subject: str = Field(min_length=1, description="aggregate id; the Kafka key")
+    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str = ""
+    seq: int = Field(ge=1, description="per-subject sequence number, gap-free")
+    correlationid: str | None = None
+    causationid: str | None = None
+    data: dict[str, Any]
+
+    @field_validator("time")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("time must carry a timezone (UTC); naive datetimes are ambiguous")
+        return value.astimezone(UTC)

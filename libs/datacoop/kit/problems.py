@@ -1,0 +1,83 @@
+"""Errors as RFC 9457 problem+json, with a stable `type` and a detail that says what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_BASE = "https://datacoop.example/problems/"
+
+
+class DomainError(Exception):
+    """A refused command. `slug` becomes the problem type; `detail` says what is wrong and what to do."""
+
+    status = 400
+    slug = "bad-request"
+
+    def __init__(self, detail: str, *, status: int | None = None, slug: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    status, slug = 404, "not-found"
+
+
+class Conflict(DomainError):
+    status, slug = 409, "conflict"
+
+
+class Unauthorized(DomainError):
+    status, slug = 401, "unauthorized"
+
+
+class Forbidden(DomainError):
+    status, slug = 403, "forbidden"
+
+
+class Unprocessable(DomainError):
+    status, slug = 422, "unprocessable"
+
+
+class NotReady(DomainError):
+    status, slug = 503, "not-ready"
+
+
+def problem_response(status: int, slug: str, title: str, detail: str, instance: str = "",
+                     **extra: Any) -> JSONResponse:
+    body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    if instance:
+        body["instance"] = instance
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    return problem_response(exc.status, exc.slug, exc.slug.replace("-", " "), exc.detail,
+                            request.url.path, **exc.extra)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+              for e in exc.errors()]
+    detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
+    return problem_response(422, "invalid-request", "invalid request",
+                            f"{detail}. Fix these fields and send again.", request.url.path, errors=errors)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)

@@ -1,0 +1,56 @@
+"""Wires one service: its DuckDB store, the publisher, the consumer runner over the topics it reads
+(and the topic it writes, so a rebuilt projection includes its own events) and its writer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from datacoop.bus.admin import ensure_topics, standard_topics
+from datacoop.bus.consumer import ConsumerRunner, Projection
+from datacoop.bus.publisher import Publisher
+from datacoop.command import Writer
+from datacoop.kit.settings import ServiceSettings
+from datacoop.store import ProjectionStore
+from datacoop.topics import qualified
+
+log = logging.getLogger("datacoop.runtime")
+
+
+class ServiceRuntime:
+    def __init__(self, name: str, settings: ServiceSettings, projection: Projection, *,
+                 reads: Iterable[str] = (), writes: str | None = None, schema_sql: str = "") -> None:
+        self.name = name
+        self.settings = settings
+        self.projection = projection
+        prefix = settings.topic_prefix
+        self.write_topic = qualified(prefix, writes) if writes else None
+        topics = [qualified(prefix, t) for t in reads]
+        if self.write_topic and self.write_topic not in topics:
+            topics.append(self.write_topic)
+        self.store = ProjectionStore(settings.data_dir / f"{name}.duckdb", schema_sql)
+        self.publisher = Publisher(settings.bootstrap, client_id=f"datacoop-{name}")
+        self.runner = ConsumerRunner(
+            bootstrap=settings.bootstrap, store=self.store, projection=projection, topics=topics,
+            consumer_name=name, dlq_publisher=self.publisher, group_id=settings.group_id,
+            writes_topics=frozenset([self.write_topic] if self.write_topic else []))
+        self.writer = (Writer(store=self.store, publisher=self.publisher, projection=projection,
+                              topic=self.write_topic, source=f"datacoop/{name}")
+                       if self.write_topic else None)
+
+    @property
+    def ready(self) -> bool:
+        return self.runner.caught_up.is_set()
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings.bootstrap, standard_topics(self.settings.topic_prefix))
+        await self.publisher.start()
+        await self.runner.start()
+        self.runner.run_in_background()
+        log.info("%s started; reading %s", self.name, ", ".join(self.runner.topics))
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        await self.publisher.stop()
+        self.store.close()
+        log.info("%s stopped", self.name)
