@@ -61,33 +61,37 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @notice The stablecoin every order is paid in and every payout is made in.
     IERC20 public immutable token;
 
-    /// @notice Orders by id.
-    mapping(bytes32 orderId => Order) public orders;
+    // Storage order matters for gas: the two totals are uint120 so that they share one slot with
+    // Pausable's `_paused` flag (declared just before them), and `claim` touches that slot once.
+
+    /// @notice Sum of every leaf's cumulative amount in the current root (as declared by the settler).
+    uint120 public totalCumulative;
+    /// @notice Base units ever claimed; never exceeds `totalCumulative`.
+    uint120 public totalClaimed;
+
+    /// @notice The current payout root.
+    bytes32 public merkleRoot;
+    /// @notice Base units claimed so far per account.
+    mapping(address account => uint256) public claimed;
+
     /// @notice Number of orders ever paid; an order's `seq` is its 1-based position.
     uint64 public orderCount;
     /// @notice Orders with `seq <= settledThroughSeq` are settled (not refundable).
     uint64 public settledThroughSeq;
     /// @notice Epoch of the current root (0 before the first root).
     uint64 public currentEpoch;
-
-    /// @notice The current payout root.
-    bytes32 public merkleRoot;
-    /// @notice Sum of every leaf's cumulative amount in the current root (as declared by the settler).
-    uint256 public totalCumulative;
+    /// @notice Orders by id.
+    mapping(bytes32 orderId => Order) public orders;
 
     /// @notice Base units ever paid into escrow.
     uint256 public totalPaid;
     /// @notice Base units ever refunded.
     uint256 public totalRefunded;
-    /// @notice Base units ever claimed.
-    uint256 public totalClaimed;
-    /// @notice Base units claimed so far per account.
-    mapping(address account => uint256) public claimed;
 
     event OrderPaid(bytes32 indexed orderId, address indexed buyer, uint256 amount);
     event OrderRefunded(bytes32 indexed orderId, address indexed buyer, uint256 amount);
     event RootPosted(uint64 indexed epoch, bytes32 root, uint256 totalCumulative, uint64 settledThroughSeq);
-    event Claimed(address indexed account, address indexed caller, uint256 amount, uint256 cumulativeAmount);
+    event Claimed(address indexed account, uint256 amount, uint256 cumulativeAmount);
 
     error ZeroAddress();
     error ZeroAmount();
@@ -100,6 +104,7 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     error RootExceedsEscrow(uint256 totalCumulative, uint256 fundedTotal);
     error InvalidProof(address account, uint256 cumulativeAmount);
     error ClaimExceedsRootTotal(uint256 wouldClaim, uint256 totalCumulative);
+    error AmountTooLarge(uint256 amount);
 
     /// @param token_ the stablecoin.
     /// @param admin receives DEFAULT_ADMIN_ROLE (grants the other roles) and PAUSER_ROLE.
@@ -150,6 +155,7 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
 
     function _purchase(bytes32 orderId, uint256 amount) private {
         if (amount == 0) revert ZeroAmount();
+        if (totalPaid + amount > type(uint120).max) revert AmountTooLarge(amount);
         Order storage order = orders[orderId];
         if (order.status != OrderStatus.None) revert OrderAlreadyPaid(orderId);
         uint64 seq = ++orderCount;
@@ -183,7 +189,7 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         uint64 through = orderCount;
         currentEpoch = epoch;
         merkleRoot = root;
-        totalCumulative = newTotalCumulative;
+        totalCumulative = uint120(newTotalCumulative); // <= totalPaid, itself capped to uint120 in _purchase
         settledThroughSeq = through;
         emit RootPosted(epoch, root, newTotalCumulative, through);
     }
@@ -202,11 +208,11 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         uint256 already = claimed[account];
         if (cumulativeAmount <= already) return 0;
         amount = cumulativeAmount - already;
-        uint256 newTotalClaimed = totalClaimed + amount;
+        uint256 newTotalClaimed = uint256(totalClaimed) + amount;
         if (newTotalClaimed > totalCumulative) revert ClaimExceedsRootTotal(newTotalClaimed, totalCumulative);
         claimed[account] = cumulativeAmount;
-        totalClaimed = newTotalClaimed;
-        emit Claimed(account, msg.sender, amount, cumulativeAmount);
+        totalClaimed = uint120(newTotalClaimed); // <= totalCumulative, a uint120
+        emit Claimed(account, amount, cumulativeAmount);
         token.safeTransfer(account, amount);
     }
 
