@@ -1,0 +1,245 @@
+"""Descriptive statistics, grouped aggregates, histograms and correlation matrices.
+
+Sums, means and variances are computed in float64 whatever the column type, so the NumPy and CuPy
+paths agree to about 1e-12 relative; quantiles use linear interpolation (NumPy's default).
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import ModuleType
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from services.worker.analytics.backend import backend_name, jsonable, to_numpy
+from services.worker.analytics.data import host_column, numeric_block
+from services.worker.analytics.outcome import AnalysisOutcome, Progress
+from services.worker.analytics.plots import histogram_png
+from services.worker.analytics.validation import (
+    AnalysisFailed,
+    AnalysisParams,
+    JobRefused,
+    Schema,
+    require_columns,
+    require_distinct,
+    require_numeric,
+    require_rows,
+)
+
+MAX_GROUPS = 10_000
+
+
+class DescribeParams(AnalysisParams):
+    columns: list[str] = Field(min_length=1, max_length=256)
+
+    def check(self, schema: Schema, n_rows: int) -> None:
+        require_distinct(self.columns, "describe")
+        require_numeric(schema, self.columns, "describe")
+
+
+def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+    """Per column: count (non-null), nulls, mean, std (ddof=1), min, quartiles, max.
+
+    Each column keeps all its own non-null rows (no listwise deletion across columns).
+    """
+    stats: dict[str, Any] = {}
+    for i, column in enumerate(params.columns):
+        x = xp.asarray(host_column(table, column, np.float64))
+        x = x[xp.isfinite(x)]
+        n = int(x.size)
+        entry: dict[str, Any] = {"count": n, "nulls": table.num_rows - n}
+        if n:
+            q = xp.quantile(x, xp.asarray([0.0, 0.25, 0.5, 0.75, 1.0]))
+            entry.update(mean=xp.mean(x), std=xp.std(x, ddof=1) if n > 1 else None,
+                         min=q[0], q25=q[1], median=q[2], q75=q[3], max=q[4])
+        stats[column] = entry
+        progress((i + 1) / len(params.columns))
+    return AnalysisOutcome(jsonable({"backend": backend_name(xp), "rows": table.num_rows, "columns": stats}))
+
+
+AggregateFunction = Literal["count", "sum", "mean", "min", "max", "std"]
+
+
+class AggregateParams(AnalysisParams):
+    group_by: list[str] = Field(min_length=1, max_length=4)
+    aggregates: dict[str, list[AggregateFunction]] = Field(min_length=1, max_length=64)
+
+    def check(self, schema: Schema, n_rows: int) -> None:
+        require_distinct(self.group_by, "group_by")
+        require_columns(schema, self.group_by, "group_by")
+        require_numeric(schema, self.aggregates, "aggregated")
+        for column, functions in self.aggregates.items():
+            if not functions:
+                raise JobRefused(f"aggregates[{column!r}] is empty; list at least one of "
+                                 "count, sum, mean, min, max, std")
+
+
+def _group_codes(table: pa.Table, group_by: list[str]) -> tuple[np.ndarray, list[list[Any]]]:
+    """Per row, the index of its group (groups sorted by key codes), and the key values per group.
+
+    Null keys form a group of their own (key value None).
+    """
+    codes, dictionaries = [], []
+    for column in group_by:
+        encoded = table.column(column).combine_chunks().dictionary_encode(null_encoding="encode")
+        codes.append(np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64))
+        dictionaries.append(encoded.dictionary)
+    unique, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    if unique.shape[0] > MAX_GROUPS:
+        raise AnalysisFailed(f"grouping by {', '.join(group_by)} gives {unique.shape[0]} groups, more than "
+                             f"{MAX_GROUPS}; group by fewer or coarser columns")
+    keys = [dictionaries[j].take(pa.array(unique[:, j])).to_pylist() for j in range(len(group_by))]
+    return inverse.reshape(-1), [list(row) for row in zip(*keys, strict=True)]
+
+
+def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: list[str]) -> dict[str, Any]:
+    valid = xp.isfinite(x)
+    x, groups = x[valid], groups[valid]
+    count = xp.bincount(groups, minlength=n_groups)
+    total = xp.bincount(groups, weights=x, minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    out: dict[str, Any] = {}
+    for function in functions:
+        if function == "count":
+            out[function] = count
+        elif function == "sum":
+            out[function] = total
+        elif function == "mean":
+            out[function] = mean
+        elif function == "std":
+            squares = xp.bincount(groups, weights=(x - mean[groups]) ** 2, minlength=n_groups)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[function] = xp.where(count > 1, xp.sqrt(squares / xp.maximum(count - 1, 1)), xp.nan)
+    if {"min", "max"} & set(functions):
+        order = xp.lexsort(xp.stack([x, groups.astype(x.dtype)]))
+        ordered = x[order]
+        starts = xp.cumsum(count) - count
+        present = count > 0
+        last = xp.maximum(starts + count - 1, 0)
+        safe_starts = xp.minimum(starts, max(int(x.size) - 1, 0))
+        if x.size:
+            out["min"] = xp.where(present, ordered[safe_starts], xp.nan)
+            out["max"] = xp.where(present, ordered[xp.minimum(last, x.size - 1)], xp.nan)
+        else:
+            out["min"] = out["max"] = xp.full(n_groups, xp.nan)
+    return {f: out[f] for f in functions}
+
+
+def aggregate(params: AggregateParams, table: pa.Table, xp: ModuleType,
+              progress: Progress) -> AnalysisOutcome:
+    """Grouped count/sum/mean/min/max/std (ddof=1) per aggregated column, nulls skipped per column.
+
+    Groups come sorted by key (nulls first per key column); a group with no value for a column
+    reports count 0 and None for the other functions.
+    """
+    inverse, keys = _group_codes(table, params.group_by)
+    groups = xp.asarray(inverse)
+    columns: dict[str, Any] = {}
+    for i, (column, functions) in enumerate(params.aggregates.items()):
+        x = xp.asarray(host_column(table, column, np.float64))
+        columns[column] = {f: to_numpy(v) for f, v in _grouped(xp, x, groups, len(keys), functions).items()}
+        progress((i + 1) / len(params.aggregates))
+    return AnalysisOutcome(jsonable({"backend": backend_name(xp), "group_by": params.group_by,
+                                     "keys": keys, "aggregates": columns}))
+
+
+class HistogramParams(AnalysisParams):
+    column: str
+    bins: int | list[float] = 30
+    range: tuple[float, float] | None = None
+
+    @field_validator("bins")
+    @classmethod
+    def _bins_make_sense(cls, bins: int | list[float]) -> int | list[float]:
+        if isinstance(bins, int):
+            if not 1 <= bins <= 10_000:
+                raise ValueError(f"bins={bins} is out of range; use a count from 1 to 10000 or a list of "
+                                 "edges")
+        else:
+            increasing = all(b > a for a, b in itertools.pairwise(bins))
+            if len(bins) < 2 or not all(np.isfinite(bins)) or not increasing:
+                raise ValueError("bin edges must be at least 2 finite, strictly increasing numbers")
+            if len(bins) > 10_001:
+                raise ValueError("at most 10001 bin edges; use fewer bins")
+        return bins
+
+    @model_validator(mode="after")
+    def _range_makes_sense(self) -> HistogramParams:
+        if self.range is not None:
+            lo, hi = self.range
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise ValueError(f"range {list(self.range)} must be two finite numbers with low < high")
+            if isinstance(self.bins, list):
+                raise ValueError("give either bin edges or a range with a bin count, not both")
+        return self
+
+    def check(self, schema: Schema, n_rows: int) -> None:
+        require_numeric(schema, [self.column], "histogram")
+
+
+def histogram(params: HistogramParams, table: pa.Table, xp: ModuleType,
+              progress: Progress) -> AnalysisOutcome:
+    """Counts per bin, as numpy.histogram defines them (last bin closed); values outside the
+    range/edges are counted in `outside`, nulls in `nulls`. Without a range, min..max of the data."""
+    x = xp.asarray(host_column(table, params.column, np.float64))
+    x = x[xp.isfinite(x)]
+    nulls = table.num_rows - int(x.size)
+    if x.size == 0 and params.range is None and isinstance(params.bins, int):
+        raise AnalysisFailed(f"column {params.column!r} has no values; pick a column with data or give "
+                             "a range")
+    bins = xp.asarray(params.bins, dtype=xp.float64) if isinstance(params.bins, list) else params.bins
+    counts, edges = xp.histogram(x, bins=bins, range=params.range)
+    counts_h, edges_h = to_numpy(counts), to_numpy(edges)
+    progress(1.0)
+    result = {"backend": backend_name(xp), "column": params.column, "edges": edges_h, "counts": counts_h,
+              "nulls": nulls, "outside": int(x.size) - int(counts_h.sum())}
+    return AnalysisOutcome(jsonable(result), histogram_png(edges_h, counts_h, params.column))
+
+
+class CorrelationParams(AnalysisParams):
+    columns: list[str] = Field(min_length=2, max_length=256)
+    method: Literal["pearson", "spearman"] = "pearson"
+
+    def check(self, schema: Schema, n_rows: int) -> None:
+        require_distinct(self.columns, "correlation")
+        require_numeric(schema, self.columns, "correlation")
+        require_rows(n_rows, 2, "a correlation")
+
+
+def average_ranks(xp: ModuleType, x: Any) -> Any:
+    """1-based ranks of a 1-D array, ties sharing their average rank (scipy.stats.rankdata 'average')."""
+    order = xp.argsort(x, kind="stable")
+    ordered = x[order]
+    starts_run = xp.concatenate([xp.asarray([True]), ordered[1:] != ordered[:-1]])
+    run = xp.cumsum(starts_run) - 1
+    starts = xp.flatnonzero(starts_run)
+    ends = xp.concatenate([starts[1:], xp.asarray([x.size])])
+    ranks = xp.empty(x.size, dtype=xp.float64)
+    ranks[order] = ((starts + ends - 1) / 2.0 + 1.0)[run]
+    return ranks
+
+
+def correlation(params: CorrelationParams, table: pa.Table, xp: ModuleType,
+                progress: Progress) -> AnalysisOutcome:
+    """Pearson or Spearman correlation matrix over the rows complete in all columns (listwise).
+
+    A constant column has undefined correlation: its row and column are None (diagonal too).
+    """
+    block = numeric_block(table, params.columns, xp, min_rows=2)
+    x = block.values
+    if params.method == "spearman":
+        x = xp.stack([average_ranks(xp, x[:, j]) for j in range(x.shape[1])], axis=1)
+    centered = x - x.mean(axis=0)
+    cov = centered.T @ centered
+    scale = xp.sqrt(xp.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = xp.clip(cov / xp.outer(scale, scale), -1.0, 1.0)
+    corr = xp.where(xp.outer(scale, scale) > 0, corr, xp.nan)
+    progress(1.0)
+    return AnalysisOutcome(jsonable({"backend": backend_name(xp), "method": params.method,
+                                     "columns": params.columns, "rows_used": int(x.shape[0]),
+                                     "rows_dropped": block.rows_dropped, "matrix": to_numpy(corr)}))
