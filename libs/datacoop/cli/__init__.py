@@ -1,0 +1,133 @@
+"""`datacoop`: one command-line program for every role (operator, member, researcher, provider)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from datacoop.cli import stack as stack_mod
+from infra.local import InfraError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="datacoop: members own their data and are paid on-chain when researchers use it.")
+console = Console()
+err = Console(stderr=True)
+
+
+class State:
+    debug = False
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False) -> None:
+    State.debug = debug
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line in red and a non-zero exit; the message says what is wrong and what to do."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _status_table(stack: stack_mod.Stack) -> Table:
+    table = Table(title="datacoop local stack")
+    for col in ("component", "address", "pid", "state"):
+        table.add_column(col)
+    table.add_row("broker (Tansu)", stack.broker.bootstrap, str(stack.broker.pid),
+                  "running" if stack.broker.alive() else "stopped")
+    if stack.chain:
+        table.add_row("chain (anvil)", stack.chain.url, str(stack.chain.pid),
+                      "running" if stack.chain.alive() else "stopped")
+    for name, svc in stack.services.items():
+        table.add_row(f"service {name}", svc.url, str(svc.proc.pid), svc.state())
+    return table
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="play the demo scenario once ready")] = False,
+    exit_after_demo: Annotated[bool, typer.Option(help="stop everything after the scenario")] = False,
+    services: Annotated[str, typer.Option(help="comma-separated services to start (default: all)")] = "",
+    chain: Annotated[bool, typer.Option("--chain/--no-chain", help="start the local anvil chain")] = True,
+) -> None:
+    """Start the broker, the chain and every service; show their state; Ctrl-C stops them all."""
+    known = [s.name for s in stack_mod.SERVICES]
+    only = [s for s in services.split(",") if s]
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        fail(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known) or '(none yet)'}")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    try:
+        with console.status("starting broker, chain and services ..."):
+            stk = stack_mod.start_stack(only or None, with_chain=chain)
+    except InfraError as exc:
+        fail(str(exc))
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with console.status("waiting for every service to catch up with the log ..."):
+            stack_mod.wait_ready(stk)
+        console.print(_status_table(stk))
+        console.print(f"stack described in {stack_mod.STACK_FILE}")
+        if demo:
+            from datacoop.cli.demo import run_demo
+
+            run_demo(stk.describe(), console)
+        if exit_after_demo:
+            return
+        console.print("[bold]running[/bold]; Ctrl-C stops everything")
+        while not stopping:
+            time.sleep(0.2)
+            dead = [n for n, s in stk.services.items() if s.proc.poll() is not None]
+            if dead:
+                err.print(f"[red]service(s) {', '.join(dead)} exited[/red]; see var/run/logs/")
+                break
+    except InfraError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        with console.status("stopping ..."):
+            stk.stop()
+        console.print("stopped cleanly")
+
+
+@app.command()
+def status() -> None:
+    """Show the running stack (from var/run/stack.json)."""
+    try:
+        data = stack_mod.load_stack_file()
+    except InfraError as exc:
+        fail(str(exc))
+    console.print_json(data=data)
+
+
+@app.command()
+def schemas(action: Annotated[str, typer.Argument(help="write | check")] = "check") -> None:
+    """Regenerate (write) or verify (check) schemas/ from the event models."""
+    from datacoop import schemas as schemas_mod
+
+    if action not in ("write", "check"):
+        fail(f"unknown action {action!r}; use 'write' or 'check'", 2)
+    code = schemas_mod.main([action])
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except Exception as exc:  # one red line, no traceback unless --debug
+        if State.debug or "--debug" in sys.argv:
+            raise
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)

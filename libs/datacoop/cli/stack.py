@@ -1,0 +1,163 @@
+"""The local stack behind `datacoop up`: broker, chain and every service as separate processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.local import REPO_ROOT, Broker, Chain, InfraError, free_port, start_broker, start_chain
+
+RUN_DIR = REPO_ROOT / "var" / "run"
+STACK_FILE = RUN_DIR / "stack.json"
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    module: str
+    summary: str
+
+
+# Every service that exists, in start order. A new service adds one line here (see README).
+SERVICES: list[ServiceEntry] = []
+
+
+@dataclass
+class RunningService:
+    entry: ServiceEntry
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def state(self) -> str:
+        if self.proc.poll() is not None:
+            return f"exited ({self.proc.returncode})"
+        return "ready" if _ready(self.url) else "starting"
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Stack:
+    broker: Broker
+    chain: Chain | None
+    services: dict[str, RunningService] = field(default_factory=dict)
+    data_dir: Path = RUN_DIR / "data"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "broker": {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid},
+            "chain": {"url": self.chain.url, "pid": self.chain.pid} if self.chain else None,
+            "services": {n: {"url": s.url, "pid": s.proc.pid, "log": str(s.log_path)}
+                         for n, s in self.services.items()},
+        }
+
+    def save(self) -> None:
+        STACK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STACK_FILE.write_text(json.dumps(self.describe(), indent=2))
+
+    def stop(self) -> None:
+        for svc in reversed(list(self.services.values())):
+            if svc.proc.poll() is None:
+                svc.proc.terminate()
+        deadline = time.monotonic() + 10
+        for svc in self.services.values():
+            try:
+                svc.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait()
+        if self.chain:
+            self.chain.stop()
+        self.broker.stop()
+        STACK_FILE.unlink(missing_ok=True)
+
+
+def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: bool = True) -> Stack:
+    """Start the broker, the chain and the services; raises InfraError naming what failed."""
+    logs = RUN_DIR / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    broker = start_broker(log_path=logs / "broker.log")
+    chain = None
+    try:
+        if with_chain:
+            chain = start_chain(log_path=logs / "chain.log")
+        stack = Stack(broker, chain)
+        if fresh:  # the broker keeps its log in memory: a new broker means new projections
+            for old in stack.data_dir.glob("*.duckdb*"):
+                old.unlink()
+        for entry in SERVICES:
+            if only and entry.name not in only:
+                continue
+            stack.services[entry.name] = spawn_service(entry, stack)
+        stack.save()
+        return stack
+    except BaseException:
+        if chain:
+            chain.stop()
+        broker.stop()
+        raise
+
+
+def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "DATACOOP_BOOTSTRAP": stack.broker.bootstrap,
+        "DATACOOP_PORT": str(port),
+        "DATACOOP_DATA_DIR": str(stack.data_dir),
+        "DATACOOP_LOG_JSON": "true",
+    })
+    if stack.chain:
+        env["DATACOOP_CHAIN_URL"] = stack.chain.url
+    for name, svc in stack.services.items():
+        env[f"DATACOOP_{name.upper()}_URL"] = svc.url
+    return env
+
+
+def spawn_service(entry: ServiceEntry, stack: Stack) -> RunningService:
+    port = free_port()
+    log_path = RUN_DIR / "logs" / f"{entry.name}.log"
+    out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen([sys.executable, "-m", entry.module], env=service_env(entry, stack, port),
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+    return RunningService(entry, port, proc, log_path)
+
+
+def wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    pending = dict(stack.services)
+    while pending:
+        for name, svc in list(pending.items()):
+            state = svc.state()
+            if state == "ready":
+                pending.pop(name)
+            elif state.startswith("exited"):
+                tail = svc.log_path.read_text(errors="replace")[-1500:]
+                raise InfraError(f"service {name} {state} while starting; its log ({svc.log_path}) ends:\n{tail}")
+        if pending and time.monotonic() > deadline:
+            raise InfraError(f"not ready after {timeout_s:.0f} s: {', '.join(pending)}; see var/run/logs/")
+        time.sleep(0.1)
+
+
+def load_stack_file() -> dict[str, object]:
+    if not STACK_FILE.exists():
+        raise InfraError("no running stack (var/run/stack.json missing); start one with `datacoop up`")
+    data: dict[str, object] = json.loads(STACK_FILE.read_text())
+    return data

@@ -1,0 +1,113 @@
+"""Bad records go to `<topic>.dlq` with the reason; the runner goes on with the events after them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
+from datacoop.events.codec import header
+from datacoop.store import ProjectionStore
+from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
+from infra.local import Broker
+
+
+async def _read_all(bootstrap: str, topic: str, expected: int) -> list:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        out: list = []
+        for _ in range(50):
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            out += batch.get(tp, [])
+            if len(out) >= expected:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _drain(runner: ConsumerRunner) -> None:
+    for _ in range(100):
+        await runner.poll_once()
+        if runner.caught_up.is_set():
+            return
+    raise AssertionError("runner never caught up")
+
+
+async def test_malformed_and_unknown_records_are_dead_lettered_and_later_events_applied(
+        broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish(topic, make_envelope("a", 1, 10))
+        await pub.send_raw(topic, b"{not json", key=b"a", headers=[])
+        unknown = make_envelope("a", 2, 5).model_copy(update={"type": "datacoop.test.unheard_of.v1"})
+        await pub.publish(topic, unknown)
+        invalid = make_envelope("a", 3, 5).model_copy(update={"data": {"amount_units": "lots"}})
+        await pub.publish(topic, invalid)
+        await pub.publish(topic, make_envelope("a", 4, 32))
+
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                topics=[topic], consumer_name="dlq-test", dlq_publisher=pub,
+                                registry=LEDGER_REGISTRY)
+        await runner.start()
+        await _drain(runner)
+        await runner.stop()
+
+    assert store.conn.execute("SELECT total_units, events FROM totals WHERE subject='a'").fetchone() == (42, 2)
+    dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 3)
+    reasons = [header(r.headers, "dlq_error") or "" for r in dead]
+    assert len(dead) == 3
+    assert "DecodeError" in reasons[0] and "Invalid JSON" in reasons[0]
+    assert "UnknownEventType" in reasons[1] and "unheard_of" in reasons[1]
+    assert "EventDataInvalid" in reasons[2] and "amount_units" in reasons[2]
+    assert [header(r.headers, "dlq_source_offset") for r in dead] == ["1", "2", "3"]
+    assert dead[0].value == b"{not json"
+    assert store.offsets("dlq-test") == {(topic, 0): 5}
+
+
+async def test_event_that_breaks_the_projection_is_dead_lettered_not_retried_forever(
+        broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("b", i + 1, amt) for i, amt in enumerate([1, 666, 2, 3])])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store,
+                                projection=LedgerProjection(fail_on_amount=666), topics=[topic],
+                                consumer_name="bug", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        await runner.start()
+        await _drain(runner)
+        await runner.stop()
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (6, 3)
+    dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
+    assert len(dead) == 1
+    assert "projection failed" in (header(dead[0].headers, "dlq_error") or "")
+    assert "666" in (header(dead[0].headers, "dlq_error") or "")
+
+
+async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 2), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope(f"s{i}", 1, 1) for i in range(20)])
+        for round_ in range(2):
+            runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                    topics=[topic], consumer_name="seek", dlq_publisher=pub,
+                                    registry=LEDGER_REGISTRY)
+            await runner.start()
+            await _drain(runner)
+            await runner.stop()
+            if round_ == 0:
+                await pub.publish_many(topic, [make_envelope(f"s{i}", 2, 100) for i in range(5)])
+    assert store.conn.execute("SELECT sum(total_units), sum(events) FROM totals").fetchone() == (520, 25)
+    assert sum(store.offsets("seek").values()) == 25
+
+

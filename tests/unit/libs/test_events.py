@@ -1,0 +1,93 @@
+"""Envelope, registry, codec and upcasting: pure, no broker."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pydantic import Field, ValidationError
+
+from datacoop.events import Envelope, Event, EventRegistry, derived_event_id, event
+from datacoop.events.codec import DecodeError, decode, encode, header
+from datacoop.events.registry import EventDataInvalid, UnknownEventType
+
+
+def test_envelope_round_trips_through_kafka_bytes_with_mirrored_headers() -> None:
+    env = Envelope(source="datacoop/test", type="datacoop.test.thing_done.v1", subject="s-1", seq=3,
+                   data={"x": 1}, correlationid="c-1")
+    rec = encode(env)
+    assert rec.key == b"s-1"
+    assert header(rec.headers, "ce_type") == "datacoop.test.thing_done.v1"
+    assert header(rec.headers, "ce_id") == env.id
+    assert decode(rec.value) == env
+
+
+def test_envelope_times_are_utc_and_naive_times_are_refused() -> None:
+    local = datetime(2026, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    env = Envelope(source="s", type="datacoop.a.b.v1", subject="x", seq=1, data={}, time=local)
+    assert env.time.utcoffset() == timedelta(0) and env.time.hour == 10
+    with pytest.raises(ValidationError, match="timezone"):
+        Envelope(source="s", type="datacoop.a.b.v1", subject="x", seq=1, data={}, time=datetime(2026, 1, 1))
+
+
+def test_seq_starts_at_one_and_type_must_name_a_version() -> None:
+    with pytest.raises(ValidationError):
+        Envelope(source="s", type="datacoop.a.b.v1", subject="x", seq=0, data={})
+    with pytest.raises(ValidationError):
+        Envelope(source="s", type="datacoop.a.b", subject="x", seq=1, data={})
+
+
+def test_garbage_bytes_raise_a_decode_error_that_names_the_problem() -> None:
+    with pytest.raises(DecodeError, match="Invalid JSON"):
+        decode(b"\x00\x01")
+    with pytest.raises(DecodeError, match="empty"):
+        decode(None)
+
+
+def test_derived_ids_are_stable_per_cause_and_type() -> None:
+    a = derived_event_id("cause-1", "datacoop.x.y.v1")
+    assert a == derived_event_id("cause-1", "datacoop.x.y.v1")
+    assert a != derived_event_id("cause-2", "datacoop.x.y.v1")
+    assert a != derived_event_id("cause-1", "datacoop.x.z.v1")
+
+
+def _registry_with_two_versions() -> EventRegistry:
+    reg = EventRegistry()
+
+    @event("datacoop.test.priced", 1, topic="t", registry=reg)
+    class PricedV1(Event):
+        price: float
+
+    @event("datacoop.test.priced", 2, topic="t", registry=reg)
+    class PricedV2(Event):
+        price_units: int = Field(ge=0)
+        currency: str
+
+    reg.register_upcaster("datacoop.test.priced", 1,
+                          lambda d: {"price_units": round(d["price"] * 1_000_000), "currency": "USDC"})
+    return reg
+
+
+def test_old_version_is_upcast_to_the_newest_on_read() -> None:
+    reg = _registry_with_two_versions()
+    ev = reg.decode("datacoop.test.priced.v1", {"price": 1.5})
+    assert ev.type_name() == "datacoop.test.priced.v2"
+    assert ev.model_dump() == {"price_units": 1_500_000, "currency": "USDC"}
+
+
+def test_unknown_types_and_invalid_data_are_refused_with_what_is_wrong() -> None:
+    reg = _registry_with_two_versions()
+    with pytest.raises(UnknownEventType, match="datacoop.test.priced.v9"):
+        reg.decode("datacoop.test.priced.v9", {})
+    with pytest.raises(EventDataInvalid, match="price_units"):
+        reg.decode("datacoop.test.priced.v2", {"price_units": -1, "currency": "USDC"})
+    with pytest.raises(EventDataInvalid, match="extra|Extra"):
+        reg.decode("datacoop.test.priced.v2", {"price_units": 1, "currency": "USDC", "oops": 1})
+
+
+def test_registering_a_different_model_under_a_taken_type_is_refused() -> None:
+    reg = _registry_with_two_versions()
+    with pytest.raises(ValueError, match="registered twice"):
+        @event("datacoop.test.priced", 2, topic="t", registry=reg)
+        class Again(Event):
+            other: int
