@@ -155,18 +155,35 @@ class ConsumerRunner:
         batch = await self._consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
         applied = 0
         if batch:
-            fetched = [self._decode(rec) for msgs in batch.values() for rec in msgs]
-            applied = await self._apply(fetched)
+            applied = await self._apply(self._decode([rec for msgs in batch.values() for rec in msgs]))
         self._update_caught_up()
         return applied
 
-    def _decode(self, rec: ConsumerRecord[bytes, bytes]) -> _Fetched:
-        try:
-            env = decode(rec.value)
-            ev = self.registry.decode(env.type, env.data)
-        except (DecodeError, UnknownEventType, EventDataInvalid) as exc:
-            return _Fetched(rec, None, f"{type(exc).__name__}: {exc}")
-        return _Fetched(rec, Delivery(rec.topic, rec.partition, rec.offset, env, ev), None)
+    def _decode(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_Fetched]:
+        """Envelopes one by one (a bad one fails alone), then the data of each type in one call."""
+        fetched: list[_Fetched] = []
+        by_type: dict[str, list[int]] = {}
+        envelopes: list[Envelope | None] = []
+        for rec in records:
+            try:
+                env = decode(rec.value)
+            except DecodeError as exc:
+                fetched.append(_Fetched(rec, None, f"DecodeError: {exc}"))
+                envelopes.append(None)
+                continue
+            by_type.setdefault(env.type, []).append(len(fetched))
+            fetched.append(_Fetched(rec, None, None))
+            envelopes.append(env)
+        for type_name, positions in by_type.items():
+            results = self.registry.decode_many(type_name, [envelopes[i].data for i in positions])  # type: ignore[union-attr]
+            for i, result in zip(positions, results, strict=True):
+                f, env = fetched[i], envelopes[i]
+                assert env is not None
+                if isinstance(result, Exception):
+                    f.error = f"{type(result).__name__}: {result}"
+                else:
+                    f.delivery = Delivery(f.record.topic, f.record.partition, f.record.offset, env, result)
+        return fetched
 
     async def _apply(self, fetched: list[_Fetched]) -> int:
         dead = [f for f in fetched if f.error is not None]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -45,12 +45,15 @@ E = TypeVar("E", bound=type[Event])
 class EventRegistry:
     models: dict[str, type[Event]] = field(default_factory=dict)
     upcasters: dict[str, Upcaster] = field(default_factory=dict)
+    _latest: dict[str, type[Event]] = field(default_factory=dict, repr=False)
+    _list_adapters: dict[str, TypeAdapter[list[Event]]] = field(default_factory=dict, repr=False)
 
     def register(self, model: type[Event]) -> type[Event]:
         name = model.type_name()
         if name in self.models and self.models[name] is not model:
             raise ValueError(f"event type {name} is registered twice; bump the version for a new shape")
         self.models[name] = model
+        self._latest.clear()
         return model
 
     def register_upcaster(self, base: str, from_version: int, fn: Upcaster) -> None:
@@ -58,10 +61,15 @@ class EventRegistry:
         self.upcasters[f"{base}.v{from_version}"] = fn
 
     def latest(self, base: str) -> type[Event]:
+        cached = self._latest.get(base)
+        if cached is not None:
+            return cached
         versions = [m for m in self.models.values() if m.event_type == base]
         if not versions:
             raise UnknownEventType(f"no event type named {base}")
-        return max(versions, key=lambda m: m.event_version)
+        newest = max(versions, key=lambda m: m.event_version)
+        self._latest[base] = newest
+        return newest
 
     def parse_type(self, type_name: str) -> tuple[str, int]:
         base, _, version = type_name.rpartition(".v")
@@ -86,6 +94,26 @@ class EventRegistry:
             return model.model_validate(data)
         except ValidationError as exc:
             raise EventDataInvalid(f"{base}.v{version}: {_first_errors(exc)}") from exc
+
+    def decode_many(self, type_name: str, datas: list[dict[str, Any]]) -> list[Event | Exception]:
+        """`decode` for many events of one type: one validation call when all are current and valid;
+        otherwise each is decoded alone so one bad event fails alone."""
+        model = self.models.get(type_name)
+        if model is not None and self.latest(model.event_type) is model:
+            adapter = self._list_adapters.get(type_name)
+            if adapter is None:
+                adapter = self._list_adapters[type_name] = TypeAdapter(list[model])  # type: ignore[valid-type]
+            try:
+                return list(adapter.validate_python(datas))
+            except ValidationError:
+                pass
+        out: list[Event | Exception] = []
+        for data in datas:
+            try:
+                out.append(self.decode(type_name, data))
+            except (UnknownEventType, EventDataInvalid) as exc:
+                out.append(exc)
+        return out
 
     def __iter__(self) -> Iterator[type[Event]]:
         return iter(sorted(self.models.values(), key=lambda m: m.type_name()))

@@ -1,0 +1,119 @@
+"""Bus throughput: raw aiokafka (the baseline) beside libs' publisher and consumer runner.
+
+Both sides move the same number of ~1 KiB events through one local Tansu broker started here.
+- raw_produce: AIOKafkaProducer.send() of pre-encoded 1 KiB values, acks=all, 256 KiB batches.
+- bus_produce: Publisher.publish_many() of envelopes (encode to CloudEvents JSON + headers + send).
+- raw_consume: AIOKafkaConsumer.getmany() over the topic, no processing.
+- bus_consume_apply: ConsumerRunner decoding + validating every event, dropping applied ids, and
+  applying batches to a DuckDB ledger projection with offsets in the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
+from datacoop.events.codec import encode
+from datacoop.store import ProjectionStore
+from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
+from infra.local import start_broker
+
+EVENTS = 60_000
+PARTITIONS = 3
+PAYLOAD_BYTES = 1024
+
+
+def _envelopes(n: int) -> list:
+    probe = encode(make_envelope("acct-000", 1, 1)).value
+    note = "x" * (PAYLOAD_BYTES - len(probe))
+    return [make_envelope(f"acct-{i % 1000:03d}", i // 1000 + 1, i % 97, note) for i in range(n)]
+
+
+async def _raw_produce(bootstrap: str, topic: str, records: list) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
+                                max_batch_size=256 * 1024, enable_idempotence=False)
+    await producer.start()
+    started = time.perf_counter()
+    futures = [await producer.send(topic, r.value, key=r.key, headers=r.headers) for r in records]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - started
+    await producer.stop()
+    return len(records) / elapsed
+
+
+async def _bus_produce(bootstrap: str, topic: str, envelopes: list) -> float:
+    async with Publisher(bootstrap) as pub:
+        started = time.perf_counter()
+        for i in range(0, len(envelopes), 5000):
+            await pub.publish_many(topic, envelopes[i:i + 5000])
+        return len(envelopes) / (time.perf_counter() - started)
+
+
+async def _raw_consume(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, 0)
+    got = 0
+    started = time.perf_counter()
+    while got < expected:
+        batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+        got += sum(len(v) for v in batch.values())
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return got / elapsed
+
+
+async def _bus_consume(bootstrap: str, topic: str, expected: int, db: Path) -> float:
+    store = ProjectionStore(db, LEDGER_SQL)
+    async with Publisher(bootstrap) as pub:
+        runner = ConsumerRunner(bootstrap=bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                                consumer_name="bench", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        await runner.start()
+        started = time.perf_counter()
+        while runner.applied_count < expected:
+            await runner.poll_once()
+        elapsed = time.perf_counter() - started
+        await runner.stop()
+    rows = store.conn.execute("SELECT count(*) FROM ledger").fetchone()
+    store.close()
+    assert rows == (expected,), f"projection has {rows} rows, expected {expected}"
+    return expected / elapsed
+
+
+async def _measure() -> dict[str, float | int]:
+    broker = start_broker()
+    try:
+        envelopes = _envelopes(EVENTS)
+        records = [encode(e) for e in envelopes]
+        raw_t, bus_t = "bench.raw", "bench.bus"
+        await ensure_topics(broker.bootstrap, [(raw_t, PARTITIONS), (bus_t, PARTITIONS), (f"{bus_t}.dlq", 1)])
+        raw_p = await _raw_produce(broker.bootstrap, raw_t, records)
+        bus_p = await _bus_produce(broker.bootstrap, bus_t, envelopes)
+        raw_c = await _raw_consume(broker.bootstrap, raw_t, EVENTS)
+        with tempfile.TemporaryDirectory() as tmp:
+            bus_c = await _bus_consume(broker.bootstrap, bus_t, EVENTS, Path(tmp) / "bench.duckdb")
+    finally:
+        broker.stop()
+    return {
+        "events": EVENTS,
+        "event_bytes": len(records[0].value),
+        "raw_produce_per_s": round(raw_p),
+        "bus_produce_per_s": round(bus_p),
+        "ratio_produce": round(bus_p / raw_p, 3),
+        "raw_consume_per_s": round(raw_c),
+        "bus_consume_apply_per_s": round(bus_c),
+        "ratio_consume": round(bus_c / raw_c, 3),
+    }
+
+
+def run() -> dict[str, float | int]:
+    return asyncio.run(_measure())
