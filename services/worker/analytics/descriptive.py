@@ -239,6 +239,8 @@ def correlation(params: CorrelationParams, table: pa.Table, xp: ModuleType,
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = xp.clip(cov / xp.outer(scale, scale), -1.0, 1.0)
     corr = xp.where(xp.outer(scale, scale) > 0, corr, xp.nan)
+    diagonal = xp.arange(corr.shape[0])
+    corr[diagonal, diagonal] = xp.where(scale > 0, 1.0, xp.nan)
     progress(1.0)
     return AnalysisOutcome(jsonable({"backend": backend_name(xp), "method": params.method,
                                      "columns": params.columns, "rows_used": int(x.shape[0]),

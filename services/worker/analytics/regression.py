@@ -185,6 +185,22 @@ def _logit_pieces(xp: ModuleType, x: Any, y: Any, beta: Any) -> tuple[float, Any
     return loglik, grad, info
 
 
+def _separation(params: LogisticParams, what: str) -> str:
+    return (f"logistic regression of {params.y!r} {what}; the outcome is probably perfectly separated "
+            "by a predictor (or a combination): drop or coarsen it, or raise max_iter")
+
+
+def _newton_step(xp: ModuleType, info: Any, grad: Any, params: LogisticParams) -> Any:
+    """Solve info @ step = grad; a singular information matrix means the fit ran off to infinity."""
+    try:
+        step = xp.linalg.solve(info, grad)
+    except np.linalg.LinAlgError:
+        raise AnalysisFailed(_separation(params, "hit a singular information matrix")) from None
+    if not bool(xp.isfinite(step).all()):
+        raise AnalysisFailed(_separation(params, "diverged"))
+    return step
+
+
 def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
     """Unpenalized logistic regression by Newton-Raphson with step halving; y must be 0/1.
 
@@ -201,7 +217,7 @@ def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: 
     loglik, grad, info = _logit_pieces(xp, x, y, beta)
     converged, iterations = False, 0
     for iterations in range(1, params.max_iter + 1):
-        step = xp.linalg.solve(info, grad)
+        step = _newton_step(xp, info, grad, params)
         for _ in range(30):
             candidate = beta + step
             new_loglik, new_grad, new_info = _logit_pieces(xp, x, y, candidate)
@@ -214,8 +230,7 @@ def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: 
             converged = True
             break
     if not converged:
-        raise AnalysisFailed(f"logistic regression did not converge in {params.max_iter} iterations; the "
-                             "outcome may be perfectly separated by a predictor: drop it or raise max_iter")
+        raise AnalysisFailed(_separation(params, f"did not converge in {params.max_iter} iterations"))
     se = to_numpy(xp.sqrt(xp.diag(xp.linalg.inv(info))))
     coef = to_numpy(beta)
     z = coef / se
