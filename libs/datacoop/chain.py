@@ -14,20 +14,21 @@ import functools
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError
-from web3.types import TxParams, TxReceipt
+from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS_DIR = REPO_ROOT / "infra" / "contracts" / "artifacts"
@@ -93,7 +94,7 @@ def _known_errors() -> tuple[dict[str, Any], ...]:
     return tuple(item for p in paths for item in json.loads(p.read_text())["abi"] if item["type"] == "error")
 
 
-def _decode_revert(abi: list[dict[str, Any]], data: str | bytes | None) -> TxReverted:
+def _decode_revert(abi: Sequence[Any], data: str | bytes | None) -> TxReverted:
     raw = HexBytes(data) if data else HexBytes(b"")
     for item in [*abi, *_known_errors()]:
         if item.get("type") != "error":
@@ -113,8 +114,8 @@ def send(w3: Web3, fn: ContractFunction, key: str, *, gas: int | None = None, no
     sends); with `wait=False` the transaction hash is returned instead of the receipt.
     """
     sender = Account.from_key(key).address
-    params: TxParams = {"from": sender, "value": value, "chainId": w3.eth.chain_id}
-    params["nonce"] = nonce if nonce is not None else w3.eth.get_transaction_count(sender, "pending")
+    params: TxParams = {"from": sender, "value": Wei(value), "chainId": w3.eth.chain_id}
+    params["nonce"] = Nonce(nonce) if nonce is not None else w3.eth.get_transaction_count(sender, "pending")
     abi = fn.contract_abi
     try:
         params["gas"] = gas if gas is not None else int(fn.estimate_gas(params) * 12 // 10)
