@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.anonymizer.definition import DATASETS_DIR, DefinitionError, load_resolved, parse_definition, resolve
+
+ADULT = DATASETS_DIR / "adult-census.yaml"
+
+
+def adult_raw() -> dict:
+    return yaml.safe_load(Path(ADULT).read_text())
+
+
+def refused(raw: dict) -> list[str]:
+    with pytest.raises(DefinitionError) as e:
+        resolve(parse_definition(raw))
+    return e.value.problems
+
+
+def test_every_versioned_definition_loads() -> None:
+    for path in sorted(DATASETS_DIR.glob("*.yaml")):
+        resolved = load_resolved(path)
+        assert resolved.model.k >= 2
+        assert set(resolved.hierarchies) == set(resolved.definition.quasi_identifiers)
+
+
+def test_an_unknown_column_is_refused_by_name() -> None:
+    raw = adult_raw()
+    raw["sensitive"] = ["income"]
+    raw["quasi_identifiers"]["zipcode"] = {"numeric_bands": {"min": 0, "max": 9, "widths": [5]}}
+    problems = refused(raw)
+    assert any("'income' is not a column" in p for p in problems)
+    assert any("'zipcode' is not a column" in p for p in problems)
+
+
+def test_a_hierarchy_lacking_a_value_the_column_can_take_is_refused() -> None:
+    raw = adult_raw()
+    raw["columns"]["age"] = {"type": "integer", "min": 0, "max": 120}
+    raw["columns"]["race"]["values"].append("Martian")
+    problems = refused(raw)
+    assert any("'age' lacks 21 value(s)" in p and "'0'" in p for p in problems)
+    assert any("'race' lacks 1 value(s)" in p and "'Martian'" in p for p in problems)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("privacy", "k"), 1, "use k >= 2"),
+    (("privacy", "suppression_limit"), 1.5, "not a fraction"),
+    (("privacy", "t"), 0.0, "t-closeness needs 0 < t <= 1"),
+    (("privacy", "l"), 3, "needs sensitive attributes"),
+    (("aggregates", "epsilon"), 0.0, "epsilon > 0"),
+    (("aggregates", "mechanism"), "gaussian", "needs aggregates.delta"),
+])
+def test_impossible_parameters_are_refused_with_the_fix(path, value, expected) -> None:
+    raw = copy.deepcopy(adult_raw())
+    raw[path[0]][path[1]] = value
+    assert any(expected in p for p in refused(raw))
+
+
+def test_l_above_the_sensitive_domain_is_refused() -> None:
+    raw = yaml.safe_load((DATASETS_DIR / "adult-census-salary.yaml").read_text())
+    raw["privacy"]["l"] = 3
+    assert any("exceeds the 2 values" in p for p in refused(raw))
+
+
+def test_unknown_keys_are_refused_at_parse_time() -> None:
+    raw = adult_raw()
+    raw["privacy"]["kk"] = 5
+    with pytest.raises(DefinitionError, match="privacy.kk"):
+        parse_definition(raw)
+
+
+def test_shared_dir_comes_from_the_environment(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("DATACOOP_SHARED_DIR", str(tmp_path))
+    with pytest.raises(DefinitionError, match="not found at " + str(tmp_path)):
+        load_resolved(ADULT)
