@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from services.anonymizer.dp import DPError, cell_aggregates, gaussian_sigma, noise
+
+
+def test_a_seeded_rng_gives_reproducible_releases() -> None:
+    keys = ["a", "a", "b"]
+    first = cell_aggregates(keys, 1.0, np.random.default_rng(7), [1.0, 2.0, 3.0], (0.0, 10.0))
+    again = cell_aggregates(keys, 1.0, np.random.default_rng(7), [1.0, 2.0, 3.0], (0.0, 10.0))
+    assert first == again
+    assert [c.cell for c in first] == ["a", "b"]
+
+
+def test_laplace_noise_has_scale_sensitivity_over_epsilon() -> None:
+    draws = noise("laplace", 0.5, 2.0, 200_000, np.random.default_rng(1))
+    assert np.mean(np.abs(draws)) == pytest.approx(4.0, rel=0.02)  # E|Lap(b)| = b = 2 / 0.5
+
+
+def test_counts_only_spend_the_whole_epsilon() -> None:
+    rng = np.random.default_rng(3)
+    errors = [cell_aggregates(["a"] * 100, 2.0, rng)[0].count - 100 for _ in range(20_000)]
+    assert np.mean(np.abs(errors)) == pytest.approx(0.5, rel=0.05)
+
+
+def test_sums_are_clamped_before_noise() -> None:
+    rng = np.random.default_rng(0)
+    out = cell_aggregates(["a"] * 1000, 1e6, rng, [1e9] * 1000, (0.0, 10.0))[0]
+    assert out.total == pytest.approx(10_000, abs=1.0)
+    assert out.mean == pytest.approx(10.0, abs=0.01)
+
+
+def test_gaussian_sigma_meets_delta_and_beats_the_classic_bound() -> None:
+    sigma = gaussian_sigma(0.5, 1e-6, 1.0)
+    classic = math.sqrt(2 * math.log(1.25 / 1e-6)) / 0.5
+    assert sigma < classic
+    assert gaussian_sigma(0.5, 1e-6, 2.0) == pytest.approx(2 * sigma, rel=1e-6)
+
+
+def test_the_full_cell_domain_is_released_even_where_empty() -> None:
+    out = cell_aggregates(["a"], 1.0, np.random.default_rng(0), cells=["a", "b"])
+    assert [c.cell for c in out] == ["a", "b"]
+    with pytest.raises(DPError, match="not among the given cells"):
+        cell_aggregates(["c"], 1.0, np.random.default_rng(0), cells=["a"])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"epsilon": 0.0}, "epsilon"), ({"epsilon": 1.0, "mechanism": "gaussian"}, "needs delta")])
+def test_no_privacy_is_refused(kwargs, message) -> None:
+    with pytest.raises(DPError, match=message):
+        noise(kwargs.get("mechanism", "laplace"), kwargs["epsilon"], 1.0, 1, np.random.default_rng(0))
