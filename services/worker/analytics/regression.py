@@ -59,13 +59,10 @@ class LogisticParams(RegressionParams):
 
 
 def _design(params: RegressionParams, table: pa.Table, xp: ModuleType) -> tuple[Any, Any, int]:
-    block = numeric_block(table, [params.y, *params.x], xp, min_rows=len(params.names) + 1)
-    values = block.values
-    y = xp.ascontiguousarray(values[:, 0])
-    x = values[:, 1:]
-    if params.intercept:
-        x = xp.concatenate([xp.ones((x.shape[0], 1)), x], axis=1)
-    return xp.ascontiguousarray(x), y, block.rows_dropped
+    """Design matrix (column-major, intercept first when asked), outcome, rows dropped."""
+    block = numeric_block(table, [*params.x, params.y], xp, min_rows=len(params.names) + 1, order="F",
+                          constant_first=params.intercept)
+    return block.values[:, :-1], block.values[:, -1], block.rows_dropped
 
 
 def _require_full_rank(xp: ModuleType, gram: Any, names: list[str]) -> None:
@@ -171,7 +168,7 @@ def _t_quantile_975(df: float) -> float:
 def _logit_pieces(xp: ModuleType, x: Any, y: Any, beta: Any) -> tuple[float, Any, Any]:
     """Log-likelihood, gradient and Fisher information X'WX at beta, accumulated over row chunks."""
     n, p = x.shape
-    rows = max(1024, CHUNK_BYTES // (8 * p))
+    rows = max(1024, CHUNK_BYTES // (8 * p))  # x is column-major: a row chunk is p strided columns
     grad = xp.zeros(p)
     info = xp.zeros((p, p))
     loglik = 0.0
@@ -212,9 +209,9 @@ def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: 
     n, p = x.shape
     if bool(((y != 0) & (y != 1)).any()):
         raise AnalysisFailed(f"outcome {params.y!r} must be 0/1 for logistic regression; recode it")
-    _require_full_rank(xp, x.T @ x, params.names)
     beta = xp.zeros(p)
     loglik, grad, info = _logit_pieces(xp, x, y, beta)
+    _require_full_rank(xp, info, params.names)  # at beta = 0, info = X'X / 4
     converged, iterations = False, 0
     for iterations in range(1, params.max_iter + 1):
         step = _newton_step(xp, info, grad, params)
