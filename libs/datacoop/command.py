@@ -47,12 +47,12 @@ class Writer:
         *,
         correlation_id: str | None = None,
         causation_id: str | None = None,
-        event_ids: Sequence[str] | None = None,
+        id_for: Callable[[Event], str] | None = None,
     ) -> list[Delivery]:
         """Append what `decide` returns for `subject`; returns the applied deliveries.
 
-        `event_ids` (e.g. derived from a cause with `derived_event_id`) make a re-sent reaction
-        a duplicate that every consumer drops.
+        `id_for` gives an event its id (e.g. `derived_event_id` of its cause), so a re-sent reaction
+        is a duplicate that every consumer drops.
         """
         lock = self._lock(subject)
         async with lock:
@@ -62,7 +62,7 @@ class Writer:
             first_seq = self.store.last_seq(self.topic, subject) + 1
             envelopes = []
             for i, ev in enumerate(events):
-                extra = {"id": event_ids[i]} if event_ids else {}
+                extra = {"id": id_for(ev)} if id_for else {}
                 envelopes.append(Envelope(
                     source=self.source, type=ev.type_name(), subject=subject, seq=first_seq + i,
                     dataschema=f"schemas/events/{ev.type_name()}.json", correlationid=correlation_id,

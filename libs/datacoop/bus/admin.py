@@ -5,6 +5,7 @@ The local broker applies partitions only at creation (no create_partitions), so 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -22,10 +23,8 @@ async def ensure_topics(bootstrap: str, names: Iterable[tuple[str, int]], replic
         wanted = [NewTopic(n, p, replication) for n, p in names if n not in existing]
         if not wanted:
             return []
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):  # a sibling service was faster
             await admin.create_topics(wanted)
-        except TopicAlreadyExistsError:
-            pass  # created by a sibling service between list and create
         return [t.name for t in wanted]
     finally:
         await admin.close()

@@ -26,7 +26,7 @@ from aiokafka.structs import ConsumerRecord
 from datacoop.bus.publisher import Publisher
 from datacoop.events.codec import DecodeError, decode
 from datacoop.events.envelope import Envelope
-from datacoop.events.registry import REGISTRY, Event, EventDataInvalid, EventRegistry, UnknownEventType
+from datacoop.events.registry import REGISTRY, Event, EventRegistry
 from datacoop.store import ProjectionStore
 from datacoop.topics import dlq
 
@@ -84,7 +84,7 @@ class ConsumerRunner:
         self.fetch_timeout_ms = fetch_timeout_ms
         self.on_applied = on_applied
         self._dlq = dlq_publisher
-        self._consumer = AIOKafkaConsumer(
+        self._config = dict(
             bootstrap_servers=bootstrap,
             client_id=f"datacoop-{consumer_name}",
             group_id=group_id,
@@ -93,6 +93,7 @@ class ConsumerRunner:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
+        self._consumer: AIOKafkaConsumer = None  # type: ignore[assignment]  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +103,7 @@ class ConsumerRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**self._config)
         await self._consumer.start()
         if self.group_id is None:
             await self._consumer.topics()  # refreshes metadata so partitions are known
@@ -148,7 +150,8 @@ class ConsumerRunner:
                 self._task.cancel()
             except asyncio.CancelledError:
                 pass
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
 
     # -- one batch ---------------------------------------------------------------------------
     async def poll_once(self) -> int:
@@ -259,6 +262,8 @@ class ConsumerRunner:
 
     def lag(self) -> dict[str, Any]:
         """Per partition: next offset to read and the last known high-water mark."""
+        if self._consumer is None:
+            return {}
         return {f"{tp.topic}[{tp.partition}]": {"position": self._positions.get(tp),
                                                 "highwater": self._consumer.highwater(tp)}
                 for tp in self._consumer.assignment()}

@@ -27,7 +27,7 @@ class Position(NamedTuple):
 class Publisher:
     def __init__(self, bootstrap: str, *, client_id: str = "datacoop", linger_ms: int = 2,
                  max_batch_size: int = 256 * 1024, max_request_size: int = 8 * 1024 * 1024) -> None:
-        self._producer = AIOKafkaProducer(
+        self._config = dict(
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
@@ -37,14 +37,17 @@ class Publisher:
             max_request_size=max_request_size,
             compression_type=None,
         )
+        self._producer: AIOKafkaProducer | None = None
         self._started = False
 
     async def start(self) -> None:
+        """Connect (aiokafka clients belong to the running event loop, so they are made here)."""
+        self._producer = AIOKafkaProducer(**self._config)
         await self._producer.start()
         self._started = True
 
     async def stop(self) -> None:
-        if self._started:
+        if self._started and self._producer is not None:
             await self._producer.stop()
             self._started = False
 
@@ -55,16 +58,22 @@ class Publisher:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def _running(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("publisher not started; call `await publisher.start()` first")
+        return self._producer
+
     async def publish(self, topic: str, envelope: Envelope) -> Position:
         """Append one event and wait until the broker has it (acks=all)."""
         return (await self.publish_many(topic, [envelope]))[0]
 
     async def publish_many(self, topic: str, envelopes: Sequence[Envelope]) -> list[Position]:
         """Append events in order (same subject -> same partition, in order); wait for every ack."""
+        producer = self._running()
         futures = []
         for envelope in envelopes:
             record = encode(envelope)
-            futures.append(await self._producer.send(topic, record.value, key=record.key,
+            futures.append(await producer.send(topic, record.value, key=record.key,
                                                      headers=record.headers))
         metas = await asyncio.gather(*futures)
         return [Position(m.partition, m.offset) for m in metas]
@@ -72,6 +81,6 @@ class Publisher:
     async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None,
                        headers: Headers) -> Position:
         """For the DLQ: the original bytes, unparsed, with the reason in headers."""
-        future = await self._producer.send(topic, value, key=key, headers=headers)
+        future = await self._running().send(topic, value, key=key, headers=headers)
         meta = await future
         return Position(meta.partition, meta.offset)

@@ -26,7 +26,9 @@ class ServiceEntry:
 
 
 # Every service that exists, in start order. A new service adds one line here (see README).
-SERVICES: list[ServiceEntry] = []
+SERVICES: list[ServiceEntry] = [
+    ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
+]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from datacoop.kit.logs import correlation_id
 from datacoop.kit.runtime import ServiceRuntime
 
 
-def create_app(runtime: ServiceRuntime, routers: list[APIRouter], *, title: str, version: str = "1",
+def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title: str, version: str = "1",
                description: str = "") -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
 from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.bus.consumer import ConsumerRunner, Projection
@@ -16,19 +19,25 @@ from datacoop.topics import qualified
 
 log = logging.getLogger("datacoop.runtime")
 
+P = TypeVar("P", bound=Projection)
 
-class ServiceRuntime:
-    def __init__(self, name: str, settings: ServiceSettings, projection: Projection, *,
+
+class ServiceRuntime(Generic[P]):
+    """`make_projection` gets the store, so the projection can answer queries on the same connection."""
+
+    def __init__(self, name: str, settings: ServiceSettings, make_projection: Callable[[ProjectionStore], P], *,
                  reads: Iterable[str] = (), writes: str | None = None, schema_sql: str = "") -> None:
         self.name = name
         self.settings = settings
-        self.projection = projection
+        self._background: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         prefix = settings.topic_prefix
         self.write_topic = qualified(prefix, writes) if writes else None
         topics = [qualified(prefix, t) for t in reads]
         if self.write_topic and self.write_topic not in topics:
             topics.append(self.write_topic)
         self.store = ProjectionStore(settings.data_dir / f"{name}.duckdb", schema_sql)
+        projection = self.projection = make_projection(self.store)
         self.publisher = Publisher(settings.bootstrap, client_id=f"datacoop-{name}")
         self.runner = ConsumerRunner(
             bootstrap=settings.bootstrap, store=self.store, projection=projection, topics=topics,
@@ -37,6 +46,10 @@ class ServiceRuntime:
         self.writer = (Writer(store=self.store, publisher=self.publisher, projection=projection,
                               topic=self.write_topic, source=f"datacoop/{name}")
                        if self.write_topic else None)
+
+    def add_background(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
+        """A coroutine started once the consumer runs (a sweeper, a chain watcher), cancelled at stop."""
+        self._background.append(loop_fn)
 
     @property
     def ready(self) -> bool:
@@ -47,9 +60,15 @@ class ServiceRuntime:
         await self.publisher.start()
         await self.runner.start()
         self.runner.run_in_background()
+        self._tasks = [asyncio.create_task(fn()) for fn in self._background]
         log.info("%s started; reading %s", self.name, ", ".join(self.runner.topics))
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.runner.stop()
         await self.publisher.stop()
         self.store.close()

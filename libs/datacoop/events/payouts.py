@@ -1,0 +1,3 @@
+"""Events of the payouts topic (writer: the settlement service)."""
+
+from __future__ import annotations

@@ -1,0 +1,92 @@
+"""A member's side: sign actions with the wallet key (eth-account, as any wallet would) and call the API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+from services.consent import eip712
+
+
+class ApiError(RuntimeError):
+    """A refused request: `status`, and the problem+json `detail` that says what to do."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status} {problem.get('detail') or problem}")
+        self.status = status
+        self.problem = problem
+
+
+def check(resp: httpx.Response) -> Any:
+    if resp.status_code >= 400:
+        try:
+            problem = resp.json()
+        except ValueError:
+            problem = {"detail": resp.text}
+        raise ApiError(resp.status_code, problem)
+    return resp.json()
+
+
+class MemberWallet:
+    """Signs EIP-712 member actions with a private key and sends them to the consent service."""
+
+    def __init__(self, private_key: str, base_url: str, domain: eip712.Domain | None = None,
+                 http: httpx.Client | None = None) -> None:
+        self.account = Account.from_key(private_key)
+        self.address: str = self.account.address
+        self.http = http or httpx.Client(base_url=base_url, timeout=30)
+        self.domain = domain or self._fetch_domain()
+
+    def _fetch_domain(self) -> eip712.Domain:
+        d = check(self.http.get("/eip712"))["domain"]
+        return eip712.Domain(d["name"], d["version"], d["chainId"], d.get("verifyingContract"))
+
+    def sign(self, primary_type: str, message: dict[str, Any]) -> str:
+        signable = encode_typed_data(full_message=eip712.typed_data(self.domain, primary_type, message))
+        return "0x" + bytes(self.account.sign_message(signable).signature).hex().removeprefix("0x")
+
+    def next_nonce(self) -> int:
+        resp = self.http.get(f"/members/{self.address}")
+        return 0 if resp.status_code == 404 else int(check(resp)["next_nonce"])
+
+    def register(self) -> dict[str, Any]:
+        sig = self.sign("RegisterMember", {"member": self.address, "nonce": 0})
+        return check(self.http.post("/members", json={"member": self.address, "nonce": 0, "signature": sig}))
+
+    def grant_body(self, purpose: str, categories: list[str], expires_at: datetime | None = None,
+                   consent_id: str | None = None, nonce: int | None = None,
+                   on_behalf_of: str | None = None) -> dict[str, Any]:
+        """The signed body of a grant; `on_behalf_of` signs for another member (which the service refuses)."""
+        consent_id = consent_id or str(uuid.uuid4())
+        nonce = self.next_nonce() if nonce is None else nonce
+        message = {"member": on_behalf_of or self.address, "consentId": consent_id, "purpose": purpose, "categories": categories,
+                   "expiresAt": int(expires_at.timestamp()) if expires_at else 0, "nonce": nonce}
+        return {"consent_id": consent_id, "purpose": purpose, "categories": categories,
+                "expires_at": expires_at.isoformat() if expires_at else None, "nonce": nonce,
+                "signature": self.sign("GrantConsent", message)}
+
+    def grant(self, purpose: str, categories: list[str], expires_at: datetime | None = None) -> dict[str, Any]:
+        body = self.grant_body(purpose, categories, expires_at)
+        return check(self.http.post(f"/members/{self.address}/consents", json=body))
+
+    def revoke(self, consent_id: str) -> dict[str, Any]:
+        nonce = self.next_nonce()
+        sig = self.sign("RevokeConsent", {"member": self.address, "consentId": consent_id, "nonce": nonce})
+        return check(self.http.post(f"/members/{self.address}/consents/{consent_id}/revoke",
+                                    json={"nonce": nonce, "signature": sig}))
+
+    def erase(self) -> dict[str, Any]:
+        nonce = self.next_nonce()
+        sig = self.sign("RequestErasure", {"member": self.address, "nonce": nonce})
+        return check(self.http.post(f"/members/{self.address}/erasure", json={"nonce": nonce, "signature": sig}))
+
+    def consents(self) -> list[dict[str, Any]]:
+        return list(check(self.http.get(f"/members/{self.address}/consents")))
+
+    def receipt(self, consent_id: str) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/members/{self.address}/consents/{consent_id}/receipt")))

@@ -1,0 +1,209 @@
+"""Members and their consents: the rules, pure (decide / evolve), no I/O.
+
+A member is a wallet address. Every command carries the address recovered from its EIP-712
+signature (`signer`) and the member's nonce; `decide` refuses a command whose signer is not the
+member, whose nonce is not the next one, or that the member's state does not allow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from datacoop.events.members import (
+    ConsentExpired,
+    ConsentGranted,
+    ConsentRevoked,
+    ErasureRequested,
+    MemberRegistered,
+)
+from datacoop.events.registry import Event
+
+from services.consent.catalog import Catalog
+
+ConsentStatus = Literal["active", "revoked", "expired"]
+
+
+class ConsentRefused(Exception):
+    """A command the rules refuse. `kind` maps to the API status: the message says what to do."""
+
+    def __init__(self, kind: Literal["unauthorized", "conflict", "not_found", "unprocessable", "gone"],
+                 message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    state: str
+    at: datetime
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Consent:
+    consent_id: str
+    purpose: str
+    categories: tuple[str, ...]
+    granted_at: datetime
+    expires_at: datetime | None
+    catalog_version: int
+    signature: str
+    nonce: int
+    status: ConsentStatus = "active"
+    history: tuple[HistoryEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Member:
+    address: str
+    registered: bool = False
+    registered_at: datetime | None = None
+    last_nonce: int = -1
+    erased_at: datetime | None = None
+    consents: dict[str, Consent] = field(default_factory=dict)
+
+    @property
+    def next_nonce(self) -> int:
+        return self.last_nonce + 1
+
+
+# -- commands ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Signed:
+    member: str
+    signer: str
+    nonce: int
+    signature: str
+
+
+@dataclass(frozen=True)
+class RegisterMember(Signed):
+    pass
+
+
+@dataclass(frozen=True)
+class GrantConsent(Signed):
+    consent_id: str = ""
+    purpose: str = ""
+    categories: tuple[str, ...] = ()
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RevokeConsent(Signed):
+    consent_id: str = ""
+
+
+@dataclass(frozen=True)
+class RequestErasure(Signed):
+    pass
+
+
+@dataclass(frozen=True)
+class ExpireDue:
+    member: str
+    now: datetime
+
+
+Command = RegisterMember | GrantConsent | RevokeConsent | RequestErasure | ExpireDue
+
+
+def _check_signed(state: Member, cmd: Signed, *, must_exist: bool = True) -> None:
+    if cmd.signer.lower() != cmd.member.lower():
+        raise ConsentRefused("unauthorized",
+                             f"signature is by {cmd.signer}, not by member {cmd.member}; sign with the member's key")
+    if must_exist and not state.registered:
+        raise ConsentRefused("not_found", f"member {cmd.member} is not registered; register first")
+    if state.erased_at is not None:
+        raise ConsentRefused("gone", f"member {cmd.member} asked to be forgotten on {state.erased_at:%Y-%m-%d}; "
+                                     "register a new wallet to take part again")
+    if cmd.nonce <= state.last_nonce:
+        raise ConsentRefused("conflict", f"nonce {cmd.nonce} was already used (a replayed signature?); "
+                                         f"sign again with nonce {state.next_nonce}")
+    if cmd.nonce != state.next_nonce:
+        raise ConsentRefused("conflict", f"nonce {cmd.nonce} skips ahead; the next nonce is {state.next_nonce}")
+
+
+def decide(cmd: Command, state: Member, catalog: Catalog, now: datetime) -> list[Event]:
+    """The events `cmd` causes in `state`, or ConsentRefused saying why not."""
+    if isinstance(cmd, ExpireDue):
+        return [ConsentExpired(member=state.address, consent_id=c.consent_id, expired_at=cmd.now)
+                for c in state.consents.values()
+                if c.status == "active" and c.expires_at is not None and c.expires_at <= cmd.now]
+    if isinstance(cmd, RegisterMember):
+        if state.registered:
+            if cmd.signer.lower() != cmd.member.lower():
+                raise ConsentRefused("unauthorized", f"signature is by {cmd.signer}, not by member {cmd.member}")
+            raise ConsentRefused("conflict", f"member {cmd.member} is already registered")
+        _check_signed(state, cmd, must_exist=False)
+        return [MemberRegistered(member=cmd.member, registered_at=now, nonce=cmd.nonce, signature=cmd.signature)]
+    _check_signed(state, cmd)
+    if isinstance(cmd, GrantConsent):
+        problem = catalog.unknown_purpose(cmd.purpose) or catalog.unknown_categories(list(cmd.categories))
+        if problem:
+            raise ConsentRefused("unprocessable", problem)
+        if not cmd.categories:
+            raise ConsentRefused("unprocessable", "a consent needs at least one data category")
+        if cmd.expires_at is not None and cmd.expires_at <= now:
+            raise ConsentRefused("unprocessable", f"expiry {cmd.expires_at.isoformat()} is in the past; "
+                                                  "choose a later time or none")
+        if cmd.consent_id in state.consents:
+            raise ConsentRefused("conflict", f"consent {cmd.consent_id} already exists; use a new consent id")
+        return [ConsentGranted(member=cmd.member, consent_id=cmd.consent_id, purpose=cmd.purpose,
+                               categories=sorted(set(cmd.categories)), granted_at=now, expires_at=cmd.expires_at,
+                               catalog_version=catalog.version, nonce=cmd.nonce, signature=cmd.signature)]
+    if isinstance(cmd, RevokeConsent):
+        consent = state.consents.get(cmd.consent_id)
+        if consent is None:
+            raise ConsentRefused("not_found", f"member {cmd.member} has no consent {cmd.consent_id}")
+        if consent.status != "active":
+            raise ConsentRefused("conflict", f"consent {cmd.consent_id} is {consent.status}, not active; "
+                                             "nothing to revoke")
+        return [ConsentRevoked(member=cmd.member, consent_id=cmd.consent_id, revoked_at=now, nonce=cmd.nonce,
+                               signature=cmd.signature)]
+    if isinstance(cmd, RequestErasure):
+        return [ErasureRequested(member=cmd.member, requested_at=now, nonce=cmd.nonce, signature=cmd.signature)]
+    raise TypeError(f"unknown command {cmd!r}")
+
+
+def evolve(state: Member, event: Event) -> Member:
+    """The member after `event`. Total: an event that doesn't apply leaves the state as it is."""
+    if isinstance(event, MemberRegistered):
+        return replace(state, registered=True, registered_at=event.registered_at,
+                       last_nonce=max(state.last_nonce, event.nonce))
+    if isinstance(event, ConsentGranted):
+        consent = Consent(event.consent_id, event.purpose, tuple(event.categories), event.granted_at,
+                          event.expires_at, event.catalog_version, event.signature, event.nonce,
+                          history=(HistoryEntry("active", event.granted_at, "granted"),))
+        return replace(state, last_nonce=max(state.last_nonce, event.nonce),
+                       consents={**state.consents, event.consent_id: consent})
+    if isinstance(event, ConsentRevoked):
+        state = replace(state, last_nonce=max(state.last_nonce, event.nonce))
+        return _set_status(state, event.consent_id, "revoked", event.revoked_at, "revoked by the member")
+    if isinstance(event, ConsentExpired):
+        return _set_status(state, event.consent_id, "expired", event.expired_at, "expiry reached")
+    if isinstance(event, ErasureRequested):
+        state = replace(state, last_nonce=max(state.last_nonce, event.nonce), erased_at=event.requested_at)
+        for cid, c in list(state.consents.items()):
+            if c.status == "active":
+                state = _set_status(state, cid, "revoked", event.requested_at, "erasure requested")
+        return state
+    return state
+
+
+def _set_status(state: Member, consent_id: str, status: ConsentStatus, at: datetime, reason: str) -> Member:
+    consent = state.consents.get(consent_id)
+    if consent is None or consent.status != "active":
+        return state
+    updated = replace(consent, status=status, history=(*consent.history, HistoryEntry(status, at, reason)))
+    return replace(state, consents={**state.consents, consent_id: updated})
+
+
+def effective_status(consent: Consent, now: datetime) -> ConsentStatus:
+    """`expired` as soon as the expiry has passed, even before the sweeper's event lands."""
+    if consent.status == "active" and consent.expires_at is not None and consent.expires_at <= now:
+        return "expired"
+    return consent.status

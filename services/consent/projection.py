@@ -1,0 +1,74 @@
+"""How member events land in DuckDB, and the queries the API and the sweeper need.
+
+One row per member holding the member's state as JSON (evolved by domain.evolve, the single
+definition of what each event means) plus the columns queries filter on.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+from datacoop.bus.consumer import Delivery
+from pydantic import TypeAdapter
+
+from services.consent.domain import Member, evolve
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS members (
+    member VARCHAR PRIMARY KEY,
+    state JSON NOT NULL,
+    registered BOOLEAN NOT NULL,
+    erased BOOLEAN NOT NULL,
+    next_expiry TIMESTAMPTZ
+);
+"""
+
+_MEMBER = TypeAdapter(Member)
+
+
+def _next_expiry(member: Member) -> datetime | None:
+    due = [c.expires_at for c in member.consents.values() if c.status == "active" and c.expires_at]
+    return min(due) if due else None
+
+
+class MembersProjection:
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        addresses = list(dict.fromkeys(d.envelope.subject for d in deliveries))
+        states = self._load(tx, addresses)
+        for d in deliveries:
+            subject = d.envelope.subject
+            states[subject] = evolve(states.get(subject) or Member(subject), d.event)
+        rows = [states[a] for a in addresses]
+        tx.execute(
+            """INSERT OR REPLACE INTO members
+               SELECT unnest(?::VARCHAR[]), unnest(?::JSON[]), unnest(?::BOOLEAN[]), unnest(?::BOOLEAN[]),
+                      unnest(?::TIMESTAMPTZ[])""",
+            [[m.address for m in rows], [_MEMBER.dump_json(m).decode() for m in rows],
+             [m.registered for m in rows], [m.erased_at is not None for m in rows],
+             [_next_expiry(m) for m in rows]],
+        )
+
+    @staticmethod
+    def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, Member]:
+        if not addresses:
+            return {}
+        rows = conn.execute("SELECT member, state FROM members WHERE member IN (SELECT unnest(?::VARCHAR[]))",
+                            [addresses]).fetchall()
+        return {m: _MEMBER.validate_json(s) for m, s in rows}
+
+    def get(self, address: str) -> Member:
+        return self._load(self.conn, [address]).get(address) or Member(address)
+
+    def due_for_expiry(self, now: datetime, limit: int = 1000) -> list[str]:
+        rows = self.conn.execute("SELECT member FROM members WHERE next_expiry <= ? ORDER BY next_expiry LIMIT ?",
+                                 [now, limit]).fetchall()
+        return [r[0] for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        row = self.conn.execute("SELECT count(*) FILTER (registered), count(*) FILTER (erased) FROM members").fetchone()
+        assert row is not None
+        return {"members": int(row[0]), "erased": int(row[1])}

@@ -1,0 +1,102 @@
+"""Consent receipts: ISO/IEC TS 27560-style consent records, signed with the cooperative's Ed25519 key.
+
+The signature covers the canonical JSON (sorted keys, no spaces, UTF-8) of the receipt without its
+`proof`. Anyone can verify a receipt offline with the public key (`datacoop receipt verify FILE`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from services.consent.catalog import Catalog
+from services.consent.domain import Consent, Member, effective_status
+
+RECEIPT_SCHEMA = "datacoop-consent-receipt/1 (ISO/IEC TS 27560 fields)"
+CONTROLLER = {"name": "datacoop cooperative", "role": "controller",
+              "contact": "privacy@datacoop.example", "jurisdiction": "EU"}
+
+
+class ReceiptInvalid(ValueError):
+    """The receipt is malformed, or its signature does not verify with the given key."""
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key at `path` (PEM, PKCS#8); created with mode 0600 on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def build_receipt(member: Member, consent: Consent, catalog: Catalog, now: datetime) -> dict[str, Any]:
+    return {
+        "schema": RECEIPT_SCHEMA,
+        "record_id": consent.consent_id,
+        "data_subject": {"id": member.address, "id_type": "ethereum-address"},
+        "controller": CONTROLLER,
+        "purposes": [{"purpose": consent.purpose, "description": catalog.purposes.get(consent.purpose, ""),
+                      "legal_basis": "consent (GDPR Art. 6(1)(a) / 9(2)(a))"}],
+        "data_categories": [{"category": c, "description": catalog.categories.get(c, "")}
+                            for c in consent.categories],
+        "catalog_version": consent.catalog_version,
+        "time_of_consent": _iso(consent.granted_at),
+        "expiry": _iso(consent.expires_at),
+        "withdrawal_method": ("sign a RevokeConsent EIP-712 message with your wallet and send it to "
+                              f"POST /members/{member.address}/consents/{consent.consent_id}/revoke "
+                              f"(or run `datacoop consent revoke {consent.consent_id}`)"),
+        "state": effective_status(consent, now),
+        "state_history": [{"state": h.state, "at": _iso(h.at), "reason": h.reason} for h in consent.history],
+        "evidence": {"type": "EIP-712", "nonce": consent.nonce, "signature": consent.signature},
+        "issued_at": now.isoformat(),
+    }
+
+
+def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    signature = key.sign(canonical(receipt))
+    return {**receipt, "proof": {"type": "Ed25519", "public_key": public_key_b64(key),
+                                 "signature": base64.b64encode(signature).decode()}}
+
+
+def verify_receipt(document: dict[str, Any], trusted_public_key_b64: str | None = None) -> None:
+    """Raise ReceiptInvalid unless the proof verifies (with `trusted_public_key_b64` when given)."""
+    proof = document.get("proof")
+    if not isinstance(proof, dict) or "signature" not in proof or "public_key" not in proof:
+        raise ReceiptInvalid("receipt has no proof (expected proof.public_key and proof.signature)")
+    key_b64 = trusted_public_key_b64 or proof["public_key"]
+    if trusted_public_key_b64 and proof["public_key"] != trusted_public_key_b64:
+        raise ReceiptInvalid("receipt was signed by a different key than the cooperative's")
+    body = {k: v for k, v in document.items() if k != "proof"}
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key_b64))
+        key.verify(base64.b64decode(proof["signature"]), canonical(body))
+    except (InvalidSignature, ValueError) as exc:
+        raise ReceiptInvalid("signature does not match the receipt: it was altered or signed by another key") \
+            from exc
