@@ -14,33 +14,49 @@ import numpy as np
 from services.anonymizer.hierarchy import Hierarchy, IntArray
 
 
-def group_ids(columns: Sequence[IntArray], cardinalities: Sequence[int]) -> tuple[IntArray, int]:
-    """Dense group ids (0..g-1) of the rows of ``columns`` (equal rows, equal id) and the group count g.
+class Grouper:
+    """Assigns dense group ids to rows of small-integer columns without sorting.
 
-    Columns hold codes in ``0..cardinality-1``. Keys are packed mixed-radix into int64, re-densified
-    whenever the packed range would overflow, so any number of columns works.
+    Keys are packed mixed-radix; a packed key below ``max_span`` is grouped with a scratch slot array
+    (every row writes its index to ``slots[key]``, then reads back one representative per key), which
+    is O(rows) and cache-friendly. Larger keys fall back to ``np.unique``. One Grouper is not
+    thread-safe (it reuses its scratch array); results never depend on what it grouped before.
     """
+
+    def __init__(self, max_span: int = 1 << 22) -> None:
+        self.max_span = max_span
+        self._slots = np.empty(max_span, dtype=np.int32)
+
+    def __call__(self, columns: Sequence[IntArray], cardinalities: Sequence[int]) -> tuple[IntArray, int]:
+        """Dense ids 0..g-1 (equal rows, equal id; order unspecified) and the group count g."""
+        n = len(columns[0]) if columns else 0
+        if not columns or n == 0:
+            return np.zeros(n, dtype=np.int64), (1 if n else 0)
+        key = columns[0].astype(np.int64, copy=False)
+        span = int(cardinalities[0])
+        for col, card in zip(columns[1:], cardinalities[1:], strict=True):
+            if span * int(card) > self.max_span:
+                key, span = self._compress(key, span)
+            key = key * int(card) + col
+            span *= int(card)
+        return self._compress(key, span)
+
+    def _compress(self, key: IntArray, span: int) -> tuple[IntArray, int]:
+        if span > self.max_span:
+            uniq, inv = np.unique(key, return_inverse=True)
+            return inv.astype(np.int64, copy=False), len(uniq)
+        rows = np.arange(len(key), dtype=np.int32)
+        self._slots[key] = rows
+        representative = self._slots[key]
+        is_first = representative == rows
+        dense = np.cumsum(is_first, dtype=np.int64) - 1
+        return dense[representative], int(dense[-1]) + 1
+
+
+def group_ids(columns: Sequence[IntArray], cardinalities: Sequence[int]) -> tuple[IntArray, int]:
+    """Dense group ids (0..g-1) of the rows of ``columns`` (codes in ``0..cardinality-1``) and the count g."""
     n = len(columns[0]) if columns else 0
-    if not columns or n == 0:
-        return np.zeros(n, dtype=np.int64), (1 if n else 0)
-    key = columns[0].astype(np.int64, copy=False)
-    span = int(cardinalities[0])
-    for col, card in zip(columns[1:], cardinalities[1:], strict=True):
-        if span * int(card) >= 2**62:
-            key, span = _densify(key, span)
-        key = key * int(card) + col
-        span *= int(card)
-    return _densify(key, span)
-
-
-def _densify(key: IntArray, span: int) -> tuple[IntArray, int]:
-    if span <= 8 * len(key) + 1024:
-        present = np.zeros(span, dtype=np.bool_)
-        present[key] = True
-        remap = np.cumsum(present, dtype=np.int64) - 1
-        return remap[key], int(remap[-1]) + 1
-    uniq, inv = np.unique(key, return_inverse=True)
-    return inv.astype(np.int64, copy=False), len(uniq)
+    return Grouper(min(1 << 22, 8 * n + 1024))(columns, cardinalities)
 
 
 @dataclass(frozen=True)
@@ -104,6 +120,11 @@ def encode(columns: Mapping[str, Sequence[object]], hierarchies: Mapping[str, Hi
     first[ids[::-1]] = np.arange(n - 1, -1, -1)
     stacked = np.stack(all_cols, axis=1) if all_cols else np.zeros((n, 0), dtype=np.int64)
     rep = stacked[first] if g else stacked[:0]
+    if g and all_cols:  # lexicographic tuple order: generalized keys stay nearly sorted (cache locality)
+        order = np.lexsort(rep.T[::-1])
+        rank = np.empty(g, dtype=np.int64)
+        rank[order] = np.arange(g)
+        rep, ids = rep[order], rank[ids]
     q = len(names)
     return EncodedTable(
         quasi_identifiers=names, hierarchies=tuple(hierarchies[c] for c in names), sensitive=tuple(sensitive),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.anonymizer.encoding import EncodedTable, group_ids
+from services.anonymizer.encoding import EncodedTable, Grouper
 from services.anonymizer.hierarchy import BoolArray, FloatArray, IntArray
 from services.anonymizer.metrics import granularity_loss
 from services.anonymizer.privacy_checks import failing_classes
@@ -79,7 +79,9 @@ class GlobalRecoding:
             self._codes.append(codes)
             self._shares.append(shares)
             self._share_sums.append(np.array([float(counts @ s) for s in shares]))
+        self._max_share = [np.array([float(s.max()) if s.size else 0.0 for s in h.shares]) for h in table.hierarchies]
         self._sens_cards = [len(v) for v in table.sensitive_values]
+        self._group = Grouper()
         self._cache: list[tuple[IntArray, IntArray]] = []
         self._cache_nodes = np.zeros((self.CACHE_SLOTS, len(table.hierarchies)), dtype=np.int64)
         self._cache_sizes = np.zeros(self.CACHE_SLOTS, dtype=np.int64)
@@ -95,12 +97,42 @@ class GlobalRecoding:
             return np.zeros((1, 0), dtype=np.int64)
         return np.array(list(itertools.product(*(range(h) for h in heights))), dtype=np.int64)
 
-    def loss_bounds(self, nodes: IntArray) -> FloatArray:
-        """Loss of each node were nothing suppressed: a lower bound on its real loss, monotone in the lattice."""
-        sums = np.stack([self._share_sums[i][nodes[:, i]] for i in range(nodes.shape[1])], axis=1)
-        r = sums.mean(axis=1) / max(self.table.n_rows, 1)
-        m = float(np.mean(1.0 / np.asarray(self.domain_sizes, dtype=np.float64)))
+    def loss_bounds(self, nodes: IntArray, forced: IntArray | None = None) -> FloatArray:
+        """A lower bound on each node's real loss.
+
+        Without suppression the bound is the node's loss were nothing suppressed (monotone in the
+        lattice). With it, the bound adds the least extra loss of the rows the node must suppress for
+        sure: rows in classes of fewer than k rows on some *pair* of its QIs (a class on all QIs lies
+        inside a class on any pair, so it is smaller still), each costing at least
+        ``sum_i (1 - largest share at level_i)``.
+        """
+        q = nodes.shape[1]
+        sums = np.stack([self._share_sums[i][nodes[:, i]] for i in range(q)], axis=1).sum(axis=1) \
+            if q else np.zeros(len(nodes))
+        if forced is not None and q:
+            least = np.stack([1.0 - self._max_share[i][nodes[:, i]] for i in range(q)], axis=1).sum(axis=1)
+            sums = sums + forced * least
+        r = sums / max(q, 1) / max(self.table.n_rows, 1)
+        m = float(np.mean(1.0 / np.asarray(self.domain_sizes, dtype=np.float64))) if q else 1.0
         return np.zeros(len(nodes)) if m >= 1.0 else np.maximum(0.0, (r - m) / (1.0 - m))
+
+    def forced_suppression(self, nodes: IntArray) -> IntArray:
+        """Per node, rows that must be suppressed whatever else holds: the most, over QI pairs, of rows in
+        classes of fewer than k rows when grouped on that pair at the node's levels."""
+        t = self.table
+        q = nodes.shape[1]
+        forced = np.zeros(len(nodes), dtype=np.int64)
+        for i, j in itertools.combinations(range(q), 2):
+            hi, hj = t.hierarchies[i], t.hierarchies[j]
+            table = np.zeros((hi.height, hj.height), dtype=np.int64)
+            for a in range(hi.height):
+                for b in range(hj.height):
+                    ids, g = self._group([self._codes[i][a], self._codes[j][b]],
+                                       [len(hi.level_labels[a]), len(hj.level_labels[b])])
+                    sizes = np.bincount(ids, weights=t.counts, minlength=g)
+                    table[a, b] = int(sizes[sizes < self.model.k].sum())
+            np.maximum(forced, table[nodes[:, i], nodes[:, j]], out=forced)
+        return forced
 
     def check(self, node: Sequence[int]) -> NodeResult:
         """Group the tuples at ``node``, suppress failing classes, and score it.
@@ -132,10 +164,10 @@ class GlobalRecoding:
         cards = [len(h.level_labels[lvl]) for h, lvl in zip(t.hierarchies, node, strict=True)]
         source = self._best_cached(node)
         if source is None or len(source[1]) > len(t.counts) // 2:
-            class_ids, n_classes = group_ids([self._codes[i][lvl] for i, lvl in enumerate(node)], cards)
+            class_ids, n_classes = self._group([self._codes[i][lvl] for i, lvl in enumerate(node)], cards)
         else:
             src_ids, src_reps = source
-            rep_ids, n_classes = group_ids([self._codes[i][lvl][src_reps] for i, lvl in enumerate(node)], cards)
+            rep_ids, n_classes = self._group([self._codes[i][lvl][src_reps] for i, lvl in enumerate(node)], cards)
             class_ids = rep_ids[src_ids]
         reps = np.empty(n_classes, dtype=np.int64)
         reps[class_ids] = np.arange(len(class_ids))
@@ -191,10 +223,11 @@ class _Flash:
     def __init__(self, engine: GlobalRecoding) -> None:
         self.engine = engine
         self.nodes = engine.all_nodes()
-        self.bounds = engine.loss_bounds(self.nodes)
+        forced = engine.forced_suppression(self.nodes)
+        self.bounds = engine.loss_bounds(self.nodes, forced)
         self.heights = np.asarray(engine.table.heights, dtype=np.int64)
         self.radix = np.cumprod([1, *self.heights[::-1][:-1]])[::-1] if len(self.heights) else np.zeros(0, np.int64)
-        self.status = np.zeros(len(self.nodes), dtype=np.int8)
+        self.status = np.where(forced > engine.max_suppressed, -1, 0).astype(np.int8)
         self.loss = np.full(len(self.nodes), np.nan)
         self.best: NodeResult | None = None
         self.checked = 0
@@ -206,7 +239,8 @@ class _Flash:
         result = self.engine.check(self.nodes[idx])
         self.checked += 1
         if result.anonymous:
-            self.status[(self.nodes >= self.nodes[idx]).all(axis=1)] = 1
+            if self.status[idx] != 1:  # else an anonymous predecessor already tagged the whole up-set
+                self.status[(self.nodes >= self.nodes[idx]).all(axis=1)] = 1
             self.loss[idx] = result.loss
             if _better(result, self.best):
                 self.best = result
