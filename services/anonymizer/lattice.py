@@ -2,9 +2,12 @@
 
 A lattice node gives one generalization level per quasi-identifier. A node is *anonymous* if, after
 suppressing every equivalence class that fails the privacy model, at most the suppression limit of
-rows is gone. Anonymity is monotone: generalizing further only merges classes, and k, distinct-l,
-entropy-l and t-closeness (EMD is convex) all survive merging, so a node above an anonymous node is
-anonymous and one below a non-anonymous node is not (predictive tagging).
+rows is gone. For k-anonymity and distinct l-diversity this is monotone: generalizing only merges
+classes, and a class containing a passing class passes, so the suppressed rows can only shrink; a
+node above an anonymous node is anonymous and one below a non-anonymous node is not (predictive
+tagging). Entropy-l and t-closeness are monotone only without suppression (a passing class merged
+with a failing one can fail: H and EMD are concave/convex in the *mixture*, not bounded by the
+passing part), so with a suppression limit > 0 they get no tagging, only the bound below.
 
 The Loss objective is *not* monotone once suppression is allowed, so the search does not stop at
 the anonymity frontier. It uses a sound bound instead: a node's loss is at least its loss with no
@@ -231,6 +234,8 @@ class _Flash:
         self.loss = np.full(len(self.nodes), np.nan)
         self.best: NodeResult | None = None
         self.checked = 0
+        m = engine.model
+        self.monotone = m.suppression_limit == 0 or (m.t is None and (m.l == 1 or m.l_kind == "distinct"))
 
     def _index(self, node: IntArray) -> int:
         return int(node @ self.radix)
@@ -238,6 +243,13 @@ class _Flash:
     def _check(self, idx: int) -> bool:
         result = self.engine.check(self.nodes[idx])
         self.checked += 1
+        if not self.monotone:
+            self.status[idx] = 1 if result.anonymous else -1
+            if result.anonymous:
+                self.loss[idx] = result.loss
+                if _better(result, self.best):
+                    self.best = result
+            return result.anonymous
         if result.anonymous:
             if self.status[idx] != 1:  # else an anonymous predecessor already tagged the whole up-set
                 self.status[(self.nodes >= self.nodes[idx]).all(axis=1)] = 1
@@ -279,16 +291,19 @@ class _Flash:
 
     def run(self) -> SearchResult:
         top = len(self.nodes) - 1
-        if not self._check(top):
+        if self.monotone and not self._check(top):
             raise NoAnonymousNode(_no_node_message(self.engine))
         for idx in _ordered(self.nodes, self.bounds):
             if self.best is not None and self.bounds[idx] > self.best.loss + 1e-12:
                 break
-            if self.status[idx] == 0:
+            if self.status[idx] == 0 and self.monotone:
                 self._classify(int(idx))
+            elif self.status[idx] == 0:
+                self._check(int(idx))
             if self.status[idx] == 1 and np.isnan(self.loss[idx]):
                 self._check(int(idx))
-        assert self.best is not None
+        if self.best is None:
+            raise NoAnonymousNode(_no_node_message(self.engine))
         return SearchResult(self.best, len(self.nodes), self.checked)
 
 

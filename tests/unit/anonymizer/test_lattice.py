@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from services.anonymizer.encoding import encode
+from services.anonymizer.hierarchy import from_rows
 from services.anonymizer.lattice import GlobalRecoding, NoAnonymousNode, exhaustive_search, optimal_search
 from services.anonymizer.privacy_model import PrivacyModel
 
@@ -52,3 +53,15 @@ def test_an_impossible_model_is_refused_with_advice(adult_subset, adult_hierarch
     table = encode({"sex": adult_subset["sex"][:3]}, {"sex": adult_hierarchies["sex"]})
     with pytest.raises(NoAnonymousNode, match="raise the suppression limit"):
         optimal_search(GlobalRecoding(table, PrivacyModel(k=5)))
+
+
+def test_entropy_diversity_with_suppression_is_searched_without_tagging() -> None:
+    # Generalizing 'a' and 'b' merges a diverse class into a skewed one: the top node suppresses
+    # more than the bottom one, so tagging from the top would wrongly rule the bottom out.
+    hierarchy = from_rows("q", [["a", "*"], ["b", "*"]])
+    table = encode({"q": ["a", "a", *["b"] * 10], "s": ["x", "y", *["x"] * 10]}, {"q": hierarchy}, ["s"])
+    engine = GlobalRecoding(table, PrivacyModel(k=2, l=2, l_kind="entropy", suppression_limit=10 / 12))
+    assert engine.check((1,)).anonymous is False
+    found = optimal_search(engine).best
+    assert found.node == exhaustive_search(engine).best.node == (0,)
+    assert found.suppressed_rows == 10
