@@ -94,46 +94,52 @@ def kmeans_plusplus(xp: ModuleType, x: Any, x_sq: Any, k: int, rng: np.random.Ge
     return centers
 
 
-def _nearest(xp: ModuleType, d: Any) -> tuple[Any, Any]:
-    """Per column of the (k, rows) matrix d: the first row index holding the minimum, and the minimum.
+def _one_hot(xp: ModuleType, d: Any, first_only: bool) -> tuple[Any, Any]:
+    """(k, rows) 0/1 matrix marking each column's minimum of d, and the minima.
 
-    For small k a k-step select loop beats argmin along the short axis on CPU; both give the
-    first minimum, so the choice never changes a label.
+    With `first_only` a column whose minimum is tied keeps only its first (lowest-index) center,
+    as argmin does; without it a tie marks several centers (cheaper; the caller detects ties by
+    counting and redoes the pass).
     """
     best = d.min(axis=0)
-    k = d.shape[0]
-    if k > 32:
-        return d.argmin(axis=0), best
-    labels = xp.full(d.shape[1], k - 1, dtype=xp.int64)
-    for j in range(k - 2, -1, -1):
-        labels = xp.where(d[j] == best, j, labels)
-    return labels, best
+    hits = d == best
+    if first_only:
+        hits &= xp.cumsum(hits, axis=0) == 1
+    return hits.astype(d.dtype), best
 
 
-def _lloyd_pass(xp: ModuleType, x: Any, x_sq: Any, centers: Any, labels: Any,
+def _lloyd_pass(xp: ModuleType, xa: Any, x_sq: Any, centers: Any, labels: Any,
                 min_sq: Any) -> tuple[Any, Any]:
-    """Assign every row to its nearest center (into `labels`, `min_sq`); return per-center sums, counts."""
-    n, p = x.shape
+    """Assign every row to its nearest center (into `labels`, `min_sq`); return per-center sums, counts.
+
+    `xa` is the data with a leading column of ones, so one (k, rows) @ (rows, 1 + p) product per chunk
+    yields the counts and the sums together. Ties (equal float32 distances to two centers, about
+    one row in a million on continuous data) are found by counting, and only that chunk is redone
+    resolving each tie to the lower center index, as scikit-learn does.
+    """
+    n, width = xa.shape
     k = centers.shape[0]
-    rows = _chunk_rows(n, k, p)
-    c32 = centers.astype(x.dtype)
-    c_sq = (c32 * c32).sum(axis=1)[:, None]
-    ids = xp.arange(k)[:, None]
-    sums = xp.zeros((k, p))
-    counts = xp.zeros(k, dtype=xp.int64)
+    rows = _chunk_rows(n, k, width)
+    c_aug = xp.zeros((k, width), dtype=xa.dtype)
+    c_aug[:, 1:] = centers
+    c_sq = (c_aug * c_aug).sum(axis=1)[:, None]
+    ids = xp.arange(k, dtype=xa.dtype)
+    totals = xp.zeros((k, width))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        xc = x[start:stop]
-        d = c32 @ xc.T
+        xc = xa[start:stop]
+        d = c_aug @ xc.T
         d *= -2.0
         d += c_sq
-        lab, best = _nearest(xp, d)
-        labels[start:stop] = lab
+        one_hot, best = _one_hot(xp, d, first_only=False)
+        part = one_hot @ xc
+        if float(part[:, 0].sum()) != stop - start:
+            one_hot, best = _one_hot(xp, d, first_only=True)
+            part = one_hot @ xc
+        totals += part
+        labels[start:stop] = ids @ one_hot
         min_sq[start:stop] = best + x_sq[start:stop]
-        one_hot = (lab == ids).astype(x.dtype)
-        sums += one_hot @ xc
-        counts += one_hot.sum(axis=1, dtype=xp.int64)
-    return sums, counts
+    return totals[:, 1:], xp.rint(totals[:, 0]).astype(xp.int64)
 
 
 def _inertia(xp: ModuleType, x: Any, centers: Any, labels: Any) -> float:
@@ -155,8 +161,11 @@ def lloyd(xp: ModuleType, x: Any, init: Any, max_iter: int, tol: float,
 
     An empty cluster is moved onto the row farthest from its center, as scikit-learn does.
     """
-    n = x.shape[0]
+    n, p = x.shape
     x_sq = (x * x).sum(axis=1)
+    xa = xp.empty((n, p + 1), dtype=x.dtype)
+    xa[:, 0] = 1.0
+    xa[:, 1:] = x
     tol_abs = tol * float(xp.var(x.astype(xp.float64), axis=0).mean()) if tol else 0.0
     centers = xp.asarray(init, dtype=xp.float64)
     labels = xp.zeros(n, dtype=xp.int64)
@@ -164,7 +173,7 @@ def lloyd(xp: ModuleType, x: Any, init: Any, max_iter: int, tol: float,
     min_sq = xp.empty(n, dtype=x.dtype)
     strict, converged, iterations = False, False, 0
     for iterations in range(1, max_iter + 1):
-        sums, counts = _lloyd_pass(xp, x, x_sq, centers, labels, min_sq)
+        sums, counts = _lloyd_pass(xp, xa, x_sq, centers, labels, min_sq)
         new = sums / xp.maximum(counts, 1)[:, None]
         empty = to_numpy(xp.flatnonzero(counts == 0))
         if empty.size:
@@ -181,7 +190,7 @@ def lloyd(xp: ModuleType, x: Any, init: Any, max_iter: int, tol: float,
             converged = True
             break
     if not strict:
-        _lloyd_pass(xp, x, x_sq, centers, labels, min_sq)
+        _lloyd_pass(xp, xa, x_sq, centers, labels, min_sq)
     return centers, labels, _inertia(xp, x, centers, labels), iterations, converged
 
 

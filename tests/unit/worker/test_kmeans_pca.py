@@ -102,3 +102,19 @@ def test_standardized_pca_is_pca_of_z_scores(mixed_table: pa.Table) -> None:
     reference = PCA(svd_solver="full").fit(z)
     assert result["explained_variance"] == pytest.approx(reference.explained_variance_, rel=1e-9)
     assert sum(result["explained_variance"]) == pytest.approx(3.0, rel=1e-12)
+
+
+def test_a_tie_goes_to_the_lower_center() -> None:
+    x = np.array([[0.0], [1.0], [3.0]], dtype=np.float32)
+    centers, labels, inertia, _, _ = lloyd(np, x, np.array([[0.0], [2.0]]), 1, 0.0, lambda f: None)
+    assert centers[:, 0].tolist() == [0.5, 3.0] and labels.tolist() == [0, 0, 1] and inertia == 0.5
+
+
+def test_kmeans_on_tied_integer_data_matches_sklearn() -> None:
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 4, size=(3000, 2)).astype(np.float32)
+    init = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    _, labels, inertia, _, converged = lloyd(np, x, init, 100, 0.0, lambda f: None)
+    reference = KMeans(4, init=init.astype(np.float32), n_init=1, max_iter=100, tol=0.0, algorithm="lloyd").fit(x)
+    assert converged and inertia == pytest.approx(reference.inertia_, rel=INERTIA_RTOL)
+    assert np.bincount(labels, minlength=4).tolist() == np.bincount(reference.labels_, minlength=4).tolist()
