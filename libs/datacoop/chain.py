@@ -248,3 +248,85 @@ def order_paid_logs(market: Contract, from_block: int, to_block: int | str = "la
         for log in logs
     ]
     return sorted(found, key=lambda p: (p.block_number, p.log_index))
+
+
+# ---------------------------------------------------------------- the payout side
+
+
+@dataclass(frozen=True)
+class RootPostedLog:
+    epoch: int
+    root: bytes
+    total_units: int
+    tx_hash: str
+    block_number: int
+
+
+def root_posted_log(market: Contract, epoch: int, from_block: int = 0) -> RootPostedLog | None:
+    """The `RootPosted` log of `epoch` (topic-filtered), or None when that epoch was never posted."""
+    logs = market.events.RootPosted().get_logs(from_block=from_block, to_block="latest",
+                                               argument_filters={"epoch": epoch})
+    if not logs:
+        return None
+    log = logs[-1]
+    return RootPostedLog(int(log["args"]["epoch"]), bytes(log["args"]["root"]), int(log["args"]["totalCumulative"]),
+                         "0x" + bytes(log["transactionHash"]).hex(), int(log["blockNumber"]))
+
+
+# ---------------------------------------------------------------- a local chain for `datacoop up`
+
+# anvil's standard dev accounts (mnemonic "test test … junk"); public knowledge, local chains only.
+ANVIL_KEYS: tuple[str, ...] = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+)
+ADMIN_KEY, SETTLER_KEY, COOP_KEY, OPERATOR_KEY = ANVIL_KEYS[0], ANVIL_KEYS[1], ANVIL_KEYS[2], ANVIL_KEYS[3]
+
+
+def deploy_local_stack(rpc_url: str, *, admin_key: str = ADMIN_KEY, settler_key: str = SETTLER_KEY,
+                       coop_key: str = COOP_KEY, operator_key: str = OPERATOR_KEY) -> dict[str, str]:
+    """Deploy MockStablecoin + DatacoopMarket on a fresh local chain and grant the roles.
+
+    Account 0 deploys and administers (and mints the mock stablecoin), account 1 settles (SETTLER_ROLE),
+    account 2 is the cooperative's payout account, account 3 handles refunds (OPERATOR_ROLE).
+    Returns the environment every service reads (`DATACOOP_CHAIN_URL`, `DATACOOP_MARKET_ADDRESS`,
+    `DATACOOP_TOKEN_ADDRESS`, `DATACOOP_SETTLER_KEY`, `DATACOOP_COOP_ADDRESS`, `DATACOOP_CHAIN_ID`,
+    plus `DATACOOP_ADMIN_KEY` / `DATACOOP_OPERATOR_KEY` for the demo and operators).
+    """
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    if not w3.is_connected():
+        raise ChainError(f"no chain answers at {rpc_url}; start anvil first")
+    contracts = Contracts.deploy_local(w3, admin_key)
+    contracts.grant(SETTLER_ROLE, Account.from_key(settler_key).address, admin_key)
+    contracts.grant(OPERATOR_ROLE, Account.from_key(operator_key).address, admin_key)
+    return {
+        "DATACOOP_CHAIN_URL": rpc_url,
+        "DATACOOP_CHAIN_ID": str(w3.eth.chain_id),
+        "DATACOOP_MARKET_ADDRESS": contracts.market.address,
+        "DATACOOP_TOKEN_ADDRESS": contracts.stablecoin.address,
+        "DATACOOP_SETTLER_KEY": settler_key,
+        "DATACOOP_COOP_ADDRESS": Account.from_key(coop_key).address,
+        "DATACOOP_ADMIN_KEY": admin_key,
+        "DATACOOP_OPERATOR_KEY": operator_key,
+    }
+
+
+def pay_order(contracts: Contracts, buyer_key: str, order: uuid.UUID, amount_units: int,
+              *, minter_key: str | None = None) -> TxReceipt:
+    """Buy `order` for `amount_units` with `buyer_key` (mints the mock stablecoin first when
+    `minter_key` is given; local chains). Approve + purchase; returns the purchase receipt."""
+    buyer = Account.from_key(buyer_key).address
+    if minter_key is not None:
+        send_receipt(contracts.w3, contracts.stablecoin.functions.mint(buyer, amount_units), minter_key)
+    send_receipt(contracts.w3, contracts.stablecoin.functions.approve(contracts.market.address, amount_units),
+                 buyer_key)
+    return send_receipt(contracts.w3, contracts.market.functions.purchase(order_id_from_uuid(order), amount_units),
+                        buyer_key)

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from datacoop.events.types import Address, HexSignature, Slug
-from datacoop.kit.logs import correlation_id
-from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
 from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
+from datacoop.events.types import Address, HexSignature, Slug
+from datacoop.kit.logs import correlation_id
+from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
 from services.consent import domain, eip712
 from services.consent.catalog import Catalog
 from services.consent.receipts import build_receipt, public_key_b64, sign_receipt

@@ -64,8 +64,9 @@ class MemberWallet:
         """The signed body of a grant; `on_behalf_of` signs for another member (which the service refuses)."""
         consent_id = consent_id or str(uuid.uuid4())
         nonce = self.next_nonce() if nonce is None else nonce
-        message = {"member": on_behalf_of or self.address, "consentId": consent_id, "purpose": purpose, "categories": categories,
-                   "expiresAt": int(expires_at.timestamp()) if expires_at else 0, "nonce": nonce}
+        message = {"member": on_behalf_of or self.address, "consentId": consent_id, "purpose": purpose,
+                   "categories": categories, "expiresAt": int(expires_at.timestamp()) if expires_at else 0,
+                   "nonce": nonce}
         return {"consent_id": consent_id, "purpose": purpose, "categories": categories,
                 "expires_at": expires_at.isoformat() if expires_at else None, "nonce": nonce,
                 "signature": self.sign("GrantConsent", message)}

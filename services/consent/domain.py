@@ -19,7 +19,6 @@ from datacoop.events.members import (
     MemberRegistered,
 )
 from datacoop.events.registry import Event
-
 from services.consent.catalog import Catalog
 
 ConsentStatus = Literal["active", "revoked", "expired"]

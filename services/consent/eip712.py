@@ -1,6 +1,6 @@
 """EIP-712 typed data for member actions, hashed and recovered without eth-account's generic encoder.
 
-The four message types are fixed, so their type hashes are computed once and each struct is hashed
+The message types are fixed, so their type hashes are computed once and each struct is hashed
 with a few keccak calls; recovery runs in C (coincurve). A test checks every digest against
 eth-account's `encode_typed_data`, so any wallet (MetaMask, eth-account) signing the typed data
 below produces a signature this module accepts.
@@ -21,6 +21,8 @@ TYPES: dict[str, list[tuple[str, str]]] = {
                      ("categories", "string[]"), ("expiresAt", "uint256"), ("nonce", "uint256")],
     "RevokeConsent": [("member", "address"), ("consentId", "string"), ("nonce", "uint256")],
     "RequestErasure": [("member", "address"), ("nonce", "uint256")],
+    "ContributeRecords": [("member", "address"), ("category", "string"), ("contentHash", "bytes32"),
+                          ("issuedAt", "uint256")],
 }
 
 
@@ -70,6 +72,11 @@ def _encode_value(kind: str, value: Any) -> bytes:
         if not 0 <= number < 2**256:
             raise ValueError(f"uint256 out of range: {value}")
         return number.to_bytes(32, "big")
+    if kind == "bytes32":
+        raw = value if isinstance(value, bytes) else bytes.fromhex(str(value).removeprefix("0x"))
+        if len(raw) != 32:
+            raise ValueError(f"bytes32 {value!r} is not 32 bytes")
+        return raw
     if kind == "string":
         return keccak(str(value).encode())
     if kind == "string[]":

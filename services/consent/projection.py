@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import duckdb
-from datacoop.bus.consumer import Delivery
 from pydantic import TypeAdapter
 
+from datacoop.bus.consumer import Delivery
 from services.consent.domain import Member, evolve
 
 SCHEMA_SQL = """

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import uvicorn
+from fastapi import FastAPI
+
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.members import ConsentExpired
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app
 from datacoop.kit.logs import configure
 from datacoop.topics import MEMBERS
-from fastapi import FastAPI
-
 from services.consent import domain
 from services.consent.api import build_router
 from services.consent.catalog import load_catalog

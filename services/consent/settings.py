@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datacoop.kit.settings import ServiceSettings
 from pydantic import Field
+
+from datacoop.kit.settings import ServiceSettings
 
 
 class ConsentSettings(ServiceSettings):

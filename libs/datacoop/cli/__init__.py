@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from datacoop.cli import stack as stack_mod
+from datacoop.cli.common import fail
 from infra.local import InfraError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="datacoop: members own their data and are paid on-chain when researchers use it.")
 console = Console()
 err = Console(stderr=True)
+__all__ = ["app", "fail", "main"]
 
 
 class State:
@@ -27,12 +29,6 @@ class State:
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False) -> None:
     State.debug = debug
-
-
-def fail(message: str, code: int = 1) -> None:
-    """One line in red and a non-zero exit; the message says what is wrong and what to do."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _status_table(stack: stack_mod.Stack) -> Table:

@@ -1,9 +1,167 @@
-"""Member commands (consent service): register, grant, revoke, list, erase, receipts."""
+"""Member commands (consent service): wallets, registration, consents, receipts, erasure."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import httpx
 import typer
+from eth_account import Account
+from rich.table import Table
+
+from datacoop.cli.common import console, fail, read_key, service_url
+
+KeyFile = Annotated[Path | None, typer.Option("--key-file", help="file holding the wallet's hex private key")]
+ConsentUrl = Annotated[str | None, typer.Option("--consent-url", help="consent service URL (default: the stack's)")]
+
+wallet_app = typer.Typer(help="Local wallet keys.", no_args_is_help=True)
+member_app = typer.Typer(help="Register as a member, see your state, ask to be forgotten.", no_args_is_help=True)
+consent_app = typer.Typer(help="Grant, revoke and list consents; fetch receipts.", no_args_is_help=True)
+receipt_app = typer.Typer(help="Consent receipts.", no_args_is_help=True)
+
+
+def _wallet(key_file: Path | None, consent_url: str | None):  # type: ignore[no-untyped-def]
+    from services.consent.client import MemberWallet
+
+    try:
+        return MemberWallet(read_key(key_file), service_url("consent", consent_url))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the consent service ({exc}); is the stack up (`datacoop up`)?")
+
+
+def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    from services.consent.client import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the consent service ({exc}); is the stack up (`datacoop up`)?")
+
+
+@wallet_app.command("new")
+def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write the key (mode 0600)")]) -> None:
+    """Create a wallet key file; prints its address."""
+    if out.exists():
+        fail(f"{out} exists; choose another path (a key file is never overwritten)")
+    acct = Account.create()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(acct.key.hex() + "\n")
+    out.chmod(0o600)
+    console.print(f"wallet {acct.address} written to {out}")
+
+
+@member_app.command("register")
+def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Register the wallet as a member (signs RegisterMember)."""
+    wallet = _wallet(key_file, consent_url)
+    view = _call(wallet.register)
+    console.print(f"registered {view['member']} (next nonce {view['next_nonce']})")
+
+
+@member_app.command("show")
+def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Your member state and consents as JSON."""
+    wallet = _wallet(key_file, consent_url)
+    console.print_json(data=_call(lambda: wallet.http.get(f"/members/{wallet.address}").raise_for_status().json()))
+
+
+@member_app.command("erase")
+def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
+                 key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Ask to be forgotten: every consent ends and the vault destroys your data key."""
+    if not yes:
+        fail("erasure cannot be undone; run again with --yes to confirm")
+    wallet = _wallet(key_file, consent_url)
+    _call(wallet.erase)
+    console.print(f"erasure requested for {wallet.address}; your records can no longer be read by anyone")
+
+
+@consent_app.command("grant")
+def consent_grant(
+    purpose: Annotated[str, typer.Option(help="a purpose from the catalog (GET /catalog)")],
+    categories: Annotated[str, typer.Option(help="comma-separated data categories")],
+    expires: Annotated[str | None, typer.Option(help="expiry, ISO date/time in UTC, e.g. 2027-06-30")] = None,
+    key_file: KeyFile = None, consent_url: ConsentUrl = None,
+) -> None:
+    """Grant consent for a purpose and data categories (signs GrantConsent)."""
+    expires_at = None
+    if expires:
+        try:
+            expires_at = datetime.fromisoformat(expires)
+        except ValueError:
+            fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z")
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+    cats = [c.strip() for c in categories.split(",") if c.strip()]
+    if not cats:
+        fail("--categories needs at least one category, e.g. --categories health,fitness")
+    wallet = _wallet(key_file, consent_url)
+    view = _call(wallet.grant, purpose, cats, expires_at)
+    console.print(f"consent {view['consent_id']} granted: {purpose} on {', '.join(cats)} ({view['state']})")
+
+
+@consent_app.command("revoke")
+def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Withdraw a consent (signs RevokeConsent)."""
+    wallet = _wallet(key_file, consent_url)
+    view = _call(wallet.revoke, consent_id)
+    console.print(f"consent {consent_id} is now {view['state']}")
+
+
+@consent_app.command("list")
+def consent_list(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Your consents with their state (active, revoked, expired)."""
+    wallet = _wallet(key_file, consent_url)
+    table = Table("consent", "purpose", "categories", "state", "expires")
+    for c in _call(wallet.consents):
+        table.add_row(c["consent_id"], c["purpose"], ", ".join(c["categories"]), c["state"], c["expires_at"] or "-")
+    console.print(table)
+
+
+@consent_app.command("receipt")
+def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", help="file to write")],
+                    key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
+    """Save the signed consent receipt (verify it with `datacoop receipt verify FILE`)."""
+    wallet = _wallet(key_file, consent_url)
+    out.write_text(json.dumps(_call(wallet.receipt, consent_id), indent=2) + "\n")
+    console.print(f"receipt written to {out}")
+
+
+@receipt_app.command("verify")
+def receipt_verify(
+    file: Annotated[Path, typer.Argument(help="a receipt JSON file")],
+    public_key: Annotated[str | None, typer.Option(help="the cooperative's key (base64); "
+                                                        "default: the one in the receipt")] = None,
+) -> None:
+    """Check a consent receipt's Ed25519 signature, offline."""
+    from services.consent.receipts import ReceiptInvalid, verify_receipt
+
+    if not file.exists():
+        fail(f"{file} does not exist")
+    try:
+        document = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"{file} is not JSON ({exc.msg} at line {exc.lineno}); pass a receipt saved by "
+             "`datacoop consent receipt`")
+    if not isinstance(document, dict):
+        fail(f"{file} holds JSON but not a receipt object")
+    try:
+        verify_receipt(document, public_key)
+    except ReceiptInvalid as exc:
+        fail(f"receipt NOT valid: {exc}")
+    key_note = "the given key" if public_key else "the key it names (compare it with GET /receipt-key)"
+    console.print(f"[green]valid[/green]: consent {document.get('record_id')} of "
+                  f"{document.get('data_subject', {}).get('id')}, signed by {key_note}")
 
 
 def register(app: typer.Typer) -> None:
     """Add the member commands to the root CLI."""
+    app.add_typer(wallet_app, name="wallet")
+    app.add_typer(member_app, name="member")
+    app.add_typer(consent_app, name="consent")
+    app.add_typer(receipt_app, name="receipt")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from datacoop.bus import ConsumerRunner, Publisher, ensure_topics

@@ -1,0 +1,54 @@
+"""What every CLI area shares: service URLs from the running stack, wallet keys from files, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from datacoop.cli.stack import STACK_FILE
+
+console = Console()
+err = Console(stderr=True)
+_HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line in red and a non-zero exit; the message says what is wrong and what to do."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def service_url(name: str, given: str | None) -> str:
+    """--<name>-url, else DATACOOP_<NAME>_URL, else the running stack (var/run/stack.json)."""
+    if given:
+        return given.rstrip("/")
+    env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
+    if env:
+        return env.rstrip("/")
+    if STACK_FILE.exists():
+        services = json.loads(STACK_FILE.read_text()).get("services", {})
+        if name in services:
+            return str(services[name]["url"])
+    fail(f"no URL for the {name} service: pass --{name}-url, set DATACOOP_{name.upper()}_URL, "
+         "or start the stack with `datacoop up`")
+
+
+def read_key(key_file: Path | None) -> str:
+    """A hex private key from --key-file, else DATACOOP_KEY."""
+    if key_file is None:
+        raw = os.environ.get("DATACOOP_KEY", "")
+        if not raw:
+            fail("no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set DATACOOP_KEY")
+    else:
+        if not key_file.exists():
+            fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`")
+        raw = key_file.read_text().strip()
+    if not _HEX_KEY.match(raw):
+        fail("the wallet key must be 32 bytes of hex (64 hex digits, optional 0x)")
+    return raw if raw.startswith("0x") else "0x" + raw
