@@ -47,7 +47,12 @@ class NodeResult:
     suppressed_rows: int
     loss: float
     class_ids: IntArray
-    suppressed_tuples: BoolArray
+    failing_classes: BoolArray
+
+    @property
+    def suppressed_tuples(self) -> BoolArray:
+        """Per encoded tuple: is it suppressed (its class fails the model)?"""
+        return self.failing_classes[self.class_ids]
 
 
 @dataclass(frozen=True)
@@ -145,25 +150,35 @@ class GlobalRecoding:
         """
         node = tuple(int(x) for x in node)
         t = self.table
-        class_ids, n_classes = self._classes(node)
+        class_ids, reps = self._classes(node)
+        n_classes = len(reps)
         bad, sizes = failing_classes(class_ids, n_classes, t.counts, t.sensitive_codes, self._sens_cards,
                                      self._reference, self.model)
         suppressed_rows = int(sizes[bad].sum())
-        share_total = sum(self._share_sums[i][lvl] for i, lvl in enumerate(node))
-        if suppressed_rows:
-            tuple_share = sum(self._shares[i][lvl] for i, lvl in enumerate(node))
-            class_share = np.bincount(class_ids, weights=self._weights * tuple_share, minlength=n_classes)
-            share_total += suppressed_rows * len(node) - float(class_share[bad].sum())
+        # All tuples of a class share its cells, so one representative per class gives its share;
+        # sum over whichever of the kept or suppressed classes is fewer.
+        n_bad = int(np.count_nonzero(bad))
+        if n_bad == 0:
+            share_total = sum(self._share_sums[i][lvl] for i, lvl in enumerate(node))
+        elif 2 * n_bad <= n_classes:
+            bad_reps = reps[bad]
+            class_share = sum(self._shares[i][lvl][bad_reps] for i, lvl in enumerate(node))
+            share_total = (sum(self._share_sums[i][lvl] for i, lvl in enumerate(node))
+                           + suppressed_rows * len(node) - float(sizes[bad] @ class_share))
+        else:
+            good = ~bad
+            good_reps = reps[good]
+            class_share = sum(self._shares[i][lvl][good_reps] for i, lvl in enumerate(node))
+            share_total = suppressed_rows * len(node) + float(sizes[good] @ class_share)
         q = max(len(node), 1)
         loss = granularity_loss([share_total / q] * q, t.n_rows, self.domain_sizes)
-        suppressed_tuples = bad[class_ids]
-        return NodeResult(node, suppressed_rows <= self.max_suppressed, suppressed_rows, loss, class_ids,
-                          suppressed_tuples)
+        return NodeResult(node, suppressed_rows <= self.max_suppressed, suppressed_rows, loss, class_ids, bad)
 
-    def _classes(self, node: Node) -> tuple[IntArray, int]:
+    def _classes(self, node: Node) -> tuple[IntArray, IntArray]:
+        """Class of each tuple at ``node`` and one representative tuple per class."""
         t = self.table
         if not node:
-            return np.zeros(len(t.counts), np.int64), 1
+            return np.zeros(len(t.counts), np.int64), np.zeros(min(len(t.counts), 1), np.int64)
         cards = [len(h.level_labels[lvl]) for h, lvl in zip(t.hierarchies, node, strict=True)]
         source = self._best_cached(node)
         if source is None or len(source[1]) > len(t.counts) // 2:
@@ -175,7 +190,7 @@ class GlobalRecoding:
         reps = np.empty(n_classes, dtype=np.int64)
         reps[class_ids] = np.arange(len(class_ids))
         self._remember(node, class_ids, reps)
-        return class_ids, n_classes
+        return class_ids, reps
 
     def _best_cached(self, node: Node) -> tuple[IntArray, IntArray] | None:
         if not self._cache:
@@ -231,6 +246,8 @@ class _Flash:
         self.heights = np.asarray(engine.table.heights, dtype=np.int64)
         self.radix = np.cumprod([1, *self.heights[::-1][:-1]])[::-1] if len(self.heights) else np.zeros(0, np.int64)
         self.status = np.where(forced > engine.max_suppressed, -1, 0).astype(np.int8)
+        self._at_least = [[self.nodes[:, i] >= lvl for lvl in range(h)] for i, h in enumerate(self.heights)]
+        self._at_most = [[self.nodes[:, i] <= lvl for lvl in range(h)] for i, h in enumerate(self.heights)]
         self.loss = np.full(len(self.nodes), np.nan)
         self.best: NodeResult | None = None
         self.checked = 0
@@ -252,13 +269,21 @@ class _Flash:
             return result.anonymous
         if result.anonymous:
             if self.status[idx] != 1:  # else an anonymous predecessor already tagged the whole up-set
-                self.status[(self.nodes >= self.nodes[idx]).all(axis=1)] = 1
+                self.status[self._up_set(idx)] = 1
             self.loss[idx] = result.loss
             if _better(result, self.best):
                 self.best = result
         else:
-            self.status[(self.nodes <= self.nodes[idx]).all(axis=1)] = -1
+            self.status[self._down_set(idx)] = -1
         return result.anonymous
+
+    def _up_set(self, idx: int) -> BoolArray:
+        node = self.nodes[idx]
+        return np.logical_and.reduce([self._at_least[i][lvl] for i, lvl in enumerate(node)])
+
+    def _down_set(self, idx: int) -> BoolArray:
+        node = self.nodes[idx]
+        return np.logical_and.reduce([self._at_most[i][lvl] for i, lvl in enumerate(node)])
 
     def _path_up(self, idx: int) -> list[int]:
         path = [idx]
