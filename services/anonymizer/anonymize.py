@@ -8,7 +8,7 @@ returned.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,7 +95,7 @@ def anonymize_table(columns: Mapping[str, Sequence[object]], hierarchies: Mappin
         published[name] = [str(v) for v in labels[row_tuples]] if len(labels) else []
     for name in (*sensitive, *passthrough):
         values = columns[name]
-        published[name] = [str(values[r]) for r in rows]
+        published[name] = [str(values[int(r)]) for r in rows]
     reference = {name: dict(zip(vals, np.bincount(table.sensitive_codes[:, j], weights=table.counts,
                                                   minlength=len(vals)) / max(table.n_rows, 1), strict=True))
                  for j, (name, vals) in enumerate(zip(table.sensitive, table.sensitive_values, strict=True))}
@@ -110,8 +110,10 @@ def _report(table: EncodedTable, model: PrivacyModel, mode: Mode, rec: _Recoding
     shares = np.where(rec.suppressed[:, None], 1.0, rec.shares)
     covered = np.where(rec.suppressed[:, None], float(n), rec.covered_rows)
     leaf_rows = np.stack([np.bincount(table.leaves[:, i], weights=counts)[table.leaves[:, i]]
-                          for i in range(table.leaves.shape[1])], axis=1) if table.leaves.shape[1] else covered
-    loss = granularity_loss(counts @ shares, n, [len(h.leaves) for h in table.hierarchies])
+                          for i in range(table.leaves.shape[1])], axis=1).astype(np.float64) \
+        if table.leaves.shape[1] else covered
+    domain_sizes = [len(h.leaves) for h in table.hierarchies]
+    loss = granularity_loss(np.asarray(counts @ shares, dtype=np.float64), n, domain_sizes)
     kept = ~rec.suppressed
     sizes = np.bincount(rec.class_ids[kept], weights=counts[kept]).astype(np.int64)
     sizes = sizes[sizes > 0]
@@ -133,7 +135,8 @@ def _global(table: EncodedTable, model: PrivacyModel) -> _Recoding:
         codes = h.codes[lvl][table.leaves[:, i]]
         labels.append([h.level_labels[lvl][c] for c in codes])
         shares.append(h.shares[lvl][codes])
-        covered.append(np.bincount(codes, weights=table.counts, minlength=len(h.level_labels[lvl]))[codes])
+        covered.append(np.bincount(codes, weights=table.counts, minlength=len(h.level_labels[lvl]))[codes]
+                       .astype(np.float64))
     n_t = len(table.counts)
     return _Recoding(labels, _stack(shares, n_t), _stack(covered, n_t), best.class_ids, best.suppressed_tuples,
                      dict(zip(table.quasi_identifiers, best.node, strict=True)), search.nodes_checked)
@@ -152,17 +155,17 @@ def _multidimensional(table: EncodedTable, model: PrivacyModel) -> _Recoding:
         np.add.at(rows_by_rank, part.ranks[i][table.leaves[:, i]] + 1, table.counts)
         prefix = np.cumsum(rows_by_rank)
         class_covered = prefix[part.high[:, i] + 1] - prefix[part.low[:, i]]
-        covered.append(class_covered[part.class_ids])
+        covered.append(class_covered[part.class_ids].astype(np.float64))
     n_t = len(table.counts)
     shares = class_shares[part.class_ids] if class_shares.size else np.zeros((n_t, 0))
     return _Recoding(labels, shares, _stack(covered, n_t), part.class_ids, part.suppressed_tuples, None, None)
 
 
-def _stack(columns: list[FloatArray], n_tuples: int) -> FloatArray:
+def _stack(columns: Sequence[FloatArray], n_tuples: int) -> FloatArray:
     return np.stack(columns, axis=1).astype(np.float64) if columns else np.zeros((n_tuples, 0))
 
 
-def interval_labels(h: Hierarchy, rank: IntArray):  # type: ignore[no-untyped-def]
+def interval_labels(h: Hierarchy, rank: IntArray) -> Callable[[int, int], str]:
     """A namer for rank intervals of ``h``: the hierarchy label covering exactly that interval if there is
     one (lowest level first), else ``[first..last]`` in the hierarchy's leaf order."""
     by_rank = [""] * len(h.leaves)

@@ -187,9 +187,9 @@ def resolve(definition: DatasetDefinition, shared: Path | None = None) -> Resolv
     if d.privacy.l > 1 and not d.sensitive:
         problems.append(f"privacy.l={d.privacy.l} needs sensitive attributes; list them or set l: 1")
     for s in d.sensitive:
-        spec = d.columns.get(s)
-        if spec is not None and spec.values is not None and d.privacy.l > len(set(spec.values)):
-            problems.append(f"privacy.l={d.privacy.l} exceeds the {len(set(spec.values))} values sensitive "
+        column = d.columns.get(s)
+        if column is not None and column.values is not None and d.privacy.l > len(set(column.values)):
+            problems.append(f"privacy.l={d.privacy.l} exceeds the {len(set(column.values))} values sensitive "
                             f"column {s!r} can take; lower l")
     hierarchies: dict[str, Hierarchy] = {}
     for q, spec in d.quasi_identifiers.items():

@@ -279,11 +279,11 @@ class _Flash:
 
     def _up_set(self, idx: int) -> BoolArray:
         node = self.nodes[idx]
-        return np.logical_and.reduce([self._at_least[i][lvl] for i, lvl in enumerate(node)])
+        return np.asarray(np.logical_and.reduce([self._at_least[i][lvl] for i, lvl in enumerate(node)]), np.bool_)
 
     def _down_set(self, idx: int) -> BoolArray:
         node = self.nodes[idx]
-        return np.logical_and.reduce([self._at_most[i][lvl] for i, lvl in enumerate(node)])
+        return np.asarray(np.logical_and.reduce([self._at_most[i][lvl] for i, lvl in enumerate(node)]), np.bool_)
 
     def _path_up(self, idx: int) -> list[int]:
         path = [idx]

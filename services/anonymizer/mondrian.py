@@ -14,6 +14,7 @@ compare directly with the global mode's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,7 @@ def partition(table: EncodedTable, model: PrivacyModel) -> Partitioning:
 
 
 def _cut(members: IntArray, tuple_ranks: IntArray, counts: IntArray, domain: FloatArray,
-         acceptable: object) -> tuple[IntArray, IntArray] | None:
+         acceptable: Callable[[IntArray], bool]) -> tuple[IntArray, IntArray] | None:
     sub = tuple_ranks[members]
     widths = (sub.max(axis=0) - sub.min(axis=0)) / domain
     for i in np.argsort(-widths, kind="stable"):
@@ -117,7 +118,7 @@ def _cut(members: IntArray, tuple_ranks: IntArray, counts: IntArray, domain: Flo
             if left.all() or not left.any():
                 continue
             halves = (members[left], members[~left])
-            if all(acceptable(h) for h in halves):  # type: ignore[operator]
+            if all(acceptable(h) for h in halves):
                 return halves
     return None
 
