@@ -1,0 +1,79 @@
+"""The CLI as a user runs it: `datacoop up --demo`, and the member commands against a live service."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from infra.local import REPO_ROOT
+from tests.e2e.conftest import ServiceProcess
+
+
+def datacoop(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from datacoop.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                          env={**os.environ, **(env or {}), "COLUMNS": "200"})
+
+
+@pytest.mark.slow
+def test_up_starts_everything_plays_the_demo_and_stops_cleanly() -> None:
+    result = datacoop("up", "--demo", "--exit-after-demo", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "broker (Tansu)" in out and "chain (anvil)" in out
+    assert "service consent" in out and "ready" in out
+    assert "a replayed signature is refused (409)" in out
+    assert "a consent granted for 2 seconds was expired by the sweeper" in out
+    assert "stopped cleanly" in out
+    assert not (REPO_ROOT / "var" / "run" / "stack.json").exists()
+
+
+def test_member_commands_register_grant_list_receipt_and_verify(
+        launch: Callable[..., ServiceProcess], service_env: dict[str, str], tmp_path: Path) -> None:
+    consent = launch("consent", service_env)
+    env = {"DATACOOP_CONSENT_URL": consent.url}
+    key = tmp_path / "me.key"
+    made = datacoop("wallet", "new", "--out", str(key), env=env)
+    assert made.returncode == 0, made.stderr
+    assert datacoop("wallet", "new", "--out", str(key), env=env).returncode == 1, "never overwrite a key"
+
+    assert datacoop("member", "register", "--key-file", str(key), env=env).returncode == 0
+    granted = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness",
+                       "--expires", "2099-01-01", "--key-file", str(key), env=env)
+    assert granted.returncode == 0, granted.stderr
+    consent_id = granted.stdout.split()[1]
+
+    bad = datacoop("consent", "grant", "--purpose", "astrology", "--categories", "health", "--key-file", str(key),
+                   env=env)
+    assert bad.returncode == 1
+    assert "422" in bad.stderr and "health-research" in bad.stderr and "Traceback" not in bad.stderr
+
+    listed = datacoop("consent", "list", "--key-file", str(key), env=env)
+    assert consent_id in listed.stdout and "active" in listed.stdout
+
+    receipt = tmp_path / "receipt.json"
+    assert datacoop("consent", "receipt", consent_id, "--out", str(receipt), "--key-file", str(key),
+                    env=env).returncode == 0
+    verified = datacoop("receipt", "verify", str(receipt))
+    assert verified.returncode == 0 and "valid" in verified.stdout
+
+    doc = json.loads(receipt.read_text())
+    doc["purposes"][0]["purpose"] = "commercial-analytics"
+    receipt.write_text(json.dumps(doc))
+    tampered = datacoop("receipt", "verify", str(receipt))
+    assert tampered.returncode == 1 and "NOT valid" in tampered.stderr
+
+    assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 1, "erase needs --yes"
+    assert datacoop("member", "erase", "--yes", "--key-file", str(key), env=env).returncode == 0
+
+
+def test_cli_without_a_key_or_url_says_what_to_do(tmp_path: Path) -> None:
+    result = datacoop("member", "register", env={"DATACOOP_KEY": ""})
+    assert result.returncode == 1
+    assert "--key-file" in result.stderr
