@@ -1,0 +1,120 @@
+"""HTTP routes of the vault: contribute (member-signed), summaries, category schemas, internal decrypt."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, status
+from pydantic import BaseModel, Field
+
+from datacoop.events.types import Address, HexSignature, Slug
+from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
+from services.consent import eip712
+from services.vault.categories import UploadRefused
+from services.vault.domain import VaultRefused
+
+MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
+_STATUS = {"unauthorized": (401, "wrong-signer"), "stale": (401, "stale-signature"),
+           "conflict": (409, "already-contributed"), "not_found": (404, "not-registered"), "gone": (410, "erased")}
+
+
+class ContributeBody(BaseModel):
+    category: Slug
+    format: Literal["jsonl", "csv"] = "jsonl"
+    content: str = Field(min_length=1, description="the file as text; its SHA-256 (UTF-8) is the signed contentHash")
+    issued_at: int = Field(ge=0, description="unix seconds, as signed in issuedAt")
+    signature: HexSignature
+
+
+class DecryptBody(BaseModel):
+    category: Slug | None = None
+    members: list[Address] | None = Field(None, max_length=10_000)
+    record_ids: list[str] | None = Field(None, max_length=10_000)
+    after: str = Field("", description="cursor: the next_after of the previous page")
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+def content_hash(content: str) -> bytes:
+    return hashlib.sha256(content.encode()).digest()
+
+
+def refused(exc: VaultRefused) -> DomainError:
+    code, slug = _STATUS[exc.kind]
+    return DomainError(exc.message, status=code, slug=slug)
+
+
+def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
+    """`svc` is the VaultService (projection, key store, contribute, decrypt)."""
+    router = APIRouter()
+
+    def ready() -> None:
+        if not svc.ready:
+            raise NotReady("the vault is still catching up with the log; retry in a moment")
+
+    @router.get("/categories", tags=["categories"])
+    async def categories() -> dict[str, Any]:
+        """Every category's schema: fields, types, ranges, version."""
+        return {name: s.describe() for name, s in svc.schemas.items()}
+
+    @router.get("/eip712", tags=["categories"])
+    async def get_eip712() -> dict[str, Any]:
+        """The EIP-712 domain and the ContributeRecords type a wallet signs an upload with."""
+        return {"domain": domain_sep.as_dict(),
+                "types": {"ContributeRecords": [{"name": f, "type": t}
+                                                for f, t in eip712.TYPES["ContributeRecords"]]}}
+
+    @router.post("/members/{member}/records", status_code=status.HTTP_201_CREATED, tags=["records"])
+    async def contribute(member: MemberPath, body: ContributeBody) -> dict[str, Any]:
+        """Contribute records of a category (ContributeRecords signed by the member). All rows or none."""
+        ready()
+        member = eip712.to_checksum(member)
+        digest = content_hash(body.content)
+        message = {"member": member, "category": body.category, "contentHash": digest, "issuedAt": body.issued_at}
+        try:
+            signer = eip712.recover(eip712.digest(domain_sep, "ContributeRecords", message), body.signature)
+        except eip712.SignatureInvalid as exc:
+            raise Unauthorized(f"bad signature: {exc}; sign the ContributeRecords typed data with your wallet",
+                               slug="bad-signature") from exc
+        try:
+            return await svc.contribute(member=member, signer=signer, category=body.category, fmt=body.format,
+                                        content=body.content, issued_at=body.issued_at, content_hash=digest)
+        except VaultRefused as exc:
+            raise refused(exc) from exc
+        except UploadRefused as exc:
+            raise DomainError(exc.message, status=422, slug="invalid-records", error_count=exc.error_count,
+                              errors=[{"row": e.row, "field": e.field, "message": e.message}
+                                      for e in exc.errors]) from exc
+
+    @router.get("/members/{member}/records", tags=["records"])
+    async def summary(member: MemberPath) -> dict[str, Any]:
+        """The member's uploads: category, schema version, how many records (no contents)."""
+        state = svc.projection.get(eip712.to_checksum(member))
+        if not state.registered:
+            raise NotFound(f"member {member} is not registered with the vault; register with the consent service")
+        return {"member": state.address, "erased": state.erased, "keys_shredded": state.shredded,
+                "uploads": svc.projection.summary(state.address)}
+
+    @router.post("/internal/decrypt", tags=["internal"])
+    async def decrypt(body: DecryptBody, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Plaintext records for other services (bearer service token). Paged by `after`/`next_after`.
+
+        Asking by `members`: any erased member -> 410 naming them. Otherwise records of erased members
+        are left out and listed in `refused_members`; shredded members have no records left at all."""
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(token.encode(), svc.service_token.encode()):
+            raise Unauthorized("a valid service token is required: send `Authorization: Bearer <token>` "
+                               "(DATACOOP_VAULT_SERVICE_TOKEN)", slug="bad-service-token")
+        ready()
+        if body.category is not None and body.category not in svc.schemas:
+            raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",
+                              status=422, slug="unknown-category")
+        try:
+            return svc.decrypt(category=body.category,
+                               members=[eip712.to_checksum(m) for m in body.members] if body.members else None,
+                               record_ids=body.record_ids, after=body.after, limit=body.limit)
+        except VaultRefused as exc:
+            raise refused(exc) from exc
+
+    return router

@@ -1,0 +1,256 @@
+"""Category schemas (categories/<name>.yaml, versioned) and the checking of uploaded rows against them.
+
+Pure: parse an upload (JSON lines or CSV, `,` or `;` separated) into rows, then check every row.
+An upload with any bad row is refused whole; the report names each bad row (1-based, counting data
+rows only) and field, and says what was expected. Clean rows come out typed: integer fields as int,
+number fields as float, dates as ISO `YYYY-MM-DD` strings, booleans as bool, missing optional
+fields as None, so the sealed plaintext of a record is the same whatever format it arrived in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+CATEGORIES_DIR = Path(__file__).with_name("categories")
+MAX_REPORTED_ERRORS = 200
+
+UploadFormat = Literal["jsonl", "csv"]
+Checker = Callable[[Any], Any]  # returns the typed value or raises ValueError with what was expected
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    required: bool
+    rules: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CategorySchema:
+    category: str
+    version: int
+    description: str
+    fields: tuple[FieldSpec, ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {"category": self.category, "version": self.version, "description": self.description,
+                "fields": {f.name: {"type": f.type, "required": f.required, **f.rules} for f in self.fields}}
+
+
+@dataclass(frozen=True)
+class RowError:
+    row: int
+    field: str
+    message: str
+
+
+class UploadRefused(ValueError):
+    """The upload cannot be parsed or has invalid rows; `errors` names each (row, field)."""
+
+    def __init__(self, message: str, errors: list[RowError] | None = None, error_count: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or []
+        self.error_count = error_count or len(self.errors)
+
+
+@lru_cache(maxsize=1)
+def load_schemas(directory: Path = CATEGORIES_DIR) -> dict[str, CategorySchema]:
+    schemas = {}
+    for path in sorted(directory.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        fields = []
+        for name, spec in raw["fields"].items():
+            spec = dict(spec)
+            kind = spec.pop("type")
+            if kind not in _BUILDERS:
+                raise ValueError(f"{path.name}: field {name} has unknown type {kind!r}")
+            fields.append(FieldSpec(name, kind, bool(spec.pop("required", True)), spec))
+        schemas[raw["category"]] = CategorySchema(raw["category"], int(raw["version"]), raw.get("description", ""),
+                                                  tuple(fields))
+    return schemas
+
+
+# -- field checkers ---------------------------------------------------------------------------
+def _range(value: float, rules: dict[str, Any]) -> None:
+    lo, hi = rules.get("min"), rules.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{value} is outside {lo}..{hi}")
+
+
+def _integer(rules: dict[str, Any]) -> Checker:
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer, got a boolean")
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        _range(value, rules)
+        return int(value)
+    return check
+
+
+def _number(rules: dict[str, Any]) -> Checker:
+    def check(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        _range(number, rules)
+        return number
+    return check
+
+
+def _string(rules: dict[str, Any]) -> Checker:
+    allowed = frozenset(rules["enum"]) if "enum" in rules else None
+    pattern = re.compile(rules["pattern"]) if "pattern" in rules else None
+    max_length = rules.get("max_length")
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected text, got {value!r}")
+        value = value.strip()
+        if allowed is not None and value not in allowed:
+            shown = ", ".join(sorted(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
+            raise ValueError(f"{value!r} is not one of {shown}")
+        if max_length is not None and len(value) > max_length:
+            raise ValueError(f"text is {len(value)} characters, at most {max_length} allowed")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} does not match {pattern.pattern}")
+        return value
+    return check
+
+
+def _date(rules: dict[str, Any]) -> Checker:
+    lo = date.fromisoformat(str(rules["min"])) if "min" in rules else None
+    hi = date.fromisoformat(str(rules["max"])) if "max" in rules else None
+
+    def check(value: Any) -> str:
+        try:
+            day = date.fromisoformat(str(value).strip()[:10]) if isinstance(value, str) else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}")
+        if (lo and day < lo) or (hi and day > hi):
+            raise ValueError(f"{day} is outside {lo}..{hi}")
+        return day.isoformat()
+    return check
+
+
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _boolean(rules: dict[str, Any]) -> Checker:
+    def check(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    return check
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any]], Checker]] = {
+    "integer": _integer, "number": _number, "string": _string, "date": _date, "boolean": _boolean}
+
+
+@lru_cache(maxsize=32)
+def _checkers(schema: CategorySchema) -> tuple[tuple[str, bool, Checker], ...]:
+    return tuple((f.name, f.required, _BUILDERS[f.type](f.rules)) for f in schema.fields)
+
+
+# -- uploads ----------------------------------------------------------------------------------
+def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines or CSV upload (CSV: header row; `,` or `;` separated, as the header shows)."""
+    if fmt == "jsonl":
+        rows = []
+        for n, line in enumerate((ln for ln in content.splitlines() if ln.strip()), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UploadRefused("upload has rows that are not JSON", [RowError(n, "(row)", str(exc))]) from exc
+            if not isinstance(row, dict):
+                raise UploadRefused("upload has rows that are not JSON objects",
+                                    [RowError(n, "(row)", "expected a JSON object of field: value")])
+            rows.append(row)
+        return rows
+    if fmt == "csv":
+        lines = content.lstrip("\ufeff").splitlines()
+        if not lines:
+            return []
+        header = lines[0]
+        delimiter = ";" if header.count(";") > header.count(",") else ","
+        reader = csv.DictReader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+        rows = []
+        for n, row in enumerate(reader, start=1):
+            if None in row:
+                raise UploadRefused("upload has malformed CSV rows",
+                                    [RowError(n, "(row)", f"more values than the {len(reader.fieldnames or [])} "
+                                                          "header columns")])
+            rows.append({k: (None if v is None or v == "" else v) for k, v in row.items()})
+        return rows
+    raise UploadRefused(f"unknown upload format {fmt!r}; use jsonl or csv")
+
+
+def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row typed, or UploadRefused naming each bad (row, field) — none accepted if one is bad."""
+    if not rows:
+        raise UploadRefused("upload holds no rows; send at least one record")
+    checkers = _checkers(schema)
+    known = frozenset(name for name, _, _ in checkers)
+    clean: list[dict[str, Any]] = []
+    errors: list[RowError] = []
+    count = 0
+    for n, row in enumerate(rows, start=1):
+        typed: dict[str, Any] = {}
+        for name, required, check in checkers:
+            value = row.get(name)
+            if value is None or value == "":
+                if required:
+                    count += 1
+                    if len(errors) < MAX_REPORTED_ERRORS:
+                        errors.append(RowError(n, name, "is required and missing"))
+                typed[name] = None
+                continue
+            try:
+                typed[name] = check(value)
+            except ValueError as exc:
+                count += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(RowError(n, name, str(exc)))
+        if len(row) > len(known) or not known.issuperset(row):
+            for extra in sorted(set(row) - known):
+                count += 1
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(RowError(n, extra, f"is not a field of {schema.category} "
+                                                     f"v{schema.version}; fields: {', '.join(sorted(known))}"))
+        clean.append(typed)
+    if errors:
+        rows_bad = len({e.row for e in errors})
+        raise UploadRefused(f"{count} invalid value(s) in {rows_bad}{'+' if count > len(errors) else ''} row(s) of "
+                            f"the {schema.category} upload; nothing was stored — fix them and upload again",
+                            errors, count)
+    return clean

@@ -1,0 +1,95 @@
+"""Envelope encryption: per-member AES-256-GCM data keys, wrapped by the vault's key-encryption key.
+
+- A record is sealed with the member's data key, a fresh random 96-bit nonce and associated data
+  `"<member>|<record_id>"`: a ciphertext moved to another member or record id fails to open.
+- A data key is stored only wrapped: AES-256-GCM under the KEK, associated data `"datakey|<member>"`.
+- `upload_tag` is HMAC-SHA256 of (member, content hash) under a key derived from the KEK: a replay
+  check that survives a rebuild without publishing a hash that would confirm a guessed upload.
+Random nonces are safe here: a data key seals far fewer than 2^32 records.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+
+
+class KeyUnwrapFailed(ValueError):
+    """A wrapped data key does not open under this KEK (wrong KEK, or the key was tampered with)."""
+
+
+class RecordUnreadable(ValueError):
+    """A ciphertext does not open: wrong key, wrong member/record id, or tampered bytes."""
+
+
+def parse_kek(b64: str) -> bytes:
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError as exc:
+        raise ValueError("the vault KEK must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)") from exc
+    if len(raw) != KEY_BYTES:
+        raise ValueError(f"the vault KEK must be 32 bytes, got {len(raw)}; generate one with `openssl rand -base64 32`")
+    return raw
+
+
+def new_kek_b64() -> str:
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode()
+
+
+def associated_data(member: str, record_id: str) -> bytes:
+    return f"{member}|{record_id}".encode()
+
+
+@dataclass(frozen=True)
+class Kek:
+    key: bytes
+
+    def wrap(self, member: str, data_key: bytes) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, data_key, f"datakey|{member}".encode())
+
+    def unwrap(self, member: str, wrapped: bytes) -> bytes:
+        try:
+            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"datakey|{member}".encode())
+        except InvalidTag as exc:
+            raise KeyUnwrapFailed(f"the data key of {member} does not open under this KEK; "
+                                  "is DATACOOP_VAULT_KEK the one the keys were wrapped with?") from exc
+
+    def upload_tag(self, member: str, content_hash: bytes) -> str:
+        tag_key = hashlib.sha256(b"datacoop-vault-upload-tag|" + self.key).digest()
+        return hmac.new(tag_key, member.lower().encode() + b"|" + content_hash, hashlib.sha256).hexdigest()
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def seal_many(data_key: bytes, member: str, items: list[tuple[str, bytes]]) -> list[tuple[str, str, str]]:
+    """(record_id, plaintext) -> (record_id, nonce b64, ciphertext b64), one AESGCM for the batch."""
+    aead = AESGCM(data_key)
+    prefix = f"{member}|".encode()
+    b64 = base64.b64encode
+    urandom = os.urandom
+    out = []
+    for record_id, plaintext in items:
+        nonce = urandom(NONCE_BYTES)
+        sealed = aead.encrypt(nonce, plaintext, prefix + record_id.encode())
+        out.append((record_id, b64(nonce).decode(), b64(sealed).decode()))
+    return out
+
+
+def open_one(aead: AESGCM, member: str, record_id: str, nonce_b64: str, ciphertext_b64: str) -> bytes:
+    try:
+        return aead.decrypt(base64.b64decode(nonce_b64), base64.b64decode(ciphertext_b64),
+                            associated_data(member, record_id))
+    except (InvalidTag, ValueError) as exc:
+        raise RecordUnreadable(f"record {record_id} of {member} does not open with the member's data key") from exc

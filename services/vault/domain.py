@@ -1,0 +1,101 @@
+"""The vault's rules, pure: who may contribute, what a contribution and an erasure produce.
+
+State per member is what the vault learns from the members topic (registered, erased) and from its
+own records topic (keys shredded). Commands arrive already verified and sealed (the signature
+recovered, the rows checked and encrypted by the edges), so `decide` only judges and shapes events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from datacoop.events.members import ErasureRequested, MemberRegistered
+from datacoop.events.records import MAX_RECORDS_PER_EVENT, KeysShredded, RecordsContributed, SealedRecord
+from datacoop.events.registry import Event
+
+
+class VaultRefused(Exception):
+    """A command the rules refuse; `kind` maps to the HTTP status, the message says what to do."""
+
+    def __init__(self, kind: Literal["unauthorized", "stale", "conflict", "not_found", "gone"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VaultMember:
+    address: str
+    registered: bool = False
+    erased: bool = False
+    erasure_event_id: str | None = None
+    shredded: bool = False
+
+    @property
+    def readable(self) -> bool:
+        return not self.erased and not self.shredded
+
+
+@dataclass(frozen=True)
+class ContributeRecords:
+    member: str
+    signer: str
+    category: str
+    issued_at: datetime
+    upload_id: str
+    upload_tag: str
+    schema_version: int
+    records: tuple[SealedRecord, ...]
+
+
+@dataclass(frozen=True)
+class ShredKeys:
+    member: str
+
+
+def authorize(cmd: ContributeRecords, state: VaultMember, *, now: datetime, freshness: timedelta,
+              tag_seen: bool) -> None:
+    """Raises VaultRefused unless the member signed, is registered and not erased, and the upload is new."""
+    if cmd.signer.lower() != cmd.member.lower():
+        raise VaultRefused("unauthorized", f"signature is by {cmd.signer}, not by member {cmd.member}; "
+                                           "sign the ContributeRecords typed data with the member's key")
+    if abs(now - cmd.issued_at) > freshness:
+        raise VaultRefused("stale", f"signature issued at {cmd.issued_at:%Y-%m-%dT%H:%M:%SZ} is outside the "
+                                    f"{int(freshness.total_seconds())} s window around now; sign again")
+    if state.erased or state.shredded:
+        raise VaultRefused("gone", f"member {cmd.member} asked to be forgotten; register a new wallet to "
+                                   "contribute again")
+    if not state.registered:
+        raise VaultRefused("not_found", f"member {cmd.member} is not registered; register with the consent "
+                                        "service first")
+    if tag_seen:
+        raise VaultRefused("conflict", "this exact upload was already contributed (a replayed signature?); "
+                                       "nothing new was stored")
+
+
+def decide(cmd: ContributeRecords | ShredKeys, state: VaultMember, *, now: datetime,
+           freshness: timedelta = timedelta(minutes=5), tag_seen: bool = False) -> list[Event]:
+    if isinstance(cmd, ShredKeys):
+        if not state.erased or state.shredded or state.erasure_event_id is None:
+            return []
+        return [KeysShredded(member=state.address, shredded_at=now, cause_event_id=state.erasure_event_id)]
+    authorize(cmd, state, now=now, freshness=freshness, tag_seen=tag_seen)
+    chunks = [cmd.records[i:i + MAX_RECORDS_PER_EVENT] for i in range(0, len(cmd.records), MAX_RECORDS_PER_EVENT)]
+    return [RecordsContributed(member=cmd.member, category=cmd.category, upload_id=cmd.upload_id,
+                               upload_tag=cmd.upload_tag, schema_version=cmd.schema_version, chunk=i,
+                               chunks=len(chunks), records=list(chunk), contributed_at=now)
+            for i, chunk in enumerate(chunks)]
+
+
+def evolve(state: VaultMember, event: Event, event_id: str = "") -> VaultMember:
+    """Total: events that do not concern the vault leave the state as it is."""
+    if isinstance(event, MemberRegistered):
+        return replace(state, registered=True)
+    if isinstance(event, ErasureRequested):
+        return replace(state, erased=True, erasure_event_id=state.erasure_event_id or event_id)
+    if isinstance(event, KeysShredded):
+        return replace(state, shredded=True, erased=True,
+                       erasure_event_id=state.erasure_event_id or event.cause_event_id)
+    return state

@@ -1,0 +1,134 @@
+"""How member and record events land in the vault's DuckDB projection, and the queries the API needs.
+
+A cache of the log: delete the file and the vault rebuilds it from the members and records topics.
+Ciphertexts are kept here so the decrypt API needs no broker round-trip; they are useless without the
+key store. On KeysShredded a member's ciphertext rows are dropped (they can never be opened again),
+and a replay that meets RecordsContributed of an already shredded member stores nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events.members import ErasureRequested, MemberRegistered
+from datacoop.events.records import KeysShredded, RecordsContributed
+from services.vault.domain import VaultMember, evolve
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS members (
+    member VARCHAR PRIMARY KEY, registered BOOLEAN NOT NULL, erased BOOLEAN NOT NULL,
+    erasure_event_id VARCHAR, shredded BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id VARCHAR NOT NULL, chunk INTEGER NOT NULL, chunks INTEGER NOT NULL, member VARCHAR NOT NULL,
+    category VARCHAR NOT NULL, upload_tag VARCHAR NOT NULL, schema_version INTEGER NOT NULL,
+    records INTEGER NOT NULL, contributed_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (upload_id, chunk));
+CREATE TABLE IF NOT EXISTS records (
+    record_id VARCHAR PRIMARY KEY, member VARCHAR NOT NULL, category VARCHAR NOT NULL,
+    upload_id VARCHAR NOT NULL, schema_version INTEGER NOT NULL, nonce VARCHAR NOT NULL,
+    ciphertext VARCHAR NOT NULL);
+"""
+
+_MEMBER_EVENTS = (MemberRegistered, ErasureRequested, KeysShredded)
+
+
+class VaultProjection:
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        touched = list(dict.fromkeys(d.envelope.subject for d in deliveries if isinstance(d.event, _MEMBER_EVENTS)))
+        states = self._load(tx, touched)
+        shredded_now: list[str] = []
+        for d in deliveries:
+            ev = d.event
+            if isinstance(ev, RecordsContributed):
+                state = states.get(ev.member) or self._load(tx, [ev.member]).get(ev.member)
+                if state is not None and state.shredded:
+                    continue
+                self._insert_chunk(tx, ev)
+            elif isinstance(ev, _MEMBER_EVENTS):
+                subject = d.envelope.subject
+                states[subject] = evolve(states.get(subject) or VaultMember(subject), ev, d.envelope.id)
+                if isinstance(ev, KeysShredded):
+                    shredded_now.append(subject)
+        if touched:
+            rows = [states[a] for a in touched]
+            tx.execute(
+                """INSERT OR REPLACE INTO members SELECT unnest(?::VARCHAR[]), unnest(?::BOOLEAN[]),
+                   unnest(?::BOOLEAN[]), unnest(?::VARCHAR[]), unnest(?::BOOLEAN[])""",
+                [[m.address for m in rows], [m.registered for m in rows], [m.erased for m in rows],
+                 [m.erasure_event_id for m in rows], [m.shredded for m in rows]])
+        if shredded_now:
+            tx.execute("DELETE FROM records WHERE member IN (SELECT unnest(?::VARCHAR[]))", [shredded_now])
+
+    @staticmethod
+    def _insert_chunk(tx: duckdb.DuckDBPyConnection, ev: RecordsContributed) -> None:
+        tx.execute("INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [ev.upload_id, ev.chunk, ev.chunks, ev.member, ev.category, ev.upload_tag, ev.schema_version,
+                    len(ev.records), ev.contributed_at])
+        recs = ev.records
+        tx.execute(
+            """INSERT OR IGNORE INTO records SELECT unnest(?::VARCHAR[]), ?, ?, ?, ?, unnest(?::VARCHAR[]),
+               unnest(?::VARCHAR[])""",
+            [[r.record_id for r in recs], ev.member, ev.category, ev.upload_id, ev.schema_version,
+             [r.nonce for r in recs], [r.ciphertext for r in recs]])
+
+    @staticmethod
+    def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, VaultMember]:
+        if not addresses:
+            return {}
+        rows = conn.execute("""SELECT member, registered, erased, erasure_event_id, shredded FROM members
+                               WHERE member IN (SELECT unnest(?::VARCHAR[]))""", [addresses]).fetchall()
+        return {r[0]: VaultMember(r[0], bool(r[1]), bool(r[2]), r[3], bool(r[4])) for r in rows}
+
+    # -- queries --------------------------------------------------------------------------------
+    def get(self, address: str) -> VaultMember:
+        return self._load(self.conn, [address]).get(address) or VaultMember(address)
+
+    def members(self, addresses: list[str]) -> dict[str, VaultMember]:
+        found = self._load(self.conn, addresses)
+        return {a: found.get(a) or VaultMember(a) for a in addresses}
+
+    def tag_seen(self, member: str, upload_tag: str) -> str | None:
+        row = self.conn.execute("SELECT upload_id FROM uploads WHERE member = ? AND upload_tag = ? LIMIT 1",
+                                [member, upload_tag]).fetchone()
+        return str(row[0]) if row else None
+
+    def erased_unshredded(self, limit: int = 1000) -> list[str]:
+        rows = self.conn.execute("SELECT member FROM members WHERE erased AND NOT shredded LIMIT ?",
+                                 [limit]).fetchall()
+        return [r[0] for r in rows]
+
+    def select(self, *, category: str | None, members: list[str] | None, record_ids: list[str] | None,
+               after: str, limit: int) -> list[tuple[Any, ...]]:
+        """(record_id, member, category, upload_id, schema_version, nonce, ciphertext) in record_id order."""
+        where, params = ["record_id > ?"], [after]
+        if category:
+            where.append("category = ?")
+            params.append(category)
+        if members is not None:
+            where.append("member IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(members)
+        if record_ids is not None:
+            where.append("record_id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(record_ids)
+        params.append(limit)
+        return self.conn.execute(
+            f"""SELECT record_id, member, category, upload_id, schema_version, nonce, ciphertext FROM records
+                WHERE {' AND '.join(where)} ORDER BY record_id LIMIT ?""", params).fetchall()
+
+    def summary(self, member: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            """SELECT upload_id, category, schema_version, sum(records), min(contributed_at) FROM uploads
+               WHERE member = ? GROUP BY ALL ORDER BY 5""", [member]).fetchall()
+        return [{"upload_id": r[0], "category": r[1], "schema_version": r[2], "records": int(r[3]),
+                 "contributed_at": r[4]} for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        row = self.conn.execute("""SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM members WHERE shredded),
+                                          (SELECT count(DISTINCT upload_id) FROM uploads)""").fetchone()
+        assert row is not None
+        return {"records": int(row[0]), "members_shredded": int(row[1]), "uploads": int(row[2])}

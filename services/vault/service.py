@@ -1,0 +1,219 @@
+"""Bootstrap of the vault: settings, KEK, key store, store, bus, the shredder, the app; `main()`.
+
+The vault reads the members topic (registrations, erasure requests) and writes the records topic.
+Erasure is a reaction: the shredder finds members erased but not yet shredded, destroys the data key
+first, then appends KeysShredded with an id derived from the erasure request, so a re-run after a
+crash (key already gone, event maybe sent) is a duplicate every consumer drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import uvicorn
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fastapi import FastAPI
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events.envelope import derived_event_id, new_event_id
+from datacoop.events.members import ErasureRequested
+from datacoop.events.records import KeysShredded, SealedRecord
+from datacoop.events.registry import Event
+from datacoop.kit import ServiceRuntime, create_app
+from datacoop.kit.logs import configure, correlation_id
+from datacoop.kit.problems import DomainError
+from datacoop.topics import MEMBERS, RECORDS
+from services.consent.eip712 import Domain
+from services.vault import domain
+from services.vault.api import build_router
+from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
+from services.vault.crypto import Kek, RecordUnreadable, new_kek_b64, open_one, parse_kek, seal_many
+from services.vault.keystore import KeyShredded, KeyStore
+from services.vault.projection import SCHEMA_SQL, VaultProjection
+from services.vault.settings import DEV_SERVICE_TOKEN, VaultSettings
+
+log = logging.getLogger("datacoop.vault")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def load_kek(settings: VaultSettings) -> Kek:
+    if settings.vault_kek:
+        return Kek(parse_kek(settings.vault_kek))
+    path = settings.data_dir / "vault-kek"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_kek_b64() + "\n")
+        path.chmod(0o600)
+        log.warning("DATACOOP_VAULT_KEK is unset: generated a key-encryption key into %s (local development "
+                    "only; set DATACOOP_VAULT_KEK in production and keep it out of the data directory)", path)
+    else:
+        log.warning("DATACOOP_VAULT_KEK is unset: using the development key-encryption key in %s", path)
+    return Kek(parse_kek(path.read_text().strip()))
+
+
+def _shred_id(event: Event) -> str:
+    assert isinstance(event, KeysShredded)
+    return derived_event_id(event.cause_event_id, event.type_name())
+
+
+class VaultService(ServiceRuntime[VaultProjection]):
+    def __init__(self, settings: VaultSettings, clock: Callable[[], datetime] = utcnow) -> None:
+        super().__init__("vault", settings, lambda store: VaultProjection(store.conn), reads=[MEMBERS],
+                         writes=RECORDS, schema_sql=SCHEMA_SQL)
+        self.clock = clock
+        self.schemas = load_schemas()
+        self.kek = load_kek(settings)
+        self.keys = KeyStore(settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb", self.kek)
+        self.service_token = settings.vault_service_token
+        if self.service_token == DEV_SERVICE_TOKEN:
+            log.warning("DATACOOP_VAULT_SERVICE_TOKEN is the development default; set a secret one in production")
+        self.freshness = timedelta(seconds=settings.vault_freshness_s)
+        self.max_rows = settings.vault_max_rows
+        self.shred_interval_s = settings.vault_shred_interval_s
+        self._wake = asyncio.Event()
+        self.runner.on_applied = self._on_applied
+        self.add_background(self.shred_forever)
+
+    def _on_applied(self, deliveries: list[Delivery]) -> None:
+        if any(isinstance(d.event, ErasureRequested) for d in deliveries):
+            self._wake.set()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.keys.close()
+
+    # -- contributing ----------------------------------------------------------------------------
+    async def contribute(self, *, member: str, signer: str, category: str, fmt: str, content: str, issued_at: int,
+                         content_hash: bytes) -> dict[str, Any]:
+        """Check, seal and append an upload; answers once the events are acked and projected."""
+        schema = self.schemas.get(category)
+        if schema is None:
+            raise UploadRefused(f"unknown category {category!r}; categories: {', '.join(sorted(self.schemas))}")
+        now = self.clock()
+        tag = self.kek.upload_tag(member, content_hash)
+        probe = domain.ContributeRecords(member, signer, category, datetime.fromtimestamp(issued_at, UTC),
+                                         new_event_id(), tag, schema.version, ())
+        # Refuse before any work or key creation; `decide` checks again under the member's lock.
+        domain.authorize(probe, self.projection.get(member), now=now, freshness=self.freshness,
+                         tag_seen=self.projection.tag_seen(member, tag) is not None)
+        rows = check_rows(schema, parse_upload(content, fmt))  # type: ignore[arg-type]
+        if len(rows) > self.max_rows:
+            raise UploadRefused(f"upload has {len(rows)} rows, at most {self.max_rows} per upload; split the file")
+        try:
+            key = self.keys.get_or_create(member)
+        except KeyShredded as exc:
+            raise domain.VaultRefused("gone", str(exc)) from exc
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        sealed = seal_many(key, member, [(f"{probe.upload_id}-{i:06d}", dumps(row).encode())
+                                         for i, row in enumerate(rows)])
+        records = tuple(SealedRecord.model_construct(record_id=r, nonce=n, ciphertext=c) for r, n, c in sealed)
+        cmd = domain.ContributeRecords(member, signer, category, probe.issued_at, probe.upload_id, tag,
+                                       schema.version, records)
+
+        def decide() -> list[Event]:
+            return domain.decide(cmd, self.projection.get(member), now=now, freshness=self.freshness,
+                                 tag_seen=self.projection.tag_seen(member, tag) is not None)
+
+        assert self.writer is not None
+        deliveries = await self.writer.execute(member, decide, correlation_id=correlation_id.get())
+        return {"member": member, "category": category, "upload_id": cmd.upload_id,
+                "schema_version": schema.version, "records": len(records), "events": len(deliveries),
+                "first_record_id": records[0].record_id, "last_record_id": records[-1].record_id}
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _readable_key(self, member: str) -> bytes | None:
+        if not self.projection.get(member).readable:
+            return None
+        try:
+            return self.keys.get(member)
+        except KeyShredded:
+            return None
+
+    def decrypt(self, *, category: str | None, members: list[str] | None, record_ids: list[str] | None,
+                after: str, limit: int) -> dict[str, Any]:
+        """Plaintext rows; see the route's docstring for what happens to erased members."""
+        if members is not None:
+            gone = sorted(m for m, s in self.projection.members(members).items()
+                          if not s.readable or self.keys.is_shredded(m))
+            if gone:
+                raise DomainError(f"member(s) {', '.join(gone)} asked to be forgotten; their keys are shredded "
+                                  "and their records can never be read", status=410, slug="erased",
+                                  refused_members=gone)
+        rows = self.projection.select(category=category, members=members, record_ids=record_ids, after=after,
+                                      limit=limit)
+        aeads: dict[str, AESGCM | None] = {}
+        refused: set[str] = set()
+        out = []
+        for record_id, member, cat, upload_id, version, nonce, ciphertext in rows:
+            if member not in aeads:
+                key = self._readable_key(member)
+                aeads[member] = AESGCM(key) if key is not None else None
+            aead = aeads[member]
+            if aead is None:
+                refused.add(member)
+                continue
+            try:
+                fields = json.loads(open_one(aead, member, record_id, nonce, ciphertext))
+            except RecordUnreadable:
+                log.error("record %s of %s does not open; skipped", record_id, member)
+                continue
+            out.append({"record_id": record_id, "member": member, "category": cat, "upload_id": upload_id,
+                        "schema_version": version, "fields": fields})
+        return {"records": out, "refused_members": sorted(refused),
+                "next_after": rows[-1][0] if len(rows) == limit else None}
+
+    # -- erasure ---------------------------------------------------------------------------------
+    async def shred_once(self) -> int:
+        """Shred the keys of every erased member not yet shredded; returns how many."""
+        if not self.ready or self.writer is None:
+            return 0
+        done = 0
+        for member in self.projection.erased_unshredded():
+            now = self.clock()
+            self.keys.shred(member, now)  # first the key, then the fact: a crash between re-runs both
+
+            def decide(member: str = member, now: datetime = now) -> list[Event]:
+                return domain.decide(domain.ShredKeys(member), self.projection.get(member), now=now)
+
+            state = self.projection.get(member)
+            await self.writer.execute(member, decide, id_for=_shred_id, causation_id=state.erasure_event_id)
+            log.info("shredded the data key of %s (erasure %s)", member, state.erasure_event_id)
+            done += 1
+        return done
+
+    async def shred_forever(self) -> None:
+        while True:
+            try:
+                await self.shred_once()
+            except Exception:
+                log.exception("shredding failed; retrying next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.shred_interval_s)
+            self._wake.clear()
+
+
+def build_app(settings: VaultSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings = settings or VaultSettings()
+    service = VaultService(settings, clock)
+    domain_sep = Domain(chain_id=settings.chain_id, verifying_contract=settings.market_address)
+    return create_app(service, [build_router(service, domain_sep)], title="datacoop vault",
+                      description="Members' records, encrypted per member; internal decrypt; crypto-shredding.")
+
+
+def main() -> None:
+    settings = VaultSettings()
+    configure("vault", settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

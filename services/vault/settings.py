@@ -1,0 +1,28 @@
+"""Settings of the vault service (environment variables DATACOOP_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from datacoop.kit.settings import ServiceSettings
+
+DEV_SERVICE_TOKEN = "datacoop-dev-vault-token"
+
+
+class VaultSettings(ServiceSettings):
+    port: int = Field(8102, ge=0, le=65535)
+    vault_kek: str | None = Field(None, description="key-encryption key, base64 of 32 bytes (DATACOOP_VAULT_KEK); "
+                                                    "unset = <data_dir>/vault-kek, generated on first start "
+                                                    "(local development only)")
+    vault_keys_file: Path | None = Field(None, description="DuckDB file of wrapped data keys; "
+                                                           "default <data_dir>/vault-keys.duckdb")
+    vault_service_token: str = Field(DEV_SERVICE_TOKEN, min_length=16,
+                                     description="bearer token other services present to POST /internal/decrypt")
+    chain_id: int = Field(31337, description="EIP-712 domain chainId (the same as the consent service's)")
+    market_address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$",
+                                       description="EIP-712 verifyingContract (the same as the consent service's)")
+    vault_freshness_s: float = Field(300.0, gt=0, description="how far a ContributeRecords issuedAt may be from now")
+    vault_max_rows: int = Field(100_000, ge=1, le=999_999, description="most rows in one upload")
+    vault_shred_interval_s: float = Field(1.0, gt=0, description="how often erased members' keys are looked for")
