@@ -113,7 +113,7 @@ def _report(table: EncodedTable, model: PrivacyModel, mode: Mode, rec: _Recoding
                           for i in range(table.leaves.shape[1])], axis=1).astype(np.float64) \
         if table.leaves.shape[1] else covered
     domain_sizes = [len(h.leaves) for h in table.hierarchies]
-    loss = granularity_loss(np.asarray(counts @ shares, dtype=np.float64), n, domain_sizes)
+    loss = granularity_loss((counts[:, None] * shares).sum(axis=0), n, domain_sizes)
     kept = ~rec.suppressed
     sizes = np.bincount(rec.class_ids[kept], weights=counts[kept]).astype(np.int64)
     sizes = sizes[sizes > 0]
