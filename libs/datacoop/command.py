@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from datacoop.bus.consumer import Delivery, Projection
 from datacoop.bus.publisher import Publisher
-from datacoop.events.envelope import Envelope
+from datacoop.events.envelope import Envelope, new_event_id
 from datacoop.events.registry import Event
 from datacoop.store import ProjectionStore
 
@@ -62,11 +62,11 @@ class Writer:
             first_seq = self.store.last_seq(self.topic, subject) + 1
             envelopes = []
             for i, ev in enumerate(events):
-                extra = {"id": id_for(ev)} if id_for else {}
                 envelopes.append(Envelope(
+                    id=id_for(ev) if id_for else new_event_id(),
                     source=self.source, type=ev.type_name(), subject=subject, seq=first_seq + i,
                     dataschema=f"schemas/events/{ev.type_name()}.json", correlationid=correlation_id,
-                    causationid=causation_id, data=ev.model_dump(mode="json"), **extra))
+                    causationid=causation_id, data=ev.model_dump(mode="json")))
             positions = await self.publisher.publish_many(self.topic, envelopes)
             deliveries = [Delivery(self.topic, p.partition, p.offset, env, ev)
                           for env, ev, p in zip(envelopes, events, positions, strict=True)]

@@ -56,7 +56,7 @@ class MemberWallet:
 
     def register(self) -> dict[str, Any]:
         sig = self.sign("RegisterMember", {"member": self.address, "nonce": 0})
-        return check(self.http.post("/members", json={"member": self.address, "nonce": 0, "signature": sig}))
+        return dict(check(self.http.post("/members", json={"member": self.address, "nonce": 0, "signature": sig})))
 
     def grant_body(self, purpose: str, categories: list[str], expires_at: datetime | None = None,
                    consent_id: str | None = None, nonce: int | None = None,
@@ -73,18 +73,18 @@ class MemberWallet:
 
     def grant(self, purpose: str, categories: list[str], expires_at: datetime | None = None) -> dict[str, Any]:
         body = self.grant_body(purpose, categories, expires_at)
-        return check(self.http.post(f"/members/{self.address}/consents", json=body))
+        return dict(check(self.http.post(f"/members/{self.address}/consents", json=body)))
 
     def revoke(self, consent_id: str) -> dict[str, Any]:
         nonce = self.next_nonce()
         sig = self.sign("RevokeConsent", {"member": self.address, "consentId": consent_id, "nonce": nonce})
-        return check(self.http.post(f"/members/{self.address}/consents/{consent_id}/revoke",
-                                    json={"nonce": nonce, "signature": sig}))
+        return dict(check(self.http.post(f"/members/{self.address}/consents/{consent_id}/revoke",
+                                         json={"nonce": nonce, "signature": sig})))
 
     def erase(self) -> dict[str, Any]:
         nonce = self.next_nonce()
         sig = self.sign("RequestErasure", {"member": self.address, "nonce": nonce})
-        return check(self.http.post(f"/members/{self.address}/erasure", json={"nonce": nonce, "signature": sig}))
+        return dict(check(self.http.post(f"/members/{self.address}/erasure", json={"nonce": nonce, "signature": sig})))
 
     def consents(self) -> list[dict[str, Any]]:
         return list(check(self.http.get(f"/members/{self.address}/consents")))

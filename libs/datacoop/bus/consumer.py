@@ -93,7 +93,7 @@ class ConsumerRunner:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
-        self._consumer: AIOKafkaConsumer = None  # type: ignore[assignment]  # made in start(), on the loop
+        self._consumer: AIOKafkaConsumer | None = None  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -101,28 +101,34 @@ class ConsumerRunner:
         self.applied_count = 0
         self.dead_count = 0
 
+    @property
+    def _kafka(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError(f"consumer {self.consumer_name} not started; call `await runner.start()` first")
+        return self._consumer
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(**self._config)
         await self._consumer.start()
         if self.group_id is None:
-            await self._consumer.topics()  # refreshes metadata so partitions are known
+            await self._kafka.topics()  # refreshes metadata so partitions are known
             tps = []
             for topic in self.topics:
-                parts = self._consumer.partitions_for_topic(topic)
+                parts = self._kafka.partitions_for_topic(topic)
                 if not parts:
                     raise RuntimeError(f"topic {topic} does not exist; create it first (ensure_topics)")
                 tps += [TopicPartition(topic, p) for p in sorted(parts)]
-            self._consumer.assign(tps)
+            self._kafka.assign(tps)
             self.seek_to_stored(tps)
         else:
-            self._consumer.subscribe(self.topics, listener=_SeekOnAssign(self))
+            self._kafka.subscribe(self.topics, listener=_SeekOnAssign(self))
 
     def seek_to_stored(self, tps: list[TopicPartition]) -> None:
         stored = self.store.offsets(self.consumer_name)
         for tp in tps:
             offset = stored.get((tp.topic, tp.partition), 0)
-            self._consumer.seek(tp, offset)
+            self._kafka.seek(tp, offset)
             self._positions[tp] = offset
 
     def run_in_background(self) -> asyncio.Task[None]:
@@ -137,7 +143,7 @@ class ConsumerRunner:
                 # The batch in hand was abandoned before its transaction: read it again.
                 log.warning("consumer %s: %s; retrying from the stored positions", self.consumer_name, exc)
                 for tp, offset in self._positions.items():
-                    self._consumer.seek(tp, offset)
+                    self._kafka.seek(tp, offset)
                 await asyncio.sleep(0.5)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -155,7 +161,7 @@ class ConsumerRunner:
 
     # -- one batch ---------------------------------------------------------------------------
     async def poll_once(self) -> int:
-        batch = await self._consumer.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
+        batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
         applied = 0
         if batch:
             applied = await self._apply(self._decode([rec for msgs in batch.values() for rec in msgs]))
@@ -180,8 +186,9 @@ class ConsumerRunner:
         for type_name, positions in by_type.items():
             results = self.registry.decode_many(type_name, [envelopes[i].data for i in positions])  # type: ignore[union-attr]
             for i, result in zip(positions, results, strict=True):
-                f, env = fetched[i], envelopes[i]
-                assert env is not None
+                f, maybe_env = fetched[i], envelopes[i]
+                assert maybe_env is not None
+                env = maybe_env
                 if isinstance(result, Exception):
                     f.error = f"{type(result).__name__}: {result}"
                 else:
@@ -251,11 +258,11 @@ class ConsumerRunner:
         log.warning("dead-lettered %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
 
     def _update_caught_up(self) -> None:
-        assignment = self._consumer.assignment()
+        assignment = self._kafka.assignment()
         if not assignment:
             return
         for tp in assignment:
-            hw = self._consumer.highwater(tp)
+            hw = self._kafka.highwater(tp)
             if hw is None or self._positions.get(tp, 0) < hw:
                 return
         self.caught_up.set()
@@ -265,8 +272,8 @@ class ConsumerRunner:
         if self._consumer is None:
             return {}
         return {f"{tp.topic}[{tp.partition}]": {"position": self._positions.get(tp),
-                                                "highwater": self._consumer.highwater(tp)}
-                for tp in self._consumer.assignment()}
+                                                "highwater": self._kafka.highwater(tp)}
+                for tp in self._kafka.assignment()}
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]

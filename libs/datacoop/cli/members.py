@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -13,6 +14,9 @@ from eth_account import Account
 from rich.table import Table
 
 from datacoop.cli.common import console, fail, read_key, service_url
+from services.consent.client import ApiError, MemberWallet
+
+T = TypeVar("T")
 
 KeyFile = Annotated[Path | None, typer.Option("--key-file", help="file holding the wallet's hex private key")]
 ConsentUrl = Annotated[str | None, typer.Option("--consent-url", help="consent service URL (default: the stack's)")]
@@ -23,18 +27,14 @@ consent_app = typer.Typer(help="Grant, revoke and list consents; fetch receipts.
 receipt_app = typer.Typer(help="Consent receipts.", no_args_is_help=True)
 
 
-def _wallet(key_file: Path | None, consent_url: str | None):  # type: ignore[no-untyped-def]
-    from services.consent.client import MemberWallet
-
+def _wallet(key_file: Path | None, consent_url: str | None) -> MemberWallet:
     try:
         return MemberWallet(read_key(key_file), service_url("consent", consent_url))
     except httpx.HTTPError as exc:
         fail(f"cannot reach the consent service ({exc}); is the stack up (`datacoop up`)?")
 
 
-def _call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-    from services.consent.client import ApiError
-
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from datacoop.kit import problems
@@ -54,7 +55,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
         body = {"service": runtime.name, "ready": runtime.ready, "applied": runtime.runner.applied_count,
                 "dead_lettered": runtime.runner.dead_count, "partitions": runtime.runner.lag()}
         if runtime.ready:
-            return problems.JSONResponse(body)
+            return JSONResponse(body)
         return problems.problem_response(503, "not-ready", "not ready",
                                          "the projection is still catching up with the log; retry shortly",
                                          "/readyz", **body)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Generic, TypeVar
 
 from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.bus.consumer import ConsumerRunner, Projection
@@ -29,7 +29,7 @@ class ServiceRuntime(Generic[P]):
                  reads: Iterable[str] = (), writes: str | None = None, schema_sql: str = "") -> None:
         self.name = name
         self.settings = settings
-        self._background: list[Callable[[], Awaitable[None]]] = []
+        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         prefix = settings.topic_prefix
         self.write_topic = qualified(prefix, writes) if writes else None
@@ -47,7 +47,7 @@ class ServiceRuntime(Generic[P]):
                               topic=self.write_topic, source=f"datacoop/{name}")
                        if self.write_topic else None)
 
-    def add_background(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
+    def add_background(self, loop_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A coroutine started once the consumer runs (a sweeper, a chain watcher), cancelled at stop."""
         self._background.append(loop_fn)
 
