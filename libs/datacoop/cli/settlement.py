@@ -1,9 +1,146 @@
-"""CLI commands of the settlement service."""
+"""CLI commands of the settlement service: see your payouts, claim them with your key.
+
+    datacoop payouts 0xYOU
+    datacoop claim --key-file me.key [--settlement-url URL] [--rpc URL]
+
+URLs default to DATACOOP_SETTLEMENT_URL / DATACOOP_CHAIN_URL, then the running local stack
+(var/run/stack.json), then http://127.0.0.1:8105 and http://127.0.0.1:8545.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
 import typer
+
+DEFAULT_SETTLEMENT_URL = "http://127.0.0.1:8105"
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"
+
+
+def _from_stack(kind: str) -> str | None:
+    from datacoop.cli.stack import STACK_FILE, load_stack_file
+
+    if not STACK_FILE.exists():
+        return None
+    try:
+        data: dict[str, Any] = load_stack_file()
+    except Exception:
+        return None
+    if kind == "chain":
+        chain = data.get("chain") or {}
+        return chain.get("url") if isinstance(chain, dict) else None
+    services = data.get("services") or {}
+    svc = services.get("settlement") if isinstance(services, dict) else None
+    return svc.get("url") if isinstance(svc, dict) else None
+
+
+def settlement_url_default() -> str:
+    return os.environ.get("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement") or DEFAULT_SETTLEMENT_URL
+
+
+def rpc_url_default() -> str:
+    return os.environ.get("DATACOOP_CHAIN_URL") or _from_stack("chain") or DEFAULT_RPC_URL
+
+
+def fetch_payout(settlement_url: str, address: str) -> dict[str, Any]:
+    """GET /payouts/{address}; raises RuntimeError with what to do when the service can't answer."""
+    url = f"{settlement_url.rstrip('/')}/payouts/{address}"
+    try:
+        resp = httpx.get(url, timeout=10)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"settlement service at {settlement_url} does not answer ({exc}); "
+                           "start it (`datacoop up`) or pass --settlement-url") from exc
+    if resp.status_code != 200:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        raise RuntimeError(f"settlement service refused: {detail}")
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def claim_with_key(key: str, settlement_url: str, rpc_url: str) -> dict[str, Any]:
+    """Claim what the key's account can claim in the latest posted epoch; returns what happened.
+
+    `claimed_units` is 0 when everything was already claimed (the contract pays nothing twice).
+    """
+    from eth_account import Account
+    from web3 import Web3
+
+    from datacoop.chain import Contracts, send_receipt
+
+    account = Account.from_key(key).address
+    info = fetch_payout(settlement_url, account)
+    cumulative = int(info["cumulative_units"])
+    if cumulative == 0:
+        raise RuntimeError(f"{account} has nothing to claim yet (earned {info['earned_units']} units, none in a "
+                           "posted epoch); wait for the next epoch")
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    if not w3.is_connected():
+        raise RuntimeError(f"no chain answers at {rpc_url}; pass --rpc")
+    contracts = Contracts.at(w3, info["token_address"], info["market_address"])
+    already = int(contracts.market.functions.claimed(account).call())
+    result = {"account": account, "epoch": info["epoch"], "cumulative_units": cumulative, "claimed_units": 0,
+              "tx_hash": None}
+    if already >= cumulative:
+        return result
+    proof = [bytes.fromhex(p[2:]) for p in info["proof"]]
+    receipt = send_receipt(w3, contracts.market.functions.claim(account, cumulative, proof), key)
+    result.update(claimed_units=cumulative - already, tx_hash="0x" + bytes(receipt["transactionHash"]).hex())
+    return result
+
+
+def _read_key(key_file: Path) -> str:
+    try:
+        key = key_file.read_text().strip()
+    except OSError as exc:
+        raise RuntimeError(f"cannot read key file {key_file}: {exc.strerror}") from exc
+    if not key.startswith("0x"):
+        key = "0x" + key
+    if len(key) != 66:
+        raise RuntimeError(f"{key_file} does not hold a 32-byte hex private key")
+    return key
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
+    from datacoop.cli import console, fail
+
+    @app.command()
+    def payouts(
+        address: Annotated[str, typer.Argument(help="wallet address (0x…)")],
+        settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
+    ) -> None:
+        """Show what ADDRESS has earned, what the latest posted epoch lets it claim, and its proof."""
+        try:
+            info = fetch_payout(settlement_url or settlement_url_default(), address)
+        except RuntimeError as exc:
+            fail(str(exc))
+        console.print(f"account      {info['account']}")
+        console.print(f"earned       {info['earned_units']} units (all orders so far)")
+        console.print(f"claimable    {info['cumulative_units']} units cumulative in epoch {info['epoch']}")
+        console.print(f"not yet in a posted epoch: {info['unposted_units']} units")
+        console.print(f"proof        {len(info['proof'])} hashes; market {info['market_address']}")
+
+    @app.command()
+    def claim(
+        key_file: Annotated[Path, typer.Option("--key-file", help="file holding your hex private key")],
+        settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
+        rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC URL")] = None,
+    ) -> None:
+        """Claim your earnings on chain, signed with your key (the tokens go to your account)."""
+        try:
+            key = _read_key(key_file)
+            result = claim_with_key(key, settlement_url or settlement_url_default(), rpc or rpc_url_default())
+        except Exception as exc:  # chain errors included: one red line
+            fail(str(exc))
+        if result["claimed_units"] == 0:
+            console.print(f"{result['account']}: nothing new to claim (cumulative {result['cumulative_units']} "
+                          "units already claimed)")
+        else:
+            console.print(f"{result['account']}: claimed {result['claimed_units']} units "
+                          f"(cumulative {result['cumulative_units']}, epoch {result['epoch']}) in {result['tx_hash']}")

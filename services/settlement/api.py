@@ -1,0 +1,95 @@
+"""HTTP routes of the settlement service: payouts with proofs, epochs (and posting one on demand),
+orders' payment and allocation state."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from web3 import Web3
+
+from datacoop.kit.problems import Conflict, NotFound, NotReady
+from services.settlement import domain
+
+AddressPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="a wallet address")]
+
+
+def _epoch_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "leaves"}
+
+
+def build_router(ctx: Any) -> APIRouter:
+    """`ctx` is the SettlementService (projection, contracts, run_epoch, tree)."""
+    router = APIRouter(tags=["payouts"])
+
+    def ready() -> None:
+        if not ctx.ready:
+            raise NotReady("the settlement service is still catching up with the log; retry in a moment")
+
+    @router.get("/payouts/{address}")
+    async def payout(address: AddressPath) -> dict[str, Any]:
+        """What `address` can claim: its cumulative amount in the latest posted root and the proof for
+        `DatacoopMarket.claim(account, cumulative_units, proof)`; plus what it earned since (unposted)."""
+        ready()
+        account = Web3.to_checksum_address(address)
+        key = account.lower()
+        latest = ctx.projection.epoch(posted_only=True)
+        cumulative, proof, epoch, root = 0, [], None, None
+        if latest is not None:
+            epoch, root = latest["epoch"], latest["root"]
+            if key in latest["leaves"]:
+                tree = ctx.tree(epoch)
+                cumulative = tree.cumulative_of(key)
+                proof = ["0x" + p.hex() for p in tree.proof(key)]
+        earned = ctx.projection.balance(key)
+        return {"account": account, "epoch": epoch, "root": root, "cumulative_units": cumulative, "proof": proof,
+                "earned_units": earned, "unposted_units": earned - cumulative,
+                "market_address": ctx.contracts.market.address, "token_address": ctx.contracts.stablecoin.address}
+
+    @router.get("/epochs/latest", tags=["epochs"])
+    async def latest_epoch() -> dict[str, Any]:
+        """The latest epoch (prepared or posted), without its leaves."""
+        row = ctx.projection.epoch()
+        if row is None:
+            raise NotFound("no epoch yet; one is posted when due, or ask with POST /epochs")
+        return _epoch_view(row)
+
+    @router.get("/epochs/{epoch}/tree", tags=["epochs"])
+    async def epoch_tree(epoch: int) -> dict[str, Any]:
+        """The epoch's tree as OpenZeppelin `StandardMerkleTree.dump()` JSON: load it with standard tooling."""
+        tree = ctx.tree(epoch)
+        if tree is None:
+            raise NotFound(f"no epoch {epoch}; see GET /epochs/latest")
+        return tree.dump()
+
+    @router.post("/epochs", tags=["epochs"])
+    async def post_epoch() -> dict[str, Any]:
+        """Build and post a new epoch now (or finish one in flight). 409 when nothing is new to post."""
+        ready()
+        try:
+            row = await ctx.run_epoch(forced=True)
+        except domain.SettlementRefused as exc:
+            raise Conflict(str(exc), slug="nothing-to-post") from exc
+        if row is None:
+            raise Conflict("nothing new to post since the latest epoch", slug="nothing-to-post")
+        return _epoch_view(row)
+
+    @router.get("/orders/{order_id}", tags=["orders"])
+    async def order(order_id: str) -> dict[str, Any]:
+        """An order's payment, flags and allocation as settlement sees them."""
+        view = ctx.projection.order_view(order_id)
+        if view is None:
+            raise NotFound(f"settlement knows nothing of order {order_id} yet (no OrderPlaced, no payment)")
+        return view
+
+    @router.get("/payments/waiting", tags=["orders"])
+    async def waiting() -> list[dict[str, Any]]:
+        """Payments confirmed but not allocated: their order or version is not known yet, or they are flagged."""
+        return ctx.projection.waiting_payments()
+
+    @router.get("/balances", tags=["payouts"])
+    async def balances() -> dict[str, int]:
+        """Every account's cumulative earnings so far (posted or not), base units."""
+        return ctx.projection.balances()
+
+    return router

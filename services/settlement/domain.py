@@ -1,0 +1,183 @@
+"""Settlement rules, pure: which events a payment, a paid order, a job fee or an epoch gives.
+
+No I/O here: the service reads the projection and the chain, calls these, and appends what they
+return. Every function is deterministic in its inputs, so a restarted service that decides again
+on the same facts produces the same events (with ids derived from their causes, duplicates).
+
+Flagged payments (docs/payments.md): a payment whose amount differs from its order's price is
+flagged *and still allocated on the amount actually paid*. The money is in escrow and the next
+posted root settles it irrevocably (the contract refuses refunds of settled orders), so holding it
+back would strand it; the marketplace sees the flag and does not grant access for an underpayment.
+A payment whose order id was not made from a UUID cannot belong to any order: it is flagged and
+never allocated (it stays in escrow, refundable by the operator until a root settles it).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from datacoop.events.payouts import (
+    EpochPrepared,
+    JobFeeAllocated,
+    PaymentConfirmed,
+    PaymentFlagged,
+    RevenueAllocated,
+)
+from datacoop.events.registry import Event
+from services.settlement.allocation import split_job_fee, split_order_revenue
+from services.settlement.merkle import StandardMerkleTree, keccak256, normalize_address
+
+
+class SettlementRefused(Exception):
+    """A request the rules refuse; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PaidLog:
+    """An OrderPaid log as read from the chain."""
+
+    chain_order_id: bytes
+    buyer: str
+    amount_units: int
+    tx_hash: str
+    block_number: int
+    log_index: int
+
+
+@dataclass(frozen=True)
+class Payment:
+    order_id: str
+    amount_units: int
+    allocatable: bool
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    dataset_id: str
+    version: int
+    price_units: int
+
+
+def order_subject(chain_order_id: bytes) -> tuple[str, bool]:
+    """(subject, is_uuid): the order UUID string, or the raw 0x hex when the id is not a UUID id."""
+    raw = bytes(chain_order_id)
+    if len(raw) == 32 and raw[16:] == bytes(16):
+        return str(uuid.UUID(bytes=raw[:16])), True
+    return "0x" + raw.hex(), False
+
+
+def confirm_payment(log: PaidLog, already_confirmed: bool, now: datetime) -> list[Event]:
+    """PaymentConfirmed for a log not yet confirmed (plus a flag when it can't be an order's)."""
+    if already_confirmed:
+        return []
+    subject, is_uuid = order_subject(log.chain_order_id)
+    events: list[Event] = [PaymentConfirmed(
+        order_id=subject, chain_order_id="0x" + bytes(log.chain_order_id).hex(), buyer=log.buyer,
+        amount_units=log.amount_units, tx_hash=log.tx_hash.lower(), block_number=log.block_number,
+        log_index=log.log_index, confirmed_at=now)]
+    if not is_uuid:
+        events.append(PaymentFlagged(
+            order_id=subject, reason="not-an-order-id", amount_units=log.amount_units, allocated=False,
+            detail=f"order id {subject} was not made from a UUID; no order can match it. "
+                   "Refund it (OPERATOR_ROLE) before the next epoch settles it"))
+    return events
+
+
+def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[str, int], fee_bps: int,
+                   cooperative: str, already_allocated: bool) -> list[Event]:
+    """The split of one paid order (once): RevenueAllocated, preceded by a flag on a price mismatch."""
+    if already_allocated or not payment.allocatable:
+        return []
+    events: list[Event] = []
+    if payment.amount_units != order.price_units:
+        events.append(PaymentFlagged(
+            order_id=order.order_id, reason="amount-mismatch", amount_units=payment.amount_units,
+            price_units=order.price_units, allocated=True,
+            detail=f"paid {payment.amount_units} units for a price of {order.price_units}; the amount paid is "
+                   "allocated, access is the marketplace's call"))
+    split = split_order_revenue(payment.amount_units, fee_bps, contributor_weights)
+    fee_units = payment.amount_units * fee_bps // 10_000
+    events.append(RevenueAllocated(
+        order_id=order.order_id, dataset_id=order.dataset_id, version=order.version,
+        amount_units=payment.amount_units, fee_bps=fee_bps, fee_units=fee_units,
+        remainder_units=split.cooperative_units - fee_units, cooperative=cooperative,
+        cooperative_units=split.cooperative_units, allocations=dict(split.payee_units)))
+    return events
+
+
+def allocate_job_fee(job_id: str, provider: str, fee_units: int, already_allocated: bool,
+                     order_id: str | None = None) -> list[Event]:
+    """A job's fee, wholly to its provider (once per job)."""
+    if already_allocated:
+        return []
+    split = split_job_fee(fee_units, provider)
+    return [JobFeeAllocated(job_id=job_id, order_id=order_id, provider=provider,
+                            fee_units=split.payee_units[provider])]
+
+
+# -- balances and epochs ---------------------------------------------------------------------------
+def credits(event: Event) -> dict[str, int]:
+    """What an allocation event adds to each account's cumulative units (lowercase addresses)."""
+    out: dict[str, int] = {}
+
+    def add(account: str, units: int) -> None:
+        if units:
+            key = normalize_address(account)
+            out[key] = out.get(key, 0) + units
+
+    if isinstance(event, RevenueAllocated):
+        for account, units in event.allocations.items():
+            add(account, units)
+        add(event.cooperative, event.cooperative_units)
+    elif isinstance(event, JobFeeAllocated):
+        add(event.provider, event.fee_units)
+    return out
+
+
+def leaves_hash(leaves: Mapping[str, int]) -> str:
+    canonical = json.dumps(sorted((normalize_address(a), int(u)) for a, u in leaves.items()), separators=(",", ":"))
+    return "0x" + keccak256(canonical.encode()).hex()
+
+
+@dataclass(frozen=True)
+class EpochState:
+    """What the service knows about epochs: the last prepared and whether it is on chain."""
+
+    last_epoch: int = 0
+    last_posted: bool = True
+    last_total_units: int = 0
+    last_posted_at: datetime | None = None
+
+
+def epoch_due(state: EpochState, balances_total: int, now: datetime, since: datetime, interval_s: float,
+              threshold_units: int, forced: bool) -> bool:
+    """A new epoch is due when there is something new to post and it is asked for, `interval_s` has
+    passed `since` (the last post, or the service's start before any), or the unposted units reach
+    the threshold (0 = no threshold)."""
+    if not state.last_posted or balances_total <= state.last_total_units:
+        return False
+    if forced:
+        return True
+    unposted = balances_total - state.last_total_units
+    if threshold_units and unposted >= threshold_units:
+        return True
+    return (now - since).total_seconds() >= interval_s
+
+
+def prepare_epoch(state: EpochState, balances: Mapping[str, int], now: datetime) -> tuple[EpochPrepared,
+                                                                                          StandardMerkleTree]:
+    """The next epoch's tree over every account's cumulative units; refuses while one is in flight."""
+    if not state.last_posted:
+        raise SettlementRefused(f"epoch {state.last_epoch} is prepared but not posted yet; it is posted first")
+    leaves = {normalize_address(a): int(u) for a, u in balances.items() if u > 0}
+    if not leaves:
+        raise SettlementRefused("nobody has earned anything yet; there is no tree to post")
+    tree = StandardMerkleTree.of(sorted(leaves.items()))
+    return EpochPrepared(epoch=state.last_epoch + 1, root=tree.root_hex, total_units=tree.total_units,
+                         accounts=len(leaves), leaves_hash=leaves_hash(leaves), leaves=leaves,
+                         prepared_at=now), tree

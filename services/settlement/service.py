@@ -1,0 +1,249 @@
+"""Bootstrap of the settlement service: settings, store, bus, the chain, the settlement loop; `main()`.
+
+One loop (after the projection has caught up with the log) does, in order:
+1. watch: read OrderPaid logs up to head - confirmations from the stored cursor; PaymentConfirmed per
+   log (id derived from tx hash + log index); then move the cursor;
+2. allocate: every confirmed payment whose order and version are known gets its RevenueAllocated
+   (id derived from the order id), so each order is split once whatever happens;
+3. epoch: finish an epoch that was prepared and not posted; else, when due, record EpochPrepared
+   (the whole tree) *before* sending postRoot, then EpochPosted once the receipt (or, after a crash,
+   the contract's RootPosted log for that epoch) shows it landed.
+
+`DATACOOP_SETTLEMENT_CRASH_AT=<step>` SIGKILLs the process once at that step (tests); steps are
+CRASH_STEPS. A marker file in data_dir makes it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from hexbytes import HexBytes
+from web3 import Web3
+
+from datacoop.chain import (
+    ChainError,
+    Contracts,
+    order_paid_logs,
+    root_posted_log,
+    send,
+)
+from datacoop.events.envelope import derived_event_id
+from datacoop.events.payouts import EpochPosted
+from datacoop.events.registry import Event
+from datacoop.kit import ServiceRuntime, create_app
+from datacoop.kit.logs import configure
+from datacoop.topics import DATASETS, ORDERS, PAYOUTS
+from services.settlement import domain
+from services.settlement.api import build_router
+from services.settlement.merkle import StandardMerkleTree
+from services.settlement.projection import SCHEMA_SQL, SettlementProjection
+from services.settlement.settings import SettlementSettings
+
+log = logging.getLogger("datacoop.settlement")
+
+CRASH_STEPS = ("after_payment", "after_allocation", "after_prepare", "after_send", "after_receipt")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class SettlementService(ServiceRuntime[SettlementProjection]):
+    def __init__(self, settings: SettlementSettings, clock: Callable[[], datetime] = utcnow) -> None:
+        super().__init__("settlement", settings, lambda store: SettlementProjection(store.conn),
+                         reads=[DATASETS, ORDERS], writes=PAYOUTS, schema_sql=SCHEMA_SQL)
+        self.cfg = settings
+        self.clock = clock
+        self.started_at = clock()
+        self.w3 = Web3(Web3.HTTPProvider(settings.chain_url, request_kwargs={"timeout": 10}))
+        self.contracts = Contracts.at(self.w3, settings.token_address, settings.market_address)
+        self.coop_address = Web3.to_checksum_address(settings.coop_address)
+        self._epoch_lock = asyncio.Lock()
+        self._trees: dict[int, StandardMerkleTree] = {}
+        self.add_background(self.loop_forever)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def loop_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("settlement step failed; retrying next interval")
+            await asyncio.sleep(self.cfg.poll_interval_s)
+
+    async def tick(self) -> None:
+        if not self.ready:
+            return
+        await self.watch_once()
+        await self.allocate_once()
+        await self.run_epoch(forced=False)
+
+    def crash_point(self, step: str) -> None:
+        if os.environ.get("DATACOOP_SETTLEMENT_CRASH_AT") != step:
+            return
+        marker = self.settings.data_dir / f"settlement-crashed-at-{step}"
+        if marker.exists():
+            return
+        marker.touch()
+        log.warning("crash hook: SIGKILL at %s", step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- 1. payments --------------------------------------------------------------------------
+    async def watch_once(self) -> int:
+        """Confirm the payments of the next block range; returns how many logs were read."""
+        assert self.writer is not None
+        head = await asyncio.to_thread(lambda: self.w3.eth.block_number)
+        start = self.projection.cursor(self.cfg.start_block)
+        end = min(head - self.cfg.confirmations, start + self.cfg.max_blocks_per_poll - 1)
+        if end < start:
+            return 0
+        logs = await asyncio.to_thread(order_paid_logs, self.contracts.market, start, end)
+        for paid_log in logs:
+            paid = domain.PaidLog(paid_log.order_id, paid_log.buyer, paid_log.amount_units, paid_log.tx_hash,
+                                  paid_log.block_number, paid_log.log_index)
+            subject, _ = domain.order_subject(paid.chain_order_id)
+            cause = f"payment:{paid.tx_hash.lower()}:{paid.log_index}"
+
+            def decide(paid: domain.PaidLog = paid, subject: str = subject) -> list[Event]:
+                return domain.confirm_payment(paid, self.projection.payment_confirmed(subject), self.clock())
+
+            await self.writer.execute(subject, decide, causation_id=cause, id_for=_derived(cause))
+            self.crash_point("after_payment")
+        async with self.store.lock:
+            with self.store.transaction() as tx:
+                self.projection.save_cursor(tx, end + 1)
+        return len(logs)
+
+    # -- 2. allocations -----------------------------------------------------------------------
+    async def allocate_once(self) -> int:
+        assert self.writer is not None
+        done = 0
+        for payment, order, weights in self.projection.ready_to_allocate():
+            cause = f"allocation:{order.order_id}"
+
+            def decide(payment: domain.Payment = payment, order: domain.Order = order,
+                       weights: dict[str, int] = weights) -> list[Event]:
+                return domain.allocate_order(payment, order, weights, self.cfg.fee_bps, self.coop_address,
+                                             self.projection.allocated(order.order_id))
+
+            try:
+                done += len(await self.writer.execute(order.order_id, decide, causation_id=cause,
+                                                      id_for=_derived(cause)))
+            except ValueError as exc:
+                log.error("order %s cannot be allocated: %s", order.order_id, exc)
+                continue
+            self.crash_point("after_allocation")
+        return done
+
+    async def allocate_job_fee(self, job_id: str, provider: str, fee_units: int,
+                               order_id: str | None = None) -> int:
+        """The allocation path for jobs (the jobs service calls it through its event, once it exists)."""
+        assert self.writer is not None
+        cause = f"job-fee:{job_id}"
+
+        def decide() -> list[Event]:
+            return domain.allocate_job_fee(job_id, Web3.to_checksum_address(provider), fee_units,
+                                           self.projection.allocated(job_id), order_id)
+
+        return len(await self.writer.execute(job_id, decide, causation_id=cause, id_for=_derived(cause)))
+
+    # -- 3. epochs ----------------------------------------------------------------------------
+    async def run_epoch(self, forced: bool) -> dict[str, Any] | None:
+        """Finish an unposted epoch, or prepare and post a new one when due; the epoch touched or None."""
+        assert self.writer is not None
+        async with self._epoch_lock:
+            state = self.projection.epoch_state()
+            if not state.last_posted:
+                return await self._post(state.last_epoch)
+            balances = self.projection.balances()
+            now = self.clock()
+            since = state.last_posted_at or self.started_at
+            if not domain.epoch_due(state, sum(balances.values()), now, since, self.cfg.epoch_interval_s,
+                                    self.cfg.epoch_threshold_units, forced):
+                return None
+            prepared, tree = domain.prepare_epoch(state, balances, now)
+            self._trees[prepared.epoch] = tree
+            cause = f"epoch:{prepared.epoch}"
+
+            def decide() -> list[Event]:
+                return [prepared] if self.projection.epoch_state().last_epoch < prepared.epoch else []
+
+            await self.writer.execute(f"epoch-{prepared.epoch}", decide, causation_id=cause, id_for=_derived(cause))
+            self.crash_point("after_prepare")
+            return await self._post(prepared.epoch)
+
+    async def _post(self, epoch: int) -> dict[str, Any]:
+        """Put prepared `epoch` on chain unless it is there already, then record EpochPosted."""
+        assert self.writer is not None
+        row = self.projection.epoch(epoch)
+        assert row is not None
+        root = bytes.fromhex(row["root"][2:])
+        market = self.contracts.market
+        current = await asyncio.to_thread(market.functions.currentEpoch().call)
+        if current >= epoch:
+            found = await asyncio.to_thread(root_posted_log, market, epoch, self.cfg.start_block)
+            if found is None or found.root != root:
+                raise ChainError(f"epoch {epoch} on chain is not the prepared root {row['root']}; "
+                                 "another settler posts to this market: stop one of them")
+            tx_hash, block_number = found.tx_hash, found.block_number
+        else:
+            sent = await asyncio.to_thread(send, self.w3, market.functions.postRoot(epoch, root, row["total_units"]),
+                                           self.cfg.settler_key, wait=False)
+            assert isinstance(sent, HexBytes | bytes)
+            self.crash_point("after_send")
+            receipt = await asyncio.to_thread(self.w3.eth.wait_for_transaction_receipt, sent, 60)
+            if receipt["status"] != 1:
+                raise ChainError(f"postRoot of epoch {epoch} reverted (tx 0x{bytes(sent).hex()}); retrying")
+            self.crash_point("after_receipt")
+            tx_hash, block_number = "0x" + bytes(sent).hex(), int(receipt["blockNumber"])
+        cause = f"epoch:{epoch}"
+        posted = EpochPosted(epoch=epoch, root=row["root"], total_units=row["total_units"], accounts=row["accounts"],
+                             tx_hash=tx_hash, block_number=block_number, posted_at=self.clock())
+
+        def decide() -> list[Event]:
+            current_row = self.projection.epoch(epoch)
+            return [] if current_row is None or current_row["posted"] else [posted]
+
+        await self.writer.execute(f"epoch-{epoch}", decide, causation_id=cause, id_for=_derived(cause))
+        log.info("epoch %d posted: root %s, %d units over %d accounts", epoch, row["root"], row["total_units"],
+                 row["accounts"])
+        return self.projection.epoch(epoch) or row
+
+    def tree(self, epoch: int) -> StandardMerkleTree | None:
+        tree = self._trees.get(epoch)
+        if tree is None:
+            row = self.projection.epoch(epoch)
+            if row is None:
+                return None
+            tree = self._trees[epoch] = StandardMerkleTree.of(sorted(row["leaves"].items()))
+        return tree
+
+
+def _derived(cause: str) -> Callable[[Event], str]:
+    """Ids from the cause: a reaction re-sent after a crash is a duplicate every consumer drops."""
+    return lambda event: derived_event_id(cause, event.type_name())
+
+
+def build_app(settings: SettlementSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings = settings or SettlementSettings()  # type: ignore[call-arg]
+    service = SettlementService(settings, clock)
+    return create_app(service, [build_router(service)], title="datacoop settlement",
+                      description="Payments seen on chain, revenue allocations, payout epochs and proofs.")
+
+
+def main() -> None:
+    settings = SettlementSettings()  # type: ignore[call-arg]
+    configure("settlement", settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

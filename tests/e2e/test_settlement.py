@@ -1,0 +1,186 @@
+"""The settlement service as a process on the real broker and a real anvil: payments seen on chain,
+orders split, one epoch posted, everyone claims to the unit; and SIGKILL at every step changes none
+of that."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from typer.testing import CliRunner
+
+from datacoop.chain import root_posted_log
+from datacoop.cli import app
+from datacoop.cli.settlement import claim_with_key
+from infra.local import Broker, Chain
+from services.settlement.service import CRASH_STEPS
+from tests.e2e.settlement_fixtures import (
+    COOP_KEY,
+    MEMBER_KEYS,
+    Settlement,
+    buy,
+    expected_split,
+    publish_order,
+    publish_version,
+    settlement,  # noqa: F401  (fixture)
+    wait_for,
+)
+
+MEMBERS = [Account.from_key(k).address for k in MEMBER_KEYS]
+V1 = dict(zip(MEMBERS, [1, 2, 3, 5, 7], strict=True))
+V2 = dict(zip(MEMBERS[:3], [4, 1, 2], strict=True))
+ORDERS = [(uuid.uuid4(), 1, 1_000_003), (uuid.uuid4(), 1, 2_500_000), (uuid.uuid4(), 2, 777_777)]
+
+
+def expected_totals() -> tuple[dict[str, int], int]:
+    members = dict.fromkeys(MEMBERS, 0)
+    coop = 0
+    for _, version, price in ORDERS:
+        split, coop_units = expected_split(price, V1 if version == 1 else V2)
+        for account, units in split.items():
+            members[account] += units
+        coop += coop_units
+    return members, coop
+
+
+def allocated(s: Settlement, order: uuid.UUID) -> bool:
+    resp = s.get(f"/orders/{order}")
+    return resp.status_code == 200 and resp.json()["allocation"] is not None
+
+
+def play_orders(s: Settlement, broker: Broker, prefix: str) -> None:
+    """Versions and the first two orders are known before payment; the third is paid first."""
+    publish_version(broker.bootstrap, prefix, "health-survey", 1, V1)
+    publish_version(broker.bootstrap, prefix, "health-survey", 2, V2)
+    for order, version, price in ORDERS[:2]:
+        publish_order(broker.bootstrap, prefix, order, "health-survey", version, price)
+        buy(s, order, price)
+    late, version, price = ORDERS[2]
+    buy(s, late, price)
+
+
+def claim_everyone(s: Settlement, chain: Chain, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for i, key in enumerate(MEMBER_KEYS):
+        if i % 2 == 0:  # half through `datacoop claim`, half through the function behind it
+            key_file = tmp_path / f"member-{i}.key"
+            key_file.write_text(key)
+            result = runner.invoke(app, ["claim", "--key-file", str(key_file), "--settlement-url", s.url,
+                                         "--rpc", chain.url])
+            assert result.exit_code == 0, result.output
+            assert "claimed" in result.output
+        else:
+            assert claim_with_key(key, s.url, chain.url)["claimed_units"] > 0
+    assert claim_with_key(COOP_KEY, s.url, chain.url)["claimed_units"] > 0
+
+
+def assert_paid_exactly(s: Settlement) -> None:
+    members, coop = expected_totals()
+    token = s.contracts.stablecoin.functions
+    market = s.contracts.market
+    for account, units in members.items():
+        assert token.balanceOf(account).call() == units, account
+    assert token.balanceOf(s.coop).call() == coop
+    allocations = [s.get(f"/orders/{o}").json()["allocation"] for o, _, _ in ORDERS]
+    assert coop == sum(a["fee_units"] + a["remainder_units"] for a in allocations), "coop = fees + remainders"
+    assert all(a["remainder_units"] >= 0 for a in allocations)
+    assert token.balanceOf(market.address).call() == 0, "escrow must end empty"
+    assert sum(members.values()) + coop == sum(p for _, _, p in ORDERS)
+    assert market.functions.currentEpoch().call() == 1
+    logs = market.events.RootPosted().get_logs(from_block=0)
+    assert len(logs) == 1, "exactly one root posted"
+
+
+def test_three_orders_one_epoch_every_member_claims_to_the_unit(
+    settlement: Settlement, broker: Broker, chain: Chain, prefix: str, tmp_path: Path  # noqa: F811
+) -> None:
+    s = settlement
+    s.start()
+    play_orders(s, broker, prefix)
+    late, version, price = ORDERS[2]
+    wait_for(lambda: any(p["order_id"] == str(late) for p in s.get("/payments/waiting").json()),
+             "the payment of an unknown order to be held")
+    assert not allocated(s, late)
+    publish_order(broker.bootstrap, prefix, late, "health-survey", version, price)
+    wait_for(lambda: all(allocated(s, o) for o, _, _ in ORDERS), "all three orders allocated")
+
+    members, coop = expected_totals()
+    assert s.get("/balances").json() == {**{a.lower(): u for a, u in members.items()}, s.coop.lower(): coop}
+    alloc = s.get(f"/orders/{ORDERS[0][0]}").json()["allocation"]
+    assert alloc["fee_units"] == 1_000_003 * 250 // 10_000
+    assert alloc["cooperative_units"] == alloc["fee_units"] + alloc["remainder_units"]
+
+    posted = s.post_epoch()
+    assert posted is not None and posted.status_code == 200, posted and posted.text
+    assert posted.json()["posted"] and posted.json()["epoch"] == 1
+    again = s.post_epoch()
+    assert again is not None and again.status_code == 409
+
+    out = CliRunner().invoke(app, ["payouts", MEMBERS[4], "--settlement-url", s.url])
+    assert out.exit_code == 0 and str(members[MEMBERS[4]]) in out.output
+    claim_everyone(s, chain, tmp_path)
+    assert_paid_exactly(s)
+    assert claim_with_key(MEMBER_KEYS[0], s.url, chain.url)["claimed_units"] == 0, "a second claim pays nothing"
+
+
+def test_a_payment_that_differs_from_the_price_is_flagged_and_split_on_what_was_paid(
+    settlement: Settlement, broker: Broker, prefix: str  # noqa: F811
+) -> None:
+    s = settlement
+    s.start()
+    publish_version(broker.bootstrap, prefix, "mobility", 1, V2)
+    order = uuid.uuid4()
+    publish_order(broker.bootstrap, prefix, order, "mobility", 1, 1_000_000)
+    buy(s, order, 999_999)
+    wait_for(lambda: allocated(s, order), "the underpaid order allocated")
+    view = s.get(f"/orders/{order}").json()
+    assert [f["reason"] for f in view["flags"]] == ["amount-mismatch"]
+    assert view["allocation"]["amount_units"] == 999_999
+
+
+def test_claim_without_an_epoch_fails_with_one_line(settlement: Settlement, chain: Chain,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    s = settlement
+    s.start()
+    key_file = tmp_path / "k"
+    key_file.write_text(MEMBER_KEYS[0])
+    result = CliRunner().invoke(app, ["claim", "--key-file", str(key_file), "--settlement-url", s.url,
+                                      "--rpc", chain.url])
+    assert result.exit_code != 0
+    assert "nothing to claim" in result.output
+
+
+@pytest.mark.parametrize("step", CRASH_STEPS)
+def test_sigkill_at_any_step_then_restart_pays_everyone_once(
+    step: str, settlement: Settlement, broker: Broker, chain: Chain, prefix: str, tmp_path: Path  # noqa: F811
+) -> None:
+    s = settlement
+    s.env["DATACOOP_SETTLEMENT_CRASH_AT"] = step
+    s.start()
+    play_orders(s, broker, prefix)
+    late, version, price = ORDERS[2]
+    publish_order(broker.bootstrap, prefix, late, "health-survey", version, price)
+    crashed = False
+    if step in ("after_payment", "after_allocation"):
+        s.wait_dead()
+        crashed = True
+        s.start()
+    wait_for(lambda: all(allocated(s, o) for o, _, _ in ORDERS), "all three orders allocated")
+    resp = s.post_epoch()
+    if step not in ("after_payment", "after_allocation"):
+        assert resp is None, "the crash hook should have killed the process"
+        s.wait_dead()
+        crashed = True
+        s.start()
+        wait_for(lambda: s.get("/epochs/latest").status_code == 200 and s.get("/epochs/latest").json()["posted"],
+                 "the prepared epoch posted after restart")
+    else:
+        assert resp is not None and resp.status_code == 200, resp and resp.text
+    assert crashed
+    assert (tmp_path / "data" / f"settlement-crashed-at-{step}").exists()
+    assert root_posted_log(s.contracts.market, 1) is not None
+    assert s.post_epoch().status_code == 409  # type: ignore[union-attr]
+    claim_everyone(s, chain, tmp_path)
+    assert_paid_exactly(s)
