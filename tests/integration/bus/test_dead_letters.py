@@ -109,3 +109,42 @@ async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker
     assert sum(store.offsets("seek").values()) == 25
 
 
+
+
+async def test_group_mode_seeks_to_offsets_stored_in_duckdb_on_assignment(broker: Broker, prefix: str) -> None:
+    """Scale-out mode (consumer groups): on assignment the runner seeks to its own stored offsets,
+    not to Kafka's committed ones (it never commits to Kafka)."""
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 2), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope(f"g{i}", 1, 2) for i in range(10)])
+        with store.transaction() as tx:  # pretend an earlier instance applied partition 0 up to offset 2
+            store.save_offsets(tx, "grp", {(topic, 0): 2})
+        first_partition_0 = await _read_all_partition(broker.bootstrap, topic, 0)
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                topics=[topic], consumer_name="grp", dlq_publisher=pub,
+                                registry=LEDGER_REGISTRY, group_id=f"{prefix}-group")
+        await runner.start()
+        for _ in range(300):
+            await runner.poll_once()
+            if runner.applied_count >= 10 - 2:
+                break
+        await runner.stop()
+    assert runner.applied_count == 10 - 2
+    skipped = {r.key.decode() for r in first_partition_0[:2]}
+    applied = {row[0] for row in store.conn.execute("SELECT subject FROM totals").fetchall()}
+    assert applied.isdisjoint(skipped) and len(applied) == 8
+
+
+async def _read_all_partition(bootstrap: str, topic: str, partition: int) -> list:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        batch = await consumer.getmany(tp, timeout_ms=1000)
+        return batch.get(tp, [])
+    finally:
+        await consumer.stop()
