@@ -28,7 +28,8 @@ from services.worker.analytics.validation import (
     require_rows,
 )
 
-CHUNK_BYTES = 1 << 25  # ~32 MiB of float64 per row chunk: fits caches well enough, bounds temporaries
+CHUNK_BYTES = 1 << 25  # ~32 MiB of float64 per row chunk on CPU: bounds the X * w temporary
+CHUNK_BYTES_GPU = 1 << 30  # on GPU, few large chunks: kernel launches amortize
 
 
 class RegressionParams(AnalysisParams):
@@ -168,16 +169,20 @@ def _t_quantile_975(df: float) -> float:
 def _logit_pieces(xp: ModuleType, x: Any, y: Any, beta: Any) -> tuple[float, Any, Any]:
     """Log-likelihood, gradient and Fisher information X'WX at beta, accumulated over row chunks."""
     n, p = x.shape
-    rows = max(1024, CHUNK_BYTES // (8 * p))  # x is column-major: a row chunk is p strided columns
+    budget = CHUNK_BYTES if backend_name(xp) == "numpy" else CHUNK_BYTES_GPU
+    rows = max(1024, budget // (8 * p))  # x is column-major: a row chunk is p strided columns
     grad = xp.zeros(p)
     info = xp.zeros((p, p))
+    weighted = xp.empty((min(rows, n), p), order="F")  # reused: fresh large buffers cost page faults
     loglik = 0.0
     for start in range(0, n, rows):
         xc, yc = x[start:start + rows], y[start:start + rows]
         eta = xc @ beta
         mu = 1.0 / (1.0 + xp.exp(-xp.clip(eta, -700.0, 700.0)))
         grad += xc.T @ (yc - mu)
-        info += (xc * (mu * (1.0 - mu))[:, None]).T @ xc
+        wc = weighted[: xc.shape[0]]
+        xp.multiply(xc, (mu * (1.0 - mu))[:, None], out=wc)
+        info += wc.T @ xc
         loglik += float((yc * eta - xp.logaddexp(0.0, eta)).sum())
     return loglik, grad, info
 
