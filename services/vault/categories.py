@@ -29,7 +29,7 @@ UploadFormat = Literal["jsonl", "csv"]
 Checker = Callable[[Any], Any]  # returns the typed value or raises ValueError with what was expected
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FieldSpec:
     name: str
     type: str
@@ -37,7 +37,7 @@ class FieldSpec:
     rules: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CategorySchema:
     category: str
     version: int
@@ -177,9 +177,14 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Checker]] = {
     "integer": _integer, "number": _number, "string": _string, "date": _date, "boolean": _boolean}
 
 
-@lru_cache(maxsize=32)
+_CHECKERS: dict[tuple[str, int], tuple[tuple[str, bool, Checker], ...]] = {}
+
+
 def _checkers(schema: CategorySchema) -> tuple[tuple[str, bool, Checker], ...]:
-    return tuple((f.name, f.required, _BUILDERS[f.type](f.rules)) for f in schema.fields)
+    key = (schema.category, schema.version)
+    if key not in _CHECKERS:
+        _CHECKERS[key] = tuple((f.name, f.required, _BUILDERS[f.type](f.rules)) for f in schema.fields)
+    return _CHECKERS[key]
 
 
 # -- uploads ----------------------------------------------------------------------------------

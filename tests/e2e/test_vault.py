@@ -1,0 +1,227 @@
+"""The vault and the consent service as processes on the real broker: contribute, read through the
+internal decrypt API, prove no personal value crosses Kafka in clear, erase, rebuild."""
+# ruff: noqa: F811  (pytest fixtures imported from vault_fixtures are parameters here)
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from infra.local import REPO_ROOT, Broker
+from services.consent.client import ApiError
+from services.vault.client import VaultReader
+from tests.e2e.conftest import ServiceProcess
+from tests.e2e.vault_fixtures import (  # noqa: F401  (fixtures)
+    SERVICE_TOKEN,
+    consent_svc,
+    data_dir,
+    new_member,
+    raw_topic_bytes,
+    reader,
+    vault_env,
+    vault_svc,
+    wait_for,
+)
+
+MARKER_STRINGS = ["Zanzibar-Marker-Quokka", "Xylophone Clinic Marker", "QQ7 9ZZ"]
+MARKER_NUMBERS = ["187654", "987654", "47.3769123", "-122.4194155", "123.4567"]
+
+
+def _jsonl(rows: list[dict[str, object]]) -> str:
+    return "\n".join(json.dumps(r) for r in rows) + "\n"
+
+
+LOCATION = [{"recorded_on": "2026-03-01", "postcode": "QQ7 9ZZ", "city": "Zanzibar-Marker-Quokka", "country": "GB",
+             "latitude": 47.3769123, "longitude": -122.4194155, "trip_km": 12.5, "mode": "bike"}]
+FITNESS_CSV = ("day,steps,active_minutes,resting_heart_rate_bpm,distance_m,workout\n"
+               "2026-03-01,187654,95,51,987654,run\n2026-03-02,4321,20,,,walk\n")
+HEALTH = [{"measured_on": "2026-02-11", "condition": "Xylophone Clinic Marker", "systolic_mmhg": 131,
+           "diastolic_mmhg": 84, "weight_kg": 123.4567, "smoker": False}]
+
+
+def _leaks(chunks: list[bytes]) -> list[str]:
+    blob = b"\n".join(chunks).decode(errors="replace")
+    found = [m for m in MARKER_STRINGS if m in blob]
+    # A number leaks when it stands alone (as in clear JSON), not inside a base64 run of ciphertext.
+    found += [n for n in MARKER_NUMBERS if re.search(rf"(?<![0-9A-Za-z+/.]){re.escape(n)}(?![0-9A-Za-z+/])", blob)]
+    return found
+
+
+def test_no_personal_value_crosses_kafka_in_clear(consent_svc: ServiceProcess, vault_svc: ServiceProcess,
+                                                  reader: VaultReader, broker: Broker,
+                                                  vault_env: dict[str, str]) -> None:
+    _, alice = new_member(consent_svc, vault_svc)
+    loc = alice.contribute("location", _jsonl(LOCATION))
+    fit = alice.contribute("fitness", FITNESS_CSV, fmt="csv")
+    alice.contribute("health", _jsonl(HEALTH))
+    assert (loc["records"], fit["records"]) == (1, 2)
+
+    rows = list(reader.records(members=[alice.address]))
+    by_cat = {c: [r["fields"] for r in rows if r["category"] == c] for c in ("location", "fitness", "health")}
+    assert by_cat["location"] == [LOCATION[0]]
+    assert [f["steps"] for f in by_cat["fitness"]] == [187654, 4321]
+    assert by_cat["fitness"][1]["distance_m"] is None
+    assert by_cat["health"][0]["condition"] == "Xylophone Clinic Marker"
+    assert all(r["member"] == alice.address for r in rows)
+
+    prefix = vault_env["DATACOOP_TOPIC_PREFIX"]
+    chunks = raw_topic_bytes(broker.bootstrap, prefix)
+    blob = b"\n".join(chunks)
+    assert b"datacoop.vault.records_contributed.v1" in blob, "the records topic was not read"
+    assert b"ciphertext" in blob
+    assert _leaks(chunks) == []
+    # The check itself works: the same markers are found in the plaintext the decrypt API returned.
+    assert set(_leaks([json.dumps(rows).encode()])) == set(MARKER_STRINGS + MARKER_NUMBERS)
+
+
+def test_invalid_upload_is_refused_whole_with_a_report_naming_rows_and_fields(
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess) -> None:
+    _, bob = new_member(consent_svc, vault_svc)
+    rows = [{"age": 39, "sex": "Male", "race": "White", "marital-status": "Never-married", "education": "Bachelors",
+             "native-country": "United-States", "workclass": "State-gov", "occupation": "Adm-clerical",
+             "salary-class": "<=50K"}]
+    bad = [*rows, {**rows[0], "age": 130}, {**rows[0], "sex": "Robot", "shoe-size": 44}]
+    with pytest.raises(ApiError) as refused:
+        bob.contribute("demographics", _jsonl(bad))
+    assert refused.value.status == 422
+    errors = {(e["row"], e["field"]) for e in refused.value.problem["errors"]}
+    assert errors == {(2, "age"), (3, "sex"), (3, "shoe-size")}
+    assert bob.summary()["uploads"] == [], "an upload with a bad row stores nothing"
+
+    adult_csv = "sex;age;race;marital-status;education;native-country;workclass;occupation;salary-class\n" \
+                "Male;50;White;Married-civ-spouse;Bachelors;United-States;Self-emp-not-inc;Exec-managerial;<=50K\n"
+    assert bob.contribute("demographics", adult_csv, fmt="csv")["records"] == 1
+
+
+def test_replayed_stale_forged_and_unregistered_uploads_are_refused(
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess) -> None:
+    _, carol = new_member(consent_svc, vault_svc)
+    body = carol.contribute_body("location", _jsonl(LOCATION))
+    url = f"{vault_svc.url}/members/{carol.address}/records"
+    assert httpx.post(url, json=body).status_code == 201
+    replay = httpx.post(url, json=body)
+    assert replay.status_code == 409 and "already contributed" in replay.json()["detail"]
+
+    stale = carol.contribute_body("location", _jsonl(LOCATION[:1]) + "\n", issued_at=int(time.time()) - 3600)
+    assert httpx.post(url, json=stale).json()["type"].endswith("/stale-signature")
+
+    _, mallory = new_member(consent_svc, vault_svc)
+    forged = mallory.contribute_body("location", _jsonl(LOCATION), on_behalf_of=carol.address)
+    resp = httpx.post(url, json=forged)
+    assert resp.status_code == 401 and mallory.address in resp.json()["detail"]
+
+    from eth_account import Account
+
+    from services.vault.client import VaultClient
+    stranger = VaultClient(Account.create().key.hex(), vault_svc.url)
+    with pytest.raises(ApiError) as unknown:
+        stranger.contribute("location", _jsonl(LOCATION))
+    assert unknown.value.status == 404 and "register" in str(unknown.value)
+
+
+def test_decrypt_api_needs_the_service_token(vault_svc: ServiceProcess) -> None:
+    resp = httpx.post(f"{vault_svc.url}/internal/decrypt", json={"category": "health"})
+    assert resp.status_code == 401
+    wrong = VaultReader(vault_svc.url, "not-the-token-at-all")
+    with pytest.raises(ApiError) as refused:
+        wrong.page(category="health")
+    assert refused.value.status == 401
+
+
+def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
+        launch: Callable[..., ServiceProcess], vault_env: dict[str, str], consent_svc: ServiceProcess,
+        vault_svc: ServiceProcess, reader: VaultReader) -> None:
+    dora_wallet, dora = new_member(consent_svc, vault_svc)
+    _, ed = new_member(consent_svc, vault_svc)
+    dora.contribute("fitness", FITNESS_CSV, fmt="csv")
+    ed.contribute("fitness", FITNESS_CSV.replace("187654", "5000"), fmt="csv")
+    assert {r["member"] for r in reader.records(category="fitness")} == {dora.address, ed.address}
+
+    dora_wallet.erase()
+
+    def refused() -> bool:
+        return httpx.post(f"{vault_svc.url}/internal/decrypt", json={"members": [dora.address]},
+                          headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}).status_code == 410
+    wait_for(refused, "the decrypt API to refuse the erased member")
+    wait_for(lambda: dora.summary()["keys_shredded"], "the KeysShredded event")
+    assert {r["member"] for r in reader.records(category="fitness")} == {ed.address}
+    with pytest.raises(ApiError) as gone:
+        dora.contribute("fitness", FITNESS_CSV.replace("4321", "4322"), fmt="csv")
+    assert gone.value.status == 410
+
+    vault_svc.stop()
+    keys = duckdb.connect(str(data_dir(vault_env) / "vault-keys.duckdb"), read_only=True)
+    assert keys.execute("SELECT count(*) FROM data_keys WHERE member = ?", [dora.address]).fetchone() == (0,)
+    assert keys.execute("SELECT count(*) FROM data_keys WHERE member = ?", [ed.address]).fetchone() == (1,)
+    keys.close()
+    for db in data_dir(vault_env).glob("vault.duckdb*"):
+        db.unlink()
+    rebuilt = launch("vault", vault_env)
+    again = VaultReader(rebuilt.url, SERVICE_TOKEN)
+    assert {r["member"] for r in again.records(category="fitness")} == {ed.address}
+    resp = httpx.post(f"{rebuilt.url}/internal/decrypt", json={"members": [dora.address]},
+                      headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
+    assert resp.status_code == 410 and resp.json()["refused_members"] == [dora.address]
+
+
+def test_both_services_rebuild_the_same_state_after_their_databases_are_deleted(
+        launch: Callable[..., ServiceProcess], service_env: dict[str, str], vault_env: dict[str, str],
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess, reader: VaultReader) -> None:
+    wallet, fay = new_member(consent_svc, vault_svc)
+    wallet.grant("health-research", ["health", "fitness"])
+    fay.contribute("health", _jsonl(HEALTH))
+    fay.contribute("fitness", FITNESS_CSV, fmt="csv")
+    gone_wallet, gus = new_member(consent_svc, vault_svc)
+    gus.contribute("location", _jsonl(LOCATION))
+    gone_wallet.erase()
+    wait_for(lambda: gus.summary()["keys_shredded"], "the KeysShredded event")
+
+    def snapshot(consent: ServiceProcess, vault: ServiceProcess) -> tuple[object, ...]:
+        member = httpx.get(f"{consent.url}/members/{wallet.address}").json()
+        gone = httpx.get(f"{consent.url}/members/{gone_wallet.address}").json()
+        summaries = [httpx.get(f"{vault.url}/members/{a}/records").json() for a in (fay.address, gus.address)]
+        plain = VaultReader(vault.url, SERVICE_TOKEN).page(limit=10_000)
+        return member, gone, summaries, plain
+
+    before = snapshot(consent_svc, vault_svc)
+    consent_svc.stop()
+    vault_svc.stop()
+    for db in [*data_dir(service_env).glob("consent.duckdb*"), *data_dir(vault_env).glob("vault.duckdb*")]:
+        db.unlink()
+    consent2 = launch("consent", service_env)
+    vault2 = launch("vault", vault_env)
+    assert snapshot(consent2, vault2) == before
+    assert before[3]["records"] and {r["member"] for r in before[3]["records"]} == {fay.address}
+
+
+def test_cli_contributes_a_file_with_a_progress_bar_and_fails_in_one_red_line(
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess, tmp_path: Path) -> None:
+    wallet, _ = new_member(consent_svc, vault_svc)
+    key_file = tmp_path / "key"
+    key_file.write_text(wallet.account.key.hex())
+    good = tmp_path / "steps.csv"
+    good.write_text(FITNESS_CSV)
+    cli = [sys.executable, "-c", "from datacoop.cli import main; main()", "contribute"]
+    ok = subprocess.run([*cli, str(good), "--category", "fitness", "--key-file", str(key_file),
+                         "--vault-url", vault_svc.url], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 record(s)" in ok.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"day": "2026-01-01", "steps": -5}\n')
+    refused = subprocess.run([*cli, str(bad), "--category", "fitness", "--key-file", str(key_file),
+                              "--vault-url", vault_svc.url], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0
+    assert "error:" in refused.stderr and "row 1" in refused.stderr and "steps" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)
