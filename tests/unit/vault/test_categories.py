@@ -1,0 +1,80 @@
+"""Category schemas and upload checking: all rows or none, every bad (row, field) named."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
+
+ADULT = Path("/work/shared/data/adult/adult.csv")
+SCHEMAS = load_schemas()
+
+
+def test_every_catalog_category_but_finance_has_a_schema() -> None:
+    assert {"demographics", "health", "fitness", "location"} <= set(SCHEMAS)
+    assert all(s.version >= 1 for s in SCHEMAS.values())
+
+
+def test_demographics_fields_are_the_adult_columns() -> None:
+    header = ADULT.read_text().splitlines()[0].split(";") if ADULT.exists() else [
+        "sex", "age", "race", "marital-status", "education", "native-country", "workclass", "occupation",
+        "salary-class"]
+    assert {f.name for f in SCHEMAS["demographics"].fields} == set(header)
+
+
+@pytest.mark.skipif(not ADULT.exists(), reason="shared adult data not present")
+def test_every_adult_row_is_valid_demographics() -> None:
+    text = ADULT.read_text()
+    rows = check_rows(SCHEMAS["demographics"], parse_upload(text, "csv"))
+    assert len(rows) == 30162
+    first = next(csv.DictReader(text.splitlines(), delimiter=";"))
+    assert rows[0] == {**first, "age": int(first["age"])}
+
+
+def test_csv_and_jsonl_give_the_same_typed_rows() -> None:
+    csv_text = "day,steps,active_minutes,workout\n2026-01-02,1234,30,run\n2026-01-03,99,,\n"
+    rows = [{"day": "2026-01-02", "steps": 1234, "active_minutes": 30, "workout": "run"},
+            {"day": "2026-01-03", "steps": 99}]
+    jsonl = "\n".join(json.dumps(r) for r in rows)
+    fitness = SCHEMAS["fitness"]
+    assert check_rows(fitness, parse_upload(csv_text, "csv")) == check_rows(fitness, parse_upload(jsonl, "jsonl"))
+
+
+def test_a_bad_upload_is_refused_whole_naming_each_row_and_field() -> None:
+    rows = [{"day": "2026-01-02", "steps": 10},
+            {"day": "yesterday", "steps": -1},
+            {"day": "2026-01-04", "steps": "many", "mood": "great"},
+            {"steps": 5, "workout": "ballet"}]
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["fitness"], rows)
+    found = {(e.row, e.field) for e in refused.value.errors}
+    assert found == {(2, "day"), (2, "steps"), (3, "steps"), (3, "mood"), (4, "day"), (4, "workout")}
+    messages = {(e.row, e.field): e.message for e in refused.value.errors}
+    assert "0..200000" in messages[(2, "steps")] and "required" in messages[(4, "day")]
+    assert "nothing was stored" in refused.value.message
+
+
+@pytest.mark.parametrize(("category", "row", "field"), [
+    ("health", {"measured_on": "2026-01-01", "systolic_mmhg": 400}, "systolic_mmhg"),
+    ("health", {"measured_on": "2026-01-01", "icd10": "diabetes"}, "icd10"),
+    ("health", {"measured_on": "2026-01-01", "smoker": "sometimes"}, "smoker"),
+    ("location", {"recorded_on": "2026-01-01", "postcode": "8001", "country": "CH", "latitude": 91}, "latitude"),
+    ("location", {"recorded_on": "2026-01-01", "postcode": "8001", "country": "Switzerland"}, "country"),
+    ("demographics", {"age": 16}, "age"),
+])
+def test_ranges_patterns_and_types_are_enforced(category: str, row: dict[str, object], field: str) -> None:
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS[category], [row])
+    assert field in {e.field for e in refused.value.errors}
+
+
+def test_unparseable_uploads_name_the_row() -> None:
+    with pytest.raises(UploadRefused) as bad_json:
+        parse_upload('{"a": 1}\n{oops\n', "jsonl")
+    assert bad_json.value.errors[0].row == 2
+    with pytest.raises(UploadRefused):
+        check_rows(SCHEMAS["fitness"], [])

@@ -1,0 +1,83 @@
+"""Envelope encryption: records open only with the member's key and their own (member, record id)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.vault.crypto import (
+    Kek,
+    KeyUnwrapFailed,
+    RecordUnreadable,
+    new_data_key,
+    new_kek_b64,
+    open_one,
+    parse_kek,
+    seal_many,
+)
+from services.vault.keystore import KeyShredded, KeyStore
+
+ALICE, BOB = "0x" + "aa" * 20, "0x" + "bb" * 20
+
+
+def test_sealed_record_opens_with_its_key_member_and_id_only() -> None:
+    key = new_data_key()
+    [(rid, nonce, ct)] = seal_many(key, ALICE, [("r-1", b'{"steps":187654}')])
+    assert b"187654" not in ct.encode()
+    assert open_one(AESGCM(key), ALICE, rid, nonce, ct) == b'{"steps":187654}'
+    for member, record_id, k in [(BOB, rid, key), (ALICE, "r-2", key), (ALICE, rid, new_data_key())]:
+        with pytest.raises(RecordUnreadable):
+            open_one(AESGCM(k), member, record_id, nonce, ct)
+
+
+def test_nonces_are_never_reused_within_a_batch() -> None:
+    sealed = seal_many(new_data_key(), ALICE, [(f"r-{i}", b"same") for i in range(1000)])
+    assert len({n for _, n, _ in sealed}) == 1000 and len({c for _, _, c in sealed}) == 1000
+
+
+def test_a_wrapped_key_opens_only_under_its_kek_and_member() -> None:
+    kek = Kek(parse_kek(new_kek_b64()))
+    key = new_data_key()
+    wrapped = kek.wrap(ALICE, key)
+    assert key not in wrapped and kek.unwrap(ALICE, wrapped) == key
+    with pytest.raises(KeyUnwrapFailed):
+        kek.unwrap(BOB, wrapped)
+    with pytest.raises(KeyUnwrapFailed):
+        Kek(parse_kek(new_kek_b64())).unwrap(ALICE, wrapped)
+
+
+def test_bad_kek_settings_are_refused_with_how_to_make_one() -> None:
+    with pytest.raises(ValueError, match="openssl rand"):
+        parse_kek("c2hvcnQ=")
+    with pytest.raises(ValueError, match="base64"):
+        parse_kek("not base64 !!")
+
+
+def test_upload_tag_depends_on_member_content_and_kek() -> None:
+    kek = Kek(parse_kek(new_kek_b64()))
+    h = b"\x01" * 32
+    assert kek.upload_tag(ALICE, h) == kek.upload_tag(ALICE.upper().replace("0X", "0x"), h)
+    assert len({kek.upload_tag(ALICE, h), kek.upload_tag(BOB, h), kek.upload_tag(ALICE, b"\x02" * 32),
+                Kek(parse_kek(new_kek_b64())).upload_tag(ALICE, h)}) == 4
+
+
+def test_key_store_creates_once_and_shredding_is_forever(tmp_path: object) -> None:
+    kek = Kek(parse_kek(new_kek_b64()))
+    path = f"{tmp_path}/keys.duckdb"
+    store = KeyStore(path, kek)
+    key = store.get_or_create(ALICE)
+    assert store.get_or_create(ALICE) == key and store.get(BOB) is None
+    store.close()
+    reopened = KeyStore(path, kek)
+    assert reopened.get(ALICE) == key, "keys survive a restart"
+    reopened.shred(ALICE, datetime.now(UTC))
+    reopened.shred(ALICE, datetime.now(UTC))
+    with pytest.raises(KeyShredded):
+        reopened.get(ALICE)
+    with pytest.raises(KeyShredded):
+        reopened.get_or_create(ALICE)
+    raw = reopened.conn.execute("SELECT count(*) FROM data_keys").fetchone()
+    assert raw == (0,)
+    reopened.close()
