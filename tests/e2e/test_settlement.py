@@ -184,3 +184,55 @@ def test_sigkill_at_any_step_then_restart_pays_everyone_once(
     assert s.post_epoch().status_code == 409  # type: ignore[union-attr]
     claim_everyone(s, chain, tmp_path)
     assert_paid_exactly(s)
+
+
+def test_payments_made_while_stopped_are_picked_up_and_a_deleted_projection_rebuilds(
+    settlement: Settlement, broker: Broker, chain: Chain, prefix: str, tmp_path: Path  # noqa: F811
+) -> None:
+    s = settlement
+    s.start()
+    publish_version(broker.bootstrap, prefix, "health-survey", 1, V1)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    for order in (first, second):
+        publish_order(broker.bootstrap, prefix, order, "health-survey", 1, 3_000_000)
+    buy(s, first, 3_000_000)
+    wait_for(lambda: allocated(s, first), "the first order allocated")
+    s.stop()
+    buy(s, second, 3_000_000)  # while the service is down
+    s.start()
+    wait_for(lambda: allocated(s, second), "the order paid while stopped allocated")
+    posted = s.post_epoch()
+    assert posted is not None and posted.status_code == 200
+    balances = s.get("/balances").json()
+    assert sum(balances.values()) == 6_000_000, "each payment allocated once"
+
+    s.stop()
+    for path in (tmp_path / "data").glob("settlement.duckdb*"):
+        path.unlink()
+    s.start()
+    wait_for(lambda: s.get("/balances").json() == balances, "balances rebuilt from the log")
+    latest = s.get("/epochs/latest").json()
+    assert latest["epoch"] == 1 and latest["posted"] and latest["root"] == posted.json()["root"]
+    time_to_settle = s.post_epoch()
+    assert time_to_settle is not None and time_to_settle.status_code == 409, "nothing new after a rebuild"
+    assert len(s.contracts.market.events.RootPosted().get_logs(from_block=0)) == 1
+
+
+def test_demo_shows_earnings_and_claims(settlement: Settlement, broker: Broker, chain: Chain,  # noqa: F811
+                                        prefix: str) -> None:
+    from rich.console import Console
+
+    from services.settlement.demo import show_earnings_and_claim
+
+    s = settlement
+    s.start()
+    play_orders(s, broker, prefix)
+    late, version, price = ORDERS[2]
+    publish_order(broker.bootstrap, prefix, late, "health-survey", version, price)
+    wait_for(lambda: all(allocated(s, o) for o, _, _ in ORDERS), "all three orders allocated")
+    console = Console(record=True, width=200)
+    shown = show_earnings_and_claim(s.url, chain.url, MEMBER_KEYS, console)
+    members, _ = expected_totals()
+    assert shown["epoch"] == 1 and shown["earnings"] == members
+    assert shown["claims"][0]["claimed_units"] == members[MEMBERS[0]]
+    assert "claimed" in console.export_text()
