@@ -3,13 +3,16 @@ orders' payment and allocation state."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Path
 from web3 import Web3
 
 from datacoop.kit.problems import Conflict, NotFound, NotReady
 from services.settlement import domain
+
+if TYPE_CHECKING:
+    from services.settlement.service import SettlementService
 
 AddressPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="a wallet address")]
 
@@ -18,7 +21,7 @@ def _epoch_view(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "leaves"}
 
 
-def build_router(ctx: Any) -> APIRouter:
+def build_router(ctx: SettlementService) -> APIRouter:
     """`ctx` is the SettlementService (projection, contracts, run_epoch, tree)."""
     router = APIRouter(tags=["payouts"])
 
@@ -39,6 +42,7 @@ def build_router(ctx: Any) -> APIRouter:
             epoch, root = latest["epoch"], latest["root"]
             if key in latest["leaves"]:
                 tree = ctx.tree(epoch)
+                assert tree is not None
                 cumulative = tree.cumulative_of(key)
                 proof = ["0x" + p.hex() for p in tree.proof(key)]
         earned = ctx.projection.balance(key)

@@ -82,7 +82,8 @@ def confirm_payment(log: PaidLog, already_confirmed: bool, now: datetime) -> lis
         log_index=log.log_index, confirmed_at=now)]
     if not is_uuid:
         events.append(PaymentFlagged(
-            order_id=subject, reason="not-an-order-id", amount_units=log.amount_units, allocated=False,
+            order_id=subject, reason="not-an-order-id", amount_units=log.amount_units, price_units=None,
+            allocated=False,
             detail=f"order id {subject} was not made from a UUID; no order can match it. "
                    "Refund it (OPERATOR_ROLE) before the next epoch settles it"))
     return events
