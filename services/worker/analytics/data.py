@@ -32,7 +32,8 @@ def host_column(table: pa.Table, column: str, dtype: type) -> np.ndarray:
 
 
 def numeric_block(table: pa.Table, columns: Sequence[str], xp: ModuleType, dtype: type = np.float64,
-                  min_rows: int = 1, order: Literal["C", "F"] = "C", constant_first: bool = False) -> NumericBlock:
+                  min_rows: int = 1, order: Literal["C", "F"] = "C",
+                  constant_first: bool = False) -> NumericBlock:
     """Stack `columns` into an (n, p) `dtype` array on xp, dropping incomplete rows.
 
     Listwise deletion: a row with a null/NaN/inf in any of the requested columns is left out, and

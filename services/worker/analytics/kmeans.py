@@ -98,23 +98,33 @@ def kmeans_plusplus(xp: ModuleType, x: Any, x_sq: Any, k: int, rng: np.random.Ge
     return centers
 
 
-def _one_hot(xp: ModuleType, d: Any, first_only: bool) -> tuple[Any, Any]:
-    """(k, rows) 0/1 matrix marking each column's minimum of d, and the minima.
+def _one_hot(xp: ModuleType, d: Any, first_only: bool) -> Any:
+    """(k, rows) 0/1 matrix marking each column's minimum of d.
 
     With `first_only` a column whose minimum is tied keeps only its first (lowest-index) center,
     as argmin does; without it a tie marks several centers (cheaper; the caller detects ties by
     counting and redoes the pass).
     """
-    best = d.min(axis=0)
-    hits = d == best
+    hits = d == d.min(axis=0)
     if first_only:
         hits &= xp.cumsum(hits, axis=0) == 1
-    return hits.astype(d.dtype), best
+    return hits.astype(d.dtype)
 
 
-def _lloyd_pass(xp: ModuleType, xa: Any, x_sq: Any, centers: Any, labels: Any,
-                min_sq: Any) -> tuple[Any, Any]:
-    """Assign every row to its nearest center (into `labels`, `min_sq`); return per-center sums, counts.
+def with_ones(xp: ModuleType, x: Any) -> Any:
+    """x (n, p) with a leading column of ones: the layout `lloyd` works on (see _lloyd_pass).
+
+    The analysis builds this directly from the table (numeric_block(constant_first=True)), so it
+    costs no extra copy there.
+    """
+    xa = xp.empty((x.shape[0], x.shape[1] + 1), dtype=x.dtype)
+    xa[:, 0] = 1.0
+    xa[:, 1:] = x
+    return xa
+
+
+def _lloyd_pass(xp: ModuleType, xa: Any, centers: Any, labels: Any) -> tuple[Any, Any]:
+    """Assign every row to its nearest center (into `labels`); return per-center sums and counts.
 
     `xa` is the data with a leading column of ones, so one (k, rows) @ (rows, 1 + p) product per chunk
     yields the counts and the sums together. Ties (equal float32 distances to two centers, about
@@ -135,54 +145,50 @@ def _lloyd_pass(xp: ModuleType, xa: Any, x_sq: Any, centers: Any, labels: Any,
         d = c_aug @ xc.T
         d *= -2.0
         d += c_sq
-        one_hot, best = _one_hot(xp, d, first_only=False)
+        one_hot = _one_hot(xp, d, first_only=False)
         part = one_hot @ xc
         if float(part[:, 0].sum()) != stop - start:
-            one_hot, best = _one_hot(xp, d, first_only=True)
+            one_hot = _one_hot(xp, d, first_only=True)
             part = one_hot @ xc
         totals += part
         labels[start:stop] = ids @ one_hot
-        min_sq[start:stop] = best + x_sq[start:stop]
     return totals[:, 1:], xp.rint(totals[:, 0]).astype(xp.int64)
 
 
-def _inertia(xp: ModuleType, x: Any, centers: Any, labels: Any) -> float:
-    """Sum of squared distances to the assigned centers, from differences (no cancellation),
-    float32 per row as scikit-learn does for float32 data, summed in float64."""
+def _sq_to_assigned(xp: ModuleType, x: Any, centers: Any, labels: Any) -> Any:
+    """Per row, the float32 squared distance to its assigned center, from differences (no cancellation)."""
     n, p = x.shape
     rows = _chunk_rows(xp, n, 1, p)
     c32 = centers.astype(x.dtype)
-    total = 0.0
+    out = xp.empty(n, dtype=x.dtype)
     for start in range(0, n, rows):
         diff = x[start:start + rows] - c32[labels[start:start + rows]]
-        total += float((diff * diff).sum(dtype=xp.float64))
-    return total
+        out[start:start + rows] = (diff * diff).sum(axis=1)
+    return out
 
 
-def lloyd(xp: ModuleType, x: Any, init: Any, max_iter: int, tol: float,
+def lloyd(xp: ModuleType, xa: Any, init: Any, max_iter: int, tol: float,
           progress: Progress) -> tuple[Any, Any, float, int, bool]:
-    """Lloyd iterations from `init` (k, p); returns centers (float64), labels, inertia, iterations, converged.
+    """Lloyd iterations on `xa` = with_ones(x) from `init` (k, p).
 
-    An empty cluster is moved onto the row farthest from its center, as scikit-learn does.
+    Returns centers (float64), labels (int32), inertia (float32 per row, summed in float64, as
+    scikit-learn does for float32 data), iterations, converged. An empty cluster is moved onto the
+    row farthest from its center, as scikit-learn does.
     """
-    n, p = x.shape
-    x_sq = (x * x).sum(axis=1)
-    xa = xp.empty((n, p + 1), dtype=x.dtype)
-    xa[:, 0] = 1.0
-    xa[:, 1:] = x
+    x = xa[:, 1:]
+    n = x.shape[0]
     tol_abs = tol * float(xp.var(x.astype(xp.float64), axis=0).mean()) if tol else 0.0
     centers = xp.asarray(init, dtype=xp.float64)
-    labels = xp.zeros(n, dtype=xp.int64)
-    previous = xp.full(n, -1, dtype=xp.int64)
-    min_sq = xp.empty(n, dtype=x.dtype)
+    labels = xp.zeros(n, dtype=xp.int32)
+    previous = xp.full(n, -1, dtype=xp.int32)
     strict, converged, iterations = False, False, 0
     for iterations in range(1, max_iter + 1):
-        sums, counts = _lloyd_pass(xp, xa, x_sq, centers, labels, min_sq)
+        sums, counts = _lloyd_pass(xp, xa, centers, labels)
         new = sums / xp.maximum(counts, 1)[:, None]
         empty = to_numpy(xp.flatnonzero(counts == 0))
         if empty.size:
-            farthest = to_numpy(xp.argsort(-min_sq))[: empty.size]
-            new[xp.asarray(empty)] = x[xp.asarray(farthest)].astype(xp.float64)
+            farthest = xp.argsort(-_sq_to_assigned(xp, x, centers, labels))[: empty.size]
+            new[xp.asarray(empty)] = x[farthest].astype(xp.float64)
         progress(min(0.99, iterations / max_iter))
         if bool((labels == previous).all()):
             centers, strict, converged = new, True, True
@@ -194,22 +200,23 @@ def lloyd(xp: ModuleType, x: Any, init: Any, max_iter: int, tol: float,
             converged = True
             break
     if not strict:
-        _lloyd_pass(xp, xa, x_sq, centers, labels, min_sq)
-    return centers, labels, _inertia(xp, x, centers, labels), iterations, converged
+        _lloyd_pass(xp, xa, centers, labels)
+    inertia = float(_sq_to_assigned(xp, x, centers, labels).sum(dtype=xp.float64))
+    return centers, labels, inertia, iterations, converged
 
 
 def kmeans(params: KMeansParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
     """k-means on the rows complete in `columns` (float32 distances, see module doc); returns
     centers (column units), cluster sizes, inertia, iterations and convergence, and a scatter plot
     of a 5,000-row sample on the first two columns. Per-row labels are not returned."""
-    block = numeric_block(table, params.columns, xp, dtype=np.float32, min_rows=params.k)
-    x = block.values
+    block = numeric_block(table, params.columns, xp, dtype=np.float32, min_rows=params.k, constant_first=True)
+    x = block.values[:, 1:]
     rng = np.random.default_rng(params.seed)
     if isinstance(params.init, list):
         init = xp.asarray(params.init, dtype=xp.float64)
     else:
         init = kmeans_plusplus(xp, x, (x * x).sum(axis=1), params.k, rng)
-    fit = lloyd(xp, x, init, params.max_iter, params.tol, progress)
+    fit = lloyd(xp, block.values, init, params.max_iter, params.tol, progress)
     centers, labels, inertia, iterations, converged = fit
     sizes = to_numpy(xp.bincount(labels, minlength=params.k))
     centers_h = to_numpy(centers)

@@ -56,14 +56,14 @@ def test_gpu_path_agrees_with_cpu_path(mixed_table: pa.Table, name: str, params:
 def test_gpu_kmeans_from_the_same_init_agrees_on_a_million_rows() -> None:
     import cupy
 
-    from services.worker.analytics.kmeans import lloyd
+    from services.worker.analytics.kmeans import lloyd, with_ones
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(8, 16))[rng.integers(0, 8, 1_000_000)] + rng.normal(size=(1_000_000, 16)))
     x = x.astype(np.float32)
     init = x[:8].astype(np.float64)
-    cpu = lloyd(np, x, init, 10, 0.0, lambda f: None)
-    gpu = lloyd(cupy, cupy.asarray(x), cupy.asarray(init), 10, 0.0, lambda f: None)
+    cpu = lloyd(np, with_ones(np, x), init, 10, 0.0, lambda f: None)
+    gpu = lloyd(cupy, with_ones(cupy, cupy.asarray(x)), cupy.asarray(init), 10, 0.0, lambda f: None)
     assert gpu[2] == pytest.approx(cpu[2], rel=1e-4)
 
 

@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from services.worker.analytics import run_analysis
-from services.worker.analytics.kmeans import kmeans_plusplus, lloyd
+from services.worker.analytics.kmeans import kmeans_plusplus, lloyd, with_ones
 
 INERTIA_RTOL = 1e-5  # float32 distances, as scikit-learn uses for float32 data
 
@@ -61,7 +61,8 @@ def test_kmeans_is_deterministic_for_a_seed_and_reports_progress() -> None:
 
 def test_an_empty_cluster_is_moved_to_the_farthest_point() -> None:
     x = np.array([[0.0], [0.1], [10.0], [10.1]], dtype=np.float32)
-    centers, _, inertia, _, _ = lloyd(np, x, np.array([[0.0], [5.0], [100.0]]), 10, 0.0, lambda f: None)
+    init = np.array([[0.0], [5.0], [100.0]])
+    centers, _, inertia, _, _ = lloyd(np, with_ones(np, x), init, 10, 0.0, lambda f: None)
     assert sorted(np.round(centers[:, 0], 3).tolist()) in ([0.0, 0.1, 10.05], [0.05, 10.0, 10.1])
     assert inertia == pytest.approx(0.005, rel=1e-3)
 
@@ -106,7 +107,8 @@ def test_standardized_pca_is_pca_of_z_scores(mixed_table: pa.Table) -> None:
 
 def test_a_tie_goes_to_the_lower_center() -> None:
     x = np.array([[0.0], [1.0], [3.0]], dtype=np.float32)
-    centers, labels, inertia, _, _ = lloyd(np, x, np.array([[0.0], [2.0]]), 1, 0.0, lambda f: None)
+    init = np.array([[0.0], [2.0]])
+    centers, labels, inertia, _, _ = lloyd(np, with_ones(np, x), init, 1, 0.0, lambda f: None)
     assert centers[:, 0].tolist() == [0.5, 3.0] and labels.tolist() == [0, 0, 1] and inertia == 0.5
 
 
@@ -114,7 +116,8 @@ def test_kmeans_on_tied_integer_data_matches_sklearn() -> None:
     rng = np.random.default_rng(11)
     x = rng.integers(0, 4, size=(3000, 2)).astype(np.float32)
     init = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
-    _, labels, inertia, _, converged = lloyd(np, x, init, 100, 0.0, lambda f: None)
-    reference = KMeans(4, init=init.astype(np.float32), n_init=1, max_iter=100, tol=0.0, algorithm="lloyd").fit(x)
+    _, labels, inertia, _, converged = lloyd(np, with_ones(np, x), init, 100, 0.0, lambda f: None)
+    reference = KMeans(4, init=init.astype(np.float32), n_init=1, max_iter=100, tol=0.0,
+                       algorithm="lloyd").fit(x)
     assert converged and inertia == pytest.approx(reference.inertia_, rel=INERTIA_RTOL)
     assert np.bincount(labels, minlength=4).tolist() == np.bincount(reference.labels_, minlength=4).tolist()
