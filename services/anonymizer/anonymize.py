@@ -128,8 +128,9 @@ def _report(table: EncodedTable, model: PrivacyModel, mode: Mode, rec: _Recoding
 
 
 def _global(table: EncodedTable, model: PrivacyModel) -> _Recoding:
-    search = optimal_search(GlobalRecoding(table, model))
-    best = search.best
+    engine = GlobalRecoding(table, model)
+    search = optimal_search(engine)
+    best = engine.check(search.best.node, with_tuples=True)
     labels, shares, covered = [], [], []
     for i, (h, lvl) in enumerate(zip(table.hierarchies, best.node, strict=True)):
         codes = h.codes[lvl][table.leaves[:, i]]
@@ -138,6 +139,7 @@ def _global(table: EncodedTable, model: PrivacyModel) -> _Recoding:
         covered.append(np.bincount(codes, weights=table.counts, minlength=len(h.level_labels[lvl]))[codes]
                        .astype(np.float64))
     n_t = len(table.counts)
+    assert best.class_ids is not None
     return _Recoding(labels, _stack(shares, n_t), _stack(covered, n_t), best.class_ids, best.suppressed_tuples,
                      dict(zip(table.quasi_identifiers, best.node, strict=True)), search.nodes_checked)
 

@@ -35,6 +35,7 @@ from services.anonymizer.privacy_checks import failing_classes
 from services.anonymizer.privacy_model import PrivacyModel
 
 Node = tuple[int, ...]
+_CacheEntry = tuple["IntArray | None", IntArray, "IntArray | None"]  # tuple class ids, class reps, class sizes
 
 
 class NoAnonymousNode(RuntimeError):
@@ -49,12 +50,14 @@ class NodeResult:
     anonymous: bool
     suppressed_rows: int
     loss: float
-    class_ids: IntArray
+    class_ids: IntArray | None
     failing_classes: BoolArray
 
     @property
     def suppressed_tuples(self) -> BoolArray:
-        """Per encoded tuple: is it suppressed (its class fails the model)?"""
+        """Per encoded tuple: is it suppressed (its class fails the model)? Needs ``check(..., with_tuples=True)``."""
+        if self.class_ids is None:
+            raise ValueError("this result was checked on class sizes only; re-check with with_tuples=True")
         return self.failing_classes[self.class_ids]
 
 
@@ -93,7 +96,8 @@ class GlobalRecoding:
         self._max_share = [np.array([float(s.max()) if s.size else 0.0 for s in h.shares]) for h in table.hierarchies]
         self._sens_cards = [len(v) for v in table.sensitive_values]
         self._group = Grouper()
-        self._cache: list[tuple[IntArray, IntArray]] = []
+        self._sizes_only = model.l == 1 and model.t is None
+        self._cache: list[_CacheEntry] = []
         self._cache_nodes = np.zeros((self.CACHE_SLOTS, len(table.hierarchies)), dtype=np.int64)
         self._cache_sizes = np.zeros(self.CACHE_SLOTS, dtype=np.int64)
         self._cache_next = 0
@@ -145,25 +149,36 @@ class GlobalRecoding:
             np.maximum(forced, table[nodes[:, i], nodes[:, j]], out=forced)
         return forced
 
-    def check(self, node: Sequence[int]) -> NodeResult:
+    def check(self, node: Sequence[int], with_tuples: bool = False) -> NodeResult:
         """Group the tuples at ``node``, suppress failing classes, and score it.
 
         Classes are rolled up from the cached check of a less general node with the fewest classes
-        (ARX's snapshot idea): grouping its class representatives is far cheaper than all tuples.
+        (ARX's snapshot idea): grouping its classes is far cheaper than grouping all tuples. With k
+        alone (no l, no t) only class sizes matter, so the roll-up never touches tuples and the
+        result's ``class_ids`` is None unless ``with_tuples``.
         """
         node = tuple(int(x) for x in node)
         t = self.table
-        class_ids, reps = self._classes(node)
-        n_classes = len(reps)
-        bad, sizes = failing_classes(class_ids, n_classes, t.counts, t.sensitive_codes, self._sens_cards,
-                                     self._reference, self.model)
+        class_ids: IntArray | None
+        if self._sizes_only and not with_tuples:
+            class_ids = None
+            reps, sizes = self._class_sizes(node)
+            bad = sizes < self.model.k
+        else:
+            class_ids, reps = self._classes(node, use_cache=not self._sizes_only)
+            bad, sizes = failing_classes(class_ids, len(reps), t.counts, t.sensitive_codes, self._sens_cards,
+                                         self._reference, self.model)
         suppressed_rows = int(sizes[bad].sum())
+        loss = self._loss(node, reps, sizes, bad, suppressed_rows)
+        return NodeResult(node, suppressed_rows <= self.max_suppressed, suppressed_rows, loss, class_ids, bad)
+
+    def _loss(self, node: Node, reps: IntArray, sizes: IntArray, bad: BoolArray, suppressed_rows: int) -> float:
         # All tuples of a class share its cells, so one representative per class gives its share;
         # sum over whichever of the kept or suppressed classes is fewer.
         n_bad = int(np.count_nonzero(bad))
         if n_bad == 0:
             share_total = sum(self._share_sums[i][lvl] for i, lvl in enumerate(node))
-        elif 2 * n_bad <= n_classes:
+        elif 2 * n_bad <= len(reps):
             bad_reps = reps[bad]
             class_share = sum(self._shares[i][lvl][bad_reps] for i, lvl in enumerate(node))
             share_total = (sum(self._share_sums[i][lvl] for i, lvl in enumerate(node))
@@ -174,28 +189,46 @@ class GlobalRecoding:
             class_share = sum(self._shares[i][lvl][good_reps] for i, lvl in enumerate(node))
             share_total = suppressed_rows * len(node) + float((sizes[good] * class_share).sum())
         q = max(len(node), 1)
-        loss = granularity_loss([share_total / q] * q, t.n_rows, self.domain_sizes)
-        return NodeResult(node, suppressed_rows <= self.max_suppressed, suppressed_rows, loss, class_ids, bad)
+        return granularity_loss([share_total / q] * q, self.table.n_rows, self.domain_sizes)
 
-    def _classes(self, node: Node) -> tuple[IntArray, IntArray]:
+    def _cards(self, node: Node) -> list[int]:
+        return [len(h.level_labels[lvl]) for h, lvl in zip(self.table.hierarchies, node, strict=True)]
+
+    def _class_sizes(self, node: Node) -> tuple[IntArray, IntArray]:
+        """One representative tuple and the row count of each class at ``node`` (k-only roll-up)."""
+        t = self.table
+        if not node:
+            return np.zeros(min(len(t.counts), 1), np.int64), np.array([t.n_rows] if len(t.counts) else [], np.int64)
+        source = self._best_cached(node)
+        src_reps, src_sizes = (np.arange(len(t.counts)), t.counts) if source is None else (source[1], source[2])
+        rep_ids, n_classes = self._group([self._codes[i][lvl][src_reps] for i, lvl in enumerate(node)],
+                                         self._cards(node))
+        sizes = np.bincount(rep_ids, weights=src_sizes, minlength=n_classes).astype(np.int64)
+        reps = np.empty(n_classes, dtype=np.int64)
+        reps[rep_ids] = src_reps
+        self._remember(node, None, reps, sizes)
+        return reps, sizes
+
+    def _classes(self, node: Node, use_cache: bool = True) -> tuple[IntArray, IntArray]:
         """Class of each tuple at ``node`` and one representative tuple per class."""
         t = self.table
         if not node:
             return np.zeros(len(t.counts), np.int64), np.zeros(min(len(t.counts), 1), np.int64)
-        cards = [len(h.level_labels[lvl]) for h, lvl in zip(t.hierarchies, node, strict=True)]
-        source = self._best_cached(node)
-        if source is None or len(source[1]) > len(t.counts) // 2:
+        cards = self._cards(node)
+        source = self._best_cached(node) if use_cache else None
+        if source is None or source[0] is None or len(source[1]) > len(t.counts) // 2:
             class_ids, n_classes = self._group([self._codes[i][lvl] for i, lvl in enumerate(node)], cards)
         else:
-            src_ids, src_reps = source
+            src_ids, src_reps = source[0], source[1]
             rep_ids, n_classes = self._group([self._codes[i][lvl][src_reps] for i, lvl in enumerate(node)], cards)
             class_ids = rep_ids[src_ids]
         reps = np.empty(n_classes, dtype=np.int64)
         reps[class_ids] = np.arange(len(class_ids))
-        self._remember(node, class_ids, reps)
+        if use_cache:
+            self._remember(node, class_ids, reps, None)
         return class_ids, reps
 
-    def _best_cached(self, node: Node) -> tuple[IntArray, IntArray] | None:
+    def _best_cached(self, node: Node) -> _CacheEntry | None:
         if not self._cache:
             return None
         below = (self._cache_nodes[: len(self._cache)] <= np.asarray(node)).all(axis=1)
@@ -204,9 +237,9 @@ class GlobalRecoding:
         sizes = np.where(below, self._cache_sizes[: len(self._cache)], np.iinfo(np.int64).max)
         return self._cache[int(np.argmin(sizes))]
 
-    def _remember(self, node: Node, class_ids: IntArray, reps: IntArray) -> None:
+    def _remember(self, node: Node, class_ids: IntArray | None, reps: IntArray, sizes: IntArray | None) -> None:
         slot = self._cache_next % self.CACHE_SLOTS
-        entry = (class_ids, reps)
+        entry = (class_ids, reps, sizes)
         if slot < len(self._cache):
             self._cache[slot] = entry
         else:
