@@ -236,3 +236,26 @@ def test_demo_shows_earnings_and_claims(settlement: Settlement, broker: Broker, 
     assert shown["epoch"] == 1 and shown["earnings"] == members
     assert shown["claims"][0]["claimed_units"] == members[MEMBERS[0]]
     assert "claimed" in console.export_text()
+
+
+def test_threshold_posts_epochs_by_itself_and_a_second_epoch_pays_only_the_difference(
+    settlement: Settlement, broker: Broker, chain: Chain, prefix: str  # noqa: F811
+) -> None:
+    s = settlement
+    s.env["DATACOOP_EPOCH_THRESHOLD_UNITS"] = "1000000"
+    s.start()
+    publish_version(broker.bootstrap, prefix, "health-survey", 1, V1)
+    member_key, member = MEMBER_KEYS[4], MEMBERS[4]
+    earned = 0
+    for epoch in (1, 2):
+        order = uuid.uuid4()
+        publish_order(broker.bootstrap, prefix, order, "health-survey", 1, 3_000_001)
+        buy(s, order, 3_000_001)
+        earned += expected_split(3_000_001, V1)[0][member]
+        wait_for(lambda epoch=epoch: s.get("/epochs/latest").status_code == 200
+                 and s.get("/epochs/latest").json()["epoch"] == epoch and s.get("/epochs/latest").json()["posted"],
+                 f"epoch {epoch} posted by the threshold")
+        result = claim_with_key(member_key, s.url, chain.url)
+        assert result["cumulative_units"] == earned
+        assert s.contracts.stablecoin.functions.balanceOf(member).call() == earned
+    assert result["claimed_units"] == expected_split(3_000_001, V1)[0][member], "only the new earnings"
