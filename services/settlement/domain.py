@@ -9,7 +9,9 @@ flagged *and still allocated on the amount actually paid*. The money is in escro
 posted root settles it irrevocably (the contract refuses refunds of settled orders), so holding it
 back would strand it; the marketplace sees the flag and does not grant access for an underpayment.
 A payment whose order id was not made from a UUID cannot belong to any order: it is flagged and
-never allocated (it stays in escrow, refundable by the operator until a root settles it).
+never allocated (it stays in escrow, refundable by the operator until a root settles it). A sale of a
+version with no contributor records left (everyone erased) is flagged and goes wholly to the
+cooperative, so no money is stranded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from datacoop.events.payouts import (
     RevenueAllocated,
 )
 from datacoop.events.registry import Event
-from services.settlement.allocation import split_job_fee, split_order_revenue
+from services.settlement.allocation import Allocation, split_job_fee, split_order_revenue
 from services.settlement.merkle import StandardMerkleTree, keccak256, normalize_address
 
 
@@ -101,8 +103,16 @@ def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[
             price_units=order.price_units, allocated=True,
             detail=f"paid {payment.amount_units} units for a price of {order.price_units}; the amount paid is "
                    "allocated, access is the marketplace's call"))
-    split = split_order_revenue(payment.amount_units, fee_bps, contributor_weights)
     fee_units = payment.amount_units * fee_bps // 10_000
+    if sum(contributor_weights.values()) == 0:
+        events.append(PaymentFlagged(
+            order_id=order.order_id, reason="no-contributors", amount_units=payment.amount_units,
+            price_units=order.price_units, allocated=True,
+            detail=f"version {order.version} of {order.dataset_id} has no contributor records; the whole amount "
+                   "goes to the cooperative"))
+        split = Allocation({}, payment.amount_units)
+    else:
+        split = split_order_revenue(payment.amount_units, fee_bps, contributor_weights)
     events.append(RevenueAllocated(
         order_id=order.order_id, dataset_id=order.dataset_id, version=order.version,
         amount_units=payment.amount_units, fee_bps=fee_bps, fee_units=fee_units,

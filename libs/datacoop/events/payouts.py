@@ -41,12 +41,12 @@ class PaymentConfirmed(Event):
 
 @event("datacoop.settlement.payment_flagged", 1, topic=PAYOUTS)
 class PaymentFlagged(Event):
-    """A payment that needs a person: the amount differs from the order's price, or the order id is
-    not one the marketplace could have issued. `allocated` says whether it is still split (see
-    docs/payments.md, "Flagged payments")."""
+    """A payment that needs a person: the amount differs from the order's price, the order id is not
+    one the marketplace could have issued, or the version sold has no contributor records left.
+    `allocated` says whether it is still split (see docs/payments.md, "Flagged payments")."""
 
     order_id: str = Field(min_length=1)
-    reason: Literal["amount-mismatch", "not-an-order-id"]
+    reason: Literal["amount-mismatch", "not-an-order-id", "no-contributors"]
     amount_units: int = Field(gt=0)
     price_units: int | None = Field(None, gt=0)
     allocated: bool

@@ -90,9 +90,12 @@ def test_an_allocation_that_does_not_add_up_is_refused_by_its_contract() -> None
                          allocations={ANA: 99})
 
 
-def test_a_version_without_records_cannot_be_split() -> None:
-    with pytest.raises(ValueError, match="nobody to pay"):
-        domain.allocate_order(domain.Payment(str(ORDER), 5, True), ORDER_ROW, {ANA: 0}, 0, COOP, False)
+def test_a_version_without_records_goes_wholly_to_the_cooperative_and_is_flagged() -> None:
+    flag, alloc = domain.allocate_order(domain.Payment(str(ORDER), 1_000_003, True), ORDER_ROW, {ANA: 0}, 250,
+                                        COOP, False)
+    assert isinstance(flag, PaymentFlagged) and flag.reason == "no-contributors"
+    assert isinstance(alloc, RevenueAllocated)
+    assert alloc.allocations == {} and alloc.cooperative_units == 1_000_003 and alloc.fee_units == 25_000
 
 
 def test_a_job_fee_goes_wholly_to_its_provider_once() -> None:
