@@ -120,6 +120,13 @@ class SettlementProjection:
         return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5])),
                  json.loads(r[6])) for r in rows]
 
+    def allocated_orders_paid_since(self, block_number: int) -> list[str]:
+        """Allocated orders paid at or after `block_number`: the only ones a refund can still reach."""
+        rows = self.conn.execute(
+            """SELECT p.order_id FROM payments p JOIN allocations a ON a.subject = p.order_id
+               WHERE a.kind = 'order' AND p.block_number >= ?""", [block_number]).fetchall()
+        return [r[0] for r in rows]
+
     def waiting_payments(self) -> list[dict[str, Any]]:
         """Payments held: confirmed but not allocated (order or version unknown yet, or flagged)."""
         rows = self.conn.execute(

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import signal
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from web3 import Web3
 from datacoop.chain import (
     ChainError,
     Contracts,
+    order_id_from_uuid,
     order_paid_logs,
     root_posted_log,
     send,
@@ -49,6 +51,7 @@ from services.settlement.settings import SettlementSettings
 
 log = logging.getLogger("datacoop.settlement")
 
+ORDER_REFUNDED = 2  # DatacoopMarket.OrderStatus.Refunded
 CRASH_STEPS = ("after_payment", "after_allocation", "after_prepare", "after_send", "after_receipt")
 
 
@@ -72,9 +75,15 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
 
     # -- the loop -----------------------------------------------------------------------------
     async def loop_forever(self) -> None:
+        last_refusal = ""
         while True:
             try:
                 await self.tick()
+                last_refusal = ""
+            except domain.SettlementRefused as exc:
+                if str(exc) != last_refusal:  # said once, not every poll
+                    log.error("%s", exc)
+                    last_refusal = str(exc)
             except Exception:
                 log.exception("settlement step failed; retrying next interval")
             await asyncio.sleep(self.cfg.poll_interval_s)
@@ -169,6 +178,7 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
             if not domain.epoch_due(state, sum(balances.values()), now, since, self.cfg.epoch_interval_s,
                                     self.cfg.epoch_threshold_units, forced):
                 return None
+            await self._refuse_refunded()
             prepared, tree = domain.prepare_epoch(state, balances, now)
             self._trees[prepared.epoch] = tree
             cause = f"epoch:{prepared.epoch}"
@@ -195,6 +205,7 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                                  "another settler posts to this market: stop one of them")
             tx_hash, block_number = found.tx_hash, found.block_number
         else:
+            await self._refuse_refunded()
             sent = await asyncio.to_thread(send, self.w3, market.functions.postRoot(epoch, root, row["total_units"]),
                                            self.cfg.settler_key, wait=False)
             assert isinstance(sent, HexBytes | bytes)
@@ -216,6 +227,27 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         log.info("epoch %d posted: root %s, %d units over %d accounts", epoch, row["root"], row["total_units"],
                  row["accounts"])
         return self.projection.epoch(epoch) or row
+
+    async def _refuse_refunded(self) -> None:
+        """Never post a root that includes an order refunded after it was allocated: the buyer got the
+        money back, so paying it out too would be paid from other orders' escrow. Only orders paid since
+        the last posted root can have been refunded (the contract refuses refunds of settled orders).
+        Reversing such allocations is not implemented: the operator must not refund allocated orders
+        (docs/payments.md, "Refunds")."""
+        last = self.projection.epoch(posted_only=True)
+        since = int(last["block_number"]) if last and last["block_number"] is not None else self.cfg.start_block
+        candidates = self.projection.allocated_orders_paid_since(since)
+
+        def refunded() -> list[str]:
+            market = self.contracts.market.functions
+            return [o for o in candidates
+                    if market.orders(order_id_from_uuid(uuid.UUID(o))).call()[1] == ORDER_REFUNDED]
+
+        found = await asyncio.to_thread(refunded)
+        if found:
+            raise domain.SettlementRefused(
+                f"order(s) {', '.join(found)} were refunded on chain after settlement allocated them; no root is "
+                "posted until an operator resolves it (see docs/payments.md, Refunds)")
 
     def tree(self, epoch: int) -> StandardMerkleTree | None:
         tree = self._trees.get(epoch)

@@ -259,3 +259,22 @@ def test_threshold_posts_epochs_by_itself_and_a_second_epoch_pays_only_the_diffe
         assert result["cumulative_units"] == earned
         assert s.contracts.stablecoin.functions.balanceOf(member).call() == earned
     assert result["claimed_units"] == expected_split(3_000_001, V1)[0][member], "only the new earnings"
+
+
+def test_no_root_is_posted_over_an_order_refunded_after_it_was_allocated(
+    settlement: Settlement, broker: Broker, prefix: str  # noqa: F811
+) -> None:
+    from datacoop.chain import order_id_from_uuid, send_receipt
+
+    s = settlement
+    s.start()
+    publish_version(broker.bootstrap, prefix, "health-survey", 1, V1)
+    order = uuid.uuid4()
+    publish_order(broker.bootstrap, prefix, order, "health-survey", 1, 2_000_000)
+    buy(s, order, 2_000_000)
+    wait_for(lambda: allocated(s, order), "the order allocated")
+    send_receipt(s.w3, s.contracts.market.functions.refund(order_id_from_uuid(order)), s.env["DATACOOP_OPERATOR_KEY"])
+    refused = s.post_epoch()
+    assert refused is not None and refused.status_code == 409
+    assert str(order) in refused.json()["detail"] and "refunded" in refused.json()["detail"]
+    assert s.contracts.market.functions.currentEpoch().call() == 0
