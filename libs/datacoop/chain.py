@@ -299,12 +299,14 @@ def deploy_local_stack(rpc_url: str, *, admin_key: str = ADMIN_KEY, settler_key:
     account 2 is the cooperative's payout account, account 3 handles refunds (OPERATOR_ROLE).
     Returns the environment every service reads (`DATACOOP_CHAIN_URL`, `DATACOOP_MARKET_ADDRESS`,
     `DATACOOP_TOKEN_ADDRESS`, `DATACOOP_SETTLER_KEY`, `DATACOOP_COOP_ADDRESS`, `DATACOOP_CHAIN_ID`,
-    plus `DATACOOP_ADMIN_KEY` / `DATACOOP_OPERATOR_KEY` for the demo and operators).
+    `DATACOOP_START_BLOCK` (the market's deployment block: no earlier log can concern it), plus
+    `DATACOOP_ADMIN_KEY` / `DATACOOP_OPERATOR_KEY` for the demo and operators).
     """
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     if not w3.is_connected():
         raise ChainError(f"no chain answers at {rpc_url}; start anvil first")
     contracts = Contracts.deploy_local(w3, admin_key)
+    deployed_at = w3.eth.block_number
     contracts.grant(SETTLER_ROLE, Account.from_key(settler_key).address, admin_key)
     contracts.grant(OPERATOR_ROLE, Account.from_key(operator_key).address, admin_key)
     return {
@@ -314,6 +316,7 @@ def deploy_local_stack(rpc_url: str, *, admin_key: str = ADMIN_KEY, settler_key:
         "DATACOOP_TOKEN_ADDRESS": contracts.stablecoin.address,
         "DATACOOP_SETTLER_KEY": settler_key,
         "DATACOOP_COOP_ADDRESS": Account.from_key(coop_key).address,
+        "DATACOOP_START_BLOCK": str(deployed_at),
         "DATACOOP_ADMIN_KEY": admin_key,
         "DATACOOP_OPERATOR_KEY": operator_key,
     }

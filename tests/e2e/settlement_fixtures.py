@@ -104,7 +104,7 @@ def settlement(broker: Broker, chain: Chain, prefix: str, tmp_path: Path) -> Set
         "DATACOOP_BOOTSTRAP": broker.bootstrap, "DATACOOP_TOPIC_PREFIX": f"{prefix}.",
         "DATACOOP_DATA_DIR": str(tmp_path / "data"), **chain_env,
         "DATACOOP_FEE_BPS": str(FEE_BPS), "DATACOOP_CONFIRMATIONS": "1", "DATACOOP_POLL_INTERVAL_S": "0.05",
-        "DATACOOP_EPOCH_INTERVAL_S": "3600", "DATACOOP_START_BLOCK": str(w3.eth.block_number),
+        "DATACOOP_EPOCH_INTERVAL_S": "3600",
     }
     asyncio.run(ensure_topics(broker.bootstrap, standard_topics(f"{prefix}.")))
     contracts = Contracts.at(w3, chain_env["DATACOOP_TOKEN_ADDRESS"], chain_env["DATACOOP_MARKET_ADDRESS"])
