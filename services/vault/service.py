@@ -115,7 +115,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
         sealed = seal_many(key, member, [(f"{probe.upload_id}-{i:06d}", dumps(row).encode())
                                          for i, row in enumerate(rows)])
-        records = tuple(SealedRecord.model_construct(record_id=r, nonce=n, ciphertext=c) for r, n, c in sealed)
+        records = tuple(SealedRecord(record_id=r, nonce=n, ciphertext=c) for r, n, c in sealed)
         cmd = domain.ContributeRecords(member, signer, category, probe.issued_at, probe.upload_id, tag,
                                        schema.version, records)
 
@@ -127,7 +127,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         deliveries = await self.writer.execute(member, decide, correlation_id=correlation_id.get())
         return {"member": member, "category": category, "upload_id": cmd.upload_id,
                 "schema_version": schema.version, "records": len(records), "events": len(deliveries),
-                "first_record_id": records[0].record_id, "last_record_id": records[-1].record_id}
+                "first_record_id": records[0]["record_id"], "last_record_id": records[-1]["record_id"]}
 
     # -- reading ---------------------------------------------------------------------------------
     def _readable_key(self, member: str) -> bytes | None:
