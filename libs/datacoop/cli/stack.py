@@ -23,11 +23,14 @@ class ServiceEntry:
     name: str
     module: str
     summary: str
+    needs_chain: bool = False
 
 
 # Every service that exists, in start order. A new service adds one line here (see README).
 SERVICES: list[ServiceEntry] = [
     ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
+    ServiceEntry("settlement", "services.settlement.service",
+                 "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
 ]
 
 
@@ -62,11 +65,12 @@ class Stack:
     chain: Chain | None
     services: dict[str, RunningService] = field(default_factory=dict)
     data_dir: Path = RUN_DIR / "data"
+    chain_env: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> dict[str, object]:
         return {
             "broker": {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid},
-            "chain": {"url": self.chain.url, "pid": self.chain.pid} if self.chain else None,
+            "chain": {"url": self.chain.url, "pid": self.chain.pid, **self.chain_env} if self.chain else None,
             "services": {n: {"url": s.url, "pid": s.proc.pid, "log": str(s.log_path)}
                          for n, s in self.services.items()},
         }
@@ -99,14 +103,20 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
     broker = start_broker(log_path=logs / "broker.log")
     chain = None
     try:
+        chain_env: dict[str, str] = {}
         if with_chain:
-            chain = start_chain(log_path=logs / "chain.log")
-        stack = Stack(broker, chain)
+            from datacoop.chain import deploy_local_stack
+
+            chain = start_chain(log_path=logs / "chain.log", block_time_s=1)
+            chain_env = deploy_local_stack(chain.url)
+        stack = Stack(broker, chain, chain_env=chain_env)
         if fresh:  # the broker keeps its log in memory: a new broker means new projections
             for old in stack.data_dir.glob("*.duckdb*"):
                 old.unlink()
         for entry in SERVICES:
             if only and entry.name not in only:
+                continue
+            if entry.needs_chain and chain is None:
                 continue
             stack.services[entry.name] = spawn_service(entry, stack)
         stack.save()
@@ -126,8 +136,8 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_DATA_DIR": str(stack.data_dir),
         "DATACOOP_LOG_JSON": "true",
     })
-    if stack.chain:
-        env["DATACOOP_CHAIN_URL"] = stack.chain.url
+    env.update(stack.chain_env)
+    env.setdefault("DATACOOP_CONFIRMATIONS", "1")
     for name, svc in stack.services.items():
         env[f"DATACOOP_{name.upper()}_URL"] = svc.url
     return env
