@@ -181,8 +181,8 @@ def _logit_pieces(xp: ModuleType, x: Any, y: Any, beta: Any) -> tuple[float, Any
         mu = 1.0 / (1.0 + xp.exp(-xp.clip(eta, -700.0, 700.0)))
         grad += xc.T @ (yc - mu)
         wc = weighted[: xc.shape[0]]
-        xp.multiply(xc, (mu * (1.0 - mu))[:, None], out=wc)
-        info += wc.T @ xc
+        xp.multiply(xc, xp.sqrt(mu * (1.0 - mu))[:, None], out=wc)
+        info += wc.T @ wc  # A'A of one buffer: BLAS syrk, half the flops of a general product
         loglik += float((yc * eta - xp.logaddexp(0.0, eta)).sum())
     return loglik, grad, info
 
