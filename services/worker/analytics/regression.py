@@ -214,6 +214,10 @@ def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: 
     n, p = x.shape
     if bool(((y != 0) & (y != 1)).any()):
         raise AnalysisFailed(f"outcome {params.y!r} must be 0/1 for logistic regression; recode it")
+    ybar = float(y.mean())
+    if ybar in (0.0, 1.0):
+        raise AnalysisFailed(f"outcome {params.y!r} is always {int(ybar)} in the rows used; logistic "
+                             "regression needs both 0s and 1s")
     beta = xp.zeros(p)
     loglik, grad, info = _logit_pieces(xp, x, y, beta)
     _require_full_rank(xp, info, params.names)  # at beta = 0, info = X'X / 4
@@ -236,7 +240,6 @@ def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: 
     se = to_numpy(xp.sqrt(xp.diag(xp.linalg.inv(info))))
     coef = to_numpy(beta)
     z = coef / se
-    ybar = float(y.mean())
     llnull = n * (ybar * math.log(ybar) + (1 - ybar) * math.log1p(-ybar)) if 0 < ybar < 1 else 0.0
     progress(1.0)
     result = {"backend": backend_name(xp), "model": "logit", "y": params.y, "n": n, "rows_dropped": dropped,

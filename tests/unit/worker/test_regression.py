@@ -81,6 +81,12 @@ def test_logistic_needs_a_binary_outcome(mixed_table: pa.Table) -> None:
         run_analysis("logistic", {"y": "c", "x": ["a"]}, mixed_table)
 
 
+def test_a_constant_outcome_is_reported() -> None:
+    table = pa.table({"y": [1, 1, 1, 1], "u": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(AnalysisFailed, match="always 1"):
+        run_analysis("logistic", {"y": "y", "x": ["u"]}, table)
+
+
 def test_perfect_separation_is_reported_not_returned() -> None:
     table = pa.table({"y": [0, 0, 0, 1, 1, 1], "u": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
     with pytest.raises(AnalysisFailed, match="perfectly separated"):
