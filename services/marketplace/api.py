@@ -1,0 +1,292 @@
+"""HTTP routes of the marketplace: researchers, the catalog, orders, grants, downloads, DP queries,
+receipts, and the members' view of who bought their data."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from datacoop.chain import order_id_from_uuid
+from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.orders import MICRO_EPSILON, Offer, ResearcherRegistered
+from datacoop.events.registry import Event
+from datacoop.events.types import Address, Slug
+from datacoop.kit.logs import correlation_id
+from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized
+from services.marketplace import domain
+from services.marketplace.engine import LoadedVersion
+from services.marketplace.files import FileUnavailable, stream
+from services.marketplace.grants import Grant, GrantRefused, public_key_b64, sign_document, sign_grant, verify_grant
+from services.marketplace.query import Query, QueryInvalid
+
+_STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409, "unprocessable": 422, "payment_required": 402,
+           "gone": 410}
+GRANT_HEADER = "x-access-grant"
+MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
+
+
+class RegisterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    organisation: str = Field("", max_length=200)
+    wallet: Address = Field(description="the address that pays for orders")
+
+
+class OrderBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: Slug
+    version: int = Field(ge=1)
+    offer: Offer
+
+
+class GrantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: float | None = Field(None, gt=0, description="how long the grant lives (at most the service's limit)")
+
+
+def key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def order_view(o: domain.Order) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
+        "researcher_id": o.researcher_id, "buyer": o.buyer, "dataset_id": o.dataset_id, "version": o.version,
+        "offer": o.offer, "price_units": o.price_units, "status": o.status, "placed_at": o.placed_at,
+        "expires_at": o.expires_at, "paid_at": o.paid_at, "paid_units": o.paid_units, "tx_hash": o.tx_hash,
+        "grants": o.grants}
+    if o.offer == "query":
+        view["budget"] = {"epsilon": (o.budget_micro or 0) / MICRO_EPSILON, "spent": o.spent_micro / MICRO_EPSILON,
+                          "remaining": o.remaining_micro / MICRO_EPSILON, "queries": o.queries}
+    return view
+
+
+def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"dataset_id": v.dataset_id, "version": v.version, "status": "superseded" if superseded else "current",
+            "purpose": v.purpose, "categories": v.categories, "columns": v.columns, "rows": v.rows,
+            "published_at": v.published_at, "sha256": v.sha256, "contributors": len(v.contributor_weights),
+            "guarantees": {"k": v.k, "l_diversity": v.l_diversity, "privacy_model": v.privacy_model,
+                           "epsilon": v.epsilon, "suppressed_rows": v.suppressed_rows,
+                           "information_loss": v.information_loss},
+            "offers": [] if superseded else offers}
+
+
+def build_router(ctx: Any) -> APIRouter:
+    """`ctx` is the service's runtime (projection, writer, engine, files, offers, keys, clock)."""
+    router = APIRouter()
+
+    def ready() -> None:
+        if not ctx.ready:
+            raise NotReady("the marketplace is still catching up with the log; retry in a moment")
+
+    def researcher(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("no API key: send `Authorization: Bearer <key>` (register with POST /researchers)",
+                               slug="no-api-key")
+        found = ctx.projection.researcher_by_key_hash(key_hash(authorization[7:].strip()))
+        if found is None:
+            raise Unauthorized("unknown API key; register with POST /researchers to get one", slug="bad-api-key")
+        return dict(found)
+
+    Researcher = Annotated[dict[str, Any], Depends(researcher)]
+
+    def own_order(order_id: str, who: dict[str, Any]) -> domain.Order:
+        order = ctx.projection.order(order_id)
+        if order is None or order.researcher_id != who["researcher_id"]:
+            raise NotFound(f"you have no order {order_id}; list yours with GET /orders", slug="unknown-order")
+        return order
+
+    def published(dataset_id: str, version: int) -> DatasetVersionPublished:
+        found = ctx.projection.version(dataset_id, version)
+        if found is None:
+            raise NotFound(f"no published version {dataset_id} v{version}; see GET /catalog")
+        return found[0]  # type: ignore[no-any-return]
+
+    def refused(exc: domain.OrderRefused) -> DomainError:
+        return DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind.replace("_", "-"))
+
+    async def run(subject: str, decide: Any) -> list[Any]:
+        ready()
+        try:
+            return list(await ctx.writer.execute(subject, decide, correlation_id=correlation_id.get()))
+        except domain.OrderRefused as exc:
+            raise refused(exc) from exc
+
+    # -- researchers ------------------------------------------------------------------------
+    @router.post("/researchers", status_code=status.HTTP_201_CREATED, tags=["researchers"])
+    async def register(body: RegisterBody) -> dict[str, Any]:
+        """Open a researcher account. The API key is in this answer only: it is stored as a hash."""
+        api_key = "dcr_" + secrets.token_urlsafe(32)
+        rid = str(uuid.uuid4())
+        ev = ResearcherRegistered(researcher_id=rid, name=body.name, organisation=body.organisation,
+                                  wallet=body.wallet, api_key_sha256=key_hash(api_key), registered_at=ctx.clock())
+        await run(rid, lambda: [ev])
+        return {"researcher_id": rid, "name": body.name, "organisation": body.organisation, "wallet": body.wallet,
+                "api_key": api_key, "note": "the API key is shown once; keep it secret"}
+
+    @router.get("/researchers/me", tags=["researchers"])
+    async def me(who: Researcher) -> dict[str, Any]:
+        return who
+
+    # -- catalog ----------------------------------------------------------------------------
+    @router.get("/catalog", tags=["catalog"])
+    async def catalog() -> dict[str, Any]:
+        """Every published dataset version, its guarantees and offers, and where orders are paid."""
+        return {"payment": ctx.payment_info(),
+                "versions": [version_view(v, s, ctx.offers.for_dataset(v.dataset_id).as_list())
+                             for v, s in ctx.projection.versions()]}
+
+    @router.get("/catalog/{dataset_id}/{version}", tags=["catalog"])
+    async def catalog_entry(dataset_id: str, version: int) -> dict[str, Any]:
+        v = published(dataset_id, version)
+        superseded = ctx.projection.version(dataset_id, version)[1]
+        return version_view(v, superseded, ctx.offers.for_dataset(dataset_id).as_list())
+
+    @router.get("/grant-key", tags=["catalog"])
+    async def grant_key() -> dict[str, str]:
+        """The Ed25519 public key (base64, raw 32 bytes) that signs grants and receipts."""
+        return {"algorithm": "Ed25519", "public_key": public_key_b64(ctx.grant_key)}
+
+    # -- orders -----------------------------------------------------------------------------
+    @router.post("/orders", status_code=status.HTTP_201_CREATED, tags=["orders"])
+    async def place(body: OrderBody, who: Researcher) -> dict[str, Any]:
+        """Order an offer on a version at the offers file's price; pay it on chain before it expires."""
+        terms = ctx.offers.for_dataset(body.dataset_id)
+        order_id = str(uuid.uuid4())
+        cmd = domain.PlaceOrder(who["researcher_id"], who["wallet"], body.offer, terms.terms(body.offer).price_units,
+                                terms.order_ttl_s, terms.budget_micro() if body.offer == "query" else None, order_id)
+
+        def decide() -> list[Event]:
+            return domain.place(cmd, ctx.projection.version_info(body.dataset_id, body.version), body.dataset_id,
+                                body.version, ctx.clock())
+
+        await run(order_id, decide)
+        return {**order_view(ctx.projection.order(order_id)), "payment": ctx.payment_info()}
+
+    @router.get("/orders", tags=["orders"])
+    async def my_orders(who: Researcher) -> list[dict[str, Any]]:
+        """Your order history."""
+        return [order_view(o) for o in ctx.projection.orders_of(who["researcher_id"])]
+
+    @router.get("/orders/{order_id}", tags=["orders"])
+    async def get_order(order_id: str, who: Researcher) -> dict[str, Any]:
+        order = own_order(order_id, who)
+        return {**order_view(order), "grants_issued": ctx.projection.grants_of(order_id),
+                "queries": ctx.projection.spends_of(order_id)}
+
+    @router.get("/orders/{order_id}/receipt", tags=["orders"])
+    async def receipt(order_id: str, who: Researcher) -> dict[str, Any]:
+        """A signed receipt of a paid order: what was bought, the payment, the version's guarantees."""
+        order = own_order(order_id, who)
+        if order.status != "paid":
+            raise DomainError(f"order {order_id} is {order.status}; a receipt exists once it is paid", status=402,
+                              slug="payment-required")
+        v = published(order.dataset_id, order.version)
+        doc = {"schema": "datacoop-order-receipt/1", "order_id": order.order_id, "researcher": who["name"],
+               "organisation": who["organisation"], "buyer": order.buyer, "offer": order.offer,
+               "dataset_id": order.dataset_id, "version": order.version, "sha256": v.sha256,
+               "purpose": v.purpose, "price_units": order.price_units, "paid_units": order.paid_units,
+               "tx_hash": order.tx_hash, "paid_at": order.paid_at.isoformat() if order.paid_at else None,
+               "guarantees": {"k": v.k, "l_diversity": v.l_diversity, "epsilon": v.epsilon},
+               "issued_at": ctx.clock().isoformat()}
+        if order.offer == "query":
+            doc["budget_epsilon"] = (order.budget_micro or 0) / MICRO_EPSILON
+            doc["spent_epsilon"] = order.spent_micro / MICRO_EPSILON
+        return sign_document(doc, ctx.grant_key)
+
+    # -- downloads --------------------------------------------------------------------------
+    @router.post("/orders/{order_id}/grants", status_code=status.HTTP_201_CREATED, tags=["downloads"])
+    async def grant(order_id: str, who: Researcher, body: GrantBody | None = None) -> dict[str, Any]:
+        """A signed, expiring grant that opens the download of the order's version (for you only)."""
+        order = own_order(order_id, who)
+        ttl = min((body.ttl_s if body and body.ttl_s else ctx.settings.grant_ttl_s), ctx.settings.grant_ttl_s)
+        grant_id = str(uuid.uuid4())
+        cmd = domain.GrantAccess(order_id, who["researcher_id"], order.dataset_id, order.version, ttl, grant_id)
+        deliveries = await run(order_id, lambda: domain.decide(cmd, ctx.projection.order(order_id), ctx.clock()))
+        ev = deliveries[0].event
+        token = sign_grant(Grant(grant_id, order_id, who["researcher_id"], order.dataset_id, order.version,
+                                 int(ev.expires_at.timestamp())), ctx.grant_key)
+        return {"grant": token, "grant_id": grant_id, "expires_at": ev.expires_at,
+                "download": f"/datasets/{order.dataset_id}/versions/{order.version}/parquet",
+                "header": "X-Access-Grant"}
+
+    @router.get("/datasets/{dataset_id}/versions/{version}/parquet", tags=["downloads"])
+    async def download(dataset_id: str, version: int, who: Researcher,
+                       x_access_grant: Annotated[str | None, Header()] = None) -> StreamingResponse:
+        """The version's rows as Parquet, streamed; needs your grant for this version (X-Access-Grant)."""
+        if not x_access_grant:
+            raise Forbidden("no grant: send X-Access-Grant (POST /orders/{order_id}/grants on a paid download "
+                            "order gives one)", slug="no-grant")
+        try:
+            g = verify_grant(x_access_grant, ctx.grant_key.public_key(), researcher_id=who["researcher_id"],
+                             dataset_id=dataset_id, version=version, now=ctx.clock())
+        except GrantRefused as exc:
+            raise Forbidden(str(exc), slug="grant-refused") from exc
+        order = ctx.projection.order(g.order_id)
+        if order is None or order.status != "paid" or order.researcher_id != who["researcher_id"]:
+            raise Forbidden(f"grant {g.grant_id}'s order {g.order_id} is not a paid order of yours",
+                            slug="grant-refused")
+        v = published(dataset_id, version)
+        try:
+            path = await asyncio.to_thread(ctx.files.verified, v.location, v.sha256)
+        except FileUnavailable as exc:
+            raise DomainError(str(exc), status=503, slug="file-unavailable") from exc
+        return StreamingResponse(stream(path), media_type="application/vnd.apache.parquet", headers={
+            "content-length": str(path.stat().st_size), "x-sha256": v.sha256,
+            "content-disposition": f'attachment; filename="{dataset_id}-v{version}.parquet"'})
+
+    # -- queries ----------------------------------------------------------------------------
+    @router.post("/orders/{order_id}/queries", tags=["queries"])
+    async def ask(order_id: str, query: Query, who: Researcher) -> dict[str, Any]:
+        """A differentially private aggregate; spends `epsilon` from the order's budget (refused before it
+        runs when the budget can't cover it)."""
+        ready()
+        order = own_order(order_id, who)
+        cmd = domain.SpendBudget(order_id, who["researcher_id"], str(uuid.uuid4()), query.aggregate, query.column,
+                                 tuple(query.group_by), len(query.filters), query.epsilon_micro)
+        try:
+            domain.decide(cmd, order, ctx.clock())  # refuse before anything runs
+        except domain.OrderRefused as exc:
+            raise refused(exc) from exc
+        v = published(order.dataset_id, order.version)
+        try:
+            loaded: LoadedVersion = await ctx.load_version(v)
+            answer = await asyncio.to_thread(ctx.engine.answer, loaded, query, ctx.new_rng())
+        except QueryInvalid as exc:
+            raise DomainError(str(exc), status=422, slug="invalid-query") from exc
+        except FileUnavailable as exc:
+            raise DomainError(str(exc), status=503, slug="file-unavailable") from exc
+        await run(order_id, lambda: domain.decide(cmd, ctx.projection.order(order_id), ctx.clock()))
+        after = ctx.projection.order(order_id)
+        return {"query_id": cmd.query_id, "order_id": order_id, "aggregate": query.aggregate,
+                "column": query.column, "group_by": query.group_by, "epsilon": query.epsilon_micro / MICRO_EPSILON,
+                "budget_remaining": after.remaining_micro / MICRO_EPSILON, "noise": answer.noise_view(),
+                "cells": answer.cells}
+
+    # -- members and operators --------------------------------------------------------------
+    @router.get("/members/{member}/orders", tags=["members"])
+    async def member_orders(member: MemberPath) -> list[dict[str, Any]]:
+        """Paid orders of dataset versions that hold the member's records, with how many of them."""
+        return ctx.projection.member_orders(member)  # type: ignore[no-any-return]
+
+    @router.get("/payments/unmatched", tags=["orders"])
+    async def unmatched() -> list[dict[str, Any]]:
+        """Payments confirmed on chain that paid no order: unknown order ids or amounts short of the price."""
+        return ctx.projection.unmatched_payments()  # type: ignore[no-any-return]
+
+    return router
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,214 @@
+"""Orders, their payment, access grants and privacy budgets: the rules, pure (decide / evolve), no I/O.
+
+An order is for one offer (download, query, compute) on one dataset version, at the price the offers
+file states when it is placed. It turns paid when settlement confirms a payment of at least its
+price; only a paid order opens a download grant or spends its query budget. Budgets are integers in
+micro-epsilon, so spends add up exactly: a query whose cost exceeds what is left is refused whole.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from datacoop.events.orders import (
+    AccessGranted,
+    Offer,
+    OrderExpired,
+    OrderPaid,
+    OrderPlaced,
+    QueryAnswered,
+)
+from datacoop.events.registry import Event
+
+OrderStatus = Literal["placed", "paid", "expired"]
+RefusalKind = Literal["not_found", "forbidden", "conflict", "unprocessable", "payment_required", "gone"]
+
+
+class OrderRefused(Exception):
+    """A command the rules refuse. `kind` maps to the API status; the message says what to do."""
+
+    def __init__(self, kind: RefusalKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    researcher_id: str
+    buyer: str
+    dataset_id: str
+    version: int
+    offer: Offer
+    price_units: int
+    placed_at: datetime
+    expires_at: datetime
+    status: OrderStatus = "placed"
+    budget_micro: int | None = None
+    spent_micro: int = 0
+    queries: int = 0
+    grants: int = 0
+    paid_at: datetime | None = None
+    paid_units: int = 0
+    tx_hash: str | None = None
+    expired_at: datetime | None = None
+
+    @property
+    def remaining_micro(self) -> int:
+        return max((self.budget_micro or 0) - self.spent_micro, 0)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """What the rules need to know about a dataset version."""
+
+    dataset_id: str
+    version: int
+    superseded: bool
+
+
+# -- commands ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlaceOrder:
+    researcher_id: str
+    buyer: str
+    offer: Offer
+    price_units: int
+    ttl_s: float
+    budget_micro: int | None = None
+    order_id: str = ""
+
+
+@dataclass(frozen=True)
+class ConfirmPayment:
+    order_id: str
+    payment_event_id: str
+    amount_units: int
+    tx_hash: str
+
+
+@dataclass(frozen=True)
+class ExpireDue:
+    order_id: str
+
+
+@dataclass(frozen=True)
+class GrantAccess:
+    order_id: str
+    researcher_id: str
+    dataset_id: str
+    version: int
+    ttl_s: float
+    grant_id: str
+
+
+@dataclass(frozen=True)
+class SpendBudget:
+    order_id: str
+    researcher_id: str
+    query_id: str
+    aggregate: Literal["count", "sum", "mean", "histogram"]
+    column: str | None
+    group_by: tuple[str, ...]
+    filters: int
+    epsilon_micro: int
+
+
+def place(cmd: PlaceOrder, version: VersionInfo | None, dataset_id: str, version_no: int,
+          now: datetime) -> list[Event]:
+    if version is None:
+        raise OrderRefused("not_found", f"dataset {dataset_id} has no published version {version_no}; "
+                                        "see GET /catalog for what is on sale")
+    if version.superseded:
+        raise OrderRefused("gone", f"{dataset_id} v{version_no} was superseded; new sales use the newest "
+                                   "version (see GET /catalog)")
+    if cmd.price_units <= 0:
+        raise OrderRefused("unprocessable", f"the {cmd.offer} offer has no price; ask the operator")
+    if cmd.offer == "query" and (cmd.budget_micro is None or cmd.budget_micro <= 0):
+        raise OrderRefused("unprocessable", "a query order needs a positive privacy budget")
+    order_id = cmd.order_id or str(uuid.uuid4())
+    return [OrderPlaced(order_id=order_id, researcher_id=cmd.researcher_id, buyer=cmd.buyer,
+                        dataset_id=dataset_id, version=version_no, offer=cmd.offer, price_units=cmd.price_units,
+                        placed_at=now, expires_at=now + timedelta(seconds=cmd.ttl_s),
+                        query_budget_micro=cmd.budget_micro if cmd.offer == "query" else None)]
+
+
+def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | SpendBudget, order: Order | None,
+           now: datetime) -> list[Event]:
+    """The events `cmd` causes on `order`, or OrderRefused saying why not."""
+    if order is None:
+        if isinstance(cmd, ConfirmPayment | ExpireDue):
+            return []
+        raise OrderRefused("not_found", f"no order {cmd.order_id}; list yours with GET /orders")
+    if isinstance(cmd, ConfirmPayment):
+        if order.status == "paid" or cmd.amount_units < order.price_units:
+            return []
+        return [OrderPaid(order_id=order.order_id, payment_event_id=cmd.payment_event_id,
+                          amount_units=cmd.amount_units, tx_hash=cmd.tx_hash, paid_at=now)]
+    if isinstance(cmd, ExpireDue):
+        if order.status != "placed" or order.expires_at > now:
+            return []
+        return [OrderExpired(order_id=order.order_id, expired_at=now)]
+    if cmd.researcher_id != order.researcher_id:
+        raise OrderRefused("forbidden", f"order {order.order_id} belongs to another researcher")
+    _require_paid(order)
+    if isinstance(cmd, GrantAccess):
+        if order.offer != "download":
+            raise OrderRefused("forbidden", f"order {order.order_id} is a {order.offer} order; downloads need a "
+                                            "download order")
+        if (cmd.dataset_id, cmd.version) != (order.dataset_id, order.version):
+            raise OrderRefused("forbidden", f"order {order.order_id} is for {order.dataset_id} v{order.version}, "
+                                            f"not {cmd.dataset_id} v{cmd.version}")
+        return [AccessGranted(order_id=order.order_id, grant_id=cmd.grant_id, researcher_id=order.researcher_id,
+                              dataset_id=order.dataset_id, version=order.version, granted_at=now,
+                              expires_at=now + timedelta(seconds=cmd.ttl_s))]
+    if order.offer != "query":
+        raise OrderRefused("forbidden", f"order {order.order_id} is a {order.offer} order; queries need a "
+                                        "query order")
+    check_budget(order, cmd.epsilon_micro)
+    return [QueryAnswered(order_id=order.order_id, query_id=cmd.query_id, aggregate=cmd.aggregate,
+                          column=cmd.column, group_by=list(cmd.group_by), filters=cmd.filters,
+                          epsilon_micro=cmd.epsilon_micro, spent_micro=order.spent_micro + cmd.epsilon_micro,
+                          answered_at=now)]
+
+
+def _require_paid(order: Order) -> None:
+    if order.status != "paid":
+        raise OrderRefused("payment_required", f"order {order.order_id} is {order.status}, not paid; pay it with "
+                                               f"`datacoop buy {order.order_id}` and wait for the confirmation")
+
+
+def check_budget(order: Order, epsilon_micro: int) -> None:
+    """Refuse a spend that is not positive or exceeds what is left (called before a query runs, too)."""
+    if epsilon_micro <= 0:
+        raise OrderRefused("unprocessable", "a query must spend a positive epsilon")
+    if epsilon_micro > order.remaining_micro:
+        raise OrderRefused("forbidden", f"query asks epsilon {epsilon_micro / 1e6:g} but order {order.order_id} "
+                                        f"has {order.remaining_micro / 1e6:g} left of "
+                                        f"{(order.budget_micro or 0) / 1e6:g}; ask with a smaller epsilon or "
+                                        "place a new order")
+
+
+def evolve(order: Order | None, event: Event) -> Order | None:
+    """The order after `event`. Total: an event that doesn't apply leaves the order as it is."""
+    if isinstance(event, OrderPlaced):
+        return order or Order(event.order_id, event.researcher_id, event.buyer, event.dataset_id, event.version,
+                              event.offer, event.price_units, event.placed_at, event.expires_at,
+                              budget_micro=event.query_budget_micro)
+    if order is None:
+        return None
+    if isinstance(event, OrderPaid):
+        return replace(order, status="paid", paid_at=event.paid_at, paid_units=event.amount_units,
+                       tx_hash=event.tx_hash)
+    if isinstance(event, OrderExpired):
+        return replace(order, status="expired" if order.status == "placed" else order.status,
+                       expired_at=event.expired_at)
+    if isinstance(event, AccessGranted):
+        return replace(order, grants=order.grants + 1)
+    if isinstance(event, QueryAnswered):
+        return replace(order, spent_micro=max(order.spent_micro, event.spent_micro), queries=order.queries + 1)
+    return order

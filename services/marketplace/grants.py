@@ -1,0 +1,117 @@
+"""Signed access grants and receipts (Ed25519, the marketplace's own key).
+
+A grant is `<payload>.<signature>`, both base64url without padding; the payload is canonical JSON
+`{"grant_id", "order_id", "researcher_id", "dataset_id", "version", "expires_at"}` (unix seconds).
+It opens the download of exactly that version, for exactly that researcher, until it expires.
+Receipts are JSON documents with a `proof` over their canonical JSON, verifiable offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+class GrantRefused(Exception):
+    """A grant that does not open this download; the message says why (for the 403)."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: str
+    order_id: str
+    researcher_id: str
+    dataset_id: str
+    version: int
+    expires_at: int
+
+    def payload(self) -> dict[str, Any]:
+        return {"grant_id": self.grant_id, "order_id": self.order_id, "researcher_id": self.researcher_id,
+                "dataset_id": self.dataset_id, "version": self.version, "expires_at": self.expires_at}
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The signing key at `path` (PEM, PKCS#8); created with mode 0600 on first use."""
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return key
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def sign_grant(grant: Grant, key: Ed25519PrivateKey) -> str:
+    body = canonical(grant.payload())
+    return f"{_b64(body)}.{_b64(key.sign(body))}"
+
+
+def verify_grant(token: str, key: Ed25519PublicKey, *, researcher_id: str, dataset_id: str, version: int,
+                 now: datetime) -> Grant:
+    """The grant in `token` if it is ours, unexpired, and for this researcher and version."""
+    try:
+        body_b64, sig_b64 = token.split(".")
+        body, sig = _unb64(body_b64), _unb64(sig_b64)
+        key.verify(sig, body)
+        grant = Grant(**json.loads(body))
+    except InvalidSignature as exc:
+        raise GrantRefused("the grant's signature does not verify: it was altered or not issued by this "
+                           "marketplace; ask for a new one with POST /orders/{order_id}/grants") from exc
+    except (ValueError, TypeError) as exc:
+        raise GrantRefused("the grant is malformed; pass the token POST /orders/{order_id}/grants returned") \
+            from exc
+    if grant.researcher_id != researcher_id:
+        raise GrantRefused(f"grant {grant.grant_id} was issued to another researcher")
+    if (grant.dataset_id, grant.version) != (dataset_id, version):
+        raise GrantRefused(f"grant {grant.grant_id} opens {grant.dataset_id} v{grant.version}, not "
+                           f"{dataset_id} v{version}")
+    if grant.expires_at <= int(now.timestamp()):
+        expired = datetime.fromtimestamp(grant.expires_at, UTC).isoformat()
+        raise GrantRefused(f"grant {grant.grant_id} expired at {expired}; ask for a new one with "
+                           f"POST /orders/{grant.order_id}/grants")
+    return grant
+
+
+def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {**document, "proof": {"type": "Ed25519", "public_key": public_key_b64(key),
+                                  "signature": base64.b64encode(key.sign(canonical(document))).decode()}}
+
+
+def verify_document(document: dict[str, Any]) -> bool:
+    proof = document.get("proof") or {}
+    body = {k: v for k, v in document.items() if k != "proof"}
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(proof["public_key"]))
+        pub.verify(base64.b64decode(proof["signature"]), canonical(body))
+    except (InvalidSignature, KeyError, ValueError):
+        return False
+    return True

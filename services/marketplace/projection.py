@@ -1,0 +1,202 @@
+"""How marketplace events (and the versions and payments it reads) land in DuckDB, and the queries
+the API, the sweeper and the payment reactor need.
+
+Orders: one row per order with its state as JSON (evolved by domain.evolve, the single definition of
+what each event means) plus the columns queries filter on. Versions keep their published event whole;
+their contributors get a table of their own so "which orders used my records" is one join.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import duckdb
+from pydantic import TypeAdapter
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events.datasets import DatasetVersionPublished, DatasetVersionSuperseded
+from datacoop.events.orders import (
+    AccessGranted,
+    OrderExpired,
+    OrderPaid,
+    OrderPlaced,
+    QueryAnswered,
+    ResearcherRegistered,
+)
+from datacoop.events.payouts import PaymentConfirmed
+from services.marketplace.domain import Order, VersionInfo, evolve
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS researchers (
+    researcher_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, organisation VARCHAR NOT NULL,
+    wallet VARCHAR NOT NULL, api_key_sha256 VARCHAR NOT NULL UNIQUE, registered_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id VARCHAR PRIMARY KEY, state JSON NOT NULL, researcher_id VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, price_units BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, published JSON NOT NULL,
+    superseded BOOLEAN NOT NULL DEFAULT false, PRIMARY KEY (dataset_id, version));
+CREATE TABLE IF NOT EXISTS contributors (
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, member VARCHAR NOT NULL, records BIGINT NOT NULL,
+    PRIMARY KEY (dataset_id, version, member));
+CREATE TABLE IF NOT EXISTS payments (
+    payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
+    tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (
+    grant_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS spends (
+    order_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, epsilon_micro BIGINT NOT NULL,
+    spent_micro BIGINT NOT NULL, aggregate VARCHAR NOT NULL, answered_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (order_id, query_id));
+"""
+
+_ORDER = TypeAdapter(Order)
+_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, AccessGranted, QueryAnswered)
+_VERSION = TypeAdapter(DatasetVersionPublished)
+
+
+class MarketProjection:
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+
+    # -- applying ---------------------------------------------------------------------------
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        order_ids = list(dict.fromkeys(d.event.order_id for d in deliveries  # type: ignore[attr-defined]
+                                       if isinstance(d.event, _ORDER_EVENTS)))
+        states: dict[str, Order | None] = dict(self._load(tx, order_ids))
+        touched: set[str] = set()
+        for d in deliveries:
+            ev = d.event
+            if isinstance(ev, _ORDER_EVENTS):
+                states[ev.order_id] = evolve(states.get(ev.order_id), ev)
+                touched.add(ev.order_id)
+                self._side_tables(tx, ev)
+            elif isinstance(ev, ResearcherRegistered):
+                tx.execute("INSERT OR IGNORE INTO researchers VALUES (?, ?, ?, ?, ?, ?)",
+                           [ev.researcher_id, ev.name, ev.organisation, ev.wallet, ev.api_key_sha256,
+                            ev.registered_at])
+            elif isinstance(ev, DatasetVersionPublished):
+                tx.execute("INSERT OR IGNORE INTO versions (dataset_id, version, published) VALUES (?, ?, ?)",
+                           [ev.dataset_id, ev.version, ev.model_dump_json()])
+                if ev.contributor_weights:
+                    tx.execute("""INSERT OR IGNORE INTO contributors SELECT ?, ?, unnest(?::VARCHAR[]),
+                                  unnest(?::BIGINT[])""",
+                               [ev.dataset_id, ev.version, [a.lower() for a in ev.contributor_weights],
+                                list(ev.contributor_weights.values())])
+            elif isinstance(ev, DatasetVersionSuperseded):
+                tx.execute("UPDATE versions SET superseded = true WHERE dataset_id = ? AND version = ?",
+                           [ev.dataset_id, ev.version])
+            elif isinstance(ev, PaymentConfirmed):
+                tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?)",
+                           [d.envelope.id, ev.order_id, ev.amount_units, ev.tx_hash, ev.confirmed_at])
+        for oid in touched:
+            o = states[oid]
+            if o is None:
+                continue
+            tx.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [o.order_id, _ORDER.dump_json(o).decode(), o.researcher_id, o.status, o.dataset_id,
+                        o.version, o.price_units, o.expires_at])
+
+    @staticmethod
+    def _side_tables(tx: duckdb.DuckDBPyConnection, ev: Any) -> None:
+        if isinstance(ev, AccessGranted):
+            tx.execute("INSERT OR IGNORE INTO grants VALUES (?, ?, ?, ?)",
+                       [ev.grant_id, ev.order_id, ev.granted_at, ev.expires_at])
+        elif isinstance(ev, QueryAnswered):
+            tx.execute("INSERT OR IGNORE INTO spends VALUES (?, ?, ?, ?, ?, ?)",
+                       [ev.order_id, ev.query_id, ev.epsilon_micro, ev.spent_micro, ev.aggregate, ev.answered_at])
+
+    @staticmethod
+    def _load(conn: duckdb.DuckDBPyConnection, order_ids: list[str]) -> dict[str, Order]:
+        if not order_ids:
+            return {}
+        rows = conn.execute("SELECT order_id, state FROM orders WHERE order_id IN (SELECT unnest(?::VARCHAR[]))",
+                            [order_ids]).fetchall()
+        return {oid: _ORDER.validate_json(s) for oid, s in rows}
+
+    # -- reading ----------------------------------------------------------------------------
+    def order(self, order_id: str) -> Order | None:
+        return self._load(self.conn, [order_id]).get(order_id)
+
+    def orders_of(self, researcher_id: str) -> list[Order]:
+        rows = self.conn.execute("SELECT state FROM orders WHERE researcher_id = ? ORDER BY expires_at",
+                                 [researcher_id]).fetchall()
+        return [_ORDER.validate_json(r[0]) for r in rows]
+
+    def researcher_by_key_hash(self, key_hash: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT researcher_id, name, organisation, wallet, registered_at FROM researchers "
+                                "WHERE api_key_sha256 = ?", [key_hash]).fetchone()
+        if row is None:
+            return None
+        return dict(zip(("researcher_id", "name", "organisation", "wallet", "registered_at"), row, strict=True))
+
+    def researcher(self, researcher_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT researcher_id, name, organisation, wallet FROM researchers "
+                                "WHERE researcher_id = ?", [researcher_id]).fetchone()
+        return dict(zip(("researcher_id", "name", "organisation", "wallet"), row, strict=True)) if row else None
+
+    def version(self, dataset_id: str, version: int) -> tuple[DatasetVersionPublished, bool] | None:
+        row = self.conn.execute("SELECT published, superseded FROM versions WHERE dataset_id = ? AND version = ?",
+                                [dataset_id, version]).fetchone()
+        return (_VERSION.validate_json(row[0]), bool(row[1])) if row else None
+
+    def version_info(self, dataset_id: str, version: int) -> VersionInfo | None:
+        found = self.version(dataset_id, version)
+        return VersionInfo(dataset_id, version, found[1]) if found else None
+
+    def versions(self) -> list[tuple[DatasetVersionPublished, bool]]:
+        rows = self.conn.execute("SELECT published, superseded FROM versions ORDER BY dataset_id, version").fetchall()
+        return [(_VERSION.validate_json(p), bool(s)) for p, s in rows]
+
+    def due_for_expiry(self, now: datetime, limit: int = 1000) -> list[str]:
+        rows = self.conn.execute("SELECT order_id FROM orders WHERE status = 'placed' AND expires_at <= ? "
+                                 "ORDER BY expires_at LIMIT ?", [now, limit]).fetchall()
+        return [r[0] for r in rows]
+
+    def payments_to_apply(self, limit: int = 1000) -> list[tuple[str, str, int, str]]:
+        """(payment event id, order id, amount, tx) of payments covering an order not yet paid."""
+        rows = self.conn.execute(
+            """SELECT p.payment_event_id, p.order_id, p.amount_units, p.tx_hash FROM payments p
+               JOIN orders o USING (order_id)
+               WHERE o.status <> 'paid' AND p.amount_units >= o.price_units
+               ORDER BY p.confirmed_at LIMIT ?""", [limit]).fetchall()
+        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
+
+    def unmatched_payments(self) -> list[dict[str, Any]]:
+        """Payments confirmed on chain for no order we know, or short of the order's price."""
+        rows = self.conn.execute(
+            """SELECT p.order_id, p.amount_units, p.tx_hash, o.price_units FROM payments p
+               LEFT JOIN orders o USING (order_id)
+               WHERE o.order_id IS NULL OR (o.status <> 'paid' AND p.amount_units < o.price_units)
+               ORDER BY p.confirmed_at""").fetchall()
+        return [{"order_id": r[0], "amount_units": int(r[1]), "tx_hash": r[2],
+                 "reason": "unknown order" if r[3] is None else f"short of the price {int(r[3])}"} for r in rows]
+
+    def grants_of(self, order_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT grant_id, granted_at, expires_at FROM grants WHERE order_id = ? "
+                                 "ORDER BY granted_at", [order_id]).fetchall()
+        return [{"grant_id": g, "granted_at": a, "expires_at": e} for g, a, e in rows]
+
+    def spends_of(self, order_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT query_id, aggregate, epsilon_micro, spent_micro, answered_at FROM spends "
+                                 "WHERE order_id = ? ORDER BY spent_micro", [order_id]).fetchall()
+        return [{"query_id": q, "aggregate": a, "epsilon": e / 1e6, "spent_epsilon": s / 1e6, "answered_at": t}
+                for q, a, e, s, t in rows]
+
+    def member_orders(self, member: str) -> list[dict[str, Any]]:
+        """Paid orders of versions the member has records in."""
+        rows = self.conn.execute(
+            """SELECT o.state, c.records, r.name, r.organisation FROM contributors c
+               JOIN orders o ON o.dataset_id = c.dataset_id AND o.version = c.version
+               LEFT JOIN researchers r ON r.researcher_id = o.researcher_id
+               WHERE c.member = ? AND o.status = 'paid' ORDER BY o.expires_at""", [member.lower()]).fetchall()
+        out = []
+        for state, records, name, org in rows:
+            o = _ORDER.validate_json(state)
+            out.append({"order_id": o.order_id, "dataset_id": o.dataset_id, "version": o.version,
+                        "offer": o.offer, "price_units": o.price_units, "paid_at": o.paid_at,
+                        "your_records": int(records), "researcher": {"name": name, "organisation": org}})
+        return out

@@ -1,0 +1,176 @@
+"""The query language researchers use, and how a query becomes parameterized SQL.
+
+Only this JSON model is accepted: an aggregate (count, sum, mean, histogram), a column, group-by
+columns, filters (column, whitelisted operator, value) and clamping bounds. Every column is checked
+against the version's published schema; identifiers reach SQL only after that check (and quoted),
+values only as bound parameters. No text from a researcher is ever pasted into SQL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+from datacoop.events.orders import MICRO_EPSILON
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
+Aggregate = Literal["count", "sum", "mean", "histogram"]
+FilterOp = Literal["=", "!=", "<", "<=", ">", ">=", "in", "not in"]
+MAX_CELLS = 10_000
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+            "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC", "INT")
+_GROUPABLE = ("VARCHAR", "STRING", "TEXT", "BOOLEAN", "BOOL")
+
+
+class QueryInvalid(ValueError):
+    """The query does not fit the version's schema or the language; the message says what to change."""
+
+
+class Filter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: Identifier
+    op: FilterOp
+    value: Scalar | list[Scalar] = Field(description="a list for 'in' / 'not in' (at most 100 values)")
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Filter:
+        is_list = isinstance(self.value, list)
+        if self.op in ("in", "not in"):
+            if not is_list or not 1 <= len(self.value) <= 100:  # type: ignore[arg-type]
+                raise ValueError(f"'{self.op}' takes a list of 1 to 100 values")
+        elif is_list:
+            raise ValueError(f"'{self.op}' takes one value, not a list")
+        return self
+
+
+class Query(BaseModel):
+    """A differentially private aggregate query. `epsilon` is what it spends from the order's budget."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggregate: Aggregate
+    column: Identifier | None = Field(None, description="the numeric column (sum, mean, histogram)")
+    group_by: list[Identifier] = Field(default_factory=list, max_length=3)
+    filters: list[Filter] = Field(default_factory=list, max_length=10)
+    bounds: tuple[float, float] | None = Field(None, description="clamp values to [lower, upper] (sum, mean, "
+                                                                 "histogram); bounds one member's influence")
+    bins: int = Field(10, ge=1, le=100, description="histogram: equal-width bins over the bounds")
+    epsilon: float = Field(gt=0, le=10, description="privacy cost of this answer")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Query:
+        if self.aggregate == "count":
+            if self.column is not None:
+                raise ValueError("count takes no column (it counts rows); drop 'column' or use sum/mean")
+        else:
+            if self.column is None:
+                raise ValueError(f"{self.aggregate} needs a numeric 'column'")
+            if self.bounds is None:
+                raise ValueError(f"{self.aggregate} needs clamping 'bounds' [lower, upper]: they bound what one "
+                                 "member can change")
+        if self.bounds is not None:
+            lower, upper = self.bounds
+            if not (math.isfinite(lower) and math.isfinite(upper)) or lower > upper:
+                raise ValueError("bounds must be finite with lower <= upper")
+            if self.aggregate == "histogram" and lower == upper:
+                raise ValueError("histogram bounds must have lower < upper")
+        if len(set(self.group_by)) != len(self.group_by):
+            raise ValueError("group_by lists a column twice")
+        if round(self.epsilon * MICRO_EPSILON) < 1:
+            raise ValueError(f"epsilon must be at least {1 / MICRO_EPSILON}")
+        return self
+
+    @property
+    def epsilon_micro(self) -> int:
+        return round(self.epsilon * MICRO_EPSILON)
+
+
+def is_numeric(sql_type: str) -> bool:
+    upper = sql_type.upper()
+    return upper.startswith(_NUMERIC) and not upper.startswith("INTERVAL")
+
+
+def is_groupable(sql_type: str) -> bool:
+    return sql_type.upper().startswith(_GROUPABLE)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The SQL of one query: per cell, the row count and (sum/mean) the clamped sum."""
+
+    sql: str
+    params: list[Any]
+    group_by: tuple[str, ...]
+    with_bin: bool
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier + '"'
+
+
+def validate(query: Query, columns: dict[str, str]) -> None:
+    """Raise QueryInvalid unless every column exists with a type that fits its use."""
+    known = ", ".join(sorted(columns))
+
+    def need(col: str) -> str:
+        if col not in columns:
+            raise QueryInvalid(f"unknown column {col!r}; this version has: {known}")
+        return columns[col]
+
+    if query.column is not None and not is_numeric(need(query.column)):
+        raise QueryInvalid(f"column {query.column!r} is {columns[query.column]}, not numeric; "
+                           f"{query.aggregate} needs a numeric column")
+    for col in query.group_by:
+        if not is_groupable(need(col)):
+            raise QueryInvalid(f"cannot group by {col!r} ({columns[col]}): group by generalized (text or "
+                               "boolean) attributes only")
+    for f in query.filters:
+        numeric = is_numeric(need(f.column))
+        for v in f.value if isinstance(f.value, list) else [f.value]:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) if numeric else isinstance(v, str | bool)
+            if not ok:
+                raise QueryInvalid(f"filter on {f.column!r} ({columns[f.column]}) has value {v!r} of the wrong "
+                                   f"type; use {'a number' if numeric else 'text'}")
+
+
+def plan(query: Query, columns: dict[str, str], table: str) -> Plan:
+    """Parameterized SQL for `query` over `table` (an engine-internal name, never the researcher's)."""
+    validate(query, columns)
+    params: list[Any] = []
+    where: list[str] = []
+    for f in query.filters:
+        if isinstance(f.value, list):
+            marks = ", ".join("?" for _ in f.value)
+            where.append(f"{_quote(f.column)} {f.op.upper()} ({marks})")
+            params.extend(f.value)
+        else:
+            where.append(f"{_quote(f.column)} {f.op} ?")
+            params.append(f.value)
+    keys = [_quote(c) for c in query.group_by]
+    select = list(keys)
+    with_bin = query.aggregate == "histogram"
+    if query.column is not None:
+        assert query.bounds is not None
+        lower, upper = query.bounds
+        value = f"least(greatest(CAST({_quote(query.column)} AS DOUBLE), ?), ?)"
+        where.append(f"{_quote(query.column)} IS NOT NULL")
+        if with_bin:
+            width = (upper - lower) / query.bins
+            select.append(f"least(CAST(floor(({value} - ?) / ?) AS INTEGER), ?) AS _bin")
+            params = [lower, upper, lower, width, query.bins - 1, *params]
+            keys.append("_bin")
+        else:
+            select.append(f"sum({value}) AS _sum")
+            params = [lower, upper, *params]
+    select.append("count(*) AS _count")
+    sql = f"SELECT {', '.join(select)} FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if keys:
+        sql += " GROUP BY " + ", ".join(keys)
+    return Plan(sql, params, tuple(query.group_by), with_bin)

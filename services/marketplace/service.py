@@ -1,0 +1,155 @@
+"""Bootstrap of the marketplace: settings, store, bus, the payment reactor and expiry sweeper, the
+query engine, the app; `main()`.
+
+Reacting to payments: PaymentConfirmed events land in the `payments` table (with the consumed
+offsets, as every input does); a background loop turns each payment that covers an unpaid order into
+OrderPaid, its id derived from the PaymentConfirmed's id, so a re-sent reaction after a crash is a
+duplicate every consumer drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+
+from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.envelope import derived_event_id
+from datacoop.events.orders import OrderExpired, OrderPaid
+from datacoop.events.registry import Event
+from datacoop.kit import ServiceRuntime, create_app
+from datacoop.kit.logs import configure
+from datacoop.topics import DATASETS, ORDERS, PAYOUTS
+from services.marketplace import domain
+from services.marketplace.api import build_router
+from services.marketplace.engine import LoadedVersion, QueryEngine
+from services.marketplace.files import VersionFiles
+from services.marketplace.grants import load_or_create_key
+from services.marketplace.offers import load_offers
+from services.marketplace.projection import SCHEMA_SQL, MarketProjection
+from services.marketplace.settings import MarketplaceSettings
+
+log = logging.getLogger("datacoop.marketplace")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MarketplaceService(ServiceRuntime[MarketProjection]):
+    def __init__(self, settings: MarketplaceSettings, clock: Callable[[], datetime] = utcnow) -> None:
+        super().__init__("marketplace", settings, lambda store: MarketProjection(store.conn),
+                         reads=[DATASETS, PAYOUTS], writes=ORDERS, schema_sql=SCHEMA_SQL)
+        self.settings: MarketplaceSettings = settings
+        self.clock = clock
+        self.offers = load_offers(settings.offers_file)
+        self.grant_key = load_or_create_key(settings.grant_key_file
+                                            or settings.data_dir / "marketplace-grant-key.pem")
+        self.files = VersionFiles(settings.object_store_dir)
+        self.engine = QueryEngine(settings.query_memory_limit)
+        self._loading: dict[tuple[str, int], asyncio.Task[LoadedVersion]] = {}
+        self.add_background(self.react_to_payments_forever)
+        self.add_background(self.sweep_forever)
+
+    def payment_info(self) -> dict[str, Any]:
+        return {"chain_id": self.settings.chain_id, "market": self.settings.market_address,
+                "token": self.settings.token_address, "decimals": 6,
+                "how": "approve the market for the price, then call purchase(chain_order_id, price_units)"}
+
+    @staticmethod
+    def new_rng() -> np.random.Generator:
+        return np.random.default_rng(secrets.randbits(128))
+
+    async def load_version(self, v: DatasetVersionPublished) -> LoadedVersion:
+        """The version in the query engine (loaded once, after its file's sha256 is checked)."""
+        key = (v.dataset_id, v.version)
+        task = self._loading.get(key)
+        if task is None or (task.done() and task.exception() is not None):
+            async def go() -> LoadedVersion:
+                path = await asyncio.to_thread(self.files.verified, v.location, v.sha256)
+                weights = max(v.contributor_weights.values(), default=1)
+                return await asyncio.to_thread(self.engine.load, v.dataset_id, v.version, path, weights)
+
+            task = self._loading[key] = asyncio.ensure_future(go())
+        return await asyncio.shield(task)
+
+    # -- reactions --------------------------------------------------------------------------
+    async def react_to_payments_once(self) -> int:
+        if not self.ready or self.writer is None:
+            return 0
+        paid = 0
+        for payment_id, order_id, amount, tx_hash in self.projection.payments_to_apply():
+            cmd = domain.ConfirmPayment(order_id, payment_id, amount, tx_hash)
+
+            def decide(cmd: domain.ConfirmPayment = cmd) -> list[Event]:
+                return domain.decide(cmd, self.projection.order(cmd.order_id), self.clock())
+
+            paid += len(await self.writer.execute(order_id, decide, causation_id=payment_id,
+                                                  id_for=_paid_id))
+        return paid
+
+    async def sweep_once(self) -> int:
+        """OrderExpired for every placed order past its expiry; returns how many."""
+        if not self.ready or self.writer is None:
+            return 0
+        now = self.clock()
+        expired = 0
+        for order_id in self.projection.due_for_expiry(now):
+            def decide(order_id: str = order_id) -> list[Event]:
+                return domain.decide(domain.ExpireDue(order_id), self.projection.order(order_id), now)
+
+            expired += len(await self.writer.execute(order_id, decide, id_for=_expiry_id))
+        return expired
+
+    async def react_to_payments_forever(self) -> None:
+        await self._forever(self.react_to_payments_once, self.settings.payment_poll_s, "paid")
+
+    async def sweep_forever(self) -> None:
+        await self._forever(self.sweep_once, self.settings.sweep_interval_s, "expired")
+
+    @staticmethod
+    async def _forever(step: Callable[[], Any], interval_s: float, what: str) -> None:
+        while True:
+            try:
+                count = await step()
+                if count:
+                    log.info("%s %d order(s)", what, count)
+            except Exception:
+                log.exception("%s loop failed; retrying next interval", what)
+            await asyncio.sleep(interval_s)
+
+
+def _paid_id(event: Event) -> str:
+    """Derived from the PaymentConfirmed: one OrderPaid per payment, whoever re-sends it."""
+    assert isinstance(event, OrderPaid)
+    return derived_event_id(event.payment_event_id, event.type_name())
+
+
+def _expiry_id(event: Event) -> str:
+    assert isinstance(event, OrderExpired)
+    return derived_event_id(event.order_id, event.type_name())
+
+
+def build_app(settings: MarketplaceSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings = settings or MarketplaceSettings()
+    service = MarketplaceService(settings, clock)
+    return create_app(service, [build_router(service)], title="datacoop marketplace",
+                      description="The catalog of dataset versions; orders paid on chain; signed download "
+                                  "grants; differentially private queries with a per-order budget.")
+
+
+def main() -> None:
+    settings = MarketplaceSettings()
+    configure("marketplace", settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Settings of the marketplace service (environment variables DATACOOP_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from datacoop.kit.settings import ServiceSettings
+
+_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+
+
+class MarketplaceSettings(ServiceSettings):
+    port: int = Field(8104, ge=0, le=65535)
+    offers_file: Path | None = Field(None, description="prices, budgets, order TTL; default: offers.yaml of "
+                                                       "the service")
+    object_store_dir: Path = Field(Path("var/objects"), description="where relative or file:// locations of "
+                                                                    "versions resolve")
+    grant_key_file: Path | None = Field(None, description="Ed25519 PEM key signing grants and receipts; "
+                                                          "default <data_dir>/marketplace-grant-key.pem")
+    grant_ttl_s: float = Field(900.0, gt=0, description="longest a download grant may live")
+    sweep_interval_s: float = Field(5.0, gt=0, description="how often unpaid orders are expired")
+    payment_poll_s: float = Field(0.2, gt=0, description="how often confirmed payments are turned into paid "
+                                                         "orders")
+    chain_id: int = Field(31337, description="where orders are paid (shown in the catalog)")
+    chain_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC the CLI pays through")
+    market_address: str | None = Field(None, pattern=_ADDRESS, description="DatacoopMarket")
+    token_address: str | None = Field(None, pattern=_ADDRESS, description="the stablecoin")
+    query_memory_limit: str = Field("2GB", description="DuckDB memory for loaded versions")

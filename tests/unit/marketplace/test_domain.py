@@ -1,0 +1,132 @@
+"""Order rules as tables: given events, when a command, then events or a refusal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+
+import pytest
+
+from datacoop.events.orders import AccessGranted, OrderExpired, OrderPaid, OrderPlaced, QueryAnswered
+from datacoop.events.registry import Event
+from services.marketplace import domain
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+BUYER = "0x" + "ab" * 20
+OID = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a001"
+TX = "0x" + "11" * 32
+
+
+def placed(offer: str = "download", budget: int | None = None) -> OrderPlaced:
+    return OrderPlaced(order_id=OID, researcher_id="r1", buyer=BUYER, dataset_id="adult", version=2, offer=offer,
+                       price_units=1_000, placed_at=T0, expires_at=T0 + timedelta(hours=1),
+                       query_budget_micro=budget)
+
+
+def paid(amount: int = 1_000) -> OrderPaid:
+    return OrderPaid(order_id=OID, payment_event_id="p1", amount_units=amount, tx_hash=TX, paid_at=T0)
+
+
+def given(*events: Event) -> domain.Order | None:
+    return reduce(domain.evolve, events, None)
+
+
+def spend(micro: int, researcher: str = "r1") -> domain.SpendBudget:
+    return domain.SpendBudget(OID, researcher, f"q{micro}", "count", None, (), 0, micro)
+
+
+def test_an_order_is_placed_on_a_current_version_at_the_offer_price() -> None:
+    cmd = domain.PlaceOrder("r1", BUYER, "query", 500, 60, budget_micro=1_000_000, order_id=OID)
+    [ev] = domain.place(cmd, domain.VersionInfo("adult", 2, False), "adult", 2, T0)
+    assert isinstance(ev, OrderPlaced)
+    assert (ev.price_units, ev.query_budget_micro, ev.expires_at) == (500, 1_000_000, T0 + timedelta(seconds=60))
+
+
+@pytest.mark.parametrize(("version", "kind"), [(None, "not_found"), (domain.VersionInfo("adult", 2, True), "gone")])
+def test_an_order_on_an_unknown_or_superseded_version_is_refused(version: domain.VersionInfo | None,
+                                                                 kind: str) -> None:
+    with pytest.raises(domain.OrderRefused) as exc:
+        domain.place(domain.PlaceOrder("r1", BUYER, "download", 500, 60), version, "adult", 2, T0)
+    assert exc.value.kind == kind
+
+
+def test_a_payment_of_the_price_pays_the_order_once() -> None:
+    cmd = domain.ConfirmPayment(OID, "p1", 1_000, TX)
+    [ev] = domain.decide(cmd, given(placed()), T0)
+    assert isinstance(ev, OrderPaid)
+    assert domain.decide(cmd, given(placed(), ev), T0) == []
+
+
+def test_an_underpayment_does_not_pay_and_a_late_payment_still_does() -> None:
+    assert domain.decide(domain.ConfirmPayment(OID, "p1", 999, TX), given(placed()), T0) == []
+    expired = OrderExpired(order_id=OID, expired_at=T0)
+    [ev] = domain.decide(domain.ConfirmPayment(OID, "p1", 1_000, TX), given(placed(), expired), T0)
+    assert isinstance(ev, OrderPaid)
+    assert domain.evolve(given(placed(), expired), ev).status == "paid"  # type: ignore[union-attr]
+
+
+def test_only_an_unpaid_order_past_its_expiry_expires() -> None:
+    later = T0 + timedelta(hours=2)
+    assert domain.decide(domain.ExpireDue(OID), given(placed()), T0) == []
+    [ev] = domain.decide(domain.ExpireDue(OID), given(placed()), later)
+    assert isinstance(ev, OrderExpired)
+    assert domain.decide(domain.ExpireDue(OID), given(placed(), paid()), later) == []
+
+
+def test_a_grant_needs_a_paid_download_order_of_the_researcher_for_that_version() -> None:
+    def grant(order: domain.Order | None, researcher: str = "r1", version: int = 2) -> list[Event]:
+        return domain.decide(domain.GrantAccess(OID, researcher, "adult", version, 60, "g1"), order, T0)
+
+    with pytest.raises(domain.OrderRefused, match="not paid") as exc:
+        grant(given(placed()))
+    assert exc.value.kind == "payment_required"
+    with pytest.raises(domain.OrderRefused, match="another researcher"):
+        grant(given(placed(), paid()), researcher="r2")
+    with pytest.raises(domain.OrderRefused, match="not adult v3"):
+        grant(given(placed(), paid()), version=3)
+    with pytest.raises(domain.OrderRefused, match="query order"):
+        grant(given(placed("query", 1_000_000), paid()))
+    [ev] = grant(given(placed(), paid()))
+    assert isinstance(ev, AccessGranted) and ev.expires_at == T0 + timedelta(seconds=60)
+
+
+def test_queries_spend_the_budget_exactly_to_the_last_unit() -> None:
+    order = given(placed("query", 1_000_000), paid())
+    for _ in range(10):
+        [ev] = domain.decide(spend(100_000), order, T0)
+        assert isinstance(ev, QueryAnswered)
+        order = domain.evolve(order, ev)
+    assert order is not None and order.spent_micro == 1_000_000 and order.remaining_micro == 0
+    with pytest.raises(domain.OrderRefused, match="has 0 left of 1") as exc:
+        domain.decide(spend(1), order, T0)
+    assert exc.value.kind == "forbidden"
+
+
+def test_a_query_beyond_what_is_left_is_refused_whole() -> None:
+    order = given(placed("query", 1_000_000), paid())
+    [ev] = domain.decide(spend(700_000), order, T0)
+    order = domain.evolve(order, ev)
+    with pytest.raises(domain.OrderRefused, match="asks epsilon 0.4"):
+        domain.decide(spend(400_000), order, T0)
+    [ev2] = domain.decide(spend(300_000), order, T0)
+    assert isinstance(ev2, QueryAnswered) and ev2.spent_micro == 1_000_000
+
+
+@pytest.mark.parametrize("micro", [0, -5])
+def test_a_non_positive_spend_is_refused(micro: int) -> None:
+    with pytest.raises(domain.OrderRefused) as exc:
+        domain.decide(spend(micro), given(placed("query", 1_000_000), paid()), T0)
+    assert exc.value.kind == "unprocessable"
+
+
+def test_queries_need_a_paid_query_order_of_the_researcher() -> None:
+    with pytest.raises(domain.OrderRefused) as exc:
+        domain.decide(spend(1), given(placed("query", 1_000_000)), T0)
+    assert exc.value.kind == "payment_required"
+    with pytest.raises(domain.OrderRefused, match="download order"):
+        domain.decide(spend(1), given(placed(), paid()), T0)
+    with pytest.raises(domain.OrderRefused, match="another researcher"):
+        domain.decide(spend(1, "r2"), given(placed("query", 1_000_000), paid()), T0)
+    with pytest.raises(domain.OrderRefused) as exc:
+        domain.decide(spend(1), None, T0)
+    assert exc.value.kind == "not_found"

@@ -1,0 +1,65 @@
+"""The query language: only the JSON model, columns checked against the schema, values as parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from services.marketplace.query import Query, QueryInvalid, plan, validate
+
+COLUMNS = {"age_band": "VARCHAR", "sex": "VARCHAR", "income": "DOUBLE", "hours": "BIGINT"}
+
+
+def q(**fields: Any) -> Query:
+    return Query.model_validate({"epsilon": 0.1, **fields})
+
+
+@pytest.mark.parametrize("body", [
+    {"aggregate": "median", "epsilon": 0.1},
+    {"aggregate": "count", "epsilon": -1},
+    {"aggregate": "count", "epsilon": 0},
+    {"aggregate": "count"},
+    {"aggregate": "count", "epsilon": 0.1, "sql": "SELECT 1"},
+    {"aggregate": "sum", "column": "income", "epsilon": 0.1},
+    {"aggregate": "sum", "column": "income", "bounds": [10, 0], "epsilon": 0.1},
+    {"aggregate": "count", "column": "income", "epsilon": 0.1},
+    {"aggregate": "count", "group_by": ["x; DROP TABLE orders"], "epsilon": 0.1},
+    {"aggregate": "count", "group_by": ['sex" OR 1=1 --'], "epsilon": 0.1},
+    {"aggregate": "count", "filters": [{"column": "sex", "op": "LIKE", "value": "%"}], "epsilon": 0.1},
+    {"aggregate": "count", "filters": [{"column": "sex", "op": "in", "value": "F"}], "epsilon": 0.1},
+    {"aggregate": "count", "filters": [{"column": "sex", "op": "=", "value": ["F"]}], "epsilon": 0.1},
+    {"aggregate": "count", "epsilon": 0.0000001},
+])
+def test_malformed_queries_are_refused_by_the_model(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Query.model_validate(body)
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    (q(aggregate="count", group_by=["postcode"]), "unknown column 'postcode'"),
+    (q(aggregate="sum", column="sex", bounds=(0, 1)), "not numeric"),
+    (q(aggregate="count", group_by=["income"]), "cannot group by 'income'"),
+    (q(aggregate="count", filters=[{"column": "income", "op": ">", "value": "10"}]), "wrong type"),
+    (q(aggregate="count", filters=[{"column": "nope", "op": "=", "value": 1}]), "unknown column 'nope'"),
+])
+def test_queries_that_do_not_fit_the_schema_are_refused(query: Query, message: str) -> None:
+    with pytest.raises(QueryInvalid, match=message):
+        validate(query, COLUMNS)
+
+
+def test_values_reach_sql_only_as_parameters() -> None:
+    evil = "F' OR '1'='1"
+    p = plan(q(aggregate="mean", column="income", bounds=(0, 100_000), group_by=["age_band"],
+               filters=[{"column": "sex", "op": "=", "value": evil},
+                        {"column": "hours", "op": "in", "value": [10, 20]}]), COLUMNS, "v_table")
+    assert evil not in p.sql
+    assert p.params == [0.0, 100_000.0, evil, 10, 20]
+    assert p.sql == ('SELECT "age_band", sum(least(greatest(CAST("income" AS DOUBLE), ?), ?)) AS _sum, '
+                     'count(*) AS _count FROM v_table WHERE "sex" = ? AND "hours" IN (?, ?) AND "income" IS NOT NULL '
+                     'GROUP BY "age_band"')
+
+
+def test_epsilon_is_counted_in_micro_units() -> None:
+    assert q(aggregate="count", epsilon=0.1).epsilon_micro == 100_000
