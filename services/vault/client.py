@@ -4,6 +4,8 @@ would) and a service reading plaintext through the internal decrypt API."""
 from __future__ import annotations
 
 import hashlib
+import json
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from eth_account.messages import encode_typed_data
 from services.consent import eip712
 from services.consent.client import ApiError, check
 
-__all__ = ["ApiError", "VaultClient", "VaultReader", "upload_format"]
+__all__ = ["ApiError", "VaultClient", "VaultReader", "sample_rows", "upload_format"]
 
 
 def upload_format(path: Path | str) -> str:
@@ -53,6 +55,10 @@ class VaultClient:
         body = self.contribute_body(category, content, fmt)
         return dict(check(self.http.post(f"/members/{self.address}/records", json=body)))
 
+    def contribute_rows(self, category: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Upload rows (dicts of field: value) as JSON lines."""
+        return self.contribute(category, "".join(json.dumps(r) + "\n" for r in rows), "jsonl")
+
     def contribute_file(self, path: Path | str, category: str) -> dict[str, Any]:
         return self.contribute(category, Path(path).read_text(), upload_format(path))
 
@@ -80,3 +86,40 @@ class VaultReader:
             if not page["next_after"]:
                 return
             after = page["next_after"]
+
+
+_DEMOGRAPHICS = {
+    "sex": ["Female", "Male"], "race": ["White", "Black", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other"],
+    "marital-status": ["Never-married", "Married-civ-spouse", "Divorced", "Separated", "Widowed"],
+    "education": ["HS-grad", "Some-college", "Bachelors", "Masters", "Assoc-voc", "11th", "Doctorate"],
+    "native-country": ["United-States", "Mexico", "Philippines", "Germany", "Canada", "India", "England"],
+    "workclass": ["Private", "Self-emp-not-inc", "Local-gov", "State-gov", "Federal-gov", "Self-emp-inc"],
+    "occupation": ["Prof-specialty", "Craft-repair", "Exec-managerial", "Adm-clerical", "Sales", "Other-service",
+                   "Tech-support", "Transport-moving"],
+    "salary-class": ["<=50K", ">50K"],
+}
+
+
+def sample_rows(category: str, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Plausible, valid rows of a category for demos and tests (deterministic for a seed)."""
+    rnd = random.Random(f"{category}:{seed}")
+    days = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)]
+    rows: list[dict[str, Any]] = []
+    for _ in range(count):
+        if category == "demographics":
+            rows.append({"age": rnd.randint(17, 90), **{k: rnd.choice(v) for k, v in _DEMOGRAPHICS.items()}})
+        elif category == "health":
+            rows.append({"measured_on": rnd.choice(days), "systolic_mmhg": rnd.randint(100, 160),
+                         "diastolic_mmhg": rnd.randint(60, 100), "heart_rate_bpm": rnd.randint(50, 100),
+                         "weight_kg": round(rnd.uniform(50, 110), 1), "smoker": rnd.random() < 0.2})
+        elif category == "fitness":
+            rows.append({"day": rnd.choice(days), "steps": rnd.randint(500, 25_000),
+                         "active_minutes": rnd.randint(0, 180),
+                         "workout": rnd.choice(["none", "walk", "run", "cycle"])})
+        elif category == "location":
+            rows.append({"recorded_on": rnd.choice(days), "postcode": f"{rnd.randint(1000, 9999)}",
+                         "country": rnd.choice(["CH", "DE", "FR", "NL"]), "trip_km": round(rnd.uniform(0, 60), 1),
+                         "mode": rnd.choice(["walk", "bike", "car", "bus", "train"])})
+        else:
+            raise ValueError(f"no sample rows for category {category!r}")
+    return rows

@@ -78,3 +78,12 @@ def test_unparseable_uploads_name_the_row() -> None:
     assert bad_json.value.errors[0].row == 2
     with pytest.raises(UploadRefused):
         check_rows(SCHEMAS["fitness"], [])
+
+
+@pytest.mark.parametrize("category", ["demographics", "health", "fitness", "location"])
+def test_sample_rows_for_demos_are_valid(category: str) -> None:
+    from services.vault.client import sample_rows
+
+    rows = sample_rows(category, 200, seed=3)
+    assert len(check_rows(SCHEMAS[category], rows)) == 200
+    assert rows == sample_rows(category, 200, seed=3)
