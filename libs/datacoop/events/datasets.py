@@ -1,10 +1,13 @@
 """Events of the datasets topic (writer: the anonymizer service).
 
 A published version states what it guarantees and who is in it: `contributor_weights` (member ->
-records included) is what the settlement service splits a sale by.
+records included) is what the settlement service splits a sale by. Definitions and builds are
+events too (subject: the dataset id), so a rebuilt anonymizer knows every definition and build.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,3 +43,60 @@ class DatasetVersionSuperseded(Event):
     superseded_by: int | None = Field(None, ge=1)
     reason: str
     superseded_at: UtcTime
+
+
+@event("datacoop.anonymizer.dataset_defined", 1, topic=DATASETS)
+class DatasetDefined(Event):
+    """A dataset definition accepted by the anonymizer (from datasets/*.yaml or the operator API).
+
+    `definition` is the definition's content as the YAML gives it (see docs/anonymization.md); it
+    names columns, hierarchies and parameters, never a member's data."""
+
+    dataset_id: Slug
+    definition_version: int = Field(ge=1)
+    purpose: Slug
+    categories: list[Slug] = Field(min_length=1)
+    definition: dict[str, Any]
+    source: Literal["file", "api"]
+    defined_at: UtcTime
+
+
+BuildTrigger = Literal["on-demand", "change", "start"]
+BuildStage = Literal["selecting", "decrypting", "anonymizing", "writing", "publishing"]
+
+
+@event("datacoop.anonymizer.build_started", 1, topic=DATASETS)
+class VersionBuildStarted(Event):
+    """A build of the next version began. `inputs_sha256` fingerprints the eligible record ids (and the
+    definition version): a build with the same fingerprint as the last one would publish the same rows."""
+
+    dataset_id: Slug
+    build_id: str = Field(min_length=1, max_length=64)
+    trigger: BuildTrigger
+    definition_version: int = Field(ge=1)
+    inputs_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    members: int = Field(ge=0, description="members with an active consent and records")
+    records: int = Field(ge=0, description="records of those members in the dataset's categories")
+    started_at: UtcTime
+
+
+@event("datacoop.anonymizer.build_progressed", 1, topic=DATASETS)
+class VersionBuildProgressed(Event):
+    dataset_id: Slug
+    build_id: str = Field(min_length=1, max_length=64)
+    stage: BuildStage
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+    at: UtcTime
+
+
+@event("datacoop.anonymizer.build_finished", 1, topic=DATASETS)
+class VersionBuildFinished(Event):
+    """The end of a build: `published` (then `version` is the new version), or `failed` with why."""
+
+    dataset_id: Slug
+    build_id: str = Field(min_length=1, max_length=64)
+    outcome: Literal["published", "failed"]
+    version: int | None = Field(None, ge=1)
+    detail: str = ""
+    finished_at: UtcTime

@@ -1,0 +1,119 @@
+"""Dataset commands: `datacoop dataset list | show ID | build ID` (build follows the API with a progress bar)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from datacoop.cli.common import console, fail, service_url
+from services.anonymizer.client import AnonymizerClient, ApiError
+
+dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
+
+UrlOption = Annotated[str | None, typer.Option("--anonymizer-url", help="anonymizer URL (default: the stack's)")]
+
+
+def _client(url: str | None, token: str | None = None) -> AnonymizerClient:
+    return AnonymizerClient(service_url("anonymizer", url), token)
+
+
+def _guarantees(v: dict[str, Any]) -> str:
+    return (f"k={v['k']}, l={v['l_diversity']:g}, epsilon={v['epsilon']:g}, {v['rows']:,} rows, "
+            f"{v['suppressed_rows']:,} suppressed, information loss {v['information_loss']:.4f}")
+
+
+def _problem(exc: ApiError) -> str:
+    return f"{exc.status}: {exc.problem.get('detail', exc.problem)}"
+
+
+@dataset_app.command("list")
+def list_datasets(anonymizer_url: UrlOption = None) -> None:
+    """The catalog: every dataset and its newest version on offer."""
+    try:
+        catalog = _client(anonymizer_url).catalog()
+    except ApiError as exc:
+        fail(_problem(exc))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    table = Table(title="datasets")
+    for col in ("dataset", "purpose", "categories", "newest version", "guarantees"):
+        table.add_column(col)
+    for d in catalog:
+        v = d["newest_version"]
+        table.add_row(d["dataset_id"], d["purpose"], ", ".join(d["categories"]), str(v["version"]) if v else "-",
+                      _guarantees(v) if v else "no version yet")
+    console.print(table)
+
+
+@dataset_app.command("show")
+def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
+         version: Annotated[int | None, typer.Option("--version", help="a version (default: every one)")] = None,
+         anonymizer_url: UrlOption = None) -> None:
+    """A dataset's versions: location, sha256, contributors and what each guarantees."""
+    client = _client(anonymizer_url)
+    try:
+        versions = [client.version(dataset_id, version)] if version else client.versions(dataset_id)
+    except ApiError as exc:
+        fail(_problem(exc))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    if not versions:
+        console.print(f"{dataset_id} has no version yet; build one with `datacoop dataset build {dataset_id}`")
+    for v in versions:
+        state = f"superseded by {v['superseded_by']}" if v["superseded"] else "on offer"
+        console.print(f"[bold]{dataset_id} version {v['version']}[/bold] ({state}): {_guarantees(v)}; "
+                      f"{v['contributors']} contributor(s); {v['privacy_model']}", highlight=False)
+        console.print(f"  {v['location']}\n  sha256 {v['sha256']}", highlight=False)
+
+
+@dataset_app.command("build")
+def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
+          token: Annotated[str | None, typer.Option("--token", help="operator token (default: "
+                                                    "DATACOOP_ANONYMIZER_OPERATOR_TOKEN)")] = None,
+          anonymizer_url: UrlOption = None,
+          timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600) -> None:
+    """Build a new version now and follow it with a progress bar."""
+    token = token or os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
+    if not token:
+        fail("no operator token: pass --token or set DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
+    client = _client(anonymizer_url, token)
+    try:
+        build_id = client.request_build(dataset_id)["build_id"]
+        status = _follow(client, dataset_id, build_id, timeout_s)
+        if status.get("outcome") != "published":
+            fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")
+        v = client.version(dataset_id, int(status["version"]))
+    except ApiError as exc:
+        fail(_problem(exc))
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    console.print(f"published {dataset_id} version {v['version']}: {_guarantees(v)}; "
+                  f"{v['contributors']} contributor(s)", highlight=False)
+
+
+def _follow(client: AnonymizerClient, dataset_id: str, build_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("queued", total=None)
+        while time.monotonic() < deadline:
+            status = client.build_status(dataset_id, build_id)
+            if status.get("outcome"):
+                return status
+            total = int(status.get("total") or 0)
+            progress.update(task, description=str(status.get("stage")), completed=int(status.get("done") or 0),
+                            total=total or None)
+            time.sleep(0.2)
+    fail(f"build {build_id} of {dataset_id} did not finish within {timeout_s:.0f} s; "
+         f"follow it with `datacoop dataset show {dataset_id}`")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the root CLI."""
+    app.add_typer(dataset_app, name="dataset")

@@ -1,0 +1,210 @@
+"""Building a dataset version, pure but for the files it writes: decrypted rows in -> keyed pseudonyms
+-> the engine -> Parquet bytes, DP aggregates and a report. No Kafka, no HTTP, no projection.
+
+    table = rows_to_table(records, definition)            # records as the vault's decrypt API gives them
+    built = build_version(table, definition, pseudonym_key, rng)
+    built.parquet, built.sha256, built.report, built.contributor_weights, built.aggregates
+
+Pseudonyms are HMAC-SHA256(dataset key, member address), the dataset key itself an HMAC of the
+service's master secret and the dataset id: the same member has the same pseudonym in every version
+of one dataset and unlinkable ones across datasets. Keys never leave the service (never on Kafka).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from services.anonymizer.anonymize import AnonymizationReport, Mode, anonymize, cell_aggregates_of
+from services.anonymizer.definition import ResolvedDefinition
+from services.anonymizer.dp import CellAggregate
+
+PSEUDONYM_COLUMN = "pseudonym"
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+def dataset_key(master_secret: bytes, dataset_id: str) -> bytes:
+    """The per-dataset pseudonym key: pseudonyms of two datasets cannot be joined."""
+    return hmac.digest(master_secret, b"datacoop-pseudonym|" + dataset_id.encode(), "sha256")
+
+
+def pseudonyms(key: bytes, members: Iterable[str]) -> dict[str, str]:
+    """member address -> 32 hex digits of HMAC-SHA256(key, lower-case address)."""
+    return {m: hmac.digest(key, m.lower().encode(), "sha256")[:16].hex() for m in set(members)}
+
+
+@dataclass(frozen=True)
+class InputTable:
+    """Rows for the engine: one per record that has every column of the definition."""
+
+    columns: dict[str, list[Any]]
+    members: list[str]
+    record_ids: list[str]
+    incomplete: int  # records lacking a column of the definition: left out
+
+
+def rows_to_table(records: Iterable[Mapping[str, Any]], definition: ResolvedDefinition) -> InputTable:
+    """`records`: {"record_id", "member", "fields": {...}} as POST /internal/decrypt returns them."""
+    names = list(definition.definition.columns)
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    appenders = [columns[n].append for n in names]
+    members: list[str] = []
+    record_ids: list[str] = []
+    incomplete = 0
+    for rec in records:
+        fields = rec["fields"]
+        try:
+            values = [fields[n] for n in names]
+        except KeyError:
+            incomplete += 1
+            continue
+        if any(v is None for v in values):
+            incomplete += 1
+            continue
+        for append, v in zip(appenders, values, strict=True):
+            append(v)
+        members.append(rec["member"])
+        record_ids.append(rec["record_id"])
+    return InputTable(columns, members, record_ids, incomplete)
+
+
+@dataclass(frozen=True)
+class BuiltVersion:
+    parquet: bytes
+    sha256: str
+    report: AnonymizationReport
+    columns: dict[str, str]  # column -> type of the published table
+    contributor_weights: dict[str, int]  # member -> published rows from their records
+    aggregates: list[CellAggregate]
+    quasi_identifiers: list[str]
+    achieved_k: int  # smallest equivalence class of the published rows (>= the model's k)
+    achieved_l: int  # fewest distinct values of a sensitive attribute in a class (1 without any)
+
+
+def achieved_guarantees(table: pa.Table, quasi_identifiers: list[str], sensitive: list[str]) -> tuple[int, int]:
+    """(smallest class size, fewest distinct sensitive values in a class) measured on the published rows."""
+    if table.num_rows == 0:
+        return 0, 0
+    grouped = table.group_by(quasi_identifiers).aggregate(
+        [([], "count_all")] + [(s, "count_distinct") for s in sensitive])
+    k = int(pc.min(grouped["count_all"]).as_py())
+    l_values = [int(pc.min(grouped[f"{s}_count_distinct"]).as_py()) for s in sensitive]
+    return k, min(l_values) if l_values else 1
+
+
+def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_key: bytes,
+                  rng: np.random.Generator, mode: Mode = "global",
+                  progress: Progress = _no_progress) -> BuiltVersion:
+    """Anonymize `table` as `definition` says; raises the engine's errors (NoAnonymousNode, ...)."""
+    n = len(table.members)
+    progress("anonymizing", 0, n)
+    published = anonymize(table.columns, definition, mode)
+    progress("anonymizing", n, n)
+    rows = published.source_rows
+    progress("writing", 0, len(rows))
+    by_member = pseudonyms(pseudonym_key, table.members)
+    members_of_rows = [table.members[r] for r in rows]
+    arrays = {PSEUDONYM_COLUMN: pa.array([by_member[m] for m in members_of_rows], pa.string())}
+    for name, values in published.columns.items():
+        arrays[name] = pa.array(values, pa.string())
+    arrow = pa.table(arrays)
+    sink = io.BytesIO()
+    pq.write_table(arrow, sink, compression="zstd")
+    parquet = sink.getvalue()
+    aggregates = cell_aggregates_of(table.columns, published, definition, rng)
+    achieved_k, achieved_l = achieved_guarantees(arrow, list(definition.hierarchies), definition.sensitive)
+    progress("writing", len(rows), len(rows))
+    return BuiltVersion(
+        parquet=parquet, sha256=hashlib.sha256(parquet).hexdigest(), report=published.report,
+        columns={f.name: str(f.type) for f in arrow.schema},
+        contributor_weights=dict(Counter(members_of_rows)), aggregates=aggregates,
+        quasi_identifiers=list(definition.hierarchies), achieved_k=achieved_k, achieved_l=achieved_l)
+
+
+# -- where a version lands -----------------------------------------------------------------------
+
+AGGREGATES_DDL = """
+CREATE TABLE IF NOT EXISTS cell_aggregates (
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, cell VARCHAR[] NOT NULL,
+    count DOUBLE NOT NULL, total DOUBLE, mean DOUBLE);
+CREATE TABLE IF NOT EXISTS aggregate_releases (
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, quasi_identifiers VARCHAR[] NOT NULL,
+    epsilon DOUBLE NOT NULL, mechanism VARCHAR NOT NULL, delta DOUBLE, value_column VARCHAR,
+    PRIMARY KEY (dataset_id, version));
+"""
+
+
+def parquet_path(store_dir: Path, dataset_id: str, version: int) -> Path:
+    return store_dir / dataset_id / f"v{version}.parquet"
+
+
+def write_parquet(store_dir: Path, dataset_id: str, version: int, parquet: bytes) -> str:
+    """Write atomically (temp file, rename); returns the file:// URL."""
+    path = parquet_path(store_dir, dataset_id, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    tmp.write_bytes(parquet)
+    tmp.replace(path)
+    return path.resolve().as_uri()
+
+
+def write_aggregates(db_path: Path, dataset_id: str, version: int, built: BuiltVersion,
+                     definition: ResolvedDefinition) -> None:
+    """The version's DP aggregates into the object store's DuckDB file; a re-run replaces them (the noise
+    is drawn once per build: the released numbers are the ones stored, never re-drawn on a rebuild)."""
+    spec = definition.definition.aggregates
+    cells = built.aggregates
+    arrow = pa.table({
+        "cell": pa.array([[str(v) for v in c.cell] for c in cells], pa.list_(pa.string())),
+        "count": pa.array([c.count for c in cells], pa.float64()),
+        "total": pa.array([c.total for c in cells], pa.float64()),
+        "mean": pa.array([c.mean for c in cells], pa.float64()),
+    })
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute(AGGREGATES_DDL)
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("DELETE FROM cell_aggregates WHERE dataset_id = ? AND version = ?", [dataset_id, version])
+        conn.execute("DELETE FROM aggregate_releases WHERE dataset_id = ? AND version = ?", [dataset_id, version])
+        conn.register("_cells", arrow)
+        conn.execute("INSERT INTO cell_aggregates SELECT ?, ?, cell, count, total, mean FROM _cells",
+                     [dataset_id, version])
+        conn.execute("INSERT INTO aggregate_releases VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     [dataset_id, version, built.quasi_identifiers, spec.epsilon, spec.mechanism, spec.delta,
+                      spec.value_column])
+        conn.execute("COMMIT")
+
+
+def read_aggregates(db_path: Path, dataset_id: str, version: int) -> dict[str, Any] | None:
+    if not db_path.exists():
+        return None
+    with duckdb.connect(str(db_path), read_only=True) as conn:
+        release = conn.execute("""SELECT quasi_identifiers, epsilon, mechanism, delta, value_column
+                                  FROM aggregate_releases WHERE dataset_id = ? AND version = ?""",
+                               [dataset_id, version]).fetchone()
+        if release is None:
+            return None
+        rows = conn.execute("""SELECT cell, count, total, mean FROM cell_aggregates
+                               WHERE dataset_id = ? AND version = ? ORDER BY cell""",
+                            [dataset_id, version]).fetchall()
+    qis = list(release[0])
+    return {"dataset_id": dataset_id, "version": version, "quasi_identifiers": qis, "epsilon": release[1],
+            "mechanism": release[2], "delta": release[3], "value_column": release[4],
+            "cells": [{"cell": dict(zip(qis, cell, strict=True)), "count": count, "total": total, "mean": mean}
+                      for cell, count, total, mean in rows]}

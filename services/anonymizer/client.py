@@ -1,0 +1,72 @@
+"""Callers of the anonymizer: the operator (definitions, builds) and anyone reading the catalog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from services.consent.client import ApiError, check
+
+__all__ = ["AnonymizerClient", "ApiError", "BuildFailed"]
+
+
+class BuildFailed(RuntimeError):
+    """A build ended without a version; the message is the service's reason."""
+
+
+class AnonymizerClient:
+    def __init__(self, base_url: str, operator_token: str | None = None, http: httpx.Client | None = None) -> None:
+        self.http = http or httpx.Client(base_url=base_url, timeout=60)
+        self.headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else {}
+
+    def definitions(self) -> list[dict[str, Any]]:
+        return list(check(self.http.get("/definitions")))
+
+    def definition(self, dataset_id: str) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/definitions/{dataset_id}")))
+
+    def define(self, definition: dict[str, Any]) -> dict[str, Any]:
+        return dict(check(self.http.post("/definitions", json=definition, headers=self.headers)))
+
+    def validate(self, definition: dict[str, Any]) -> dict[str, Any]:
+        return dict(check(self.http.post("/definitions/validate", json=definition, headers=self.headers)))
+
+    def catalog(self) -> list[dict[str, Any]]:
+        return list(check(self.http.get("/datasets")))
+
+    def versions(self, dataset_id: str) -> list[dict[str, Any]]:
+        return list(check(self.http.get(f"/datasets/{dataset_id}/versions")))
+
+    def version(self, dataset_id: str, version: int) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/datasets/{dataset_id}/versions/{version}")))
+
+    def aggregates(self, dataset_id: str, version: int) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/datasets/{dataset_id}/versions/{version}/aggregates")))
+
+    def builds(self, dataset_id: str) -> list[dict[str, Any]]:
+        return list(check(self.http.get(f"/datasets/{dataset_id}/builds")))
+
+    def request_build(self, dataset_id: str) -> dict[str, Any]:
+        return dict(check(self.http.post(f"/datasets/{dataset_id}/build", headers=self.headers)))
+
+    def build_status(self, dataset_id: str, build_id: str) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/datasets/{dataset_id}/builds/{build_id}")))
+
+    def build(self, dataset_id: str, timeout_s: float = 600, poll_s: float = 0.3,
+              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Request a build, follow it to the end; the new version, or BuildFailed saying why."""
+        build_id = self.request_build(dataset_id)["build_id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.build_status(dataset_id, build_id)
+            if on_progress:
+                on_progress(status)
+            if status.get("outcome") == "published":
+                return self.version(dataset_id, int(status["version"]))
+            if status.get("outcome") == "failed":
+                raise BuildFailed(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason'}")
+            time.sleep(poll_s)
+        raise TimeoutError(f"build {build_id} of {dataset_id} did not finish within {timeout_s:.0f} s")

@@ -1,0 +1,171 @@
+"""The anonymizer service's rules, pure: which definitions are accepted, whose records may go into a
+version, which versions must be superseded, what a finished build appends. No I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from datacoop.events.datasets import (
+    DatasetDefined,
+    DatasetVersionPublished,
+    DatasetVersionSuperseded,
+)
+from datacoop.events.registry import Event
+from services.anonymizer.definition import DefinitionError, ResolvedDefinition, parse_definition, resolve
+
+_SLUG = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
+
+
+class Refused(Exception):
+    """A command the rules refuse; `kind` maps to the API status, the message says what to do."""
+
+    def __init__(self, kind: Literal["conflict", "not_found", "unprocessable"], message: str,
+                 problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.problems = problems or []
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a definition may name: the consent catalog's purposes and categories, and the vault's fields."""
+
+    purposes: frozenset[str]
+    categories: frozenset[str]
+    fields: Mapping[str, frozenset[str]]  # vault category -> its field names
+
+
+def check_definition(raw: Any, vocabulary: Vocabulary, shared: Path | None = None,
+                     source: str = "<api>") -> ResolvedDefinition:
+    """The resolved definition, or DefinitionError listing every problem (the engine's and ours)."""
+    definition = parse_definition(raw, source)
+    problems: list[str] = []
+    try:
+        resolved: ResolvedDefinition | None = resolve(definition, shared)
+    except DefinitionError as exc:
+        resolved, problems = None, list(exc.problems)
+    d = definition
+    if not _SLUG.match(d.name):
+        problems.append(f"name {d.name!r} must be a slug (a-z, 0-9, '-', 2-64 chars): it is the dataset id")
+    if d.purpose not in vocabulary.purposes:
+        problems.append(f"purpose {d.purpose!r} is not in the consent catalog; use one of "
+                        f"{', '.join(sorted(vocabulary.purposes))}")
+    unknown = [c for c in d.data_categories if c not in vocabulary.categories]
+    if unknown:
+        problems.append(f"data categories {unknown} are not in the consent catalog; use some of "
+                        f"{', '.join(sorted(vocabulary.categories))}")
+    if not d.data_categories:
+        problems.append("data_categories is empty; name the categories whose records the dataset uses")
+    readable = [c for c in d.data_categories if c in vocabulary.fields]
+    if d.data_categories and not readable:
+        problems.append(f"none of {d.data_categories} is a category the vault holds records of "
+                        f"({', '.join(sorted(vocabulary.fields))})")
+    available = set().union(*(vocabulary.fields[c] for c in readable)) if readable else set()
+    missing = [c for c in d.columns if readable and c not in available]
+    if missing:
+        problems.append(f"column(s) {missing} are not fields of the records of {readable}; "
+                        f"fields there: {', '.join(sorted(available))}")
+    if problems or resolved is None:
+        raise DefinitionError(d.name, problems)
+    return resolved
+
+
+@dataclass(frozen=True)
+class DefinitionState:
+    dataset_id: str
+    definition_version: int
+    definition: dict[str, Any]
+
+
+def decide_define(existing: DefinitionState | None, resolved: ResolvedDefinition, raw: dict[str, Any],
+                  source: Literal["file", "api"], now: datetime) -> list[Event]:
+    """A new definition or a newer version of one; the same content again is no event."""
+    d = resolved.definition
+    if existing is not None:
+        if d.version == existing.definition_version:
+            if existing.definition == raw:
+                return []
+            raise Refused("conflict", f"dataset {d.name} already has a different definition version {d.version}; "
+                                      f"bump version to {existing.definition_version + 1} to change it")
+        if d.version < existing.definition_version:
+            raise Refused("conflict", f"dataset {d.name} is at definition version {existing.definition_version}; "
+                                      f"version {d.version} is older, use {existing.definition_version + 1}")
+    return [DatasetDefined(dataset_id=d.name, definition_version=d.version, purpose=d.purpose,
+                           categories=sorted(set(d.data_categories)), definition=raw, source=source,
+                           defined_at=now)]
+
+
+# -- eligibility ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConsentRow:
+    consent_id: str
+    purpose: str
+    categories: frozenset[str]
+    status: str  # active | revoked | expired
+    expires_at: datetime | None
+
+
+def covers(consent: ConsentRow, purpose: str, categories: Iterable[str], now: datetime) -> bool:
+    """Active, unexpired at `now`, for `purpose` and every one of `categories`."""
+    return (consent.status == "active" and consent.purpose == purpose
+            and (consent.expires_at is None or consent.expires_at > now)
+            and set(categories) <= consent.categories)
+
+
+def eligible(consents: Iterable[ConsentRow], erased: bool, purpose: str, categories: Iterable[str],
+             now: datetime) -> bool:
+    cats = list(categories)
+    return not erased and any(covers(c, purpose, cats, now) for c in consents)
+
+
+# -- versions ------------------------------------------------------------------------------------
+
+def decide_supersede(dataset_id: str, live: Mapping[int, Iterable[str]], ineligible: set[str], now: datetime,
+                     superseded_by: int | None = None) -> list[Event]:
+    """Every live version that contains a member no longer eligible (revoked, expired, erased)."""
+    out: list[Event] = []
+    for version in sorted(live):
+        gone = sorted(set(live[version]) & ineligible)
+        if gone:
+            out.append(DatasetVersionSuperseded(
+                dataset_id=dataset_id, version=version, superseded_by=superseded_by, superseded_at=now,
+                reason=f"contained records of {len(gone)} member(s) whose consent ended or who asked to be "
+                       "forgotten; buy the newest version"))
+    return out
+
+
+def next_version(latest: int | None) -> int:
+    return (latest or 0) + 1
+
+
+def published_event(dataset_id: str, version: int, resolved: ResolvedDefinition, location: str, sha256: str,
+                    report: Any, columns: dict[str, str], weights: dict[str, int], achieved_k: int,
+                    achieved_l: int, now: datetime) -> DatasetVersionPublished:
+    """k and l are those achieved on the published rows (never below the model's); an empty
+    version states the model's."""
+    d = resolved.definition
+    return DatasetVersionPublished(
+        dataset_id=dataset_id, version=version, purpose=d.purpose, categories=sorted(set(d.data_categories)),
+        location=location, sha256=sha256, rows=report.rows_published, suppressed_rows=report.rows_suppressed,
+        k=max(achieved_k, report.k), l_diversity=float(max(achieved_l, 1)) if achieved_k else float(report.l),
+        privacy_model=privacy_model_text(resolved),
+        information_loss=min(1.0, max(0.0, report.loss)), epsilon=d.aggregates.epsilon, columns=columns,
+        contributor_weights=weights, published_at=now)
+
+
+def privacy_model_text(resolved: ResolvedDefinition) -> str:
+    m = resolved.model
+    text = f"k-anonymity k={m.k}"
+    if m.l > 1:
+        text += f", {m.l_kind} l-diversity l={m.l}"
+    if m.t is not None:
+        text += f", t-closeness t={m.t}"
+    return text + f", suppression limit {m.suppression_limit:g}"

@@ -1,0 +1,389 @@
+"""Bootstrap of the anonymizer service: settings, store, bus, the builder, the app; `main()`.
+
+The service reads the members and records topics (who may be in a version) and writes the datasets
+topic (definitions, builds, versions). One builder task runs builds one at a time:
+- on demand (POST /datasets/{id}/build);
+- when a live version contains a member whose consent ended or who asked to be forgotten: at once,
+  then every such version is superseded (by the new one, or by none if the build fails);
+- when consents, erasures or records changed and `debounce_s` passed without another change, if the
+  eligible record ids differ from those of the last build (fingerprint), so a restart or a replay
+  builds nothing new by itself.
+Decryption goes through the vault's internal API, outside any DuckDB transaction; the CPU work runs
+in a thread so the API keeps answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+import yaml
+from fastapi import FastAPI
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events.datasets import (
+    DatasetDefined,
+    VersionBuildFinished,
+    VersionBuildProgressed,
+    VersionBuildStarted,
+)
+from datacoop.events.envelope import derived_event_id
+from datacoop.events.members import ConsentExpired, ConsentGranted, ConsentRevoked, ErasureRequested
+from datacoop.events.records import KeysShredded, RecordsContributed
+from datacoop.events.registry import Event
+from datacoop.kit import ServiceRuntime, create_app
+from datacoop.kit.logs import configure
+from datacoop.topics import DATASETS, MEMBERS, RECORDS
+from services.anonymizer import build as pipeline
+from services.anonymizer import domain
+from services.anonymizer.api import build_router
+from services.anonymizer.definition import DATASETS_DIR, DefinitionError, ResolvedDefinition
+from services.anonymizer.projection import SCHEMA_SQL, AnonymizerProjection
+from services.anonymizer.settings import DEV_OPERATOR_TOKEN, AnonymizerSettings
+from services.consent.catalog import load_catalog
+from services.vault.categories import load_schemas
+
+log = logging.getLogger("datacoop.anonymizer")
+_CHANGES = (ConsentGranted, ConsentRevoked, ConsentExpired, ErasureRequested, KeysShredded, RecordsContributed)
+DECRYPT_PAGE = 10_000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def load_master_secret(settings: AnonymizerSettings) -> bytes:
+    if settings.anonymizer_pseudonym_key:
+        return settings.anonymizer_pseudonym_key.encode()
+    path = settings.data_dir / "anonymizer-pseudonym-key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(os.urandom(32).hex() + "\n")
+        path.chmod(0o600)
+        log.warning("DATACOOP_ANONYMIZER_PSEUDONYM_KEY is unset: generated a pseudonym secret into %s (local "
+                    "development only; keep it beside, not inside, the projection)", path)
+    return path.read_text().strip().encode()
+
+
+def object_store_dir(settings: AnonymizerSettings) -> Path:
+    where = settings.anonymizer_object_store
+    if not where:
+        return settings.data_dir / "objects"
+    if where.startswith("file://"):
+        return Path(where.removeprefix("file://"))
+    if "://" in where:
+        raise ValueError(f"object store {where!r}: only a local folder or file:// URL is implemented; "
+                         "S3-compatible stores are not yet")
+    return Path(where)
+
+
+class DecryptRefused(RuntimeError):
+    """The vault refused the decrypt call (token, readiness, ...): the build fails and says why."""
+
+
+@dataclass
+class BuildRequest:
+    dataset_id: str
+    trigger: str
+    build_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
+    def __init__(self, settings: AnonymizerSettings, clock: Callable[[], datetime] = utcnow,
+                 http: httpx.AsyncClient | None = None) -> None:
+        super().__init__("anonymizer", settings, lambda store: AnonymizerProjection(store.conn),
+                         reads=[MEMBERS, RECORDS], writes=DATASETS, schema_sql=SCHEMA_SQL)
+        self.settings = settings
+        self.clock = clock
+        catalog = load_catalog()
+        self.vocabulary = domain.Vocabulary(
+            frozenset(catalog.purposes), frozenset(catalog.categories),
+            {name: frozenset(f.name for f in s.fields) for name, s in load_schemas().items()})
+        self.master_secret = load_master_secret(settings)
+        self.store_dir = object_store_dir(settings)
+        self.aggregates_db = self.store_dir / "aggregates.duckdb"
+        self.operator_token = settings.anonymizer_operator_token
+        if self.operator_token == DEV_OPERATOR_TOKEN:
+            log.warning("DATACOOP_ANONYMIZER_OPERATOR_TOKEN is the development default; set a secret one")
+        self._http = http
+        self.queue: list[BuildRequest] = []
+        self.current: BuildRequest | None = None
+        self.live_progress: dict[str, dict[str, Any]] = {}
+        self._changed: dict[str, float] = {}
+        self._all_changed_at: float | None = time.monotonic()
+        self._wake = asyncio.Event()
+        self._resolved: dict[tuple[str, int], ResolvedDefinition] = {}
+        self.runner.on_applied = self._on_applied
+        self.add_background(self.builder_forever)
+
+    def _on_applied(self, deliveries: list[Delivery]) -> None:
+        if any(isinstance(d.event, _CHANGES) for d in deliveries):
+            self._all_changed_at = time.monotonic()
+
+    # -- definitions -----------------------------------------------------------------------------
+    def resolved(self, dataset_id: str) -> ResolvedDefinition | None:
+        state = self.projection.definition(dataset_id)
+        if state is None:
+            return None
+        key = (dataset_id, state.definition_version)
+        if key not in self._resolved:
+            self._resolved[key] = domain.check_definition(state.definition, self.vocabulary)
+        return self._resolved[key]
+
+    async def define(self, raw: dict[str, Any], source: str) -> tuple[ResolvedDefinition, bool]:
+        """Check and append a definition; (resolved, whether it was new). DefinitionError / Refused."""
+        resolved = domain.check_definition(raw, self.vocabulary)
+        dataset_id = resolved.definition.name
+        now = self.clock()
+
+        def decide() -> list[Event]:
+            return domain.decide_define(self.projection.definition(dataset_id), resolved, raw,
+                                        "file" if source == "file" else "api", now)
+
+        def id_for(ev: Event) -> str:
+            assert isinstance(ev, DatasetDefined)
+            return derived_event_id(f"{ev.dataset_id}:{ev.definition_version}", ev.type_name())
+
+        assert self.writer is not None
+        deliveries = await self.writer.execute(dataset_id, decide, id_for=id_for)
+        if deliveries:
+            self._changed[dataset_id] = 0.0
+            self._wake.set()
+        return resolved, bool(deliveries)
+
+    async def load_definition_files(self) -> None:
+        directory = Path(self.settings.anonymizer_definitions_dir or DATASETS_DIR)
+        for path in sorted(directory.glob("*.yaml")):  # noqa: ASYNC240 - a few small files, once at start
+            try:
+                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                _, new = await self.define(raw, "file")
+                if new:
+                    log.info("defined dataset from %s", path)
+            except DefinitionError as exc:
+                log.warning("dataset definition %s is refused: %s", path, "; ".join(exc.problems))
+            except domain.Refused as exc:
+                log.warning("dataset definition %s is refused: %s", path, exc.message)
+            except (OSError, yaml.YAMLError) as exc:
+                log.warning("cannot read dataset definition %s: %s", path, exc)
+
+    # -- requests --------------------------------------------------------------------------------
+    def request_build(self, dataset_id: str, trigger: str = "on-demand") -> BuildRequest:
+        for req in [self.current, *self.queue]:
+            if req is not None and req.dataset_id == dataset_id and req is not self.current:
+                return req
+        req = BuildRequest(dataset_id, trigger)
+        self.queue.append(req)
+        self.live_progress[req.build_id] = {"build_id": req.build_id, "dataset_id": dataset_id, "stage": "queued",
+                                            "done": 0, "total": 0, "outcome": None, "version": None}
+        self._wake.set()
+        return req
+
+    def build_status(self, build_id: str) -> dict[str, Any] | None:
+        live = self.live_progress.get(build_id)
+        stored = self.projection.build(build_id)
+        if stored is not None and (live is None or stored["outcome"] is not None):
+            return stored
+        return live
+
+    # -- the builder -----------------------------------------------------------------------------
+    async def builder_forever(self) -> None:
+        await self.runner.caught_up.wait()
+        try:
+            await self.load_definition_files()
+        except Exception:
+            log.exception("loading dataset definitions failed")
+        while True:
+            try:
+                await self.builder_once()
+            except Exception:
+                log.exception("builder step failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.anonymizer_poll_s)
+            self._wake.clear()
+
+    async def builder_once(self) -> None:
+        if not self.ready:
+            return
+        if self.queue:
+            await self.run_build(self.queue.pop(0))
+            return
+        now = self.clock()
+        for d in self.projection.definitions():
+            dataset_id = d["dataset_id"]
+            live = self.projection.live_contributors(dataset_id)
+            members = {m for ms in live.values() for m in ms}
+            if members - self.projection.eligible_members(d["purpose"], d["categories"], now):
+                await self.run_build(BuildRequest(dataset_id, "change"))
+                return
+        if self._all_changed_at is not None:
+            for d in self.projection.definitions():
+                self._changed[d["dataset_id"]] = max(self._changed.get(d["dataset_id"], 0.0), self._all_changed_at)
+            self._all_changed_at = None
+        quiet = time.monotonic() - self.settings.anonymizer_debounce_s
+        for dataset_id, changed_at in list(self._changed.items()):
+            if changed_at > quiet:
+                continue
+            del self._changed[dataset_id]
+            definition = self.projection.definition(dataset_id)
+            if definition is None:
+                continue
+            _, records, fingerprint = self._inputs(dataset_id, definition.definition_version, self.clock())
+            if records and fingerprint != self.projection.last_finished_inputs(dataset_id):
+                await self.run_build(BuildRequest(dataset_id, "change"))
+                return
+
+    def _inputs(self, dataset_id: str, definition_version: int, now: datetime) -> tuple[list[str], int, str]:
+        d = next(x for x in self.projection.definitions() if x["dataset_id"] == dataset_id)
+        members, records, md5 = self.projection.inputs(d["purpose"], d["categories"], now)
+        fingerprint = hashlib.sha256(f"{definition_version}|{records}|{md5}".encode()).hexdigest()
+        return members, records, fingerprint
+
+    async def _append(self, dataset_id: str, events: list[Event]) -> None:
+        assert self.writer is not None
+        await self.writer.execute(dataset_id, lambda: events)
+
+    async def run_build(self, req: BuildRequest) -> None:
+        """Build and publish the next version of `req.dataset_id`; any failure is a VersionBuildFinished."""
+        self.current = req
+        live = self.live_progress.setdefault(req.build_id, {"build_id": req.build_id, "dataset_id": req.dataset_id})
+        try:
+            resolved = self.resolved(req.dataset_id)
+            state = self.projection.definition(req.dataset_id)
+            if resolved is None or state is None:
+                live.update(stage="failed", outcome="failed", detail=f"no dataset {req.dataset_id}")
+                return
+            started = self.clock()
+            members, records, fingerprint = self._inputs(req.dataset_id, state.definition_version, started)
+            await self._append(req.dataset_id, [VersionBuildStarted(
+                dataset_id=req.dataset_id, build_id=req.build_id, trigger=req.trigger,  # type: ignore[arg-type]
+                definition_version=state.definition_version, inputs_sha256=fingerprint, members=len(members),
+                records=records, started_at=started)])
+            live.update(stage="decrypting", done=0, total=records, outcome=None, version=None)
+            try:
+                version = await self._build_and_publish(req, resolved, members, records)
+                detail = ""
+            except Exception as exc:  # every failure of a build is reported, none stalls the builder
+                log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, exc)
+                version, detail = None, f"{type(exc).__name__}: {exc}"
+            await self._finish(req, resolved, version, detail)
+            live.update(stage="done" if version else "failed", outcome="published" if version else "failed",
+                        version=version, detail=detail)
+        finally:
+            self.current = None
+
+    async def _finish(self, req: BuildRequest, resolved: ResolvedDefinition, version: int | None,
+                      detail: str) -> None:
+        now = self.clock()
+        d = resolved.definition
+        eligible = self.projection.eligible_members(d.purpose, sorted(set(d.data_categories)), now)
+        live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}
+        ineligible = {m for ms in live.values() for m in ms} - eligible
+        events: list[Event] = [VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
+                                                    outcome="published" if version else "failed", version=version,
+                                                    detail=detail[:2000], finished_at=now)]
+        events += domain.decide_supersede(req.dataset_id, live, ineligible, now, superseded_by=version)
+        await self._append(req.dataset_id, events)
+
+    async def _progress(self, req: BuildRequest, stage: str, done: int, total: int) -> None:
+        self.live_progress[req.build_id].update(stage=stage, done=done, total=total)
+        await self._append(req.dataset_id, [VersionBuildProgressed(
+            dataset_id=req.dataset_id, build_id=req.build_id, stage=stage,  # type: ignore[arg-type]
+            done=done, total=total, at=self.clock())])
+
+    async def _build_and_publish(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
+                                 records: int) -> int:
+        d = resolved.definition
+        if records == 0:
+            raise ValueError("no records of members with an active consent for "
+                             f"{d.purpose} and {sorted(set(d.data_categories))}; nothing to publish")
+        rows = await self._decrypt(req, sorted(set(d.data_categories)), members, records)
+        await self._progress(req, "anonymizing", 0, len(rows))
+        version = domain.next_version(self.projection.latest_version(req.dataset_id))
+        key = pipeline.dataset_key(self.master_secret, req.dataset_id)
+        mode = self.settings.anonymizer_mode
+
+        def work() -> tuple[pipeline.BuiltVersion, str]:
+            table = pipeline.rows_to_table(rows, resolved)
+            built = pipeline.build_version(table, resolved, key, np.random.default_rng(), mode)  # type: ignore[arg-type]
+            location = pipeline.write_parquet(self.store_dir, req.dataset_id, version, built.parquet)
+            pipeline.write_aggregates(self.aggregates_db, req.dataset_id, version, built, resolved)
+            return built, location
+
+        built, location = await asyncio.to_thread(work)
+        await self._progress(req, "publishing", len(rows), len(rows))
+        event = domain.published_event(req.dataset_id, version, resolved, location, built.sha256, built.report,
+                                       built.columns, built.contributor_weights, built.achieved_k,
+                                       built.achieved_l, self.clock())
+        await self._append(req.dataset_id, [event])
+        log.info("published %s v%d: %d rows, %d suppressed, k=%d", req.dataset_id, version, event.rows,
+                 event.suppressed_rows, event.k)
+        return version
+
+    async def _decrypt(self, req: BuildRequest, categories: list[str], members: list[str],
+                       records: int) -> list[dict[str, Any]]:
+        """Plaintext records of `members` through the vault; members erased meanwhile are left out."""
+        http = self._http or httpx.AsyncClient(base_url=self.settings.vault_url, timeout=120)
+        headers = {"Authorization": f"Bearer {self.settings.vault_service_token}"}
+        rows: list[dict[str, Any]] = []
+        last_report = time.monotonic()
+        try:
+            for category in categories:
+                for start in range(0, len(members), DECRYPT_PAGE):
+                    batch = members[start:start + DECRYPT_PAGE]
+                    after = ""
+                    while batch:
+                        resp = await http.post("/internal/decrypt", headers=headers, json={
+                            "category": category, "members": batch, "after": after, "limit": DECRYPT_PAGE})
+                        if resp.status_code == 410:  # erased since we looked: leave them out, ask again
+                            gone = set(resp.json().get("refused_members") or [])
+                            if not gone:
+                                raise DecryptRefused(f"vault: {resp.json().get('detail')}")
+                            batch = [m for m in batch if m not in gone]
+                            continue
+                        if resp.status_code >= 400:
+                            raise DecryptRefused(f"the vault refused to decrypt ({resp.status_code}): "
+                                                 f"{resp.text[:300]}")
+                        page = resp.json()
+                        rows += page["records"]
+                        if time.monotonic() - last_report > 0.5:
+                            await self._progress(req, "decrypting", len(rows), records)
+                            last_report = time.monotonic()
+                        if not page["next_after"]:
+                            break
+                        after = page["next_after"]
+        finally:
+            if self._http is None:
+                await http.aclose()
+        await self._progress(req, "decrypting", len(rows), records)
+        return rows
+
+
+def build_app(settings: AnonymizerSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings = settings or AnonymizerSettings()
+    service = AnonymizerService(settings, clock)
+    return create_app(service, [build_router(service)], title="datacoop anonymizer",
+                      description="Dataset definitions, versions built from consented records, k-anonymous "
+                                  "Parquet and DP aggregates.")
+
+
+def main() -> None:
+    settings = AnonymizerSettings()
+    configure("anonymizer", settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Settings of the anonymizer service (environment variables DATACOOP_*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from datacoop.kit.settings import ServiceSettings
+
+DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
+DEV_VAULT_TOKEN = "datacoop-dev-vault-token"
+
+
+class AnonymizerSettings(ServiceSettings):
+    port: int = Field(8103, ge=0, le=65535)
+    vault_url: str = Field("http://127.0.0.1:8102", description="the vault's base URL (internal decrypt API)")
+    vault_service_token: str = Field(DEV_VAULT_TOKEN, min_length=16,
+                                     description="bearer token for the vault's POST /internal/decrypt")
+    anonymizer_operator_token: str = Field(DEV_OPERATOR_TOKEN, min_length=16,
+                                           description="bearer token of the operator API (definitions, builds)")
+    anonymizer_object_store: str = Field("", description="where versions are written: a local folder or file:// "
+                                                         "URL; default <data_dir>/objects. s3:// is not implemented")
+    anonymizer_pseudonym_key: str | None = Field(None, description="master secret (hex or text) per-dataset "
+                                                 "pseudonym keys derive from; unset = <data_dir>/"
+                                                 "anonymizer-pseudonym-key, generated (development only)")
+    anonymizer_definitions_dir: Path | None = Field(None, description="dataset definitions loaded at start; "
+                                                    "default <repo>/datasets")
+    anonymizer_debounce_s: float = Field(5.0, ge=0, description="quiet time after a consent, erasure or record "
+                                         "change before a new version is built")
+    anonymizer_poll_s: float = Field(0.5, gt=0, description="how often the builder looks for work")
+    anonymizer_mode: str = Field("global", pattern=r"^(global|multidimensional)$",
+                                 description="anonymization mode of the engine")
