@@ -82,6 +82,8 @@ class VersionBuildStarted(Event):
 
 @event("datacoop.anonymizer.build_progressed", 1, topic=DATASETS)
 class VersionBuildProgressed(Event):
+    """How far a build got: `done` of `total` records at `stage` (a few per build, not one per record)."""
+
     dataset_id: Slug
     build_id: str = Field(min_length=1, max_length=64)
     stage: BuildStage
