@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, status
+from fastapi import APIRouter, Depends, Header, Path, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,6 +82,20 @@ def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict
             "offers": [] if superseded else offers}
 
 
+async def current_researcher(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    """The researcher whose API key is in `Authorization: Bearer <key>`; 401 otherwise."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized("no API key: send `Authorization: Bearer <key>` (register with POST /researchers)",
+                           slug="no-api-key")
+    found = request.app.state.runtime.projection.researcher_by_key_hash(key_hash(authorization[7:].strip()))
+    if found is None:
+        raise Unauthorized("unknown API key; register with POST /researchers to get one", slug="bad-api-key")
+    return dict(found)
+
+
+Researcher = Annotated[dict[str, Any], Depends(current_researcher)]
+
+
 def build_router(ctx: Any) -> APIRouter:
     """`ctx` is the service's runtime (projection, writer, engine, files, offers, keys, clock)."""
     router = APIRouter()
@@ -89,17 +103,6 @@ def build_router(ctx: Any) -> APIRouter:
     def ready() -> None:
         if not ctx.ready:
             raise NotReady("the marketplace is still catching up with the log; retry in a moment")
-
-    def researcher(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("no API key: send `Authorization: Bearer <key>` (register with POST /researchers)",
-                               slug="no-api-key")
-        found = ctx.projection.researcher_by_key_hash(key_hash(authorization[7:].strip()))
-        if found is None:
-            raise Unauthorized("unknown API key; register with POST /researchers to get one", slug="bad-api-key")
-        return dict(found)
-
-    Researcher = Annotated[dict[str, Any], Depends(researcher)]
 
     def own_order(order_id: str, who: dict[str, Any]) -> domain.Order:
         order = ctx.projection.order(order_id)

@@ -1,0 +1,214 @@
+"""Researcher commands of the marketplace.
+
+    datacoop researcher register --name N --wallet 0x…   (prints the API key once, saves it)
+    datacoop catalog
+    datacoop order DATASET[@VERSION]:OFFER              (offer: download | query | compute)
+    datacoop buy ORDER --key-file K                     (approve + purchase on chain)
+    datacoop download ORDER --out FILE                  (signed grant, streamed, sha256 checked)
+    datacoop query ORDER QUERY.json                     (a DP aggregate; spends epsilon)
+    datacoop orders
+
+The API key comes from --api-key-file, else DATACOOP_API_KEY, else var/run/researcher.apikey (where
+`register` saves it). The marketplace URL from --market-url, DATACOOP_MARKETPLACE_URL or the stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from datacoop.cli.common import console, fail, read_key, service_url
+from datacoop.cli.stack import RUN_DIR
+
+DEFAULT_KEY_FILE = RUN_DIR / "researcher.apikey"
+_OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
+
+researcher_app = typer.Typer(no_args_is_help=True, help="researcher accounts of the marketplace")
+MarketUrl = Annotated[str | None, typer.Option("--market-url", help="marketplace URL (default: the stack's)")]
+ApiKeyFile = Annotated[Path | None, typer.Option("--api-key-file", help="file holding your API key")]
+
+
+def _api_key(path: Path | None) -> str:
+    if path is not None:
+        if not path.exists():
+            fail(f"API key file {path} does not exist; register with `datacoop researcher register`")
+        return path.read_text().strip()
+    env = os.environ.get("DATACOOP_API_KEY")
+    if env:
+        return env.strip()
+    if DEFAULT_KEY_FILE.exists():
+        return DEFAULT_KEY_FILE.read_text().strip()
+    fail("no API key: register with `datacoop researcher register`, or pass --api-key-file / set "
+         "DATACOOP_API_KEY")
+
+
+def _client(market_url: str | None, api_key_file: Path | None) -> Any:
+    from services.marketplace.client import ResearcherClient
+
+    return ResearcherClient(service_url("marketplace", market_url), _api_key(api_key_file))
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a client call; a refusal or an unreachable service is one red line."""
+    from services.marketplace.client import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the marketplace ({exc}); is the stack up (`datacoop up`)?")
+
+
+@researcher_app.command("register")
+def register_cmd(
+    name: Annotated[str, typer.Option("--name", help="your name")],
+    wallet: Annotated[str | None, typer.Option("--wallet", help="the address that pays (0x…)")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="take the wallet from this key")] = None,
+    organisation: Annotated[str, typer.Option("--organisation", help="your organisation")] = "",
+    save: Annotated[Path, typer.Option("--save", help="where to keep the API key (mode 0600)")] = DEFAULT_KEY_FILE,
+    market_url: MarketUrl = None,
+) -> None:
+    """Open a researcher account; the API key is shown once and saved to --save."""
+    from services.marketplace.client import register_researcher
+
+    if wallet is None:
+        from eth_account import Account
+
+        wallet = Account.from_key(read_key(key_file)).address
+    if not re.match(r"^0x[0-9a-fA-F]{40}$", wallet):
+        fail(f"wallet {wallet!r} is not an address (0x + 40 hex digits)")
+    result = _call(register_researcher, service_url("marketplace", market_url), name, wallet, organisation)
+    save.parent.mkdir(parents=True, exist_ok=True)
+    save.write_text(result["api_key"] + "\n")
+    save.chmod(0o600)
+    console.print(f"registered researcher {result['researcher_id']} paying from {wallet}")
+    console.print(f"API key (shown once, saved to {save}): {result['api_key']}", highlight=False)
+
+
+def catalog(market_url: MarketUrl = None) -> None:
+    """Every dataset version on sale: guarantees and offers."""
+    from services.consent.client import check
+
+    data = _call(lambda: check(httpx.get(f"{service_url('marketplace', market_url)}/catalog", timeout=30)))
+    table = Table(title="datacoop catalog")
+    for col in ("dataset", "v", "status", "purpose", "rows", "k", "l", "epsilon", "offers (price units)"):
+        table.add_column(col)
+    for v in data["versions"]:
+        g = v["guarantees"]
+        offers = ", ".join(f"{o['offer']} {o['price_units']:,}" for o in v["offers"]) or "-"
+        table.add_row(v["dataset_id"], str(v["version"]), v["status"], v["purpose"], f"{v['rows']:,}", str(g["k"]),
+                      f"{g['l_diversity']:g}", f"{g['epsilon']:g}", offers)
+    console.print(table)
+
+
+def order(
+    offer: Annotated[str, typer.Argument(help="DATASET[@VERSION]:OFFER, e.g. adult-income@2:download "
+                                              "(no version: the current one)")],
+    market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
+) -> None:
+    """Place an order; pay it with `datacoop buy ORDER` before it expires."""
+    m = _OFFER.match(offer)
+    if not m:
+        fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
+             "compute (e.g. adult-income@2:query)")
+    client = _client(market_url, api_key_file)
+    version = int(m["version"]) if m["version"] else _current_version(_call(client.catalog), m["dataset"])
+    placed = _call(client.order, m["dataset"], version, m["offer"])
+    console.print(f"order {placed['order_id']}: {placed['offer']} of {placed['dataset_id']} v{placed['version']} "
+                  f"for {placed['price_units']:,} units; pay before {placed['expires_at']} with "
+                  f"`datacoop buy {placed['order_id']} --key-file K`", highlight=False)
+
+
+def _current_version(catalog_data: dict[str, Any], dataset_id: str) -> int:
+    current = [v["version"] for v in catalog_data["versions"]
+               if v["dataset_id"] == dataset_id and v["status"] == "current"]
+    if not current:
+        fail(f"dataset {dataset_id} has no version on sale; see `datacoop catalog`")
+    return int(max(current))
+
+
+def buy(
+    order_id: Annotated[str, typer.Argument(help="the order id `datacoop order` printed")],
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="the paying wallet's hex private key")] = None,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC (default: DATACOOP_CHAIN_URL / the "
+                                                          "stack's)")] = None,
+    market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
+) -> None:
+    """Pay an order on chain: approve the market for the price, then purchase(order id, price)."""
+    from datacoop.chain import ChainError
+    from datacoop.cli.settlement import rpc_url_default
+    from services.marketplace.client import pay
+
+    client = _client(market_url, api_key_file)
+    found = _call(client.get_order, order_id)
+    if found["status"] == "paid":
+        fail(f"order {order_id} is already paid (tx {found['tx_hash']})")
+    if found["status"] == "expired":
+        fail(f"order {order_id} expired at {found['expires_at']}; place a new one with `datacoop order`")
+    payment = _call(client.catalog)["payment"]
+    if not payment.get("market") or not payment.get("token"):
+        fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); ask the operator")
+    key = read_key(key_file)
+    try:
+        tx = pay(rpc or rpc_url_default(), payment["token"], payment["market"], key, order_id, found["price_units"])
+    except (ChainError, ValueError) as exc:
+        fail(f"payment failed: {exc}")
+    console.print(f"paid order {order_id}: {found['price_units']:,} units in tx {tx}; access opens once "
+                  "settlement confirms it", highlight=False)
+
+
+def download(
+    order_id: Annotated[str, typer.Argument(help="a paid download order")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the Parquet file")],
+    market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
+) -> None:
+    """Download the order's version as Parquet (signed grant, streamed, sha256 checked)."""
+    client = _client(market_url, api_key_file)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("downloading", total=None)
+        result = _call(client.download, order_id, out,
+                       on_progress=lambda done, total: progress.update(task, completed=done, total=total or None))
+    console.print(f"wrote {result['bytes']:,} bytes to {result['path']} (sha256 {result['sha256'][:16]}…, as "
+                  "published)", highlight=False)
+
+
+def query(
+    order_id: Annotated[str, typer.Argument(help="a paid query order")],
+    query_file: Annotated[Path, typer.Argument(help="the query as JSON (see docs/marketplace.md)")],
+    market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
+) -> None:
+    """Ask a differentially private aggregate; prints the answer with its noise scale and budget left."""
+    try:
+        body = json.loads(query_file.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {query_file} as JSON ({exc})")
+    console.print_json(data=_call(_client(market_url, api_key_file).query, order_id, body))
+
+
+def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> None:
+    """Your orders and their state."""
+    table = Table(title="your orders")
+    for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
+        table.add_column(col)
+    for o in _call(_client(market_url, api_key_file).orders):
+        left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
+        table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
+                      o["status"], left)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the root CLI."""
+    app.add_typer(researcher_app, name="researcher")
+    for fn in (catalog, order, buy, download, query, orders):
+        app.command(fn.__name__)(fn)

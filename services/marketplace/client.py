@@ -1,0 +1,90 @@
+"""A researcher's side: call the marketplace with an API key, pay orders on chain, stream downloads."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.consent.client import ApiError, check
+
+__all__ = ["ApiError", "ResearcherClient", "register_researcher"]
+
+
+def register_researcher(base_url: str, name: str, wallet: str, organisation: str = "") -> dict[str, Any]:
+    """POST /researchers; the answer holds the API key (shown once)."""
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        return dict(check(http.post("/researchers", json={"name": name, "organisation": organisation,
+                                                         "wallet": wallet})))
+
+
+class ResearcherClient:
+    def __init__(self, base_url: str, api_key: str, http: httpx.Client | None = None) -> None:
+        self.http = http or httpx.Client(base_url=base_url, timeout=60)
+        self.http.headers["authorization"] = f"Bearer {api_key}"
+
+    def catalog(self) -> dict[str, Any]:
+        return dict(check(self.http.get("/catalog")))
+
+    def order(self, dataset_id: str, version: int, offer: str) -> dict[str, Any]:
+        return dict(check(self.http.post("/orders", json={"dataset_id": dataset_id, "version": version,
+                                                          "offer": offer})))
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/orders/{order_id}")))
+
+    def orders(self) -> list[dict[str, Any]]:
+        return list(check(self.http.get("/orders")))
+
+    def grant(self, order_id: str, ttl_s: float | None = None) -> dict[str, Any]:
+        return dict(check(self.http.post(f"/orders/{order_id}/grants", json={"ttl_s": ttl_s})))
+
+    def query(self, order_id: str, query: dict[str, Any]) -> dict[str, Any]:
+        return dict(check(self.http.post(f"/orders/{order_id}/queries", json=query)))
+
+    def receipt(self, order_id: str) -> dict[str, Any]:
+        return dict(check(self.http.get(f"/orders/{order_id}/receipt")))
+
+    def download(self, order_id: str, out: Path, on_progress: Callable[[int, int], None] | None = None,
+                 grant: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask a grant, stream the Parquet to `out` (via a .part file), check its sha256."""
+        grant = grant or self.grant(order_id)
+        part = out.with_name(out.name + ".part")
+        digest = hashlib.sha256()
+        with self.http.stream("GET", grant["download"], headers={"x-access-grant": grant["grant"]}) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                check(resp)
+            total = int(resp.headers.get("content-length", 0))
+            done = 0
+            with part.open("wb") as fh:
+                for chunk in resp.iter_bytes(1 << 16):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if on_progress:
+                        on_progress(done, total)
+            expected = resp.headers.get("x-sha256", "")
+        if expected and digest.hexdigest() != expected:
+            part.unlink(missing_ok=True)
+            raise ApiError(502, {"detail": "the download's sha256 differs from the published one; try again"})
+        part.replace(out)
+        return {"path": str(out), "bytes": done, "sha256": digest.hexdigest()}
+
+
+def pay(rpc_url: str, token: str, market: str, buyer_key: str, order_id: str, price_units: int) -> str:
+    """Approve the market for the price and purchase the order; returns the purchase tx hash."""
+    from web3 import Web3
+
+    from datacoop.chain import Contracts, order_id_from_uuid, send_receipt
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    contracts = Contracts.at(w3, token, market)
+    send_receipt(w3, contracts.stablecoin.functions.approve(contracts.market.address, price_units), buyer_key)
+    receipt = send_receipt(w3, contracts.market.functions.purchase(order_id_from_uuid(uuid.UUID(order_id)),
+                                                                   price_units), buyer_key)
+    return "0x" + bytes(receipt["transactionHash"]).hex()

@@ -1,0 +1,199 @@
+"""The marketplace as a process on the real broker and anvil, beside the settlement service: a version
+is published as Parquet, a researcher orders, pays with the stablecoin, downloads exactly the version's
+rows; members see who bought; access needs a paid order and the right grant; query budgets are spent
+to the last unit and survive a restart and a rebuild from the log; bad input is refused plainly."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+from eth_account import Account
+
+from services.marketplace.client import ApiError, ResearcherClient, register_researcher
+from services.marketplace.grants import verify_document
+from tests.e2e.marketplace_fixtures import BUYER_KEYS, FEE_BPS, MEMBERS, Stack, cli, stack, wait_for
+
+__all__ = ["stack"]
+
+
+def researcher(s: Stack, buyer_key: str, name: str = "Ada") -> ResearcherClient:
+    reg = register_researcher(s.url, name, Account.from_key(buyer_key).address, "Uni")
+    return ResearcherClient(s.url, reg["api_key"])
+
+
+def status_of(err: pytest.ExceptionInfo[ApiError]) -> tuple[int, str]:
+    return err.value.status, str(err.value.problem.get("detail"))
+
+
+def paid_order(s: Stack, client: ResearcherClient, key: str, dataset: str, version: int, offer: str) -> dict[str, Any]:
+    o = client.order(dataset, version, offer)
+    s.pay(key, o["order_id"], o["price_units"])
+    wait_for(lambda: client.get_order(o["order_id"])["status"] == "paid", "the order to turn paid")
+    return o
+
+
+def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_the_sale(
+        stack: Stack, tmp_path: Path) -> None:
+    s = stack
+    path, table = s.publish_version("health-survey", 1)
+    s.publish_version("health-survey", 2, seed=2)
+    key_file, api_key_file = tmp_path / "buyer.key", tmp_path / "api.key"
+    key_file.write_text(BUYER_KEYS[0])
+
+    out = cli(s, "researcher", "register", "--name", "Ada", "--key-file", str(key_file), "--save", str(api_key_file))
+    assert out.exit_code == 0, out.output
+    assert "API key" in out.output
+    out = cli(s, "catalog")
+    assert out.exit_code == 0 and "health" in out.output and "5,000,000" in out.output
+    out = cli(s, "order", "health-survey@1:download", api_key_file=api_key_file)
+    assert out.exit_code == 0, out.output
+    order_id = out.output.split()[1].rstrip(":")
+    client = ResearcherClient(s.url, api_key_file.read_text().strip())
+    placed = client.get_order(order_id)
+    assert (placed["status"], placed["price_units"]) == ("placed", 5_000_000)
+
+    with pytest.raises(ApiError) as err:  # no download without a paid order
+        client.grant(order_id)
+    assert err.value.status == 402 and "not paid" in status_of(err)[1]
+
+    s.mint(BUYER_KEYS[0], placed["price_units"])
+    out = cli(s, "buy", order_id, "--key-file", str(key_file), api_key_file=api_key_file)
+    assert out.exit_code == 0, out.output
+    s.mine()
+    wait_for(lambda: client.get_order(order_id)["status"] == "paid", "the order to turn paid")
+
+    target = tmp_path / "bought.parquet"
+    out = cli(s, "download", order_id, "--out", str(target), api_key_file=api_key_file)
+    assert out.exit_code == 0, out.output
+    assert pq.read_table(target).equals(table)
+    assert target.read_bytes() == path.read_bytes()
+
+    settled = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10)
+    wait_for(lambda: httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10).json()["allocation"]
+             is not None, "settlement to allocate the payment")
+    alloc = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10).json()["allocation"]
+    assert settled.status_code == 200
+    assert alloc["amount_units"] == 5_000_000 and alloc["fee_units"] == 5_000_000 * FEE_BPS // 10_000
+    assert sorted(a.lower() for a in alloc["allocations"]) == sorted(m.lower() for m in MEMBERS)
+
+    seen = s.get(f"/members/{MEMBERS[0]}/orders").json()
+    assert [(o["order_id"], o["your_records"]) for o in seen] == [(order_id, 60)]
+    assert s.get(f"/members/0x{'0' * 40}/orders").json() == []
+    receipt = client.receipt(order_id)
+    assert verify_document(receipt) and receipt["sha256"] == s.get("/catalog/health-survey/1").json()["sha256"]
+    assert [o["order_id"] for o in client.orders()] == [order_id]
+
+
+def test_downloads_need_the_right_unexpired_grant_of_the_researcher(stack: Stack) -> None:
+    s = stack
+    s.publish_version("grants-ds", 1)
+    s.publish_version("grants-ds", 2, seed=3)
+    ada, bob = researcher(s, BUYER_KEYS[0]), researcher(s, BUYER_KEYS[1], "Bob")
+    order = paid_order(s, ada, BUYER_KEYS[0], "grants-ds", 1, "download")
+
+    def fetch(client: ResearcherClient, version: int, grant: str | None) -> httpx.Response:
+        headers = {"x-access-grant": grant} if grant else {}
+        return client.http.get(f"/datasets/grants-ds/versions/{version}/parquet", headers=headers)
+
+    grant = ada.grant(order["order_id"])["grant"]
+    assert fetch(ada, 1, grant).status_code == 200
+    for client, version, token, why in [
+        (ada, 2, grant, "opens grants-ds v1, not grants-ds v2"),
+        (bob, 1, grant, "issued to another researcher"),
+        (ada, 1, None, "no grant"),
+        (ada, 1, grant[:-4] + "AAAA", "does not verify"),
+    ]:
+        resp = fetch(client, version, token)
+        assert resp.status_code == 403, resp.text
+        assert why in resp.json()["detail"]
+    short = ada.grant(order["order_id"], ttl_s=1)["grant"]
+    time.sleep(1.2)
+    resp = fetch(ada, 1, short)
+    assert resp.status_code == 403 and "expired" in resp.json()["detail"]
+    with pytest.raises(ApiError) as err:  # someone else's order is not yours to grant
+        bob.grant(order["order_id"])
+    assert err.value.status == 404
+
+
+def test_query_budget_stops_exactly_and_survives_restart_and_rebuild(stack: Stack, tmp_path: Path) -> None:
+    s = stack
+    s.publish_version("query-ds", 1, rows=400)
+    ada = researcher(s, BUYER_KEYS[0])
+    order = paid_order(s, ada, BUYER_KEYS[0], "query-ds", 1, "query")
+    oid = order["order_id"]
+    query = {"aggregate": "mean", "column": "income", "bounds": [0, 100_000], "group_by": ["age_band"],
+             "filters": [{"column": "sex", "op": "=", "value": "F"}], "epsilon": 0.3}
+    answers = [ada.query(oid, query) for _ in range(3)]
+    assert [a["budget_remaining"] for a in answers] == pytest.approx([0.7, 0.4, 0.1])
+    assert answers[0]["noise"]["mechanism"] == "laplace" and answers[0]["noise"]["sum_scale"] > 0
+    assert len(answers[0]["cells"]) == 4
+    with pytest.raises(ApiError) as err:
+        ada.query(oid, query)
+    assert err.value.status == 403 and "has 0.1 left" in status_of(err)[1]
+    ada.query(oid, {**query, "epsilon": 0.1})
+    with pytest.raises(ApiError) as err:
+        ada.query(oid, {"aggregate": "count", "epsilon": 0.000001})
+    assert err.value.status == 403
+
+    s.stop_market()
+    s.start_market()
+    ada.http.base_url = httpx.URL(s.url)
+    assert ada.get_order(oid)["budget"] == {"epsilon": 1.0, "spent": 1.0, "remaining": 0.0, "queries": 4}
+    with pytest.raises(ApiError):
+        ada.query(oid, {"aggregate": "count", "epsilon": 0.01})
+
+    s.stop_market(wipe=True)  # the projection is a cache: rebuilt from the topics
+    s.start_market()
+    ada.http.base_url = httpx.URL(s.url)
+    rebuilt = ada.get_order(oid)
+    assert rebuilt["status"] == "paid" and rebuilt["budget"]["remaining"] == 0.0
+    assert len(rebuilt["queries"]) == 4
+
+    q_file = tmp_path / "q.json"
+    q_file.write_text('{"aggregate": "count", "epsilon": 0.5}')
+    api_file = tmp_path / "api.key"
+    api_file.write_text(ada.http.headers["authorization"].removeprefix("Bearer "))
+    out = cli(s, "query", oid, str(q_file), api_key_file=api_file)
+    assert out.exit_code == 1 and "left" in out.output
+
+
+def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -> None:
+    s = stack
+    s.publish_version("bad-ds", 1)
+    s.publish_version("fleeting", 1)
+    ada = researcher(s, BUYER_KEYS[0])
+    order = paid_order(s, ada, BUYER_KEYS[0], "bad-ds", 1, "query")
+    oid = order["order_id"]
+    for body, status, words in [
+        ({"aggregate": "count", "epsilon": -0.5}, 422, "epsilon"),
+        ({"aggregate": "sum", "column": "income", "epsilon": 0.1}, 422, "bounds"),
+        ({"aggregate": "count", "epsilon": 0.1, "sql": "SELECT * FROM orders"}, 422, "sql"),
+        ({"aggregate": "count", "group_by": ["zip"], "epsilon": 0.1}, 422, "unknown column 'zip'"),
+        ({"aggregate": "count", "group_by": ['sex" --'], "epsilon": 0.1}, 422, "group_by"),
+        ({"aggregate": "count", "epsilon": 5.0}, 403, "left"),
+    ]:
+        resp = ada.http.post(f"/orders/{oid}/queries", json=body)
+        assert resp.status_code == status, (body, resp.text)
+        assert words in resp.json()["detail"], resp.json()
+    assert ada.get_order(oid)["budget"]["spent"] == 0.0, "refused queries spend nothing"
+
+    assert ada.http.post("/orders", json={"dataset_id": "nope-ds", "version": 1, "offer": "download"}).status_code \
+        == 404
+    assert ada.http.post("/orders", json={"dataset_id": "bad-ds", "version": 1, "offer": "rent"}).status_code == 422
+    assert httpx.get(f"{s.url}/orders", timeout=10).status_code == 401
+
+    key_file, api_file = tmp_path / "k", tmp_path / "a"
+    key_file.write_text(BUYER_KEYS[0])
+    api_file.write_text(ada.http.headers["authorization"].removeprefix("Bearer "))
+    out = cli(s, "buy", "00000000-0000-4000-8000-000000000000", "--key-file", str(key_file), api_key_file=api_file)
+    assert out.exit_code == 1 and "no order" in out.output
+
+    fleeting = ada.order("fleeting", 1, "download")
+    wait_for(lambda: ada.get_order(fleeting["order_id"])["status"] == "expired", "the unpaid order to expire")
+    out = cli(s, "buy", fleeting["order_id"], "--key-file", str(key_file), api_key_file=api_file)
+    assert out.exit_code == 1 and "expired" in out.output
