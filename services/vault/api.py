@@ -24,7 +24,7 @@ class ContributeBody(BaseModel):
     category: Slug
     format: Literal["jsonl", "csv"] = "jsonl"
     content: str = Field(min_length=1, description="the file as text; its SHA-256 (UTF-8) is the signed contentHash")
-    issued_at: int = Field(ge=0, description="unix seconds, as signed in issuedAt")
+    issued_at: int = Field(ge=0, le=4_102_444_800, description="unix seconds, as signed in issuedAt")
     signature: HexSignature
 
 
