@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.anonymizer.hierarchy import Hierarchy, IntArray
+from services.anonymizer.hierarchy import Hierarchy, IntArray, distinct_strings
 
 
 class Grouper:
@@ -107,9 +107,9 @@ def encode(columns: Mapping[str, Sequence[object]], hierarchies: Mapping[str, Hi
     sens_cols: list[IntArray] = []
     sens_values: list[tuple[str, ...]] = []
     for c in sensitive:
-        uniq, inv = np.unique(np.asarray([str(v) for v in columns[c]], dtype=str), return_inverse=True)
-        sens_cols.append(inv.astype(np.int64))
-        sens_values.append(tuple(str(u) for u in uniq))
+        uniq, inv = distinct_strings(columns[c])
+        sens_cols.append(inv)
+        sens_values.append(tuple(uniq))
     cards = [len(hierarchies[c].leaves) for c in names] + [len(v) for v in sens_values]
     all_cols = leaf_cols + sens_cols
     if n == 0:

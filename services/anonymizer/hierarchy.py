@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -87,15 +89,10 @@ class Hierarchy:
 
     def encode(self, values: Sequence[object]) -> IntArray:
         """Leaf indices of ``values``; raises HierarchyError naming the first values it lacks."""
-        out = np.empty(len(values), dtype=np.int64)
-        missing: set[str] = set()
-        for i, v in enumerate(values):
-            j = self.index.get(str(v))
-            if j is None:
-                missing.add(str(v))
-                out[i] = -1
-            else:
-                out[i] = j
+        distinct, inverse = distinct_strings(values)
+        leaf = np.array([self.index.get(v, -1) for v in distinct], dtype=np.int64)
+        out = leaf[inverse] if len(distinct) else np.empty(len(values), dtype=np.int64)
+        missing = {v for v, j in zip(distinct, leaf, strict=True) if j < 0}
         if missing:
             shown = ", ".join(repr(m) for m in sorted(missing)[:5])
             raise HierarchyError(f"hierarchy {self.name!r} lacks value(s) {shown} ({len(missing)} in all); "
@@ -105,6 +102,25 @@ class Hierarchy:
     def missing(self, values: Sequence[object]) -> list[str]:
         """The values (as strings) that are not leaves of this hierarchy, sorted."""
         return sorted({str(v) for v in values} - self.index.keys())
+
+
+def distinct_strings(values: Sequence[object]) -> tuple[list[str], IntArray]:
+    """``np.unique([str(v) for v in values], return_inverse=True)``: the sorted distinct ``str`` of the
+    values and each value's index among them. Long columns are dictionary-encoded by Arrow first, so
+    only the distinct values are turned into strings in Python (same result, a fraction of the time)."""
+    if len(values) >= 4096:
+        try:
+            encoded = pc.dictionary_encode(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+            encoded = None
+        if encoded is not None and encoded.null_count == 0:
+            names = [str(v) for v in encoded.dictionary.to_pylist()]
+            distinct = sorted(set(names))
+            position = {v: i for i, v in enumerate(distinct)}
+            mapping = np.array([position[v] for v in names], dtype=np.int64)
+            return distinct, mapping[encoded.indices.to_numpy(zero_copy_only=False)]
+    uniq, inverse = np.unique(np.asarray([str(v) for v in values], dtype=str), return_inverse=True)
+    return [str(u) for u in uniq], inverse.astype(np.int64).reshape(-1)
 
 
 def from_rows(name: str, rows: Sequence[Sequence[str]]) -> Hierarchy:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from services.anonymizer.encoding import group_ids
-from services.anonymizer.hierarchy import BoolArray, FloatArray, IntArray
+from services.anonymizer.hierarchy import BoolArray, FloatArray, IntArray, distinct_strings
 from services.anonymizer.privacy_model import PrivacyModel
 
 _EPS = 1e-9
@@ -70,14 +70,14 @@ def verify_published(qi_columns: Mapping[str, Sequence[object]], sensitive_colum
         return
     qi_codes, cards = [], []
     for values in qi_columns.values():
-        uniq, inv = np.unique(np.asarray([str(v) for v in values], dtype=str), return_inverse=True)
-        qi_codes.append(inv.astype(np.int64))
+        uniq, inv = distinct_strings(values)
+        qi_codes.append(inv)
         cards.append(len(uniq))
     class_ids, n_classes = group_ids(qi_codes, cards) if qi_codes else (np.zeros(n, dtype=np.int64), 1)
     sens_codes, sens_cards, refs = [], [], []
     for name, values in sensitive_columns.items():
-        uniq, inv = np.unique(np.asarray([str(v) for v in values], dtype=str), return_inverse=True)
-        sens_codes.append(inv.astype(np.int64))
+        uniq, inv = distinct_strings(values)
+        sens_codes.append(inv)
         sens_cards.append(len(uniq))
         if reference is not None and name in reference:
             refs.append(np.array([reference[name].get(str(u), 0.0) for u in uniq], dtype=np.float64))

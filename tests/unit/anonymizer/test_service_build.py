@@ -74,3 +74,20 @@ def test_aggregates_land_in_duckdb_once_per_version(definition, records, tmp_pat
     assert build.read_aggregates(db, "census-stats", 2) is None
     url = build.write_parquet(tmp_path / "objects", "census-stats", 1, built.parquet)
     assert url.startswith("file://") and Path(url.removeprefix("file://")).read_bytes() == built.parquet
+
+
+@pytest.mark.parametrize("values", [
+    ["b", "a", "b", "c"] * 2000,
+    [*range(5000, 0, -1), 3, 3],
+    [1.5, 2.0, float("nan")] * 3000,
+    ["x", 1, None] * 2000,  # mixed types and None: the slow path, same answer
+    [True, False] * 3000,
+    ["b", "a"],
+])
+def test_distinct_strings_equals_numpy_unique_of_str(values) -> None:
+    from services.anonymizer.hierarchy import distinct_strings
+
+    expected, inverse = np.unique(np.asarray([str(v) for v in values], dtype=str), return_inverse=True)
+    got, got_inverse = distinct_strings(values)
+    assert got == [str(u) for u in expected]
+    assert np.array_equal(got_inverse, inverse.reshape(-1))
