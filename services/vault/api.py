@@ -78,8 +78,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
             raise Unauthorized(f"bad signature: {exc}; sign the ContributeRecords typed data with your wallet",
                                slug="bad-signature") from exc
         try:
-            return await svc.contribute(member=member, signer=signer, category=body.category, fmt=body.format,
-                                        content=body.content, issued_at=body.issued_at, content_hash=digest)
+            return dict(await svc.contribute(member=member, signer=signer, category=body.category, fmt=body.format,
+                                        content=body.content, issued_at=body.issued_at, content_hash=digest))
         except VaultRefused as exc:
             raise refused(exc) from exc
         except UploadRefused as exc:
@@ -111,9 +111,9 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
             raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",
                               status=422, slug="unknown-category")
         try:
-            return svc.decrypt(category=body.category,
+            return dict(svc.decrypt(category=body.category,
                                members=[eip712.to_checksum(m) for m in body.members] if body.members else None,
-                               record_ids=body.record_ids, after=body.after, limit=body.limit)
+                               record_ids=body.record_ids, after=body.after, limit=body.limit))
         except VaultRefused as exc:
             raise refused(exc) from exc
 

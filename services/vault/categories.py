@@ -147,7 +147,7 @@ def _string(rules: dict[str, Any]) -> Checker:
             raise ValueError(f"text is {len(value)} characters, at most {max_length} allowed")
         if pattern is not None and not pattern.fullmatch(value):
             raise ValueError(f"{value!r} does not match {pattern.pattern}")
-        return value
+        return str(value)
     return check
 
 

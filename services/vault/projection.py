@@ -79,7 +79,7 @@ class VaultProjection:
             by_upload.setdefault(ev.upload_id, []).append(ev)
         for upload in by_upload.values():
             first = upload[0]
-            incoming = pa.table({field: pa.array([r[field] for ev in upload for r in ev.records], pa.string())  # type: ignore[literal-required]
+            incoming = pa.table({field: pa.array([r[field] for ev in upload for r in ev.records], pa.string())
                                  for field in ("record_id", "nonce", "ciphertext")})
             tx.register("_incoming_records", incoming)
             try:
@@ -118,7 +118,7 @@ class VaultProjection:
     def select(self, *, category: str | None, members: list[str] | None, record_ids: list[str] | None,
                after: str, limit: int) -> list[tuple[Any, ...]]:
         """(record_id, member, category, upload_id, schema_version, nonce, ciphertext) in record_id order."""
-        where, params = ["record_id > ?"], [after]
+        where, params = ["record_id > ?"], list[Any]([after])
         if category:
             where.append("category = ?")
             params.append(category)

@@ -24,7 +24,7 @@ MAX_RECORDS_PER_EVENT = 500
 _B64 = r"^[A-Za-z0-9+/]+={0,2}$"
 
 
-class SealedRecord(TypedDict, closed=True):  # type: ignore[call-arg]
+class SealedRecord(TypedDict, closed=True):
     """One record as it travels: an id, the AES-GCM nonce and the ciphertext (with its 16-byte tag).
 
     A TypedDict, not a model: an upload has thousands, and plain dicts cost no object per record."""
