@@ -91,3 +91,16 @@ def test_distinct_strings_equals_numpy_unique_of_str(values) -> None:
     got, got_inverse = distinct_strings(values)
     assert got == [str(u) for u in expected]
     assert np.array_equal(got_inverse, inverse.reshape(-1))
+
+
+def test_plaintexts_parse_to_the_same_table_as_decrypted_rows(definition, records) -> None:
+    import json
+
+    sample = records[:20]
+    plaintexts = [json.dumps(r["fields"]).encode() for r in sample]
+    plaintexts[3] = json.dumps({**sample[3]["fields"], "age": None}).encode()
+    table = build.table_from_plaintexts(plaintexts, [r["member"] for r in sample], [r["record_id"] for r in sample],
+                                        definition)
+    expected = build.rows_to_table([r if i != 3 else {**r, "fields": {**r["fields"], "age": None}}
+                                    for i, r in enumerate(sample)], definition)
+    assert table == expected and table.incomplete == 1
