@@ -29,6 +29,8 @@ class ServiceEntry:
 # Every service that exists, in start order. A new service adds one line here (see README).
 SERVICES: list[ServiceEntry] = [
     ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
+    ServiceEntry("vault", "services.vault.service",
+                 "contributed records encrypted per member, internal decrypt, crypto-shredding"),
     ServiceEntry("settlement", "services.settlement.service",
                  "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
 ]
