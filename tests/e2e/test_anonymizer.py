@@ -5,6 +5,7 @@ the Parquet itself, refusals, and the CLI."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,23 @@ def test_cli_builds_a_version_with_progress_and_fails_in_one_red_line(
     missing = runner.invoke(app, ["dataset", "build", "no-such-dataset"], env=env)
     assert missing.exit_code != 0 and "no dataset" in missing.output
     assert "Traceback" not in missing.output
+
+
+def test_demo_chapter_builds_a_version_and_a_revocation_makes_the_next_one(
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess, launch: Callable[..., ServiceProcess],
+        anonymizer_env: Callable[[ServiceProcess], dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from datacoop.cli.anonymizer import chapter_datasets
+
+    anon = launch("anonymizer", anonymizer_env(vault_svc))
+    monkeypatch.setenv("DATACOOP_ANONYMIZER_OPERATOR_TOKEN", OPERATOR_TOKEN)
+    stack = {"services": {"consent": {"url": consent_svc.url}, "vault": {"url": vault_svc.url},
+                          "anonymizer": {"url": anon.url}}}
+    console = Console(record=True, width=200)
+    chapter_datasets(SimpleNamespace(stack=stack), console, members=6)
+    text = console.export_text()
+    assert re.search(r"census-demo version \d+: k=3", text), text
+    assert "superseded" in text and "their weight: 0" in text
