@@ -29,7 +29,8 @@ import duckdb
 import numpy as np
 
 from services.anonymizer.dp import noise
-from services.marketplace.query import MAX_CELLS, Query, QueryInvalid, plan
+from services.marketplace.index import VersionIndex, build_index
+from services.marketplace.query import MAX_CELLS, Query, QueryInvalid, plan, validate
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class LoadedVersion:
     columns: dict[str, str]
     rows: int
     max_rows_per_member: int
+    index: VersionIndex
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class QueryEngine:
             cur.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM read_parquet(?)", [str(path)])
             columns = {name: str(kind) for name, kind, *_ in cur.execute(f"DESCRIBE {table}").fetchall()}
             row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()
-            loaded = LoadedVersion(table, columns, int(row[0]) if row else 0, max(max_rows_per_member, 1))
+            loaded = LoadedVersion(table, columns, int(row[0]) if row else 0, max(max_rows_per_member, 1),
+                                   build_index(cur, table, columns))
             self._loaded[key] = loaded
             return loaded
 
@@ -98,17 +101,20 @@ class QueryEngine:
             values = self._domains[key] = [r[0] for r in rows]
         return values
 
-    def true_cells(self, version: LoadedVersion, query: Query) -> tuple[list[tuple[Any, ...]], np.ndarray,
-                                                                        np.ndarray | None]:
+    def true_cells(self, version: LoadedVersion, query: Query, use_index: bool = True
+                   ) -> tuple[list[tuple[Any, ...]], np.ndarray, np.ndarray | None]:
         """Every released cell and its exact count (and clamped sum): what noise is added to."""
-        p = plan(query, version.columns, version.table)
-        domains = [self.domain(version, c) for c in p.group_by]
-        if p.with_bin:
+        validate(query, version.columns)
+        domains = [self.domain(version, c) for c in query.group_by]
+        if query.aggregate == "histogram":
             domains.append(list(range(query.bins)))
         cells = list(itertools.product(*domains)) if domains else [()]
         if len(cells) > MAX_CELLS:
             raise QueryInvalid(f"the query has {len(cells)} cells; at most {MAX_CELLS}: group by fewer or "
                                "coarser columns, or use fewer bins")
+        if use_index and version.index.can_answer(query):
+            return (cells, *self._from_index(version.index, query, cells))
+        p = plan(query, version.columns, version.table)
         rows = self._db.cursor().execute(p.sql, p.params).fetchall()
         position = {c: i for i, c in enumerate(cells)}
         counts = np.zeros(len(cells))
@@ -120,6 +126,27 @@ class QueryEngine:
             if sums is not None:
                 sums[i] = r[width] or 0.0
         return cells, counts, sums
+
+    @staticmethod
+    def _from_index(index: VersionIndex, query: Query, cells: list[tuple[Any, ...]]
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sum the index's cells over the dimensions not grouped by, then read them in `cells` order."""
+        counts, sums = index.cell_figures(query)
+        kept = [index.dims.index(c) for c in query.group_by]
+        dropped = tuple(i for i in range(len(index.dims)) if i not in kept)
+        order = np.argsort(np.argsort(kept)) if kept else np.array([], dtype=int)
+
+        def collapse(grid: np.ndarray) -> np.ndarray:
+            reduced = grid.sum(axis=dropped) if dropped else grid
+            return np.transpose(reduced, order) if kept else reduced
+
+        positions = [{v: i for i, v in enumerate(index.domains[d])} for d in kept]
+        at = tuple(np.array([positions[j][cell[j]] for cell in cells], dtype=np.int64) for j in range(len(kept)))
+        c = collapse(counts)
+        s = collapse(sums) if sums is not None else None
+        if not kept:
+            return np.array([float(c)]), (np.array([float(s)]) if s is not None else None)
+        return c[at], (s[at] if s is not None else None)
 
     def answer(self, version: LoadedVersion, query: Query, rng: np.random.Generator) -> Answer:
         cells, counts, sums = self.true_cells(version, query)

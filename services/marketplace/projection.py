@@ -1,7 +1,8 @@
 """How marketplace events (and the versions and payments it reads) land in DuckDB, and the queries
 the API, the sweeper and the payment reactor need.
 
-Orders: one row per order with its state as JSON (evolved by domain.evolve, the single definition of
+Grants and spends are plain appends (no key): the store drops an event id it has applied, so each
+lands once. Orders: one row per order with its state as JSON (evolved by domain.evolve, the single definition of
 what each event means) plus the columns queries filter on. Versions keep their published event whole;
 their contributors get a table of their own so "which orders used my records" is one join.
 """
@@ -45,12 +46,11 @@ CREATE TABLE IF NOT EXISTS payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
     tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
-    grant_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
+    grant_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS spends (
     order_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, epsilon_micro BIGINT NOT NULL,
-    spent_micro BIGINT NOT NULL, aggregate VARCHAR NOT NULL, answered_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (order_id, query_id));
+    spent_micro BIGINT NOT NULL, aggregate VARCHAR NOT NULL, answered_at TIMESTAMPTZ NOT NULL);
 """
 
 _ORDER = TypeAdapter(Order)
@@ -67,6 +67,7 @@ class MarketProjection:
         order_ids = list(dict.fromkeys(d.event.order_id for d in deliveries  # type: ignore[attr-defined]
                                        if isinstance(d.event, _ORDER_EVENTS)))
         states: dict[str, Order | None] = dict(self._load(tx, order_ids))
+        existing = {oid for oid, o in states.items() if o is not None}
         touched: set[str] = set()
         for d in deliveries:
             ev = d.event
@@ -96,17 +97,21 @@ class MarketProjection:
             o = states[oid]
             if o is None:
                 continue
-            tx.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       [o.order_id, _ORDER.dump_json(o).decode(), o.researcher_id, o.status, o.dataset_id,
-                        o.version, o.price_units, o.expires_at])
+            if oid in existing:  # an UPDATE leaves the key's index alone (a REPLACE deletes and re-inserts)
+                tx.execute("UPDATE orders SET state = ?, status = ? WHERE order_id = ?",
+                           [_ORDER.dump_json(o).decode(), o.status, oid])
+            else:
+                tx.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [o.order_id, _ORDER.dump_json(o).decode(), o.researcher_id, o.status, o.dataset_id,
+                            o.version, o.price_units, o.expires_at])
 
     @staticmethod
     def _side_tables(tx: duckdb.DuckDBPyConnection, ev: Any) -> None:
         if isinstance(ev, AccessGranted):
-            tx.execute("INSERT OR IGNORE INTO grants VALUES (?, ?, ?, ?)",
+            tx.execute("INSERT INTO grants VALUES (?, ?, ?, ?)",
                        [ev.grant_id, ev.order_id, ev.granted_at, ev.expires_at])
         elif isinstance(ev, QueryAnswered):
-            tx.execute("INSERT OR IGNORE INTO spends VALUES (?, ?, ?, ?, ?, ?)",
+            tx.execute("INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.query_id, ev.epsilon_micro, ev.spent_micro, ev.aggregate, ev.answered_at])
 
     @staticmethod
