@@ -103,7 +103,8 @@ def build_version_figures(n_records: int = BUILD_RECORDS) -> dict[str, float | i
     """A dataset version of `n_records` generated records end to end, in process (no HTTP, no Kafka):
     open every record with the vault's crypto (AES-256-GCM per member key), parse, pseudonymize (HMAC),
     anonymize (global optimum, k=5, distinct 2-diversity on salary-class, 8 QIs), write Parquet and the
-    DP aggregates into DuckDB. Sealing the records (the vault's side) is set-up, not timed."""
+    DP aggregates into DuckDB. Sealing the records (the vault's side) is set-up, not timed; the pipeline
+    runs twice on the same records and the least wall and CPU seconds count (as the searches above)."""
     import binascii
     import tempfile
     from pathlib import Path
@@ -123,28 +124,32 @@ def build_version_figures(n_records: int = BUILD_RECORDS) -> dict[str, float | i
         "sensitive": ["salary-class"], "privacy": {"k": 5, "l": 2, "suppression_limit": 0.01},
         "aggregates": {"epsilon": 1.0, "value_column": "age", "value_bounds": [17, 90]}}))
     sealed = _sealed_members(n_records)
-    started, started_cpu = time.perf_counter(), time.process_time()
     b64 = binascii.a2b_base64
-    plaintexts: list[bytes] = []
-    members: list[str] = []
-    record_ids: list[str] = []
-    for member, key, items in sealed:
-        decrypt, prefix = AESGCM(key).decrypt, f"{member}|".encode()
-        for record_id, nonce, ciphertext in items:
-            plaintexts.append(decrypt(b64(nonce), b64(ciphertext), prefix + record_id.encode()))
-            members.append(member)
-            record_ids.append(record_id)
-    decrypted = time.perf_counter()
-    table = build.table_from_plaintexts(plaintexts, members, record_ids, definition)
-    built = build.build_version(table, definition, build.dataset_key(b"bench-secret", "bench-census"),
-                                np.random.default_rng(2))
-    with tempfile.TemporaryDirectory() as tmp:
-        build.write_parquet(Path(tmp), "bench-census", 1, built.parquet)
-        build.write_aggregates(Path(tmp) / "aggregates.duckdb", "bench-census", 1, built, definition)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    key = build.dataset_key(b"bench-secret", "bench-census")
+
+    def once() -> tuple[float, build.BuiltVersion]:
+        started = time.perf_counter()
+        plaintexts: list[bytes] = []
+        members: list[str] = []
+        record_ids: list[str] = []
+        for member, data_key, items in sealed:
+            decrypt, prefix = AESGCM(data_key).decrypt, f"{member}|".encode()
+            for record_id, nonce, ciphertext in items:
+                plaintexts.append(decrypt(b64(nonce), b64(ciphertext), prefix + record_id.encode()))
+                members.append(member)
+                record_ids.append(record_id)
+        decrypt_seconds = time.perf_counter() - started
+        table = build.table_from_plaintexts(plaintexts, members, record_ids, definition)
+        built = build.build_version(table, definition, key, np.random.default_rng(2))
+        with tempfile.TemporaryDirectory() as tmp:
+            build.write_parquet(Path(tmp), "bench-census", 1, built.parquet)
+            build.write_aggregates(Path(tmp) / "aggregates.duckdb", "bench-census", 1, built, definition)
+        return decrypt_seconds, built
+
+    seconds, cpu_seconds, (decrypt_seconds, built) = _best_of(2, once)
     return {"build_version_records": n_records, "build_version_seconds": round(seconds, 3),
             "build_version_cpu_seconds": round(cpu_seconds, 3),
-            "build_version_decrypt_seconds": round(decrypted - started, 3),
+            "build_version_decrypt_seconds": round(decrypt_seconds, 3),
             "build_version_rows_published": built.report.rows_published,
             "build_version_rows_suppressed": built.report.rows_suppressed,
             "build_version_utility": round(built.report.utility, 6),
