@@ -16,7 +16,7 @@ from eth_account import Account
 
 from services.marketplace.client import ApiError, ResearcherClient, register_researcher
 from services.marketplace.grants import verify_document
-from tests.e2e.marketplace_fixtures import BUYER_KEYS, FEE_BPS, MEMBERS, Stack, cli, stack, wait_for
+from tests.e2e.marketplace_fixtures import ADMIN_KEY, BUYER_KEYS, FEE_BPS, MEMBERS, Stack, cli, stack, wait_for
 
 __all__ = ["stack"]
 
@@ -190,10 +190,29 @@ def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -
     key_file, api_file = tmp_path / "k", tmp_path / "a"
     key_file.write_text(BUYER_KEYS[0])
     api_file.write_text(ada.http.headers["authorization"].removeprefix("Bearer "))
-    out = cli(s, "buy", "00000000-0000-4000-8000-000000000000", "--key-file", str(key_file), api_key_file=api_file)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    out = cli(s, "buy", unknown, "--key-file", str(key_file), api_key_file=api_file)
     assert out.exit_code == 1 and "no order" in out.output
+    s.pay(BUYER_KEYS[1], unknown, 1_000)  # any wallet can call the contract: the payment opens nothing
+    wait_for(lambda: any(p["order_id"] == unknown and p["reason"] == "unknown order"
+                         for p in s.get("/payments/unmatched").json()), "the stray payment to be listed")
 
     fleeting = ada.order("fleeting", 1, "download")
     wait_for(lambda: ada.get_order(fleeting["order_id"])["status"] == "expired", "the unpaid order to expire")
     out = cli(s, "buy", fleeting["order_id"], "--key-file", str(key_file), api_key_file=api_file)
     assert out.exit_code == 1 and "expired" in out.output
+
+
+def test_the_demo_chapter_buys_downloads_and_spends_the_budget(stack: Stack) -> None:
+    from rich.console import Console
+
+    from services.marketplace.demo import publish_sample_version, researcher_buys
+
+    s = stack
+    publish_sample_version(s.broker.bootstrap, f"{s.prefix}.", s.root / "objects", MEMBERS[:3])
+    wait_for(lambda: any(v["dataset_id"] == "demo-survey" for v in s.get("/catalog").json()["versions"]),
+             "the sample version listed")
+    summary = researcher_buys(s.url, s.chain.url, BUYER_KEYS[1], Console(record=True), minter_key=ADMIN_KEY,
+                              dataset_id="demo-survey", member=MEMBERS[0])
+    assert summary["rows"] == 120 and "left" in summary["refused"]
+    assert {o["offer"] for o in summary["member_sales"]} == {"download", "query"}
