@@ -13,7 +13,7 @@ The projection is a cache of the log: delete the file and the service rebuilds i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class ProjectionStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.conn = duckdb.connect(self.path)
         self.lock = asyncio.Lock()
+        self._after_commit: list[Callable[[], None]] | None = None
         self.conn.execute(_TRACKING_DDL)
         if schema_sql:
             self.conn.execute(schema_sql)
@@ -55,14 +56,28 @@ class ProjectionStore:
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All or nothing: projection rows, applied ids, offsets and seqs commit together."""
+        """All or nothing: projection rows, applied ids, offsets and seqs commit together.
+
+        Callbacks registered with `on_commit` inside the block run after COMMIT and are dropped on
+        ROLLBACK: in-memory caches of the projection change only when the database did.
+        """
         self.conn.execute("BEGIN TRANSACTION")
+        self._after_commit = []
         try:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
+            self._after_commit = None
             raise
         self.conn.execute("COMMIT")
+        callbacks, self._after_commit = self._after_commit, None
+        for callback in callbacks:
+            callback()
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        if self._after_commit is None:
+            raise RuntimeError("on_commit is only valid inside store.transaction()")
+        self._after_commit.append(callback)
 
     # -- reading the tracking state --------------------------------------------------------
     def offsets(self, consumer: str) -> dict[TopicPartition, int]:

@@ -13,7 +13,11 @@ from functools import cached_property
 from typing import Any
 
 import coincurve
-from eth_hash.auto import keccak
+from sha3 import keccak_256  # safe-pysha3: C keccak, ~6x faster per call than pycryptodome's
+
+
+def keccak(data: bytes) -> bytes:
+    return bytes(keccak_256(data).digest())
 
 TYPES: dict[str, list[tuple[str, str]]] = {
     "RegisterMember": [("member", "address"), ("nonce", "uint256")],

@@ -12,6 +12,7 @@ import duckdb
 from pydantic import TypeAdapter
 
 from datacoop.bus.consumer import Delivery
+from datacoop.store import ProjectionStore
 from services.consent.domain import Member, evolve
 
 SCHEMA_SQL = """
@@ -33,16 +34,26 @@ def _next_expiry(member: Member) -> datetime | None:
 
 
 class MembersProjection:
-    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
-        self.conn = conn
+    """Member states in DuckDB, with a read-through cache that changes only when a transaction commits
+    (commands read the member's state on every call; DuckDB's cost is per statement)."""
+
+    CACHE_LIMIT = 200_000
+
+    def __init__(self, store: ProjectionStore) -> None:
+        self.store = store
+        self.conn = store.conn
+        self._cache: dict[str, Member] = {}
+        self._known: set[str] | None = None  # every member in the table, once warmed
 
     def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
         addresses = list(dict.fromkeys(d.envelope.subject for d in deliveries))
-        states = self._load(tx, addresses)
+        states = {a: self._cache[a] for a in addresses if a in self._cache}
+        states.update(self._load(tx, [a for a in addresses if a not in states]))
         for d in deliveries:
             subject = d.envelope.subject
             states[subject] = evolve(states.get(subject) or Member(subject), d.event)
         rows = [states[a] for a in addresses]
+        self.store.on_commit(lambda: self._remember(rows, known=True))
         tx.execute(
             """INSERT OR REPLACE INTO members
                SELECT unnest(?::VARCHAR[]), unnest(?::JSON[]), unnest(?::BOOLEAN[]), unnest(?::BOOLEAN[]),
@@ -60,8 +71,29 @@ class MembersProjection:
                             [addresses]).fetchall()
         return {m: _MEMBER.validate_json(s) for m, s in rows}
 
+    def warm(self) -> None:
+        """Learn which members exist, so asking for an unknown one needs no database read."""
+        self._known = {r[0] for r in self.conn.execute("SELECT member FROM members").fetchall()}
+
+    def _remember(self, members: list[Member], known: bool = False) -> None:
+        if len(self._cache) + len(members) > self.CACHE_LIMIT:
+            self._cache.clear()
+        for m in members:
+            self._cache[m.address] = m
+            if known and self._known is not None:
+                self._known.add(m.address)
+
     def get(self, address: str) -> Member:
-        return self._load(self.conn, [address]).get(address) or Member(address)
+        cached = self._cache.get(address)
+        if cached is not None:
+            return cached
+        if self._known is not None and address not in self._known:
+            return Member(address)
+        member = self._load(self.conn, [address]).get(address)
+        if member is None:
+            return Member(address)
+        self._remember([member])
+        return member
 
     def due_for_expiry(self, now: datetime, limit: int = 1000) -> list[str]:
         rows = self.conn.execute("SELECT member FROM members WHERE next_expiry <= ? ORDER BY next_expiry LIMIT ?",

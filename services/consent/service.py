@@ -33,7 +33,7 @@ def utcnow() -> datetime:
 
 class ConsentService(ServiceRuntime[MembersProjection]):
     def __init__(self, settings: ConsentSettings, clock: Callable[[], datetime] = utcnow) -> None:
-        super().__init__("consent", settings, lambda store: MembersProjection(store.conn), writes=MEMBERS,
+        super().__init__("consent", settings, MembersProjection, writes=MEMBERS,
                          schema_sql=SCHEMA_SQL)
         self.clock = clock
         self.catalog = load_catalog()

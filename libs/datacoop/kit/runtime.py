@@ -31,6 +31,7 @@ class ServiceRuntime(Generic[P]):
         self.settings = settings
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._warmed = False
         prefix = settings.topic_prefix
         self.write_topic = qualified(prefix, writes) if writes else None
         topics = [qualified(prefix, t) for t in reads]
@@ -46,6 +47,8 @@ class ServiceRuntime(Generic[P]):
         self.writer = (Writer(store=self.store, publisher=self.publisher, projection=projection,
                               topic=self.write_topic, source=f"datacoop/{name}")
                        if self.write_topic else None)
+        if self.writer is not None:
+            self.runner.on_applied = self.writer.observe
 
     def add_background(self, loop_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A coroutine started once the consumer runs (a sweeper, a chain watcher), cancelled at stop."""
@@ -53,14 +56,26 @@ class ServiceRuntime(Generic[P]):
 
     @property
     def ready(self) -> bool:
-        return self.runner.caught_up.is_set()
+        """Caught up with the log and caches warmed: commands may run."""
+        return self._warmed
+
+    async def _warm_when_caught_up(self) -> None:
+        await self.runner.caught_up.wait()
+        async with self.store.lock:
+            if self.writer is not None:
+                self.writer.warm()
+            warm = getattr(self.projection, "warm", None)
+            if callable(warm):
+                warm()
+        self._warmed = True
 
     async def start(self) -> None:
         await ensure_topics(self.settings.bootstrap, standard_topics(self.settings.topic_prefix))
         await self.publisher.start()
         await self.runner.start()
         self.runner.run_in_background()
-        self._tasks = [asyncio.create_task(fn()) for fn in self._background]
+        self._tasks = [asyncio.create_task(self._warm_when_caught_up()),
+                       *[asyncio.create_task(fn()) for fn in self._background]]
         log.info("%s started; reading %s", self.name, ", ".join(self.runner.topics))
 
     async def stop(self) -> None:
