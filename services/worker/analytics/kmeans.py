@@ -1,9 +1,10 @@
 """k-means: greedy k-means++ seeding and Lloyd iterations, vectorized over row chunks.
 
 Distances are computed in float32 as ||x||^2 - 2 x.c + ||c||^2 one chunk of rows at a time (so
-1,000,000 x 16 with k = 8 needs ~70 MB beyond the data), center sums and the reported inertia in
-float64. Iteration and stopping rules follow scikit-learn's Lloyd: stop when no label changes or when
-the summed squared center shift falls below tol x mean feature variance; with the same initial
+1,000,000 x 16 with k = 8 needs ~70 MB beyond the data, most of it for k-means++); center sums
+are float32 per chunk, accumulated in float64; inertia is float32 per row, summed in float64.
+Iteration and stopping rules follow scikit-learn's Lloyd: stop when no label changes or when the
+summed squared center shift falls below tol x mean feature variance; with the same initial
 centers both reach the same centers, and inertia agrees to ~1e-5 relative (float32 distances).
 """
 
@@ -50,8 +51,9 @@ class KMeansParams(AnalysisParams):
             raise JobRefused(f"k={self.k} is out of range: use 1 <= k <= {min(n_rows, 4096)} "
                              f"(the dataset has {n_rows} rows; at most 4096 clusters)")
         if isinstance(self.init, list) and (len(self.init) != self.k or
-                                            any(len(c) != len(self.columns) for c in self.init)):
-            raise JobRefused(f"init must be {self.k} centers of {len(self.columns)} numbers each "
+                                            any(len(c) != len(self.columns) for c in self.init) or
+                                            not np.isfinite(np.asarray(self.init, dtype=float)).all()):
+            raise JobRefused(f"init must be {self.k} centers of {len(self.columns)} finite numbers each "
                              "(one per column), or 'k-means++'")
 
 

@@ -19,6 +19,7 @@ SCHEMA = {"age": "int", "income": "float", "region": "str", "smoker": "bool"}
     ("kmeans", {"columns": ["age"], "k": 0}, "k=0 is out of range"),
     ("kmeans", {"columns": ["age"], "k": 11}, "k=11 is out of range"),
     ("kmeans", {"columns": ["age", "income"], "k": 2, "init": [[1.0, 2.0]]}, "init must be 2 centers"),
+    ("kmeans", {"columns": ["age"], "k": 1, "init": [["nan"]]}, "finite numbers"),
     ("histogram", {"column": "age", "bins": 0}, "bins=0 is out of range"),
     ("histogram", {"column": "age", "bins": [3, 2, 1]}, "strictly increasing"),
     ("histogram", {"column": "age", "range": [5, 1]}, "low < high"),
