@@ -131,7 +131,9 @@ async def _bench(bootstrap: str, root: Path) -> dict[str, Any]:
                 resp = await http.post(f"/orders/{order_id}/queries", json=QUERY)
                 api.append(time.perf_counter() - t)
                 assert resp.status_code == 200, resp.text
-        loaded = await service.load_version(service.projection.version("bench-ds", 1)[0])
+        found = service.projection.version("bench-ds", 1)
+        assert found is not None
+        loaded = await service.load_version(found[0])
         query = Query.model_validate(QUERY)
         p = plan(query, loaded.columns, loaded.table)
         direct: list[float] = []

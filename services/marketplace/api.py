@@ -105,7 +105,7 @@ def build_router(ctx: Any) -> APIRouter:
             raise NotReady("the marketplace is still catching up with the log; retry in a moment")
 
     def own_order(order_id: str, who: dict[str, Any]) -> domain.Order:
-        order = ctx.projection.order(order_id)
+        order: domain.Order | None = ctx.projection.order(order_id)
         if order is None or order.researcher_id != who["researcher_id"]:
             raise NotFound(f"you have no order {order_id}; list yours with GET /orders", slug="unknown-order")
         return order

@@ -64,7 +64,7 @@ class MarketProjection:
 
     # -- applying ---------------------------------------------------------------------------
     def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
-        order_ids = list(dict.fromkeys(d.event.order_id for d in deliveries  # type: ignore[attr-defined]
+        order_ids = list(dict.fromkeys(d.event.order_id for d in deliveries
                                        if isinstance(d.event, _ORDER_EVENTS)))
         states: dict[str, Order | None] = dict(self._load(tx, order_ids))
         existing = {oid for oid, o in states.items() if o is not None}
