@@ -48,7 +48,7 @@ def build_router(svc: Any) -> APIRouter:
         found = [d for d in svc.projection.definitions() if d["dataset_id"] == dataset_id]
         if not found:
             raise NotFound(f"no dataset {dataset_id!r}; list them with GET /definitions")
-        return found[0]
+        return dict(found[0])
 
     @router.get("/definitions", tags=["definitions"])
     async def list_definitions() -> list[dict[str, Any]]:

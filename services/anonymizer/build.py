@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import numpy as np
@@ -193,7 +193,7 @@ def write_aggregates(db_path: Path, dataset_id: str, version: int, built: BuiltV
     spec = definition.definition.aggregates
     cells = built.aggregates
     arrow = pa.table({
-        "cell": pa.array([[str(v) for v in c.cell] for c in cells], pa.list_(pa.string())),
+        "cell": pa.array([[str(v) for v in cast(tuple[object, ...], c.cell)] for c in cells], pa.list_(pa.string())),
         "count": pa.array([c.count for c in cells], pa.float64()),
         "total": pa.array([c.total for c in cells], pa.float64()),
         "mean": pa.array([c.mean for c in cells], pa.float64()),

@@ -60,7 +60,7 @@ WHERE c.status = 'active' AND c.purpose = ? AND (c.expires_at IS NULL OR c.expir
 
 
 def _record_ids(ev: RecordsContributed) -> list[str]:
-    return [r["record_id"] if isinstance(r, dict) else r.record_id for r in ev.records]  # type: ignore[attr-defined]
+    return [r["record_id"] if isinstance(r, dict) else r.record_id for r in ev.records]
 
 
 class AnonymizerProjection:

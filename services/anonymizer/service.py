@@ -59,6 +59,8 @@ from services.vault.categories import load_schemas
 log = logging.getLogger("datacoop.anonymizer")
 _CHANGES = (ConsentGranted, ConsentRevoked, ConsentExpired, ErasureRequested, KeysShredded, RecordsContributed)
 DECRYPT_PAGE = 10_000
+RETRY_AFTER_S = 30.0
+KEEP_PROGRESS = 200
 
 
 def utcnow() -> datetime:
@@ -106,7 +108,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                  http: httpx.AsyncClient | None = None) -> None:
         super().__init__("anonymizer", settings, lambda store: AnonymizerProjection(store.conn),
                          reads=[MEMBERS, RECORDS], writes=DATASETS, schema_sql=SCHEMA_SQL)
-        self.settings = settings
+        self.config = settings
         self.clock = clock
         catalog = load_catalog()
         self.vocabulary = domain.Vocabulary(
@@ -123,6 +125,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         self.current: BuildRequest | None = None
         self.live_progress: dict[str, dict[str, Any]] = {}
         self._changed: dict[str, float] = {}
+        self._retry: set[str] = set()  # datasets whose last build failed for a passing reason (vault down)
         self._all_changed_at: float | None = time.monotonic()
         self._wake = asyncio.Event()
         self._resolved: dict[tuple[str, int], ResolvedDefinition] = {}
@@ -165,7 +168,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         return resolved, bool(deliveries)
 
     async def load_definition_files(self) -> None:
-        directory = Path(self.settings.anonymizer_definitions_dir or DATASETS_DIR)
+        directory = Path(self.config.anonymizer_definitions_dir or DATASETS_DIR)
         for path in sorted(directory.glob("*.yaml")):  # noqa: ASYNC240 - a few small files, once at start
             try:
                 raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -186,6 +189,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 return req
         req = BuildRequest(dataset_id, trigger)
         self.queue.append(req)
+        for old in list(self.live_progress)[:-KEEP_PROGRESS]:  # finished builds are in the projection
+            del self.live_progress[old]
         self.live_progress[req.build_id] = {"build_id": req.build_id, "dataset_id": dataset_id, "stage": "queued",
                                             "done": 0, "total": 0, "outcome": None, "version": None}
         self._wake.set()
@@ -211,7 +216,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             except Exception:
                 log.exception("builder step failed; retrying")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.anonymizer_poll_s)
+                await asyncio.wait_for(self._wake.wait(), self.config.anonymizer_poll_s)
             self._wake.clear()
 
     async def builder_once(self) -> None:
@@ -232,7 +237,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             for d in self.projection.definitions():
                 self._changed[d["dataset_id"]] = max(self._changed.get(d["dataset_id"], 0.0), self._all_changed_at)
             self._all_changed_at = None
-        quiet = time.monotonic() - self.settings.anonymizer_debounce_s
+        quiet = time.monotonic() - self.config.anonymizer_debounce_s
         for dataset_id, changed_at in list(self._changed.items()):
             if changed_at > quiet:
                 continue
@@ -241,7 +246,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             if definition is None:
                 continue
             _, records, fingerprint = self._inputs(dataset_id, definition.definition_version, self.clock())
-            if records and fingerprint != self.projection.last_finished_inputs(dataset_id):
+            if records and (dataset_id in self._retry
+                            or fingerprint != self.projection.last_finished_inputs(dataset_id)):
                 await self.run_build(BuildRequest(dataset_id, "change"))
                 return
 
@@ -278,6 +284,11 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
                 log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, exc)
                 version, detail = None, f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, DecryptRefused | httpx.HTTPError):  # try again later, inputs unchanged or not
+                    self._retry.add(req.dataset_id)
+                    self._changed[req.dataset_id] = time.monotonic() + RETRY_AFTER_S
+            else:
+                self._retry.discard(req.dataset_id)
             await self._finish(req, resolved, version, detail)
             live.update(stage="done" if version else "failed", outcome="published" if version else "failed",
                         version=version, detail=detail)
@@ -313,11 +324,11 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         await self._progress(req, "anonymizing", 0, len(rows))
         version = domain.next_version(self.projection.latest_version(req.dataset_id))
         key = pipeline.dataset_key(self.master_secret, req.dataset_id)
-        mode = self.settings.anonymizer_mode
+        mode = self.config.anonymizer_mode
 
         def work() -> tuple[pipeline.BuiltVersion, str]:
             table = pipeline.rows_to_table(rows, resolved)
-            built = pipeline.build_version(table, resolved, key, np.random.default_rng(), mode)  # type: ignore[arg-type]
+            built = pipeline.build_version(table, resolved, key, np.random.default_rng(), mode)
             location = pipeline.write_parquet(self.store_dir, req.dataset_id, version, built.parquet)
             pipeline.write_aggregates(self.aggregates_db, req.dataset_id, version, built, resolved)
             return built, location
@@ -335,8 +346,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
     async def _decrypt(self, req: BuildRequest, categories: list[str], members: list[str],
                        records: int) -> list[dict[str, Any]]:
         """Plaintext records of `members` through the vault; members erased meanwhile are left out."""
-        http = self._http or httpx.AsyncClient(base_url=self.settings.vault_url, timeout=120)
-        headers = {"Authorization": f"Bearer {self.settings.vault_service_token}"}
+        http = self._http or httpx.AsyncClient(base_url=self.config.vault_url, timeout=120)
+        headers = {"Authorization": f"Bearer {self.config.vault_service_token}"}
         rows: list[dict[str, Any]] = []
         last_report = time.monotonic()
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -29,5 +30,5 @@ class AnonymizerSettings(ServiceSettings):
     anonymizer_debounce_s: float = Field(5.0, ge=0, description="quiet time after a consent, erasure or record "
                                          "change before a new version is built")
     anonymizer_poll_s: float = Field(0.5, gt=0, description="how often the builder looks for work")
-    anonymizer_mode: str = Field("global", pattern=r"^(global|multidimensional)$",
-                                 description="anonymization mode of the engine")
+    anonymizer_mode: Literal["global", "multidimensional"] = Field("global",
+                                                                   description="anonymization mode of the engine")
