@@ -26,7 +26,7 @@ class Position(NamedTuple):
 
 class Publisher:
     def __init__(self, bootstrap: str, *, client_id: str = "datacoop", linger_ms: int = 2,
-                 max_batch_size: int = 256 * 1024, max_request_size: int = 8 * 1024 * 1024) -> None:
+                 max_batch_size: int = 2 * 1024 * 1024, max_request_size: int = 8 * 1024 * 1024) -> None:
         self._config = dict(
             bootstrap_servers=bootstrap,
             client_id=client_id,
