@@ -8,9 +8,9 @@ from typing import Literal
 from pydantic import Field
 
 from datacoop.kit.settings import ServiceSettings
+from services.vault.settings import DEV_SERVICE_TOKEN as DEV_VAULT_TOKEN
 
 DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
-DEV_VAULT_TOKEN = "datacoop-dev-vault-token"
 
 
 class AnonymizerSettings(ServiceSettings):

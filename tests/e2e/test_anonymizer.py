@@ -6,6 +6,7 @@ the Parquet itself, refusals, and the CLI."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,9 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     client = AnonymizerClient(anon.url, OPERATOR_TOKEN)
     replayed = client.versions(DATASET)
     assert [(v["version"], v["superseded"]) for v in replayed] == [(1, True), (2, True), (3, False)]
+    builds_before = len(client.builds(DATASET))
+    time.sleep(2)  # 4 debounce periods: a replay alone changes no input, so nothing is built
+    assert len(client.versions(DATASET)) == 3 and len(client.builds(DATASET)) == builds_before
     v4 = client.build(DATASET)
     assert v4["version"] == 4
     assert not ({alice.address, bob.address} & set(v4["contributor_weights"]))
@@ -113,6 +117,8 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     builds = client.builds(DATASET)
     failed = [(b["trigger"], b["detail"]) for b in builds if b["outcome"] != "published"]
     assert not failed, failed
+    assert all(b["stage"] == "publishing" and b["done"] == b["total"] > 0 for b in builds)  # progress events
+    assert {b["trigger"] for b in builds} == {"on-demand", "change"}
 
 
 def test_bad_definitions_are_refused_with_every_problem_and_the_operator_api_needs_its_token(
