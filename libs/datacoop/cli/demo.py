@@ -6,6 +6,7 @@ Every chapter goes through the public APIs, as the people using datacoop would.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from services.consent.client import ApiError, MemberWallet, check
 from services.consent.receipts import verify_receipt
+from services.vault.client import VaultClient, sample_rows
 
 PURPOSES = [("health-research", ["health", "demographics"]), ("public-statistics", ["demographics"]),
             ("ai-training", ["demographics", "fitness"]), ("mobility-research", ["location"])]
@@ -29,10 +31,11 @@ class DemoState:
     members: list[MemberWallet] = field(default_factory=list)
     consents: dict[str, list[str]] = field(default_factory=dict)
     erased: list[str] = field(default_factory=list)
+    vaults: dict[str, VaultClient] = field(default_factory=dict)
 
 
-def chapter_members(state: DemoState, console: Console, count: int = 6) -> None:
-    console.rule("members: register, consent, revoke, expire, erase")
+def chapter_members(state: DemoState, console: Console, count: int = 8) -> None:
+    console.rule("members: register, consent, replay refused, receipts, expiry")
     url = state.stack["services"]["consent"]["url"]
     for i in range(count):
         wallet = MemberWallet(Account.create().key.hex(), url)
@@ -42,20 +45,14 @@ def chapter_members(state: DemoState, console: Console, count: int = 6) -> None:
             granted.append(wallet.grant(purpose, categories)["consent_id"])
         state.members.append(wallet)
         state.consents[wallet.address] = granted
-    first, second, third = state.members[0], state.members[1], state.members[-1]
-    second.revoke(state.consents[second.address][-1])
+    first = state.members[0]
+    console.print(f"{count} members registered and consented (EIP-712 signatures by their wallets)")
     short = first.grant("mobility-research", ["location"], expires_at=datetime.now(UTC) + timedelta(seconds=2))
     try:
         replay = first.grant_body("public-statistics", ["demographics"], nonce=0)
         check(first.http.post(f"/members/{first.address}/consents", json=replay))
     except ApiError as exc:
         console.print(f"a replayed signature is refused ({exc.status}): [yellow]{exc.problem['detail']}[/yellow]")
-    third.erase()
-    state.erased.append(third.address)
-    try:
-        third.grant("health-research", ["health"])
-    except ApiError as exc:
-        console.print(f"an erased member can't consent again: [yellow]{exc.problem['detail']}[/yellow]")
     receipt = first.receipt(state.consents[first.address][0])
     key = first.http.get("/receipt-key").json()["public_key"]
     verify_receipt(receipt, key)
@@ -68,6 +65,43 @@ def chapter_members(state: DemoState, console: Console, count: int = 6) -> None:
             console.print("a consent granted for 2 seconds was expired by the sweeper")
             break
         time.sleep(0.3)
+
+
+def chapter_vault(state: DemoState, console: Console, rows_per_member: int = 40) -> None:
+    console.rule("vault: members contribute records, encrypted before they reach Kafka")
+    url = state.stack["services"]["vault"]["url"]
+    for i, wallet in enumerate(state.members):
+        client = VaultClient(wallet.account.key.hex(), url)
+        _until(lambda c=client: c.http.get(f"/members/{c.address}/records").status_code == 200)
+        client.contribute_rows("demographics", sample_rows("demographics", rows_per_member, seed=i))
+        if i % 2 == 0:
+            client.contribute_rows("fitness", sample_rows("fitness", rows_per_member // 2, seed=i))
+        state.vaults[wallet.address] = client
+    try:
+        bad = [{**sample_rows("demographics", 1, seed=99)[0], "age": 420}]
+        state.vaults[state.members[0].address].contribute_rows("demographics", bad)
+    except ApiError as exc:
+        console.print(f"an upload with a bad row is refused whole ({exc.status}): "
+                      f"[yellow]{str(exc.problem.get('detail'))[:160]}[/yellow]")
+    total = sum(sum(u["records"] for u in v.summary()["uploads"]) for v in state.vaults.values())
+    console.print(f"{total} records sealed with AES-256-GCM under per-member data keys")
+
+
+def chapter_erasure(state: DemoState, console: Console) -> None:
+    console.rule("revocation and erasure")
+    second, last = state.members[1], state.members[-1]
+    second.revoke(state.consents[second.address][-1])
+    console.print(f"{second.address[:10]}… revoked a consent")
+    last.erase()
+    state.erased.append(last.address)
+    try:
+        last.grant("health-research", ["health"])
+    except ApiError as exc:
+        console.print(f"an erased member can't consent again ({exc.status}): [yellow]{exc.problem['detail']}[/yellow]")
+    if "vault" in state.stack["services"]:
+        vault = state.vaults[last.address]
+        _until(lambda: vault.summary().get("keys_shredded") is True)
+        console.print(f"the vault destroyed {last.address[:10]}…'s data key: their records can never be read again")
     table = Table("member", "active", "revoked", "expired", "erased")
     for wallet in state.members:
         view = wallet.http.get(f"/members/{wallet.address}").json()
@@ -77,7 +111,15 @@ def chapter_members(state: DemoState, console: Console, count: int = 6) -> None:
     console.print(table)
 
 
-CHAPTERS = [("consent", chapter_members)]
+def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the demo waited too long for a service; see var/run/logs/")
+        time.sleep(0.2)
+
+
+CHAPTERS = [("consent", chapter_members), ("vault", chapter_vault), ("consent", chapter_erasure)]
 
 
 def run_demo(stack: dict[str, Any], console: Console) -> DemoState:
