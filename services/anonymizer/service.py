@@ -35,7 +35,10 @@ from fastapi import FastAPI
 
 from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import (
+    BuildStage,
+    BuildTrigger,
     DatasetDefined,
+    DatasetVersionPublished,
     VersionBuildFinished,
     VersionBuildProgressed,
     VersionBuildStarted,
@@ -99,7 +102,7 @@ class DecryptRefused(RuntimeError):
 @dataclass
 class BuildRequest:
     dataset_id: str
-    trigger: str
+    trigger: BuildTrigger
     build_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -158,7 +161,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
 
         def id_for(ev: Event) -> str:
             assert isinstance(ev, DatasetDefined)
-            return derived_event_id(f"{ev.dataset_id}:{ev.definition_version}", ev.type_name())
+            return str(derived_event_id(f"{ev.dataset_id}:{ev.definition_version}", ev.type_name()))
 
         assert self.writer is not None
         deliveries = await self.writer.execute(dataset_id, decide, id_for=id_for)
@@ -183,7 +186,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 log.warning("cannot read dataset definition %s: %s", path, exc)
 
     # -- requests --------------------------------------------------------------------------------
-    def request_build(self, dataset_id: str, trigger: str = "on-demand") -> BuildRequest:
+    def request_build(self, dataset_id: str, trigger: BuildTrigger = "on-demand") -> BuildRequest:
         for req in [self.current, *self.queue]:
             if req is not None and req.dataset_id == dataset_id and req is not self.current:
                 return req
@@ -198,7 +201,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
 
     def build_status(self, build_id: str) -> dict[str, Any] | None:
         live = self.live_progress.get(build_id)
-        stored = self.projection.build(build_id)
+        stored: dict[str, Any] | None = self.projection.build(build_id)
         if stored is not None and (live is None or stored["outcome"] is not None):
             return stored
         return live
@@ -262,25 +265,33 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         await self.writer.execute(dataset_id, lambda: events)
 
     async def run_build(self, req: BuildRequest) -> None:
-        """Build and publish the next version of `req.dataset_id`; any failure is a VersionBuildFinished."""
+        """Build and publish the next version of `req.dataset_id`; any failure is a VersionBuildFinished.
+        Whatever happens, live versions holding a member no longer eligible end superseded."""
         self.current = req
         live = self.live_progress.setdefault(req.build_id, {"build_id": req.build_id, "dataset_id": req.dataset_id})
         try:
-            resolved = self.resolved(req.dataset_id)
             state = self.projection.definition(req.dataset_id)
+            try:
+                resolved = self.resolved(req.dataset_id)
+            except DefinitionError as exc:  # e.g. a hierarchy file missing on this machine
+                resolved, problem = None, "; ".join(exc.problems)
+            else:
+                problem = f"no dataset {req.dataset_id}"
             if resolved is None or state is None:
-                live.update(stage="failed", outcome="failed", detail=f"no dataset {req.dataset_id}")
+                live.update(stage="failed", outcome="failed", detail=problem)
+                await self._finish(req, None, problem, started=False)
                 return
             started = self.clock()
             members, records, fingerprint = self._inputs(req.dataset_id, state.definition_version, started)
             await self._append(req.dataset_id, [VersionBuildStarted(
-                dataset_id=req.dataset_id, build_id=req.build_id, trigger=req.trigger,  # type: ignore[arg-type]
+                dataset_id=req.dataset_id, build_id=req.build_id, trigger=req.trigger,
                 definition_version=state.definition_version, inputs_sha256=fingerprint, members=len(members),
                 records=records, started_at=started)])
             live.update(stage="decrypting", done=0, total=records, outcome=None, version=None)
+            published: DatasetVersionPublished | None = None
             try:
-                version = await self._build_and_publish(req, resolved, members, records)
-                detail = ""
+                published = await self._build(req, resolved, members, records)
+                version, detail = published.version, ""
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
                 log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, exc)
                 version, detail = None, f"{type(exc).__name__}: {exc}"
@@ -289,33 +300,40 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                     self._changed[req.dataset_id] = time.monotonic() + RETRY_AFTER_S
             else:
                 self._retry.discard(req.dataset_id)
-            await self._finish(req, resolved, version, detail)
+            await self._finish(req, version, detail, published=published)
             live.update(stage="done" if version else "failed", outcome="published" if version else "failed",
                         version=version, detail=detail)
         finally:
             self.current = None
 
-    async def _finish(self, req: BuildRequest, resolved: ResolvedDefinition, version: int | None,
-                      detail: str) -> None:
+    async def _finish(self, req: BuildRequest, version: int | None, detail: str, started: bool = True,
+                      published: DatasetVersionPublished | None = None) -> None:
+        """One append: the new version (if any), the end of the build, and the versions it supersedes, so no
+        reader sees the new version while an old one with a departed member is still on offer."""
         now = self.clock()
-        d = resolved.definition
-        eligible = self.projection.eligible_members(d.purpose, sorted(set(d.data_categories)), now)
-        live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}
-        ineligible = {m for ms in live.values() for m in ms} - eligible
-        events: list[Event] = [VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
-                                                    outcome="published" if version else "failed", version=version,
-                                                    detail=detail[:2000], finished_at=now)]
-        events += domain.decide_supersede(req.dataset_id, live, ineligible, now, superseded_by=version)
-        await self._append(req.dataset_id, events)
+        definition = next((d for d in self.projection.definitions() if d["dataset_id"] == req.dataset_id), None)
+        events: list[Event] = [published] if published is not None else []
+        if started:
+            events.append(VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
+                                               outcome="published" if version else "failed", version=version,
+                                               detail=detail[:2000], finished_at=now))
+        if definition is not None:
+            eligible = self.projection.eligible_members(definition["purpose"], definition["categories"], now)
+            live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}
+            ineligible = {m for ms in live.values() for m in ms} - eligible
+            events += domain.decide_supersede(req.dataset_id, live, ineligible, now, superseded_by=version)
+        if events:
+            await self._append(req.dataset_id, events)
 
-    async def _progress(self, req: BuildRequest, stage: str, done: int, total: int) -> None:
+    async def _progress(self, req: BuildRequest, stage: BuildStage, done: int, total: int) -> None:
         self.live_progress[req.build_id].update(stage=stage, done=done, total=total)
         await self._append(req.dataset_id, [VersionBuildProgressed(
-            dataset_id=req.dataset_id, build_id=req.build_id, stage=stage,  # type: ignore[arg-type]
+            dataset_id=req.dataset_id, build_id=req.build_id, stage=stage,
             done=done, total=total, at=self.clock())])
 
-    async def _build_and_publish(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
-                                 records: int) -> int:
+    async def _build(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
+                     records: int) -> DatasetVersionPublished:
+        """Decrypt, anonymize, write the files; the event to publish (appended by `_finish`)."""
         d = resolved.definition
         if records == 0:
             raise ValueError("no records of members with an active consent for "
@@ -338,10 +356,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         event = domain.published_event(req.dataset_id, version, resolved, location, built.sha256, built.report,
                                        built.columns, built.contributor_weights, built.achieved_k,
                                        built.achieved_l, self.clock())
-        await self._append(req.dataset_id, [event])
-        log.info("published %s v%d: %d rows, %d suppressed, k=%d", req.dataset_id, version, event.rows,
+        log.info("built %s v%d: %d rows, %d suppressed, k=%d", req.dataset_id, version, event.rows,
                  event.suppressed_rows, event.k)
-        return version
+        return event
 
     async def _decrypt(self, req: BuildRequest, categories: list[str], members: list[str],
                        records: int) -> list[dict[str, Any]]:
@@ -385,9 +402,10 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
 def build_app(settings: AnonymizerSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
     settings = settings or AnonymizerSettings()
     service = AnonymizerService(settings, clock)
-    return create_app(service, [build_router(service)], title="datacoop anonymizer",
-                      description="Dataset definitions, versions built from consented records, k-anonymous "
-                                  "Parquet and DP aggregates.")
+    app: FastAPI = create_app(service, [build_router(service)], title="datacoop anonymizer",
+                              description="Dataset definitions, versions built from consented records, "
+                                          "k-anonymous Parquet and DP aggregates.")
+    return app
 
 
 def main() -> None:
