@@ -119,12 +119,13 @@ def schemas(action: Annotated[str, typer.Argument(help="write | check")] = "chec
     raise typer.Exit(code)
 
 
+from datacoop.cli import anonymizer as _anonymizer  # noqa: E402
 from datacoop.cli import market as _market  # noqa: E402
 from datacoop.cli import members as _members  # noqa: E402
 from datacoop.cli import settlement as _settlement  # noqa: E402
 from datacoop.cli import vault as _vault  # noqa: E402
 
-for _area in (_members, _vault, _market, _settlement):
+for _area in (_members, _vault, _anonymizer, _market, _settlement):
     _area.register(app)
 
 

@@ -157,6 +157,8 @@ def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int
             time.sleep(0.1)
         vault.contribute_rows("demographics", sample_rows("demographics", rows_each, seed=i))
         wallets.append((wallet, consent_id))
+    if hasattr(state, "dataset_members"):
+        state.dataset_members.extend(w for w, _ in wallets)
     definition = demo_definition()
     client.define(definition)
     first = client.build(definition["name"])

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
 
+from datacoop.cli.anonymizer import chapter_datasets
 from services.consent.client import ApiError, MemberWallet, check
 from services.consent.receipts import verify_receipt
 from services.vault.client import VaultClient, sample_rows
@@ -32,6 +34,7 @@ class DemoState:
     consents: dict[str, list[str]] = field(default_factory=dict)
     erased: list[str] = field(default_factory=list)
     vaults: dict[str, VaultClient] = field(default_factory=dict)
+    dataset_members: list[MemberWallet] = field(default_factory=list)
 
 
 def chapter_members(state: DemoState, console: Console, count: int = 8) -> None:
@@ -102,6 +105,19 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
         vault = state.vaults[last.address]
         _until(lambda: vault.summary().get("keys_shredded") is True)
         console.print(f"the vault destroyed {last.address[:10]}…'s data key: their records can never be read again")
+    if "anonymizer" in state.stack["services"]:
+        from services.anonymizer.client import AnonymizerClient
+
+        datasets = AnonymizerClient(state.stack["services"]["anonymizer"]["url"], "")
+
+        def rebuilt_without_them() -> bool:
+            newest = datasets.versions(DEMO_DATASET)[-1]
+            return last.address not in newest["contributor_weights"] and not newest["superseded"]
+
+        _until(rebuilt_without_them, timeout_s=60)
+        newest = datasets.versions(DEMO_DATASET)[-1]
+        console.print(f"{DEMO_DATASET} version {newest['version']} was built without them "
+                      f"({newest['rows']} rows); versions already sold stay with their buyers")
     table = Table("member", "active", "revoked", "expired", "erased")
     for wallet in state.members:
         view = wallet.http.get(f"/members/{wallet.address}").json()
@@ -109,6 +125,31 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
         table.add_row(wallet.address, str(counts["active"]), str(counts["revoked"]), str(counts["expired"]),
                       "yes" if view["erased"] else "")
     console.print(table)
+
+
+def chapter_market(state: DemoState, console: Console) -> None:
+    console.rule("marketplace: a researcher buys a download and a query order, paid on chain")
+    from datacoop.chain import ADMIN_KEY, ANVIL_KEYS
+    from services.marketplace.demo import researcher_buys
+
+    chain = state.stack["chain"]
+    member = state.dataset_members[1].address if len(state.dataset_members) > 1 else None
+    researcher_buys(state.stack["services"]["marketplace"]["url"], chain["url"], ANVIL_KEYS[9], console,
+                    minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member)
+
+
+def chapter_payouts(state: DemoState, console: Console) -> None:
+    console.rule("settlement: revenue split by records, one Merkle root on chain, members claim")
+    from services.settlement.demo import show_earnings_and_claim
+
+    # the first dataset member revoked (weight 0 in the version sold): the others claim
+    keys = [w.account.key.hex() for w in state.dataset_members[1:] + state.members]
+    claimers = [w.address for w in state.dataset_members[1:3]]
+    for address in claimers:  # members' fresh wallets hold no ETH for gas: the local chain gives them some
+        httpx.post(state.stack["chain"]["url"], json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
+                                                      "params": [address, hex(10**18)]}, timeout=10)
+    show_earnings_and_claim(state.stack["services"]["settlement"]["url"], state.stack["chain"]["url"], keys,
+                            console, claimers=2)
 
 
 def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
@@ -119,7 +160,9 @@ def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
         time.sleep(0.2)
 
 
-CHAPTERS = [("consent", chapter_members), ("vault", chapter_vault), ("consent", chapter_erasure)]
+DEMO_DATASET = "census-demo"
+CHAPTERS = [("consent", chapter_members), ("vault", chapter_vault), ("anonymizer", chapter_datasets),
+            ("marketplace", chapter_market), ("settlement", chapter_payouts), ("consent", chapter_erasure)]
 
 
 def run_demo(stack: dict[str, Any], console: Console) -> DemoState:

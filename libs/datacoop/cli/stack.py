@@ -31,6 +31,8 @@ SERVICES: list[ServiceEntry] = [
     ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
     ServiceEntry("vault", "services.vault.service",
                  "contributed records encrypted per member, internal decrypt, crypto-shredding"),
+    ServiceEntry("anonymizer", "services.anonymizer.service",
+                 "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates"),
     ServiceEntry("marketplace", "services.marketplace.service",
                  "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", needs_chain=True),
     ServiceEntry("settlement", "services.settlement.service",
@@ -139,6 +141,8 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_PORT": str(port),
         "DATACOOP_DATA_DIR": str(stack.data_dir),
         "DATACOOP_OBJECT_STORE_DIR": str(RUN_DIR / "objects"),
+        "DATACOOP_ANONYMIZER_OBJECT_STORE": str(RUN_DIR / "objects"),
+        "DATACOOP_ANONYMIZER_DEBOUNCE_S": "1",
         "DATACOOP_GRANT_KEY_FILE": str(RUN_DIR / "keys" / "marketplace-grant-key.pem"),
         "DATACOOP_LOG_JSON": "true",
     })
