@@ -27,6 +27,8 @@ TYPES: dict[str, list[tuple[str, str]]] = {
     "RequestErasure": [("member", "address"), ("nonce", "uint256")],
     "ContributeRecords": [("member", "address"), ("category", "string"), ("contentHash", "bytes32"),
                           ("issuedAt", "uint256")],
+    "RegisterWorker": [("provider", "address"), ("workerId", "string"), ("issuedAt", "uint256")],
+    "JobResult": [("provider", "address"), ("jobId", "string"), ("leaseId", "string"), ("resultHash", "bytes32")],
 }
 
 

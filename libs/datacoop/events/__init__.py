@@ -30,3 +30,4 @@ from datacoop.events import members as members
 from datacoop.events import orders as orders
 from datacoop.events import payouts as payouts
 from datacoop.events import records as records
+from datacoop.events import jobs as jobs

@@ -1,0 +1,197 @@
+"""Bootstrap of the jobs service: settings, store, bus, the second writer (workers topic), in-memory
+heartbeats and worker sessions, the lease-expiry sweeper, the app; `main()`.
+
+Heartbeats live in memory only: a restarted service gives every active lease a full TTL from its
+start before expiring it, and workers re-register (their session tokens are in memory too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from datacoop.bus.consumer import Delivery
+from datacoop.command import Writer
+from datacoop.events.envelope import derived_event_id
+from datacoop.events.jobs import WorkerRegistered
+from datacoop.events.registry import Event
+from datacoop.kit import ServiceRuntime, create_app
+from datacoop.kit.logs import configure, correlation_id
+from datacoop.kit.problems import Unauthorized
+from datacoop.topics import DATASETS, JOBS, ORDERS, WORKERS, qualified
+from services.consent import eip712
+from services.jobs import domain
+from services.jobs.api import build_router
+from services.jobs.projection import SCHEMA_SQL, JobsProjection
+from services.jobs.settings import JobsSettings
+
+log = logging.getLogger("datacoop.jobs")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobsService(ServiceRuntime[JobsProjection]):
+    def __init__(self, settings: JobsSettings, clock: Callable[[], datetime] = utcnow) -> None:
+        super().__init__("jobs", settings, JobsProjection, reads=[ORDERS, DATASETS, WORKERS], writes=JOBS,
+                         schema_sql=SCHEMA_SQL)
+        self.settings: JobsSettings = settings
+        self.clock = clock
+        self.domain_sep = eip712.Domain(chain_id=settings.chain_id, verifying_contract=settings.market_address)
+        workers_topic = qualified(settings.topic_prefix, WORKERS)
+        self.workers_writer = Writer(store=self.store, publisher=self.publisher, projection=self.projection,
+                                     topic=workers_topic, source="datacoop/jobs")
+        assert self.write_topic is not None and self.writer is not None
+        self.jobs_writer: Writer = self.writer
+        self.runner.writes_topics = frozenset({self.write_topic, workers_topic})
+        self.runner.on_applied = self._on_applied
+        self.heartbeats: dict[str, float] = {}
+        self.tokens: dict[str, str] = {}
+        self._started_m = time.monotonic()
+        self._changed = asyncio.Event()
+        self.add_background(self.sweep_forever)
+
+    # -- plumbing the API uses -----------------------------------------------------------------
+    def _on_applied(self, deliveries: list[Delivery]) -> None:
+        self.jobs_writer.observe(deliveries)
+        self.workers_writer.observe(deliveries)
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every long-poll: something changed (a job, a lease, a version)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, done: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            changed = self._changed
+            remaining = deadline - time.monotonic()
+            if done() or remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def new_token(self, worker_id: str) -> str:
+        token = "dcw_" + secrets.token_urlsafe(24)
+        self.tokens[worker_id] = hashlib.sha256(token.encode()).hexdigest()
+        self.heartbeat(worker_id)
+        return token
+
+    def heartbeat(self, worker_id: str) -> None:
+        self.heartbeats[worker_id] = time.monotonic()
+
+    def recover(self, primary_type: str, message: dict[str, Any], signature: str) -> str:
+        try:
+            return eip712.recover(eip712.digest(self.domain_sep, primary_type, message), signature)
+        except eip712.SignatureInvalid as exc:
+            raise Unauthorized(f"bad signature: {exc}; sign the {primary_type} typed data (GET /eip712)",
+                               slug="bad-signature") from exc
+
+    async def execute(self, job_id: str, cmd: domain.Command, **kw: Any) -> list[Delivery]:
+        def decide() -> list[Event]:
+            return domain.decide(cmd, self.projection.job(job_id), self.clock())
+
+        deliveries = await self.jobs_writer.execute(job_id, decide, correlation_id=correlation_id.get(), **kw)
+        if deliveries:
+            self.notify()
+        return deliveries
+
+    async def register_worker(self, event: WorkerRegistered) -> None:
+        def decide() -> list[Event]:
+            return domain.decide_register(self.projection.worker(event.worker_id), event)
+
+        await self.workers_writer.execute(event.worker_id, decide, correlation_id=correlation_id.get())
+
+    async def take_lease(self, worker_id: str, wait_s: float) -> dict[str, Any] | None:
+        """The first open job this worker may run, leased to it; None when none came within `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            changed = self._changed
+            self.heartbeat(worker_id)
+            for job in self.projection.open_jobs():
+                if not job.may_lease_to(worker_id):
+                    continue
+                lease_id = uuid.uuid4().hex
+                cmd = domain.GrantLease(worker_id, lease_id, self.settings.jobs_lease_ttl_s)
+                if await self.execute(job.job_id, cmd):
+                    return self._offer(job.job_id, lease_id)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return None
+
+    def _offer(self, job_id: str, lease_id: str) -> dict[str, Any]:
+        job = self.projection.job(job_id)
+        version = self.projection.version(job.dataset_id, job.version)
+        assert version is not None
+        lease = job.lease(lease_id)
+        assert lease is not None
+        return {"job_id": job_id, "lease_id": lease_id, "analysis": job.analysis, "params": job.params,
+                "dataset_id": job.dataset_id, "version": job.version, "location": version.location,
+                "sha256": version.sha256, "columns": version.columns, "expires_at": lease.expires_at.isoformat(),
+                "lease_ttl_s": self.settings.jobs_lease_ttl_s}
+
+    # -- lease expiry --------------------------------------------------------------------------
+    async def sweep_once(self) -> int:
+        """Expire every active lease whose worker has not been heard from within the TTL."""
+        if not self.ready:
+            return 0
+        now_m, ttl = time.monotonic(), self.settings.jobs_lease_ttl_s
+        expired = 0
+        for job in self.projection.running_jobs():
+            for lease in job.active_leases:
+                if now_m - self.heartbeats.get(lease.worker_id, self._started_m) <= ttl:
+                    continue
+                cause = f"lease-expired:{lease.lease_id}"
+                expired += len(await self.execute(job.job_id, domain.ExpireLease(lease.lease_id),
+                                                  causation_id=cause,
+                                                  id_for=lambda ev, c=cause: derived_event_id(c, ev.type_name())))
+                log.info("lease %s of job %s expired (worker %s silent)", lease.lease_id, job.job_id,
+                         lease.worker_id)
+        return expired
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("lease sweep failed; retrying next interval")
+            await asyncio.sleep(self.settings.jobs_sweep_interval_s)
+
+
+def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    settings = settings or JobsSettings()
+    service = JobsService(settings, clock)
+    return create_app(service, [build_router(service)], title="datacoop jobs",
+                      description="Analytics jobs on members' GPUs: submission, leases to workers, signed "
+                                  "results, redundancy and reputation.")
+
+
+def main() -> None:
+    settings = JobsSettings()
+    configure("jobs", settings.log_level, settings.log_json)
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The jobs service and workers as processes on the real broker: submit, lease, run, signed result,
+fee event; a worker killed mid-job; a tampering worker caught by redundancy."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+import pytest
+
+from services.worker.client import ApiError
+from tests.e2e.jobs_fixtures import Scenario
+from tests.e2e.jobs_fixtures import scenario as scenario  # noqa: F401  (fixture)
+
+
+def _types(events: list) -> list[str]:  # type: ignore[type-arg]
+    return [e.type.split(".")[2] for e in events]
+
+
+def test_job_runs_end_to_end_with_signed_result_plot_and_fee(scenario: Scenario) -> None:
+    researcher = scenario.researcher()
+    with pytest.raises(ApiError) as refused:
+        researcher.submit(scenario.order_id, "histogram", {"column": "weight"})
+    assert refused.value.status == 422 and "'weight'" in str(refused.value) and "age" in str(refused.value)
+    anonymous = httpx.post(f"{scenario.jobs.url}/jobs", json={"order_id": scenario.order_id, "analysis": "describe"})
+    assert anonymous.status_code == 401
+
+    scenario.start_worker("w1")
+    job = researcher.submit(scenario.order_id, "histogram", {"column": "age", "bins": 10})
+    done = researcher.wait(job["job_id"], timeout_s=60)
+    assert done["status"] == "completed", scenario.worker_log("w1")
+    result = researcher.result(job["job_id"])  # verifies hash + signature, plot included
+    assert sum(result["result"]["counts"]) == scenario.table.num_rows
+    assert researcher.plot(job["job_id"]).startswith(b"\x89PNG")
+    worker = httpx.get(f"{scenario.jobs.url}/workers/w1").json()
+    assert result["provider"] == worker["provider"] and worker["accepted"] == 1
+
+    events = scenario.job_events(job["job_id"])
+    assert _types(events)[0] == "submitted" and "progressed" in _types(events)
+    completed = [e for e in events if e.type == "datacoop.jobs.completed.v1"]
+    assert len(completed) == 1
+    assert completed[0].data["fee_units"] == 250_000 and completed[0].data["provider"] == worker["provider"]
+    assert completed[0].data["order_id"] == scenario.order_id
+
+
+def test_killed_worker_loses_its_lease_and_the_job_finishes_once_elsewhere(scenario: Scenario) -> None:
+    researcher = scenario.researcher()
+    slow = scenario.start_worker("w-slow", DATACOOP_WORKER_DELAY_S="60")
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age", "income"]})["job_id"]
+    scenario.wait_for(lambda: bool(researcher.status(job_id)["leases"]), what="the slow worker's lease")
+    assert researcher.status(job_id)["leases"][0]["worker_id"] == "w-slow"
+    slow.send_signal(signal.SIGKILL)
+    scenario.start_worker("w-fast")
+    done = researcher.wait(job_id, timeout_s=60)
+    assert done["status"] == "completed", scenario.worker_log("w-fast")
+    assert done["accepted_workers"] == ["w-fast"]
+    assert [(lease["worker_id"], lease["state"]) for lease in done["leases"]] == \
+        [("w-slow", "expired"), ("w-fast", "reported")]
+    types = _types(scenario.job_events(job_id))
+    assert types.count("completed") == 1 and types.count("lease_expired") == 1
+    assert types.count("result_reported") == 1
+
+
+def test_tampered_result_is_caught_by_redundancy_and_the_worker_excluded(scenario: Scenario) -> None:
+    researcher = scenario.researcher()
+    scenario.start_worker("w-bad", DATACOOP_WORKER_TAMPER="1")
+    scenario.start_worker("w-a")
+    job_id = researcher.submit(scenario.order_id, "ols", {"y": "income", "x": ["age"]}, redundancy=2)["job_id"]
+    scenario.wait_for(lambda: len(researcher.status(job_id)["reports"]) == 2, what="two reports")
+    assert researcher.status(job_id)["status"] == "running", "two disagreeing results must not complete a job"
+    scenario.start_worker("w-b")
+    done = researcher.wait(job_id, timeout_s=60)
+    assert done["status"] == "completed", scenario.worker_log("w-b")
+    assert sorted(done["accepted_workers"]) == ["w-a", "w-b"]
+    bad = httpx.get(f"{scenario.jobs.url}/workers/w-bad").json()
+    assert bad["marks"] == 1 and not bad["eligible"] and bad["reputation"] < 0.5
+    marked = [e for e in scenario.job_events(job_id) if e.type == "datacoop.jobs.worker_marked.v1"]
+    assert [e.data["worker_id"] for e in marked] == ["w-bad"]
+    result = researcher.result(job_id)
+    assert result["worker_id"] in ("w-a", "w-b")
