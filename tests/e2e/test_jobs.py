@@ -10,7 +10,7 @@ import pytest
 
 from services.worker.client import ApiError
 from tests.e2e.jobs_fixtures import Scenario
-from tests.e2e.jobs_fixtures import scenario as scenario  # noqa: F401  (fixture)
+from tests.e2e.jobs_fixtures import scenario as scenario  # the fixture
 
 
 def _types(events: list) -> list[str]:  # type: ignore[type-arg]
