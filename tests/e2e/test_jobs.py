@@ -7,7 +7,10 @@ import signal
 
 import httpx
 import pytest
+import typer
+from typer.testing import CliRunner
 
+from datacoop.cli import jobs as jobs_cli
 from services.worker.client import ApiError
 from tests.e2e.jobs_fixtures import Scenario
 from tests.e2e.jobs_fixtures import scenario as scenario  # the fixture
@@ -41,6 +44,16 @@ def test_job_runs_end_to_end_with_signed_result_plot_and_fee(scenario: Scenario)
     assert len(completed) == 1
     assert completed[0].data["fee_units"] == 250_000 and completed[0].data["provider"] == worker["provider"]
     assert completed[0].data["order_id"] == scenario.order_id
+
+    app = typer.Typer()
+    jobs_cli.register(app)
+    env = {"DATACOOP_API_KEY": scenario.api_key, "DATACOOP_JOBS_URL": scenario.jobs.url}
+    shown = CliRunner().invoke(app, ["job", "results", job["job_id"], "--plot-out", str(scenario.tmp / "h.png")],
+                               env=env)
+    assert shown.exit_code == 0, shown.output
+    assert worker["provider"] in shown.output and (scenario.tmp / "h.png").read_bytes().startswith(b"\x89PNG")
+    missing = CliRunner().invoke(app, ["job", "status", "no-such-job"], env=env)
+    assert missing.exit_code == 1 and "no job no-such-job" in missing.output
 
 
 def test_killed_worker_loses_its_lease_and_the_job_finishes_once_elsewhere(scenario: Scenario) -> None:
