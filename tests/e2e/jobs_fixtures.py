@@ -1,42 +1,29 @@
 """Fixtures for the jobs e2e tests: play the marketplace and the anonymizer by publishing their events
-(a researcher, a paid compute order, a published version whose small Parquet lies in a temp folder),
-then run the jobs service and workers as processes."""
+(services/jobs/stand_in.py: a researcher, a paid compute order, a published version whose small
+Parquet lies in a temp folder), then run the jobs service and workers as processes."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaConsumer
-from eth_account import Account
 
-from datacoop.bus import Publisher
-from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.events import Envelope
 from datacoop.events.codec import decode
-from datacoop.events.datasets import DatasetVersionPublished
-from datacoop.events.orders import OrderPaid, OrderPlaced, ResearcherRegistered
-from datacoop.events.registry import Event
-from datacoop.topics import DATASETS, JOBS, ORDERS, qualified
-from infra.local import REPO_ROOT, Broker
-from services.worker.analytics import schema_of
+from datacoop.topics import JOBS, qualified
+from infra.local import Broker
+from services.jobs.stand_in import publish_compute_market
 from services.worker.client import ResearcherJobs
+from services.worker.launch import spawn_worker
 from tests.e2e.conftest import ServiceProcess
-
-DATASET = "health-survey"
 
 
 def small_table(rows: int = 300, seed: int = 7) -> pa.Table:
@@ -45,20 +32,6 @@ def small_table(rows: int = 300, seed: int = 7) -> pa.Table:
     income = age * 900.0 + rng.normal(0, 5000, rows)
     return pa.table({"age": age, "income": income, "bmi": rng.normal(25, 4, rows),
                      "region": rng.choice(["north", "south"], rows)})
-
-
-def publish(bootstrap: str, prefix: str, items: list[tuple[str, str, Event]]) -> None:
-    """(topic, subject, event) as their writers would append them (seq 1 per new subject)."""
-    async def go() -> None:
-        await ensure_topics(bootstrap, standard_topics(prefix))
-        seqs: dict[str, int] = {}
-        async with Publisher(bootstrap) as pub:
-            for topic, subject, ev in items:
-                seqs[subject] = seqs.get(subject, 0) + 1
-                env = Envelope(source="datacoop/test", type=ev.type_name(), subject=subject, seq=seqs[subject],
-                               data=ev.model_dump(mode="json"))
-                await pub.publish(qualified(prefix, topic), env)
-    asyncio.run(go())
 
 
 def read_topic(bootstrap: str, topic: str) -> list[Envelope]:
@@ -107,12 +80,8 @@ class Scenario:
         return ResearcherJobs(self.jobs.url, self.api_key)
 
     def start_worker(self, name: str, **env: str) -> subprocess.Popen[bytes]:
-        key = Account.create().key.hex()
-        full = {**os.environ, "DATACOOP_KEY": key, "DATACOOP_LOG_JSON": "false", "DATACOOP_WORKER_CORES": "1",
-                **env}
-        log = open(self.tmp / f"worker-{name}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "services.worker.main", "--jobs-url", self.jobs.url,
-                                 "--worker-id", name], env=full, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = spawn_worker(self.jobs.url, name, self.tmp / f"worker-{name}.log",
+                            env={"DATACOOP_LOG_JSON": "false", **env})
         self.workers.append(proc)
         return proc
 
@@ -141,46 +110,13 @@ class Scenario:
                 proc.kill()
 
 
-def play_market(bootstrap: str, prefix: str, tmp: Path, table: pa.Table, offer: str = "compute",
-                paid: bool = True) -> tuple[str, str, str]:
-    """Publish a researcher, an order (paid) and the version; returns (api_key, researcher_id, order_id)."""
-    objects = tmp / "objects"
-    objects.mkdir(parents=True, exist_ok=True)
-    path = objects / f"{DATASET}-v1.parquet"
-    if not path.exists():
-        pq.write_table(table, path)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    api_key = "dcr_" + uuid.uuid4().hex
-    researcher_id, order_id = f"r-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
-    now = datetime.now(UTC)
-    buyer = Account.create().address
-    items: list[tuple[str, str, Event]] = [
-        (DATASETS, DATASET, DatasetVersionPublished(
-            dataset_id=DATASET, version=1, purpose="health-research", categories=["health"],
-            location=path.as_uri(), sha256=sha, rows=table.num_rows, suppressed_rows=0, k=5, l_diversity=2.0,
-            privacy_model="distinct", information_loss=0.1, epsilon=1.0, columns=schema_of(table),
-            contributor_weights={Account.create().address: 3}, published_at=now)),
-        (ORDERS, researcher_id, ResearcherRegistered(
-            researcher_id=researcher_id, name="Dr Test", wallet=buyer,
-            api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), registered_at=now)),
-        (ORDERS, order_id, OrderPlaced(order_id=order_id, researcher_id=researcher_id, buyer=buyer,
-                                       dataset_id=DATASET, version=1, offer=offer, price_units=5_000_000,
-                                       placed_at=now, expires_at=now + timedelta(hours=1))),
-    ]
-    if paid:
-        items.append((ORDERS, order_id, OrderPaid(order_id=order_id, payment_event_id=str(uuid.uuid4()),
-                                                  amount_units=5_000_000, tx_hash="0x" + "ab" * 32, paid_at=now)))
-    publish(bootstrap, prefix, items)
-    return api_key, researcher_id, order_id
-
-
 @pytest.fixture
 def scenario(broker: Broker, prefix: str, tmp_path: Path, launch: Callable[..., ServiceProcess],
              service_env: dict[str, str]) -> Iterator[Scenario]:
     table = small_table()
-    api_key, researcher_id, order_id = play_market(broker.bootstrap, f"{prefix}.", tmp_path, table)
+    access = publish_compute_market(broker.bootstrap, f"{prefix}.", tmp_path / "objects", table)
     jobs = launch("jobs", {**service_env, "DATACOOP_JOBS_LEASE_TTL_S": "1.5", "DATACOOP_JOBS_SWEEP_INTERVAL_S": "0.2",
                            "DATACOOP_JOBS_FEE_UNITS": "250000"})
-    sc = Scenario(broker, f"{prefix}.", tmp_path, jobs, api_key, researcher_id, order_id, table)
+    sc = Scenario(broker, f"{prefix}.", tmp_path, jobs, access.api_key, access.researcher_id, access.order_id, table)
     yield sc
     sc.stop()
