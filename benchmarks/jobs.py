@@ -6,12 +6,22 @@ labels still change, so neither stops early). Logistic regression: 1,000,000 x 3
 unpenalized, both to tol 1e-8 (ours: Newton-Raphson with standard errors; scikit-learn: lbfgs,
 no standard errors). Each side starts from the same pyarrow Table (what the worker holds): ours
 through run_analysis, scikit-learn after stacking the columns into an array. Best of REPEATS interleaved runs.
+
+job_overhead_ms: the jobs service and one worker as processes on the local broker; the median over
+OVERHEAD_JOBS trivial jobs (describe of one column, 200 rows) of submit -> completed as the
+researcher sees it (long-poll), minus the compute the worker reports. Goal: under 200 ms.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +34,7 @@ ROWS = 1_000_000
 KMEANS_COLUMNS, KMEANS_K, KMEANS_ITERATIONS = 16, 8, 20
 LOGREG_COLUMNS = 32
 REPEATS = 3
+OVERHEAD_JOBS = 20
 
 
 def _best_s(*runs: Callable[[], Any]) -> list[tuple[float, Any]]:
@@ -118,4 +129,59 @@ def run() -> dict[str, Any]:
     figures: dict[str, Any] = {}
     _kmeans(figures, _kmeans_data(rng))
     _logreg(figures, _logreg_table(rng))
+    _job_overhead(figures)
     return figures
+
+
+def _job_overhead(figures: dict[str, Any]) -> None:
+    import httpx
+
+    from infra.local import REPO_ROOT, free_port, start_broker
+    from services.jobs.stand_in import publish_compute_market
+    from services.worker.client import ResearcherJobs
+    from services.worker.launch import spawn_worker
+
+    broker = start_broker()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            table = pa.table({"x": np.arange(200, dtype=np.float64)})
+            access = publish_compute_market(broker.bootstrap, "bench.", Path(tmp) / "objects", table)
+            port = free_port()
+            env = {**os.environ, "DATACOOP_BOOTSTRAP": broker.bootstrap, "DATACOOP_TOPIC_PREFIX": "bench.",
+                   "DATACOOP_DATA_DIR": tmp, "DATACOOP_PORT": str(port), "DATACOOP_LOG_LEVEL": "WARNING"}
+            procs.append(subprocess.Popen([sys.executable, "-m", "services.jobs.service"], env=env, cwd=REPO_ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+            procs.append(spawn_worker(url, "bench-worker", Path(tmp) / "worker.log",
+                                      env={"DATACOOP_LOG_LEVEL": "WARNING"}))
+            researcher = ResearcherJobs(url, access.api_key)
+            overheads = []
+            for i in range(OVERHEAD_JOBS + 1):
+                started = time.perf_counter()
+                job = researcher.submit(access.order_id, "describe", {"columns": ["x"]})
+                done = researcher.wait(job["job_id"], timeout_s=60)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                if done["status"] != "completed":
+                    raise RuntimeError(f"benchmark job {job['job_id']} ended {done['status']}")
+                compute_ms = researcher.result(job["job_id"], verify=False)["compute_ms"]
+                if i:  # the first one pays the worker's start and the file read
+                    overheads.append(elapsed_ms - compute_ms)
+            figures["job_overhead_ms"] = statistics.median(overheads)
+            figures["job_overhead_p90_ms"] = sorted(overheads)[int(0.9 * len(overheads))]
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            broker.stop()

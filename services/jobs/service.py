@@ -190,7 +190,9 @@ def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime
 def main() -> None:
     settings = JobsSettings()
     configure("jobs", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    # workers long-poll for leases: don't wait for those requests at shutdown
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None,
+                timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

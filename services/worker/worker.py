@@ -142,11 +142,12 @@ class Worker:
     def run_job(self, offer: dict[str, Any]) -> None:
         job_id, lease_id = offer["job_id"], offer["lease_id"]
         log.info("leased job %s (%s), lease %s", job_id, offer["analysis"], lease_id)
-        last_sent = [0.0]
+        last_sent = [time.monotonic()]
 
         def progress(fraction: float) -> None:
+            """At most one report per interval; none for the end (the result says it)."""
             now = time.monotonic()
-            if fraction < 1.0 and now - last_sent[0] < self.progress_interval_s:
+            if fraction >= 1.0 or now - last_sent[0] < self.progress_interval_s:
                 return
             last_sent[0] = now
             try:
@@ -156,9 +157,9 @@ class Worker:
                     raise LeaseLost(str(exc)) from exc
 
         try:
-            progress(0.0)
-            if self.delay_s:
-                self._stop.wait(self.delay_s)
+            held_until = time.monotonic() + self.delay_s
+            while time.monotonic() < held_until and not self._stop.wait(self.progress_interval_s):
+                progress(0.0)  # a test's slow job: alive, reporting, computing nothing yet
             key = offer["sha256"]
             table = self._tables.get(key)
             if table is None:
