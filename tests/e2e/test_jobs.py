@@ -4,6 +4,7 @@ fee event; a worker killed mid-job; a tampering worker caught by redundancy."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,7 +12,9 @@ import typer
 from typer.testing import CliRunner
 
 from datacoop.cli import jobs as jobs_cli
-from services.worker.client import ApiError
+from services.jobs.demo import run_jobs_demo
+from services.worker.client import ApiError, ResearcherJobs
+from tests.e2e.conftest import start_service
 from tests.e2e.jobs_fixtures import Scenario
 from tests.e2e.jobs_fixtures import scenario as scenario  # the fixture
 
@@ -92,3 +95,26 @@ def test_tampered_result_is_caught_by_redundancy_and_the_worker_excluded(scenari
     assert [e.data["worker_id"] for e in marked] == ["w-bad"]
     result = researcher.result(job_id)
     assert result["worker_id"] in ("w-a", "w-b")
+
+
+def test_demo_runs_and_a_rebuilt_service_has_the_same_jobs_and_workers(scenario: Scenario, tmp_path: Path) -> None:
+    scenario.start_worker("d1")
+    scenario.start_worker("d2")
+    finished = run_jobs_demo(scenario.jobs.url, scenario.api_key, scenario.order_id, ["age", "income"],
+                             say=lambda line: None, timeout_s=60)
+    assert [j["status"] for j in finished] == ["completed"] * 4
+    assert sorted(finished[1]["accepted_workers"]) == ["d1", "d2"]
+    researcher = scenario.researcher()
+    before = [researcher.status(j["job_id"]) for j in finished]
+    workers_before = httpx.get(f"{scenario.jobs.url}/workers").json()
+    scenario.stop()
+    scenario.jobs.stop()
+    rebuilt = start_service("jobs", {**scenario.jobs.env, "DATACOOP_DATA_DIR": str(tmp_path / "rebuilt"),
+                                     "DATACOOP_PORT": ""}, tmp_path / "jobs-rebuilt.log")
+    try:
+        again = ResearcherJobs(rebuilt.url, scenario.api_key)
+        assert [again.status(j["job_id"]) for j in finished] == before
+        assert httpx.get(f"{rebuilt.url}/workers").json() == workers_before
+        assert again.result(finished[2]["job_id"])["has_plot"]
+    finally:
+        rebuilt.stop()
