@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -31,7 +31,7 @@ class SubmitBody(BaseModel):
 
 
 class Hardware(BaseModel):
-    backend: str = Field(pattern=r"^(numpy|cupy)$")
+    backend: Literal["numpy", "cupy"]
     cpu_cores: int = Field(ge=1)
     memory_bytes: int = Field(ge=0)
     gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
@@ -118,7 +118,7 @@ def build_router(ctx: Any) -> APIRouter:
     async def run(job_id: str, cmd: domain.Command, **kw: Any) -> list[Any]:
         ready()
         try:
-            return await ctx.execute(job_id, cmd, **kw)
+            return list(await ctx.execute(job_id, cmd, **kw))
         except domain.JobRefusal as exc:
             raise DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind.replace("_", "-")) from exc
 
