@@ -97,7 +97,8 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     assert versions[1]["superseded"] and versions[1]["superseded_by"] == 3
     assert not ({alice.address, bob.address} & set(v3["contributor_weights"]))
     assert pseudonym_of(bob.address) not in _check(v3).column("pseudonym").to_pylist()
-    assert client.catalog()[0]["newest_version"]["version"] == 3
+    offered = {d["dataset_id"]: d for d in client.catalog()}
+    assert offered[DATASET]["newest_version"]["version"] == 3
 
     anon.stop()
     (Path(service_env["DATACOOP_DATA_DIR"]) / "anonymizer.duckdb").unlink()
