@@ -118,3 +118,19 @@ def test_demo_runs_and_a_rebuilt_service_has_the_same_jobs_and_workers(scenario:
         assert again.result(finished[2]["job_id"])["has_plot"]
     finally:
         rebuilt.stop()
+
+
+def test_a_stalled_worker_that_wakes_after_its_lease_expired_is_ignored(scenario: Scenario) -> None:
+    researcher = scenario.researcher()
+    stalled = scenario.start_worker("w-stall", DATACOOP_WORKER_DELAY_S="2")
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["bmi"]})["job_id"]
+    scenario.wait_for(lambda: bool(researcher.status(job_id)["leases"]), what="the lease")
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        scenario.start_worker("w-live")
+        assert researcher.wait(job_id, timeout_s=60)["accepted_workers"] == ["w-live"]
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    scenario.wait_for(lambda: "lease lost" in scenario.worker_log("w-stall"), what="the stalled worker's refusal")
+    types = _types(scenario.job_events(job_id))
+    assert types.count("result_reported") == 1 and types.count("completed") == 1
