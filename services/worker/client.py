@@ -47,9 +47,15 @@ class WorkerSession:
         self.provider: str = self.account.address
         self.worker_id = worker_id
         self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
-        self.domain = fetch_domain(self.http)
+        self._domain: eip712.Domain | None = None  # fetched at registration: the service may not be up yet
         self.token = ""
         self.heartbeat_interval_s = 2.0
+
+    @property
+    def domain(self) -> eip712.Domain:
+        if self._domain is None:
+            self._domain = fetch_domain(self.http)
+        return self._domain
 
     def sign(self, primary_type: str, message: dict[str, Any]) -> str:
         signable = encode_typed_data(full_message=eip712.typed_data(self.domain, primary_type, message))
