@@ -9,10 +9,26 @@ workers `datacoop up` started, one of them redundantly, and checks every worker 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-from services.worker.client import ResearcherJobs
+from services.worker.client import ApiError, ResearcherJobs
+
+_NOT_YET = ("unknown-order", "order-unpaid", "version-unknown", "not-ready")
+
+
+def submit_when_seen(researcher: ResearcherJobs, order_id: str, analysis: str, params: dict[str, Any],
+                     redundancy: int = 1, timeout_s: float = 30) -> dict[str, Any]:
+    """Submit, retrying while the jobs service has not yet read the order, its payment or its version."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return researcher.submit(order_id, analysis, params, redundancy)
+        except ApiError as exc:
+            if not str(exc.problem.get("type", "")).endswith(_NOT_YET) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
 
 
 def run_jobs_demo(jobs_url: str, api_key: str, order_id: str, columns: list[str],
@@ -27,7 +43,8 @@ def run_jobs_demo(jobs_url: str, api_key: str, order_id: str, columns: list[str]
     if len(columns) >= 2:
         plan.append(("kmeans", {"columns": columns[:2], "k": 3}, 1))
         plan.append(("ols", {"y": columns[1], "x": [columns[0]]}, 2))
-    submitted = [(name, researcher.submit(order_id, name, params, redundancy)) for name, params, redundancy in plan]
+    submitted = [(name, submit_when_seen(researcher, order_id, name, params, redundancy))
+                 for name, params, redundancy in plan]
     say(f"jobs: submitted {len(submitted)} analyses on order {order_id[:8]}…")
     finished = []
     for name, job in submitted:
