@@ -63,6 +63,7 @@ class Order:
     dataset_id: str
     version: int
     price_units: int
+    offer: str = "download"
 
 
 def order_subject(chain_order_id: bytes) -> tuple[str, bool]:
@@ -92,8 +93,12 @@ def confirm_payment(log: PaidLog, already_confirmed: bool, now: datetime) -> lis
 
 
 def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[str, int], fee_bps: int,
-                   cooperative: str, already_allocated: bool) -> list[Event]:
-    """The split of one paid order (once): RevenueAllocated, preceded by a flag on a price mismatch."""
+                   cooperative: str, already_allocated: bool, compute_reserve_bps: int = 0) -> list[Event]:
+    """The split of one paid order (once): RevenueAllocated, preceded by a flag on a price mismatch.
+
+    A compute order holds `compute_reserve_bps` of what was paid back in escrow for the providers of
+    its jobs; the rest is split as usual. So job fees are always backed by escrow, and a root never
+    promises more than the contract holds."""
     if already_allocated or not payment.allocatable:
         return []
     events: list[Event] = []
@@ -103,28 +108,36 @@ def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[
             price_units=order.price_units, allocated=True,
             detail=f"paid {payment.amount_units} units for a price of {order.price_units}; the amount paid is "
                    "allocated, access is the marketplace's call"))
-    fee_units = payment.amount_units * fee_bps // 10_000
+    reserve_units = payment.amount_units * compute_reserve_bps // 10_000 if order.offer == "compute" else 0
+    base_units = payment.amount_units - reserve_units
+    fee_units = base_units * fee_bps // 10_000
     if sum(contributor_weights.values()) == 0:
         events.append(PaymentFlagged(
             order_id=order.order_id, reason="no-contributors", amount_units=payment.amount_units,
             price_units=order.price_units, allocated=True,
             detail=f"version {order.version} of {order.dataset_id} has no contributor records; the whole amount "
                    "goes to the cooperative"))
-        split = Allocation({}, payment.amount_units)
+        split = Allocation({}, base_units)
     else:
-        split = split_order_revenue(payment.amount_units, fee_bps, contributor_weights)
+        split = split_order_revenue(base_units, fee_bps, contributor_weights)
     events.append(RevenueAllocated(
         order_id=order.order_id, dataset_id=order.dataset_id, version=order.version,
         amount_units=payment.amount_units, fee_bps=fee_bps, fee_units=fee_units,
         remainder_units=split.cooperative_units - fee_units, cooperative=cooperative,
-        cooperative_units=split.cooperative_units, allocations=dict(split.payee_units)))
+        cooperative_units=split.cooperative_units, allocations=dict(split.payee_units),
+        compute_reserve_units=reserve_units))
     return events
 
 
 def allocate_job_fee(job_id: str, provider: str, fee_units: int, already_allocated: bool,
-                     order_id: str | None = None) -> list[Event]:
-    """A job's fee, wholly to its provider (once per job)."""
+                     order_id: str | None = None, reserve_left_units: int | None = None) -> list[Event]:
+    """A job's fee, wholly to its provider (once per job), capped by what its compute order still
+    holds in reserve (`reserve_left_units`; None: no cap, for fees funded otherwise)."""
     if already_allocated:
+        return []
+    if reserve_left_units is not None:
+        fee_units = min(fee_units, reserve_left_units)
+    if fee_units <= 0:
         return []
     split = split_job_fee(fee_units, provider)
     return [JobFeeAllocated(job_id=job_id, order_id=order_id, provider=provider,

@@ -19,6 +19,7 @@ import duckdb
 
 from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.jobs import JobCompleted
 from datacoop.events.orders import OrderPlaced
 from datacoop.events.payouts import (
     EpochPosted,
@@ -36,7 +37,11 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (dataset_id, version));
 CREATE TABLE IF NOT EXISTS orders (
     order_id VARCHAR PRIMARY KEY, dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL,
-    price_units HUGEINT NOT NULL, buyer VARCHAR NOT NULL);
+    price_units HUGEINT NOT NULL, buyer VARCHAR NOT NULL, offer VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs_due (
+    job_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, provider VARCHAR NOT NULL, fee_units HUGEINT NOT NULL);
+CREATE TABLE IF NOT EXISTS compute_reserves (
+    order_id VARCHAR PRIMARY KEY, reserved_units HUGEINT NOT NULL, spent_units HUGEINT NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (
     order_id VARCHAR PRIMARY KEY, buyer VARCHAR NOT NULL, amount_units HUGEINT NOT NULL,
     tx_hash VARCHAR NOT NULL, block_number BIGINT NOT NULL, log_index INTEGER NOT NULL,
@@ -69,8 +74,12 @@ class SettlementProjection:
             tx.execute("INSERT OR IGNORE INTO versions VALUES (?, ?, ?)",
                        [ev.dataset_id, ev.version, json.dumps(ev.contributor_weights)])
         elif isinstance(ev, OrderPlaced):
-            tx.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, ?)",
-                       [ev.order_id, ev.dataset_id, ev.version, ev.price_units, ev.buyer])
+            tx.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, ?, ?)",
+                       [ev.order_id, ev.dataset_id, ev.version, ev.price_units, ev.buyer, ev.offer])
+        elif isinstance(ev, JobCompleted):
+            if ev.fee_units > 0:
+                tx.execute("INSERT OR IGNORE INTO jobs_due VALUES (?, ?, ?, ?)",
+                           [ev.job_id, ev.order_id, ev.provider, ev.fee_units])
         elif isinstance(ev, PaymentConfirmed):
             _, is_uuid = domain.order_subject(bytes.fromhex(ev.chain_order_id[2:]))
             tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -82,6 +91,12 @@ class SettlementProjection:
             if tx.execute("SELECT 1 FROM allocations WHERE subject = ?", [subject]).fetchone():
                 return
             tx.execute("INSERT INTO allocations VALUES (?, ?, ?)", [subject, kind, ev.model_dump_json()])
+            if isinstance(ev, RevenueAllocated) and ev.compute_reserve_units:
+                tx.execute("INSERT OR IGNORE INTO compute_reserves VALUES (?, ?, 0)",
+                           [ev.order_id, ev.compute_reserve_units])
+            if isinstance(ev, JobFeeAllocated) and ev.order_id:
+                tx.execute("UPDATE compute_reserves SET spent_units = spent_units + ? WHERE order_id = ?",
+                           [ev.fee_units, ev.order_id])
             for account, units in domain.credits(ev).items():
                 tx.execute("""INSERT INTO balances VALUES (?, ?) ON CONFLICT (account)
                               DO UPDATE SET cumulative_units = balances.cumulative_units + excluded.cumulative_units""",
@@ -111,14 +126,30 @@ class SettlementProjection:
     def ready_to_allocate(self, limit: int = 500) -> list[tuple[domain.Payment, domain.Order, dict[str, int]]]:
         """Confirmed payments whose order and version are known and that are not allocated yet."""
         rows = self.conn.execute(
-            """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, v.weights
+            """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, v.weights,
+                      o.offer
                FROM payments p JOIN orders o USING (order_id)
                JOIN versions v ON v.dataset_id = o.dataset_id AND v.version = o.version
                LEFT JOIN allocations a ON a.subject = p.order_id
                WHERE a.subject IS NULL AND p.allocatable ORDER BY p.block_number, p.log_index LIMIT ?""",
             [limit]).fetchall()
-        return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5])),
+        return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5]), r[7]),
                  json.loads(r[6])) for r in rows]
+
+    def reserve_left(self, order_id: str) -> int | None:
+        row = self.conn.execute("SELECT reserved_units - spent_units FROM compute_reserves WHERE order_id = ?",
+                                [order_id]).fetchone()
+        return int(row[0]) if row else None
+
+    def jobs_to_pay(self, limit: int = 500) -> list[tuple[str, str, str, int, int]]:
+        """(job_id, order_id, provider, fee_units, reserve_left_units) of completed jobs not paid yet whose
+        compute order's reserve is known (the order was allocated)."""
+        rows = self.conn.execute(
+            """SELECT j.job_id, j.order_id, j.provider, j.fee_units, r.reserved_units - r.spent_units
+               FROM jobs_due j JOIN compute_reserves r USING (order_id)
+               LEFT JOIN allocations a ON a.subject = j.job_id
+               WHERE a.subject IS NULL ORDER BY j.job_id LIMIT ?""", [limit]).fetchall()
+        return [(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
     def allocated_orders_paid_since(self, block_number: int) -> list[str]:
         """Allocated orders paid at or after `block_number`: the only ones a refund can still reach."""

@@ -42,7 +42,7 @@ from datacoop.events.payouts import EpochPosted
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app
 from datacoop.kit.logs import configure
-from datacoop.topics import DATASETS, ORDERS, PAYOUTS
+from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS
 from services.settlement import domain
 from services.settlement.api import build_router
 from services.settlement.merkle import StandardMerkleTree
@@ -62,7 +62,7 @@ def utcnow() -> datetime:
 class SettlementService(ServiceRuntime[SettlementProjection]):
     def __init__(self, settings: SettlementSettings, clock: Callable[[], datetime] = utcnow) -> None:
         super().__init__("settlement", settings, lambda store: SettlementProjection(store.conn),
-                         reads=[DATASETS, ORDERS], writes=PAYOUTS, schema_sql=SCHEMA_SQL)
+                         reads=[DATASETS, ORDERS, JOBS], writes=PAYOUTS, schema_sql=SCHEMA_SQL)
         self.cfg = settings
         self.clock = clock
         self.started_at = clock()
@@ -93,6 +93,7 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
             return
         await self.watch_once()
         await self.allocate_once()
+        await self.pay_jobs_once()
         await self.run_epoch(forced=False)
 
     def crash_point(self, step: str) -> None:
@@ -141,7 +142,8 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
             def decide(payment: domain.Payment = payment, order: domain.Order = order,
                        weights: dict[str, int] = weights) -> list[Event]:
                 return domain.allocate_order(payment, order, weights, self.cfg.fee_bps, self.coop_address,
-                                             self.projection.allocated(order.order_id))
+                                             self.projection.allocated(order.order_id),
+                                             self.cfg.compute_reserve_bps)
 
             try:
                 done += len(await self.writer.execute(order.order_id, decide, causation_id=cause,
@@ -152,15 +154,28 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
             self.crash_point("after_allocation")
         return done
 
+    async def pay_jobs_once(self) -> int:
+        """A fee for every completed job (JobCompleted on datacoop.jobs), out of its order's compute reserve."""
+        paid = 0
+        for job_id, order_id, provider, fee_units, _ in self.projection.jobs_to_pay():
+            paid += await self.allocate_job_fee(job_id, provider, fee_units, order_id, from_reserve=True)
+        return paid
+
     async def allocate_job_fee(self, job_id: str, provider: str, fee_units: int,
-                               order_id: str | None = None) -> int:
-        """The allocation path for jobs (the jobs service calls it through its event, once it exists)."""
+                               order_id: str | None = None, *, from_reserve: bool = False) -> int:
+        """Pay one job's fee to its provider, once (the id derives from the job); `from_reserve` caps it by
+        what the order's compute reserve holds at that moment (read under the writer's lock)."""
         assert self.writer is not None
         cause = f"job-fee:{job_id}"
 
         def decide() -> list[Event]:
+            left = self.projection.reserve_left(order_id) if from_reserve and order_id else None
+            if left is not None and fee_units > left:
+                log.warning("job %s: fee %d capped at the %d units left in order %s's compute reserve",
+                            job_id, fee_units, left, order_id)
             return domain.allocate_job_fee(job_id, Web3.to_checksum_address(provider), fee_units,
-                                           self.projection.allocated(job_id), order_id)
+                                           self.projection.allocated(job_id), order_id,
+                                           0 if from_reserve and left is None else left)
 
         return len(await self.writer.execute(job_id, decide, causation_id=cause, id_for=_derived(cause)))
 

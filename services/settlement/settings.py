@@ -17,6 +17,8 @@ class SettlementSettings(ServiceSettings):
     settler_key: str = Field(min_length=64, repr=False, description="private key holding SETTLER_ROLE")
     coop_address: str = Field(pattern=_ADDRESS, description="the cooperative's payout account (fees, remainders)")
     fee_bps: int = Field(500, ge=0, le=10_000, description="cooperative fee in basis points of each order")
+    compute_reserve_bps: int = Field(5_000, ge=0, le=10_000,
+                                     description="share of a compute order held in escrow for its jobs' providers")
     confirmations: int = Field(2, ge=0, description="blocks a payment must be under before it counts")
     start_block: int = Field(0, ge=0, description="first block to read OrderPaid logs from")
     epoch_interval_s: float = Field(3600.0, gt=0, description="post a new root at most this often")

@@ -134,10 +134,10 @@ def publish_version(bootstrap: str, prefix: str, dataset_id: str, version: int, 
 
 
 def publish_order(bootstrap: str, prefix: str, order: uuid.UUID, dataset_id: str, version: int,
-                  price_units: int) -> None:
+                  price_units: int, offer: str = "download") -> None:
     now = datetime.now(UTC)
     ev = OrderPlaced(order_id=str(order), researcher_id="r-1", buyer=Account.from_key(BUYER_KEY).address,
-                     dataset_id=dataset_id, version=version, offer="download", price_units=price_units,
+                     dataset_id=dataset_id, version=version, offer=offer, price_units=price_units,
                      placed_at=now, expires_at=now + timedelta(hours=1))
     publish(bootstrap, prefix, ORDERS, str(order), "datacoop/marketplace", ev)
 

@@ -5,6 +5,7 @@ of that."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from tests.e2e.settlement_fixtures import (
     Settlement,
     buy,
     expected_split,
+    publish,
     publish_order,
     publish_version,
     settlement,  # noqa: F401  (fixture)
@@ -278,3 +280,37 @@ def test_no_root_is_posted_over_an_order_refunded_after_it_was_allocated(
     assert refused is not None and refused.status_code == 409
     assert str(order) in refused.json()["detail"] and "refunded" in refused.json()["detail"]
     assert s.contracts.market.functions.currentEpoch().call() == 0
+
+
+def test_job_fees_are_paid_to_providers_out_of_the_compute_orders_reserve(
+    settlement: Settlement, broker: Broker, chain: Chain, prefix: str, tmp_path: Path  # noqa: F811
+) -> None:
+    """A compute order holds half its price back; each JobCompleted on datacoop.jobs pays its provider
+    once from that reserve, capped by what is left, so the root never promises more than escrow holds."""
+    from datacoop.events.jobs import JobCompleted
+    from datacoop.topics import JOBS
+
+    s = settlement
+    s.start()
+    order, price = uuid.uuid4(), 4_000_000
+    weights = {MEMBERS[0]: 1, MEMBERS[1]: 3}
+    publish_version(broker.bootstrap, prefix, "compute-set", 1, weights)
+    publish_order(broker.bootstrap, prefix, order, "compute-set", 1, price, offer="compute")
+    buy(s, order, price)
+    wait_for(lambda: allocated(s, order), "the compute order allocated")
+    alloc = s.get(f"/orders/{order}").json()["allocation"]
+    assert alloc["compute_reserve_units"] == price // 2
+    assert sum(alloc["allocations"].values()) + alloc["cooperative_units"] == price - price // 2
+
+    provider_a, provider_b = Account.create().address, Account.create().address
+    for job_id, provider, fee in (("job-1", provider_a, 1_500_000), ("job-2", provider_b, 1_500_000),
+                                  ("job-1", provider_a, 1_500_000)):  # job-1 reported twice: paid once
+        ev = JobCompleted(job_id=job_id, order_id=str(order), result_sha256="a" * 64, workers=["w"], provider=provider,
+                          fee_units=fee, completed_at=datetime.now(UTC))
+        publish(broker.bootstrap, prefix, JOBS, job_id, "datacoop/jobs", ev)
+    wait_for(lambda: provider_b.lower() in s.get("/balances").json(), "both job fees allocated")
+    balances = s.get("/balances").json()
+    assert balances[provider_a.lower()] == 1_500_000
+    assert balances[provider_b.lower()] == 500_000, "capped at what the reserve still held"
+    posted = s.post_epoch()
+    assert posted is not None and posted.status_code == 200, posted and posted.text

@@ -69,6 +69,8 @@ class RevenueAllocated(Event):
     cooperative: Address
     cooperative_units: int = Field(ge=0, description="fee_units + remainder_units")
     allocations: dict[Address, int] = Field(description="member account -> units")
+    compute_reserve_units: int = Field(0, ge=0, description="for a compute order: held back in escrow to pay the "
+                                                            "providers of its jobs (JobFeeAllocated)")
 
     @model_validator(mode="after")
     def _sums(self) -> RevenueAllocated:
@@ -76,8 +78,8 @@ class RevenueAllocated(Event):
             raise ValueError("cooperative_units must equal fee_units + remainder_units")
         if any(u < 0 for u in self.allocations.values()):
             raise ValueError("allocations must be >= 0")
-        if sum(self.allocations.values()) + self.cooperative_units != self.amount_units:
-            raise ValueError("allocations + cooperative_units must add up to amount_units exactly")
+        if sum(self.allocations.values()) + self.cooperative_units + self.compute_reserve_units != self.amount_units:
+            raise ValueError("allocations + cooperative_units + compute_reserve_units must add up to amount_units")
         return self
 
 
