@@ -42,6 +42,8 @@ def _status_table(stack: stack_mod.Stack) -> Table:
                       "running" if stack.chain.alive() else "stopped")
     for name, svc in stack.services.items():
         table.add_row(f"service {name}", svc.url, str(svc.proc.pid), svc.state())
+    for i, worker in enumerate(stack.workers):
+        table.add_row(f"worker {i + 1}", "-> jobs", str(worker.pid), "running" if worker.poll() is None else "exited")
     return table
 
 
@@ -51,6 +53,7 @@ def up(
     exit_after_demo: Annotated[bool, typer.Option(help="stop everything after the scenario")] = False,
     services: Annotated[str, typer.Option(help="comma-separated services to start (default: all)")] = "",
     chain: Annotated[bool, typer.Option("--chain/--no-chain", help="start the local anvil chain")] = True,
+    workers: Annotated[int, typer.Option(min=0, max=16, help="GPU/CPU worker processes to start")] = 3,
 ) -> None:
     """Start the broker, the chain and every service; show their state; Ctrl-C stops them all."""
     known = [s.name for s in stack_mod.SERVICES]
@@ -74,6 +77,7 @@ def up(
     try:
         with console.status("waiting for every service to catch up with the log ..."):
             stack_mod.wait_ready(stk)
+            stack_mod.start_workers(stk, workers)
         console.print(_status_table(stk))
         console.print(f"stack described in {stack_mod.STACK_FILE}")
         if demo:
@@ -120,12 +124,13 @@ def schemas(action: Annotated[str, typer.Argument(help="write | check")] = "chec
 
 
 from datacoop.cli import anonymizer as _anonymizer  # noqa: E402
+from datacoop.cli import jobs as _jobs  # noqa: E402
 from datacoop.cli import market as _market  # noqa: E402
 from datacoop.cli import members as _members  # noqa: E402
 from datacoop.cli import settlement as _settlement  # noqa: E402
 from datacoop.cli import vault as _vault  # noqa: E402
 
-for _area in (_members, _vault, _anonymizer, _market, _settlement):
+for _area in (_members, _vault, _anonymizer, _market, _jobs, _settlement):
     _area.register(app)
 
 

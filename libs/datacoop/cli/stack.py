@@ -35,6 +35,8 @@ SERVICES: list[ServiceEntry] = [
                  "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates"),
     ServiceEntry("marketplace", "services.marketplace.service",
                  "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", needs_chain=True),
+    ServiceEntry("jobs", "services.jobs.service",
+                 "analytics jobs: submission, leases to workers, signed results, redundancy, job fees"),
     ServiceEntry("settlement", "services.settlement.service",
                  "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
 ]
@@ -70,6 +72,7 @@ class Stack:
     broker: Broker
     chain: Chain | None
     services: dict[str, RunningService] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     data_dir: Path = RUN_DIR / "data"
     chain_env: dict[str, str] = field(default_factory=dict)
 
@@ -79,6 +82,7 @@ class Stack:
             "chain": {"url": self.chain.url, "pid": self.chain.pid, **self.chain_env} if self.chain else None,
             "services": {n: {"url": s.url, "pid": s.proc.pid, "log": str(s.log_path)}
                          for n, s in self.services.items()},
+            "workers": [w.pid for w in self.workers],
         }
 
     def save(self) -> None:
@@ -86,6 +90,15 @@ class Stack:
         STACK_FILE.write_text(json.dumps(self.describe(), indent=2))
 
     def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
         for svc in reversed(list(self.services.values())):
             if svc.proc.poll() is None:
                 svc.proc.terminate()
@@ -143,6 +156,7 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_OBJECT_STORE_DIR": str(RUN_DIR / "objects"),
         "DATACOOP_ANONYMIZER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_ANONYMIZER_DEBOUNCE_S": "1",
+        "DATACOOP_WORKER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_GRANT_KEY_FILE": str(RUN_DIR / "keys" / "marketplace-grant-key.pem"),
         "DATACOOP_LOG_JSON": "true",
     })
@@ -176,6 +190,17 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:
         if pending and time.monotonic() > deadline:
             raise InfraError(f"not ready after {timeout_s:.0f} s: {', '.join(pending)}; see var/run/logs/")
         time.sleep(0.1)
+
+
+def start_workers(stack: Stack, count: int) -> None:
+    """GPU-provider processes (`datacoop worker`) on this machine, each with a fresh payout key."""
+    if count <= 0 or "jobs" not in stack.services:
+        return
+    from services.worker.launch import spawn_workers
+
+    env = {"DATACOOP_WORKER_OBJECT_STORE": str(RUN_DIR / "objects"), "DATACOOP_LOG_JSON": "true"}
+    stack.workers = spawn_workers(stack.services["jobs"].url, count, RUN_DIR / "logs", env=env)
+    stack.save()
 
 
 def load_stack_file() -> dict[str, object]:
