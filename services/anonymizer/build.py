@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -143,8 +143,13 @@ def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_k
     by_member = pseudonyms(pseudonym_key, table.members)
     members_of_rows = [table.members[r] for r in rows]
     arrays = {PSEUDONYM_COLUMN: pa.array([by_member[m] for m in members_of_rows], pa.string())}
+    passthrough = set(definition.passthrough)
     for name, values in published.columns.items():
-        arrays[name] = pa.array(values, pa.string())
+        spec = definition.definition.columns.get(name)
+        if name in passthrough and spec is not None and spec.type == "integer":
+            arrays[name] = _integers(name, values)  # published unchanged: keep them numbers for analytics
+        else:
+            arrays[name] = pa.array(values, pa.string())
     arrow = pa.table(arrays)
     sink = io.BytesIO()
     pq.write_table(arrow, sink, compression="zstd")
@@ -170,6 +175,14 @@ CREATE TABLE IF NOT EXISTS aggregate_releases (
     epsilon DOUBLE NOT NULL, mechanism VARCHAR NOT NULL, delta DOUBLE, value_column VARCHAR,
     PRIMARY KEY (dataset_id, version));
 """
+
+
+def _integers(name: str, values: Sequence[object]) -> pa.Array:
+    """An integer passthrough column as int64 (missing values null)."""
+    try:
+        return pa.array([None if v is None or v == "" else int(str(v)) for v in values], pa.int64())
+    except ValueError as exc:
+        raise ValueError(f"column {name!r} is declared integer but holds {exc}; fix the definition") from exc
 
 
 def parquet_path(store_dir: Path, dataset_id: str, version: int) -> Path:

@@ -15,6 +15,7 @@ import httpx
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
+from web3 import Web3
 
 from datacoop.cli.anonymizer import chapter_datasets
 from services.consent.client import ApiError, MemberWallet, check
@@ -138,6 +139,72 @@ def chapter_market(state: DemoState, console: Console) -> None:
                     minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member)
 
 
+FITNESS_DATASET = "fitness-demo"
+
+
+def fitness_definition() -> dict[str, Any]:
+    """Daily activity: the day is generalized (month, year) until k-anonymous; counts pass through."""
+    return {"name": FITNESS_DATASET, "version": 1, "purpose": "health-research", "data_categories": ["fitness"],
+            "columns": {"day": {"type": "date", "first": "2026-01-01", "last": "2026-12-31"},
+                        "workout": {"type": "categorical", "values": ["none", "walk", "run", "cycle"]},
+                        "steps": {"type": "integer", "min": 0, "max": 200_000},
+                        "active_minutes": {"type": "integer", "min": 0, "max": 1440}},
+            "quasi_identifiers": {"day": {"dates": {"first": "2026-01-01", "last": "2026-12-31"}}},
+            "sensitive": [], "privacy": {"k": 3, "suppression_limit": 0.1},
+            "aggregates": {"epsilon": 1.0, "mechanism": "laplace", "value_column": "steps",
+                           "value_bounds": [0, 200_000]}}
+
+
+def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
+    console.rule("analytics on members' machines: jobs run on workers, results signed, providers paid")
+    from datacoop.chain import ADMIN_KEY, ANVIL_KEYS, Contracts, send_receipt
+    from services.anonymizer.client import AnonymizerClient
+    from services.jobs.demo import run_jobs_demo
+    from services.marketplace.client import ResearcherClient, pay, register_researcher
+
+    urls = {name: svc["url"] for name, svc in state.stack["services"].items()}
+    for i in range(members):
+        wallet = MemberWallet(Account.create().key.hex(), urls["consent"])
+        wallet.register()
+        wallet.grant("health-research", ["fitness"])
+        vault = VaultClient(wallet.account.key.hex(), urls["vault"])
+        _until(lambda v=vault: v.http.get(f"/members/{v.address}/records").status_code == 200)
+        vault.contribute_rows("fitness", sample_rows("fitness", 30, seed=100 + i))
+        state.dataset_members.append(wallet)
+    datasets = AnonymizerClient(urls["anonymizer"], "datacoop-dev-operator-token")
+    datasets.define(fitness_definition())
+    version = datasets.build(FITNESS_DATASET)
+    console.print(f"{FITNESS_DATASET} version {version['version']}: {version['rows']} rows, k={version['k']}")
+
+    buyer_key = ANVIL_KEYS[8]
+    reg = register_researcher(urls["marketplace"], "Dr. Compute", Account.from_key(buyer_key).address, "Demo Lab")
+    researcher = ResearcherClient(urls["marketplace"], reg["api_key"])
+    _until(lambda: any((v["dataset_id"], v["version"]) == (FITNESS_DATASET, version["version"])
+                       for v in researcher.catalog()["versions"]))
+    payment = researcher.catalog()["payment"]
+    order = researcher.order(FITNESS_DATASET, version["version"], "compute")
+    chain_url = state.stack["chain"]["url"]
+    contracts = Contracts.at(Web3(Web3.HTTPProvider(chain_url)), payment["token"], payment["market"])
+    send_receipt(contracts.w3, contracts.stablecoin.functions.mint(Account.from_key(buyer_key).address,
+                                                                   order["price_units"]), ADMIN_KEY)
+    pay(chain_url, payment["token"], payment["market"], buyer_key, order["order_id"], order["price_units"])
+    _until(lambda: researcher.get_order(order["order_id"])["status"] == "paid", timeout_s=60)
+    console.print(f"compute order {order['order_id']} paid {order['price_units']:,} units; "
+                  "the rows go to workers, never to the researcher")
+    finished = run_jobs_demo(urls["jobs"], reg["api_key"], order["order_id"], ["steps", "active_minutes"],
+                             say=lambda line: console.print(line, highlight=False))
+    providers = {job["provider"].lower() for job in finished if job.get("provider")}
+
+    def providers_paid() -> bool:
+        balances = httpx.get(f"{urls['settlement']}/balances", timeout=10).json()
+        return all(p in balances for p in providers)
+
+    _until(providers_paid, timeout_s=60)
+    balances = httpx.get(f"{urls['settlement']}/balances", timeout=10).json()
+    for provider in sorted(providers):
+        console.print(f"GPU provider {provider[:10]}… earned {balances[provider]:,} units for its jobs")
+
+
 def chapter_payouts(state: DemoState, console: Console) -> None:
     console.rule("settlement: revenue split by records, one Merkle root on chain, members claim")
     from services.settlement.demo import show_earnings_and_claim
@@ -162,7 +229,8 @@ def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:
 
 DEMO_DATASET = "census-demo"
 CHAPTERS = [("consent", chapter_members), ("vault", chapter_vault), ("anonymizer", chapter_datasets),
-            ("marketplace", chapter_market), ("settlement", chapter_payouts), ("consent", chapter_erasure)]
+            ("marketplace", chapter_market), ("jobs", chapter_jobs), ("settlement", chapter_payouts),
+            ("consent", chapter_erasure)]
 
 
 def run_demo(stack: dict[str, Any], console: Console) -> DemoState:

@@ -12,7 +12,11 @@ from pydantic import BaseModel, ConfigDict
 
 Schema = Mapping[str, str]
 
-NUMERIC_TYPES = frozenset({"int", "integer", "float", "double", "number", "bool", "boolean"})
+NUMERIC_TYPES = frozenset({
+    "int", "integer", "float", "double", "number", "bool", "boolean",
+    # Arrow type names (a version event's `columns`) and DuckDB's
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "halffloat", "float16", "float32",
+    "float64", "tinyint", "smallint", "bigint", "hugeint", "real"})
 
 
 class JobRefused(ValueError):
