@@ -31,6 +31,7 @@ from datacoop.events import Envelope
 from datacoop.events.members import MemberRegistered
 from datacoop.topics import MEMBERS, qualified
 from infra.local import start_broker
+from services.anonymizer.definition import shared_dir
 from services.consent import domain as consent_domain
 from services.consent import eip712
 from services.consent.service import ConsentService
@@ -40,7 +41,7 @@ from services.vault.crypto import new_data_key, new_kek_b64, seal_many
 from services.vault.service import VaultService
 from services.vault.settings import VaultSettings
 
-ADULT = Path("/work/shared/data/adult/adult.csv")
+ADULT = shared_dir() / "data" / "adult" / "adult.csv"
 ROWS_PER_UPLOAD = 10_000
 UPLOADS = 6
 GRANT_MEMBERS = 2_000

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
+from services.anonymizer.definition import shared_dir
 from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
 
-ADULT = Path("/work/shared/data/adult/adult.csv")
+ADULT = shared_dir() / "data" / "adult" / "adult.csv"
 SCHEMAS = load_schemas()
 
 
