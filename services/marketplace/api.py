@@ -49,6 +49,10 @@ class OrderBody(BaseModel):
     offer: Offer
 
 
+class RevokeBody(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
 class GrantBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -224,6 +228,15 @@ def build_router(ctx: Any) -> APIRouter:
                 "download": f"/datasets/{order.dataset_id}/versions/{order.version}/parquet",
                 "header": "X-Access-Grant"}
 
+    @router.post("/orders/{order_id}/grants/{grant_id}/revoke", tags=["downloads"])
+    async def revoke_grant(order_id: str, grant_id: str, who: Researcher,
+                           body: RevokeBody | None = None) -> dict[str, Any]:
+        """Revoke a grant before it expires (a leaked link, say): it opens nothing from then on."""
+        own_order(order_id, who)
+        cmd = domain.RevokeGrant(order_id, who["researcher_id"], grant_id, body.reason if body else "")
+        await run(order_id, lambda: domain.decide(cmd, ctx.projection.order(order_id), ctx.clock()))
+        return {"order_id": order_id, "grant_id": grant_id, "revoked": True}
+
     @router.get("/datasets/{dataset_id}/versions/{version}/parquet", tags=["downloads"])
     async def download(dataset_id: str, version: int, who: Researcher,
                        x_access_grant: Annotated[str | None, Header()] = None) -> StreamingResponse:
@@ -239,6 +252,9 @@ def build_router(ctx: Any) -> APIRouter:
         order = ctx.projection.order(g.order_id)
         if order is None or order.status != "paid" or order.researcher_id != who["researcher_id"]:
             raise Forbidden(f"grant {g.grant_id}'s order {g.order_id} is not a paid order of yours",
+                            slug="grant-refused")
+        if g.grant_id in order.revoked_grants:
+            raise Forbidden(f"grant {g.grant_id} was revoked; ask a new one with POST /orders/{g.order_id}/grants",
                             slug="grant-refused")
         v = published(dataset_id, version)
         try:

@@ -43,6 +43,9 @@ class ResearcherClient:
     def grant(self, order_id: str, ttl_s: float | None = None) -> dict[str, Any]:
         return dict(check(self.http.post(f"/orders/{order_id}/grants", json={"ttl_s": ttl_s})))
 
+    def revoke_grant(self, order_id: str, grant_id: str, reason: str = "") -> dict[str, Any]:
+        return dict(check(self.http.post(f"/orders/{order_id}/grants/{grant_id}/revoke", json={"reason": reason})))
+
     def query(self, order_id: str, query: dict[str, Any]) -> dict[str, Any]:
         return dict(check(self.http.post(f"/orders/{order_id}/queries", json=query)))
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from datacoop.events.orders import (
     AccessGranted,
+    AccessRevoked,
     Offer,
     OrderExpired,
     OrderPaid,
@@ -52,6 +53,8 @@ class Order:
     spent_micro: int = 0
     queries: int = 0
     grants: int = 0
+    grant_ids: tuple[str, ...] = ()
+    revoked_grants: tuple[str, ...] = ()
     paid_at: datetime | None = None
     paid_units: int = 0
     tx_hash: str | None = None
@@ -107,6 +110,14 @@ class GrantAccess:
 
 
 @dataclass(frozen=True)
+class RevokeGrant:
+    order_id: str
+    researcher_id: str
+    grant_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class SpendBudget:
     order_id: str
     researcher_id: str
@@ -137,7 +148,7 @@ def place(cmd: PlaceOrder, version: VersionInfo | None, dataset_id: str, version
                         query_budget_micro=cmd.budget_micro if cmd.offer == "query" else None)]
 
 
-def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | SpendBudget, order: Order | None,
+def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBudget, order: Order | None,
            now: datetime) -> list[Event]:
     """The events `cmd` causes on `order`, or OrderRefused saying why not."""
     if order is None:
@@ -155,6 +166,13 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | SpendBudget, order: O
         return [OrderExpired(order_id=order.order_id, expired_at=now)]
     if cmd.researcher_id != order.researcher_id:
         raise OrderRefused("forbidden", f"order {order.order_id} belongs to another researcher")
+    if isinstance(cmd, RevokeGrant):
+        if cmd.grant_id not in order.grant_ids:
+            raise OrderRefused("not_found", f"order {order.order_id} has no grant {cmd.grant_id}; "
+                                            f"GET /orders/{order.order_id} lists its grants")
+        if cmd.grant_id in order.revoked_grants:
+            raise OrderRefused("conflict", f"grant {cmd.grant_id} is already revoked")
+        return [AccessRevoked(order_id=order.order_id, grant_id=cmd.grant_id, reason=cmd.reason, revoked_at=now)]
     _require_paid(order)
     if isinstance(cmd, GrantAccess):
         if order.offer != "download":
@@ -208,7 +226,9 @@ def evolve(order: Order | None, event: Event) -> Order | None:
         return replace(order, status="expired" if order.status == "placed" else order.status,
                        expired_at=event.expired_at)
     if isinstance(event, AccessGranted):
-        return replace(order, grants=order.grants + 1)
+        return replace(order, grants=order.grants + 1, grant_ids=(*order.grant_ids, event.grant_id))
+    if isinstance(event, AccessRevoked):
+        return replace(order, revoked_grants=(*order.revoked_grants, event.grant_id))
     if isinstance(event, QueryAnswered):
         return replace(order, spent_micro=max(order.spent_micro, event.spent_micro), queries=order.queries + 1)
     return order

@@ -19,6 +19,7 @@ from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import DatasetVersionPublished, DatasetVersionSuperseded
 from datacoop.events.orders import (
     AccessGranted,
+    AccessRevoked,
     OrderExpired,
     OrderPaid,
     OrderPlaced,
@@ -47,14 +48,14 @@ CREATE TABLE IF NOT EXISTS payments (
     tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
     grant_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL);
+    expires_at TIMESTAMPTZ NOT NULL, revoked_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS spends (
     order_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, epsilon_micro BIGINT NOT NULL,
     spent_micro BIGINT NOT NULL, aggregate VARCHAR NOT NULL, answered_at TIMESTAMPTZ NOT NULL);
 """
 
 _ORDER = TypeAdapter(Order)
-_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, AccessGranted, QueryAnswered)
+_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, AccessGranted, AccessRevoked, QueryAnswered)
 _VERSION = TypeAdapter(DatasetVersionPublished)
 
 
@@ -108,8 +109,10 @@ class MarketProjection:
     @staticmethod
     def _side_tables(tx: duckdb.DuckDBPyConnection, ev: Any) -> None:
         if isinstance(ev, AccessGranted):
-            tx.execute("INSERT INTO grants VALUES (?, ?, ?, ?)",
+            tx.execute("INSERT INTO grants VALUES (?, ?, ?, ?, NULL)",
                        [ev.grant_id, ev.order_id, ev.granted_at, ev.expires_at])
+        elif isinstance(ev, AccessRevoked):
+            tx.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", [ev.revoked_at, ev.grant_id])
         elif isinstance(ev, QueryAnswered):
             tx.execute("INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.query_id, ev.epsilon_micro, ev.spent_micro, ev.aggregate, ev.answered_at])
@@ -181,9 +184,9 @@ class MarketProjection:
                  "reason": "unknown order" if r[3] is None else f"short of the price {int(r[3])}"} for r in rows]
 
     def grants_of(self, order_id: str) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT grant_id, granted_at, expires_at FROM grants WHERE order_id = ? "
+        rows = self.conn.execute("SELECT grant_id, granted_at, expires_at, revoked_at FROM grants WHERE order_id = ? "
                                  "ORDER BY granted_at", [order_id]).fetchall()
-        return [{"grant_id": g, "granted_at": a, "expires_at": e} for g, a, e in rows]
+        return [{"grant_id": g, "granted_at": a, "expires_at": e, "revoked_at": r} for g, a, e, r in rows]
 
     def spends_of(self, order_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT query_id, aggregate, epsilon_micro, spent_micro, answered_at FROM spends "

@@ -111,6 +111,15 @@ def test_downloads_need_the_right_unexpired_grant_of_the_researcher(stack: Stack
         resp = fetch(client, version, token)
         assert resp.status_code == 403, resp.text
         assert why in resp.json()["detail"]
+    leaked = ada.grant(order["order_id"])
+    assert fetch(ada, 1, leaked["grant"]).status_code == 200
+    ada.revoke_grant(order["order_id"], leaked["grant_id"], "link leaked")
+    resp = fetch(ada, 1, leaked["grant"])
+    assert resp.status_code == 403 and "revoked" in resp.json()["detail"]
+    assert fetch(ada, 1, grant).status_code == 200, "revoking one grant leaves the others"
+    with pytest.raises(ApiError) as twice:
+        ada.revoke_grant(order["order_id"], leaked["grant_id"])
+    assert twice.value.status == 409
     short = ada.grant(order["order_id"], ttl_s=1)["grant"]
     time.sleep(1.2)
     resp = fetch(ada, 1, short)

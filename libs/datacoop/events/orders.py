@@ -81,6 +81,17 @@ class AccessGranted(Event):
     expires_at: UtcTime
 
 
+@event("datacoop.marketplace.access_revoked", 1, topic=ORDERS)
+class AccessRevoked(Event):
+    """A download grant was revoked before it expired (by its researcher or an operator): it opens
+    nothing from then on."""
+
+    order_id: str = Field(min_length=1)
+    grant_id: str = Field(min_length=1)
+    reason: str = Field("", max_length=500)
+    revoked_at: UtcTime
+
+
 @event("datacoop.marketplace.query_answered", 1, topic=ORDERS)
 class QueryAnswered(Event):
     """A differentially private answer was released: `epsilon_micro` is spent from the order's budget.
