@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from datacoop import objectstore
 from services.anonymizer.anonymize import AnonymizationReport, Mode, anonymize, cell_aggregates_of
 from services.anonymizer.definition import ResolvedDefinition
 from services.anonymizer.dp import CellAggregate
@@ -189,9 +190,12 @@ def parquet_path(store_dir: Path, dataset_id: str, version: int) -> Path:
     return store_dir / dataset_id / f"v{version}.parquet"
 
 
-def write_parquet(store_dir: Path, dataset_id: str, version: int, parquet: bytes) -> str:
-    """Write atomically (temp file, rename); returns the file:// URL."""
-    path = parquet_path(store_dir, dataset_id, version)
+def write_parquet(store_dir: Path | str, dataset_id: str, version: int, parquet: bytes) -> str:
+    """Write atomically (temp file, rename); returns the file:// URL. An s3://bucket/prefix store gets
+    s3://bucket/prefix/<dataset>/v<n>.parquet (one PUT, whole or not at all) and that URL back."""
+    if objectstore.is_s3(store_dir):
+        return objectstore.write_bytes(objectstore.join(store_dir, dataset_id, f"v{version}.parquet"), parquet)
+    path = parquet_path(Path(store_dir), dataset_id, version)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
     tmp.write_bytes(parquet)

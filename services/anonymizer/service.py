@@ -33,6 +33,7 @@ import uvicorn
 import yaml
 from fastapi import FastAPI
 
+from datacoop import objectstore
 from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import (
     BuildStage,
@@ -83,15 +84,19 @@ def load_master_secret(settings: AnonymizerSettings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def object_store_dir(settings: AnonymizerSettings) -> Path:
+def object_store_dir(settings: AnonymizerSettings) -> Path | str:
+    """A local folder (Path), or an s3://bucket/prefix URL (str) written through datacoop.objectstore."""
     where = settings.anonymizer_object_store
     if not where:
         return settings.data_dir / "objects"
     if where.startswith("file://"):
         return Path(where.removeprefix("file://"))
+    if objectstore.is_s3(where):
+        objectstore.split_s3(where)  # a bucket is named, or this says so at start
+        return where.rstrip("/")
     if "://" in where:
-        raise ValueError(f"object store {where!r}: only a local folder or file:// URL is implemented; "
-                         "S3-compatible stores are not yet")
+        raise ValueError(f"object store {where!r}: only a local folder, a file:// URL or an s3://bucket/prefix "
+                         "URL is implemented")
     return Path(where)
 
 
@@ -119,7 +124,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             {name: frozenset(f.name for f in s.fields) for name, s in load_schemas().items()})
         self.master_secret = load_master_secret(settings)
         self.store_dir = object_store_dir(settings)
-        self.aggregates_db = self.store_dir / "aggregates.duckdb"
+        # DuckDB needs a local file: with an s3:// store the aggregates stay in <data_dir>/objects
+        local_dir = settings.data_dir / "objects" if objectstore.is_s3(self.store_dir) else self.store_dir
+        self.aggregates_db = Path(local_dir) / "aggregates.duckdb"
         self.operator_token = settings.anonymizer_operator_token
         if self.operator_token == DEV_OPERATOR_TOKEN:
             log.warning("DATACOOP_ANONYMIZER_OPERATOR_TOKEN is the development default; set a secret one")

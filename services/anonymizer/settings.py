@@ -20,8 +20,11 @@ class AnonymizerSettings(ServiceSettings):
                                      description="bearer token for the vault's POST /internal/decrypt")
     anonymizer_operator_token: str = Field(DEV_OPERATOR_TOKEN, min_length=16,
                                            description="bearer token of the operator API (definitions, builds)")
-    anonymizer_object_store: str = Field("", description="where versions are written: a local folder or file:// "
-                                                         "URL; default <data_dir>/objects. s3:// is not implemented")
+    anonymizer_object_store: str = Field("", description="where versions are written: a local folder, a file:// "
+                                                         "URL or s3://bucket/prefix (endpoint and credentials: "
+                                                         "DATACOOP_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                                                         "AWS_SECRET_ACCESS_KEY, AWS_REGION); default "
+                                                         "<data_dir>/objects")
     anonymizer_pseudonym_key: str | None = Field(None, description="master secret (hex or text) per-dataset "
                                                  "pseudonym keys derive from; unset = <data_dir>/"
                                                  "anonymizer-pseudonym-key, generated (development only)")

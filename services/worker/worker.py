@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from datacoop import objectstore
 from services.worker.analytics import AnalysisFailed, JobRefused, detect_hardware, run_analysis
 from services.worker.client import ApiError, WorkerSession
 
@@ -34,23 +35,30 @@ class DataUnavailable(Exception):
 
 
 def resolve(location: str, object_store: Path) -> Path:
+    """The local path of a file:// or bare-path location (s3:// is fetched by `load_verified`)."""
     parsed = urlparse(location)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme == "" or len(parsed.scheme) == 1:
         path = Path(location)
         return path if path.is_absolute() else object_store / path
-    raise DataUnavailable(f"location {location} uses {parsed.scheme}://, which this worker cannot read; "
-                          "serve the object store as a local folder (file://)")
+    raise DataUnavailable(f"location {location} uses {parsed.scheme}://, which is not a local file; this worker "
+                          "reads a local folder (file://) or, through load_verified, an s3:// object store")
 
 
 def load_verified(location: str, sha256: str, object_store: Path) -> pa.Table:
-    """The version's table, once the file's SHA-256 matches the published one."""
-    path = resolve(location, object_store)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataUnavailable(f"cannot read {location}: {exc}") from exc
+    """The version's table, once the file's SHA-256 matches the published one (s3:// fetched whole)."""
+    if objectstore.is_s3(location):
+        try:
+            data = objectstore.read_bytes(location)
+        except OSError as exc:
+            raise DataUnavailable(str(exc)) from exc
+    else:
+        path = resolve(location, object_store)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataUnavailable(f"cannot read {location}: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != sha256:
         raise DataUnavailable(f"the file at {location} does not match the published sha256; refusing to run on it")
     return pq.read_table(pa.BufferReader(data))
