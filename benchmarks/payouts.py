@@ -19,11 +19,11 @@ import random
 import time
 import uuid
 
-from datacoop.chain import SETTLER_ROLE, Contracts, order_id_from_uuid, send, send_receipt
 from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
+from datacoop.chain import SETTLER_ROLE, Contracts, order_id_from_uuid, send, send_receipt
 from infra.local import start_chain
 from services.settlement.merkle import StandardMerkleTree
 

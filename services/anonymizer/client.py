@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from services.consent.client import ApiError, check
+from datacoop.http import ApiError, check
 
 __all__ = ["AnonymizerClient", "ApiError", "BuildFailed"]
 

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
 from datacoop.events.types import Address, HexSignature, Slug
+from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
 from services.consent import domain, eip712
 from services.consent.catalog import Catalog
-from services.consent.receipts import build_receipt, public_key_b64, sign_receipt
+from services.consent.receipts import build_receipt, sign_receipt
 
 MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
 _STATUS = {"unauthorized": 401, "conflict": 409, "not_found": 404, "unprocessable": 422, "gone": 410}

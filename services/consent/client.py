@@ -10,26 +10,10 @@ import httpx
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from datacoop.http import ApiError, check
 from services.consent import eip712
 
-
-class ApiError(RuntimeError):
-    """A refused request: `status`, and the problem+json `detail` that says what to do."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"{status} {problem.get('detail') or problem}")
-        self.status = status
-        self.problem = problem
-
-
-def check(resp: httpx.Response) -> Any:
-    if resp.status_code >= 400:
-        try:
-            problem = resp.json()
-        except ValueError:
-            problem = {"detail": resp.text}
-        raise ApiError(resp.status_code, problem)
-    return resp.json()
+__all__ = ["ApiError", "MemberWallet", "check"]
 
 
 class MemberWallet:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from datacoop.keys import load_or_create_key, public_key_b64
+
+__all__ = ["ReceiptInvalid", "build_receipt", "load_or_create_key", "public_key_b64", "sign_receipt",
+           "verify_receipt"]
 from services.consent.catalog import Catalog
 from services.consent.domain import Consent, Member, effective_status
 
@@ -26,26 +28,6 @@ CONTROLLER = {"name": "datacoop cooperative", "role": "controller",
 
 class ReceiptInvalid(ValueError):
     """The receipt is malformed, or its signature does not verify with the given key."""
-
-
-def load_or_create_key(path: Path) -> Ed25519PrivateKey:
-    """The signing key at `path` (PEM, PKCS#8); created with mode 0600 on first use."""
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-    return key
-
-
-def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
 
 
 def canonical(document: dict[str, Any]) -> bytes:

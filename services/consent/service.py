@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.members import ConsentExpired
 from datacoop.events.registry import Event
+from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app
 from datacoop.kit.logs import configure
 from datacoop.topics import MEMBERS
@@ -21,7 +22,6 @@ from services.consent.api import build_router
 from services.consent.catalog import load_catalog
 from services.consent.eip712 import Domain
 from services.consent.projection import SCHEMA_SQL, MembersProjection
-from services.consent.receipts import load_or_create_key
 from services.consent.settings import ConsentSettings
 
 log = logging.getLogger("datacoop.consent")

@@ -19,12 +19,13 @@ from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.orders import MICRO_EPSILON, Offer, ResearcherRegistered
 from datacoop.events.registry import Event
 from datacoop.events.types import Address, Slug
+from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized
 from services.marketplace import domain
 from services.marketplace.engine import LoadedVersion
 from services.marketplace.files import FileUnavailable, stream
-from services.marketplace.grants import Grant, GrantRefused, public_key_b64, sign_document, sign_grant, verify_grant
+from services.marketplace.grants import Grant, GrantRefused, sign_document, sign_grant, verify_grant
 from services.marketplace.query import Query, QueryInvalid
 
 _STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409, "unprocessable": 422, "payment_required": 402,

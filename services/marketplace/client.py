@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from services.consent.client import ApiError, check
+from datacoop.http import ApiError, check
 
 __all__ = ["ApiError", "ResearcherClient", "register_researcher"]
 

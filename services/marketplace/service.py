@@ -24,6 +24,7 @@ from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.orders import OrderExpired, OrderPaid
 from datacoop.events.registry import Event
+from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app
 from datacoop.kit.logs import configure
 from datacoop.topics import DATASETS, ORDERS, PAYOUTS
@@ -31,7 +32,6 @@ from services.marketplace import domain
 from services.marketplace.api import build_router
 from services.marketplace.engine import LoadedVersion, QueryEngine
 from services.marketplace.files import VersionFiles
-from services.marketplace.grants import load_or_create_key
 from services.marketplace.offers import load_offers
 from services.marketplace.projection import SCHEMA_SQL, MarketProjection
 from services.marketplace.settings import MarketplaceSettings

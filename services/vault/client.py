@@ -15,8 +15,8 @@ import httpx
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from datacoop.http import ApiError, check
 from services.consent import eip712
-from services.consent.client import ApiError, check
 
 __all__ = ["ApiError", "VaultClient", "VaultReader", "sample_rows", "upload_format"]
 

@@ -6,6 +6,9 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from eth_account import Account
+from web3 import Web3
+
 from datacoop.chain import (
     OPERATOR_ROLE,
     SETTLER_ROLE,
@@ -17,9 +20,6 @@ from datacoop.chain import (
     send_receipt,
     uuid_from_order_id,
 )
-from eth_account import Account
-from web3 import Web3
-
 from infra.local import Chain
 from services.settlement.merkle import StandardMerkleTree
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
@@ -18,7 +19,8 @@ from rich.table import Table
 from web3 import Web3
 
 from datacoop.cli.anonymizer import chapter_datasets
-from services.consent.client import ApiError, MemberWallet, check
+from datacoop.http import ApiError, check
+from services.consent.client import MemberWallet
 from services.consent.receipts import verify_receipt
 from services.vault.client import VaultClient, sample_rows
 
@@ -76,7 +78,7 @@ def chapter_vault(state: DemoState, console: Console, rows_per_member: int = 40)
     url = state.stack["services"]["vault"]["url"]
     for i, wallet in enumerate(state.members):
         client = VaultClient(wallet.account.key.hex(), url)
-        _until(lambda c=client: c.http.get(f"/members/{c.address}/records").status_code == 200)
+        _until(partial(_vault_knows, client))
         client.contribute_rows("demographics", sample_rows("demographics", rows_per_member, seed=i))
         if i % 2 == 0:
             client.contribute_rows("fitness", sample_rows("fitness", rows_per_member // 2, seed=i))
@@ -168,7 +170,7 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
         wallet.register()
         wallet.grant("health-research", ["fitness"])
         vault = VaultClient(wallet.account.key.hex(), urls["vault"])
-        _until(lambda v=vault: v.http.get(f"/members/{v.address}/records").status_code == 200)
+        _until(partial(_vault_knows, vault))
         vault.contribute_rows("fitness", sample_rows("fitness", 30, seed=100 + i))
         state.dataset_members.append(wallet)
     datasets = AnonymizerClient(urls["anonymizer"], "datacoop-dev-operator-token")
@@ -217,6 +219,11 @@ def chapter_payouts(state: DemoState, console: Console) -> None:
                                                       "params": [address, hex(10**18)]}, timeout=10)
     show_earnings_and_claim(state.stack["services"]["settlement"]["url"], state.stack["chain"]["url"], keys,
                             console, claimers=2)
+
+
+def _vault_knows(client: VaultClient) -> bool:
+    """The vault has read the member's registration from the members topic."""
+    return bool(client.http.get(f"/members/{client.address}/records").status_code == 200)
 
 
 def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:

@@ -14,7 +14,8 @@ from eth_account import Account
 from rich.table import Table
 
 from datacoop.cli.common import console, fail, read_key, service_url
-from services.consent.client import ApiError, MemberWallet
+from datacoop.http import ApiError
+from services.consent.client import MemberWallet
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from datacoop.cli.common import console, fail, read_key, service_url
-from services.consent.client import ApiError, check
+from datacoop.http import ApiError, check
 from services.vault.client import VaultClient, upload_format
 
 _CHUNK_BYTES = 64 * 1024

@@ -26,8 +26,8 @@ __all__ = [
 
 # Importing the contract modules registers their event types.
 from datacoop.events import datasets as datasets
+from datacoop.events import jobs as jobs
 from datacoop.events import members as members
 from datacoop.events import orders as orders
 from datacoop.events import payouts as payouts
 from datacoop.events import records as records
-from datacoop.events import jobs as jobs

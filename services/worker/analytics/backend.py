@@ -21,7 +21,7 @@ BACKEND_ENV = "DATACOOP_WORKER_BACKEND"
 def _cupy_with_device() -> ModuleType | None:
     """CuPy if it imports and sees at least one CUDA device; None otherwise (never raises)."""
     try:
-        import cupy  # type: ignore[import-not-found]
+        import cupy
 
         if int(cupy.cuda.runtime.getDeviceCount()) > 0:
             return cupy  # type: ignore[no-any-return]

@@ -48,7 +48,7 @@ def numeric_block(table: pa.Table, columns: Sequence[str], xp: ModuleType, dtype
     n_kept = int(keep.sum())
     dropped = table.num_rows - n_kept
     offset = int(constant_first)
-    host = np.empty((n_kept, len(columns) + offset), dtype=dtype, order=order)
+    host: np.ndarray[Any, Any] = np.empty((n_kept, len(columns) + offset), dtype=dtype, order=order)
     if constant_first:
         host[:, 0] = 1.0
     for j, values in enumerate(host_columns):

@@ -7,6 +7,7 @@ paths agree to about 1e-12 relative; quantiles use linear interpolation (NumPy's
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Literal
 
@@ -95,7 +96,7 @@ def _group_codes(table: pa.Table, group_by: list[str]) -> tuple[np.ndarray, list
     return inverse.reshape(-1), [list(row) for row in zip(*keys, strict=True)]
 
 
-def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: list[str]) -> dict[str, Any]:
+def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequence[str]) -> dict[str, Any]:
     valid = xp.isfinite(x)
     x, groups = x[valid], groups[valid]
     count = xp.bincount(groups, minlength=n_groups)
