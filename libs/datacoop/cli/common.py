@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 
 from datacoop.cli.stack import STACK_FILE
+from datacoop.http import ApiError
+
+T = TypeVar("T")
 
 console = Console()
 err = Console(stderr=True)
@@ -22,6 +27,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """One line in red and a non-zero exit; the message says what is wrong and what to do."""
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def call_service(service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a client call; a refusal (its problem+json detail) or an unreachable service is one red line."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the {service} ({exc}); is the stack up (`datacoop up`)?")
 
 
 def service_url(name: str, given: str | None) -> str:

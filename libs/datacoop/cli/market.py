@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, read_key, service_url
+from datacoop.cli.common import call_service, console, fail, read_key, service_url
 from datacoop.cli.stack import RUN_DIR
+
+T = TypeVar("T")
 
 DEFAULT_KEY_FILE = RUN_DIR / "researcher.apikey"
 _OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
@@ -56,16 +59,8 @@ def _client(market_url: str | None, api_key_file: Path | None) -> Any:
     return ResearcherClient(service_url("marketplace", market_url), _api_key(api_key_file))
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a client call; a refusal or an unreachable service is one red line."""
-    from services.marketplace.client import ApiError
-
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the marketplace ({exc}); is the stack up (`datacoop up`)?")
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return call_service("marketplace", fn, *args, **kwargs)
 
 
 @researcher_app.command("register")

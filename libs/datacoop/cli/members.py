@@ -13,8 +13,7 @@ import typer
 from eth_account import Account
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, read_key, service_url
-from datacoop.http import ApiError
+from datacoop.cli.common import call_service, console, fail, read_key, service_url
 from services.consent.client import MemberWallet
 
 T = TypeVar("T")
@@ -36,12 +35,7 @@ def _wallet(key_file: Path | None, consent_url: str | None) -> MemberWallet:
 
 
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the consent service ({exc}); is the stack up (`datacoop up`)?")
+    return call_service("consent service", fn, *args, **kwargs)
 
 
 @wallet_app.command("new")
