@@ -13,7 +13,6 @@ from services.anonymizer.build import read_aggregates
 from services.anonymizer.definition import DefinitionError
 
 DatasetPath = Annotated[str, Path(pattern=r"^[a-z][a-z0-9-]{1,63}$", description="the dataset id (definition name)")]
-_STATUS = {"conflict": 409, "not_found": 404, "unprocessable": 422}
 
 
 def refused_definition(exc: DefinitionError) -> DomainError:
@@ -83,8 +82,6 @@ def build_router(svc: Any) -> APIRouter:
             resolved, new = await svc.define(definition, "api")
         except DefinitionError as exc:
             raise refused_definition(exc) from exc
-        except domain.Refused as exc:
-            raise DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind.replace("_", "-")) from exc
         return {**existing(resolved.definition.name), "created": new}
 
     @router.get("/datasets", tags=["catalog"])

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from datacoop.errors import RefusalKind
+from datacoop.errors import Refused as BaseRefused
 from datacoop.events.datasets import (
     DatasetDefined,
     DatasetVersionPublished,
@@ -22,14 +24,11 @@ from services.anonymizer.definition import DefinitionError, ResolvedDefinition, 
 _SLUG = re.compile(r"^[a-z][a-z0-9-]{1,63}$")
 
 
-class Refused(Exception):
-    """A command the rules refuse; `kind` maps to the API status, the message says what to do."""
+class Refused(BaseRefused):
+    """A command the dataset rules refuse; `problems` lists every fix for a refused definition."""
 
-    def __init__(self, kind: Literal["conflict", "not_found", "unprocessable"], message: str,
-                 problems: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    def __init__(self, kind: RefusalKind, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(kind, message, **({"problems": problems} if problems else {}))
         self.problems = problems or []
 
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import uvicorn
 import yaml
 from fastapi import FastAPI
 
@@ -48,8 +47,7 @@ from datacoop.events.envelope import derived_event_id
 from datacoop.events.members import ConsentExpired, ConsentGranted, ConsentRevoked, ErasureRequested
 from datacoop.events.records import KeysShredded, RecordsContributed
 from datacoop.events.registry import Event
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure
+from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.topics import DATASETS, MEMBERS, RECORDS
 from services.anonymizer import build as pipeline
 from services.anonymizer import domain
@@ -416,9 +414,7 @@ def build_app(settings: AnonymizerSettings | None = None, clock: Callable[[], da
 
 
 def main() -> None:
-    settings = AnonymizerSettings()
-    configure("anonymizer", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve("anonymizer", AnonymizerSettings(), build_app)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from services.consent.catalog import Catalog
 from services.consent.receipts import build_receipt, sign_receipt
 
 MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
-_STATUS = {"unauthorized": 401, "conflict": 409, "not_found": 404, "unprocessable": 422, "gone": 410}
 
 
 class SignedBody(BaseModel):
@@ -80,11 +79,7 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         def decide() -> list[Any]:
             return domain.decide(cmd, ctx.projection.get(member), catalog, now)
 
-        try:
-            await ctx.writer.execute(member, decide, correlation_id=correlation_id.get())
-        except domain.ConsentRefused as exc:
-            slug = "wrong-signer" if exc.kind == "unauthorized" else exc.kind.replace("_", "-")
-            raise DomainError(exc.message, status=_STATUS[exc.kind], slug=slug) from exc
+        await ctx.writer.execute(member, decide, correlation_id=correlation_id.get())
 
     def existing(member: str) -> domain.Member:
         m = ctx.projection.get(eip712.to_checksum(member))

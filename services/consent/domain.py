@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
+from datacoop.errors import Refused
 from datacoop.events.members import (
     ConsentExpired,
     ConsentGranted,
@@ -24,14 +25,10 @@ from services.consent.catalog import Catalog
 ConsentStatus = Literal["active", "revoked", "expired"]
 
 
-class ConsentRefused(Exception):
-    """A command the rules refuse. `kind` maps to the API status: the message says what to do."""
+class ConsentRefused(Refused):
+    """A command the consent rules refuse; a wrong signer is `wrong-signer` in the problem type."""
 
-    def __init__(self, kind: Literal["unauthorized", "conflict", "not_found", "unprocessable", "gone"],
-                 message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    slugs: ClassVar[dict[str, str]] = {"unauthorized": "wrong-signer"}
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,13 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import uvicorn
 from fastapi import FastAPI
 
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.members import ConsentExpired
 from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure
+from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.topics import MEMBERS
 from services.consent import domain
 from services.consent.api import build_router
@@ -81,9 +79,7 @@ def build_app(settings: ConsentSettings | None = None, clock: Callable[[], datet
 
 
 def main() -> None:
-    settings = ConsentSettings()
-    configure("consent", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve("consent", ConsentSettings(), build_app)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from services.consent import eip712
 from services.jobs import domain
 from services.worker.analytics import CATALOG, JobRefused, validate_job
 
-_STATUS = {"conflict": 409, "not_found": 404, "unprocessable": 422, "forbidden": 403, "gone": 410}
 IdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
@@ -117,10 +116,7 @@ def build_router(ctx: Any) -> APIRouter:
 
     async def run(job_id: str, cmd: domain.Command, **kw: Any) -> list[Any]:
         ready()
-        try:
-            return list(await ctx.execute(job_id, cmd, **kw))
-        except domain.JobRefusal as exc:
-            raise DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind.replace("_", "-")) from exc
+        return list(await ctx.execute(job_id, cmd, **kw))
 
     def worker_session(worker_id: str, authorization: str | None) -> domain.Worker:
         token = bearer(authorization, "worker token")
@@ -226,10 +222,7 @@ def build_router(ctx: Any) -> APIRouter:
                                  cpu_cores=body.hardware.cpu_cores, memory_bytes=body.hardware.memory_bytes,
                                  gpus=body.hardware.gpus, issued_at=body.issued_at, signature=body.signature,
                                  registered_at=ctx.clock())
-        try:
-            await ctx.register_worker(event)
-        except domain.JobRefusal as exc:
-            raise DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind) from exc
+        await ctx.register_worker(event)
         token = ctx.new_token(body.worker_id)
         return {"worker_id": body.worker_id, "token": token, "lease_ttl_s": settings.jobs_lease_ttl_s,
                 "heartbeat_interval_s": settings.jobs_lease_ttl_s / 4}

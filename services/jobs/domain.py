@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from datacoop.errors import Refused
 from datacoop.events.jobs import (
     JobCompleted,
     JobFailed,
@@ -34,14 +35,8 @@ REL_TOLERANCE = 1e-6
 ABS_TOLERANCE = 1e-9
 
 
-class JobRefusal(Exception):
-    """A command the rules refuse; `kind` maps to the API status, the message says what to do."""
-
-    def __init__(self, kind: Literal["conflict", "not_found", "unprocessable", "forbidden", "gone"],
-                 message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+class JobRefusal(Refused):
+    """A command the job rules refuse; `kind` maps to the API status, the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
 from datacoop.bus.consumer import Delivery
@@ -25,8 +24,8 @@ from datacoop.command import Writer
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.jobs import WorkerRegistered
 from datacoop.events.registry import Event
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure, correlation_id
+from datacoop.kit import ServiceRuntime, create_app, serve
+from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import Unauthorized
 from datacoop.topics import DATASETS, JOBS, ORDERS, WORKERS, qualified
 from services.consent import eip712
@@ -188,11 +187,8 @@ def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime
 
 
 def main() -> None:
-    settings = JobsSettings()
-    configure("jobs", settings.log_level, settings.log_json)
     # workers long-poll for leases: don't wait for those requests at shutdown
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=2)
+    serve("jobs", JobsSettings(), build_app, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ from services.marketplace.files import FileUnavailable, stream
 from services.marketplace.grants import Grant, GrantRefused, sign_document, sign_grant, verify_grant
 from services.marketplace.query import Query, QueryInvalid
 
-_STATUS = {"not_found": 404, "forbidden": 403, "conflict": 409, "unprocessable": 422, "payment_required": 402,
-           "gone": 410}
 GRANT_HEADER = "x-access-grant"
 MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
 
@@ -121,15 +119,9 @@ def build_router(ctx: Any) -> APIRouter:
             raise NotFound(f"no published version {dataset_id} v{version}; see GET /catalog")
         return found[0]  # type: ignore[no-any-return]
 
-    def refused(exc: domain.OrderRefused) -> DomainError:
-        return DomainError(exc.message, status=_STATUS[exc.kind], slug=exc.kind.replace("_", "-"))
-
     async def run(subject: str, decide: Any) -> list[Any]:
         ready()
-        try:
-            return list(await ctx.writer.execute(subject, decide, correlation_id=correlation_id.get()))
-        except domain.OrderRefused as exc:
-            raise refused(exc) from exc
+        return list(await ctx.writer.execute(subject, decide, correlation_id=correlation_id.get()))
 
     # -- researchers ------------------------------------------------------------------------
     @router.post("/researchers", status_code=status.HTTP_201_CREATED, tags=["researchers"])
@@ -275,10 +267,7 @@ def build_router(ctx: Any) -> APIRouter:
         order = own_order(order_id, who)
         cmd = domain.SpendBudget(order_id, who["researcher_id"], str(uuid.uuid4()), query.aggregate, query.column,
                                  tuple(query.group_by), len(query.filters), query.epsilon_micro)
-        try:
-            domain.decide(cmd, order, ctx.clock())  # refuse before anything runs
-        except domain.OrderRefused as exc:
-            raise refused(exc) from exc
+        domain.decide(cmd, order, ctx.clock())  # refuse before anything runs
         v = published(order.dataset_id, order.version)
         try:
             loaded: LoadedVersion = await ctx.load_version(v)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
+from datacoop.errors import Refused
 from datacoop.events.orders import (
     AccessGranted,
     AccessRevoked,
@@ -28,13 +29,8 @@ OrderStatus = Literal["placed", "paid", "expired"]
 RefusalKind = Literal["not_found", "forbidden", "conflict", "unprocessable", "payment_required", "gone"]
 
 
-class OrderRefused(Exception):
-    """A command the rules refuse. `kind` maps to the API status; the message says what to do."""
-
-    def __init__(self, kind: RefusalKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+class OrderRefused(Refused):
+    """A command the order rules refuse; `kind` maps to the API status, the message says what to do."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import uvicorn
 from fastapi import FastAPI
 
 from datacoop.events.datasets import DatasetVersionPublished
@@ -25,8 +24,7 @@ from datacoop.events.envelope import derived_event_id
 from datacoop.events.orders import OrderExpired, OrderPaid
 from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure
+from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.topics import DATASETS, ORDERS, PAYOUTS
 from services.marketplace import domain
 from services.marketplace.api import build_router
@@ -146,9 +144,7 @@ def build_app(settings: MarketplaceSettings | None = None, clock: Callable[[], d
 
 
 def main() -> None:
-    settings = MarketplaceSettings()
-    configure("marketplace", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve("marketplace", MarketplaceSettings(), build_app)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 from hexbytes import HexBytes
 from web3 import Web3
@@ -40,8 +39,7 @@ from datacoop.chain import (
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.payouts import EpochPosted
 from datacoop.events.registry import Event
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure
+from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS
 from services.settlement import domain
 from services.settlement.api import build_router
@@ -287,9 +285,7 @@ def build_app(settings: SettlementSettings | None = None, clock: Callable[[], da
 
 
 def main() -> None:
-    settings = SettlementSettings()  # type: ignore[call-arg]
-    configure("settlement", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve("settlement", SettlementSettings(), build_app)  # type: ignore[call-arg]
 
 
 if __name__ == "__main__":

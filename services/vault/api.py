@@ -13,11 +13,8 @@ from datacoop.events.types import Address, HexSignature, Slug
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
 from services.consent import eip712
 from services.vault.categories import UploadRefused
-from services.vault.domain import VaultRefused
 
 MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
-_STATUS = {"unauthorized": (401, "wrong-signer"), "stale": (401, "stale-signature"),
-           "conflict": (409, "already-contributed"), "not_found": (404, "not-registered"), "gone": (410, "erased")}
 
 
 class ContributeBody(BaseModel):
@@ -38,11 +35,6 @@ class DecryptBody(BaseModel):
 
 def content_hash(content: str) -> bytes:
     return hashlib.sha256(content.encode()).digest()
-
-
-def refused(exc: VaultRefused) -> DomainError:
-    code, slug = _STATUS[exc.kind]
-    return DomainError(exc.message, status=code, slug=slug)
 
 
 def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
@@ -80,8 +72,6 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         try:
             return dict(await svc.contribute(member=member, signer=signer, category=body.category, fmt=body.format,
                                         content=body.content, issued_at=body.issued_at, content_hash=digest))
-        except VaultRefused as exc:
-            raise refused(exc) from exc
         except UploadRefused as exc:
             raise DomainError(exc.message, status=422, slug="invalid-records", error_count=exc.error_count,
                               errors=[{"row": e.row, "field": e.field, "message": e.message}
@@ -110,11 +100,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         if body.category is not None and body.category not in svc.schemas:
             raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",
                               status=422, slug="unknown-category")
-        try:
-            return dict(svc.decrypt(category=body.category,
-                               members=[eip712.to_checksum(m) for m in body.members] if body.members else None,
-                               record_ids=body.record_ids, after=body.after, limit=body.limit))
-        except VaultRefused as exc:
-            raise refused(exc) from exc
+        return dict(svc.decrypt(category=body.category,
+                                members=[eip712.to_checksum(m) for m in body.members] if body.members else None,
+                                record_ids=body.record_ids, after=body.after, limit=body.limit))
 
     return router

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import ClassVar
 
+from datacoop.errors import Refused
 from datacoop.events.members import ErasureRequested, MemberRegistered
 from datacoop.events.records import MAX_RECORDS_PER_EVENT, KeysShredded, RecordsContributed, SealedRecord
 from datacoop.events.registry import Event
 
 
-class VaultRefused(Exception):
-    """A command the rules refuse; `kind` maps to the HTTP status, the message says what to do."""
+class VaultRefused(Refused):
+    """A command the vault's rules refuse; each kind has its own problem slug."""
 
-    def __init__(self, kind: Literal["unauthorized", "stale", "conflict", "not_found", "gone"], message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
+    slugs: ClassVar[dict[str, str]] = {"unauthorized": "wrong-signer", "stale": "stale-signature",
+                                       "conflict": "already-contributed", "not_found": "not-registered",
+                                       "gone": "erased"}
 
 
 @dataclass(frozen=True)

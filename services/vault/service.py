@@ -16,7 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import uvicorn
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import FastAPI
 
@@ -25,8 +24,8 @@ from datacoop.events.envelope import derived_event_id, new_event_id
 from datacoop.events.members import ErasureRequested
 from datacoop.events.records import KeysShredded, SealedRecord
 from datacoop.events.registry import Event
-from datacoop.kit import ServiceRuntime, create_app
-from datacoop.kit.logs import configure, correlation_id
+from datacoop.kit import ServiceRuntime, create_app, serve
+from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError
 from datacoop.topics import MEMBERS, RECORDS
 from services.consent.eip712 import Domain
@@ -210,9 +209,7 @@ def build_app(settings: VaultSettings | None = None, clock: Callable[[], datetim
 
 
 def main() -> None:
-    settings = VaultSettings()
-    configure("vault", settings.log_level, settings.log_json)
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_config=None)
+    serve("vault", VaultSettings(), build_app)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from datacoop.kit import problems
-from datacoop.kit.logs import correlation_id
+from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
+from datacoop.kit.settings import ServiceSettings
 
 
 def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title: str, version: str = "1",
@@ -63,3 +64,11 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     for router in routers:
         app.include_router(router)
     return app
+
+
+def serve(name: str, settings: ServiceSettings, build: Callable[[Any], FastAPI], **uvicorn_options: Any) -> None:
+    """Run a service's app: JSON logs configured first, uvicorn on the settings' host and port."""
+    import uvicorn
+
+    configure(name, settings.log_level, settings.log_json)
+    uvicorn.run(build(settings), host=settings.host, port=settings.port, log_config=None, **uvicorn_options)

@@ -9,24 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from datacoop.errors import DomainError, Refused
+
+__all__ = ["Conflict", "DomainError", "Forbidden", "NotFound", "NotReady", "Refused", "Unauthorized",
+           "Unprocessable", "problem_response"]
+
 PROBLEM_BASE = "https://datacoop.example/problems/"
-
-
-class DomainError(Exception):
-    """A refused command. `slug` becomes the problem type; `detail` says what is wrong and what to do."""
-
-    status = 400
-    slug = "bad-request"
-
-    def __init__(self, detail: str, *, status: int | None = None, slug: str | None = None,
-                 **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status is not None:
-            self.status = status
-        if slug is not None:
-            self.slug = slug
-        self.extra = extra
 
 
 class NotFound(DomainError):

@@ -1,0 +1,44 @@
+"""Refusals: the one exception type every service raises when its rules say no.
+
+Pure (no web framework): a domain module raises `Refused(kind, message)`; the service kit turns any
+`DomainError` into RFC 9457 problem+json with the status of its kind. Subclasses name their service
+(`ConsentRefused`, …) and may give a kind a more specific problem slug.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+RefusalKind = Literal["unauthorized", "stale", "payment_required", "forbidden", "not_found", "conflict", "gone",
+                      "unprocessable"]
+
+STATUS: dict[str, int] = {"unauthorized": 401, "stale": 401, "payment_required": 402, "forbidden": 403,
+                          "not_found": 404, "conflict": 409, "gone": 410, "unprocessable": 422}
+
+
+class DomainError(Exception):
+    """A refused request. `slug` becomes the problem type; `detail` says what is wrong and what to do."""
+
+    status = 400
+    slug = "bad-request"
+
+    def __init__(self, detail: str, *, status: int | None = None, slug: str | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if slug is not None:
+            self.slug = slug
+        self.extra = extra
+
+
+class Refused(DomainError):
+    """A command the rules refuse: `kind` decides the HTTP status, `message` says what to do."""
+
+    slugs: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, kind: RefusalKind, message: str, **extra: Any) -> None:
+        super().__init__(message, status=STATUS[kind], slug=self.slugs.get(kind, kind.replace("_", "-")), **extra)
+        self.kind = kind
+        self.message = message
