@@ -133,11 +133,22 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
 def chapter_market(state: DemoState, console: Console) -> None:
     console.rule("marketplace: a researcher buys a download and a query order, paid on chain")
     from datacoop.chain import ADMIN_KEY, ANVIL_KEYS
+    from services.anonymizer.client import AnonymizerClient
     from services.marketplace.demo import researcher_buys
 
     chain = state.stack["chain"]
+    market_url = state.stack["services"]["marketplace"]["url"]
+    newest = AnonymizerClient(state.stack["services"]["anonymizer"]["url"]).versions(DEMO_DATASET)[-1]["version"]
+
+    def market_offers_only_the_newest() -> bool:
+        """The marketplace reads versions and supersessions from the log: wait until it has caught up."""
+        catalog = httpx.get(f"{market_url}/catalog", timeout=10).json()["versions"]
+        current = {v["version"] for v in catalog if v["dataset_id"] == DEMO_DATASET and v["status"] == "current"}
+        return current == {newest}
+
+    _until(market_offers_only_the_newest, timeout_s=60)
     member = state.dataset_members[1].address if len(state.dataset_members) > 1 else None
-    researcher_buys(state.stack["services"]["marketplace"]["url"], chain["url"], ANVIL_KEYS[9], console,
+    researcher_buys(market_url, chain["url"], ANVIL_KEYS[9], console,
                     minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member)
 
 
