@@ -228,8 +228,15 @@ def chapter_payouts(state: DemoState, console: Console) -> None:
     for address in claimers:  # members' fresh wallets hold no ETH for gas: the local chain gives them some
         httpx.post(state.stack["chain"]["url"], json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
                                                       "params": [address, hex(10**18)]}, timeout=10)
-    show_earnings_and_claim(state.stack["services"]["settlement"]["url"], state.stack["chain"]["url"], keys,
-                            console, claimers=2)
+    settlement_url = state.stack["services"]["settlement"]["url"]
+
+    def sales_allocated() -> bool:
+        """Settlement reads orders and payments from the log: wait until the claimers have earnings."""
+        balances = httpx.get(f"{settlement_url}/balances", timeout=10).json()
+        return all(balances.get(a.lower(), 0) > 0 for a in claimers)
+
+    _until(sales_allocated, timeout_s=60)
+    show_earnings_and_claim(settlement_url, state.stack["chain"]["url"], keys, console, claimers=2)
 
 
 def _vault_knows(client: VaultClient) -> bool:
