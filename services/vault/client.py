@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from faker import Faker
 
 from datacoop.http import ApiError, check
 from services.consent import eip712
@@ -100,26 +101,44 @@ _DEMOGRAPHICS = {
 }
 
 
+_COUNTRY_LOCALES = {"CH": "de_CH", "DE": "de_DE", "FR": "fr_FR", "NL": "nl_NL"}
+_CONDITIONS = {"I10": "Essential hypertension", "E11.9": "Type 2 diabetes", "J45.909": "Asthma",
+               "M54.5": "Low back pain", "F41.1": "Generalized anxiety disorder", "E78.5": "Hyperlipidaemia"}
+
+
 def sample_rows(category: str, count: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Plausible, valid rows of a category for demos and tests (deterministic for a seed)."""
-    rnd = random.Random(f"{category}:{seed}")
-    days = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)]
+    """Plausible, valid rows of a category, generated with Faker (the same rows for the same seed)."""
+    fake = Faker(list(_COUNTRY_LOCALES.values()))
+    fake.seed_instance(f"{category}:{seed}")
+    any_locale = fake[_COUNTRY_LOCALES["DE"]]
+
+    def day() -> str:
+        return any_locale.date_between(date(2026, 1, 1), date(2026, 11, 1)).isoformat()
+
     rows: list[dict[str, Any]] = []
     for _ in range(count):
         if category == "demographics":
-            rows.append({"age": rnd.randint(17, 90), **{k: rnd.choice(v) for k, v in _DEMOGRAPHICS.items()}})
+            rows.append({"age": any_locale.random_int(17, 90),
+                         **{k: any_locale.random_element(v) for k, v in _DEMOGRAPHICS.items()}})
         elif category == "health":
-            rows.append({"measured_on": rnd.choice(days), "systolic_mmhg": rnd.randint(100, 160),
-                         "diastolic_mmhg": rnd.randint(60, 100), "heart_rate_bpm": rnd.randint(50, 100),
-                         "weight_kg": round(rnd.uniform(50, 110), 1), "smoker": rnd.random() < 0.2})
+            icd10 = any_locale.random_element(sorted(_CONDITIONS)) if any_locale.boolean(30) else None
+            rows.append({"measured_on": day(), "systolic_mmhg": any_locale.random_int(100, 160),
+                         "diastolic_mmhg": any_locale.random_int(60, 100),
+                         "heart_rate_bpm": any_locale.random_int(50, 100),
+                         "weight_kg": float(any_locale.pydecimal(min_value=50, max_value=110, right_digits=1)),
+                         "smoker": any_locale.boolean(20),
+                         **({"icd10": icd10, "condition": _CONDITIONS[icd10]} if icd10 else {})})
         elif category == "fitness":
-            rows.append({"day": rnd.choice(days), "steps": rnd.randint(500, 25_000),
-                         "active_minutes": rnd.randint(0, 180),
-                         "workout": rnd.choice(["none", "walk", "run", "cycle"])})
+            rows.append({"day": day(), "steps": any_locale.random_int(500, 25_000),
+                         "active_minutes": any_locale.random_int(0, 180),
+                         "workout": any_locale.random_element(["none", "walk", "run", "cycle"])})
         elif category == "location":
-            rows.append({"recorded_on": rnd.choice(days), "postcode": f"{rnd.randint(1000, 9999)}",
-                         "country": rnd.choice(["CH", "DE", "FR", "NL"]), "trip_km": round(rnd.uniform(0, 60), 1),
-                         "mode": rnd.choice(["walk", "bike", "car", "bus", "train"])})
+            country = any_locale.random_element(sorted(_COUNTRY_LOCALES))
+            rows.append({"recorded_on": day(), "postcode": fake[_COUNTRY_LOCALES[country]].postcode(),
+                         "country": country,
+                         "trip_km": float(any_locale.pydecimal(min_value=0, max_value=60, right_digits=1)),
+                         "mode": any_locale.random_element(["walk", "bike", "car", "bus", "train"])})
         else:
-            raise ValueError(f"no sample rows for category {category!r}")
+            raise ValueError(f"no sample rows for category {category!r}; "
+                             f"there are for demographics, health, fitness and location")
     return rows
