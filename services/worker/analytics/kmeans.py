@@ -100,19 +100,6 @@ def kmeans_plusplus(xp: ModuleType, x: Any, x_sq: Any, k: int, rng: np.random.Ge
     return centers
 
 
-def _one_hot(xp: ModuleType, d: Any, first_only: bool) -> Any:
-    """(k, rows) 0/1 matrix marking each column's minimum of d.
-
-    With `first_only` a column whose minimum is tied keeps only its first (lowest-index) center,
-    as argmin does; without it a tie marks several centers (cheaper; the caller detects ties by
-    counting and redoes the pass).
-    """
-    hits = d == d.min(axis=0)
-    if first_only:
-        hits &= xp.cumsum(hits, axis=0) == 1
-    return hits.astype(d.dtype)
-
-
 def with_ones(xp: ModuleType, x: Any) -> Any:
     """x (n, p) with a leading column of ones, column-major: the layout `lloyd` works on.
 
@@ -129,32 +116,37 @@ def with_ones(xp: ModuleType, x: Any) -> Any:
 def _lloyd_pass(xp: ModuleType, xa: Any, centers: Any, labels: Any) -> tuple[Any, Any]:
     """Assign every row to its nearest center (into `labels`); return per-center sums and counts.
 
-    `xa` is the data with a leading column of ones, so one (k, rows) @ (rows, 1 + p) product per chunk
-    yields the counts and the sums together. Ties (equal float32 distances to two centers, about
-    one row in a million on continuous data) are found by counting, and only that chunk is redone
-    resolving each tie to the lower center index, as scikit-learn does.
+    `xa` is the data with a leading column of ones. The centers go in as rows (||c||^2, -2c), so one
+    (k, 1 + p) @ (1 + p, rows) product per chunk yields ||c||^2 - 2 x.c (the distance less ||x||^2,
+    which does not change the nearest center), and one (k, rows) @ (rows, 1 + p) product of the 0/1
+    nearest-center matrix yields the counts and the sums together. The chunk buffers are reused.
+    Ties (equal float32 distances to two centers, about one row in a million on continuous data) are
+    found by counting, and only that chunk is redone resolving each tie to the lower center index, as
+    scikit-learn does.
     """
     n, width = xa.shape
     k = centers.shape[0]
     rows = _chunk_rows(xp, n, k, width)
-    c_aug = xp.zeros((k, width), dtype=xa.dtype)
-    c_aug[:, 1:] = centers
-    c_sq = (c_aug * c_aug).sum(axis=1)[:, None]
+    c_aug = xp.empty((k, width), dtype=xa.dtype)
+    c_aug[:, 0] = (centers * centers).sum(axis=1)
+    c_aug[:, 1:] = centers * -2.0
     ids = xp.arange(k, dtype=xa.dtype)
+    d_buf = xp.empty((k, rows), dtype=xa.dtype)
+    hits_buf = xp.empty((k, rows), dtype=xa.dtype)
+    labels_buf = xp.empty(rows, dtype=xa.dtype)
     totals = xp.zeros((k, width))
     for start in range(0, n, rows):
         stop = min(n, start + rows)
-        xc = xa[start:stop]
-        d = c_aug @ xc.T
-        d *= -2.0
-        d += c_sq
-        one_hot = _one_hot(xp, d, first_only=False)
-        part = one_hot @ xc
+        xc, d, hits = xa[start:stop], d_buf[:, : stop - start], hits_buf[:, : stop - start]
+        xp.matmul(c_aug, xc.T, out=d)
+        xp.equal(d, d.min(axis=0), out=hits)
+        part = hits @ xc
         if float(part[:, 0].sum()) != stop - start:
-            one_hot = _one_hot(xp, d, first_only=True)
-            part = one_hot @ xc
+            hits *= xp.cumsum(hits, axis=0) == 1  # keep each row's first nearest center only
+            part = hits @ xc
         totals += part
-        labels[start:stop] = ids @ one_hot
+        xp.matmul(ids, hits, out=labels_buf[: stop - start])
+        labels[start:stop] = labels_buf[: stop - start]
     return totals[:, 1:], xp.rint(totals[:, 0]).astype(xp.int64)
 
 
