@@ -24,7 +24,10 @@ const SHIPPED = ["DatacoopMarket", "MockStablecoin"];
 
 const SETTINGS = {
   evmVersion: "cancun",
-  optimizer: { enabled: true, runs: 200 },
+  // viaIR and runs 10,000: claims and purchases run far more often than the contracts are deployed
+  // (the IR pipeline saves about 2,000 gas a claim over the legacy one; see docs/payments.md).
+  viaIR: true,
+  optimizer: { enabled: true, runs: 10000 },
   metadata: { bytecodeHash: "ipfs" },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
@@ -63,7 +66,7 @@ if (problems.some((p) => p.severity === "error")) {
 }
 
 fs.mkdirSync(OUT_DIR, { recursive: true });
-const compilerSettings = { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer,
+const compilerSettings = { evmVersion: SETTINGS.evmVersion, viaIR: SETTINGS.viaIR, optimizer: SETTINGS.optimizer,
   metadata: SETTINGS.metadata };
 for (const name of SHIPPED) {
   const sourceName = `src/${name}.sol`;

@@ -251,6 +251,34 @@ def test_another_accounts_proof_is_refused(m: Market) -> None:
     assert m.balance(STRANGER) == 0
 
 
+@pytest.mark.parametrize("n_accounts", [1, 2, 3, 5, 8, 13])
+def test_the_contract_accepts_every_proof_of_a_standard_merkle_tree(m: Market, n_accounts: int) -> None:
+    """The contract's hand-written proof check agrees with StandardMerkleTree (hence OpenZeppelin's) for
+    every leaf position of trees of every shape, the single-leaf tree's empty proof included."""
+    leaves = [(f"0x{7 * i + 1:040x}", 1_000 + i) for i in range(n_accounts)]
+    tree = StandardMerkleTree.of(leaves)
+    m.pay(tree.total_units)
+    m.post(1, tree)
+    for account, units in leaves:
+        fn = m.c.market.functions.claim(Web3.to_checksum_address(account), units, tree.proof(account))
+        assert fn.call({"from": address(STRANGER)}) == units
+
+
+def test_a_tampered_proof_is_refused(m: Market) -> None:
+    leaves = [(f"0x{7 * i + 1:040x}", 1_000 + i) for i in range(13)]
+    tree = StandardMerkleTree.of(leaves)
+    m.pay(tree.total_units)
+    m.post(1, tree)
+    account, units = leaves[4]
+    proof = tree.proof(account)
+    flipped = [[*proof[:i], bytes([proof[i][0] ^ 1]) + proof[i][1:], *proof[i + 1:]] for i in range(len(proof))]
+    for bad in [*flipped, proof[:-1], [*proof, proof[-1]], proof[::-1], []]:
+        fn = m.c.market.functions.claim(Web3.to_checksum_address(account), units, bad)
+        with pytest.raises(TxReverted) as refused:
+            send(m.w3, fn, STRANGER)
+        assert refused.value.error == "InvalidProof"
+
+
 def test_a_claim_made_by_someone_else_pays_the_member_only(m: Market) -> None:
     m.pay(10 * USD)
     tree = earnings(a=6 * USD, b=3 * USD)
@@ -337,14 +365,15 @@ def test_only_a_pauser_can_pause(m: Market) -> None:
 
 def test_claim_gas_stays_within_budget_for_a_1000_member_tree(m: Market) -> None:
     """First claim into an empty wallet pays two fresh storage slots (claimed record, token balance,
-    22,100 gas each) on top of the 21,000 base; a member's later claims reuse both."""
+    22,100 gas each) on top of the 21,000 base; a member's later claims reuse both. Measured: 93,414 and
+    59,238 gas (10-hash proofs); the bounds leave ~1,600 gas for compiler or token changes."""
     m.pay(100 * USD)
     others = [(f"0x{i:040x}", 1) for i in range(1, 1000)]
     first = StandardMerkleTree.of([(address(MEMBER_A), 6 * USD), *others])
     m.post(1, first)
     fn = m.c.market.functions.claim(address(MEMBER_A), 6 * USD, first.proof(address(MEMBER_A)))
-    assert send_receipt(m.w3, fn, MEMBER_A)["gasUsed"] < 100_000
+    assert send_receipt(m.w3, fn, MEMBER_A)["gasUsed"] < 95_000
     second = StandardMerkleTree.of([(address(MEMBER_A), 9 * USD), *others])
     m.post(2, second)
     fn = m.c.market.functions.claim(address(MEMBER_A), 9 * USD, second.proof(address(MEMBER_A)))
-    assert send_receipt(m.w3, fn, MEMBER_A)["gasUsed"] < 70_000
+    assert send_receipt(m.w3, fn, MEMBER_A)["gasUsed"] < 61_000

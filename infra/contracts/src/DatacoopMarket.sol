@@ -7,7 +7,6 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 
 /// @title DatacoopMarket
 /// @notice Escrow for dataset orders plus a cumulative Merkle distributor that pays members out of it.
@@ -203,17 +202,44 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         nonReentrant
         returns (uint256 amount)
     {
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))));
-        if (!MerkleProof.verifyCalldata(proof, merkleRoot, leaf)) revert InvalidProof(account, cumulativeAmount);
+        if (_rootOf(account, cumulativeAmount, proof) != merkleRoot) revert InvalidProof(account, cumulativeAmount);
         uint256 already = claimed[account];
         if (cumulativeAmount <= already) return 0;
         amount = cumulativeAmount - already;
         uint256 newTotalClaimed = uint256(totalClaimed) + amount;
         if (newTotalClaimed > totalCumulative) revert ClaimExceedsRootTotal(newTotalClaimed, totalCumulative);
-        claimed[account] = cumulativeAmount;
+        // Totals first: written right after they were read, the packed slot is not read a third time.
         totalClaimed = uint120(newTotalClaimed); // <= totalCumulative, a uint120
+        claimed[account] = cumulativeAmount;
         emit Claimed(account, amount, cumulativeAmount);
         token.safeTransfer(account, amount);
+    }
+
+    /// @dev The root that `proof` leads to from the leaf of (account, cumulativeAmount): the same leaf
+    ///      (keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))))) and the same sorted-pair
+    ///      hashing as OpenZeppelin's `MerkleProof.processProofCalldata`, written in assembly because that
+    ///      loop is most of a claim's own computation (17 levels at 100,000 accounts; about 700 gas less).
+    ///      Uses only the scratch space (0x00-0x3f).
+    function _rootOf(address account, uint256 cumulativeAmount, bytes32[] calldata proof)
+        private
+        pure
+        returns (bytes32 node)
+    {
+        assembly ("memory-safe") {
+            mstore(0x00, and(account, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(0x20, cumulativeAmount)
+            mstore(0x00, keccak256(0x00, 0x40))
+            node := keccak256(0x00, 0x20)
+            let end := add(proof.offset, shl(5, proof.length))
+            for { let p := proof.offset } lt(p, end) { p := add(p, 0x20) } {
+                let sibling := calldataload(p)
+                // sorted pair, the smaller hash first: node goes second (0x20) only when sibling < node
+                let nodeAt := shl(5, lt(sibling, node))
+                mstore(nodeAt, node)
+                mstore(xor(nodeAt, 0x20), sibling)
+                node := keccak256(0x00, 0x40)
+            }
+        }
     }
 
     // ------------------------------------------------------------------- admin
