@@ -140,6 +140,8 @@ class Writer:
         with self.store.transaction() as tx:
             if fresh:
                 self.projection.apply(tx, fresh)
-                self.store.mark_applied(tx, [d.envelope.id for d in fresh])
+                fresh_ids = [d.envelope.id for d in fresh]
+                self.store.mark_applied(tx, fresh_ids)
+                self.store.on_commit(lambda: self.store.remember_own(fresh_ids))
             self.store.save_subjects(tx, [(self.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
                                           for d in deliveries])

@@ -4,10 +4,16 @@ Tracking tables (prefix `_dc_`):
 - `_dc_offsets`: per consumer, topic and partition, the next offset to read. Written in the same
   transaction as the projection rows it produced, so a crash never splits the two.
 - `_dc_applied`: the ids of events already applied; a duplicate (a re-sent reaction, a replayed batch,
-  an event the command path applied before the consumer read it back) is dropped.
+  an event the command path applied before the consumer read it back) is dropped. Looking a batch of
+  ids up in that table costs a scan of all of it (DuckDB joins by hash, not through an index), which
+  grows with the log; so the store keeps the 64-bit hashes (DuckDB's `hash()`) of every applied id in
+  memory, 8 bytes an event, loaded when the store opens, and asks the table only about ids whose hash it has seen.
 - `_dc_subjects`: per topic and subject, the last `seq` and where it landed; the writer's next seq.
 
 The projection is a cache of the log: delete the file and the service rebuilds it from the topics.
+
+Batches of ids go to DuckDB as Arrow arrays (converted in C, scanned by DuckDB without a copy), not as
+Python lists bound to a LIST parameter, which DuckDB converts value by value.
 """
 
 from __future__ import annotations
@@ -18,18 +24,47 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 _TRACKING_DDL = """
 CREATE TABLE IF NOT EXISTS _dc_offsets (
     consumer VARCHAR NOT NULL, topic VARCHAR NOT NULL, partition INTEGER NOT NULL,
     next_offset BIGINT NOT NULL, PRIMARY KEY (consumer, topic, partition));
-CREATE TABLE IF NOT EXISTS _dc_applied (event_id VARCHAR PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS _dc_applied (event_id VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS _dc_subjects (
     topic VARCHAR NOT NULL, subject VARCHAR NOT NULL, seq BIGINT NOT NULL,
     partition INTEGER NOT NULL, "offset" BIGINT NOT NULL, PRIMARY KEY (topic, subject));
 """
 
 TopicPartition = tuple[str, int]
+OWN_COMMITTED_MAX = 1_000_000
+_RECENT_MERGE_AT = 100_000
+
+
+class _AppliedHashes:
+    """The hashes of every applied event id: a sorted array plus a set of those added since."""
+
+    def __init__(self, loaded: np.ndarray) -> None:
+        self.sorted = np.sort(loaded.astype(np.uint64, copy=False))
+        self.recent: set[int] = set()
+
+    def hits(self, hashes: np.ndarray) -> np.ndarray:
+        """Per hash, whether it may be applied (True) or certainly is not (False)."""
+        hit = np.zeros(len(hashes), dtype=bool)
+        if len(self.sorted):
+            at = np.minimum(np.searchsorted(self.sorted, hashes), len(self.sorted) - 1)
+            hit = self.sorted[at] == hashes
+        if self.recent:
+            hit |= np.fromiter((h in self.recent for h in hashes.tolist()), dtype=bool, count=len(hashes))
+        return hit
+
+    def add(self, hashes: np.ndarray) -> None:
+        self.recent.update(hashes.tolist())
+        if len(self.recent) >= _RECENT_MERGE_AT:
+            merged = np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))
+            self.sorted = np.union1d(self.sorted, merged)
+            self.recent = set()
 
 
 class ProjectionStore:
@@ -47,9 +82,15 @@ class ProjectionStore:
         self.conn = duckdb.connect(self.path)
         self.lock = asyncio.Lock()
         self._after_commit: list[Callable[[], None]] | None = None
+        # Ids of events this process's writer applied and committed, not yet seen by its own consumer:
+        # when the consumer reads them back it drops them by their `ce_id` header without decoding or
+        # asking the database. Bounded; once cleared, the `_dc_applied` lookup does the same job.
+        self.own_committed: set[str] = set()
         self.conn.execute(_TRACKING_DDL)
         if schema_sql:
             self.conn.execute(schema_sql)
+        loaded = self.conn.execute("SELECT hash(event_id) AS h FROM _dc_applied").fetchnumpy()["h"]
+        self._applied = _AppliedHashes(np.asarray(loaded, dtype=np.uint64))
 
     def close(self) -> None:
         self.conn.close()
@@ -89,10 +130,25 @@ class ProjectionStore:
     def already_applied(self, event_ids: list[str]) -> set[str]:
         if not event_ids:
             return set()
+        maybe = self._applied.hits(self._hashes(event_ids))
+        if not maybe.any():
+            return set()
+        candidates = [event_ids[i] for i in np.flatnonzero(maybe)]
         rows = self.conn.execute(
-            "SELECT event_id FROM _dc_applied WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [event_ids]
+            "SELECT event_id FROM _dc_applied WHERE event_id IN (SELECT unnest(?::VARCHAR[]))", [candidates]
         ).fetchall()
         return {r[0] for r in rows}
+
+    def _hashes(self, event_ids: list[str]) -> np.ndarray:
+        batch_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # noqa: F841  (scanned by name)
+        hashes = self.conn.execute("SELECT hash(event_id) AS h FROM batch_ids").fetchnumpy()["h"]
+        return np.asarray(hashes, dtype=np.uint64)
+
+    def remember_own(self, event_ids: Iterable[str]) -> None:
+        """Ids the writer has just committed (call after COMMIT); see `own_committed`."""
+        if len(self.own_committed) > OWN_COMMITTED_MAX:
+            self.own_committed.clear()
+        self.own_committed.update(event_ids)
 
     def last_seq(self, topic: str, subject: str) -> int:
         row = self.conn.execute(
@@ -101,17 +157,21 @@ class ProjectionStore:
         return int(row[0]) if row else 0
 
     # -- writing the tracking state (inside a transaction) ----------------------------------
-    @staticmethod
-    def mark_applied(tx: duckdb.DuckDBPyConnection, event_ids: list[str]) -> None:
-        if event_ids:
-            tx.execute("INSERT INTO _dc_applied SELECT unnest(?::VARCHAR[])", [event_ids])
+    def mark_applied(self, tx: duckdb.DuckDBPyConnection, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        batch_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # noqa: F841  (scanned by name)
+        tx.execute("INSERT INTO _dc_applied SELECT event_id FROM batch_ids")
+        hashes, applied = self._hashes(event_ids), self._applied
+        self.on_commit(lambda: applied.add(hashes))
 
     @staticmethod
     def save_offsets(tx: duckdb.DuckDBPyConnection, consumer: str, offsets: dict[TopicPartition, int]) -> None:
         if offsets:
-            tx.executemany(
-                "INSERT OR REPLACE INTO _dc_offsets VALUES (?, ?, ?, ?)",
-                [[consumer, t, p, o] for (t, p), o in offsets.items()],
+            tx.execute(
+                """INSERT OR REPLACE INTO _dc_offsets
+                   SELECT ?, unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::BIGINT[])""",
+                [consumer, [t for t, _ in offsets], [p for _, p in offsets], list(offsets.values())],
             )
 
     @staticmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import duckdb
+import pyarrow as pa
 from pydantic import TypeAdapter
 
 from datacoop.bus.consumer import Delivery
@@ -54,14 +55,15 @@ class MembersProjection:
             states[subject] = evolve(states.get(subject) or Member(subject), d.event)
         rows = [states[a] for a in addresses]
         self.store.on_commit(lambda: self._remember(rows, known=True))
-        tx.execute(
-            """INSERT OR REPLACE INTO members
-               SELECT unnest(?::VARCHAR[]), unnest(?::JSON[]), unnest(?::BOOLEAN[]), unnest(?::BOOLEAN[]),
-                      unnest(?::TIMESTAMPTZ[])""",
-            [[m.address for m in rows], [_MEMBER.dump_json(m).decode() for m in rows],
-             [m.registered for m in rows], [m.erased_at is not None for m in rows],
-             [_next_expiry(m) for m in rows]],
-        )
+        batch = pa.table({  # noqa: F841  (DuckDB scans it by name)
+            "member": pa.array([m.address for m in rows], pa.string()),
+            "state": pa.array([_MEMBER.dump_json(m).decode() for m in rows], pa.string()),
+            "registered": pa.array([m.registered for m in rows], pa.bool_()),
+            "erased": pa.array([m.erased_at is not None for m in rows], pa.bool_()),
+            "next_expiry": pa.array([_next_expiry(m) for m in rows], pa.timestamp("us", tz="UTC")),
+        })
+        tx.execute("INSERT OR REPLACE INTO members SELECT member, state::JSON, registered, erased, next_expiry "
+                   "FROM batch")
 
     @staticmethod
     def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, Member]:

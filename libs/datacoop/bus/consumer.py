@@ -13,8 +13,10 @@ and re-applied one event per transaction, and the event that raises goes to the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +58,28 @@ class _Fetched:
     error: str | None
 
 
+def _ce_id(rec: ConsumerRecord[bytes, bytes]) -> str | None:
+    for key, value in rec.headers or ():
+        if key == "ce_id":
+            return str(value.decode(errors="replace"))
+    return None
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector over a synchronous burst of allocations (decoding a batch
+    makes tens of thousands of short-lived objects, which would trigger collections that scan the
+    whole heap of a service holding large projections). Reference counting still frees everything
+    acyclic at once; collection resumes at the end of the block. Never hold it across an await."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -69,7 +93,7 @@ class ConsumerRunner:
         registry: EventRegistry = REGISTRY,
         group_id: str | None = None,
         writes_topics: frozenset[str] = frozenset(),
-        max_records: int = 2000,
+        max_records: int = 5000,
         fetch_timeout_ms: int = 200,
         on_applied: Callable[[list[Delivery]], None] | None = None,
     ) -> None:
@@ -164,25 +188,33 @@ class ConsumerRunner:
         batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
         applied = 0
         if batch:
-            applied = await self._apply(self._decode([rec for msgs in batch.values() for rec in msgs]))
+            with gc_paused():
+                fetched = self._decode([rec for msgs in batch.values() for rec in msgs])
+            applied = await self._apply(fetched)
         self._update_caught_up()
         return applied
 
     def _decode(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_Fetched]:
-        """Envelopes one by one (a bad one fails alone), then the data of each type in one call."""
+        """Envelopes one by one (a bad one fails alone), then the data of each type in one call.
+        Events this process's writer has already applied are recognised by their `ce_id` header and
+        not decoded at all (their offsets still move)."""
         fetched: list[_Fetched] = []
         by_type: dict[str, list[int]] = {}
         envelopes: list[Envelope | None] = []
+        own = self.store.own_committed
         for rec in records:
+            fetched.append(_Fetched(rec, None, None))
+            envelopes.append(None)
+            if own and (event_id := _ce_id(rec)) is not None and event_id in own:
+                own.discard(event_id)  # applied already by the writer: only the offset moves
+                continue
             try:
                 env = decode(rec.value)
             except DecodeError as exc:
-                fetched.append(_Fetched(rec, None, f"DecodeError: {exc}"))
-                envelopes.append(None)
+                fetched[-1].error = f"DecodeError: {exc}"
                 continue
-            by_type.setdefault(env.type, []).append(len(fetched))
-            fetched.append(_Fetched(rec, None, None))
-            envelopes.append(env)
+            by_type.setdefault(env.type, []).append(len(fetched) - 1)
+            envelopes[-1] = env
         for type_name, positions in by_type.items():
             results = self.registry.decode_many(type_name, [envelopes[i].data for i in positions])  # type: ignore[union-attr]
             for i, result in zip(positions, results, strict=True):
@@ -201,7 +233,8 @@ class ConsumerRunner:
             await self._dead_letter(f.record, f.error or "")
         async with self.store.lock:
             try:
-                return self._commit(fetched)
+                with gc_paused():
+                    return self._commit(fetched)
             except Exception as exc:  # a projection bug: isolate the event that causes it
                 log.warning("batch apply failed (%s); re-applying one event at a time", exc)
         applied = 0

@@ -1,8 +1,14 @@
 """Publishing envelopes: acks=all, key = subject, `ce_type`/`ce_id` headers, ack awaited.
 
-Sends are handed to the producer without awaiting each one first, so concurrent callers (and the
-events of one `publish_many`) share record batches; the broker lists every stored batch on each
-fetch, so one batch per event would make every consumer slower as the log grows.
+Concurrent callers share record batches: `publish_many` queues its records and a flusher, on the
+next turn of the event loop, packs everything queued into one record batch per partition and hands
+those to the producer (aiokafka's `send_batch`); while batches are with the broker, new requests
+queue up and go in the next flush. One batch per event would make the broker slow (it lists every
+stored batch on each fetch) and costs aiokafka's per-message path (a future, a Python murmur2, an
+append) for every event; here a subject's partition is hashed once and cached, and a record costs
+one append to a batch. Each caller gets its events' positions once every batch holding them is
+acknowledged; the events of one request stay in order (same subject -> same partition).
+
 The producer is not idempotent (the local broker lacks it): a retried send can duplicate an event
 in the log, and consumers drop ids they have already applied.
 """
@@ -11,17 +17,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
-from datacoop.events.codec import Headers, encode
+from datacoop.events.codec import Headers, KafkaRecord, encode
 from datacoop.events.envelope import Envelope
+
+_PARTITION_CACHE_MAX = 200_000
 
 
 class Position(NamedTuple):
     partition: int
     offset: int
+
+
+@dataclass(slots=True)
+class _Request:
+    topic: str
+    records: list[KafkaRecord]
+    done: asyncio.Future[list[Position]]
+    positions: list[Position | None] = field(default_factory=list)
+    waiting: int = 0  # batches not yet acknowledged
 
 
 class Publisher:
@@ -39,6 +58,10 @@ class Publisher:
         )
         self._producer: AIOKafkaProducer | None = None
         self._started = False
+        self._queue: list[_Request] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._partitions: dict[tuple[str, bytes], int] = {}
+        self._partition_counts: dict[str, int] = {}
 
     async def start(self) -> None:
         """Connect (aiokafka clients belong to the running event loop, so they are made here)."""
@@ -47,6 +70,9 @@ class Publisher:
         self._started = True
 
     async def stop(self) -> None:
+        """Send what is queued, wait for its acks, then close."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
         if self._started and self._producer is not None:
             await self._producer.stop()
             self._started = False
@@ -59,7 +85,7 @@ class Publisher:
         await self.stop()
 
     def _running(self) -> AIOKafkaProducer:
-        if self._producer is None:
+        if self._producer is None or not self._started:
             raise RuntimeError("publisher not started; call `await publisher.start()` first")
         return self._producer
 
@@ -69,14 +95,14 @@ class Publisher:
 
     async def publish_many(self, topic: str, envelopes: Sequence[Envelope]) -> list[Position]:
         """Append events in order (same subject -> same partition, in order); wait for every ack."""
-        producer = self._running()
-        futures = []
-        for envelope in envelopes:
-            record = encode(envelope)
-            futures.append(await producer.send(topic, record.value, key=record.key,
-                                                     headers=record.headers))
-        metas = await asyncio.gather(*futures)
-        return [Position(m.partition, m.offset) for m in metas]
+        self._running()
+        if not envelopes:
+            return []
+        request = _Request(topic, [encode(e) for e in envelopes], asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
+        return await request.done
 
     async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None,
                        headers: Headers) -> Position:
@@ -84,3 +110,75 @@ class Publisher:
         future = await self._running().send(topic, value, key=key, headers=headers)
         meta = await future
         return Position(meta.partition, meta.offset)
+
+    # -- batching ----------------------------------------------------------------------------
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the requests made in this turn of the loop join
+        while self._queue:
+            queue, self._queue = self._queue, []
+            try:
+                await self._send(queue)
+            except BaseException as exc:  # e.g. the topic's metadata never came: fail these requests
+                for request in queue:
+                    if not request.done.done():
+                        request.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _send(self, queue: list[_Request]) -> None:
+        producer = self._running()
+        by_tp: dict[tuple[str, int], list[tuple[_Request, int]]] = {}
+        for request in queue:
+            request.positions = [None] * len(request.records)
+            request.waiting = len(request.records)
+            for i, record in enumerate(request.records):
+                partition = await self._partition(producer, request.topic, record.key)
+                by_tp.setdefault((request.topic, partition), []).append((request, i))
+        for (topic, partition), items in by_tp.items():
+            start = 0
+            while start < len(items):
+                batch = producer.create_batch()
+                count = 0
+                for request, i in items[start:]:
+                    record = request.records[i]
+                    if batch.append(key=record.key, value=record.value, timestamp=None,
+                                    headers=record.headers) is None:
+                        break
+                    count += 1
+                if count == 0:
+                    raise ValueError(f"an event of {len(items[start][0].records[items[start][1]].value)} bytes "
+                                     f"does not fit in a record batch; events must stay under "
+                                     f"{self._config['max_batch_size']} bytes")
+                batch.close()
+                members = items[start:start + count]
+                ack = await producer.send_batch(batch, topic, partition=partition)
+                ack.add_done_callback(lambda f, m=members, p=partition: self._acked(f, m, p))
+                start += count
+
+    @staticmethod
+    def _acked(ack: asyncio.Future[Any], members: list[tuple[_Request, int]], partition: int) -> None:
+        error = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        base = -1 if error is not None else int(ack.result().offset)
+        for index, (request, i) in enumerate(members):
+            request.waiting -= 1
+            if request.done.done():
+                continue
+            if error is not None:
+                request.done.set_exception(error)
+                continue
+            request.positions[i] = Position(partition, base + index)
+            if request.waiting == 0:
+                request.done.set_result(request.positions)  # type: ignore[arg-type]  # all set now
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+        """The default partitioner's choice (murmur2 of the key), computed once per subject."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
+        cached = self._partitions.get((topic, key))
+        if cached is not None:
+            return cached
+        if len(self._partitions) >= _PARTITION_CACHE_MAX:
+            self._partitions.clear()
+        partition = self._partitions[(topic, key)] = int(DefaultPartitioner()(key, list(range(count)), []))
+        return partition

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
@@ -67,6 +68,10 @@ class ServiceRuntime(Generic[P]):
             warm = getattr(self.projection, "warm", None)
             if callable(warm):
                 warm()
+        # What exists now (settings, caches loaded while catching up) lives as long as the process:
+        # move it out of the collector's sight, so later collections scan only what came after.
+        gc.collect()
+        gc.freeze()
         self._warmed = True
 
     async def start(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import duckdb
+import pyarrow as pa
 from pydantic import Field
 
 from datacoop.bus.consumer import Delivery
@@ -36,7 +37,7 @@ def make_envelope(subject: str, seq: int, amount_units: int, note: str = "") -> 
 
 
 class LedgerProjection:
-    """Applies a batch with two set-based statements (no per-row round trips to DuckDB)."""
+    """Applies a batch with two set-based statements over one Arrow table (no per-row round trips)."""
 
     def __init__(self, fail_on_amount: int | None = None, progress: bool = False) -> None:
         self.fail_on_amount = fail_on_amount
@@ -50,21 +51,19 @@ class LedgerProjection:
             if self.fail_on_amount is not None and d.event.amount_units == self.fail_on_amount:
                 raise ValueError(f"refusing amount {d.event.amount_units} (a deliberate projection bug)")
             amounts.append(d.event.amount_units)
-        ids = [d.envelope.id for d in deliveries]
-        subjects = [d.envelope.subject for d in deliveries]
+        batch = pa.table({  # noqa: F841  (DuckDB scans it by name)
+            "event_id": pa.array([d.envelope.id for d in deliveries], pa.string()),
+            "subject": pa.array([d.envelope.subject for d in deliveries], pa.string()),
+            "seq": pa.array([d.envelope.seq for d in deliveries], pa.int64()),
+            "amount_units": pa.array(amounts, pa.int64()),
+            "partition": pa.array([d.partition for d in deliveries], pa.int32()),
+            "offset": pa.array([d.offset for d in deliveries], pa.int64()),
+        })
+        tx.execute('INSERT INTO ledger SELECT event_id, subject, seq, amount_units, partition, "offset" FROM batch')
         tx.execute(
-            """INSERT INTO ledger SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[]),
-                      unnest(?::BIGINT[]), unnest(?::INTEGER[]), unnest(?::BIGINT[])""",
-            [ids, subjects, [d.envelope.seq for d in deliveries], amounts,
-             [d.partition for d in deliveries], [d.offset for d in deliveries]],
-        )
-        tx.execute(
-            """INSERT INTO totals
-               SELECT s, sum(a), count(*) FROM (SELECT unnest(?::VARCHAR[]) s, unnest(?::BIGINT[]) a) GROUP BY s
+            """INSERT INTO totals SELECT subject, sum(amount_units), count(*) FROM batch GROUP BY subject
                ON CONFLICT (subject) DO UPDATE SET total_units = totals.total_units + excluded.total_units,
-                                                  events = totals.events + excluded.events""",
-            [subjects, amounts],
-        )
+                                                  events = totals.events + excluded.events""")
         self.applied += len(deliveries)
         if self.progress:
             print(f"applied {self.applied}", flush=True)
