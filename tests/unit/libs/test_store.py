@@ -1,0 +1,66 @@
+"""The store's applied-id index: exact answers from an in-memory hash index backed by `_dc_applied`."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from datacoop import store as store_module
+from datacoop.store import ProjectionStore
+
+
+def _ids(n: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(n)]
+
+
+def _mark(store: ProjectionStore, ids: list[str]) -> None:
+    with store.transaction() as tx:
+        store.mark_applied(tx, ids)
+
+
+def test_applied_ids_are_found_exactly_and_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    store = ProjectionStore(path)
+    applied, fresh = _ids(500), _ids(500)
+    _mark(store, applied)
+    probe = applied[::3] + fresh[::3]
+    assert store.already_applied(probe) == set(applied[::3])
+    store.close()
+    reopened = ProjectionStore(path)  # the index is rebuilt from the table
+    assert reopened.already_applied(probe) == set(applied[::3])
+    assert reopened.already_applied(fresh) == set()
+    reopened.close()
+
+
+def test_a_rolled_back_mark_is_not_remembered() -> None:
+    store = ProjectionStore()
+    ids = _ids(10)
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        store.mark_applied(tx, ids)
+        raise RuntimeError("the projection failed")
+    assert store.already_applied(ids) == set()
+    assert store.conn.execute("SELECT count(*) FROM _dc_applied").fetchone() == (0,)
+
+
+def test_ids_added_since_the_load_are_merged_into_the_sorted_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "_RECENT_MERGE_AT", 100)
+    store = ProjectionStore()
+    batches = [_ids(60) for _ in range(5)]  # merges after the 2nd and the 4th batch
+    for batch in batches:
+        _mark(store, batch)
+    everything = [i for b in batches for i in b]
+    assert store.already_applied(everything + _ids(200)) == set(everything)
+
+
+def test_a_hash_hit_is_confirmed_against_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 64-bit hash collision must not drop a new event: hits are checked against the stored ids."""
+    store = ProjectionStore()
+    applied = _ids(3)
+    _mark(store, applied)
+    stranger = _ids(1)
+    real_hashes = store._hashes
+    # every id hashes to the same value: each is a hit, and only the table can tell them apart
+    monkeypatch.setattr(store, "_hashes", lambda ids: real_hashes([applied[0]] * len(ids)))
+    assert store.already_applied(stranger + applied) == set(applied)
