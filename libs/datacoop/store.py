@@ -91,6 +91,7 @@ class ProjectionStore:
             self.conn.execute(schema_sql)
         loaded = self.conn.execute("SELECT hash(event_id) AS h FROM _dc_applied").fetchnumpy()["h"]
         self._applied = _AppliedHashes(np.asarray(loaded, dtype=np.uint64))
+        self._hashes(["warm-up"])  # DuckDB's first Arrow scan in a process costs ~150 ms: pay it here
 
     def close(self) -> None:
         self.conn.close()
