@@ -56,6 +56,7 @@ class Publisher:
             max_request_size=max_request_size,
             compression_type=None,
         )
+        self._max_request_size = max_request_size
         self._producer: AIOKafkaProducer | None = None
         self._started = False
         self._queue: list[_Request] = []
@@ -98,7 +99,14 @@ class Publisher:
         self._running()
         if not envelopes:
             return []
-        request = _Request(topic, [encode(e) for e in envelopes], asyncio.get_running_loop().create_future())
+        records = [encode(e) for e in envelopes]
+        limit = self._max_request_size - 1024  # room for the batch and request headers
+        for envelope, record in zip(envelopes, records, strict=True):
+            if len(record.value) + len(record.key) > limit:
+                raise ValueError(f"event {envelope.id} ({envelope.type}) is {len(record.value)} bytes; events must "
+                                 f"stay under {limit} bytes: put large payloads in the object store and "
+                                 "reference them")
+        request = _Request(topic, records, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
@@ -127,12 +135,22 @@ class Publisher:
 
     async def _send(self, queue: list[_Request]) -> None:
         producer = self._running()
+        counts: dict[str, int] = {}
+        for topic in dict.fromkeys(r.topic for r in queue):
+            try:
+                counts[topic] = await self._partition_count(producer, topic)
+            except Exception as exc:  # e.g. no such topic: fail its requests, not the others'
+                for request in queue:
+                    if request.topic == topic and not request.done.done():
+                        request.done.set_exception(exc)
         by_tp: dict[tuple[str, int], list[tuple[_Request, int]]] = {}
         for request in queue:
+            if request.topic not in counts:
+                continue
             request.positions = [None] * len(request.records)
             request.waiting = len(request.records)
             for i, record in enumerate(request.records):
-                partition = await self._partition(producer, request.topic, record.key)
+                partition = self._partition(request.topic, record.key, counts[request.topic])
                 by_tp.setdefault((request.topic, partition), []).append((request, i))
         for (topic, partition), items in by_tp.items():
             start = 0
@@ -141,14 +159,11 @@ class Publisher:
                 count = 0
                 for request, i in items[start:]:
                     record = request.records[i]
+                    # an empty batch takes any one record, so every batch holds at least one
                     if batch.append(key=record.key, value=record.value, timestamp=None,
                                     headers=record.headers) is None:
                         break
                     count += 1
-                if count == 0:
-                    raise ValueError(f"an event of {len(items[start][0].records[items[start][1]].value)} bytes "
-                                     f"does not fit in a record batch; events must stay under "
-                                     f"{self._config['max_batch_size']} bytes")
                 batch.close()
                 members = items[start:start + count]
                 ack = await producer.send_batch(batch, topic, partition=partition)
@@ -170,11 +185,15 @@ class Publisher:
             if request.waiting == 0:
                 request.done.set_result(request.positions)  # type: ignore[arg-type]  # all set now
 
-    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
-        """The default partitioner's choice (murmur2 of the key), computed once per subject."""
+    async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         count = self._partition_counts.get(topic)
         if count is None:
             count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
+        return count
+
+    def _partition(self, topic: str, key: bytes, count: int) -> int:
+        """The default partitioner's choice (murmur2 of the key over `count` partitions), computed once
+        per subject; aiokafka's send() would pick the same."""
         cached = self._partitions.get((topic, key))
         if cached is not None:
             return cached

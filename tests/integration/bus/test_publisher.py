@@ -54,12 +54,14 @@ async def test_concurrent_requests_get_the_positions_their_events_landed_at(brok
     assert len(seen) == total
 
 
-async def test_a_request_to_a_missing_topic_fails_and_the_publisher_goes_on(broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.pub-ok"
+async def test_an_oversized_event_is_refused_alone_and_the_publisher_goes_on(broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.pub-big"
     await ensure_topics(broker.bootstrap, [(topic, 1)])
-    async with Publisher(broker.bootstrap) as pub:
-        pub._config["request_timeout_ms"] = 2000
-        ok = await pub.publish(topic, make_envelope("a", 1, 1))
-        assert ok.partition == 0
+    async with Publisher(broker.bootstrap, max_request_size=64 * 1024) as pub:
+        small = pub.publish(topic, make_envelope("a", 1, 1))
+        big = pub.publish(topic, make_envelope("b", 1, 1, note="x" * 70_000))
+        ok, refused = await asyncio.gather(small, big, return_exceptions=True)
+        assert isinstance(refused, ValueError) and "object store" in str(refused)
+        assert not isinstance(ok, BaseException) and ok.partition == 0
         again = await pub.publish(topic, make_envelope("a", 2, 2))
         assert again.offset == ok.offset + 1
