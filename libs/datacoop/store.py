@@ -184,16 +184,16 @@ class ProjectionStore:
             if key not in latest or row[2] > latest[key][2]:
                 latest[key] = row
         if latest:
-            cols = list(zip(*latest.values(), strict=True))
+            topics, subjects, seqs, partitions, offsets = zip(*latest.values(), strict=True)
+            batch_subjects = pa.table({  # noqa: F841  (scanned by name)
+                "topic": pa.array(topics, pa.string()), "subject": pa.array(subjects, pa.string()),
+                "seq": pa.array(seqs, pa.int64()), "partition": pa.array(partitions, pa.int32()),
+                "offset": pa.array(offsets, pa.int64())})
             tx.execute(
-                """INSERT INTO _dc_subjects
-                   SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[]),
-                          unnest(?::INTEGER[]), unnest(?::BIGINT[])
+                """INSERT INTO _dc_subjects SELECT topic, subject, seq, partition, "offset" FROM batch_subjects
                    ON CONFLICT (topic, subject) DO UPDATE SET
                      seq = greatest(_dc_subjects.seq, excluded.seq),
                      partition = CASE WHEN excluded.seq > _dc_subjects.seq THEN excluded.partition
                                       ELSE _dc_subjects.partition END,
                      "offset" = CASE WHEN excluded.seq > _dc_subjects.seq THEN excluded."offset"
-                                     ELSE _dc_subjects."offset" END""",
-                [list(c) for c in cols],
-            )
+                                     ELSE _dc_subjects."offset" END""")
