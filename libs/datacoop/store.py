@@ -13,12 +13,15 @@ Tracking tables (prefix `_dc_`):
 The projection is a cache of the log: delete the file and the service rebuilds it from the topics.
 
 Batches of ids go to DuckDB as Arrow arrays (converted in C, scanned by DuckDB without a copy), not as
-Python lists bound to a LIST parameter, which DuckDB converts value by value.
+Python lists bound to a LIST parameter, which DuckDB converts value by value. DuckDB finds such an
+Arrow table by its Python variable name unless a table or view of that name exists, so those names
+start with `_dc_arrow_`: the `_dc_` prefix is reserved for this module, no projection may use it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +41,7 @@ CREATE TABLE IF NOT EXISTS _dc_subjects (
 """
 
 TopicPartition = tuple[str, int]
-OWN_COMMITTED_MAX = 1_000_000
+OWN_COMMITTED_MAX = 200_000
 _RECENT_MERGE_AT = 100_000
 
 
@@ -85,7 +88,7 @@ class ProjectionStore:
         # Ids of events this process's writer applied and committed, not yet seen by its own consumer:
         # when the consumer reads them back it drops them by their `ce_id` header without decoding or
         # asking the database. Bounded; once cleared, the `_dc_applied` lookup does the same job.
-        self.own_committed: set[str] = set()
+        self.own_committed: dict[str, None] = {}  # insertion-ordered: the oldest go first when full
         self.conn.execute(_TRACKING_DDL)
         if schema_sql:
             self.conn.execute(schema_sql)
@@ -113,8 +116,14 @@ class ProjectionStore:
             raise
         self.conn.execute("COMMIT")
         callbacks, self._after_commit = self._after_commit, None
-        for callback in callbacks:
-            callback()
+        failure: BaseException | None = None
+        for callback in callbacks:  # every one runs: the applied-id index's first (see mark_applied)
+            try:
+                callback()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         if self._after_commit is None:
@@ -141,15 +150,18 @@ class ProjectionStore:
         return {r[0] for r in rows}
 
     def _hashes(self, event_ids: list[str]) -> np.ndarray:
-        batch_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # noqa: F841  (scanned by name)
-        hashes = self.conn.execute("SELECT hash(event_id) AS h FROM batch_ids").fetchnumpy()["h"]
+        _dc_arrow_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # DuckDB scans it by name
+        hashes = self.conn.execute("SELECT hash(event_id) AS h FROM _dc_arrow_ids").fetchnumpy()["h"]
         return np.asarray(hashes, dtype=np.uint64)
 
     def remember_own(self, event_ids: Iterable[str]) -> None:
-        """Ids the writer has just committed (call after COMMIT); see `own_committed`."""
-        if len(self.own_committed) > OWN_COMMITTED_MAX:
-            self.own_committed.clear()
-        self.own_committed.update(event_ids)
+        """Ids the writer has just committed (call after COMMIT); see `own_committed`. Bounded: ids
+        the consumer never reads back (another instance's partitions in group mode) age out."""
+        own = self.own_committed
+        own.update(dict.fromkeys(event_ids))
+        if len(own) > OWN_COMMITTED_MAX:
+            for event_id in list(itertools.islice(own, len(own) - OWN_COMMITTED_MAX)):
+                del own[event_id]
 
     def last_seq(self, topic: str, subject: str) -> int:
         row = self.conn.execute(
@@ -161,10 +173,13 @@ class ProjectionStore:
     def mark_applied(self, tx: duckdb.DuckDBPyConnection, event_ids: list[str]) -> None:
         if not event_ids:
             return
-        batch_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # noqa: F841  (scanned by name)
-        tx.execute("INSERT INTO _dc_applied SELECT event_id FROM batch_ids")
+        _dc_arrow_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # DuckDB scans it by name
+        tx.execute("INSERT INTO _dc_applied SELECT event_id FROM _dc_arrow_ids")
         hashes, applied = self._hashes(event_ids), self._applied
-        self.on_commit(lambda: applied.add(hashes))
+        if self._after_commit is None:
+            raise RuntimeError("mark_applied is only valid inside store.transaction()")
+        # first of the callbacks: the index must know these ids even if a projection's cache update fails
+        self._after_commit.insert(0, lambda: applied.add(hashes))
 
     @staticmethod
     def save_offsets(tx: duckdb.DuckDBPyConnection, consumer: str, offsets: dict[TopicPartition, int]) -> None:
@@ -185,12 +200,12 @@ class ProjectionStore:
                 latest[key] = row
         if latest:
             topics, subjects, seqs, partitions, offsets = zip(*latest.values(), strict=True)
-            batch_subjects = pa.table({  # noqa: F841  (scanned by name)
+            _dc_arrow_subjects = pa.table({  # DuckDB scans it by name
                 "topic": pa.array(topics, pa.string()), "subject": pa.array(subjects, pa.string()),
                 "seq": pa.array(seqs, pa.int64()), "partition": pa.array(partitions, pa.int32()),
                 "offset": pa.array(offsets, pa.int64())})
             tx.execute(
-                """INSERT INTO _dc_subjects SELECT topic, subject, seq, partition, "offset" FROM batch_subjects
+                """INSERT INTO _dc_subjects SELECT topic, subject, seq, partition, "offset" FROM _dc_arrow_subjects
                    ON CONFLICT (topic, subject) DO UPDATE SET
                      seq = greatest(_dc_subjects.seq, excluded.seq),
                      partition = CASE WHEN excluded.seq > _dc_subjects.seq THEN excluded.partition

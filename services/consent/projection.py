@@ -55,7 +55,7 @@ class MembersProjection:
             states[subject] = evolve(states.get(subject) or Member(subject), d.event)
         rows = [states[a] for a in addresses]
         self.store.on_commit(lambda: self._remember(rows, known=True))
-        batch = pa.table({  # noqa: F841  (DuckDB scans it by name)
+        _arrow_members = pa.table({  # DuckDB scans it by name
             "member": pa.array([m.address for m in rows], pa.string()),
             "state": pa.array([_MEMBER.dump_json(m).decode() for m in rows], pa.string()),
             "registered": pa.array([m.registered for m in rows], pa.bool_()),
@@ -63,7 +63,7 @@ class MembersProjection:
             "next_expiry": pa.array([_next_expiry(m) for m in rows], pa.timestamp("us", tz="UTC")),
         })
         tx.execute("INSERT OR REPLACE INTO members SELECT member, state::JSON, registered, erased, next_expiry "
-                   "FROM batch")
+                   "FROM _arrow_members")
 
     @staticmethod
     def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, Member]:

@@ -206,7 +206,7 @@ class ConsumerRunner:
             fetched.append(_Fetched(rec, None, None))
             envelopes.append(None)
             if own and (event_id := _ce_id(rec)) is not None and event_id in own:
-                own.discard(event_id)  # applied already by the writer: only the offset moves
+                del own[event_id]  # applied already by the writer: only the offset moves
                 continue
             try:
                 env = decode(rec.value)
@@ -254,6 +254,8 @@ class ConsumerRunner:
         """One transaction: fresh events applied, their ids marked, the offsets moved past the batch."""
         candidates = [f.delivery for f in fetched if f.delivery is not None]
         seen = self.store.already_applied([d.envelope.id for d in candidates])
+        for event_id in seen:  # read back before the writer remembered it: it need not wait for us
+            self.store.own_committed.pop(event_id, None)
         fresh: list[Delivery] = []
         for d in candidates:
             if d.envelope.id not in seen:

@@ -9,6 +9,10 @@ append) for every event; here a subject's partition is hashed once and cached, a
 one append to a batch. Each caller gets its events' positions once every batch holding them is
 acknowledged; the events of one request stay in order (same subject -> same partition).
 
+Each partition's batches are handed over by a chain of its own, in order, so a partition that
+cannot take batches (no leader) delays and fails only the requests with records in it: a request
+whose batch was handed over is answered by that batch's ack, never by another partition's error.
+
 The producer is not idempotent (the local broker lacks it): a retried send can duplicate an event
 in the log, and consumers drop ids they have already applied.
 """
@@ -16,17 +20,29 @@ in the log, and consumers drop ids they have already applied.
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from datacoop.events.codec import Headers, KafkaRecord, encode
 from datacoop.events.envelope import Envelope
 
 _PARTITION_CACHE_MAX = 200_000
+HAND_OVER_WAIT_S = 0.05
+
+
+def _fail(request: _Request, exc: BaseException) -> None:
+    """Answer a request with (a copy of) `exc`; one exception object shared by many futures would
+    collect every waiter's traceback."""
+    if not request.done.done():
+        error = exc if isinstance(exc, Exception) else KafkaError(f"publishing stopped: {exc!r}")
+        request.done.set_exception(copy.copy(error))
 
 
 class Position(NamedTuple):
@@ -63,6 +79,7 @@ class Publisher:
         self._flusher: asyncio.Task[None] | None = None
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._partition_counts: dict[str, int] = {}
+        self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         """Connect (aiokafka clients belong to the running event loop, so they are made here)."""
@@ -74,6 +91,8 @@ class Publisher:
         """Send what is queued, wait for its acks, then close."""
         if self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+        if self._tails:
+            await asyncio.wait(list(self._tails.values()))
         if self._started and self._producer is not None:
             await self._producer.stop()
             self._started = False
@@ -122,18 +141,22 @@ class Publisher:
     # -- batching ----------------------------------------------------------------------------
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the requests made in this turn of the loop join
-        while self._queue:
-            queue, self._queue = self._queue, []
-            try:
-                await self._send(queue)
-            except BaseException as exc:  # e.g. the topic's metadata never came: fail these requests
-                for request in queue:
-                    if not request.done.done():
-                        request.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
+        try:
+            while self._queue:
+                queue, self._queue = self._queue, []
+                chains = await self._send(queue)
+                # Wait (briefly) for this flush's batches to be taken: requests made meanwhile then go
+                # out together in the next flush. A stuck partition's chain goes on without us.
+                if chains:
+                    await asyncio.wait(chains, timeout=HAND_OVER_WAIT_S)
+        except BaseException as exc:  # cancelled (the loop is closing) or a bug: nobody may wait forever
+            for request in self._queue:
+                _fail(request, exc)
+            self._queue = []
+            raise
 
-    async def _send(self, queue: list[_Request]) -> None:
+    async def _send(self, queue: list[_Request]) -> list[asyncio.Task[None]]:
+        """Pack `queue` into batches per partition and start handing them over; the chains started."""
         producer = self._running()
         counts: dict[str, int] = {}
         for topic in dict.fromkeys(r.topic for r in queue):
@@ -141,8 +164,8 @@ class Publisher:
                 counts[topic] = await self._partition_count(producer, topic)
             except Exception as exc:  # e.g. no such topic: fail its requests, not the others'
                 for request in queue:
-                    if request.topic == topic and not request.done.done():
-                        request.done.set_exception(exc)
+                    if request.topic == topic:
+                        _fail(request, exc)
         by_tp: dict[tuple[str, int], list[tuple[_Request, int]]] = {}
         for request in queue:
             if request.topic not in counts:
@@ -152,7 +175,9 @@ class Publisher:
             for i, record in enumerate(request.records):
                 partition = self._partition(request.topic, record.key, counts[request.topic])
                 by_tp.setdefault((request.topic, partition), []).append((request, i))
-        for (topic, partition), items in by_tp.items():
+        chains = []
+        for tp, items in by_tp.items():
+            batches = []
             start = 0
             while start < len(items):
                 batch = producer.create_batch()
@@ -165,30 +190,67 @@ class Publisher:
                         break
                     count += 1
                 batch.close()
-                members = items[start:start + count]
-                ack = await producer.send_batch(batch, topic, partition=partition)
-                ack.add_done_callback(lambda f, m=members, p=partition: self._acked(f, m, p))
+                batches.append((batch, items[start:start + count]))
                 start += count
+            chains.append(self._chain(tp, batches))
+        return chains
+
+    def _chain(self, tp: tuple[str, int], batches: list[tuple[Any, list[tuple[_Request, int]]]]) -> asyncio.Task[None]:
+        """Hand `batches` to the producer after the partition's earlier batches, in order."""
+        previous = self._tails.get(tp)
+        task = asyncio.create_task(self._hand_over(previous, tp, batches), name=f"publisher-{tp[0]}[{tp[1]}]")
+        self._tails[tp] = task
+        task.add_done_callback(partial(self._chain_done, tp))
+        return task
+
+    def _chain_done(self, tp: tuple[str, int], task: asyncio.Task[None]) -> None:
+        if self._tails.get(tp) is task:  # the partition's last chain: nothing to wait for any more
+            del self._tails[tp]
+
+    async def _hand_over(self, previous: asyncio.Task[None] | None, tp: tuple[str, int],
+                         batches: list[tuple[Any, list[tuple[_Request, int]]]]) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # never raises; its failures are its requests'
+        topic, partition = tp
+        for n, (batch, members) in enumerate(batches):
+            try:
+                ack = await self._running().send_batch(batch, topic, partition=partition)
+            except BaseException as exc:  # e.g. KafkaTimeoutError: the partition takes no batches
+                for _, later in batches[n:]:
+                    for request, _ in later:
+                        _fail(request, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            ack.add_done_callback(lambda f, m=members, p=partition: self._acked(f, m, p))
 
     @staticmethod
     def _acked(ack: asyncio.Future[Any], members: list[tuple[_Request, int]], partition: int) -> None:
-        error = asyncio.CancelledError() if ack.cancelled() else ack.exception()
+        error: BaseException | None
+        if ack.cancelled():
+            error = KafkaError(f"the send of a batch to partition {partition} was cancelled (producer stopping)")
+        else:
+            error = ack.exception()
         base = -1 if error is not None else int(ack.result().offset)
         for index, (request, i) in enumerate(members):
             request.waiting -= 1
-            if request.done.done():
-                continue
             if error is not None:
-                request.done.set_exception(error)
+                _fail(request, error)
+                continue
+            if request.done.done():
                 continue
             request.positions[i] = Position(partition, base + index)
             if request.waiting == 0:
                 request.done.set_result(request.positions)  # type: ignore[arg-type]  # all set now
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
-        count = self._partition_counts.get(topic)
-        if count is None:
-            count = self._partition_counts[topic] = len(await producer.partitions_for(topic))
+        """From the producer's metadata (refreshed by aiokafka): when partitions are added, the cached
+        subject -> partition choices of the topic are dropped."""
+        count = len(await producer.partitions_for(topic))
+        if self._partition_counts.get(topic) != count:
+            if topic in self._partition_counts:
+                self._partitions = {k: v for k, v in self._partitions.items() if k[0] != topic}
+            self._partition_counts[topic] = count
         return count
 
     def _partition(self, topic: str, key: bytes, count: int) -> int:

@@ -51,7 +51,7 @@ class LedgerProjection:
             if self.fail_on_amount is not None and d.event.amount_units == self.fail_on_amount:
                 raise ValueError(f"refusing amount {d.event.amount_units} (a deliberate projection bug)")
             amounts.append(d.event.amount_units)
-        batch = pa.table({  # noqa: F841  (DuckDB scans it by name)
+        _arrow_ledger = pa.table({  # DuckDB scans it by name
             "event_id": pa.array([d.envelope.id for d in deliveries], pa.string()),
             "subject": pa.array([d.envelope.subject for d in deliveries], pa.string()),
             "seq": pa.array([d.envelope.seq for d in deliveries], pa.int64()),
@@ -59,9 +59,10 @@ class LedgerProjection:
             "partition": pa.array([d.partition for d in deliveries], pa.int32()),
             "offset": pa.array([d.offset for d in deliveries], pa.int64()),
         })
-        tx.execute('INSERT INTO ledger SELECT event_id, subject, seq, amount_units, partition, "offset" FROM batch')
+        tx.execute('INSERT INTO ledger SELECT event_id, subject, seq, amount_units, partition, "offset" '
+                   "FROM _arrow_ledger")
         tx.execute(
-            """INSERT INTO totals SELECT subject, sum(amount_units), count(*) FROM batch GROUP BY subject
+            """INSERT INTO totals SELECT subject, sum(amount_units), count(*) FROM _arrow_ledger GROUP BY subject
                ON CONFLICT (subject) DO UPDATE SET total_units = totals.total_units + excluded.total_units,
                                                   events = totals.events + excluded.events""")
         self.applied += len(deliveries)

@@ -52,3 +52,4 @@ async def test_own_events_read_back_are_not_applied_twice_and_rebuild_restores_s
     for target in (store, rebuilt):
         assert target.conn.execute("SELECT total_units, events FROM totals").fetchone() == (12, 3)
         assert target.last_seq(topic, "acct") == 3
+    assert store.own_committed == {}, "the consumer read its writer's events back and let go of their ids"

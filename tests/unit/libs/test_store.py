@@ -41,7 +41,35 @@ def test_a_rolled_back_mark_is_not_remembered() -> None:
         store.mark_applied(tx, ids)
         raise RuntimeError("the projection failed")
     assert store.already_applied(ids) == set()
+    assert not store._applied.hits(store._hashes(ids)).any(), "the index learned ids that were rolled back"
     assert store.conn.execute("SELECT count(*) FROM _dc_applied").fetchone() == (0,)
+
+
+def test_the_index_learns_committed_ids_even_when_a_cache_callback_fails() -> None:
+    """A projection's after-commit callback that raises must not leave committed ids out of the index
+    (the caller then re-applies event by event, and only the index stands between it and a double)."""
+    store = ProjectionStore()
+    ids = _ids(5)
+    ran = []
+
+    def broken_cache() -> None:
+        raise ValueError("cache update failed")
+
+    with pytest.raises(ValueError, match="cache update failed"), store.transaction() as tx:
+        store.on_commit(broken_cache)
+        store.mark_applied(tx, ids)
+        store.on_commit(lambda: ran.append("later callback"))
+    assert store.already_applied(ids) == set(ids)
+    assert ran == ["later callback"], "every callback runs even when one fails"
+
+
+def test_own_committed_ids_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "OWN_COMMITTED_MAX", 10)
+    store = ProjectionStore()
+    first, second = _ids(8), _ids(8)
+    store.remember_own(first)
+    store.remember_own(second)
+    assert list(store.own_committed) == first[-2:] + second
 
 
 def test_ids_added_since_the_load_are_merged_into_the_sorted_index(monkeypatch: pytest.MonkeyPatch) -> None:
