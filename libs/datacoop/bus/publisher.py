@@ -141,6 +141,7 @@ class Publisher:
     # -- batching ----------------------------------------------------------------------------
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the requests made in this turn of the loop join
+        queue: list[_Request] = []
         try:
             while self._queue:
                 queue, self._queue = self._queue, []
@@ -150,7 +151,7 @@ class Publisher:
                 if chains:
                     await asyncio.wait(chains, timeout=HAND_OVER_WAIT_S)
         except BaseException as exc:  # cancelled (the loop is closing) or a bug: nobody may wait forever
-            for request in self._queue:
+            for request in [*queue, *self._queue]:  # some of `queue` may still land, as with any failed send
                 _fail(request, exc)
             self._queue = []
             raise
