@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
 from datacoop.bus import Publisher
 from datacoop.events import Envelope
@@ -50,8 +49,7 @@ DOMAIN = eip712.Domain()
 
 
 def _sign(acct: Any, primary: str, message: dict[str, Any]) -> str:
-    signable = encode_typed_data(full_message=eip712.typed_data(DOMAIN, primary, message))
-    return "0x" + bytes(acct.sign_message(signable).signature).hex().removeprefix("0x")
+    return eip712.sign(acct, DOMAIN, primary, message)
 
 
 def _adult_rows() -> list[dict[str, str]]:

@@ -110,6 +110,16 @@ class Writer:
         await done
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_pending()
+        except BaseException as exc:  # cancelled (the loop is closing): no command may wait forever
+            for _, done in self._pending:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(f"writer stopped: {exc!r}"))
+            self._pending = []
+            raise
+
+    async def _flush_pending(self) -> None:
         await asyncio.sleep(0)  # let the commands whose acks came in the same batch join
         while self._pending:
             async with self.store.lock:

@@ -171,13 +171,14 @@ class ProjectionStore:
 
     # -- writing the tracking state (inside a transaction) ----------------------------------
     def mark_applied(self, tx: duckdb.DuckDBPyConnection, event_ids: list[str]) -> None:
+        if self._after_commit is None:
+            raise RuntimeError("mark_applied is only valid inside store.transaction()")
         if not event_ids:
             return
         _dc_arrow_ids = pa.table({"event_id": pa.array(event_ids, pa.string())})  # DuckDB scans it by name
-        tx.execute("INSERT INTO _dc_applied SELECT event_id FROM _dc_arrow_ids")
-        hashes, applied = self._hashes(event_ids), self._applied
-        if self._after_commit is None:
-            raise RuntimeError("mark_applied is only valid inside store.transaction()")
+        inserted = tx.execute("INSERT INTO _dc_applied SELECT event_id FROM _dc_arrow_ids "
+                              "RETURNING hash(event_id) AS h").fetchnumpy()["h"]
+        hashes, applied = np.asarray(inserted, dtype=np.uint64), self._applied
         # first of the callbacks: the index must know these ids even if a projection's cache update fails
         self._after_commit.insert(0, lambda: applied.add(hashes))
 

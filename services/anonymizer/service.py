@@ -137,7 +137,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         self._all_changed_at: float | None = time.monotonic()
         self._wake = asyncio.Event()
         self._resolved: dict[tuple[str, int], ResolvedDefinition] = {}
-        self.runner.on_applied = self._on_applied
+        self.runner.add_listener(self._on_applied)
         self.add_background(self.builder_forever)
 
     def _on_applied(self, deliveries: list[Delivery]) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
 from datacoop.http import ApiError, check
 from services.consent import eip712
@@ -24,15 +23,10 @@ class MemberWallet:
         self.account = Account.from_key(private_key)
         self.address: str = self.account.address
         self.http = http or httpx.Client(base_url=base_url, timeout=30)
-        self.domain = domain or self._fetch_domain()
-
-    def _fetch_domain(self) -> eip712.Domain:
-        d = check(self.http.get("/eip712"))["domain"]
-        return eip712.Domain(d["name"], d["version"], d["chainId"], d.get("verifyingContract"))
+        self.domain = domain or eip712.fetch_domain(self.http)
 
     def sign(self, primary_type: str, message: dict[str, Any]) -> str:
-        signable = encode_typed_data(full_message=eip712.typed_data(self.domain, primary_type, message))
-        return "0x" + bytes(self.account.sign_message(signable).signature).hex().removeprefix("0x")
+        return eip712.sign(self.account, self.domain, primary_type, message)
 
     def next_nonce(self) -> int:
         resp = self.http.get(f"/members/{self.address}")

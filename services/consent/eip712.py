@@ -13,7 +13,12 @@ from functools import cached_property
 from typing import Any
 
 import coincurve
+import httpx
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
 from sha3 import keccak_256  # safe-pysha3: C keccak, ~6x faster per call than pycryptodome's
+
+from datacoop.http import check
 
 
 def keccak(data: bytes) -> bytes:
@@ -125,6 +130,18 @@ def to_checksum(hex_address: str) -> str:
     lower = hex_address.lower().removeprefix("0x")
     digest_hex = keccak(lower.encode()).hex()
     return "0x" + "".join(c.upper() if int(digest_hex[i], 16) >= 8 else c for i, c in enumerate(lower))
+
+
+def sign(account: LocalAccount, domain: Domain, primary_type: str, message: dict[str, Any]) -> str:
+    """What a wallet's eth_signTypedData_v4 returns for `message` (0x-hex r, s, v): the clients' one signer."""
+    signable = encode_typed_data(full_message=typed_data(domain, primary_type, message))
+    return "0x" + bytes(account.sign_message(signable).signature).hex().removeprefix("0x")
+
+
+def fetch_domain(http: httpx.Client) -> Domain:
+    """The domain a service verifies signatures against (its `GET /eip712`)."""
+    d = check(http.get("/eip712"))["domain"]
+    return Domain(d["name"], d["version"], d["chainId"], d.get("verifyingContract"))
 
 
 def typed_data(domain: Domain, primary_type: str, message: dict[str, Any]) -> dict[str, Any]:

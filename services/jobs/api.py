@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -13,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from datacoop.events.jobs import WorkerRegistered
 from datacoop.events.types import Address, HexSignature
-from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
+from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized, bearer, secret_sha256
 from services.consent import eip712
 from services.jobs import domain
 from services.worker.analytics import CATALOG, JobRefused, validate_job
@@ -65,20 +64,11 @@ class FailureBody(LeaseRef):
     detail: str = Field(min_length=1, max_length=2000)
 
 
-def key_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def bearer(authorization: str | None, what: str) -> str:
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise Unauthorized(f"no {what}: send `Authorization: Bearer <{what}>`", slug="no-credentials")
-    return authorization[7:].strip()
-
-
 def current_researcher(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
     """The researcher whose marketplace API key is in `Authorization: Bearer <key>` (the jobs service
     reads the key's SHA-256 from ResearcherRegistered on the orders topic); 401 otherwise."""
-    found = request.app.state.runtime.projection.researcher_by_key_hash(key_hash(bearer(authorization, "API key")))
+    api_key = bearer(authorization, "API key")
+    found = request.app.state.runtime.projection.researcher_by_key_hash(secret_sha256(api_key))
     if found is None:
         raise Unauthorized("unknown API key; use the key the marketplace gave you (POST /researchers there)",
                            slug="bad-api-key")
@@ -120,7 +110,7 @@ def build_router(ctx: Any) -> APIRouter:
 
     def worker_session(worker_id: str, authorization: str | None) -> domain.Worker:
         token = bearer(authorization, "worker token")
-        if ctx.tokens.get(worker_id) != key_hash(token):
+        if ctx.tokens.get(worker_id) != secret_sha256(token):
             raise Unauthorized(f"no session for worker {worker_id} (the jobs service restarted?); "
                                "register again with POST /workers", slug="unknown-worker-session")
         ctx.heartbeat(worker_id)

@@ -8,7 +8,6 @@ start before expiring it, and workers re-register (their session tokens are in m
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
@@ -26,8 +25,8 @@ from datacoop.events.jobs import WorkerRegistered
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
-from datacoop.kit.problems import Unauthorized
-from datacoop.topics import DATASETS, JOBS, ORDERS, WORKERS, qualified
+from datacoop.kit.problems import Unauthorized, secret_sha256
+from datacoop.topics import DATASETS, JOBS, ORDERS, WORKERS
 from services.consent import eip712
 from services.jobs import domain
 from services.jobs.api import build_router
@@ -48,13 +47,10 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.settings: JobsSettings = settings
         self.clock = clock
         self.domain_sep = eip712.Domain(chain_id=settings.chain_id, verifying_contract=settings.market_address)
-        workers_topic = qualified(settings.topic_prefix, WORKERS)
-        self.workers_writer = Writer(store=self.store, publisher=self.publisher, projection=self.projection,
-                                     topic=workers_topic, source="datacoop/jobs")
-        assert self.write_topic is not None and self.writer is not None
+        self.workers_writer = self.add_writer(WORKERS)
+        assert self.writer is not None
         self.jobs_writer: Writer = self.writer
-        self.runner.writes_topics = frozenset({self.write_topic, workers_topic})
-        self.runner.on_applied = self._on_applied
+        self.runner.add_listener(self._on_applied)
         self.heartbeats: dict[str, float] = {}
         self.tokens: dict[str, str] = {}
         self._started_m = time.monotonic()
@@ -63,8 +59,6 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
     # -- plumbing the API uses -----------------------------------------------------------------
     def _on_applied(self, deliveries: list[Delivery]) -> None:
-        self.jobs_writer.observe(deliveries)
-        self.workers_writer.observe(deliveries)
         self.notify()
 
     def notify(self) -> None:
@@ -89,7 +83,7 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
     def new_token(self, worker_id: str) -> str:
         token = "dcw_" + secrets.token_urlsafe(24)
-        self.tokens[worker_id] = hashlib.sha256(token.encode()).hexdigest()
+        self.tokens[worker_id] = secret_sha256(token)
         self.heartbeat(worker_id)
         return token
 

@@ -21,6 +21,7 @@ from datacoop.events import Envelope
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.orders import Offer, OrderPaid, OrderPlaced, ResearcherRegistered
 from datacoop.events.registry import Event
+from datacoop.kit.problems import secret_sha256
 from datacoop.topics import DATASETS, ORDERS, qualified
 from services.worker.analytics import schema_of
 
@@ -68,7 +69,7 @@ def publish_compute_market(bootstrap: str, prefix: str, objects: Path, table: pa
             contributor_weights={Account.create().address: 3}, published_at=now)),
         (ORDERS, researcher_id, ResearcherRegistered(
             researcher_id=researcher_id, name="Dr Stand-in", wallet=buyer,
-            api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), registered_at=now)),
+            api_key_sha256=secret_sha256(api_key), registered_at=now)),
         (ORDERS, order_id, OrderPlaced(order_id=order_id, researcher_id=researcher_id, buyer=buyer,
                                        dataset_id=dataset_id, version=1, offer=offer, price_units=5_000_000,
                                        placed_at=now, expires_at=now + timedelta(hours=1))),

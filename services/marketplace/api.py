@@ -4,7 +4,6 @@ receipts, and the members' view of who bought their data."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime
@@ -21,7 +20,7 @@ from datacoop.events.registry import Event
 from datacoop.events.types import Address, Slug
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
-from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized
+from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized, bearer, secret_sha256
 from services.marketplace import domain
 from services.marketplace.engine import LoadedVersion
 from services.marketplace.files import FileUnavailable, stream
@@ -58,10 +57,6 @@ class GrantBody(BaseModel):
     ttl_s: float | None = Field(None, gt=0, description="how long the grant lives (at most the service's limit)")
 
 
-def key_hash(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
-
-
 def order_view(o: domain.Order) -> dict[str, Any]:
     view: dict[str, Any] = {
         "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
@@ -87,10 +82,8 @@ def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict
 
 async def current_researcher(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
     """The researcher whose API key is in `Authorization: Bearer <key>`; 401 otherwise."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise Unauthorized("no API key: send `Authorization: Bearer <key>` (register with POST /researchers)",
-                           slug="no-api-key")
-    found = request.app.state.runtime.projection.researcher_by_key_hash(key_hash(authorization[7:].strip()))
+    api_key = bearer(authorization, "API key", " (register with POST /researchers)")
+    found = request.app.state.runtime.projection.researcher_by_key_hash(secret_sha256(api_key))
     if found is None:
         raise Unauthorized("unknown API key; register with POST /researchers to get one", slug="bad-api-key")
     return dict(found)
@@ -130,7 +123,7 @@ def build_router(ctx: Any) -> APIRouter:
         api_key = "dcr_" + secrets.token_urlsafe(32)
         rid = str(uuid.uuid4())
         ev = ResearcherRegistered(researcher_id=rid, name=body.name, organisation=body.organisation,
-                                  wallet=body.wallet, api_key_sha256=key_hash(api_key), registered_at=ctx.clock())
+                                  wallet=body.wallet, api_key_sha256=secret_sha256(api_key), registered_at=ctx.clock())
         await run(rid, lambda: [ev])
         return {"researcher_id": rid, "name": body.name, "organisation": body.organisation, "wallet": body.wallet,
                 "api_key": api_key, "note": "the API key is shown once; keep it secret"}

@@ -26,7 +26,6 @@ from datacoop.events.orders import (
 from datacoop.events.registry import Event
 
 OrderStatus = Literal["placed", "paid", "expired"]
-RefusalKind = Literal["not_found", "forbidden", "conflict", "unprocessable", "payment_required", "gone"]
 
 
 class OrderRefused(Refused):

@@ -141,11 +141,6 @@ class MarketProjection:
             return None
         return dict(zip(("researcher_id", "name", "organisation", "wallet", "registered_at"), row, strict=True))
 
-    def researcher(self, researcher_id: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT researcher_id, name, organisation, wallet FROM researchers "
-                                "WHERE researcher_id = ?", [researcher_id]).fetchone()
-        return dict(zip(("researcher_id", "name", "organisation", "wallet"), row, strict=True)) if row else None
-
     def version(self, dataset_id: str, version: int) -> tuple[DatasetVersionPublished, bool] | None:
         row = self.conn.execute("SELECT published, superseded FROM versions WHERE dataset_id = ? AND version = ?",
                                 [dataset_id, version]).fetchone()

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Path
 from web3 import Web3
 
 from datacoop.kit.problems import Conflict, NotFound, NotReady
-from services.settlement import domain
 
 if TYPE_CHECKING:
     from services.settlement.service import SettlementService
@@ -70,10 +69,7 @@ def build_router(ctx: SettlementService) -> APIRouter:
     async def post_epoch() -> dict[str, Any]:
         """Build and post a new epoch now (or finish one in flight). 409 when nothing is new to post."""
         ready()
-        try:
-            row = await ctx.run_epoch(forced=True)
-        except domain.SettlementRefused as exc:
-            raise Conflict(str(exc), slug="nothing-to-post") from exc
+        row = await ctx.run_epoch(forced=True)  # a SettlementRefused is a 409 with its own slug
         if row is None:
             raise Conflict("nothing new to post since the latest epoch", slug="nothing-to-post")
         return _epoch_view(row)

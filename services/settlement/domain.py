@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from datacoop.errors import Refused
 from datacoop.events.payouts import (
     EpochPrepared,
     JobFeeAllocated,
@@ -34,8 +35,12 @@ from services.settlement.allocation import Allocation, split_job_fee, split_orde
 from services.settlement.merkle import StandardMerkleTree, keccak256, normalize_address
 
 
-class SettlementRefused(Exception):
-    """A request the rules refuse; the message says what to do."""
+class SettlementRefused(Refused):
+    """An epoch the rules refuse to post (409); the message says what to do, `slug` why."""
+
+    def __init__(self, message: str, slug: str) -> None:
+        super().__init__("conflict", message)
+        self.slug = slug
 
 
 @dataclass(frozen=True)
@@ -197,10 +202,11 @@ def prepare_epoch(state: EpochState, balances: Mapping[str, int], now: datetime)
                                                                                           StandardMerkleTree]:
     """The next epoch's tree over every account's cumulative units; refuses while one is in flight."""
     if not state.last_posted:
-        raise SettlementRefused(f"epoch {state.last_epoch} is prepared but not posted yet; it is posted first")
+        raise SettlementRefused(f"epoch {state.last_epoch} is prepared but not posted yet; it is posted first",
+                                slug="epoch-in-flight")
     leaves = {normalize_address(a): int(u) for a, u in balances.items() if u > 0}
     if not leaves:
-        raise SettlementRefused("nobody has earned anything yet; there is no tree to post")
+        raise SettlementRefused("nobody has earned anything yet; there is no tree to post", slug="nothing-to-post")
     tree = StandardMerkleTree.of(sorted(leaves.items()))
     return EpochPrepared(epoch=state.last_epoch + 1, root=tree.root_hex, total_units=tree.total_units,
                          accounts=len(leaves), leaves_hash=leaves_hash(leaves), leaves=leaves,

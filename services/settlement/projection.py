@@ -12,7 +12,6 @@ produced were appended, and re-reading blocks is harmless (decisions check `paym
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -210,7 +209,3 @@ class SettlementProjection:
                             if pay else None),
                 "allocation": json.loads(alloc[0]) if alloc else None,
                 "flags": [{"reason": r, "detail": d} for r, d in flags]}
-
-    def posted_at(self) -> datetime | None:
-        row = self.conn.execute("SELECT max(posted_at) FROM epochs WHERE posted").fetchone()
-        return row[0] if row else None

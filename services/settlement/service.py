@@ -260,7 +260,8 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         if found:
             raise domain.SettlementRefused(
                 f"order(s) {', '.join(found)} were refunded on chain after settlement allocated them; no root is "
-                "posted until an operator resolves it (see docs/payments.md, Refunds)")
+                "posted until an operator resolves it (see docs/payments.md, Refunds)",
+                slug="refunded-after-allocation")
 
     def tree(self, epoch: int) -> StandardMerkleTree | None:
         tree = self._trees.get(epoch)

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from faker import Faker
 
 from datacoop.http import ApiError, check
@@ -35,19 +34,14 @@ class VaultClient:
         self.account = Account.from_key(private_key)
         self.address: str = self.account.address
         self.http = http or httpx.Client(base_url=base_url, timeout=120)
-        self.domain = domain or self._fetch_domain()
-
-    def _fetch_domain(self) -> eip712.Domain:
-        d = check(self.http.get("/eip712"))["domain"]
-        return eip712.Domain(d["name"], d["version"], d["chainId"], d.get("verifyingContract"))
+        self.domain = domain or eip712.fetch_domain(self.http)
 
     def contribute_body(self, category: str, content: str, fmt: str = "jsonl", issued_at: int | None = None,
                         on_behalf_of: str | None = None) -> dict[str, Any]:
         issued_at = int(time.time()) if issued_at is None else issued_at
         message = {"member": on_behalf_of or self.address, "category": category,
                    "contentHash": "0x" + hashlib.sha256(content.encode()).hexdigest(), "issuedAt": issued_at}
-        signable = encode_typed_data(full_message=eip712.typed_data(self.domain, "ContributeRecords", message))
-        signature = "0x" + bytes(self.account.sign_message(signable).signature).hex().removeprefix("0x")
+        signature = eip712.sign(self.account, self.domain, "ContributeRecords", message)
         return {"category": category, "format": fmt, "content": content, "issued_at": issued_at,
                 "signature": signature}
 

@@ -79,7 +79,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.max_rows = settings.vault_max_rows
         self.shred_interval_s = settings.vault_shred_interval_s
         self._wake = asyncio.Event()
-        self.runner.on_applied = self._on_applied
+        self.runner.add_listener(self._on_applied)
         self.add_background(self.shred_forever)
 
     def _on_applied(self, deliveries: list[Delivery]) -> None:

@@ -9,18 +9,12 @@ from typing import Any
 
 import httpx
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 
 from datacoop.http import ApiError, check
 from services.consent import eip712
 from services.jobs.domain import result_hash
 
-__all__ = ["ApiError", "ResearcherJobs", "ResultInvalid", "WorkerSession", "check", "fetch_domain"]
-
-
-def fetch_domain(http: httpx.Client) -> eip712.Domain:
-    d = check(http.get("/eip712"))["domain"]
-    return eip712.Domain(d["name"], d["version"], d["chainId"], d.get("verifyingContract"))
+__all__ = ["ApiError", "ResearcherJobs", "ResultInvalid", "WorkerSession", "check"]
 
 
 class WorkerSession:
@@ -38,12 +32,11 @@ class WorkerSession:
     @property
     def domain(self) -> eip712.Domain:
         if self._domain is None:
-            self._domain = fetch_domain(self.http)
+            self._domain = eip712.fetch_domain(self.http)
         return self._domain
 
     def sign(self, primary_type: str, message: dict[str, Any]) -> str:
-        signable = encode_typed_data(full_message=eip712.typed_data(self.domain, primary_type, message))
-        return "0x" + bytes(self.account.sign_message(signable).signature).hex().removeprefix("0x")
+        return eip712.sign(self.account, self.domain, primary_type, message)
 
     def register(self, hardware: dict[str, Any]) -> dict[str, Any]:
         issued_at = int(time.time())
@@ -133,7 +126,7 @@ class ResearcherJobs:
         answer = dict(check(self.http.get(f"/jobs/{job_id}/result")))
         if verify:
             plot = self.plot(job_id) if answer.get("has_plot") else None
-            verify_result({**answer, "_plot_png": plot}, fetch_domain(self.http))
+            verify_result({**answer, "_plot_png": plot}, eip712.fetch_domain(self.http))
         return answer
 
     def plot(self, job_id: str) -> bytes:

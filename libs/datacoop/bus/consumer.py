@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from datacoop.bus.publisher import Publisher
-from datacoop.events.codec import DecodeError, decode
+from datacoop.events.codec import DecodeError, decode, header
 from datacoop.events.envelope import Envelope
 from datacoop.events.registry import REGISTRY, Event, EventRegistry
 from datacoop.store import ProjectionStore
@@ -56,13 +56,6 @@ class _Fetched:
     record: ConsumerRecord[bytes, bytes]
     delivery: Delivery | None
     error: str | None
-
-
-def _ce_id(rec: ConsumerRecord[bytes, bytes]) -> str | None:
-    for key, value in rec.headers or ():
-        if key == "ce_id":
-            return str(value.decode(errors="replace"))
-    return None
 
 
 @contextlib.contextmanager
@@ -106,7 +99,7 @@ class ConsumerRunner:
         self.writes_topics = writes_topics
         self.max_records = max_records
         self.fetch_timeout_ms = fetch_timeout_ms
-        self.on_applied = on_applied
+        self._listeners: list[Callable[[list[Delivery]], None]] = [on_applied] if on_applied else []
         self._dlq = dlq_publisher
         self._config = dict(
             bootstrap_servers=bootstrap,
@@ -147,6 +140,10 @@ class ConsumerRunner:
             self.seek_to_stored(tps)
         else:
             self._kafka.subscribe(self.topics, listener=_SeekOnAssign(self))
+
+    def add_listener(self, listener: Callable[[list[Delivery]], None]) -> None:
+        """Call `listener` with the events of each committed batch (after COMMIT), after those added before."""
+        self._listeners.append(listener)
 
     def seek_to_stored(self, tps: list[TopicPartition]) -> None:
         stored = self.store.offsets(self.consumer_name)
@@ -205,7 +202,7 @@ class ConsumerRunner:
         for rec in records:
             fetched.append(_Fetched(rec, None, None))
             envelopes.append(None)
-            if own and (event_id := _ce_id(rec)) is not None and event_id in own:
+            if own and (event_id := header(rec.headers or (), "ce_id")) is not None and event_id in own:
                 del own[event_id]  # applied already by the writer: only the offset moves
                 continue
             try:
@@ -275,8 +272,9 @@ class ConsumerRunner:
         for (topic, partition), offset in offsets.items():
             self._positions[TopicPartition(topic, partition)] = offset
         self.applied_count += len(fresh)
-        if fresh and self.on_applied:
-            self.on_applied(fresh)
+        if fresh:
+            for listener in self._listeners:
+                listener(fresh)
         return len(fresh)
 
     async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from datacoop.events.registry import Event, event
-from datacoop.events.types import Address, Slug, UtcTime
+from datacoop.events.types import Address, Sha256, Slug, UtcTime
 from datacoop.topics import DATASETS
 
 
@@ -23,7 +23,7 @@ class DatasetVersionPublished(Event):
     purpose: Slug
     categories: list[Slug]
     location: str = Field(min_length=1, description="URL of the Parquet file in the object store")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     rows: int = Field(ge=0)
     suppressed_rows: int = Field(ge=0)
     k: int = Field(ge=1)
@@ -74,7 +74,7 @@ class VersionBuildStarted(Event):
     build_id: str = Field(min_length=1, max_length=64)
     trigger: BuildTrigger
     definition_version: int = Field(ge=1)
-    inputs_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    inputs_sha256: Sha256
     members: int = Field(ge=0, description="members with an active consent and records")
     records: int = Field(ge=0, description="records of those members in the dataset's categories")
     started_at: UtcTime

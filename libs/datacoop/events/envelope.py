@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import uuid6
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from datacoop.events.types import UtcTime
 
 # Namespace for ids derived from a cause: a re-sent reaction gets the same id and is dropped.
 _DERIVED_NAMESPACE = uuid.UUID("5f1b6c1e-2f6e-4b1e-9a4e-6d0a7c0d2a11")
@@ -38,17 +40,10 @@ class Envelope(BaseModel):
     source: str = Field(min_length=1, description="the writing service, e.g. 'datacoop/consent'")
     type: str = Field(pattern=r"^datacoop\.[a-z0-9_]+\.[a-z0-9_.]+\.v[0-9]+$")
     subject: str = Field(min_length=1, description="aggregate id; the Kafka key")
-    time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    time: UtcTime = Field(default_factory=lambda: datetime.now(UTC))
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str = ""
     seq: int = Field(ge=1, description="per-subject sequence number, gap-free")
     correlationid: str | None = None
     causationid: str | None = None
     data: dict[str, Any]
-
-    @field_validator("time")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("time must carry a timezone (UTC); naive datetimes are ambiguous")
-        return value.astimezone(UTC)

@@ -17,11 +17,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from datacoop.events.registry import Event, event
-from datacoop.events.types import Address, HexSignature, Slug, UtcTime
+from datacoop.events.types import Address, HexSignature, Sha256, Slug, UtcTime
 from datacoop.topics import JOBS, WORKERS
 
 WorkerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 @event("datacoop.jobs.worker_registered", 1, topic=WORKERS)

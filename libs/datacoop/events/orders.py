@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from datacoop.events.registry import Event, event
-from datacoop.events.types import Address, Slug, UtcTime
+from datacoop.events.types import Address, Sha256, Slug, UtcTime
 from datacoop.topics import ORDERS
 
 Offer = Literal["download", "query", "compute"]
@@ -29,7 +29,7 @@ class ResearcherRegistered(Event):
     name: str = Field(min_length=1, max_length=200)
     organisation: str = Field("", max_length=200)
     wallet: Address
-    api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    api_key_sha256: Sha256
     registered_at: UtcTime
 
 

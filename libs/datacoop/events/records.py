@@ -16,7 +16,7 @@ from pydantic import Field
 from typing_extensions import TypedDict
 
 from datacoop.events.registry import Event, event
-from datacoop.events.types import Address, Slug, UtcTime
+from datacoop.events.types import Address, Sha256, Slug, UtcTime
 from datacoop.topics import RECORDS
 
 MAX_RECORDS_PER_EVENT = 500
@@ -39,8 +39,7 @@ class RecordsContributed(Event):
     member: Address
     category: Slug
     upload_id: str = Field(min_length=1, max_length=64)
-    upload_tag: str = Field(pattern=r"^[0-9a-f]{64}$",
-                            description="HMAC-SHA256 of the signed content hash under a vault secret")
+    upload_tag: Sha256 = Field(description="HMAC-SHA256 of the signed content hash under a vault secret")
     schema_version: int = Field(ge=1, description="version of the category schema the rows were checked against")
     chunk: int = Field(ge=0, description="index of this event among the upload's events")
     chunks: int = Field(ge=1, description="how many events the upload was published as")

@@ -1,4 +1,4 @@
-"""Field types shared by event models: wallet addresses, UTC times, hex signatures."""
+"""Field types shared by event models: wallet addresses, UTC times, hex signatures, SHA-256 digests."""
 
 from __future__ import annotations
 
@@ -18,3 +18,4 @@ Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="EVM 
 HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65-byte secp256k1 signature")]
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,63}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from fastapi import Request
@@ -39,6 +40,19 @@ class Unprocessable(DomainError):
 
 class NotReady(DomainError):
     status, slug = 503, "not-ready"
+
+
+def bearer(authorization: str | None, what: str, hint: str = "") -> str:
+    """The secret in `Authorization: Bearer <secret>`; 401 `no-credentials` naming `what` otherwise."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized(f"no {what}: send `Authorization: Bearer <{what}>`{hint}", slug="no-credentials")
+    return authorization[7:].strip()
+
+
+def secret_sha256(secret: str) -> str:
+    """How a bearer secret is stored and published (`ResearcherRegistered.api_key_sha256`): services
+    that check one service's keys must hash them the same way."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, instance: str = "",

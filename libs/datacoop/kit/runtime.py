@@ -45,12 +45,23 @@ class ServiceRuntime(Generic[P]):
         self.runner = ConsumerRunner(
             bootstrap=settings.bootstrap, store=self.store, projection=projection, topics=topics,
             consumer_name=name, dlq_publisher=self.publisher, group_id=settings.group_id,
-            writes_topics=frozenset([self.write_topic] if self.write_topic else []))
-        self.writer = (Writer(store=self.store, publisher=self.publisher, projection=projection,
-                              topic=self.write_topic, source=f"datacoop/{name}")
-                       if self.write_topic else None)
-        if self.writer is not None:
-            self.runner.on_applied = self.writer.observe
+            writes_topics=frozenset())
+        self.writers: list[Writer] = []
+        self.writer = self.add_writer(writes) if writes else None
+
+    def add_writer(self, topic: str) -> Writer:
+        """A writer for one more topic this service is the single writer of: its events are read back
+        (a rebuilt projection includes them), its seq cache follows what the consumer applies, and it
+        is warmed with the others."""
+        qualified_topic = qualified(self.settings.topic_prefix, topic)
+        if qualified_topic not in self.runner.topics:
+            self.runner.topics.append(qualified_topic)
+        self.runner.writes_topics = self.runner.writes_topics | {qualified_topic}
+        writer = Writer(store=self.store, publisher=self.publisher, projection=self.projection,
+                        topic=qualified_topic, source=f"datacoop/{self.name}")
+        self.runner.add_listener(writer.observe)
+        self.writers.append(writer)
+        return writer
 
     def add_background(self, loop_fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A coroutine started once the consumer runs (a sweeper, a chain watcher), cancelled at stop."""
@@ -64,8 +75,8 @@ class ServiceRuntime(Generic[P]):
     async def _warm_when_caught_up(self) -> None:
         await self.runner.caught_up.wait()
         async with self.store.lock:
-            if self.writer is not None:
-                self.writer.warm()
+            for writer in self.writers:
+                writer.warm()
             warm = getattr(self.projection, "warm", None)
             if callable(warm):
                 warm()

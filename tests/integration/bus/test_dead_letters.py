@@ -121,7 +121,7 @@ async def test_group_mode_seeks_to_offsets_stored_in_duckdb_on_assignment(broker
         await pub.publish_many(topic, [make_envelope(f"g{i}", 1, 2) for i in range(10)])
         with store.transaction() as tx:  # pretend an earlier instance applied partition 0 up to offset 2
             store.save_offsets(tx, "grp", {(topic, 0): 2})
-        first_partition_0 = await _read_all_partition(broker.bootstrap, topic, 0)
+        first_partition_0 = await _read_partition(broker.bootstrap, topic, 0, at_least=2)
         runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
                                 topics=[topic], consumer_name="grp", dlq_publisher=pub,
                                 registry=LEDGER_REGISTRY, group_id=f"{prefix}-group")
@@ -133,18 +133,24 @@ async def test_group_mode_seeks_to_offsets_stored_in_duckdb_on_assignment(broker
         await runner.stop()
     assert runner.applied_count == 10 - 2
     skipped = {r.key.decode() for r in first_partition_0[:2]}
+    assert len(skipped) == 2
     applied = {row[0] for row in store.conn.execute("SELECT subject FROM totals").fetchall()}
     assert applied.isdisjoint(skipped) and len(applied) == 8
 
 
-async def _read_all_partition(bootstrap: str, topic: str, partition: int) -> list:
+async def _read_partition(bootstrap: str, topic: str, partition: int, at_least: int) -> list:
+    """The partition's records from offset 0, read until there are at least `at_least` of them."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, 0)
-        batch = await consumer.getmany(tp, timeout_ms=1000)
-        return batch.get(tp, [])
+        records: list = []
+        for _ in range(30):
+            records += (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
+            if len(records) >= at_least:
+                return records
+        raise AssertionError(f"{topic}[{partition}] holds {len(records)} records, expected at least {at_least}")
     finally:
         await consumer.stop()
