@@ -115,9 +115,18 @@ class Publisher:
 
     async def publish_many(self, topic: str, envelopes: Sequence[Envelope]) -> list[Position]:
         """Append events in order (same subject -> same partition, in order); wait for every ack."""
+        if not envelopes:
+            self._running()
+            return []
+        return await self.submit(topic, envelopes)
+
+    def submit(self, topic: str, envelopes: Sequence[Envelope]) -> asyncio.Future[list[Position]]:
+        """Queue events as `publish_many` does, without waiting: the future resolves to their positions
+        once every ack is in (or fails with the send's error). For callers that chain work onto the
+        ack with a callback instead of resuming a task for it (the writer)."""
         self._running()
         if not envelopes:
-            return []
+            raise ValueError("submit() needs at least one envelope")
         records = [encode(e) for e in envelopes]
         limit = self._max_request_size - 1024  # room for the batch and request headers
         for envelope, record in zip(envelopes, records, strict=True):
@@ -129,7 +138,7 @@ class Publisher:
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
-        return await request.done
+        return request.done
 
     async def send_raw(self, topic: str, value: bytes | None, *, key: bytes | None,
                        headers: Headers) -> Position:

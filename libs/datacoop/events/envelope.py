@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import uuid6
 from pydantic import BaseModel, ConfigDict, Field
 
 from datacoop.events.types import UtcTime
@@ -16,8 +17,13 @@ _DERIVED_NAMESPACE = uuid.UUID("5f1b6c1e-2f6e-4b1e-9a4e-6d0a7c0d2a11")
 
 
 def new_event_id() -> str:
-    """A fresh UUIDv7: time-ordered, so ids sort roughly by creation."""
-    return str(uuid6.uuid7())
+    """A fresh UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits, so ids sort by
+    creation time to the millisecond. Formatted directly: this runs once per event written."""
+    rand = int.from_bytes(os.urandom(10))
+    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
+             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def derived_event_id(causation_id: str, event_type: str, discriminator: str = "") -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka.errors import KafkaError
+
 from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
 from datacoop.command import Writer
 from datacoop.store import ProjectionStore
@@ -53,3 +55,77 @@ async def test_own_events_read_back_are_not_applied_twice_and_rebuild_restores_s
         assert target.conn.execute("SELECT total_units, events FROM totals").fetchone() == (12, 3)
         assert target.last_seq(topic, "acct") == 3
     assert store.own_committed == {}, "the consumer read its writer's events back and let go of their ids"
+
+
+async def test_a_cancelled_caller_keeps_its_subject_until_its_events_are_applied(broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        seen_by_second: list[int] = []
+
+        def second() -> list[AmountRecorded]:
+            row = store.conn.execute("SELECT total_units FROM totals WHERE subject='acct'").fetchone()
+            seen_by_second.append(row[0] if row else 0)
+            return [AmountRecorded(amount_units=2)]
+
+        first = asyncio.create_task(writer.execute("acct", lambda: [AmountRecorded(amount_units=7)]))
+        await asyncio.sleep(0)  # decided and submitted; the ack is still on its way
+        first.cancel()
+        later = asyncio.create_task(writer.execute("acct", second))
+        await asyncio.sleep(0)
+        assert not seen_by_second, "the second command decided while the first one's event was in flight"
+        applied = await later
+    assert first.cancelled()
+    assert seen_by_second == [7], "the second command must decide on the state the first one's event made"
+    assert [d.envelope.seq for d in applied] == [2]
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (9, 2)
+
+
+async def test_a_refused_command_frees_its_subject_and_keeps_the_seq(broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        await writer.execute("acct", lambda: [AmountRecorded(amount_units=1)])
+
+        def refuse() -> list[AmountRecorded]:
+            raise ValueError("refused")
+
+        results = await asyncio.gather(writer.execute("acct", refuse),
+                                       writer.execute("acct", lambda: [AmountRecorded(amount_units=2)]),
+                                       writer.execute("acct", lambda: []), return_exceptions=True)
+        after = await writer.execute("acct", lambda: [AmountRecorded(amount_units=3)])
+    assert isinstance(results[0], ValueError)
+    assert [d.envelope.seq for d in results[1]] == [2] and results[2] == []  # type: ignore[union-attr]
+    assert [d.envelope.seq for d in after] == [3]
+
+
+async def test_after_a_lost_ack_the_next_seq_comes_from_the_store_not_from_one(broker: Broker, prefix: str) -> None:
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        for amount in (1, 2, 3):
+            await writer.execute("acct", lambda a=amount: [AmountRecorded(amount_units=a)])
+        writer.warm()  # as a service does once caught up: unknown subjects are then new ones
+        real_submit = pub.submit
+
+        def ack_lost(topic_: str, envelopes: list) -> asyncio.Future:  # the event lands; its ack doesn't
+            lost: asyncio.Future = asyncio.get_running_loop().create_future()
+            real_submit(topic_, envelopes).add_done_callback(lambda _: lost.set_exception(KafkaError("ack lost")))
+            return lost
+
+        pub.submit = ack_lost  # type: ignore[method-assign]
+        try:
+            await writer.execute("acct", lambda: [AmountRecorded(amount_units=4)])
+        except KafkaError:
+            pass
+        else:
+            raise AssertionError("the lost ack must reach the caller")
+        pub.submit = real_submit  # type: ignore[method-assign]
+        nxt = await writer.execute("acct", lambda: [AmountRecorded(amount_units=5)])
+    assert [d.envelope.seq for d in nxt] == [4], "the seq continues from the store's last one (3)"

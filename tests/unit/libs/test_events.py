@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from pydantic import Field, ValidationError
 
-from datacoop.events import Envelope, Event, EventRegistry, derived_event_id, event
+from datacoop.events import Envelope, Event, EventRegistry, derived_event_id, event, new_event_id
 from datacoop.events.codec import DecodeError, decode, encode, header
 from datacoop.events.registry import EventDataInvalid, UnknownEventType
 
@@ -91,3 +93,16 @@ def test_registering_a_different_model_under_a_taken_type_is_refused() -> None:
         @event("datacoop.test.priced", 2, topic="t", registry=reg)
         class Again(Event):
             other: int
+
+
+def test_new_event_ids_are_uuid7_carrying_the_current_millisecond_and_unique() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for text in ids[:: 997]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # canonical lower-case 8-4-4-4-12 form
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after
+    assert sorted(ids, key=lambda t: uuid.UUID(t).int >> 80) == ids  # ordered by their millisecond
