@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 
 from datacoop.bus.consumer import Delivery, Projection
@@ -29,6 +31,16 @@ from datacoop.events.registry import Event
 from datacoop.store import ProjectionStore
 
 _Done = asyncio.Future[list[Delivery]]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A command whose events were submitted: answered, and its subject handed on, exactly once."""
+
+    subject: str
+    done: _Done
+    deliveries: list[Delivery] = field(default_factory=list)
+    settled: bool = False
 
 
 class Writer:
@@ -43,8 +55,8 @@ class Writer:
         self._busy: dict[str, deque[asyncio.Future[None]]] = {}
         self._seqs: dict[str, int] = {}
         self._seqs_complete = False
-        self._stale: set[str] = set()  # subjects whose last publish failed: ask the store, not the cache
-        self._pending: list[tuple[str, list[Delivery], _Done]] = []
+        self._pending: list[_InFlight] = []  # acknowledged, waiting for the next group commit
+        self._in_hand: list[_InFlight] = []  # the batch being committed
         self._flusher: asyncio.Task[None] | None = None
 
     def warm(self) -> None:
@@ -56,16 +68,8 @@ class Writer:
 
     def _last_seq(self, subject: str) -> int:
         if subject not in self._seqs:
-            known_new = self._seqs_complete and subject not in self._stale
-            self._seqs[subject] = 0 if known_new else self.store.last_seq(self.topic, subject)
-            self._stale.discard(subject)
+            self._seqs[subject] = 0 if self._seqs_complete else self.store.last_seq(self.topic, subject)
         return self._seqs[subject]
-
-    def _forget_seq(self, subject: str) -> None:
-        """A publish failed: some of its events may have landed. Re-read the seq from the store, which
-        the consumer brings up to date when it reads them back."""
-        self._seqs.pop(subject, None)
-        self._stale.add(subject)
 
     def observe(self, deliveries: list[Delivery]) -> None:
         """Keep the seq cache true when the consumer applies this topic's events (a replay, a sibling)."""
@@ -137,56 +141,69 @@ class Writer:
         except BaseException:
             self._release(subject)  # nothing is in flight
             raise
-        done: _Done = asyncio.get_running_loop().create_future()
+        # Taken now, whatever the ack says: a publish that fails may still have landed (a lost ack),
+        # and a seq must never be used twice. The price is a gap after a publish that really failed.
+        self._seqs[subject] = envelopes[-1].seq
+        command = _InFlight(subject, asyncio.get_running_loop().create_future())
         # From here the subject is released when the events settle (applied or failed), not when this
         # task resumes or is cancelled. The ack queues them for the next group commit directly.
-        acked.add_done_callback(partial(self._on_ack, subject, envelopes, events, done))
-        return await done
+        acked.add_done_callback(partial(self._on_ack, command, envelopes, events))
+        return await command.done
 
-    def _settle(self, subject: str, done: _Done, outcome: list[Delivery] | BaseException) -> None:
-        if not done.done():  # a cancelled caller's future is done already; its events still count
-            if isinstance(outcome, BaseException):
-                done.set_exception(outcome)
-            else:
-                done.set_result(outcome)
-        self._release(subject)
-
-    def _on_ack(self, subject: str, envelopes: list[Envelope], events: list[Event], done: _Done,
-                acked: asyncio.Future[list[Position]]) -> None:
-        error = acked.exception() if not acked.cancelled() else asyncio.CancelledError()
-        if error is not None:
-            self._forget_seq(subject)
-            self._settle(subject, done, error)
+    def _settle(self, command: _InFlight, outcome: list[Delivery] | BaseException) -> None:
+        """Answer a command once (a cancelled caller's future is done already: its events still count)
+        and hand its subject on."""
+        if command.settled:
             return
-        self._seqs[subject] = envelopes[-1].seq
-        deliveries = [Delivery(self.topic, p.partition, p.offset, env, ev)
-                      for env, ev, p in zip(envelopes, events, acked.result(), strict=True)]
-        self._pending.append((subject, deliveries, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+        command.settled = True
+        if not command.done.done():
+            if isinstance(outcome, BaseException):
+                command.done.set_exception(outcome)
+            else:
+                command.done.set_result(outcome)
+        self._release(command.subject)
+
+    def _on_ack(self, command: _InFlight, envelopes: list[Envelope], events: list[Event],
+                acked: asyncio.Future[list[Position]]) -> None:
+        try:
+            error = acked.exception() if not acked.cancelled() else asyncio.CancelledError()
+            if error is not None:
+                self._settle(command, error)
+                return
+            command.deliveries = [Delivery(self.topic, p.partition, p.offset, env, ev)
+                                  for env, ev, p in zip(envelopes, events, acked.result(), strict=True)]
+            self._pending.append(command)
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.create_task(self._flush())
+        except BaseException as exc:  # a done-callback's error would only be logged: answer the command
+            self._settle(command, exc)
+            raise
 
     async def _flush(self) -> None:
         try:
             await self._flush_pending()
-        except BaseException as exc:  # cancelled (the loop is closing): no command may wait forever
-            pending, self._pending = self._pending, []
+        except BaseException as exc:  # cancelled (the loop is closing) or a bug: no command may wait forever
+            unsettled, self._in_hand, self._pending = [*self._in_hand, *self._pending], [], []
             error = exc if isinstance(exc, Exception) else RuntimeError(f"writer stopped: {exc!r}")
-            for subject, _, done in pending:
-                self._settle(subject, done, error)
+            for command in unsettled:
+                self._settle(command, copy.copy(error))
             raise
 
     async def _flush_pending(self) -> None:
         await asyncio.sleep(0)  # let the commands whose acks came in the same batch join
         while self._pending:
             async with self.store.lock:
+                # in hand until settled: whatever escapes from here, _flush answers these too
                 batch, self._pending = self._pending, []
+                self._in_hand = batch
                 try:
-                    self._commit([d for _, ds, _ in batch for d in ds])
+                    self._commit([d for c in batch for d in c.deliveries])
                     outcomes: list[BaseException | None] = [None] * len(batch)
                 except Exception:
-                    outcomes = [self._commit_alone(ds) for _, ds, _ in batch]
-            for (subject, deliveries, done), outcome in zip(batch, outcomes, strict=True):
-                self._settle(subject, done, deliveries if outcome is None else outcome)
+                    outcomes = [self._commit_alone(c.deliveries) for c in batch]
+            for command, outcome in zip(batch, outcomes, strict=True):
+                self._settle(command, command.deliveries if outcome is None else outcome)
+            self._in_hand = []
 
     def _commit_alone(self, deliveries: list[Delivery]) -> BaseException | None:
         try:

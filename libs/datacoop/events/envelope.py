@@ -34,8 +34,9 @@ def derived_event_id(causation_id: str, event_type: str, discriminator: str = ""
 class Envelope(BaseModel):
     """One event as it lies in the log.
 
-    `seq` is the per-subject sequence number (1, 2, 3, … with no gaps) assigned by the single
-    writer of the subject's aggregate; `subject` is also the Kafka key, so one subject's events
+    `seq` is the per-subject sequence number (1, 2, 3, …) assigned by the single writer of the
+    subject's aggregate, never used twice: a publish that fails keeps its seqs (its events may have
+    landed), which leaves a gap when they did not; `subject` is also the Kafka key, so one subject's events
     stay in order on one partition.
     """
 
@@ -49,7 +50,7 @@ class Envelope(BaseModel):
     time: UtcTime = Field(default_factory=lambda: datetime.now(UTC))
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str = ""
-    seq: int = Field(ge=1, description="per-subject sequence number, gap-free")
+    seq: int = Field(ge=1, description="per-subject sequence number; gap-free unless a publish failed")
     correlationid: str | None = None
     causationid: str | None = None
     data: dict[str, Any]
