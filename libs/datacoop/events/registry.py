@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from datacoop.events.envelope import Envelope
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -47,6 +49,7 @@ class EventRegistry:
     upcasters: dict[str, Upcaster] = field(default_factory=dict)
     _latest: dict[str, type[Event]] = field(default_factory=dict, repr=False)
     _list_adapters: dict[str, TypeAdapter[list[Event]]] = field(default_factory=dict, repr=False)
+    _typed: dict[str, type[Envelope] | None] = field(default_factory=dict, repr=False)
 
     def register(self, model: type[Event]) -> type[Event]:
         name = model.type_name()
@@ -54,7 +57,21 @@ class EventRegistry:
             raise ValueError(f"event type {name} is registered twice; bump the version for a new shape")
         self.models[name] = model
         self._latest.clear()
+        self._typed.clear()
         return model
+
+    def typed_envelope(self, type_name: str) -> type[Envelope] | None:
+        """An Envelope whose `data` is `type_name`'s model, to validate an event's envelope and data in
+        one pass over its JSON (a consumer's hot path); None for an unknown type or an old version,
+        whose data must be upcast first. The instance's `data` is then the event, not a dict."""
+        if type_name in self._typed:
+            return self._typed[type_name]
+        model = self.models.get(type_name)
+        typed: type[Envelope] | None = None
+        if model is not None and self.latest(model.event_type) is model:
+            typed = create_model(f"{model.__name__}Envelope", __base__=Envelope, data=(model, ...))
+        self._typed[type_name] = typed
+        return typed
 
     def register_upcaster(self, base: str, from_version: int, fn: Upcaster) -> None:
         """`fn` turns the data of `base`.v`from_version` into the data of version from_version+1."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
-from datacoop.events.codec import header
+from datacoop.events.codec import encode, header
 from datacoop.store import ProjectionStore
 from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
 from infra.local import Broker
@@ -154,3 +154,27 @@ async def _read_partition(bootstrap: str, topic: str, partition: int, at_least: 
         raise AssertionError(f"{topic}[{partition}] holds {len(records)} records, expected at least {at_least}")
     finally:
         await consumer.stop()
+
+
+async def test_a_ce_type_header_that_disagrees_with_the_envelope_does_not_decide_the_type(
+        broker: Broker, prefix: str) -> None:
+    """The one-pass decode trusts the header only as a hint: the envelope's own type decides."""
+    topic = f"{prefix}.ledger"
+    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    good = make_envelope("h", 1, 10)
+    liar = make_envelope("h", 2, 5).model_copy(update={"type": "datacoop.test.unheard_of.v1"})
+    liar_record = encode(liar)
+    lying_headers = [(k, good.type.encode() if k == "ce_type" else v) for k, v in liar_record.headers]
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish(topic, good)
+        await pub.send_raw(topic, liar_record.value, key=liar_record.key, headers=lying_headers)
+        await pub.publish(topic, make_envelope("h", 3, 32))
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                topics=[topic], consumer_name="liar", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        await runner.start()
+        await _drain(runner)
+        await runner.stop()
+    assert store.conn.execute("SELECT total_units, events FROM totals WHERE subject='h'").fetchone() == (42, 2)
+    dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
+    assert len(dead) == 1 and "unheard_of" in (header(dead[0].headers, "dlq_error") or "")

@@ -77,6 +77,22 @@ def test_old_version_is_upcast_to_the_newest_on_read() -> None:
     assert ev.model_dump() == {"price_units": 1_500_000, "currency": "USDC"}
 
 
+def test_typed_envelope_validates_envelope_and_current_data_in_one_pass() -> None:
+    reg = _registry_with_two_versions()
+    assert reg.typed_envelope("datacoop.test.priced.v1") is None, "old versions need upcasting first"
+    assert reg.typed_envelope("datacoop.test.nope.v1") is None
+    typed = reg.typed_envelope("datacoop.test.priced.v2")
+    assert typed is not None and reg.typed_envelope("datacoop.test.priced.v2") is typed  # made once
+    env = Envelope(source="t", type="datacoop.test.priced.v2", subject="s", seq=1,
+                   data={"price_units": 7, "currency": "USDC"})
+    value = encode(env).value
+    got = typed.model_validate_json(value)
+    assert isinstance(got, Envelope) and got.id == env.id and got.seq == 1
+    assert got.data == reg.decode(env.type, env.data)  # the event itself, as the two-step path gives it
+    with pytest.raises(ValidationError):
+        typed.model_validate_json(value.replace(b'"price_units":7', b'"price_units":"lots"'))
+
+
 def test_unknown_types_and_invalid_data_are_refused_with_what_is_wrong() -> None:
     reg = _registry_with_two_versions()
     with pytest.raises(UnknownEventType, match="datacoop.test.priced.v9"):
