@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
@@ -82,7 +82,7 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         await ctx.writer.execute(member, decide, correlation_id=correlation_id.get())
 
     def existing(member: str) -> domain.Member:
-        m = ctx.projection.get(eip712.to_checksum(member))
+        m: domain.Member = ctx.projection.get(eip712.to_checksum(member))
         if not m.registered:
             raise NotFound(f"member {member} is not registered; register with POST /members first")
         return m
@@ -129,7 +129,7 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         message = {"member": member, "consentId": body.consent_id, "purpose": body.purpose,
                    "categories": body.categories, "expiresAt": expires_unix(body.expires_at), "nonce": body.nonce}
         signer = signer_of("GrantConsent", message, body.signature)
-        expires = datetime.fromtimestamp(message["expiresAt"], UTC) if body.expires_at else None
+        expires = datetime.fromtimestamp(cast(int, message["expiresAt"]), UTC) if body.expires_at else None
         await run(domain.GrantConsent(member, signer, body.nonce, body.signature, body.consent_id, body.purpose,
                                       tuple(body.categories), expires), member)
         return consent_view(ctx.projection.get(member).consents[body.consent_id], clock())

@@ -279,14 +279,14 @@ def _derived(cause: str) -> Callable[[Event], str]:
 
 
 def build_app(settings: SettlementSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
-    settings = settings or SettlementSettings()  # type: ignore[call-arg]
+    settings = settings or SettlementSettings()
     service = SettlementService(settings, clock)
     return create_app(service, [build_router(service)], title="datacoop settlement",
                       description="Payments seen on chain, revenue allocations, payout epochs and proofs.")
 
 
 def main() -> None:
-    serve("settlement", SettlementSettings(), build_app)  # type: ignore[call-arg]
+    serve("settlement", SettlementSettings(), build_app)
 
 
 if __name__ == "__main__":
