@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from services.jobs.stand_in import publish_compute_market
 from services.worker.client import ResearcherJobs
 from services.worker.launch import spawn_worker
 from tests.e2e.conftest import ServiceProcess
+from tests.e2e.waiting import wait_for
 
 
 def small_table(rows: int = 300, seed: int = 7) -> pa.Table:
@@ -89,12 +89,7 @@ class Scenario:
         return (self.tmp / f"worker-{name}.log").read_text(errors="replace")[-3000:]
 
     def wait_for(self, check: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; jobs log:\n{self.jobs.log()}")
+        wait_for(check, what, timeout_s, interval_s=0.1, detail=lambda: f"jobs log:\n{self.jobs.log()}")
 
     def job_events(self, job_id: str) -> list[Envelope]:
         return [e for e in read_topic(self.broker.bootstrap, qualified(self.prefix, JOBS)) if e.subject == job_id]

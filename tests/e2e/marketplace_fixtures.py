@@ -30,7 +30,8 @@ from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.topics import DATASETS
 from infra.local import Broker, Chain
 from tests.e2e.conftest import ServiceProcess, start_service
-from tests.e2e.settlement_fixtures import publish, wait_for
+from tests.e2e.settlement_fixtures import publish
+from tests.e2e.waiting import wait_for
 
 ADMIN_KEY = ANVIL_KEYS[0]
 MEMBER_KEYS = ANVIL_KEYS[4:9]

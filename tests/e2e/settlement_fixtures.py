@@ -4,9 +4,7 @@ scenario that plays the anonymizer and the marketplace by publishing their event
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -85,15 +83,6 @@ class Settlement:
             return httpx.post(f"{self.url}/epochs", timeout=30)
         except httpx.HTTPError:
             return None
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20, interval_s: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

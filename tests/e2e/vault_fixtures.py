@@ -4,7 +4,6 @@ and a reader of every topic's raw bytes."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from eth_account import Account
 from services.consent.client import MemberWallet
 from services.vault.client import VaultClient, VaultReader
 from tests.e2e.conftest import ServiceProcess
+from tests.e2e.waiting import wait_for
 
 VAULT_KEK = "q2YxXo0eFq3cq0v9kq5l6yQ4l0wz1rB8n7s3u2t1v0w="
 SERVICE_TOKEN = "e2e-vault-service-token-0123456789"
@@ -44,15 +44,6 @@ def reader(vault_svc: ServiceProcess) -> VaultReader:
 
 def data_dir(env: dict[str, str]) -> Path:
     return Path(env["DATACOOP_DATA_DIR"])
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def new_member(consent: ServiceProcess, vault: ServiceProcess) -> tuple[MemberWallet, VaultClient]:
