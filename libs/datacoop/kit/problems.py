@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from datacoop.errors import DomainError, Refused
@@ -72,11 +73,46 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    fields = _body_fields(request)
+    for e in exc.errors():
+        if e["type"] == "json_invalid" or tuple(e["loc"]) == ("body",):
+            message = _body_message(e, fields)
+            return problem_response(422, "invalid-request", "invalid request", message, request.url.path,
+                                    errors=[{"field": "", "message": message}])
     errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
               for e in exc.errors()]
     detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
     return problem_response(422, "invalid-request", "invalid request",
                             f"{detail}. Fix these fields and send again.", request.url.path, errors=errors)
+
+
+def _body_fields(request: Request) -> tuple[list[str], list[str]]:
+    """The (required, all) top-level fields of the route's JSON body model; empty if it has none."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(body_field, "field_info", None), "annotation", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return [], []
+    names = {name: f.alias or name for name, f in model.model_fields.items()}
+    return [names[n] for n, f in model.model_fields.items() if f.is_required()], list(names.values())
+
+
+def _body_message(error: Any, fields: tuple[list[str], list[str]]) -> str:
+    """What is wrong with the body as a whole (not JSON, absent, not an object) and what to send instead.
+
+    pydantic puts a JSON syntax error at ('body', <character offset>): the offset is not a field name."""
+    required, every = fields
+    example = "{" + ", ".join(f'"{name}": ...' for name in (required or every)) + "}"
+    if error["type"] == "json_invalid":
+        where = [str(error.get("ctx", {}).get("error", ""))]
+        if len(error["loc"]) > 1:
+            where.append(f"at character {error['loc'][1]}")
+        return (f"the request body is not valid JSON ({', '.join(w for w in where if w)}): "
+                f"send a JSON object like {example}")
+    if error["type"] == "missing":
+        noun = "field" if len(required) == 1 else "fields"
+        needs = f"a JSON body with {noun} {', '.join(required)}" if required else "a JSON body"
+        return f"the request needs {needs}: send a JSON object like {example} (Content-Type: application/json)"
+    return f"the request body must be a JSON object: send one like {example} (Content-Type: application/json)"
 
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
+import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from datacoop.kit import problems
 from datacoop.kit.logs import JsonFormatter, correlation_id
 from datacoop.kit.problems import problem_response
 
@@ -28,3 +36,53 @@ def test_problem_responses_follow_rfc_9457() -> None:
     body = json.loads(bytes(resp.body))
     assert resp.media_type == "application/problem+json" and resp.status_code == 409
     assert body["type"].endswith("/conflict") and body["status"] == 409 and "nonce 4" in body["detail"]
+
+
+class _GrantBody(BaseModel):
+    member: str
+    nonce: int
+    note: str = ""
+
+
+@pytest.fixture(scope="module")
+def body_client() -> TestClient:
+    app = FastAPI()
+    app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
+
+    @app.post("/grants")
+    async def grant(body: _GrantBody) -> dict[str, Any]:
+        return body.model_dump()
+
+    return TestClient(app)
+
+
+def _problem(client: TestClient, **request: Any) -> dict[str, Any]:
+    resp = client.post("/grants", **request)
+    assert resp.status_code == 422 and resp.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = resp.json()
+    assert body["type"].endswith("/invalid-request")
+    return body
+
+
+def test_malformed_json_is_named_as_such_not_as_a_field(body_client: TestClient) -> None:
+    body = _problem(body_client, content=b"{member: 1}", headers={"content-type": "application/json"})
+    assert body["detail"].startswith("the request body is not valid JSON (")
+    assert "at character 1" in body["detail"]
+    assert 'send a JSON object like {"member": ..., "nonce": ...}' in body["detail"]
+    assert body["errors"] == [{"field": "", "message": body["detail"]}]
+
+
+def test_missing_body_names_the_fields_it_needs(body_client: TestClient) -> None:
+    body = _problem(body_client)
+    assert body["detail"].startswith("the request needs a JSON body with fields member, nonce: ")
+    assert "Field required" not in body["detail"]
+
+
+def test_a_body_that_is_not_an_object_is_told_to_send_one(body_client: TestClient) -> None:
+    body = _problem(body_client, json=[1, 2])
+    assert body["detail"].startswith('the request body must be a JSON object: send one like {"member": ...')
+
+
+def test_field_errors_still_name_their_fields(body_client: TestClient) -> None:
+    body = _problem(body_client, json={"member": "0x1", "nonce": "soon"})
+    assert body["errors"][0]["field"] == "nonce" and body["detail"].startswith("nonce: ")
