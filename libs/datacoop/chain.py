@@ -27,7 +27,7 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
-from web3.exceptions import ContractCustomError, ContractLogicError
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,23 @@ MINTER_ROLE = keccak(text="MINTER_ROLE")
 
 class ChainError(RuntimeError):
     """A chain interaction failed; the message says what and what to do."""
+
+
+class InsufficientFunds(ChainError):
+    """The sender can't pay for gas (or the value sent)."""
+
+
+LOCAL_FUND_HINT = "on the local stack, `datacoop wallet fund --key-file <key>` gives a wallet test ETH and stablecoin"
+
+
+def _insufficient_funds(w3: Web3, sender: str, exc: Web3RPCError) -> ChainError:
+    """A node's 'insufficient funds' RPC error as a message that names the account and what it holds."""
+    text = str(exc.message if getattr(exc, "message", None) else exc)
+    if "insufficient funds" not in text.lower():
+        return ChainError(f"the chain refused a transaction from {sender}: {text}")
+    balance = w3.eth.get_balance(Web3.to_checksum_address(sender))
+    return InsufficientFunds(f"{sender} holds {balance / 10**18:.6f} ETH, not enough to pay for gas; send it "
+                             f"some ETH ({LOCAL_FUND_HINT})")
 
 
 class TxReverted(ChainError):
@@ -124,8 +141,13 @@ def send(w3: Web3, fn: ContractFunction, key: str, *, gas: int | None = None, no
         raise _decode_revert(abi, exc.data if isinstance(exc.data, str) else None) from exc
     except ContractLogicError as exc:
         raise TxReverted(str(exc.message or "revert"), (), "") from exc
+    except Web3RPCError as exc:
+        raise _insufficient_funds(w3, sender, exc) from exc
     signed = Account.sign_transaction(tx, key)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    try:
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    except Web3RPCError as exc:
+        raise _insufficient_funds(w3, sender, exc) from exc
     if not wait:
         return tx_hash
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
@@ -320,6 +342,30 @@ def deploy_local_stack(rpc_url: str, *, admin_key: str = ADMIN_KEY, settler_key:
         "DATACOOP_ADMIN_KEY": admin_key,
         "DATACOOP_OPERATOR_KEY": operator_key,
     }
+
+
+def fund_local(rpc_url: str, token: str, address: str, *, eth_wei: int, units: int,
+               admin_key: str = ADMIN_KEY) -> dict[str, int]:
+    """Give `address` test ETH (from the admin account) and mint it MockStablecoin units: local chains
+    only (anvil's chain id 31337), where account 0 holds ETH and may mint. Returns the new balances."""
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+    if not w3.is_connected():
+        raise ChainError(f"no chain answers at {rpc_url}; is the stack up (`datacoop up`)?")
+    if w3.eth.chain_id != 31337:
+        raise ChainError(f"chain {w3.eth.chain_id} is not a local anvil chain (31337): test funds exist only "
+                         "there; on a real chain, buy the stablecoin and ETH for gas")
+    to = Web3.to_checksum_address(address)
+    admin = Account.from_key(admin_key)
+    if eth_wei:
+        tx = {"to": to, "value": Wei(eth_wei), "gas": 21_000, "chainId": 31337, "gasPrice": w3.eth.gas_price,
+              "nonce": w3.eth.get_transaction_count(admin.address, "pending")}
+        tx_hash = w3.eth.send_raw_transaction(Account.sign_transaction(tx, admin_key).raw_transaction)
+        if w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["status"] != 1:
+            raise ChainError(f"sending {eth_wei} wei to {to} failed on chain")
+    stablecoin = w3.eth.contract(address=Web3.to_checksum_address(token), abi=load_artifact("MockStablecoin").abi)
+    if units:
+        send_receipt(w3, stablecoin.functions.mint(to, units), admin_key)
+    return {"eth_wei": int(w3.eth.get_balance(to)), "units": int(stablecoin.functions.balanceOf(to).call())}
 
 
 def pay_order(contracts: Contracts, buyer_key: str, order: uuid.UUID, amount_units: int,

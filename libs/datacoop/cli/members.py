@@ -50,6 +50,50 @@ def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write t
     console.print(f"wallet {acct.address} written to {out}")
 
 
+@wallet_app.command("fund")
+def wallet_fund(
+    key_file: KeyFile = None,
+    address: Annotated[str | None, typer.Option("--address", help="fund this address instead of the key's")] = None,
+    eth: Annotated[int, typer.Option("--eth", min=0, max=1000, help="whole test ETH for gas")] = 1,
+    units: Annotated[int, typer.Option("--units", min=0, help="MockStablecoin base units to mint "
+                                                            "(6 decimals: 1,000,000 = 1 USD)")] = 100_000_000,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="local chain JSON-RPC (default: the stack's)")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="MockStablecoin address (default: the stack's)")] = None,
+) -> None:
+    """Local chain only: give a wallet test ETH for gas and mock stablecoin to pay orders with."""
+    from web3 import Web3
+
+    from datacoop.chain import ChainError, fund_local
+    from datacoop.cli.stack import load_stack_file
+    from infra.local import InfraError
+
+    if address is not None:
+        if not Web3.is_address(address):
+            fail(f"--address {address!r} is not a wallet address: 0x followed by 40 hex digits")
+        to = Web3.to_checksum_address(address)
+    else:
+        to = Account.from_key(read_key(key_file)).address
+    admin: dict[str, str] = {}
+    if rpc is None or token is None:
+        try:
+            chain = load_stack_file().get("chain")
+        except InfraError as exc:
+            fail(f"{exc}; or pass --rpc and --token for another local chain")
+        if not isinstance(chain, dict) or not chain.get("DATACOOP_TOKEN_ADDRESS"):
+            fail("the running stack has no chain (started with --no-chain?); restart it with `datacoop up`")
+        rpc, token = rpc or str(chain["url"]), token or str(chain["DATACOOP_TOKEN_ADDRESS"])
+        if chain.get("DATACOOP_ADMIN_KEY"):
+            admin["admin_key"] = str(chain["DATACOOP_ADMIN_KEY"])
+    if not Web3.is_address(token):
+        fail(f"--token {token!r} is not a contract address: 0x followed by 40 hex digits")
+    try:
+        balances = fund_local(rpc, token, to, eth_wei=eth * 10**18, units=units, **admin)
+    except ChainError as exc:
+        fail(str(exc))
+    console.print(f"{to} now holds {balances['eth_wei'] / 10**18:,.4f} ETH and {balances['units']:,} stablecoin units "
+                  f"({balances['units'] / 10**6:,.2f} USD)", highlight=False)
+
+
 @member_app.command("register")
 def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Register the wallet as a member (signs RegisterMember)."""
