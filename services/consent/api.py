@@ -9,7 +9,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
-from datacoop.events.types import Address, HexSignature, Slug
+from datacoop.events.types import HexSignature, Slug, WalletAddress
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
@@ -17,7 +17,7 @@ from services.consent import domain, eip712
 from services.consent.catalog import Catalog
 from services.consent.receipts import build_receipt, sign_receipt
 
-MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
+MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
 
 
 class SignedBody(BaseModel):
@@ -26,7 +26,7 @@ class SignedBody(BaseModel):
 
 
 class RegisterBody(SignedBody):
-    member: Address
+    member: WalletAddress
 
 
 class GrantBody(SignedBody):

@@ -18,6 +18,7 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from sha3 import keccak_256  # safe-pysha3: C keccak, ~6x faster per call than pycryptodome's
 
+from datacoop.events.types import to_checksum as to_checksum  # one EIP-55, beside the WalletAddress type
 from datacoop.http import check
 
 
@@ -123,13 +124,6 @@ def recover(digest_bytes: bytes, signature_hex: str) -> str:
     except Exception as exc:
         raise SignatureInvalid(f"signature recovers no public key ({exc})") from exc
     return to_checksum(keccak(pub.format(compressed=False)[1:])[-20:].hex())
-
-
-def to_checksum(hex_address: str) -> str:
-    """EIP-55 mixed-case checksum of a 40-hex-digit address (with or without 0x)."""
-    lower = hex_address.lower().removeprefix("0x")
-    digest_hex = keccak(lower.encode()).hex()
-    return "0x" + "".join(c.upper() if int(digest_hex[i], 16) >= 8 else c for i, c in enumerate(lower))
 
 
 def sign(account: LocalAccount, domain: Domain, primary_type: str, message: dict[str, Any]) -> str:

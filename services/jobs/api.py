@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
 from datacoop.events.jobs import WorkerRegistered
-from datacoop.events.types import Address, HexSignature
+from datacoop.events.types import HexSignature, WalletAddress
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized, bearer, secret_sha256
 from services.consent import eip712
 from services.jobs import domain
@@ -37,7 +37,7 @@ class Hardware(BaseModel):
 
 class RegisterBody(BaseModel):
     worker_id: IdStr
-    provider: Address
+    provider: WalletAddress
     issued_at: int = Field(ge=0, description="unix seconds, signed in RegisterWorker")
     signature: HexSignature
     hardware: Hardware

@@ -17,7 +17,7 @@ from datacoop.chain import order_id_from_uuid
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.orders import MICRO_EPSILON, Offer, ResearcherRegistered
 from datacoop.events.registry import Event
-from datacoop.events.types import Address, Slug
+from datacoop.events.types import Slug, WalletAddress
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized, bearer, secret_sha256
@@ -28,7 +28,7 @@ from services.marketplace.grants import Grant, GrantRefused, sign_document, sign
 from services.marketplace.query import Query, QueryInvalid
 
 GRANT_HEADER = "x-access-grant"
-MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
+MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
 
 
 class RegisterBody(BaseModel):
@@ -36,7 +36,7 @@ class RegisterBody(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     organisation: str = Field("", max_length=200)
-    wallet: Address = Field(description="the address that pays for orders")
+    wallet: WalletAddress = Field(description="the address that pays for orders")
 
 
 class OrderBody(BaseModel):

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Path
 from web3 import Web3
 
+from datacoop.events.types import WalletAddress
 from datacoop.kit.problems import Conflict, NotFound, NotReady
 
 if TYPE_CHECKING:
     from services.settlement.service import SettlementService
 
-AddressPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="a wallet address")]
+AddressPath = Annotated[WalletAddress, Path(description="a wallet address")]
 
 
 def _epoch_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, status
 from pydantic import BaseModel, Field
 
-from datacoop.events.types import Address, HexSignature, Slug
+from datacoop.events.types import HexSignature, Slug, WalletAddress
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
 from services.consent import eip712
 from services.vault.categories import UploadRefused
 
-MemberPath = Annotated[str, Path(pattern=r"^0x[0-9a-fA-F]{40}$", description="the member's wallet address")]
+MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
 
 
 class ContributeBody(BaseModel):
@@ -27,7 +27,7 @@ class ContributeBody(BaseModel):
 
 class DecryptBody(BaseModel):
     category: Slug | None = None
-    members: list[Address] | None = Field(None, max_length=10_000)
+    members: list[WalletAddress] | None = Field(None, max_length=10_000)
     record_ids: list[str] | None = Field(None, max_length=10_000)
     after: str = Field("", description="cursor: the next_after of the previous page")
     limit: int = Field(1000, ge=1, le=10_000)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
+from sha3 import keccak_256  # safe-pysha3: C keccak
+
+ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
+_ADDRESS_SHAPE = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 def _utc(value: datetime) -> datetime:
@@ -14,7 +20,33 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="EVM address, 0x + 40 hex")]
+def to_checksum(hex_address: str) -> str:
+    """EIP-55 mixed-case checksum of a 40-hex-digit address (with or without 0x)."""
+    lower = hex_address.lower().removeprefix("0x")
+    digest_hex = keccak_256(lower.encode()).hexdigest()
+    return "0x" + "".join(c.upper() if int(digest_hex[i], 16) >= 8 else c for i, c in enumerate(lower))
+
+
+def _wallet_address(value: str) -> str:
+    if not _ADDRESS_SHAPE.fullmatch(value):
+        raise PydanticCustomError("wallet_address", "must be a wallet address: 0x followed by 40 hex digits")
+    digits = value[2:]
+    if digits not in (digits.lower(), digits.upper()) and value != to_checksum(value):
+        raise PydanticCustomError(
+            "wallet_address_checksum",
+            "must be a wallet address with a valid EIP-55 checksum: this one's mixed case does not match it, "
+            "so a character is likely mistyped; copy the address from your wallet again")
+    return value
+
+
+Address = Annotated[str, Field(pattern=ADDRESS_PATTERN, description="EVM address, 0x + 40 hex")]
+"""An address inside an event: the shape only, checked in pydantic's core, because it runs for every event
+read and the log already holds addresses as they were accepted (so no checksum rule is applied afterwards)."""
+WalletAddress = Annotated[str, AfterValidator(_wallet_address),
+                          WithJsonSchema({"type": "string", "pattern": ADDRESS_PATTERN,
+                                          "description": "EVM address, 0x + 40 hex; mixed case must be EIP-55"})]
+"""An address a person sends to an API (body or path): a worded refusal instead of the regex, and a mixed-case
+address must carry a valid EIP-55 checksum (all lower- or upper-case carries none and is accepted)."""
 HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$", description="65-byte secp256k1 signature")]
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,63}$")]
