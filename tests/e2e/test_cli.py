@@ -83,3 +83,26 @@ def test_cli_without_a_key_or_url_says_what_to_do(tmp_path: Path) -> None:
     result = datacoop("member", "register", env={"DATACOOP_KEY": ""})
     assert result.returncode == 1
     assert "--key-file" in result.stderr
+
+
+def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> None:
+    no_stack = {"DATACOOP_MARKETPLACE_URL": "", "DATACOOP_ANONYMIZER_OPERATOR_TOKEN": ""}
+    if not (REPO_ROOT / "var" / "run" / "stack.json").exists():
+        catalog = datacoop("catalog", env=no_stack)
+        assert catalog.returncode == 1 and "--market-url" in catalog.stderr
+        build = datacoop("dataset", "build", "census-demo", env=no_stack)
+        assert build.returncode == 1 and "datacoop-dev-operator-token" in build.stderr
+
+    bad_offer = datacoop("order", "census-demo")
+    assert bad_offer.returncode == 1 and "adult-census" in bad_offer.stderr and "adult-income" not in bad_offer.stderr
+
+    cores = datacoop("worker", "--cores", "0")
+    assert cores.returncode == 2 and "--cores" in cores.stderr
+
+    notes = tmp_path / "records.txt"
+    notes.write_text('{"day": "2026-01-01", "steps": 5}\n')
+    refused = datacoop("contribute", str(notes), "--category", "fitness", env={"DATACOOP_KEY": "11" * 32})
+    assert refused.returncode == 1 and "use .jsonl or .csv (or pass --format" in refused.stderr
+
+    checked = datacoop("schemas", "check")
+    assert checked.returncode == 0 and "up to date" in checked.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,20 +31,20 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks o
     State.debug = debug
 
 
-def _status_table(stack: stack_mod.Stack) -> Table:
+def _status_table(described: dict[str, Any]) -> Table:
     table = Table(title="datacoop local stack")
     for col in ("component", "address", "pid", "state"):
         table.add_column(col)
-    table.add_row("broker (Tansu)", stack.broker.bootstrap, str(stack.broker.pid),
-                  "running" if stack.broker.alive() else "stopped")
-    if stack.chain:
-        table.add_row("chain (anvil)", stack.chain.url, str(stack.chain.pid),
-                      "running" if stack.chain.alive() else "stopped")
-    for name, svc in stack.services.items():
-        table.add_row(f"service {name}", svc.url, str(svc.proc.pid), svc.state())
-    for i, worker in enumerate(stack.workers):
-        table.add_row(f"worker {i + 1}", "-> jobs", str(worker.pid), "running" if worker.poll() is None else "exited")
+    for row in stack_mod.status_rows(described):
+        table.add_row(*row)
     return table
+
+
+def _what_next(stack: stack_mod.Stack) -> None:
+    first = next(iter(stack.services.values()), None)
+    console.print("next: `datacoop catalog` or `datacoop dataset list` in another terminal"
+                  + (f"; {first.url}/docs for the {first.entry.name} API" if first else "")
+                  + f"; logs in {stack_mod.RUN_DIR / 'logs'}/", highlight=False)
 
 
 @app.command()
@@ -78,14 +78,21 @@ def up(
         with console.status("waiting for every service to catch up with the log ..."):
             stack_mod.wait_ready(stk)
             stack_mod.start_workers(stk, workers)
-        console.print(_status_table(stk))
-        console.print(f"stack described in {stack_mod.STACK_FILE}")
+        console.print(_status_table(stk.describe()))
+        for svc in stk.services.values():
+            if svc.moved:
+                console.print(f"[yellow]port {svc.entry.default_port} was taken[/yellow]: {svc.entry.name} "
+                              f"listens on {svc.port}", highlight=False)
+        console.print(f"stack described in {stack_mod.STACK_FILE} (`datacoop status`); it starts empty: "
+                      "no members, datasets or researchers from an earlier run" + ("" if demo else
+                      " (`--demo` plays a scenario that fills it)"), highlight=False)
         if demo:
             from datacoop.cli.demo import run_demo
 
             run_demo(stk.describe(), console)
         if exit_after_demo:
             return
+        _what_next(stk)
         console.print("[bold]running[/bold]; Ctrl-C stops everything")
         while not stopping:
             time.sleep(0.2)
@@ -103,13 +110,17 @@ def up(
 
 
 @app.command()
-def status() -> None:
-    """Show the running stack (from var/run/stack.json)."""
+def status(as_json: Annotated[bool, typer.Option("--json", help="the stack description as JSON (keys hidden)")]
+           = False) -> None:
+    """Show the running stack (from var/run/stack.json): each component's address, pid and state now."""
     try:
         data = stack_mod.load_stack_file()
     except InfraError as exc:
         fail(str(exc))
-    console.print_json(data=data)
+    if as_json:
+        console.print_json(data=stack_mod.redacted(data))
+    else:
+        console.print(_status_table(data))
 
 
 @app.command()
@@ -120,6 +131,8 @@ def schemas(action: Annotated[str, typer.Argument(help="write | check")] = "chec
     if action not in ("write", "check"):
         fail(f"unknown action {action!r}; use 'write' or 'check'", 2)
     code = schemas_mod.main([action])
+    if code == 0 and action == "check":
+        console.print("schemas/ is up to date with the event models")
     raise typer.Exit(code)
 
 

@@ -12,7 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from datacoop.cli.common import console, fail, service_url
+from datacoop.cli.stack import STACK_FILE
 from services.anonymizer.client import AnonymizerClient, ApiError
+from services.anonymizer.settings import DEV_OPERATOR_TOKEN
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
 
@@ -75,13 +77,17 @@ def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
 @dataset_app.command("build")
 def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
           token: Annotated[str | None, typer.Option("--token", help="operator token (default: "
-                                                    "DATACOOP_ANONYMIZER_OPERATOR_TOKEN)")] = None,
+                                                    "DATACOOP_ANONYMIZER_OPERATOR_TOKEN, else the local "
+                                                    "stack's development token)")] = None,
           anonymizer_url: UrlOption = None,
           timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600) -> None:
     """Build a new version now and follow it with a progress bar."""
     token = token or os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
+    if not token and STACK_FILE.exists():  # `datacoop up` starts the anonymizer with the development token
+        token = DEV_OPERATOR_TOKEN
     if not token:
-        fail("no operator token: pass --token or set DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
+        fail("no operator token: pass --token or set DATACOOP_ANONYMIZER_OPERATOR_TOKEN (a stack started "
+             f"with `datacoop up` uses {DEV_OPERATOR_TOKEN!r} unless that variable was set)")
     client = _client(anonymizer_url, token)
     try:
         build_id = client.request_build(dataset_id)["build_id"]

@@ -21,6 +21,7 @@ T = TypeVar("T")
 console = Console()
 err = Console(stderr=True)
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_URL_OPTION = {"marketplace": "--market-url"}  # the one service whose option is not --<name>-url
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -40,7 +41,7 @@ def call_service(service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) 
 
 
 def service_url(name: str, given: str | None) -> str:
-    """--<name>-url, else DATACOOP_<NAME>_URL, else the running stack (var/run/stack.json)."""
+    """--<name>-url (--market-url), else DATACOOP_<NAME>_URL, else the running stack (var/run/stack.json)."""
     if given:
         return given.rstrip("/")
     env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
@@ -50,7 +51,8 @@ def service_url(name: str, given: str | None) -> str:
         services = json.loads(STACK_FILE.read_text()).get("services", {})
         if name in services:
             return str(services[name]["url"])
-    fail(f"no URL for the {name} service: pass --{name}-url, set DATACOOP_{name.upper()}_URL, "
+    option = _URL_OPTION.get(name, f"--{name}-url")
+    fail(f"no URL for the {name} service: pass {option}, set DATACOOP_{name.upper()}_URL, "
          "or start the stack with `datacoop up`")
 
 

@@ -12,6 +12,8 @@ marketplace's) from --api-key-file, DATACOOP_API_KEY or var/run/researcher.apike
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,7 +49,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def worker(
     key_file: Annotated[Path | None, typer.Option("--key-file", help="the provider's payout key (hex)")] = None,
     jobs_url: JobsUrl = None,
-    cores: Annotated[int | None, typer.Option("--cores", help="CPU threads to offer (BLAS threads)")] = None,
+    cores: Annotated[int | None, typer.Option("--cores", min=1, help="CPU threads to offer (BLAS threads)")] = None,
     worker_id: Annotated[str | None, typer.Option("--worker-id", help="default: host name + random suffix")] = None,
     object_store: Annotated[str | None, typer.Option("--object-store", help="folder of relative locations")] = None,
 ) -> None:
@@ -55,6 +57,9 @@ def worker(
     from services.worker.main import run
 
     key = read_key(key_file)
+    os.environ.setdefault("DATACOOP_LOG_JSON", "false")  # a person reads this terminal, not a log shipper
+    for noisy in ("httpx", "httpcore"):  # one line per heartbeat otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run(service_url("jobs", jobs_url), key, worker_id, cores, object_store)
 
 

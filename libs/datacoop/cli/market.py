@@ -27,11 +27,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from datacoop.cli.common import call_service, console, fail, read_key, service_url
-from datacoop.cli.stack import RUN_DIR
+from datacoop.cli.stack import RESEARCHER_KEY_FILE
 
 T = TypeVar("T")
 
-DEFAULT_KEY_FILE = RUN_DIR / "researcher.apikey"
+DEFAULT_KEY_FILE = RESEARCHER_KEY_FILE  # `datacoop up` removes it: a new stack has never seen the key
 _OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
 
 researcher_app = typer.Typer(no_args_is_help=True, help="researcher accounts of the marketplace")
@@ -49,7 +49,8 @@ def _api_key(path: Path | None) -> str:
         return env.strip()
     if DEFAULT_KEY_FILE.exists():
         return DEFAULT_KEY_FILE.read_text().strip()
-    fail("no API key: register with `datacoop researcher register`, or pass --api-key-file / set "
+    fail("no API key: register with `datacoop researcher register --name N` (a key from an earlier "
+         "`datacoop up` is gone with that stack), or pass --api-key-file / set "
          "DATACOOP_API_KEY")
 
 
@@ -106,7 +107,7 @@ def catalog(market_url: MarketUrl = None) -> None:
 
 
 def order(
-    offer: Annotated[str, typer.Argument(help="DATASET[@VERSION]:OFFER, e.g. adult-income@2:download "
+    offer: Annotated[str, typer.Argument(help="DATASET[@VERSION]:OFFER, e.g. adult-census@2:download "
                                               "(no version: the current one)")],
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
@@ -114,7 +115,7 @@ def order(
     m = _OFFER.match(offer)
     if not m:
         fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
-             "compute (e.g. adult-income@2:query)")
+             "compute (e.g. adult-census:query or census-demo@2:download)")
     client = _client(market_url, api_key_file)
     version = int(m["version"]) if m["version"] else _current_version(_call(client.catalog), m["dataset"])
     placed = _call(client.order, m["dataset"], version, m["offer"])

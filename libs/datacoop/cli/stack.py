@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,11 +12,13 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from infra.local import REPO_ROOT, Broker, Chain, InfraError, free_port, start_broker, start_chain
 
 RUN_DIR = REPO_ROOT / "var" / "run"
 STACK_FILE = RUN_DIR / "stack.json"
+RESEARCHER_KEY_FILE = RUN_DIR / "researcher.apikey"
 
 
 @dataclass(frozen=True)
@@ -23,23 +26,29 @@ class ServiceEntry:
     name: str
     module: str
     summary: str
+    default_port: int
     needs_chain: bool = False
 
 
 # Every service that exists, in start order. A new service adds one line here (see README).
 SERVICES: list[ServiceEntry] = [
-    ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
+    ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests",
+                 8101),
     ServiceEntry("vault", "services.vault.service",
-                 "contributed records encrypted per member, internal decrypt, crypto-shredding"),
+                 "contributed records encrypted per member, internal decrypt, crypto-shredding", 8102),
     ServiceEntry("anonymizer", "services.anonymizer.service",
-                 "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates"),
+                 "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates", 8103),
     ServiceEntry("marketplace", "services.marketplace.service",
-                 "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", needs_chain=True),
+                 "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", 8104,
+                 needs_chain=True),
     ServiceEntry("jobs", "services.jobs.service",
-                 "analytics jobs: submission, leases to workers, signed results, redundancy, job fees"),
+                 "analytics jobs: submission, leases to workers, signed results, redundancy, job fees", 8106),
     ServiceEntry("settlement", "services.settlement.service",
-                 "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
+                 "payments seen on chain, revenue allocations, payout epochs and proofs", 8105, needs_chain=True),
 ]
+# What a previous `datacoop up` left that means nothing to a new broker and chain: projections, and the
+# researcher API key `datacoop researcher register` saved (the new marketplace has never seen it).
+PREVIOUS_STACK_STATE = ("data/*.duckdb*", "researcher.apikey")
 
 
 @dataclass
@@ -57,6 +66,11 @@ class RunningService:
         if self.proc.poll() is not None:
             return f"exited ({self.proc.returncode})"
         return "ready" if _ready(self.url) else "starting"
+
+    @property
+    def moved(self) -> bool:
+        """True when the service's documented port was taken and it listens elsewhere."""
+        return self.port != self.entry.default_port
 
 
 def _ready(url: str) -> bool:
@@ -129,9 +143,8 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
             chain = start_chain(log_path=logs / "chain.log", block_time_s=1)
             chain_env = deploy_local_stack(chain.url)
         stack = Stack(broker, chain, chain_env=chain_env)
-        if fresh:  # the broker keeps its log in memory: a new broker means new projections
-            for old in stack.data_dir.glob("*.duckdb*"):
-                old.unlink()
+        if fresh:  # the broker keeps its log in memory: a new broker means a new, empty world
+            forget_previous_stack()
         for entry in SERVICES:
             if only and entry.name not in only:
                 continue
@@ -145,6 +158,13 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
             chain.stop()
         broker.stop()
         raise
+
+
+def forget_previous_stack(run_dir: Path = RUN_DIR) -> None:
+    """Remove what an earlier stack left under `run_dir` (PREVIOUS_STACK_STATE)."""
+    for pattern in PREVIOUS_STACK_STATE:
+        for old in run_dir.glob(pattern):
+            old.unlink()
 
 
 def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
@@ -168,12 +188,22 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
 
 
 def spawn_service(entry: ServiceEntry, stack: Stack) -> RunningService:
-    port = free_port()
+    port = port_or_free(entry.default_port)
     log_path = RUN_DIR / "logs" / f"{entry.name}.log"
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen([sys.executable, "-m", entry.module], env=service_env(entry, stack, port),
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
     return RunningService(entry, port, proc, log_path)
+
+
+def port_or_free(preferred: int) -> int:
+    """`preferred` (a service's documented port) when nothing listens there, else any free port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
 
 
 def wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:
@@ -208,3 +238,38 @@ def load_stack_file() -> dict[str, object]:
         raise InfraError("no running stack (var/run/stack.json missing); start one with `datacoop up`")
     data: dict[str, object] = json.loads(STACK_FILE.read_text())
     return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_rows(described: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(component, address, pid, state) for a stack description (`Stack.describe()` or stack.json),
+    checked now: a pid that is gone is "stopped", a service answering /readyz is "ready"."""
+    rows = [("broker (Tansu)", described["broker"]["bootstrap"], str(described["broker"]["pid"]),
+             "running" if _alive(described["broker"]["pid"]) else "stopped")]
+    if chain := described.get("chain"):
+        rows.append(("chain (anvil)", chain["url"], str(chain["pid"]),
+                     "running" if _alive(chain["pid"]) else "stopped"))
+    for name, svc in described["services"].items():
+        state = ("ready" if _ready(svc["url"]) else "starting") if _alive(svc["pid"]) else "stopped"
+        rows.append((f"service {name}", svc["url"], str(svc["pid"]), state))
+    for i, pid in enumerate(described.get("workers", [])):
+        rows.append((f"worker {i + 1}", "-> jobs", str(pid), "running" if _alive(pid) else "exited"))
+    return rows
+
+
+def redacted(described: dict[str, Any]) -> dict[str, Any]:
+    """The description without private keys (the chain's `DATACOOP_*_KEY` entries), safe to print."""
+    chain = described.get("chain")
+    if not chain:
+        return described
+    hidden = {k: ("(hidden)" if k.endswith("_KEY") else v) for k, v in chain.items()}
+    return {**described, "chain": hidden}

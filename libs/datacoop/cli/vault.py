@@ -13,9 +13,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.http import ApiError, check
-from services.vault.client import VaultClient, upload_format
+from services.vault.client import VaultClient
 
 _CHUNK_BYTES = 64 * 1024
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 
 def _problem_line(exc: ApiError) -> str:
@@ -30,15 +31,21 @@ def _problem_line(exc: ApiError) -> str:
 
 
 def contribute(
-    file: Annotated[Path, typer.Argument(help="records as JSON lines (.jsonl) or CSV (.csv, header row, , or ;)")],
+    file: Annotated[Path, typer.Argument(metavar="FILE",
+                                         help="records as JSON lines (.jsonl) or CSV (.csv, header row, , or ;)")],
     category: Annotated[str, typer.Option("--category", help="demographics | health | fitness | location")],
     key_file: Annotated[Path | None, typer.Option("--key-file", help="file holding the wallet's hex private key")]
     = None,
     vault_url: Annotated[str | None, typer.Option("--vault-url", help="vault URL (default: the stack's)")] = None,
+    upload_format: Annotated[str | None, typer.Option("--format", help="jsonl | csv (default: from the file's "
+                                                                        "extension)")] = None,
 ) -> None:
     """Contribute a file of records: signed by your wallet, encrypted by the vault, all rows or none."""
     if not file.is_file():
         fail(f"{file} does not exist or is not a file; give a .jsonl or .csv file of records")
+    upload_format = upload_format or _FORMATS.get(file.suffix.lower())
+    if upload_format not in ("jsonl", "csv"):
+        fail(f"cannot tell the format of {file.name}: use .jsonl or .csv (or pass --format jsonl|csv)")
     try:
         content = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -46,7 +53,7 @@ def contribute(
     url = service_url("vault", vault_url)
     try:
         client = VaultClient(read_key(key_file), url)
-        body = json.dumps(client.contribute_body(category, content, upload_format(file))).encode()
+        body = json.dumps(client.contribute_body(category, content, upload_format)).encode()
         result = _upload(client, body)
     except ApiError as exc:
         fail(_problem_line(exc))

@@ -1,0 +1,82 @@
+"""`datacoop up` / `datacoop status` pieces that need no broker: ports, the status table, leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from datacoop.cli import app
+from datacoop.cli import stack as stack_mod
+from infra.local import free_port
+
+SECRET = "0x" + "ab" * 32
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _described(dead: int, service_url: str) -> dict[str, object]:
+    return {"broker": {"bootstrap": "127.0.0.1:1", "pid": os.getpid()},
+            "chain": {"url": "http://127.0.0.1:2", "pid": dead, "DATACOOP_SETTLER_KEY": SECRET,
+                      "DATACOOP_ADMIN_KEY": SECRET, "DATACOOP_MARKET_ADDRESS": "0xmarket"},
+            "services": {"consent": {"url": service_url, "pid": os.getpid(), "log": "x"}},
+            "workers": [dead]}
+
+
+def test_a_service_gets_its_documented_port_when_free_and_another_when_taken() -> None:
+    port = free_port()
+    assert stack_mod.port_or_free(port) == port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert stack_mod.port_or_free(port) != port
+
+
+def test_documented_ports_match_the_services_settings() -> None:
+    from services.consent.settings import ConsentSettings
+
+    consent = next(s for s in stack_mod.SERVICES if s.name == "consent")
+    assert consent.default_port == ConsentSettings.model_fields["port"].default == 8101
+
+
+def test_status_rows_check_each_process_now() -> None:
+    rows = {r[0]: r for r in stack_mod.status_rows(_described(_dead_pid(), f"http://127.0.0.1:{free_port()}"))}
+    assert rows["broker (Tansu)"][3] == "running"
+    assert rows["chain (anvil)"][3] == "stopped"
+    assert rows["service consent"][3] == "starting", "alive but not answering /readyz"
+    assert rows["worker 1"][3] == "exited"
+
+
+def test_status_prints_the_table_and_never_a_private_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stack_file = tmp_path / "stack.json"
+    stack_file.write_text(json.dumps(_described(_dead_pid(), f"http://127.0.0.1:{free_port()}")))
+    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+    table = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "broker (Tansu)" in table.output and "service consent" in table.output and "stopped" in table.output
+    as_json = CliRunner().invoke(app, ["status", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.output)["chain"]["DATACOOP_MARKET_ADDRESS"] == "0xmarket"
+    assert SECRET not in table.output + as_json.output
+
+
+def test_a_new_stack_forgets_the_previous_ones_projections_and_api_key(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "consent.duckdb").write_text("old")
+    (tmp_path / "researcher.apikey").write_text("dc_old\n")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "marketplace-grant-key.pem").write_text("kept")
+    stack_mod.forget_previous_stack(tmp_path)
+    assert not (tmp_path / "data" / "consent.duckdb").exists()
+    assert not (tmp_path / "researcher.apikey").exists()
+    assert (tmp_path / "keys" / "marketplace-grant-key.pem").exists()
