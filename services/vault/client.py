@@ -132,7 +132,15 @@ def sample_rows(category: str, count: int, seed: int = 0) -> list[dict[str, Any]
                          "country": country,
                          "trip_km": float(any_locale.pydecimal(min_value=0, max_value=60, right_digits=1)),
                          "mode": any_locale.random_element(["walk", "bike", "car", "bus", "train"])})
+        elif category == "finance":
+            rows.append({"month": day()[:7],
+                         "income_band": any_locale.random_element(["under-20k", "20k-50k", "50k-100k", "100k-200k"]),
+                         "account_type": any_locale.random_element(["current", "savings", "credit-card"]),
+                         "monthly_spend_eur": float(any_locale.pydecimal(min_value=200, max_value=6000,
+                                                                         right_digits=2)),
+                         "top_spending_category": any_locale.random_element(["housing", "groceries", "transport",
+                                                                             "leisure"])})
         else:
             raise ValueError(f"no sample rows for category {category!r}; "
-                             f"there are for demographics, health, fitness and location")
+                             f"there are for demographics, health, fitness, location and finance")
     return rows

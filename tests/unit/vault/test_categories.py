@@ -8,15 +8,31 @@ import json
 import pytest
 
 from services.anonymizer.definition import shared_dir
+from services.consent.catalog import load_catalog
 from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
+from services.vault.client import sample_rows
 
 ADULT = shared_dir() / "data" / "adult" / "adult.csv"
 SCHEMAS = load_schemas()
 
 
-def test_every_catalog_category_but_finance_has_a_schema() -> None:
-    assert {"demographics", "health", "fitness", "location"} <= set(SCHEMAS)
+def test_every_consent_category_has_a_schema_and_no_schema_lacks_one() -> None:
+    assert set(SCHEMAS) == set(load_catalog().categories)
     assert all(s.version >= 1 for s in SCHEMAS.values())
+
+
+@pytest.mark.parametrize("category", sorted(SCHEMAS))
+def test_sample_rows_of_every_category_are_valid(category: str) -> None:
+    rows = sample_rows(category, 20, seed=3)
+    assert len(check_rows(SCHEMAS[category], rows)) == 20
+
+
+def test_finance_takes_income_as_a_band_and_refuses_an_amount_or_a_bad_month() -> None:
+    good = {"month": "2026-03", "income_band": "50k-100k", "monthly_spend_eur": 1830.5}
+    assert check_rows(SCHEMAS["finance"], [good])[0]["monthly_spend_eur"] == 1830.5
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["finance"], [{**good, "income_band": "62000"}, {**good, "month": "2026-13"}])
+    assert [(e.row, e.field) for e in refused.value.errors] == [(1, "income_band"), (2, "month")]
 
 
 def _adult_text() -> str:
