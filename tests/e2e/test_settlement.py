@@ -27,8 +27,8 @@ from tests.e2e.settlement_fixtures import (
     publish_order,
     publish_version,
     settlement,  # noqa: F401  (fixture)
-    wait_for,
 )
+from tests.e2e.waiting import wait_for
 
 MEMBERS = [Account.from_key(k).address for k in MEMBER_KEYS]
 V1 = dict(zip(MEMBERS, [1, 2, 3, 5, 7], strict=True))
