@@ -75,7 +75,8 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     fields = _body_fields(request)
     for e in exc.errors():
-        if e["type"] == "json_invalid" or tuple(e["loc"]) == ("body",):
+        # only the body as a whole: a model-level check (a validator's value_error) also sits at ('body',)
+        if e["type"] == "json_invalid" or (tuple(e["loc"]) == ("body",) and e["type"] in _WHOLE_BODY_ERRORS):
             message = _body_message(e, fields)
             return problem_response(422, "invalid-request", "invalid request", message, request.url.path,
                                     errors=[{"field": "", "message": message}])
@@ -84,6 +85,9 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
     return problem_response(422, "invalid-request", "invalid request",
                             f"{detail}. Fix these fields and send again.", request.url.path, errors=errors)
+
+
+_WHOLE_BODY_ERRORS = frozenset({"missing", "model_type", "model_attributes_type", "dict_type"})
 
 
 def _body_fields(request: Request) -> tuple[list[str], list[str]]:

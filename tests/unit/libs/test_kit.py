@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from datacoop.kit import problems
 from datacoop.kit.logs import JsonFormatter, correlation_id
@@ -42,6 +42,12 @@ class _GrantBody(BaseModel):
     member: str
     nonce: int
     note: str = ""
+
+    @model_validator(mode="after")
+    def _note_needs_a_nonce(self) -> _GrantBody:
+        if self.note == "bounds?":
+            raise ValueError("a sum needs bounds: pass lower and upper")
+        return self
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,10 @@ def test_a_body_that_is_not_an_object_is_told_to_send_one(body_client: TestClien
 def test_field_errors_still_name_their_fields(body_client: TestClient) -> None:
     body = _problem(body_client, json={"member": "0x1", "nonce": "soon"})
     assert body["errors"][0]["field"] == "nonce" and body["detail"].startswith("nonce: ")
+
+
+def test_a_model_level_check_keeps_its_own_message(body_client: TestClient) -> None:
+    """A model validator's error sits at ('body',) too; it is not a problem with the body as a whole."""
+    body = _problem(body_client, json={"member": "0x1", "nonce": 1, "note": "bounds?"})
+    assert "a sum needs bounds: pass lower and upper" in body["detail"]
+    assert "must be a JSON object" not in body["detail"]
