@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import sys
 import tempfile
 import time
@@ -96,30 +97,44 @@ async def _grants() -> None:
     from datacoop import command
     from datacoop.bus import consumer, publisher
     from infra.local import start_broker
-    from services.consent import domain, eip712
+    from services.consent import domain, eip712, projection
 
     _timed(eip712, "digest", "eip712.digest")
     _timed(eip712, "recover", "eip712.recover")
     _timed(domain, "decide", "decide")
     _timed(command, "new_event_id", "new_event_id")
+    _timed(command, "Envelope", "the envelope")
+    _timed(projection, "evolve", "evolve (in the projection)")
+    _timed(projection.MembersProjection, "apply", "the consent projection's apply")
     _timed(publisher, "encode", "Kafka encoding")
     _timed(publisher.Publisher, "_send", "publisher packs batches", timeline=True)
     _timed(publisher.Publisher, "_acked", "acks answered", timeline=True)
     _timed(consumer.ConsumerRunner, "_decode", "own consumer reads back", timeline=True)
     _timed(command.Writer, "_commit", "group commit", timeline=True)
+    collecting: list[float] = []
+
+    def gc_pause(phase: str, info: dict[str, Any]) -> None:  # the collector's pauses, on the timeline too
+        if phase == "start" and TIMELINE:  # from the first batch on, not while the benchmark signs
+            collecting.append(time.perf_counter())
+        elif collecting:
+            started = collecting.pop()
+            TIMELINE.append((started, time.perf_counter(), f"GC pause (generation {info['generation']})"))
+
     broker = start_broker()
+    gc.callbacks.append(gc_pause)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            TIMELINE.clear()
             figures = await members._grants(broker.bootstrap, Path(tmp) / "consent")
     finally:
+        gc.callbacks.remove(gc_pause)
         broker.stop()
     grants = figures["grants"]
     print(f"{grants} grants at {figures['grants_per_s']:,}/s (timers on); "
           f"verify only {figures['verify_only_per_s']:,}/s")
-    print("per call (the verify-only baseline's calls included in digest and recover):")
+    print("per call (the verify-only baseline's calls included in digest and recover; apply is per batch):")
+    on_timeline = {label for _, _, label in TIMELINE}
     for phase, (calls, seconds) in TOTALS.items():
-        if not any(phase == label for _, _, label in TIMELINE):
+        if phase not in on_timeline:
             print(f"    {phase:<28} {seconds * 1e6 / calls:6.1f} us x {int(calls)}")
     spans: list[list[Any]] = []  # [start, end, phase, count]: runs of one phase merged
     for start, end, phase in sorted(TIMELINE):

@@ -66,8 +66,7 @@ if (problems.some((p) => p.severity === "error")) {
 }
 
 fs.mkdirSync(OUT_DIR, { recursive: true });
-const compilerSettings = { evmVersion: SETTINGS.evmVersion, viaIR: SETTINGS.viaIR, optimizer: SETTINGS.optimizer,
-  metadata: SETTINGS.metadata };
+const { outputSelection: _selection, ...compilerSettings } = SETTINGS; // what the artifact records
 for (const name of SHIPPED) {
   const sourceName = `src/${name}.sol`;
   const compiled = output.contracts?.[sourceName]?.[name];

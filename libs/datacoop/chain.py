@@ -43,6 +43,9 @@ class ChainError(RuntimeError):
     """A chain interaction failed; the message says what and what to do."""
 
 
+LOCAL_CHAIN_ID = 31337  # anvil's (infra.local.start_chain's default)
+
+
 class InsufficientFunds(ChainError):
     """The sender can't pay for gas (or the value sent)."""
 
@@ -50,8 +53,9 @@ class InsufficientFunds(ChainError):
 LOCAL_FUND_HINT = "on the local stack, `datacoop wallet fund --key-file <key>` gives a wallet test ETH and stablecoin"
 
 
-def _insufficient_funds(w3: Web3, sender: str, exc: Web3RPCError) -> ChainError:
-    """A node's 'insufficient funds' RPC error as a message that names the account and what it holds."""
+def _rpc_refusal(w3: Web3, sender: str, exc: Web3RPCError) -> ChainError:
+    """A node's refusal of a transaction as a ChainError; 'insufficient funds' names the account and
+    what it holds."""
     text = str(exc.message if getattr(exc, "message", None) else exc)
     if "insufficient funds" not in text.lower():
         return ChainError(f"the chain refused a transaction from {sender}: {text}")
@@ -142,12 +146,12 @@ def send(w3: Web3, fn: ContractFunction, key: str, *, gas: int | None = None, no
     except ContractLogicError as exc:
         raise TxReverted(str(exc.message or "revert"), (), "") from exc
     except Web3RPCError as exc:
-        raise _insufficient_funds(w3, sender, exc) from exc
+        raise _rpc_refusal(w3, sender, exc) from exc
     signed = Account.sign_transaction(tx, key)
     try:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     except Web3RPCError as exc:
-        raise _insufficient_funds(w3, sender, exc) from exc
+        raise _rpc_refusal(w3, sender, exc) from exc
     if not wait:
         return tx_hash
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
@@ -347,17 +351,17 @@ def deploy_local_stack(rpc_url: str, *, admin_key: str = ADMIN_KEY, settler_key:
 def fund_local(rpc_url: str, token: str, address: str, *, eth_wei: int, units: int,
                admin_key: str = ADMIN_KEY) -> dict[str, int]:
     """Give `address` test ETH (from the admin account) and mint it MockStablecoin units: local chains
-    only (anvil's chain id 31337), where account 0 holds ETH and may mint. Returns the new balances."""
+    only (anvil's chain id, LOCAL_CHAIN_ID), where account 0 holds ETH and may mint. Returns the new balances."""
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     if not w3.is_connected():
         raise ChainError(f"no chain answers at {rpc_url}; is the stack up (`datacoop up`)?")
-    if w3.eth.chain_id != 31337:
-        raise ChainError(f"chain {w3.eth.chain_id} is not a local anvil chain (31337): test funds exist only "
-                         "there; on a real chain, buy the stablecoin and ETH for gas")
+    if w3.eth.chain_id != LOCAL_CHAIN_ID:
+        raise ChainError(f"chain {w3.eth.chain_id} is not a local anvil chain ({LOCAL_CHAIN_ID}): test funds "
+                         "exist only there; on a real chain, buy the stablecoin and ETH for gas")
     to = Web3.to_checksum_address(address)
     admin = Account.from_key(admin_key)
     if eth_wei:
-        tx = {"to": to, "value": Wei(eth_wei), "gas": 21_000, "chainId": 31337, "gasPrice": w3.eth.gas_price,
+        tx = {"to": to, "value": Wei(eth_wei), "gas": 21_000, "chainId": LOCAL_CHAIN_ID, "gasPrice": w3.eth.gas_price,
               "nonce": w3.eth.get_transaction_count(admin.address, "pending")}
         tx_hash = w3.eth.send_raw_transaction(Account.sign_transaction(tx, admin_key).raw_transaction)
         if w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["status"] != 1:

@@ -21,9 +21,13 @@ from services.consent import eip712
 __all__ = ["ApiError", "VaultClient", "VaultReader", "sample_rows", "upload_format"]
 
 
-def upload_format(path: Path | str) -> str:
-    """`csv` for .csv files, `jsonl` otherwise (.jsonl, .ndjson, .json lines)."""
-    return "csv" if str(path).lower().endswith(".csv") else "jsonl"
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+
+
+def upload_format(path: Path | str) -> str | None:
+    """The upload format a file's extension names (`jsonl` for .jsonl/.ndjson/.json, `csv` for .csv);
+    None for any other, which the caller must ask about rather than guess."""
+    return _FORMATS.get(Path(path).suffix.lower())
 
 
 class VaultClient:
@@ -53,9 +57,6 @@ class VaultClient:
     def contribute_rows(self, category: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Upload rows (dicts of field: value) as JSON lines."""
         return self.contribute(category, "".join(json.dumps(r) + "\n" for r in rows), "jsonl")
-
-    def contribute_file(self, path: Path | str, category: str) -> dict[str, Any]:
-        return self.contribute(category, Path(path).read_text(), upload_format(path))
 
     def summary(self) -> dict[str, Any]:
         return dict(check(self.http.get(f"/members/{self.address}/records")))

@@ -88,7 +88,7 @@ class Scenario:
     def worker_log(self, name: str) -> str:
         return (self.tmp / f"worker-{name}.log").read_text(errors="replace")[-3000:]
 
-    def wait_for(self, check: Callable[[], bool], timeout_s: float = 30, what: str = "condition") -> None:
+    def wait_for(self, check: Callable[[], bool], what: str = "condition", timeout_s: float = 30) -> None:
         wait_for(check, what, timeout_s, interval_s=0.1, detail=lambda: f"jobs log:\n{self.jobs.log()}")
 
     def job_events(self, job_id: str) -> list[Envelope]:

@@ -77,3 +77,10 @@ def test_wallet_fund_command_funds_a_key_file_and_refuses_a_bad_address(
                     "--token", contracts.stablecoin.address)
     assert bad.returncode != 0 and "not a wallet address" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_wallet_fund_refuses_a_mixed_case_address_whose_checksum_is_wrong(chain: Chain, contracts: Contracts) -> None:
+    good = Account.create().address
+    flipped = good[:2] + "".join(c.swapcase() if c.isalpha() else c for c in good[2:])  # every letter's case
+    bad = _datacoop("wallet", "fund", "--address", flipped, "--rpc", chain.url, "--token", contracts.stablecoin.address)
+    assert bad.returncode != 0 and "EIP-55 checksum" in bad.stdout + bad.stderr

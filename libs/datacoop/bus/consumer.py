@@ -201,13 +201,12 @@ class ConsumerRunner:
         already applied are recognised by their `ce_id` header and not decoded at all (their offsets
         still move)."""
         fetched: list[_Fetched] = []
-        by_type: dict[str, list[int]] = {}
-        envelopes: list[Envelope | None] = []
+        by_type: dict[str, list[tuple[_Fetched, Envelope]]] = {}  # data not yet validated
         own = self.store.own_committed
         typed_envelope = self.registry.typed_envelope
         for rec in records:
-            fetched.append(_Fetched(rec, None, None))
-            envelopes.append(None)
+            f = _Fetched(rec, None, None)
+            fetched.append(f)
             event_id = ce_type = None
             for key, raw in rec.headers or ():
                 if key == "ce_id":
@@ -224,22 +223,18 @@ class ConsumerRunner:
                     pass  # the two-step path below says what is wrong
                 else:
                     if env.type == ce_type:
-                        fetched[-1].delivery = Delivery(rec.topic, rec.partition, rec.offset, env,
-                                                        env.data)  # type: ignore[arg-type]  # the event
+                        f.delivery = Delivery(rec.topic, rec.partition, rec.offset, env,
+                                              env.data)  # type: ignore[arg-type]  # the event
                         continue
             try:
                 env = decode(rec.value)
             except DecodeError as exc:
-                fetched[-1].error = f"DecodeError: {exc}"
+                f.error = f"DecodeError: {exc}"
                 continue
-            by_type.setdefault(env.type, []).append(len(fetched) - 1)
-            envelopes[-1] = env
-        for type_name, positions in by_type.items():
-            results = self.registry.decode_many(type_name, [envelopes[i].data for i in positions])  # type: ignore[union-attr]
-            for i, result in zip(positions, results, strict=True):
-                f, maybe_env = fetched[i], envelopes[i]
-                assert maybe_env is not None
-                env = maybe_env
+            by_type.setdefault(env.type, []).append((f, env))
+        for type_name, pending in by_type.items():
+            results = self.registry.decode_many(type_name, [env.data for _, env in pending])
+            for (f, env), result in zip(pending, results, strict=True):
                 if isinstance(result, Exception):
                     f.error = f"{type(result).__name__}: {result}"
                 else:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from datacoop.cli.common import console, fail, service_url
-from datacoop.cli.stack import STACK_FILE
+from datacoop.cli.stack import running_stack
 from services.anonymizer.client import AnonymizerClient, ApiError
 from services.anonymizer.settings import DEV_OPERATOR_TOKEN
 
@@ -83,7 +83,7 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
           timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600) -> None:
     """Build a new version now and follow it with a progress bar."""
     token = token or os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
-    if not token and STACK_FILE.exists():  # `datacoop up` starts the anonymizer with the development token
+    if not token and running_stack() is not None:  # `datacoop up` starts the anonymizer with the development token
         token = DEV_OPERATOR_TOKEN
     if not token:
         fail("no operator token: pass --token or set DATACOOP_ANONYMIZER_OPERATOR_TOKEN (a stack started "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from datacoop.cli.stack import STACK_FILE
+from datacoop.cli.stack import running_stack
 from datacoop.http import ApiError
 
 T = TypeVar("T")
@@ -22,6 +21,22 @@ console = Console()
 err = Console(stderr=True)
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _URL_OPTION = {"marketplace": "--market-url"}  # the one service whose option is not --<name>-url
+
+
+def wallet_address(value: str, what: str) -> str:
+    """`value` as the APIs take a wallet address (datacoop.events.types.WalletAddress), or a failure
+    naming `what` (e.g. "--address") and the same reason an API would give."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from datacoop.events.types import WalletAddress
+
+    try:
+        return str(TypeAdapter(WalletAddress).validate_python(value))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "wallet_address":  # the shape: say it as the other CLI checks do
+            fail(f"{what} {value!r} is not a wallet address: 0x followed by 40 hex digits")
+        fail(f"{what} {value!r} {error['msg']}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -47,10 +62,9 @@ def service_url(name: str, given: str | None) -> str:
     env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
     if env:
         return env.rstrip("/")
-    if STACK_FILE.exists():
-        services = json.loads(STACK_FILE.read_text()).get("services", {})
-        if name in services:
-            return str(services[name]["url"])
+    services = (running_stack() or {}).get("services", {})
+    if name in services:
+        return str(services[name]["url"])
     option = _URL_OPTION.get(name, f"--{name}-url")
     fail(f"no URL for the {name} service: pass {option}, set DATACOOP_{name.upper()}_URL, "
          "or start the stack with `datacoop up`")

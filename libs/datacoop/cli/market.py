@@ -26,12 +26,11 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from datacoop.cli.common import call_service, console, fail, read_key, service_url
+from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
 from datacoop.cli.stack import RESEARCHER_KEY_FILE
 
 T = TypeVar("T")
 
-DEFAULT_KEY_FILE = RESEARCHER_KEY_FILE  # `datacoop up` removes it: a new stack has never seen the key
 _OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
 
 researcher_app = typer.Typer(no_args_is_help=True, help="researcher accounts of the marketplace")
@@ -47,8 +46,8 @@ def _api_key(path: Path | None) -> str:
     env = os.environ.get("DATACOOP_API_KEY")
     if env:
         return env.strip()
-    if DEFAULT_KEY_FILE.exists():
-        return DEFAULT_KEY_FILE.read_text().strip()
+    if RESEARCHER_KEY_FILE.exists():  # `datacoop up` removes it: a new stack has never seen the key
+        return RESEARCHER_KEY_FILE.read_text().strip()
     fail("no API key: register with `datacoop researcher register --name N` (a key from an earlier "
          "`datacoop up` is gone with that stack), or pass --api-key-file / set "
          "DATACOOP_API_KEY")
@@ -70,7 +69,7 @@ def register_cmd(
     wallet: Annotated[str | None, typer.Option("--wallet", help="the address that pays (0x…)")] = None,
     key_file: Annotated[Path | None, typer.Option("--key-file", help="take the wallet from this key")] = None,
     organisation: Annotated[str, typer.Option("--organisation", help="your organisation")] = "",
-    save: Annotated[Path, typer.Option("--save", help="where to keep the API key (mode 0600)")] = DEFAULT_KEY_FILE,
+    save: Annotated[Path, typer.Option("--save", help="where to keep the API key (mode 0600)")] = RESEARCHER_KEY_FILE,
     market_url: MarketUrl = None,
 ) -> None:
     """Open a researcher account; the API key is shown once and saved to --save."""
@@ -80,8 +79,7 @@ def register_cmd(
         from eth_account import Account
 
         wallet = Account.from_key(read_key(key_file)).address
-    if not re.match(r"^0x[0-9a-fA-F]{40}$", wallet):
-        fail(f"wallet {wallet!r} is not an address (0x + 40 hex digits)")
+    wallet = wallet_address(wallet, "wallet")
     result = _call(register_researcher, service_url("marketplace", market_url), name, wallet, organisation)
     save.parent.mkdir(parents=True, exist_ok=True)
     save.write_text(result["api_key"] + "\n")

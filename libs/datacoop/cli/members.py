@@ -13,7 +13,7 @@ import typer
 from eth_account import Account
 from rich.table import Table
 
-from datacoop.cli.common import call_service, console, fail, read_key, service_url
+from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
 from services.consent.client import MemberWallet
 
 T = TypeVar("T")
@@ -63,17 +63,15 @@ def wallet_fund(
     """Local chain only: give a wallet test ETH for gas and mock stablecoin to pay orders with."""
     from web3 import Web3
 
-    from datacoop.chain import ChainError, fund_local
+    from datacoop.chain import ADMIN_KEY, ChainError, fund_local
     from datacoop.cli.stack import load_stack_file
     from infra.local import InfraError
 
     if address is not None:
-        if not Web3.is_address(address):
-            fail(f"--address {address!r} is not a wallet address: 0x followed by 40 hex digits")
-        to = Web3.to_checksum_address(address)
+        to = Web3.to_checksum_address(wallet_address(address, "--address"))
     else:
         to = Account.from_key(read_key(key_file)).address
-    admin: dict[str, str] = {}
+    admin_key = ADMIN_KEY  # anvil's account 0, which deploys the local stack
     if rpc is None or token is None:
         try:
             chain = load_stack_file().get("chain")
@@ -82,12 +80,10 @@ def wallet_fund(
         if not isinstance(chain, dict) or not chain.get("DATACOOP_TOKEN_ADDRESS"):
             fail("the running stack has no chain (started with --no-chain?); restart it with `datacoop up`")
         rpc, token = rpc or str(chain["url"]), token or str(chain["DATACOOP_TOKEN_ADDRESS"])
-        if chain.get("DATACOOP_ADMIN_KEY"):
-            admin["admin_key"] = str(chain["DATACOOP_ADMIN_KEY"])
-    if not Web3.is_address(token):
-        fail(f"--token {token!r} is not a contract address: 0x followed by 40 hex digits")
+        admin_key = str(chain.get("DATACOOP_ADMIN_KEY") or ADMIN_KEY)
+    wallet_address(token, "--token")  # a contract address has the same form
     try:
-        balances = fund_local(rpc, token, to, eth_wei=eth * 10**18, units=units, **admin)
+        balances = fund_local(rpc, token, to, eth_wei=eth * 10**18, units=units, admin_key=admin_key)
     except ChainError as exc:
         fail(str(exc))
     console.print(f"{to} now holds {balances['eth_wei'] / 10**18:,.4f} ETH and {balances['units']:,} stablecoin units "

@@ -21,13 +21,10 @@ DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 
 
 def _from_stack(kind: str) -> str | None:
-    from datacoop.cli.stack import STACK_FILE, load_stack_file
+    from datacoop.cli.stack import running_stack
 
-    if not STACK_FILE.exists():
-        return None
-    try:
-        data: dict[str, Any] = load_stack_file()
-    except Exception:
+    data = running_stack()
+    if data is None:
         return None
     if kind == "chain":
         chain = data.get("chain") or {}

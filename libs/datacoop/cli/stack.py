@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datacoop.kit.settings import ServiceSettings
 from infra.local import REPO_ROOT, Broker, Chain, InfraError, free_port, start_broker, start_chain
 
 RUN_DIR = REPO_ROOT / "var" / "run"
@@ -26,29 +28,34 @@ class ServiceEntry:
     name: str
     module: str
     summary: str
-    default_port: int
     needs_chain: bool = False
+
+    @property
+    def default_port(self) -> int:
+        """The port the service's settings default to (`services.<name>.settings`), the one README documents."""
+        settings = importlib.import_module(f"services.{self.name}.settings")
+        classes = [c for c in vars(settings).values() if isinstance(c, type) and issubclass(c, ServiceSettings)
+                   and c is not ServiceSettings]
+        return int(classes[0].model_fields["port"].default)
 
 
 # Every service that exists, in start order. A new service adds one line here (see README).
 SERVICES: list[ServiceEntry] = [
-    ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests",
-                 8101),
+    ServiceEntry("consent", "services.consent.service", "members, signed consents, receipts, erasure requests"),
     ServiceEntry("vault", "services.vault.service",
-                 "contributed records encrypted per member, internal decrypt, crypto-shredding", 8102),
+                 "contributed records encrypted per member, internal decrypt, crypto-shredding"),
     ServiceEntry("anonymizer", "services.anonymizer.service",
-                 "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates", 8103),
+                 "dataset definitions, consent-checked k-anonymous versions (Parquet), DP aggregates"),
     ServiceEntry("marketplace", "services.marketplace.service",
-                 "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", 8104,
-                 needs_chain=True),
+                 "catalog, orders paid on chain, signed Parquet downloads, DP queries with budgets", needs_chain=True),
     ServiceEntry("jobs", "services.jobs.service",
-                 "analytics jobs: submission, leases to workers, signed results, redundancy, job fees", 8106),
+                 "analytics jobs: submission, leases to workers, signed results, redundancy, job fees"),
     ServiceEntry("settlement", "services.settlement.service",
-                 "payments seen on chain, revenue allocations, payout epochs and proofs", 8105, needs_chain=True),
+                 "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
 ]
 # What a previous `datacoop up` left that means nothing to a new broker and chain: projections, and the
 # researcher API key `datacoop researcher register` saved (the new marketplace has never seen it).
-PREVIOUS_STACK_STATE = ("data/*.duckdb*", "researcher.apikey")
+PREVIOUS_STACK_STATE = ("data/*.duckdb*", RESEARCHER_KEY_FILE.name)
 
 
 @dataclass
@@ -199,6 +206,8 @@ def spawn_service(entry: ServiceEntry, stack: Stack) -> RunningService:
 def port_or_free(preferred: int) -> int:
     """`preferred` (a service's documented port) when nothing listens there, else any free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as a server binds: a port whose old connections linger in TIME_WAIT (a stack just stopped) is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
         except OSError:
@@ -233,21 +242,37 @@ def start_workers(stack: Stack, count: int) -> None:
     stack.save()
 
 
-def load_stack_file() -> dict[str, object]:
-    if not STACK_FILE.exists():
-        raise InfraError("no running stack (var/run/stack.json missing); start one with `datacoop up`")
-    data: dict[str, object] = json.loads(STACK_FILE.read_text())
+def running_stack() -> dict[str, Any] | None:
+    """What `datacoop up` wrote to var/run/stack.json (services' URLs, the chain, pids), or None when no
+    stack is running (no file, or one left half-written)."""
+    try:
+        data = json.loads(STACK_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_stack_file() -> dict[str, Any]:
+    """`running_stack()`, or InfraError saying to start one."""
+    data = running_stack()
+    if data is None:
+        raise InfraError("no running stack (var/run/stack.json missing or unreadable); start one with `datacoop up`")
     return data
 
 
 def _alive(pid: int) -> bool:
+    """The process exists and has not exited (an exited child nobody has reaped yet still answers kill 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill 0 is all there is
+    return state not in ("Z", "X")
 
 
 def status_rows(described: dict[str, Any]) -> list[tuple[str, str, str, str]]:

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.http import ApiError, check
 from services.vault.client import VaultClient
+from services.vault.client import upload_format as format_of
 
 _CHUNK_BYTES = 64 * 1024
-_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 
 def _problem_line(exc: ApiError) -> str:
@@ -33,7 +33,7 @@ def _problem_line(exc: ApiError) -> str:
 def contribute(
     file: Annotated[Path, typer.Argument(metavar="FILE",
                                          help="records as JSON lines (.jsonl) or CSV (.csv, header row, , or ;)")],
-    category: Annotated[str, typer.Option("--category", help="demographics | health | fitness | location")],
+    category: Annotated[str, typer.Option("--category", help="demographics | health | fitness | location | finance")],
     key_file: Annotated[Path | None, typer.Option("--key-file", help="file holding the wallet's hex private key")]
     = None,
     vault_url: Annotated[str | None, typer.Option("--vault-url", help="vault URL (default: the stack's)")] = None,
@@ -43,7 +43,7 @@ def contribute(
     """Contribute a file of records: signed by your wallet, encrypted by the vault, all rows or none."""
     if not file.is_file():
         fail(f"{file} does not exist or is not a file; give a .jsonl or .csv file of records")
-    upload_format = upload_format or _FORMATS.get(file.suffix.lower())
+    upload_format = upload_format or format_of(file)
     if upload_format not in ("jsonl", "csv"):
         fail(f"cannot tell the format of {file.name}: use .jsonl or .csv (or pass --format jsonl|csv)")
     try:

@@ -11,7 +11,7 @@ from pydantic_core import PydanticCustomError
 from sha3 import keccak_256  # safe-pysha3: C keccak
 
 ADDRESS_PATTERN = r"^0x[0-9a-fA-F]{40}$"
-_ADDRESS_SHAPE = re.compile(r"0x[0-9a-fA-F]{40}")
+_ADDRESS_SHAPE = re.compile(ADDRESS_PATTERN)  # used with fullmatch: a trailing newline fails too
 
 
 def _utc(value: datetime) -> datetime:

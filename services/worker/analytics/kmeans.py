@@ -1,7 +1,8 @@
 """k-means: greedy k-means++ seeding and Lloyd iterations, vectorized over row chunks.
 
-Distances are computed in float32 as ||x||^2 - 2 x.c + ||c||^2 one chunk of rows at a time (so
-1,000,000 x 16 with k = 8 needs ~70 MB beyond the data, most of it for k-means++); center sums
+Distances are computed in float32 one chunk of rows at a time (so 1,000,000 x 16 with k = 8 needs
+~70 MB beyond the data, most of it for k-means++): the Lloyd passes need only -2 x.c + ||c||^2, as
+||x||^2 is the same for every center, and the inertia adds ||x||^2 back; center sums
 are float32 per chunk, accumulated in float64; inertia is float32 per row, summed in float64.
 Iteration and stopping rules follow scikit-learn's Lloyd: stop when no label changes or when the
 summed squared center shift falls below tol x mean feature variance; with the same initial

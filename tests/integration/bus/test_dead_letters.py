@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
+from datacoop.bus import ConsumerRunner, Publisher
 from datacoop.events.codec import encode, header
 from datacoop.store import ProjectionStore
 from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
 from infra.local import Broker
+from tests.integration.bus.ledger_helpers import ledger_topic, read_back
 
 
 async def _read_all(bootstrap: str, topic: str, expected: int) -> list:
@@ -29,18 +30,9 @@ async def _read_all(bootstrap: str, topic: str, expected: int) -> list:
         await consumer.stop()
 
 
-async def _drain(runner: ConsumerRunner) -> None:
-    for _ in range(100):
-        await runner.poll_once()
-        if runner.caught_up.is_set():
-            return
-    raise AssertionError("runner never caught up")
-
-
 async def test_malformed_and_unknown_records_are_dead_lettered_and_later_events_applied(
         broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         await pub.publish(topic, make_envelope("a", 1, 10))
@@ -51,12 +43,7 @@ async def test_malformed_and_unknown_records_are_dead_lettered_and_later_events_
         await pub.publish(topic, invalid)
         await pub.publish(topic, make_envelope("a", 4, 32))
 
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
-                                topics=[topic], consumer_name="dlq-test", dlq_publisher=pub,
-                                registry=LEDGER_REGISTRY)
-        await runner.start()
-        await _drain(runner)
-        await runner.stop()
+        await read_back(broker, pub, store, topic, "dlq-test")
 
     assert store.conn.execute("SELECT total_units, events FROM totals WHERE subject='a'").fetchone() == (42, 2)
     dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 3)
@@ -72,17 +59,11 @@ async def test_malformed_and_unknown_records_are_dead_lettered_and_later_events_
 
 async def test_event_that_breaks_the_projection_is_dead_lettered_not_retried_forever(
         broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         await pub.publish_many(topic, [make_envelope("b", i + 1, amt) for i, amt in enumerate([1, 666, 2, 3])])
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store,
-                                projection=LedgerProjection(fail_on_amount=666), topics=[topic],
-                                consumer_name="bug", dlq_publisher=pub, registry=LEDGER_REGISTRY)
-        await runner.start()
-        await _drain(runner)
-        await runner.stop()
+        await read_back(broker, pub, store, topic, "bug", LedgerProjection(fail_on_amount=666))
     assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (6, 3)
     dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
     assert len(dead) == 1
@@ -91,18 +72,12 @@ async def test_event_that_breaks_the_projection_is_dead_lettered_not_retried_for
 
 
 async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 2), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix, 2)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         await pub.publish_many(topic, [make_envelope(f"s{i}", 1, 1) for i in range(20)])
         for round_ in range(2):
-            runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
-                                    topics=[topic], consumer_name="seek", dlq_publisher=pub,
-                                    registry=LEDGER_REGISTRY)
-            await runner.start()
-            await _drain(runner)
-            await runner.stop()
+            await read_back(broker, pub, store, topic, "seek")
             if round_ == 0:
                 await pub.publish_many(topic, [make_envelope(f"s{i}", 2, 100) for i in range(5)])
     assert store.conn.execute("SELECT sum(total_units), sum(events) FROM totals").fetchone() == (520, 25)
@@ -114,8 +89,7 @@ async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker
 async def test_group_mode_seeks_to_offsets_stored_in_duckdb_on_assignment(broker: Broker, prefix: str) -> None:
     """Scale-out mode (consumer groups): on assignment the runner seeks to its own stored offsets,
     not to Kafka's committed ones (it never commits to Kafka)."""
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 2), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix, 2)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         await pub.publish_many(topic, [make_envelope(f"g{i}", 1, 2) for i in range(10)])
@@ -159,8 +133,7 @@ async def _read_partition(bootstrap: str, topic: str, partition: int, at_least: 
 async def test_a_ce_type_header_that_disagrees_with_the_envelope_does_not_decide_the_type(
         broker: Broker, prefix: str) -> None:
     """The one-pass decode trusts the header only as a hint: the envelope's own type decides."""
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     good = make_envelope("h", 1, 10)
     liar = make_envelope("h", 2, 5).model_copy(update={"type": "datacoop.test.unheard_of.v1"})
@@ -170,11 +143,7 @@ async def test_a_ce_type_header_that_disagrees_with_the_envelope_does_not_decide
         await pub.publish(topic, good)
         await pub.send_raw(topic, liar_record.value, key=liar_record.key, headers=lying_headers)
         await pub.publish(topic, make_envelope("h", 3, 32))
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
-                                topics=[topic], consumer_name="liar", dlq_publisher=pub, registry=LEDGER_REGISTRY)
-        await runner.start()
-        await _drain(runner)
-        await runner.stop()
+        await read_back(broker, pub, store, topic, "liar")
     assert store.conn.execute("SELECT total_units, events FROM totals WHERE subject='h'").fetchone() == (42, 2)
     dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
     assert len(dead) == 1 and "unheard_of" in (header(dead[0].headers, "dlq_error") or "")

@@ -6,17 +6,17 @@ import asyncio
 
 from aiokafka.errors import KafkaError
 
-from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
+from datacoop.bus import Publisher
 from datacoop.command import Writer
 from datacoop.store import ProjectionStore
-from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, AmountRecorded, LedgerProjection
+from datacoop.testing.ledger import LEDGER_SQL, AmountRecorded, LedgerProjection
 from infra.local import Broker
+from tests.integration.bus.ledger_helpers import ledger_topic, read_back
 
 
 async def test_concurrent_commands_on_one_subject_get_gap_free_seqs_and_land_in_the_projection(
         broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 3), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix, 3)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
@@ -35,8 +35,7 @@ async def test_concurrent_commands_on_one_subject_get_gap_free_seqs_and_land_in_
 
 async def test_own_events_read_back_are_not_applied_twice_and_rebuild_restores_seq(
         broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 3), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix, 3)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     rebuilt = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
@@ -44,13 +43,7 @@ async def test_own_events_read_back_are_not_applied_twice_and_rebuild_restores_s
         for amount in (3, 4, 5):
             await writer.execute("acct", lambda a=amount: [AmountRecorded(amount_units=a)])
         for target in (store, rebuilt):
-            runner = ConsumerRunner(bootstrap=broker.bootstrap, store=target, projection=LedgerProjection(),
-                                    topics=[topic], consumer_name="svc", dlq_publisher=pub,
-                                    registry=LEDGER_REGISTRY, writes_topics=frozenset([topic]))
-            await runner.start()
-            while not runner.caught_up.is_set():
-                await runner.poll_once()
-            await runner.stop()
+            await read_back(broker, pub, target, topic, "svc", writes_topics=frozenset([topic]))
     for target in (store, rebuilt):
         assert target.conn.execute("SELECT total_units, events FROM totals").fetchone() == (12, 3)
         assert target.last_seq(topic, "acct") == 3
@@ -58,8 +51,7 @@ async def test_own_events_read_back_are_not_applied_twice_and_rebuild_restores_s
 
 
 async def test_a_cancelled_caller_keeps_its_subject_until_its_events_are_applied(broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
@@ -84,8 +76,7 @@ async def test_a_cancelled_caller_keeps_its_subject_until_its_events_are_applied
 
 
 async def test_a_refused_command_frees_its_subject_and_keeps_the_seq(broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
@@ -105,8 +96,7 @@ async def test_a_refused_command_frees_its_subject_and_keeps_the_seq(broker: Bro
 
 async def test_after_a_lost_ack_the_next_seq_skips_past_the_one_that_may_have_landed(
         broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
         writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
@@ -129,15 +119,9 @@ async def test_after_a_lost_ack_the_next_seq_skips_past_the_one_that_may_have_la
             raise AssertionError("the lost ack must reach the caller")
         pub.submit = real_submit  # type: ignore[method-assign]
         nxt = await writer.execute("acct", lambda: [AmountRecorded(amount_units=5)])
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=ProjectionStore(":memory:", LEDGER_SQL),
-                                projection=LedgerProjection(), topics=[topic], consumer_name="check",
-                                dlq_publisher=pub, registry=LEDGER_REGISTRY)
         seqs: list[int] = []
-        runner.add_listener(lambda ds: seqs.extend(d.envelope.seq for d in ds))
-        await runner.start()
-        while not runner.caught_up.is_set():
-            await runner.poll_once()
-        await runner.stop()
+        await read_back(broker, pub, ProjectionStore(":memory:", LEDGER_SQL), topic, "check",
+                        on_applied=lambda ds: seqs.extend(d.envelope.seq for d in ds))
     assert [d.envelope.seq for d in nxt] == [5], "seq 4 may be in the log: it must not be used again"
     assert seqs == [1, 2, 3, 4, 5], "the log holds each seq once"
 
@@ -147,8 +131,7 @@ class _Boom(BaseException):
 
 
 async def test_a_commit_that_dies_answers_its_commands_and_frees_their_subjects(broker: Broker, prefix: str) -> None:
-    topic = f"{prefix}.ledger"
-    await ensure_topics(broker.bootstrap, [(topic, 1), (f"{topic}.dlq", 1)])
+    topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
 
     class Exploding(LedgerProjection):

@@ -47,6 +47,33 @@ def test_documented_ports_match_the_services_settings() -> None:
 
     consent = next(s for s in stack_mod.SERVICES if s.name == "consent")
     assert consent.default_port == ConsentSettings.model_fields["port"].default == 8101
+    ports = {s.name: s.default_port for s in stack_mod.SERVICES}
+    assert ports == {"consent": 8101, "vault": 8102, "anonymizer": 8103, "marketplace": 8104, "jobs": 8106,
+                     "settlement": 8105}, "README's port list"
+
+
+def test_a_port_whose_last_connection_lingers_in_time_wait_is_still_free() -> None:
+    """A stack just stopped leaves its ports' connections in TIME_WAIT: a restart gets them back."""
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+        client.close()
+    assert stack_mod.port_or_free(port) == port
+
+
+def test_an_exited_process_nobody_reaped_is_not_running() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # exited; left unreaped, as `status` finds it
+    try:
+        rows = {r[0]: r for r in stack_mod.status_rows(_described(proc.pid, f"http://127.0.0.1:{free_port()}"))}
+        assert rows["worker 1"][3] == "exited" and rows["chain (anvil)"][3] == "stopped"
+    finally:
+        proc.wait()
 
 
 def test_status_rows_check_each_process_now() -> None:
