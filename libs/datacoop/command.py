@@ -24,13 +24,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from datacoop.bus.consumer import Delivery, Projection
+from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
 from datacoop.events.envelope import Envelope, new_event_id
-from datacoop.events.registry import Event
+from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
 
 _Done = asyncio.Future[list[Delivery]]
+
+
+def _envelope(event: Event, event_id: str, source: str, subject: str, seq: int, correlation_id: str | None,
+              causation_id: str | None) -> Envelope:
+    """The envelope of an event about to be written. A current type's envelope holds the event model
+    itself (as the consumer's one-pass decode makes it): no round trip through a dict, the same JSON."""
+    type_name = event.type_name()
+    typed = REGISTRY.typed_envelope(type_name)
+    if typed is not None:
+        return typed(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
+                     dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
+                     causationid=causation_id, data=event)  # `data` is the model itself here
+    return Envelope(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
+                    dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
+                    causationid=causation_id, data=event.model_dump(mode="json"))
 
 
 @dataclass(slots=True)
@@ -45,8 +60,9 @@ class _InFlight:
 
 class Writer:
     def __init__(self, *, store: ProjectionStore, publisher: Publisher, projection: Projection,
-                 topic: str, source: str) -> None:
+                 topic: str, source: str, reader: ConsumerRunner | None = None) -> None:
         self.store = store
+        self.reader = reader  # the runner that reads `topic` back in this process: it skips what we applied
         self.publisher = publisher
         self.projection = projection
         self.topic = topic
@@ -132,22 +148,18 @@ class Writer:
                 self._release(subject)
                 return []
             first_seq = self._last_seq(subject) + 1
-            envelopes = [
-                Envelope(id=id_for(ev) if id_for else new_event_id(), source=self.source, type=ev.type_name(),
-                         subject=subject, seq=first_seq + i, dataschema=f"schemas/events/{ev.type_name()}.json",
-                         correlationid=correlation_id, causationid=causation_id, data=ev.model_dump(mode="json"))
-                for i, ev in enumerate(events)]
-            acked = self.publisher.submit(self.topic, envelopes)
+            envelopes = [_envelope(ev, id_for(ev) if id_for else new_event_id(), self.source, subject, first_seq + i,
+                                   correlation_id, causation_id) for i, ev in enumerate(events)]
+            command = _InFlight(subject, asyncio.get_running_loop().create_future())
+            # From here the subject is released when the events settle (applied or failed), not when
+            # this task resumes or is cancelled. The ack queues them for the next group commit directly.
+            self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
         except BaseException:
             self._release(subject)  # nothing is in flight
             raise
         # Taken now, whatever the ack says: a publish that fails may still have landed (a lost ack),
         # and a seq must never be used twice. The price is a gap after a publish that really failed.
         self._seqs[subject] = envelopes[-1].seq
-        command = _InFlight(subject, asyncio.get_running_loop().create_future())
-        # From here the subject is released when the events settle (applied or failed), not when this
-        # task resumes or is cancelled. The ack queues them for the next group commit directly.
-        acked.add_done_callback(partial(self._on_ack, command, envelopes, events))
         return await command.done
 
     def _settle(self, command: _InFlight, outcome: list[Delivery] | BaseException) -> None:
@@ -164,18 +176,17 @@ class Writer:
         self._release(command.subject)
 
     def _on_ack(self, command: _InFlight, envelopes: list[Envelope], events: list[Event],
-                acked: asyncio.Future[list[Position]]) -> None:
+                outcome: list[Position] | BaseException) -> None:
         try:
-            error = acked.exception() if not acked.cancelled() else asyncio.CancelledError()
-            if error is not None:
-                self._settle(command, error)
+            if isinstance(outcome, BaseException):
+                self._settle(command, outcome)
                 return
             command.deliveries = [Delivery(self.topic, p.partition, p.offset, env, ev)
-                                  for env, ev, p in zip(envelopes, events, acked.result(), strict=True)]
+                                  for env, ev, p in zip(envelopes, events, outcome, strict=True)]
             self._pending.append(command)
             if self._flusher is None or self._flusher.done():
                 self._flusher = asyncio.create_task(self._flush())
-        except BaseException as exc:  # a done-callback's error would only be logged: answer the command
+        except BaseException as exc:  # the publisher would only log it: answer the command
             self._settle(command, exc)
             raise
 
@@ -213,13 +224,17 @@ class Writer:
         return None
 
     def _commit(self, deliveries: list[Delivery]) -> None:
-        seen = self.store.already_applied([d.envelope.id for d in deliveries])
-        fresh = [d for d in deliveries if d.envelope.id not in seen]
+        ids = [d.envelope.id for d in deliveries]
+        seen = self.store.already_applied(ids)
+        fresh = [d for d, event_id in zip(deliveries, ids, strict=True) if event_id not in seen] if seen else deliveries
         with self.store.transaction() as tx:
             if fresh:
                 self.projection.apply(tx, fresh)
-                fresh_ids = [d.envelope.id for d in fresh]
-                self.store.mark_applied(tx, fresh_ids)
-                self.store.on_commit(lambda: self.store.remember_own(fresh_ids))
+                self.store.mark_applied(tx, ids if fresh is deliveries else [d.envelope.id for d in fresh])
+                passed = self.reader.pass_over(tx, deliveries) if self.reader is not None else set()
+                # the reader will still fetch these: it drops them by id, without decoding them
+                own_ids = [d.envelope.id for d in fresh if (d.topic, d.partition) not in passed]
+                if own_ids:
+                    self.store.on_commit(lambda: self.store.remember_own(own_ids))
             self.store.save_subjects(tx, [(self.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
                                           for d in deliveries])

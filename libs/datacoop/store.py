@@ -207,9 +207,6 @@ class ProjectionStore:
                 "offset": pa.array(offsets, pa.int64())})
             tx.execute(
                 """INSERT INTO _dc_subjects SELECT topic, subject, seq, partition, "offset" FROM _dc_arrow_subjects
-                   ON CONFLICT (topic, subject) DO UPDATE SET
-                     seq = greatest(_dc_subjects.seq, excluded.seq),
-                     partition = CASE WHEN excluded.seq > _dc_subjects.seq THEN excluded.partition
-                                      ELSE _dc_subjects.partition END,
-                     "offset" = CASE WHEN excluded.seq > _dc_subjects.seq THEN excluded."offset"
-                                     ELSE _dc_subjects."offset" END""")
+                   ON CONFLICT (topic, subject) DO UPDATE
+                     SET seq = excluded.seq, partition = excluded.partition, "offset" = excluded."offset"
+                     WHERE excluded.seq > _dc_subjects.seq""")

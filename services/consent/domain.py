@@ -170,12 +170,12 @@ def evolve(state: Member, event: Event) -> Member:
     if isinstance(event, MemberRegistered):
         return replace(state, registered=True, registered_at=event.registered_at,
                        last_nonce=max(state.last_nonce, event.nonce))
-    if isinstance(event, ConsentGranted):
+    if isinstance(event, ConsentGranted):  # the commonest event: built directly, replace() costs as much again
         consent = Consent(event.consent_id, event.purpose, tuple(event.categories), event.granted_at,
                           event.expires_at, event.catalog_version, event.signature, event.nonce,
                           history=(HistoryEntry("active", event.granted_at, "granted"),))
-        return replace(state, last_nonce=max(state.last_nonce, event.nonce),
-                       consents={**state.consents, event.consent_id: consent})
+        return Member(state.address, state.registered, state.registered_at, max(state.last_nonce, event.nonce),
+                      state.erased_at, {**state.consents, event.consent_id: consent})
     if isinstance(event, ConsentRevoked):
         state = replace(state, last_nonce=max(state.last_nonce, event.nonce))
         return _set_status(state, event.consent_id, "revoked", event.revoked_at, "revoked by the member")

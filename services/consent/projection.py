@@ -1,7 +1,9 @@
 """How member events land in DuckDB, and the queries the API and the sweeper need.
 
 One row per member holding the member's state as JSON (evolved by domain.evolve, the single
-definition of what each event means) plus the columns queries filter on.
+definition of what each event means) plus the columns queries filter on. The state is written with
+orjson (dataclasses and UTC datetimes natively, a third of pydantic's time: every command rewrites its
+member's row) and read back through pydantic, which checks it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import duckdb
+import orjson
 import pyarrow as pa
 from pydantic import TypeAdapter
 
@@ -57,13 +60,15 @@ class MembersProjection:
         self.store.on_commit(lambda: self._remember(rows, known=True))
         _arrow_members = pa.table({  # DuckDB scans it by name
             "member": pa.array([m.address for m in rows], pa.string()),
-            "state": pa.array([_MEMBER.dump_json(m).decode() for m in rows], pa.string()),
+            "state": pa.array([orjson.dumps(m) for m in rows], pa.string()),
             "registered": pa.array([m.registered for m in rows], pa.bool_()),
             "erased": pa.array([m.erased_at is not None for m in rows], pa.bool_()),
             "next_expiry": pa.array([_next_expiry(m) for m in rows], pa.timestamp("us", tz="UTC")),
         })
-        tx.execute("INSERT OR REPLACE INTO members SELECT member, state::JSON, registered, erased, next_expiry "
-                   "FROM _arrow_members")
+        # an update in place where the member exists (INSERT OR REPLACE deletes and re-inserts: twice the cost)
+        tx.execute("""INSERT INTO members SELECT member, state, registered, erased, next_expiry FROM _arrow_members
+                      ON CONFLICT (member) DO UPDATE SET state = excluded.state, registered = excluded.registered,
+                        erased = excluded.erased, next_expiry = excluded.next_expiry""")
 
     @staticmethod
     def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, Member]:

@@ -18,6 +18,7 @@ import gc
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import duckdb
@@ -114,6 +115,7 @@ class ConsumerRunner:
         )
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
+        self._in_hand = False  # a fetched batch not yet committed: Kafka's positions run ahead of ours
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
@@ -187,11 +189,43 @@ class ConsumerRunner:
         batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
         applied = 0
         if batch:
-            with gc_paused():
-                fetched = self._decode([rec for msgs in batch.values() for rec in msgs])
-            applied = await self._apply(fetched)
+            self._in_hand = True
+            try:
+                with gc_paused():
+                    fetched = self._decode([rec for msgs in batch.values() for rec in msgs])
+                applied = await self._apply(fetched)
+            finally:
+                self._in_hand = False
         self._update_caught_up()
         return applied
+
+    def pass_over(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> set[TopicPartition]:
+        """The writer of this process has just applied `deliveries` (at the offsets they landed at) in
+        transaction `tx`. Where this runner's next offset on a partition is the first of them and they
+        run on without a gap, its offset moves past them in `tx` and it seeks there after COMMIT: it
+        never fetches, parses and drops what its own process wrote. Anything else (a batch in hand,
+        another writer's event among them, a read already past them) is left to the normal read, which
+        drops the duplicates. Returns the partitions passed over."""
+        if self._consumer is None or self._in_hand or self._stopping:
+            return set()
+        offsets: dict[TopicPartition, list[int]] = {}
+        for d in deliveries:
+            offsets.setdefault(TopicPartition(d.topic, d.partition), []).append(d.offset)
+        assigned = self._kafka.assignment()
+        moved: dict[TopicPartition, int] = {}
+        for tp, landed in offsets.items():
+            first, last = min(landed), max(landed)
+            if tp in assigned and self._positions.get(tp) == first and last - first + 1 == len(set(landed)):
+                moved[tp] = last + 1
+        if moved:
+            self.store.save_offsets(tx, self.consumer_name, {(tp.topic, tp.partition): o for tp, o in moved.items()})
+            self.store.on_commit(partial(self._seek_past, moved))
+        return set(moved)
+
+    def _seek_past(self, moved: dict[TopicPartition, int]) -> None:
+        for tp, offset in moved.items():  # what was fetched for the old position is discarded by aiokafka
+            self._positions[tp] = offset
+            self._kafka.seek(tp, offset)
 
     def _decode(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_Fetched]:
         """Each event's envelope and data in one validation when its `ce_type` header names a current

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
@@ -35,14 +36,25 @@ from datacoop.events.envelope import Envelope
 
 _PARTITION_CACHE_MAX = 200_000
 HAND_OVER_WAIT_S = 0.05
+log = logging.getLogger("datacoop.bus")
 
 
 def _fail(request: _Request, exc: BaseException) -> None:
     """Answer a request with (a copy of) `exc`; one exception object shared by many futures would
     collect every waiter's traceback."""
     if not request.done.done():
-        error = exc if isinstance(exc, Exception) else KafkaError(f"publishing stopped: {exc!r}")
-        request.done.set_exception(copy.copy(error))
+        error = copy.copy(exc if isinstance(exc, Exception) else KafkaError(f"publishing stopped: {exc!r}"))
+        request.done.set_exception(error)
+        _then(request, error)
+
+
+def _then(request: _Request, outcome: list[Position] | BaseException) -> None:
+    """Call the request's `then` (once: it is only called where its future is answered)."""
+    if request.then is not None:
+        try:
+            request.then(outcome)
+        except Exception:  # one caller's bug must not keep the other requests of a batch unanswered
+            log.exception("a publish callback failed")
 
 
 class Position(NamedTuple):
@@ -55,6 +67,7 @@ class _Request:
     topic: str
     records: list[KafkaRecord]
     done: asyncio.Future[list[Position]]
+    then: Callable[[list[Position] | BaseException], None] | None = None
     positions: list[Position | None] = field(default_factory=list)
     waiting: int = 0  # batches not yet acknowledged
 
@@ -120,10 +133,12 @@ class Publisher:
             return []
         return await self.submit(topic, envelopes)
 
-    def submit(self, topic: str, envelopes: Sequence[Envelope]) -> asyncio.Future[list[Position]]:
+    def submit(self, topic: str, envelopes: Sequence[Envelope], *,
+               then: Callable[[list[Position] | BaseException], None] | None = None) -> asyncio.Future[list[Position]]:
         """Queue events as `publish_many` does, without waiting: the future resolves to their positions
-        once every ack is in (or fails with the send's error). For callers that chain work onto the
-        ack with a callback instead of resuming a task for it (the writer)."""
+        once every ack is in (or fails with the send's error). `then`, if given, is called with the same
+        outcome right where the future is answered, without a turn of the event loop in between: for
+        callers that chain work onto the ack (the writer's group commit)."""
         self._running()
         if not envelopes:
             raise ValueError("submit() needs at least one envelope")
@@ -134,7 +149,7 @@ class Publisher:
                 raise ValueError(f"event {envelope.id} ({envelope.type}) is {len(record.value)} bytes; events must "
                                  f"stay under {limit} bytes: put large payloads in the object store and "
                                  "reference them")
-        request = _Request(topic, records, asyncio.get_running_loop().create_future())
+        request = _Request(topic, records, asyncio.get_running_loop().create_future(), then)
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
@@ -251,7 +266,9 @@ class Publisher:
                 continue
             request.positions[i] = Position(partition, base + index)
             if request.waiting == 0:
-                request.done.set_result(request.positions)  # type: ignore[arg-type]  # all set now
+                positions: list[Position] = request.positions  # type: ignore[assignment]  # all set now
+                request.done.set_result(positions)
+                _then(request, positions)
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         """From the producer's metadata (refreshed by aiokafka): when partitions are added, the cached

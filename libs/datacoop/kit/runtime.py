@@ -62,7 +62,7 @@ class ServiceRuntime(Generic[P]):
             self.runner.topics.append(qualified_topic)
         self.runner.writes_topics = self.runner.writes_topics | {qualified_topic}
         writer = Writer(store=self.store, publisher=self.publisher, projection=self.projection,
-                        topic=qualified_topic, source=f"datacoop/{self.name}")
+                        topic=qualified_topic, source=f"datacoop/{self.name}", reader=self.runner)
         self.runner.add_listener(writer.observe)
         self.writers.append(writer)
         return writer

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from datacoop.bus import Publisher
+from datacoop.bus import ConsumerRunner, Publisher
 from datacoop.command import Writer
 from datacoop.store import ProjectionStore
-from datacoop.testing.ledger import LEDGER_SQL, AmountRecorded, LedgerProjection
+from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, AmountRecorded, LedgerProjection, make_envelope
 from infra.local import Broker
-from tests.integration.bus.ledger_helpers import ledger_topic, read_back
+from tests.integration.bus.ledger_helpers import drain, ledger_topic, read_back
 
 
 async def test_concurrent_commands_on_one_subject_get_gap_free_seqs_and_land_in_the_projection(
@@ -105,9 +107,14 @@ async def test_after_a_lost_ack_the_next_seq_skips_past_the_one_that_may_have_la
         writer.warm()  # as a service does once caught up
         real_submit = pub.submit
 
-        def ack_lost(topic_: str, envelopes: list) -> asyncio.Future:  # the event lands; its ack doesn't
-            lost: asyncio.Future = asyncio.get_running_loop().create_future()
-            real_submit(topic_, envelopes).add_done_callback(lambda _: lost.set_exception(KafkaError("ack lost")))
+        def ack_lost(topic_: str, envelopes: list, *, then: Callable[[Any], None]) -> asyncio.Future:
+            lost: asyncio.Future = asyncio.get_running_loop().create_future()  # the event lands; its ack doesn't
+
+            def instead(_: object) -> None:
+                lost.set_exception(KafkaError("ack lost"))
+                then(KafkaError("ack lost"))
+
+            real_submit(topic_, envelopes, then=instead)
             return lost
 
         pub.submit = ack_lost  # type: ignore[method-assign]
@@ -151,3 +158,33 @@ async def test_a_commit_that_dies_answers_its_commands_and_frees_their_subjects(
     assert all(isinstance(r, RuntimeError) and "writer stopped" in str(r) for r in first), first
     assert [d.envelope.seq for d in again] == [2]
     assert store.conn.execute("SELECT total_units FROM totals WHERE subject='a'").fetchone() == (2,)
+
+
+async def test_the_reader_in_the_writers_process_passes_over_its_events_but_reads_a_foreign_one(
+        broker: Broker, prefix: str) -> None:
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                                consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
+                                writes_topics=frozenset([topic]))
+        await runner.start()
+        await drain(runner)
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t",
+                        reader=runner)
+        for amount in (1, 2, 3):
+            await writer.execute("acct", lambda a=amount: [AmountRecorded(amount_units=a)])
+        assert store.offsets("svc") == {(topic, 0): 3}, "the reader's offset moves with the writer's commit"
+        assert store.own_committed == {}, "nothing is left for the reader to fetch and drop"
+        await pub.publish(topic, make_envelope("other", 1, 100))  # another writer's event, then ours
+        await writer.execute("acct", lambda: [AmountRecorded(amount_units=4)])
+        assert store.offsets("svc") == {(topic, 0): 3}, "a foreign event before ours: the reader must read both"
+        await drain(runner)
+        await runner.stop()
+        assert runner.applied_count == 1, "the reader applies the foreign event only; ours it drops by id"
+        assert store.offsets("svc") == {(topic, 0): 5}
+        rebuilt = ProjectionStore(":memory:", LEDGER_SQL)
+        await read_back(broker, pub, rebuilt, topic, "svc")
+    for target in (store, rebuilt):
+        assert target.conn.execute("SELECT subject, total_units FROM totals ORDER BY subject").fetchall() == [
+            ("acct", 10), ("other", 100)]
