@@ -103,7 +103,7 @@ async def _grants() -> None:
     _timed(eip712, "recover", "eip712.recover")
     _timed(domain, "decide", "decide")
     _timed(command, "new_event_id", "new_event_id")
-    _timed(command, "Envelope", "the envelope")
+    _timed(command, "_envelope", "the envelope (event id made before)")
     _timed(projection, "evolve", "evolve (in the projection)")
     _timed(projection.MembersProjection, "apply", "the consent projection's apply")
     _timed(publisher, "encode", "Kafka encoding")
@@ -111,6 +111,7 @@ async def _grants() -> None:
     _timed(publisher.Publisher, "_acked", "acks answered", timeline=True)
     _timed(consumer.ConsumerRunner, "_decode", "own consumer reads back", timeline=True)
     _timed(command.Writer, "_commit", "group commit", timeline=True)
+    _timed(consumer.ConsumerRunner, "pass_over", "reader passes over the writer's events")
     collecting: list[float] = []
 
     def gc_pause(phase: str, info: dict[str, Any]) -> None:  # the collector's pauses, on the timeline too

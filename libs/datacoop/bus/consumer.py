@@ -208,14 +208,15 @@ class ConsumerRunner:
         drops the duplicates. Returns the partitions passed over."""
         if self._consumer is None or self._in_hand or self._stopping:
             return set()
-        offsets: dict[TopicPartition, list[int]] = {}
+        landed: dict[tuple[str, int], set[int]] = {}
         for d in deliveries:
-            offsets.setdefault(TopicPartition(d.topic, d.partition), []).append(d.offset)
+            landed.setdefault((d.topic, d.partition), set()).add(d.offset)
         assigned = self._kafka.assignment()
         moved: dict[TopicPartition, int] = {}
-        for tp, landed in offsets.items():
-            first, last = min(landed), max(landed)
-            if tp in assigned and self._positions.get(tp) == first and last - first + 1 == len(set(landed)):
+        for (topic, partition), offsets in landed.items():
+            tp = TopicPartition(topic, partition)
+            first, last = min(offsets), max(offsets)
+            if tp in assigned and self._positions.get(tp) == first and last - first + 1 == len(offsets):
                 moved[tp] = last + 1
         if moved:
             self.store.save_offsets(tx, self.consumer_name, {(tp.topic, tp.partition): o for tp, o in moved.items()})
