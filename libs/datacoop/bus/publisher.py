@@ -42,17 +42,20 @@ log = logging.getLogger("datacoop.bus")
 def _fail(request: _Request, exc: BaseException) -> None:
     """Answer a request with (a copy of) `exc`; one exception object shared by many futures would
     collect every waiter's traceback."""
+    if request.done.done() and request.then is None:
+        return
+    error = copy.copy(exc if isinstance(exc, Exception) else KafkaError(f"publishing stopped: {exc!r}"))
     if not request.done.done():
-        error = copy.copy(exc if isinstance(exc, Exception) else KafkaError(f"publishing stopped: {exc!r}"))
         request.done.set_exception(error)
-        _then(request, error)
+    _then(request, error)
 
 
 def _then(request: _Request, outcome: list[Position] | BaseException) -> None:
-    """Call the request's `then` (once: it is only called where its future is answered)."""
-    if request.then is not None:
+    """Call the request's `then`, once (even if its caller cancelled the future)."""
+    then, request.then = request.then, None
+    if then is not None:
         try:
-            request.then(outcome)
+            then(outcome)
         except Exception:  # one caller's bug must not keep the other requests of a batch unanswered
             log.exception("a publish callback failed")
 
@@ -67,9 +70,9 @@ class _Request:
     topic: str
     records: list[KafkaRecord]
     done: asyncio.Future[list[Position]]
-    then: Callable[[list[Position] | BaseException], None] | None = None
     positions: list[Position | None] = field(default_factory=list)
-    waiting: int = 0  # batches not yet acknowledged
+    waiting: int = 0  # records whose batch is not yet acknowledged
+    then: Callable[[list[Position] | BaseException], None] | None = None  # called once, where `done` is answered
 
 
 class Publisher:
@@ -149,7 +152,7 @@ class Publisher:
                 raise ValueError(f"event {envelope.id} ({envelope.type}) is {len(record.value)} bytes; events must "
                                  f"stay under {limit} bytes: put large payloads in the object store and "
                                  "reference them")
-        request = _Request(topic, records, asyncio.get_running_loop().create_future(), then)
+        request = _Request(topic, records, asyncio.get_running_loop().create_future(), then=then)
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
@@ -262,13 +265,12 @@ class Publisher:
             if error is not None:
                 _fail(request, error)
                 continue
-            if request.done.done():
-                continue
             request.positions[i] = Position(partition, base + index)
             if request.waiting == 0:
                 positions: list[Position] = request.positions  # type: ignore[assignment]  # all set now
-                request.done.set_result(positions)
-                _then(request, positions)
+                if not request.done.done():  # failed by another batch, or cancelled by its caller
+                    request.done.set_result(positions)
+                _then(request, positions)  # a no-op after a failure: `then` had it already
 
     async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         """From the producer's metadata (refreshed by aiokafka): when partitions are added, the cached
