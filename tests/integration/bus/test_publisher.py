@@ -130,4 +130,6 @@ async def test_then_gets_each_requests_outcome_once_even_when_its_caller_gave_up
     Publisher._acked(ok, [(requests[1], 1)], partition=3)  # its other batch lands: no second answer
     assert outcomes[0] == [[(3, 40), (3, 41)]] and await requests[0].done == [(3, 40), (3, 41)]
     assert len(outcomes[1]) == 1 and isinstance(outcomes[1][0], KafkaTimeoutError)
+    with pytest.raises(KafkaTimeoutError):
+        await requests[1].done
     assert outcomes[2] == [[(3, 42), (3, 43)]]
