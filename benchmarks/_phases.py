@@ -109,7 +109,7 @@ async def _grants() -> None:
     _timed(publisher, "encode", "Kafka encoding")
     _timed(publisher.Publisher, "_send", "publisher packs batches", timeline=True)
     _timed(publisher.Publisher, "_acked", "acks answered", timeline=True)
-    _timed(consumer.ConsumerRunner, "_decode", "own consumer reads back", timeline=True)
+    _timed(consumer.ConsumerRunner, "_decode", "own consumer reads (what was not passed over)", timeline=True)
     _timed(command.Writer, "_commit", "group commit", timeline=True)
     _timed(consumer.ConsumerRunner, "pass_over", "reader passes over the writer's events")
     collecting: list[float] = []

@@ -2,7 +2,8 @@
 
 Tracking tables (prefix `_dc_`):
 - `_dc_offsets`: per consumer, topic and partition, the next offset to read. Written in the same
-  transaction as the projection rows it produced, so a crash never splits the two.
+  transaction as the projection rows it produced, so a crash never splits the two (by the consumer,
+  or by its process's writer when it passes the consumer over the events it has just applied).
 - `_dc_applied`: the ids of events already applied; a duplicate (a re-sent reaction, a replayed batch,
   an event the command path applied before the consumer read it back) is dropped. Looking a batch of
   ids up in that table costs a scan of all of it (DuckDB joins by hash, not through an index), which

@@ -174,8 +174,9 @@ def evolve(state: Member, event: Event) -> Member:
         consent = Consent(event.consent_id, event.purpose, tuple(event.categories), event.granted_at,
                           event.expires_at, event.catalog_version, event.signature, event.nonce,
                           history=(HistoryEntry("active", event.granted_at, "granted"),))
-        return Member(state.address, state.registered, state.registered_at, max(state.last_nonce, event.nonce),
-                      state.erased_at, {**state.consents, event.consent_id: consent})
+        return Member(address=state.address, registered=state.registered, registered_at=state.registered_at,
+                      last_nonce=max(state.last_nonce, event.nonce), erased_at=state.erased_at,
+                      consents={**state.consents, event.consent_id: consent})
     if isinstance(event, ConsentRevoked):
         state = replace(state, last_nonce=max(state.last_nonce, event.nonce))
         return _set_status(state, event.consent_id, "revoked", event.revoked_at, "revoked by the member")

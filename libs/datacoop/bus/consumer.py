@@ -5,6 +5,8 @@ reason and source offset in headers); drop event ids already applied; apply the 
 projection and store the consumed offsets and applied ids in the same transaction. On start the
 runner assigns its partitions and seeks to the offsets stored in DuckDB, not Kafka's committed ones.
 "Caught up" is judged from the fetch high-water mark (the local broker's end_offsets is wrong).
+The writer of the same process moves the runner's offset past the events it has just applied, in its
+own transaction (`pass_over`), so the runner does not fetch what its process wrote.
 
 A projection bug must not stall a partition: when applying a batch raises, the batch is rolled back
 and re-applied one event per transaction, and the event that raises goes to the DLQ.
@@ -213,6 +215,8 @@ class ConsumerRunner:
             landed.setdefault((d.topic, d.partition), set()).add(d.offset)
         assigned = self._kafka.assignment()
         moved: dict[TopicPartition, int] = {}
+        # This trusts the offsets the publisher reports (a batch's base offset + the record's index in
+        # it, as the broker assigns them): a wrong one could pass over another writer's event.
         for (topic, partition), offsets in landed.items():
             tp = TopicPartition(topic, partition)
             first, last = min(offsets), max(offsets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from functools import reduce
 
@@ -125,3 +126,11 @@ def test_history_records_every_state_change_in_order() -> None:
                                                                nonce=2, signature=SIG))
     assert [h.state for h in state.consents["c1"].history] == ["active", "revoked"]
     assert state.next_nonce == 3
+
+
+def test_a_grant_changes_only_the_nonce_and_the_consents_of_the_member() -> None:
+    before = dataclasses.replace(given(REGISTERED, granted("c1")), erased_at=NOW + timedelta(days=1))
+    after = domain.evolve(before, granted("c2", nonce=2))
+    assert dataclasses.replace(after, last_nonce=before.last_nonce, consents=before.consents) == before
+    assert after.last_nonce == 2 and list(after.consents) == ["c1", "c2"]
+    assert after.consents["c1"] is before.consents["c1"]
