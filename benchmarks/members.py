@@ -8,6 +8,8 @@
   projected by services.consent in-process (ConsentService + its writer, the API route's path minus
   HTTP), 2,000 members granting at once (concurrent commands share producer batches).
   Baseline verify_only_per_s: services.consent.eip712 digest + recover alone on the same grants.
+  Both are run RUNS times, interleaved, each into a fresh service; the best run of each counts (the
+  worst are reported beside them).
 Signatures are made with eth-account outside the timed parts.
 """
 
@@ -45,6 +47,7 @@ ROWS_PER_UPLOAD = 10_000
 UPLOADS = 6
 GRANT_MEMBERS = 2_000
 GRANTS_PER_MEMBER = 2
+RUNS = 3  # grants and their baseline, each run this often; the best of each counts
 DOMAIN = eip712.Domain()
 
 
@@ -123,10 +126,9 @@ async def _records(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
             "ratio_records": round(records_per_s / encrypt_only, 3)}
 
 
-async def _grants(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
-    settings = ConsentSettings(bootstrap=bootstrap, topic_prefix="bench-grant.", data_dir=data_dir,
-                               sweep_interval_s=3600, log_json=False)
-    consent = ConsentService(settings)
+def _signed_grants() -> tuple[list[tuple[str, str]], list[list[dict[str, Any]]]]:
+    """Registrations and grants signed once (eth-account, outside every timed part); each run replays
+    them into a fresh service (its own topics and database), where they are valid again."""
     accounts = [Account.create() for _ in range(GRANT_MEMBERS)]
     registrations = [(a.address, _sign(a, "RegisterMember", {"member": a.address, "nonce": 0})) for a in accounts]
     grants: list[list[dict[str, Any]]] = []
@@ -137,7 +139,15 @@ async def _grants(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
                        "categories": ["health", "fitness"], "expiresAt": 0, "nonce": nonce}
             mine.append({**message, "signature": _sign(a, "GrantConsent", message)})
         grants.append(mine)
+    return registrations, grants
 
+
+async def _grants_once(bootstrap: str, data_dir: Path, run: int, registrations: list[tuple[str, str]],
+                       grants: list[list[dict[str, Any]]]) -> float:
+    """One run of every grant through a fresh ConsentService; returns the seconds the grants took."""
+    settings = ConsentSettings(bootstrap=bootstrap, topic_prefix=f"bench-grant{run}.", data_dir=data_dir / str(run),
+                               sweep_interval_s=3600, log_json=False)
+    consent = ConsentService(settings)
     await consent.start()
     assert consent.writer is not None
     writer = consent.writer
@@ -162,19 +172,36 @@ async def _grants(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
         started = time.perf_counter()
         await asyncio.gather(*[grant_all(mine) for mine in grants])
         elapsed = time.perf_counter() - started
-        granted = sum(len(consent.projection.get(a.address).consents) for a in accounts)
+        granted = sum(len(consent.projection.get(m).consents) for m, _ in registrations)
         assert granted == GRANT_MEMBERS * GRANTS_PER_MEMBER, granted
     finally:
         await consent.stop()
+    return elapsed
 
-    flat = [g for mine in grants for g in mine]
-    t0 = time.perf_counter()
-    for g in flat:
-        message = {k: v for k, v in g.items() if k != "signature"}
-        eip712.recover(eip712.digest(DOMAIN, "GrantConsent", message), g["signature"])
-    verify_only = len(flat) / (time.perf_counter() - t0)
-    grants_per_s = len(flat) / elapsed
-    return {"grants": len(flat), "grants_per_s": round(grants_per_s), "verify_only_per_s": round(verify_only),
+
+def _verify_once(grants: list[list[dict[str, Any]]]) -> float:
+    """The baseline: the same signature checks alone, in one pass; returns its seconds."""
+    started = time.perf_counter()
+    for mine in grants:
+        for g in mine:
+            message = {k: v for k, v in g.items() if k != "signature"}
+            eip712.recover(eip712.digest(DOMAIN, "GrantConsent", message), g["signature"])
+    return time.perf_counter() - started
+
+
+async def _grants(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
+    """Best of RUNS for the grants and for the baseline, runs interleaved: this 2-core VM's speed moves by
+    tens of percent from second to second, and one slow moment must not decide the ratio either way."""
+    registrations, grants = _signed_grants()
+    count = GRANT_MEMBERS * GRANTS_PER_MEMBER
+    grant_s, verify_s = [], []
+    for run in range(RUNS):
+        grant_s.append(await _grants_once(bootstrap, data_dir, run, registrations, grants))
+        verify_s.append(_verify_once(grants))
+    grants_per_s, verify_only = count / min(grant_s), count / min(verify_s)
+    return {"grants": count, "grants_runs": RUNS, "grants_per_s": round(grants_per_s),
+            "grants_per_s_worst": round(count / max(grant_s)), "verify_only_per_s": round(verify_only),
+            "verify_only_per_s_worst": round(count / max(verify_s)),
             "ratio_grants": round(grants_per_s / verify_only, 3)}
 
 
