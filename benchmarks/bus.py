@@ -6,6 +6,7 @@ Both sides move the same number of ~1 KiB events through one local Tansu broker 
 - raw_consume: AIOKafkaConsumer.getmany() over the topic, no processing.
 - bus_consume_apply: ConsumerRunner decoding + validating every event, dropping applied ids, and
   applying batches to a DuckDB ledger projection with offsets in the same transaction.
+Each figure is the best of RUNS runs; the four are interleaved, each run with topics of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from infra.local import start_broker
 EVENTS = 60_000
 PARTITIONS = 3
 PAYLOAD_BYTES = 1024
+RUNS = 3  # each figure is the best of this many runs
 
 
 def _envelopes(n: int) -> list:
@@ -90,28 +92,35 @@ async def _bus_consume(bootstrap: str, topic: str, expected: int, db: Path) -> f
 
 
 async def _measure() -> dict[str, float | int]:
+    """Best of RUNS for each figure, the runs of the four interleaved (each into topics and a database of
+    its own): this 2-core VM's speed moves by tens of percent from second to second."""
     broker = start_broker()
+    best: dict[str, float] = {}
     try:
         envelopes = _envelopes(EVENTS)
         records = [encode(e) for e in envelopes]
-        raw_t, bus_t = "bench.raw", "bench.bus"
-        await ensure_topics(broker.bootstrap, [(raw_t, PARTITIONS), (bus_t, PARTITIONS), (f"{bus_t}.dlq", 1)])
-        raw_p = await _raw_produce(broker.bootstrap, raw_t, records)
-        bus_p = await _bus_produce(broker.bootstrap, bus_t, envelopes)
-        raw_c = await _raw_consume(broker.bootstrap, raw_t, EVENTS)
-        with tempfile.TemporaryDirectory() as tmp:
-            bus_c = await _bus_consume(broker.bootstrap, bus_t, EVENTS, Path(tmp) / "bench.duckdb")
+        for run in range(RUNS):
+            raw_t, bus_t = f"bench{run}.raw", f"bench{run}.bus"
+            await ensure_topics(broker.bootstrap, [(raw_t, PARTITIONS), (bus_t, PARTITIONS), (f"{bus_t}.dlq", 1)])
+            figures = {"raw_produce": await _raw_produce(broker.bootstrap, raw_t, records),
+                       "bus_produce": await _bus_produce(broker.bootstrap, bus_t, envelopes),
+                       "raw_consume": await _raw_consume(broker.bootstrap, raw_t, EVENTS)}
+            with tempfile.TemporaryDirectory() as tmp:
+                figures["bus_consume"] = await _bus_consume(broker.bootstrap, bus_t, EVENTS, Path(tmp) / "bench.duckdb")
+            for name, value in figures.items():
+                best[name] = max(best.get(name, 0.0), value)
     finally:
         broker.stop()
     return {
         "events": EVENTS,
         "event_bytes": len(records[0].value),
-        "raw_produce_per_s": round(raw_p),
-        "bus_produce_per_s": round(bus_p),
-        "ratio_produce": round(bus_p / raw_p, 3),
-        "raw_consume_per_s": round(raw_c),
-        "bus_consume_apply_per_s": round(bus_c),
-        "ratio_consume": round(bus_c / raw_c, 3),
+        "runs": RUNS,
+        "raw_produce_per_s": round(best["raw_produce"]),
+        "bus_produce_per_s": round(best["bus_produce"]),
+        "ratio_produce": round(best["bus_produce"] / best["raw_produce"], 3),
+        "raw_consume_per_s": round(best["raw_consume"]),
+        "bus_consume_apply_per_s": round(best["bus_consume"]),
+        "ratio_consume": round(best["bus_consume"] / best["raw_consume"], 3),
     }
 
 
