@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, status
 
-from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
+from datacoop.kit.problems import DomainError, NotFound, NotReady, require_bearer
 from services.anonymizer import domain
 from services.anonymizer.build import read_aggregates
 from services.anonymizer.definition import DefinitionError
@@ -34,10 +33,8 @@ def build_router(svc: Any) -> APIRouter:
     router = APIRouter()
 
     def operator(authorization: str | None) -> None:
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(token.encode(), svc.operator_token.encode()):
-            raise Unauthorized("an operator token is required: send `Authorization: Bearer <token>` "
-                               "(DATACOOP_ANONYMIZER_OPERATOR_TOKEN)", slug="bad-operator-token")
+        require_bearer(authorization, svc.operator_token, what="an operator token",
+                       setting="DATACOOP_ANONYMIZER_OPERATOR_TOKEN", slug="bad-operator-token")
 
     def ready() -> None:
         if not svc.ready:

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, ServiceSettings
 from services.vault.settings import DEV_SERVICE_TOKEN as DEV_VAULT_TOKEN
 
-DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
+__all__ = ["DEV_OPERATOR_TOKEN", "AnonymizerSettings"]
 
 
 class AnonymizerSettings(ServiceSettings):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path
 from web3 import Web3
 
 from datacoop.events.types import WalletAddress
-from datacoop.kit.problems import Conflict, NotFound, NotReady
+from datacoop.kit.problems import Conflict, NotFound, NotReady, require_bearer
 
 if TYPE_CHECKING:
     from services.settlement.service import SettlementService
@@ -67,8 +67,11 @@ def build_router(ctx: SettlementService) -> APIRouter:
         return tree.dump()
 
     @router.post("/epochs", tags=["epochs"])
-    async def post_epoch() -> dict[str, Any]:
-        """Build and post a new epoch now (or finish one in flight). 409 when nothing is new to post."""
+    async def post_epoch(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Build and post a new epoch now (or finish one in flight; operator token). 409 when nothing is
+        new to post."""
+        require_bearer(authorization, ctx.operator_token, what="an operator token",
+                       setting="DATACOOP_SETTLEMENT_OPERATOR_TOKEN", slug="bad-operator-token")
         ready()
         row = await ctx.run_epoch(forced=True)  # a SettlementRefused is a 409 with its own slug
         if row is None:

@@ -17,6 +17,7 @@ from web3 import Web3
 
 from datacoop.chain import Contracts
 from datacoop.cli.settlement import claim_with_key, fetch_payout
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 
 USD = 1_000_000
 
@@ -26,11 +27,12 @@ def _usd(units: int) -> str:
 
 
 def show_earnings_and_claim(settlement_url: str, rpc_url: str, member_keys: Sequence[str], console: Console,
-                            *, claimers: int = 1) -> dict[str, Any]:
-    """Post an epoch if there is something new, show every member's earnings and what they can claim,
-    then claim for the first `claimers` members (signed with their keys) and show their token balance.
+                            *, claimers: int = 1, operator_token: str = DEV_OPERATOR_TOKEN) -> dict[str, Any]:
+    """Post an epoch if there is something new (as the operator: a local stack's development token by
+    default), show every member's earnings and what they can claim, then claim for the first `claimers`
+    members (signed with their keys) and show their token balance.
     Returns {"epoch": …, "earnings": {address: units}, "claims": [claim results]}."""
-    resp = httpx.post(f"{settlement_url}/epochs", timeout=60)
+    resp = httpx.post(f"{settlement_url}/epochs", headers={"Authorization": f"Bearer {operator_token}"}, timeout=60)
     if resp.status_code not in (200, 409):
         raise RuntimeError(f"settlement could not post an epoch: {resp.text}")
     table = Table(title="members' earnings (stablecoin base units; USD shown for reading)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, ServiceSettings
 
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
@@ -26,3 +26,5 @@ class SettlementSettings(ServiceSettings):
                                                             "(0 = interval only)")
     poll_interval_s: float = Field(1.0, gt=0, description="how often the chain and pending work are checked")
     max_blocks_per_poll: int = Field(2000, ge=1, description="largest block range read at once")
+    settlement_operator_token: str = Field(DEV_OPERATOR_TOKEN, min_length=16, repr=False,
+                                           description="bearer token of POST /epochs (posting a root on demand)")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, status
 from pydantic import BaseModel, Field
 
 from datacoop.events.types import HexSignature, Slug, WalletAddress
-from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
+from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized, require_bearer
 from services.consent import eip712
 from services.vault.categories import UploadRefused
 
@@ -92,10 +91,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
 
         Asking by `members`: any erased member -> 410 naming them. Otherwise records of erased members
         are left out and listed in `refused_members`; shredded members have no records left at all."""
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(token.encode(), svc.service_token.encode()):
-            raise Unauthorized("a valid service token is required: send `Authorization: Bearer <token>` "
-                               "(DATACOOP_VAULT_SERVICE_TOKEN)", slug="bad-service-token")
+        require_bearer(authorization, svc.service_token, what="a valid service token",
+                       setting="DATACOOP_VAULT_SERVICE_TOKEN", slug="bad-service-token")
         ready()
         if body.category is not None and body.category not in svc.schemas:
             raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",

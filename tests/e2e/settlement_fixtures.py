@@ -30,6 +30,7 @@ COOP_KEY = ANVIL_KEYS[2]
 MEMBER_KEYS = ANVIL_KEYS[4:9]
 BUYER_KEY = ANVIL_KEYS[9]
 FEE_BPS = 250
+OPERATOR_TOKEN = "e2e-settlement-operator-token"
 
 
 def expected_split(price: int, weights: dict[str, int], fee_bps: int = FEE_BPS) -> tuple[dict[str, int], int]:
@@ -77,10 +78,12 @@ class Settlement:
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=10)
 
-    def post_epoch(self) -> httpx.Response | None:
-        """POST /epochs; None when the process died answering it (the crash hook)."""
+    def post_epoch(self, token: str | None = OPERATOR_TOKEN) -> httpx.Response | None:
+        """POST /epochs as the operator (or with `token`); None when the process died answering it (the
+        crash hook)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
-            return httpx.post(f"{self.url}/epochs", timeout=30)
+            return httpx.post(f"{self.url}/epochs", headers=headers, timeout=30)
         except httpx.HTTPError:
             return None
 
@@ -93,7 +96,7 @@ def settlement(broker: Broker, chain: Chain, prefix: str, tmp_path: Path) -> Set
         "DATACOOP_BOOTSTRAP": broker.bootstrap, "DATACOOP_TOPIC_PREFIX": f"{prefix}.",
         "DATACOOP_DATA_DIR": str(tmp_path / "data"), **chain_env,
         "DATACOOP_FEE_BPS": str(FEE_BPS), "DATACOOP_CONFIRMATIONS": "1", "DATACOOP_POLL_INTERVAL_S": "0.05",
-        "DATACOOP_EPOCH_INTERVAL_S": "3600",
+        "DATACOOP_EPOCH_INTERVAL_S": "3600", "DATACOOP_SETTLEMENT_OPERATOR_TOKEN": OPERATOR_TOKEN,
     }
     asyncio.run(ensure_topics(broker.bootstrap, standard_topics(f"{prefix}.")))
     contracts = Contracts.at(w3, chain_env["DATACOOP_TOKEN_ADDRESS"], chain_env["DATACOOP_MARKET_ADDRESS"])

@@ -20,6 +20,7 @@ from services.settlement.service import CRASH_STEPS
 from tests.e2e.settlement_fixtures import (
     COOP_KEY,
     MEMBER_KEYS,
+    OPERATOR_TOKEN,
     Settlement,
     buy,
     expected_split,
@@ -114,6 +115,12 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
     assert alloc["fee_units"] == 1_000_003 * 250 // 10_000
     assert alloc["cooperative_units"] == alloc["fee_units"] + alloc["remainder_units"]
 
+    for token in (None, "datacoop-dev-operator-token"):  # no token, and the development default it was not given
+        refused = s.post_epoch(token)
+        assert refused is not None and refused.status_code == 401, refused and refused.text
+        assert refused.json()["type"].endswith("/bad-operator-token")
+        assert "DATACOOP_SETTLEMENT_OPERATOR_TOKEN" in refused.json()["detail"]
+    assert s.get("/epochs/latest").status_code == 404, "a refused POST /epochs must not post anything"
     posted = s.post_epoch()
     assert posted is not None and posted.status_code == 200, posted and posted.text
     assert posted.json()["posted"] and posted.json()["epoch"] == 1
@@ -233,7 +240,7 @@ def test_demo_shows_earnings_and_claims(settlement: Settlement, broker: Broker, 
     publish_order(broker.bootstrap, prefix, late, "health-survey", version, price)
     wait_for(lambda: all(allocated(s, o) for o, _, _ in ORDERS), "all three orders allocated")
     console = Console(record=True, width=200)
-    shown = show_earnings_and_claim(s.url, chain.url, MEMBER_KEYS, console)
+    shown = show_earnings_and_claim(s.url, chain.url, MEMBER_KEYS, console, operator_token=OPERATOR_TOKEN)
     members, _ = expected_totals()
     assert shown["epoch"] == 1 and shown["earnings"] == members
     assert shown["claims"][0]["claimed_units"] == members[MEMBERS[0]]

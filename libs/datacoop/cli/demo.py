@@ -20,6 +20,7 @@ from web3 import Web3
 
 from datacoop.cli.anonymizer import chapter_datasets
 from datacoop.http import ApiError, check
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.consent.client import MemberWallet
 from services.consent.receipts import verify_receipt
 from services.vault.client import VaultClient, sample_rows
@@ -184,7 +185,7 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
         _until(partial(_vault_knows, vault))
         vault.contribute_rows("fitness", sample_rows("fitness", 30, seed=100 + i))
         state.dataset_members.append(wallet)
-    datasets = AnonymizerClient(urls["anonymizer"], "datacoop-dev-operator-token")
+    datasets = AnonymizerClient(urls["anonymizer"], DEV_OPERATOR_TOKEN)
     datasets.define(fitness_definition())
     version = datasets.build(FITNESS_DATASET)
     console.print(f"{FITNESS_DATASET} version {version['version']}: {version['rows']} rows, k={version['k']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from typing import Any
 
 from fastapi import Request
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from datacoop.errors import DomainError, Refused
 
 __all__ = ["Conflict", "DomainError", "Forbidden", "NotFound", "NotReady", "Refused", "Unauthorized",
-           "Unprocessable", "problem_response"]
+           "Unprocessable", "problem_response", "require_bearer"]
 
 PROBLEM_BASE = "https://datacoop.example/problems/"
 
@@ -29,6 +30,14 @@ class Conflict(DomainError):
 
 class Unauthorized(DomainError):
     status, slug = 401, "unauthorized"
+
+
+def require_bearer(authorization: str | None, expected: str, *, what: str, setting: str, slug: str) -> None:
+    """Refuse (401 `slug`) unless the `Authorization` header carries `Bearer <expected>`; compared in
+    constant time. `what` names the token, `setting` the environment variable that sets it."""
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise Unauthorized(f"{what} is required: send `Authorization: Bearer <token>` ({setting})", slug=slug)
 
 
 class Forbidden(DomainError):

@@ -7,6 +7,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
+"""The operator token services take when none is set (a local stack): each of them warns about it."""
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DATACOOP_", extra="ignore")
