@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks._phases consume   # the bus benchmark's consume side, per event
     .venv/bin/python -m benchmarks._phases grants    # the members benchmark's grants, as a timeline
+    .venv/bin/python -m benchmarks._phases micro     # the single costs quoted in docs/, each with timeit
 
 Each phase is a method wrapped with a timer for the run, so the totals run a little slower than in
 `make bench`; the split, not the total, is the point.
@@ -73,12 +74,14 @@ async def _consume() -> None:
         await ensure_topics(broker.bootstrap, [("p.raw", bus.PARTITIONS), ("p.bus", bus.PARTITIONS), ("p.bus.dlq", 1)])
         await bus._raw_produce(broker.bootstrap, "p.raw", [bus.encode(e) for e in envelopes])
         await bus._bus_produce(broker.bootstrap, "p.bus", envelopes)
-        _timed(AIOKafkaConsumer, "getmany", "fetch: aiokafka getmany")
-        _timed(ConsumerRunner, "_decode", "decode: validate envelope + data")
-        _timed(ConsumerRunner, "_commit", "commit: the whole transaction")
-        _timed(ProjectionStore, "already_applied", "  commit: applied-id check")
-        _timed(LedgerProjection, "apply", "  commit: projection rows")
-        _timed(ProjectionStore, "mark_applied", "  commit: applied ids")
+        for owner, name, phase in [
+                (AIOKafkaConsumer, "getmany", "fetch: aiokafka getmany"),
+                (ConsumerRunner, "_decode", "decode: validate envelope + data"),
+                (ConsumerRunner, "_commit", "commit: the whole transaction"),
+                (ProjectionStore, "already_applied", "  commit: applied-id check"),
+                (LedgerProjection, "apply", "  commit: projection rows"),
+                (ProjectionStore, "mark_applied", "  commit: applied ids")]:
+            _timed(owner, name, phase)
         for n in range(3):
             raw = await bus._raw_consume(broker.bootstrap, "p.raw", bus.EVENTS)
             TOTALS.clear()
@@ -99,19 +102,23 @@ async def _grants() -> None:
     from infra.local import start_broker
     from services.consent import domain, eip712, projection
 
-    _timed(eip712, "digest", "eip712.digest")
-    _timed(eip712, "recover", "eip712.recover")
-    _timed(domain, "decide", "decide")
-    _timed(command, "new_event_id", "new_event_id")
-    _timed(command, "_envelope", "the envelope (event id made before)")
-    _timed(projection, "evolve", "evolve (in the projection)")
-    _timed(projection.MembersProjection, "apply", "the consent projection's apply")
-    _timed(publisher, "encode", "Kafka encoding")
-    _timed(publisher.Publisher, "_send", "publisher packs batches", timeline=True)
-    _timed(publisher.Publisher, "_acked", "acks answered", timeline=True)
-    _timed(consumer.ConsumerRunner, "_decode", "own consumer reads (what was not passed over)", timeline=True)
-    _timed(command.Writer, "_commit", "group commit", timeline=True)
-    _timed(consumer.ConsumerRunner, "pass_over", "reader passes over the writer's events")
+    for owner, name, phase in [
+            (eip712, "digest", "eip712.digest"),
+            (eip712, "recover", "eip712.recover"),
+            (domain, "decide", "decide"),
+            (command, "new_event_id", "new_event_id"),
+            (command, "_envelope", "the envelope (event id made before)"),
+            (projection, "evolve", "evolve (in the projection)"),
+            (projection.MembersProjection, "apply", "the consent projection's apply"),
+            (publisher, "encode", "Kafka encoding"),
+            (consumer.ConsumerRunner, "pass_over", "reader passes over the writer's events")]:
+        _timed(owner, name, phase)
+    for owner, name, phase in [  # also on the timeline
+            (publisher.Publisher, "_send", "publisher packs batches"),
+            (publisher.Publisher, "_acked", "acks answered"),
+            (consumer.ConsumerRunner, "_decode", "own consumer reads (what was not passed over)"),
+            (command.Writer, "_commit", "group commit")]:
+        _timed(owner, name, phase, timeline=True)
     collecting: list[float] = []
 
     def gc_pause(phase: str, info: dict[str, Any]) -> None:  # the collector's pauses, on the timeline too
@@ -155,8 +162,107 @@ async def _grants() -> None:
             previous_end = end
 
 
+async def _micro() -> None:
+    """The parts quoted in docs/ on their own, each the best of five `timeit` repeats (warm caches, so
+    lower than inside a run): what one event's JSON costs, DuckDB's cost per statement and per upserted
+    member row, the consent state's JSON, and where a signature check's time goes."""
+    import json
+    import timeit
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    import coincurve
+    import duckdb
+    import orjson
+    import pyarrow as pa
+    from eth_account import Account
+
+    from benchmarks import bus, members
+    from datacoop.events.codec import decode, encode
+    from datacoop.testing.ledger import LEDGER_REGISTRY
+    from services.consent import domain, eip712, projection
+
+    def best_us(fn: Callable[[], object], number: int) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+    value = encode(bus._envelopes(1)[0]).value
+    typed = LEDGER_REGISTRY.typed_envelope(decode(value).type)
+    assert typed is not None
+    print(f"one {len(value)}-byte bus-benchmark envelope:")
+    print(f"    json.loads                               {best_us(lambda: json.loads(value), 20_000):6.2f} us")
+    one_pass = best_us(lambda: typed.model_validate_json(value), 20_000)
+    print(f"    envelope + data in one pass (typed)      {one_pass:6.2f} us")
+
+    def two_steps() -> object:
+        envelope = decode(value)
+        return LEDGER_REGISTRY.decode(envelope.type, envelope.data)
+
+    print(f"    envelope, then its data (two steps)      {best_us(two_steps, 20_000):6.2f} us")
+
+    folder = tempfile.TemporaryDirectory()
+    conn = duckdb.connect(str(Path(folder.name) / "micro.duckdb"))  # on disk, as a service's projection is
+    conn.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b INTEGER); INSERT INTO t VALUES (1, 1)")
+    print("DuckDB, one statement:")
+    print(f"    SELECT 1                                 {best_us(lambda: conn.execute('SELECT 1'), 200):6.0f} us")
+    print(f"    UPDATE of one row by its key             "
+          f"{best_us(lambda: conn.execute('UPDATE t SET b = b + 1 WHERE a = 1'), 200):6.0f} us")
+
+    now = datetime.now(UTC)
+    member = domain.Member("0x" + "ab" * 20, registered=True, registered_at=now, last_nonce=2)
+    for nonce in (1, 2):
+        consent = domain.Consent(f"c-{nonce}", "health-research", ("fitness", "health"), now, None, 1,
+                                 "0x" + "cd" * 65, nonce, history=(domain.HistoryEntry("active", now, "granted"),))
+        member = replace(member, consents={**member.consents, consent.consent_id: consent})
+    print("a member with two consents, as the consent projection writes it:")
+    with_pydantic = best_us(lambda: projection._MEMBER.dump_json(member), 20_000)
+    print(f"    state JSON with pydantic (before)        {with_pydantic:6.2f} us")
+    print(f"    state JSON with orjson (now)             {best_us(lambda: orjson.dumps(member), 20_000):6.2f} us")
+    conn.execute(projection.SCHEMA_SQL)
+    rows = 2_000
+    state = orjson.dumps(member).decode()
+    conn.register("_micro_members", pa.table({
+        "member": [f"0x{i:040x}" for i in range(rows)], "state": [state] * rows, "registered": [True] * rows,
+        "erased": [False] * rows, "next_expiry": pa.array([None] * rows, pa.timestamp("us", tz="UTC"))}))
+    conn.execute("INSERT INTO members SELECT * FROM _micro_members")
+    replace_sql = "INSERT OR REPLACE INTO members SELECT * FROM _micro_members"
+    upsert_sql = ("INSERT INTO members SELECT * FROM _micro_members ON CONFLICT (member) DO UPDATE SET "
+                  "state = excluded.state, registered = excluded.registered, erased = excluded.erased, "
+                  "next_expiry = excluded.next_expiry")
+    for label, sql in [("INSERT OR REPLACE (before)", replace_sql), ("ON CONFLICT DO UPDATE (now)", upsert_sql)]:
+        per_row = best_us(lambda sql=sql: conn.execute(sql), 1) / rows  # type: ignore[misc]
+        print(f"    {rows:,} existing rows, {label:<27} {per_row:6.2f} us a row")
+
+    flat = []
+    for _ in range(2_000):
+        account = Account.create()
+        signed = {"member": account.address, "consentId": "c-1", "purpose": "health-research",
+                  "categories": ["health", "fitness"], "expiresAt": 0, "nonce": 1}
+        flat.append({**signed, "signature": members._sign(account, "GrantConsent", signed)})
+    grant = flat[0]
+    message = {k: v for k, v in grant.items() if k != "signature"}
+    digest = eip712.digest(members.DOMAIN, "GrantConsent", message)
+    sig = bytes.fromhex(grant["signature"][2:])
+    rs = sig[:64] + bytes([sig[64] - 27])
+    print("one grant's signature check:")
+    print(f"    digest + recover (the baseline's unit)   {best_us(lambda: members._signer(grant), 1_000):6.1f} us")
+    print(f"    of which coincurve's C call (GIL freed)  "
+          f"{best_us(lambda: coincurve.PublicKey.from_signature_and_message(rs, digest, hasher=None), 1_000):6.1f} us")
+    started = time.perf_counter()
+    for g in flat:
+        members._signer(g)
+    alone = len(flat) / (time.perf_counter() - started)
+    with ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda part: [members._signer(g) for g in part], [flat[::2], flat[1::2]]))
+        threads = len(flat) / (time.perf_counter() - started)
+    print(f"    {len(flat):,} checks in one thread / in two threads   {alone:,.0f} / {threads:,.0f} a second")
+    conn.close()
+    folder.cleanup()
+
+
 def main(argv: list[str]) -> int:
-    runs = {"consume": _consume, "grants": _grants}
+    runs = {"consume": _consume, "grants": _grants, "micro": _micro}
     if len(argv) != 1 or argv[0] not in runs:
         print(f"usage: python -m benchmarks._phases {{{'|'.join(runs)}}}", file=sys.stderr)
         return 2

@@ -375,10 +375,16 @@ def fund_local(rpc_url: str, token: str, address: str, *, eth_wei: int, units: i
 def pay_order(contracts: Contracts, buyer_key: str, order: uuid.UUID, amount_units: int,
               *, minter_key: str | None = None) -> TxReceipt:
     """Buy `order` for `amount_units` with `buyer_key` (mints the mock stablecoin first when
-    `minter_key` is given; local chains). Approve + purchase; returns the purchase receipt."""
+    `minter_key` is given; local chains). Approve + purchase; returns the purchase receipt. A buyer
+    holding less than the price is refused before anything is sent, saying what it holds."""
     buyer = Account.from_key(buyer_key).address
     if minter_key is not None:
         send_receipt(contracts.w3, contracts.stablecoin.functions.mint(buyer, amount_units), minter_key)
+    else:
+        held = int(contracts.stablecoin.functions.balanceOf(buyer).call())
+        if held < amount_units:
+            raise ChainError(f"{buyer} holds {held:,} stablecoin units and the order costs {amount_units:,}: top "
+                             f"the wallet up first ({LOCAL_FUND_HINT})")
     send_receipt(contracts.w3, contracts.stablecoin.functions.approve(contracts.market.address, amount_units),
                  buyer_key)
     return send_receipt(contracts.w3, contracts.market.functions.purchase(order_id_from_uuid(order), amount_units),

@@ -39,13 +39,10 @@ def _envelope(event: Event, event_id: str, source: str, subject: str, seq: int, 
     itself (as the consumer's one-pass decode makes it): no round trip through a dict, the same JSON."""
     type_name = event.type_name()
     typed = REGISTRY.typed_envelope(type_name)
-    if typed is not None:
-        return typed(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
-                     dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
-                     causationid=causation_id, data=event)  # `data` is the model itself here
-    return Envelope(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
-                    dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
-                    causationid=causation_id, data=event.model_dump(mode="json"))
+    model, data = (typed, event) if typed is not None else (Envelope, event.model_dump(mode="json"))
+    return model(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
+                 dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
+                 causationid=causation_id, data=data)
 
 
 @dataclass(slots=True)

@@ -48,13 +48,14 @@ from datacoop.events.members import ConsentExpired, ConsentGranted, ConsentRevok
 from datacoop.events.records import KeysShredded, RecordsContributed
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from datacoop.topics import DATASETS, MEMBERS, RECORDS
 from services.anonymizer import build as pipeline
 from services.anonymizer import domain
 from services.anonymizer.api import build_router
 from services.anonymizer.definition import DATASETS_DIR, DefinitionError, ResolvedDefinition
 from services.anonymizer.projection import SCHEMA_SQL, AnonymizerProjection
-from services.anonymizer.settings import DEV_OPERATOR_TOKEN, AnonymizerSettings
+from services.anonymizer.settings import AnonymizerSettings
 from services.consent.catalog import load_catalog
 from services.vault.categories import load_schemas
 

@@ -10,8 +10,6 @@ from pydantic import Field
 from datacoop.kit.settings import DEV_OPERATOR_TOKEN, ServiceSettings
 from services.vault.settings import DEV_SERVICE_TOKEN as DEV_VAULT_TOKEN
 
-__all__ = ["DEV_OPERATOR_TOKEN", "AnonymizerSettings"]
-
 
 class AnonymizerSettings(ServiceSettings):
     port: int = Field(8103, ge=0, le=65535)

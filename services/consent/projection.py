@@ -2,8 +2,8 @@
 
 One row per member holding the member's state as JSON (evolved by domain.evolve, the single
 definition of what each event means) plus the columns queries filter on. The state is written with
-orjson (dataclasses and UTC datetimes natively, a third of pydantic's time: every command rewrites its
-member's row) and read back through pydantic, which checks it.
+orjson (dataclasses and UTC datetimes natively, under a third of pydantic's time: every command
+rewrites its member's row; `python -m benchmarks._phases micro`) and read back through pydantic, which checks it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class MembersProjection:
             "erased": pa.array([m.erased_at is not None for m in rows], pa.bool_()),
             "next_expiry": pa.array([_next_expiry(m) for m in rows], pa.timestamp("us", tz="UTC")),
         })
-        # an update in place where the member exists (INSERT OR REPLACE deletes and re-inserts: twice the cost)
+        # an update in place where the member exists (INSERT OR REPLACE deletes and re-inserts the row)
         tx.execute("""INSERT INTO members SELECT member, state, registered, erased, next_expiry FROM _arrow_members
                       ON CONFLICT (member) DO UPDATE SET state = excluded.state, registered = excluded.registered,
                         erased = excluded.erased, next_expiry = excluded.next_expiry""")

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from pydantic import Field
 
+from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import ServiceSettings
 
 
 class ConsentSettings(ServiceSettings):
     port: int = Field(8101, ge=0, le=65535)
     chain_id: int = Field(31337, description="EIP-712 domain chainId")
-    market_address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$",
+    market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract: the market contract, once deployed")
     receipt_key_file: Path | None = Field(None, description="Ed25519 PEM key signing consent receipts; "
                                                             "default <data_dir>/consent-receipt-key.pem")

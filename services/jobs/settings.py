@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import ServiceSettings
 
 
 class JobsSettings(ServiceSettings):
     port: int = Field(8106, ge=0, le=65535)
     chain_id: int = Field(31337, description="EIP-712 domain chainId (worker registration, signed results)")
-    market_address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$",
+    market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract, as the consent service uses")
     jobs_fee_units: int = Field(1_000_000, ge=0, description="what a completed job pays its provider, "
                                                               "stablecoin base units (1_000_000 = 1.00)")

@@ -81,19 +81,10 @@ class ResearcherClient:
 
 def pay(rpc_url: str, token: str, market: str, buyer_key: str, order_id: str, price_units: int) -> str:
     """Approve the market for the price and purchase the order; returns the purchase tx hash."""
-    from eth_account import Account
     from web3 import Web3
 
-    from datacoop.chain import LOCAL_FUND_HINT, ChainError, Contracts, order_id_from_uuid, send_receipt
+    from datacoop.chain import Contracts, pay_order
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url))
-    contracts = Contracts.at(w3, token, market)
-    buyer = Account.from_key(buyer_key).address
-    held = int(contracts.stablecoin.functions.balanceOf(buyer).call())
-    if held < price_units:
-        raise ChainError(f"{buyer} holds {held:,} stablecoin units and the order costs {price_units:,}: top the "
-                         f"wallet up first ({LOCAL_FUND_HINT})")
-    send_receipt(w3, contracts.stablecoin.functions.approve(contracts.market.address, price_units), buyer_key)
-    receipt = send_receipt(w3, contracts.market.functions.purchase(order_id_from_uuid(uuid.UUID(order_id)),
-                                                                   price_units), buyer_key)
+    contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc_url)), token, market)
+    receipt = pay_order(contracts, buyer_key, uuid.UUID(order_id), price_units)
     return "0x" + bytes(receipt["transactionHash"]).hex()

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
+from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import ServiceSettings
-
-_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
 class MarketplaceSettings(ServiceSettings):
@@ -25,6 +24,6 @@ class MarketplaceSettings(ServiceSettings):
                                                          "orders")
     chain_id: int = Field(31337, description="where orders are paid (shown in the catalog)")
     chain_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC the CLI pays through")
-    market_address: str | None = Field(None, pattern=_ADDRESS, description="DatacoopMarket")
-    token_address: str | None = Field(None, pattern=_ADDRESS, description="the stablecoin")
+    market_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="DatacoopMarket")
+    token_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="the stablecoin")
     query_memory_limit: str = Field("2GB", description="DuckDB memory for loaded versions")

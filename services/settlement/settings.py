@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import DEV_OPERATOR_TOKEN, ServiceSettings
-
-_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 
 
 class SettlementSettings(ServiceSettings):
     port: int = Field(8105, ge=0, le=65535)
     chain_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC of the chain")
-    market_address: str = Field(pattern=_ADDRESS, description="DatacoopMarket")
-    token_address: str = Field(pattern=_ADDRESS, description="the stablecoin")
+    market_address: str = Field(pattern=ADDRESS_PATTERN, description="DatacoopMarket")
+    token_address: str = Field(pattern=ADDRESS_PATTERN, description="the stablecoin")
     settler_key: str = Field(min_length=64, repr=False, description="private key holding SETTLER_ROLE")
-    coop_address: str = Field(pattern=_ADDRESS, description="the cooperative's payout account (fees, remainders)")
+    coop_address: str = Field(pattern=ADDRESS_PATTERN,
+                              description="the cooperative's payout account (fees, remainders)")
     fee_bps: int = Field(500, ge=0, le=10_000, description="cooperative fee in basis points of each order")
     compute_reserve_bps: int = Field(5_000, ge=0, le=10_000,
                                      description="share of a compute order held in escrow for its jobs' providers")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import ServiceSettings
 
 DEV_SERVICE_TOKEN = "datacoop-dev-vault-token"
@@ -21,7 +22,7 @@ class VaultSettings(ServiceSettings):
     vault_service_token: str = Field(DEV_SERVICE_TOKEN, min_length=16,
                                      description="bearer token other services present to POST /internal/decrypt")
     chain_id: int = Field(31337, description="EIP-712 domain chainId (the same as the consent service's)")
-    market_address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$",
+    market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract (the same as the consent service's)")
     vault_freshness_s: float = Field(300.0, gt=0, description="how far a ContributeRecords issuedAt may be from now")
     vault_max_rows: int = Field(100_000, ge=1, le=999_999, description="most rows in one upload")

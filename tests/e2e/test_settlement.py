@@ -121,6 +121,7 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
         assert refused.json()["type"].endswith("/bad-operator-token")
         assert "DATACOOP_SETTLEMENT_OPERATOR_TOKEN" in refused.json()["detail"]
     assert s.get("/epochs/latest").status_code == 404, "a refused POST /epochs must not post anything"
+    assert s.contracts.market.functions.currentEpoch().call() == 0, "nor put a root on chain"
     posted = s.post_epoch()
     assert posted is not None and posted.status_code == 200, posted and posted.text
     assert posted.json()["posted"] and posted.json()["epoch"] == 1

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from datacoop.cli.common import console, fail, service_url
 from datacoop.cli.stack import running_stack
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.anonymizer.client import AnonymizerClient, ApiError
-from services.anonymizer.settings import DEV_OPERATOR_TOKEN
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
 

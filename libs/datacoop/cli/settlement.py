@@ -23,15 +23,10 @@ DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 def _from_stack(kind: str) -> str | None:
     from datacoop.cli.stack import running_stack
 
-    data = running_stack()
-    if data is None:
-        return None
-    if kind == "chain":
-        chain = data.get("chain") or {}
-        return chain.get("url") if isinstance(chain, dict) else None
-    services = data.get("services") or {}
-    svc = services.get("settlement") if isinstance(services, dict) else None
-    return svc.get("url") if isinstance(svc, dict) else None
+    data = running_stack() or {}
+    found = (data.get("chain") or {}) if kind == "chain" else data.get("services", {}).get("settlement", {})
+    url = found.get("url")
+    return str(url) if url else None
 
 
 def settlement_url_default() -> str:

@@ -53,9 +53,6 @@ SERVICES: list[ServiceEntry] = [
     ServiceEntry("settlement", "services.settlement.service",
                  "payments seen on chain, revenue allocations, payout epochs and proofs", needs_chain=True),
 ]
-# What a previous `datacoop up` left that means nothing to a new broker and chain: projections, and the
-# researcher API key `datacoop researcher register` saved (the new marketplace has never seen it).
-PREVIOUS_STACK_STATE = ("data/*.duckdb*", RESEARCHER_KEY_FILE.name)
 
 
 @dataclass
@@ -151,7 +148,7 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
             chain_env = deploy_local_stack(chain.url)
         stack = Stack(broker, chain, chain_env=chain_env)
         if fresh:  # the broker keeps its log in memory: a new broker means a new, empty world
-            forget_previous_stack()
+            forget_previous_stack(stack.data_dir)
         for entry in SERVICES:
             if only and entry.name not in only:
                 continue
@@ -167,11 +164,12 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
         raise
 
 
-def forget_previous_stack(run_dir: Path = RUN_DIR) -> None:
-    """Remove what an earlier stack left under `run_dir` (PREVIOUS_STACK_STATE)."""
-    for pattern in PREVIOUS_STACK_STATE:
-        for old in run_dir.glob(pattern):
-            old.unlink()
+def forget_previous_stack(data_dir: Path, researcher_key: Path = RESEARCHER_KEY_FILE) -> None:
+    """Remove what a previous `datacoop up` left that means nothing to a new broker and chain: the
+    projections in `data_dir`, and the researcher API key `datacoop researcher register` saved (the new
+    marketplace has never seen it)."""
+    for old in [*data_dir.glob("*.duckdb*"), researcher_key]:
+        old.unlink(missing_ok=True)
 
 
 def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:

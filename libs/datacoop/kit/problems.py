@@ -32,11 +32,17 @@ class Unauthorized(DomainError):
     status, slug = 401, "unauthorized"
 
 
+def _bearer_secret(authorization: str | None) -> str | None:
+    """The secret in `Authorization: Bearer <secret>` (the scheme in any case), or None."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    return authorization[7:].strip()
+
+
 def require_bearer(authorization: str | None, expected: str, *, what: str, setting: str, slug: str) -> None:
     """Refuse (401 `slug`) unless the `Authorization` header carries `Bearer <expected>`; compared in
     constant time. `what` names the token, `setting` the environment variable that sets it."""
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(token.encode(), expected.encode()):
+    if not hmac.compare_digest((_bearer_secret(authorization) or "").encode(), expected.encode()):
         raise Unauthorized(f"{what} is required: send `Authorization: Bearer <token>` ({setting})", slug=slug)
 
 
@@ -54,9 +60,10 @@ class NotReady(DomainError):
 
 def bearer(authorization: str | None, what: str, hint: str = "") -> str:
     """The secret in `Authorization: Bearer <secret>`; 401 `no-credentials` naming `what` otherwise."""
-    if not authorization or not authorization.lower().startswith("bearer "):
+    secret = _bearer_secret(authorization)
+    if secret is None:
         raise Unauthorized(f"no {what}: send `Authorization: Bearer <{what}>`{hint}", slug="no-credentials")
-    return authorization[7:].strip()
+    return secret
 
 
 def secret_sha256(secret: str) -> str:

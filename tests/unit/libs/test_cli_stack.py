@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_documented_ports_match_the_services_settings() -> None:
     ports = {s.name: s.default_port for s in stack_mod.SERVICES}
     assert ports == {"consent": 8101, "vault": 8102, "anonymizer": 8103, "marketplace": 8104, "jobs": 8106,
                      "settlement": 8105}, "README's port list"
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    documented = {m[1]: int(m[2]) for m in re.finditer(r"^### (\w+) \(port (\d+)", readme, re.MULTILINE)}
+    assert documented == ports, "README's per-service headings give each service's port"
 
 
 def test_a_port_whose_last_connection_lingers_in_time_wait_is_still_free() -> None:
@@ -103,7 +107,7 @@ def test_a_new_stack_forgets_the_previous_ones_projections_and_api_key(tmp_path:
     (tmp_path / "researcher.apikey").write_text("dc_old\n")
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "marketplace-grant-key.pem").write_text("kept")
-    stack_mod.forget_previous_stack(tmp_path)
+    stack_mod.forget_previous_stack(tmp_path / "data", tmp_path / "researcher.apikey")
     assert not (tmp_path / "data" / "consent.duckdb").exists()
     assert not (tmp_path / "researcher.apikey").exists()
     assert (tmp_path / "keys" / "marketplace-grant-key.pem").exists()
