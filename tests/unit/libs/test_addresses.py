@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Annotated, Any
 
 import pytest
@@ -47,8 +48,19 @@ def test_the_published_schema_keeps_the_address_pattern() -> None:
 
 
 def test_checksum_matches_eth_utils() -> None:
-    for address in (CHECKSUMMED.lower(), "0x" + "ab" * 20, "0x" + "0" * 40):
-        assert to_checksum(address) == to_checksum_address(address)
+    rng = random.Random(55)
+    addresses = [CHECKSUMMED.lower(), "0x" + "ab" * 20, "0x" + "0" * 40, "0x" + "f" * 40,
+                 *("0x" + rng.randbytes(20).hex() for _ in range(2000))]
+    for address in addresses:
+        expected = to_checksum_address(address)
+        assert to_checksum(address) == expected
+        assert to_checksum(address[2:].upper()) == expected  # any case in, with or without 0x
+
+
+@pytest.mark.parametrize("address", ["0x" + "a" * 39, "0x" + "a" * 41, "0x" + "g" * 40, "0x" + "a" * 39 + " ", ""])
+def test_checksum_of_a_non_address_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="not an address of 40 hex digits"):
+        to_checksum(address)
 
 
 class _Register(BaseModel):
