@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks._phases consume   # the bus benchmark's consume side, per event
     .venv/bin/python -m benchmarks._phases grants    # the members benchmark's grants, as a timeline
     .venv/bin/python -m benchmarks._phases micro     # the single costs quoted in docs/, each with timeit
+    .venv/bin/python -m benchmarks._phases rest      # the grants path without its signature check
 
 Each phase is a method wrapped with a timer for the run, so the totals run a little slower than in
 `make bench`; the split, not the total, is the point.
@@ -177,9 +178,11 @@ async def _micro() -> None:
     import orjson
     import pyarrow as pa
     from eth_account import Account
+    from eth_utils import to_checksum_address
 
     from benchmarks import bus, members
     from datacoop.events.codec import decode, encode
+    from datacoop.events.types import to_checksum
     from datacoop.testing.ledger import LEDGER_REGISTRY
     from services.consent import domain, eip712, projection
 
@@ -225,11 +228,16 @@ async def _micro() -> None:
         "member": [f"0x{i:040x}" for i in range(rows)], "state": [state] * rows, "registered": [True] * rows,
         "erased": [False] * rows, "next_expiry": pa.array([None] * rows, pa.timestamp("us", tz="UTC"))}))
     conn.execute("INSERT INTO members SELECT * FROM _micro_members")
+    # the same table with the state in DuckDB's JSON type, as it was before: each value is parsed on write
+    conn.execute(projection.SCHEMA_SQL.replace("members", "members_json").replace("state VARCHAR", "state JSON"))
+    conn.execute("INSERT INTO members_json SELECT * FROM _micro_members")
     replace_sql = "INSERT OR REPLACE INTO members SELECT * FROM _micro_members"
     upsert_sql = ("INSERT INTO members SELECT * FROM _micro_members ON CONFLICT (member) DO UPDATE SET "
                   "state = excluded.state, registered = excluded.registered, erased = excluded.erased, "
                   "next_expiry = excluded.next_expiry")
-    for label, sql in [("INSERT OR REPLACE (before)", replace_sql), ("ON CONFLICT DO UPDATE (now)", upsert_sql)]:
+    for label, sql in [("INSERT OR REPLACE (before)", replace_sql),
+                       ("ON CONFLICT, JSON (before)", upsert_sql.replace("INTO members ", "INTO members_json ")),
+                       ("ON CONFLICT, VARCHAR (now)", upsert_sql)]:
         per_row = best_us(lambda sql=sql: conn.execute(sql), 1) / rows  # type: ignore[misc]
         print(f"    {rows:,} existing rows, {label:<27} {per_row:6.2f} us a row")
 
@@ -244,6 +252,11 @@ async def _micro() -> None:
     digest = eip712.digest(members.DOMAIN, "GrantConsent", message)
     sig = bytes.fromhex(grant["signature"][2:])
     rs = sig[:64] + bytes([sig[64] - 27])
+    address = flat[0]["member"].lower()
+    print("EIP-55 checksum of an address (one per signature check):")
+    print(f"    datacoop.events.types.to_checksum        {best_us(lambda: to_checksum(address), 20_000):6.2f} us")
+    print(f"    eth_utils.to_checksum_address            "
+          f"{best_us(lambda: to_checksum_address(address), 20_000):6.2f} us")
     print("one grant's signature check:")
     print(f"    digest + recover (the baseline's unit)   {best_us(lambda: members._signer(grant), 1_000):6.1f} us")
     print(f"    of which coincurve's C call (GIL freed)  "
@@ -261,8 +274,51 @@ async def _micro() -> None:
     folder.cleanup()
 
 
+async def _rest() -> None:
+    """The members benchmark's grants with the signature check replaced by a lookup of the signer (what
+    the rest of the path costs, best of five runs), then the same with the member rows' DuckDB write
+    skipped too (evolve and the cache kept: what a free projection write would leave); beside them the
+    check alone, in the same process."""
+    from benchmarks import members
+    from infra.local import start_broker
+    from services.consent import projection
+
+    def without_write(self: projection.MembersProjection, tx: Any, deliveries: list[Any]) -> None:
+        states: dict[str, Any] = {}
+        for d in deliveries:
+            subject = d.envelope.subject
+            states[subject] = projection.evolve(states.get(subject) or self.get(subject), d.event)
+        rows = list(states.values())
+        self.store.on_commit(lambda: self._remember(rows, known=True))
+
+    broker = start_broker()
+    checks, apply = members._signer, projection.MembersProjection.apply
+    try:
+        registrations, signed = members._signed_grants()
+        count = sum(len(mine) for mine in signed)
+        signers = {g["signature"]: checks(g) for mine in signed for g in mine}
+        with tempfile.TemporaryDirectory() as tmp:
+            for n, (label, write) in enumerate([("the path without the signature check", apply),
+                                                ("  and without the member rows' DuckDB write", without_write)]):
+                members._signer = lambda g: signers[g["signature"]]
+                projection.MembersProjection.apply = write  # type: ignore[method-assign]
+                times = []
+                for run in range(5):
+                    seconds = await members._grants_once(broker.bootstrap, Path(tmp), 10 * n + run,  # own topics
+                                                         registrations, signed)
+                    times.append(seconds * 1e6 / count)
+                print(f"{label:<45} {min(times):6.1f} us a grant (best of 5; runs "
+                      f"{', '.join(f'{t:.0f}' for t in times)})")
+            members._signer, projection.MembersProjection.apply = checks, apply  # type: ignore[method-assign]
+            alone = min(members._verify_once(signed) for _ in range(5)) * 1e6 / count
+            print(f"{'the signature check alone (verify-only)':<45} {alone:6.1f} us a grant (best of 5)")
+    finally:
+        members._signer, projection.MembersProjection.apply = checks, apply  # type: ignore[method-assign]
+        broker.stop()
+
+
 def main(argv: list[str]) -> int:
-    runs = {"consume": _consume, "grants": _grants, "micro": _micro}
+    runs = {"consume": _consume, "grants": _grants, "micro": _micro, "rest": _rest}
     if len(argv) != 1 or argv[0] not in runs:
         print(f"usage: python -m benchmarks._phases {{{'|'.join(runs)}}}", file=sys.stderr)
         return 2
