@@ -9,7 +9,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
-from datacoop.events.types import HexSignature, Slug, WalletAddress
+from datacoop.events.types import HexSignature, WalletAddress
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized
@@ -29,10 +29,15 @@ class RegisterBody(SignedBody):
     member: WalletAddress
 
 
+CatalogName = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class GrantBody(SignedBody):
     consent_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
-    purpose: Slug
-    categories: list[Slug] = Field(min_length=1, max_length=32)
+    # Any short name: the catalog refuses an unknown one with the list of valid ones (a pattern would
+    # answer "AI-Training" with a regex instead).
+    purpose: CatalogName
+    categories: list[CatalogName] = Field(min_length=1, max_length=32)
     expires_at: datetime | None = Field(None, description="UTC; signed as unix seconds (0 = no expiry)")
 
 

@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from datacoop.events.orders import MICRO_EPSILON
 
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+# A column name as datasets publish them ("salary-class", "marital-status"): letters, digits, _ and -. No
+# quote, space or semicolon can pass, and the name reaches SQL only double-quoted, after the schema check.
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
 Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 Aggregate = Literal["count", "sum", "mean", "histogram"]
 FilterOp = Literal["=", "!=", "<", "<=", ">", ">=", "in", "not in"]

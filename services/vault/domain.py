@@ -71,8 +71,9 @@ def authorize(cmd: ContributeRecords, state: VaultMember, *, now: datetime, fres
         raise VaultRefused("not_found", f"member {cmd.member} is not registered; register with the consent "
                                         "service first")
     if tag_seen:
-        raise VaultRefused("conflict", "this exact upload was already contributed (a replayed signature?); "
-                                       "nothing new was stored")
+        raise VaultRefused("conflict", "a file with this exact content was already contributed by this member, "
+                                       "so nothing new was stored (content is stored once, whatever the "
+                                       "category or format); to add records, contribute a file with new ones")
 
 
 def decide(cmd: ContributeRecords | ShredKeys, state: VaultMember, *, now: datetime,

@@ -49,6 +49,9 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     assert made.returncode == 0, made.stderr
     assert datacoop("wallet", "new", "--out", str(key), env=env).returncode == 1, "never overwrite a key"
 
+    unregistered = datacoop("member", "show", "--key-file", str(key), env=env)
+    assert unregistered.returncode == 1 and "404" in unregistered.stderr and "not registered" in unregistered.stderr
+    assert "cannot reach" not in unregistered.stderr, "a refusal is not a network failure"
     assert datacoop("member", "register", "--key-file", str(key), env=env).returncode == 0
     granted = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness",
                        "--expires", "2099-01-01", "--key-file", str(key), env=env)
@@ -60,8 +63,8 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     assert bad.returncode == 1
     assert "422" in bad.stderr and "health-research" in bad.stderr and "Traceback" not in bad.stderr
 
-    listed = datacoop("consent", "list", "--key-file", str(key), env=env)
-    assert consent_id in listed.stdout and "active" in listed.stdout
+    listed = datacoop("consent", "list", "--key-file", str(key), env={**env, "COLUMNS": "80"})
+    assert consent_id in listed.stdout and "active" in listed.stdout, "the whole id, even in 80 columns"
 
     receipt = tmp_path / "receipt.json"
     assert datacoop("consent", "receipt", consent_id, "--out", str(receipt), "--key-file", str(key),
@@ -103,6 +106,15 @@ def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> No
     notes.write_text('{"day": "2026-01-01", "steps": 5}\n')
     refused = datacoop("contribute", str(notes), "--category", "fitness", env={"DATACOOP_KEY": "11" * 32})
     assert refused.returncode == 1 and "use .jsonl or .csv (or pass --format" in refused.stderr
+    xml = datacoop("contribute", str(notes), "--category", "fitness", "--format", "xml",
+                   env={"DATACOOP_KEY": "11" * 32})
+    assert xml.returncode == 1 and "--format must be jsonl or csv, not 'xml'" in xml.stderr
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n")
+    nothing = datacoop("contribute", str(empty), "--category", "fitness", env={"DATACOOP_KEY": "11" * 32})
+    assert nothing.returncode == 1 and "is empty: nothing to contribute" in nothing.stderr
+    bracketed = datacoop("wallet", "fund", "--address", "0x[a-z]")  # rich must not eat the brackets
+    assert bracketed.returncode == 1 and "'0x[a-z]'" in bracketed.stderr, bracketed.stderr
 
     checked = datacoop("schemas", "check")
     assert checked.returncode == 0 and "up to date" in checked.stdout

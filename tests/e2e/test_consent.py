@@ -64,6 +64,11 @@ def test_errors_name_what_is_wrong(consent: ServiceProcess) -> None:
     with pytest.raises(ApiError) as bad_category:
         bob.grant("health-research", ["dreams"])
     assert bad_category.value.status == 422 and "fitness" in str(bad_category.value)
+    for purpose, categories, listed in [("AI-Training", ["fitness"], "valid purposes: ai-training, "),
+                                        ("ai-training", ["Fitness"], "valid categories: demographics, ")]:
+        with pytest.raises(ApiError) as misspelt:  # worded by the catalog, not refused by a pattern
+            bob.grant(purpose, categories)
+        assert misspelt.value.status == 422 and listed in str(misspelt.value), misspelt.value
     granted = bob.grant("health-research", ["health"])
     bob.revoke(granted["consent_id"])
     with pytest.raises(ApiError) as twice:

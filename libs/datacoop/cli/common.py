@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from datacoop.cli.stack import running_stack
 from datacoop.http import ApiError
@@ -41,7 +42,7 @@ def wallet_address(value: str, what: str) -> str:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line in red and a non-zero exit; the message says what is wrong and what to do."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # a message's [a-z] is text
     raise typer.Exit(code)
 
 

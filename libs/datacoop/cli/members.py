@@ -14,6 +14,7 @@ from eth_account import Account
 from rich.table import Table
 
 from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
+from datacoop.http import check
 from services.consent.client import MemberWallet
 
 T = TypeVar("T")
@@ -102,7 +103,7 @@ def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) ->
 def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Your member state and consents as JSON."""
     wallet = _wallet(key_file, consent_url)
-    console.print_json(data=_call(lambda: wallet.http.get(f"/members/{wallet.address}").raise_for_status().json()))
+    console.print_json(data=_call(lambda: check(wallet.http.get(f"/members/{wallet.address}"))))
 
 
 @member_app.command("erase")
@@ -153,6 +154,7 @@ def consent_list(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> No
     """Your consents with their state (active, revoked, expired)."""
     wallet = _wallet(key_file, consent_url)
     table = Table("consent", "purpose", "categories", "state", "expires")
+    table.columns[0].no_wrap, table.columns[0].min_width = True, 36  # a whole id: `revoke` and `receipt` take it
     for c in _call(wallet.consents):
         table.add_row(c["consent_id"], c["purpose"], ", ".join(c["categories"]), c["state"], c["expires_at"] or "-")
     console.print(table)

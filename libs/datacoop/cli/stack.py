@@ -96,6 +96,7 @@ class Stack:
 
     def describe(self) -> dict[str, object]:
         return {
+            "up_pid": os.getpid(),  # the `datacoop up` that owns the stack
             "broker": {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid},
             "chain": {"url": self.chain.url, "pid": self.chain.pid, **self.chain_env} if self.chain else None,
             "services": {n: {"url": s.url, "pid": s.proc.pid, "log": str(s.log_path)}
@@ -133,8 +134,39 @@ class Stack:
         STACK_FILE.unlink(missing_ok=True)
 
 
+def refuse_if_running() -> None:
+    """InfraError when var/run/stack.json describes a stack with a process still alive: a second
+    `datacoop up` would delete the projections that stack's services hold open, take over its stack
+    file, and leave its processes running unseen. A file whose processes are all gone is a leftover."""
+    described = running_stack()
+    if described is None:
+        return
+    alive = [f"{component} (pid {pid})" for component, pid in _pids(described) if _alive(pid)]
+    if alive:
+        owner = described.get("up_pid")
+        stop = (f"stop it first: Ctrl-C where it runs, or `kill -INT {owner}` (its `datacoop up`)"
+                if isinstance(owner, int) and _alive(owner) else "stop it first: Ctrl-C where it runs")
+        raise InfraError(f"a stack is already running ({', '.join(alive[:4])}{', ...' if len(alive) > 4 else ''}; "
+                         f"`datacoop status` shows it); {stop}")
+
+
+def _pids(described: dict[str, Any]) -> list[tuple[str, int]]:
+    """(component, pid) of every process a stack description names; what is not a pid is skipped."""
+    found: list[tuple[str, Any]] = [("broker", (described.get("broker") or {}).get("pid")),
+                                    ("chain", (described.get("chain") or {}).get("pid"))]
+    services = described.get("services")
+    if isinstance(services, dict):
+        found += [(f"service {name}", svc.get("pid")) for name, svc in services.items() if isinstance(svc, dict)]
+    workers = described.get("workers")
+    if isinstance(workers, list):
+        found += [(f"worker {i + 1}", pid) for i, pid in enumerate(workers)]
+    return [(component, pid) for component, pid in found if isinstance(pid, int) and pid > 0]
+
+
 def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: bool = True) -> Stack:
-    """Start the broker, the chain and the services; raises InfraError naming what failed."""
+    """Start the broker, the chain and the services; raises InfraError naming what failed, or when
+    another `datacoop up`'s stack is still running."""
+    refuse_if_running()
     logs = RUN_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     broker = start_broker(log_path=logs / "broker.log")

@@ -22,10 +22,11 @@ _CHUNK_BYTES = 64 * 1024
 def _problem_line(exc: ApiError) -> str:
     problem = exc.problem
     line = f"{exc.status}: {problem.get('detail', problem)}"
-    errors = problem.get("errors") or []
-    if errors:
-        shown = "; ".join(f"row {e['row']} {e['field']}: {e['message']}" for e in errors[:5])
-        more = problem.get("error_count", len(errors)) - min(len(errors), 5)
+    # an upload's bad rows, each named (a refused request, e.g. an empty body, says it all in `detail`)
+    rows = [e for e in problem.get("errors") or [] if isinstance(e, dict) and "row" in e]
+    if rows:
+        shown = "; ".join(f"row {e['row']} {e.get('field', '')}: {e.get('message', '')}" for e in rows[:5])
+        more = problem.get("error_count", len(rows)) - min(len(rows), 5)
         line += f" — {shown}" + (f"; and {more} more" if more > 0 else "")
     return line
 
@@ -43,6 +44,8 @@ def contribute(
     """Contribute a file of records: signed by your wallet, encrypted by the vault, all rows or none."""
     if not file.is_file():
         fail(f"{file} does not exist or is not a file; give a .jsonl or .csv file of records")
+    if upload_format is not None and upload_format not in ("jsonl", "csv"):
+        fail(f"--format must be jsonl or csv, not {upload_format!r}")
     upload_format = upload_format or format_of(file)
     if upload_format not in ("jsonl", "csv"):
         fail(f"cannot tell the format of {file.name}: use .jsonl or .csv (or pass --format jsonl|csv)")
@@ -50,6 +53,8 @@ def contribute(
         content = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {file} as UTF-8 text ({exc})")
+    if not content.strip():
+        fail(f"{file} is empty: nothing to contribute; give a file with at least one record")
     url = service_url("vault", vault_url)
     try:
         client = VaultClient(read_key(key_file), url)

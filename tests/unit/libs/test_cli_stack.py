@@ -111,3 +111,36 @@ def test_a_new_stack_forgets_the_previous_ones_projections_and_api_key(tmp_path:
     assert not (tmp_path / "data" / "consent.duckdb").exists()
     assert not (tmp_path / "researcher.apikey").exists()
     assert (tmp_path / "keys" / "marketplace-grant-key.pem").exists()
+
+
+def test_a_second_up_is_refused_while_the_first_stack_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A second `datacoop up` would delete the projections the running services hold open and take over
+    their stack file: it refuses before starting anything, naming what runs and how to stop it."""
+    stack_file = tmp_path / "stack.json"
+    running = {**_described(_dead_pid(), f"http://127.0.0.1:{free_port()}"), "up_pid": os.getpid()}
+    stack_file.write_text(json.dumps(running))
+    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+
+    def must_not_start(**_: object) -> None:
+        raise AssertionError("a broker was started although a stack runs")
+
+    monkeypatch.setattr(stack_mod, "start_broker", must_not_start)
+    result = CliRunner().invoke(app, ["up", "--no-chain"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "a stack is already running" in result.output
+    assert f"broker (pid {os.getpid()})" in result.output and f"kill -INT {os.getpid()}" in result.output
+    assert "chain (pid" not in result.output, "the dead chain is not named as running"
+    assert json.loads(stack_file.read_text()) == running, "the running stack's file is left as it was"
+
+
+def test_a_stack_file_whose_processes_are_gone_does_not_block_up(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    dead = _dead_pid()
+    stale = {"up_pid": dead, "broker": {"bootstrap": "127.0.0.1:1", "pid": dead}, "chain": None,
+             "services": {"consent": {"url": "http://127.0.0.1:1", "pid": dead, "log": "x"}}, "workers": [dead]}
+    stack_file = tmp_path / "stack.json"
+    stack_file.write_text(json.dumps(stale))
+    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+    stack_mod.refuse_if_running()  # a leftover of a stack that died: no error
+    stack_file.write_text("{half written")
+    stack_mod.refuse_if_running()

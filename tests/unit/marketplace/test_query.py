@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from services.marketplace.query import Query, QueryInvalid, plan, validate
 
-COLUMNS = {"age_band": "VARCHAR", "sex": "VARCHAR", "income": "DOUBLE", "hours": "BIGINT"}
+COLUMNS = {"age_band": "VARCHAR", "sex": "VARCHAR", "income": "DOUBLE", "hours": "BIGINT", "salary-class": "VARCHAR"}
 
 
 def q(**fields: Any) -> Query:
@@ -27,6 +27,8 @@ def q(**fields: Any) -> Query:
     {"aggregate": "count", "column": "income", "epsilon": 0.1},
     {"aggregate": "count", "group_by": ["x; DROP TABLE orders"], "epsilon": 0.1},
     {"aggregate": "count", "group_by": ['sex" OR 1=1 --'], "epsilon": 0.1},
+    {"aggregate": "count", "group_by": ["-salary"], "epsilon": 0.1},
+    {"aggregate": "count", "group_by": ["salary class"], "epsilon": 0.1},
     {"aggregate": "count", "filters": [{"column": "sex", "op": "LIKE", "value": "%"}], "epsilon": 0.1},
     {"aggregate": "count", "filters": [{"column": "sex", "op": "in", "value": "F"}], "epsilon": 0.1},
     {"aggregate": "count", "filters": [{"column": "sex", "op": "=", "value": ["F"]}], "epsilon": 0.1},
@@ -63,3 +65,11 @@ def test_values_reach_sql_only_as_parameters() -> None:
 
 def test_epsilon_is_counted_in_micro_units() -> None:
     assert q(aggregate="count", epsilon=0.1).epsilon_micro == 100_000
+
+
+def test_a_hyphenated_column_as_datasets_publish_it_is_grouped_and_filtered_quoted() -> None:
+    query = q(aggregate="count", group_by=["salary-class"], filters=[{"column": "salary-class", "op": "!=",
+                                                                       "value": ">50K"}])
+    validate(query, COLUMNS)
+    p = plan(query, COLUMNS, "v_table")
+    assert 'SELECT "salary-class"' in p.sql and 'WHERE "salary-class" != ?' in p.sql and p.params == [">50K"]
