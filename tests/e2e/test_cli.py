@@ -49,6 +49,9 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     assert made.returncode == 0, made.stderr
     assert datacoop("wallet", "new", "--out", str(key), env=env).returncode == 1, "never overwrite a key"
 
+    catalog = datacoop("consent", "catalog", env=env)
+    assert catalog.returncode == 0, catalog.stderr
+    assert "health-research" in catalog.stdout and "fitness" in catalog.stdout and "catalog version 1" in catalog.stdout
     unregistered = datacoop("member", "show", "--key-file", str(key), env=env)
     assert unregistered.returncode == 1 and "404" in unregistered.stderr and "not registered" in unregistered.stderr
     assert "cannot reach" not in unregistered.stderr, "a refusal is not a network failure"

@@ -122,6 +122,9 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
         assert "DATACOOP_SETTLEMENT_OPERATOR_TOKEN" in refused.json()["detail"]
     assert s.get("/epochs/latest").status_code == 404, "a refused POST /epochs must not post anything"
     assert s.contracts.market.functions.currentEpoch().call() == 0, "nor put a root on chain"
+    before = CliRunner().invoke(app, ["payouts", MEMBERS[4], "--settlement-url", s.url])
+    assert before.exit_code == 0 and "no payout epoch has been posted yet" in before.output, before.output
+    assert "None" not in before.output
     posted = s.post_epoch()
     assert posted is not None and posted.status_code == 200, posted and posted.text
     assert posted.json()["posted"] and posted.json()["epoch"] == 1

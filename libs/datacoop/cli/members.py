@@ -117,10 +117,26 @@ def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this 
     console.print(f"erasure requested for {wallet.address}; your records can no longer be read by anyone")
 
 
+@consent_app.command("catalog")
+def consent_catalog(consent_url: ConsentUrl = None) -> None:
+    """The purposes and data categories a consent can name (no key needed)."""
+    url = service_url("consent", consent_url)
+    catalog = call_service("consent service", lambda: check(httpx.get(f"{url}/catalog", timeout=10)))
+    for title, entries in [("purpose (--purpose)", catalog["purposes"]),
+                           ("category (--categories)", catalog["categories"])]:
+        table = Table(title, "what it covers", title=f"catalog version {catalog['version']}" if "purpose" in title
+                      else None, title_justify="left")
+        table.columns[0].no_wrap = True
+        for name, description in entries.items():
+            table.add_row(name, description)
+        console.print(table)
+
+
 @consent_app.command("grant")
 def consent_grant(
-    purpose: Annotated[str, typer.Option(help="a purpose from the catalog (GET /catalog)")],
-    categories: Annotated[str, typer.Option(help="comma-separated data categories")],
+    purpose: Annotated[str, typer.Option(help="a purpose from the catalog (`datacoop consent catalog` lists them)")],
+    categories: Annotated[str, typer.Option(help="comma-separated data categories (see `datacoop consent "
+                                                 "catalog`)")],
     expires: Annotated[str | None, typer.Option(help="expiry, ISO date/time in UTC, e.g. 2027-06-30")] = None,
     key_file: KeyFile = None, consent_url: ConsentUrl = None,
 ) -> None:

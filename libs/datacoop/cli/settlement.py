@@ -114,7 +114,10 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         console.print(f"account      {info['account']}")
         console.print(f"earned       {info['earned_units']} units (all orders so far)")
-        console.print(f"claimable    {info['cumulative_units']} units cumulative in epoch {info['epoch']}")
+        if info["epoch"] is None:
+            console.print("claimable    0 units: no payout epoch has been posted yet")
+        else:
+            console.print(f"claimable    {info['cumulative_units']} units cumulative in epoch {info['epoch']}")
         console.print(f"not yet in a posted epoch: {info['unposted_units']} units")
         console.print(f"proof        {len(info['proof'])} hashes; market {info['market_address']}")
 
