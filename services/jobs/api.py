@@ -224,7 +224,7 @@ def build_router(ctx: Any) -> APIRouter:
         return {"ok": True, "lease_ttl_s": settings.jobs_lease_ttl_s}
 
     @router.post("/workers/{worker_id}/lease", tags=["workers"], response_model=None)
-    async def lease(worker_id: str, authorization: Annotated[str | None, Header()] = None,
+    async def lease(worker_id: str, request: Request, authorization: Annotated[str | None, Header()] = None,
                     wait_s: Annotated[float, Query(ge=0, le=60)] = 10) -> dict[str, Any] | Response:
         """Take a job: long-polls up to `wait_s`; 204 when none came."""
         ready()
@@ -232,7 +232,7 @@ def build_router(ctx: Any) -> APIRouter:
         if not worker.eligible(settings.jobs_max_marks):
             raise DomainError(f"worker {worker_id} returned {worker.marks} result(s) the majority contradicted; "
                               "it gets no more jobs", status=403, slug="worker-excluded")
-        offered = await ctx.take_lease(worker_id, min(wait_s, settings.jobs_max_wait_s))
+        offered = await ctx.take_lease(worker_id, min(wait_s, settings.jobs_max_wait_s), gone=request.is_disconnected)
         return offered if offered is not None else Response(status_code=204)
 
     @router.post("/jobs/{job_id}/progress", status_code=202, tags=["workers"])

@@ -12,7 +12,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,11 +112,16 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
         await self.workers_writer.execute(event.worker_id, decide, correlation_id=correlation_id.get())
 
-    async def take_lease(self, worker_id: str, wait_s: float) -> dict[str, Any] | None:
-        """The first open job this worker may run, leased to it; None when none came within `wait_s`."""
+    async def take_lease(self, worker_id: str, wait_s: float,
+                         gone: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None:
+        """The first open job this worker may run, leased to it; None when none came within `wait_s`, or
+        when `gone()` says the worker hung up meanwhile (a stopped worker's poll must not take a job, nor
+        count as its heartbeat)."""
         deadline = time.monotonic() + wait_s
         while True:
             changed = self._changed
+            if gone is not None and await gone():
+                return None
             self.heartbeat(worker_id)
             for job in self.projection.open_jobs():
                 if not job.may_lease_to(worker_id):

@@ -41,7 +41,7 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
                     delay_s=float(os.environ.get("DATACOOP_WORKER_DELAY_S", "0")))
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        worker.stop()
+        worker.stop(interrupt_poll=True)  # an idle worker stops now; one running a job finishes it first
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -79,6 +79,11 @@ def tamper(result: dict[str, Any]) -> dict[str, Any]:
     return dict(bend(result))
 
 
+class _PollInterrupted(BaseException):
+    """Raised from a signal handler into an idle lease poll (BaseException: no library's `except
+    Exception` around the HTTP call may swallow it)."""
+
+
 class Worker:
     def __init__(self, session: WorkerSession, object_store: Path, *, tamper_results: bool = False,
                  delay_s: float = 0.0, progress_interval_s: float = 0.5) -> None:
@@ -89,6 +94,7 @@ class Worker:
         self.progress_interval_s = progress_interval_s
         self.hardware = detect_hardware()
         self._stop = threading.Event()
+        self._polling = False  # in an idle lease poll, which a stop from a signal handler may cut short
         self._tables: dict[str, pa.Table] = {}
         self.jobs_done = 0
 
@@ -98,8 +104,14 @@ class Worker:
                 "gpus": [{"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes,
                           "compute_capability": g.compute_capability} for g in hw.gpus]}
 
-    def stop(self) -> None:
+    def stop(self, *, interrupt_poll: bool = False) -> None:
+        """Stop after the job in hand. From a signal handler, `interrupt_poll` also ends an idle lease poll
+        at once, which would otherwise hold the process for up to its wait (10 s); a lease granted in that
+        instant goes with it and is re-leased once it expires, as after a crash."""
         self._stop.set()
+        if interrupt_poll and self._polling:
+            self._polling = False
+            raise _PollInterrupted
 
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.session.heartbeat_interval_s):
@@ -127,7 +139,13 @@ class Worker:
         threading.Thread(target=self._heartbeats, daemon=True, name="heartbeats").start()
         while not self._stop.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
             try:
-                offer = self.session.lease(wait_s=10)
+                self._polling = True
+                try:
+                    offer = self.session.lease(wait_s=10)
+                finally:
+                    self._polling = False
+            except _PollInterrupted:
+                break
             except ApiError as exc:
                 if exc.status == 401:
                     self._register()

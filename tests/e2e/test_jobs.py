@@ -4,6 +4,7 @@ fee event; a worker killed mid-job; a tampering worker caught by redundancy."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -134,3 +135,20 @@ def test_a_stalled_worker_that_wakes_after_its_lease_expired_is_ignored(scenario
     scenario.wait_for(lambda: "lease lost" in scenario.worker_log("w-stall"), what="the stalled worker's refusal")
     types = _types(scenario.job_events(job_id))
     assert types.count("result_reported") == 1 and types.count("completed") == 1
+
+
+def test_an_idle_worker_stops_at_once_on_sigterm(scenario: Scenario) -> None:
+    """An idle worker waits in a long poll for a lease (10 s); SIGTERM ends it at once (Ctrl-C on
+    `datacoop up` stops every worker this way), and it leaves no lease behind."""
+    idle = scenario.start_worker("idle")
+    scenario.wait_for(lambda: "registered as idle" in scenario.worker_log("idle"), "the worker to register")
+    time.sleep(0.5)  # well inside its first long poll
+    asked = time.monotonic()
+    idle.send_signal(signal.SIGTERM)
+    assert idle.wait(timeout=8) == 0, scenario.worker_log("idle")
+    assert time.monotonic() - asked < 3, "an idle worker must not wait out its long poll"
+    assert "stopped after 0 job(s)" in scenario.worker_log("idle")
+    researcher = scenario.researcher()
+    job = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]})
+    time.sleep(0.3)  # the stopped worker's poll, if it were still served, would lease it now
+    assert researcher.status(job["job_id"])["status"] == "queued", "no lease went to the worker that hung up"

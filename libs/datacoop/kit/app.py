@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datacoop.kit import problems
 from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
 from datacoop.kit.settings import ServiceSettings
+
+
+class CorrelationIds:
+    """Every request runs with a correlation id (the caller's `x-correlation-id`, else a new one) in
+    `correlation_id`, so log lines and the events it writes carry it; the response echoes it.
+
+    A plain ASGI middleware, not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the
+    endpoint behind a receive wrapper through which `request.is_disconnected()` never sees the client
+    hang up (the jobs service's lease long-poll asks it), and it costs a task per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-correlation-id"), b"").decode("latin-1")
+        cid = given or str(uuid.uuid4())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-correlation-id"]
+                message = {**message, "headers": [*headers, (b"x-correlation-id", cid.encode("latin-1"))]}
+            await send(message)
+
+        token = correlation_id.set(cid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            correlation_id.reset(token)
 
 
 def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title: str, version: str = "1",
@@ -34,16 +66,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
 
-    @app.middleware("http")
-    async def correlate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
-        token = correlation_id.set(cid)
-        try:
-            response = await call_next(request)
-        finally:
-            correlation_id.reset(token)
-        response.headers["x-correlation-id"] = cid
-        return response
+    app.add_middleware(CorrelationIds)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

@@ -99,3 +99,29 @@ def test_a_model_level_check_keeps_its_own_message(body_client: TestClient) -> N
     body = _problem(body_client, json={"member": "0x1", "nonce": 1, "note": "bounds?"})
     assert "a sum needs bounds: pass lower and upper" in body["detail"]
     assert "must be a JSON object" not in body["detail"]
+
+
+def test_each_request_runs_with_its_correlation_id_and_the_response_echoes_it() -> None:
+    from datacoop.kit.app import CorrelationIds
+
+    app = FastAPI()
+    app.add_middleware(CorrelationIds)
+    app.add_exception_handler(problems.DomainError, problems.domain_error_handler)
+
+    @app.get("/seen")
+    async def seen() -> dict[str, str | None]:
+        return {"cid": correlation_id.get()}
+
+    @app.get("/refused")
+    async def refused() -> None:
+        raise problems.DomainError("no", status=409, slug="conflict")
+
+    client = TestClient(app)
+    given = client.get("/seen", headers={"x-correlation-id": "req-7"})
+    assert given.json() == {"cid": "req-7"} and given.headers["x-correlation-id"] == "req-7"
+    made = client.get("/seen")
+    assert made.headers["x-correlation-id"] == made.json()["cid"] and len(made.json()["cid"]) == 36
+    assert client.get("/seen").json()["cid"] != made.json()["cid"], "a new id per request"
+    problem = client.get("/refused", headers={"x-correlation-id": "req-8"})
+    assert problem.status_code == 409 and problem.headers["x-correlation-id"] == "req-8"
+    assert correlation_id.get() is None, "nothing leaks out of a request"
