@@ -5,7 +5,8 @@ definition of what each event means) plus the columns queries filter on. The sta
 orjson (dataclasses and UTC datetimes natively, under a third of pydantic's time: every command
 rewrites its member's row; `python -m benchmarks._phases micro`) and read back through pydantic, which checks it.
 The column is VARCHAR, not DuckDB's JSON type, which would parse every state again on write (the
-upsert ~2.3 µs a row instead of ~3.6 in `_phases micro`; a database made with the JSON type still works).
+upsert ~2.3 µs a row instead of ~3.6 in `_phases micro`; a database made with the JSON type still works,
+with the slower write, until it is rebuilt).
 """
 
 from __future__ import annotations

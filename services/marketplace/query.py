@@ -112,7 +112,8 @@ class Plan:
 
 
 def _quote(identifier: str) -> str:
-    return '"' + identifier + '"'
+    """A SQL identifier in double quotes, a quote inside doubled (the pattern admits none: belt and braces)."""
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def validate(query: Query, columns: dict[str, str]) -> None:

@@ -18,7 +18,7 @@ from tests.e2e.conftest import ServiceProcess
 def datacoop(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", "from datacoop.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                          env={**os.environ, **(env or {}), "COLUMNS": "200"})
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
 @pytest.mark.slow

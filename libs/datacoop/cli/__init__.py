@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from datacoop.cli import stack as stack_mod
@@ -101,7 +102,7 @@ def up(
                 err.print(f"[red]service(s) {', '.join(dead)} exited[/red]; see var/run/logs/")
                 break
     except InfraError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     finally:
         with console.status("stopping ..."):
@@ -153,5 +154,5 @@ def main() -> None:
     except Exception as exc:  # one red line, no traceback unless --debug
         if State.debug or "--debug" in sys.argv:
             raise
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)

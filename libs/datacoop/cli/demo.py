@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from eth_account import Account
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from web3 import Web3
 
@@ -59,7 +60,8 @@ def chapter_members(state: DemoState, console: Console, count: int = 8) -> None:
         replay = first.grant_body("public-statistics", ["demographics"], nonce=0)
         check(first.http.post(f"/members/{first.address}/consents", json=replay))
     except ApiError as exc:
-        console.print(f"a replayed signature is refused ({exc.status}): [yellow]{exc.problem['detail']}[/yellow]")
+        detail = escape(str(exc.problem["detail"]))
+        console.print(f"a replayed signature is refused ({exc.status}): [yellow]{detail}[/yellow]")
     receipt = first.receipt(state.consents[first.address][0])
     key = first.http.get("/receipt-key").json()["public_key"]
     verify_receipt(receipt, key)
@@ -89,7 +91,7 @@ def chapter_vault(state: DemoState, console: Console, rows_per_member: int = 40)
         state.vaults[state.members[0].address].contribute_rows("demographics", bad)
     except ApiError as exc:
         console.print(f"an upload with a bad row is refused whole ({exc.status}): "
-                      f"[yellow]{str(exc.problem.get('detail'))[:160]}[/yellow]")
+                      f"[yellow]{escape(str(exc.problem.get('detail'))[:160])}[/yellow]")
     total = sum(sum(u["records"] for u in v.summary()["uploads"]) for v in state.vaults.values())
     console.print(f"{total} records sealed with AES-256-GCM under per-member data keys")
 
@@ -104,7 +106,8 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
     try:
         last.grant("health-research", ["health"])
     except ApiError as exc:
-        console.print(f"an erased member can't consent again ({exc.status}): [yellow]{exc.problem['detail']}[/yellow]")
+        detail = escape(str(exc.problem["detail"]))
+        console.print(f"an erased member can't consent again ({exc.status}): [yellow]{detail}[/yellow]")
     if "vault" in state.stack["services"]:
         vault = state.vaults[last.address]
         _until(lambda: vault.summary().get("keys_shredded") is True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
@@ -132,22 +133,56 @@ class Stack:
             self.chain.stop()
         self.broker.stop()
         STACK_FILE.unlink(missing_ok=True)
+        release_up_lock()
+
+
+UP_LOCK_FILE = RUN_DIR / "up.lock"
+_up_lock: list[int] = []  # the open lock file of this process's `datacoop up`, held until it exits
 
 
 def refuse_if_running() -> None:
-    """InfraError when var/run/stack.json describes a stack with a process still alive: a second
-    `datacoop up` would delete the projections that stack's services hold open, take over its stack
-    file, and leave its processes running unseen. A file whose processes are all gone is a leftover."""
+    """Hold var/run/up.lock for this process's life (the kernel lets go when it exits, however it
+    exits), or InfraError when another `datacoop up` holds it, starting or running. Then InfraError
+    when var/run/stack.json names stack processes that outlived their `datacoop up` (a killed `up`
+    leaves its children running). A second `up` would delete the projections those services hold
+    open and take over their stack file."""
+    if not _up_lock:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(UP_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            owner = (running_stack() or {}).get("up_pid")
+            stop = f"Ctrl-C where it runs, or `kill -INT {owner}`" if isinstance(owner, int) else "Ctrl-C where it runs"
+            raise InfraError(f"another `datacoop up` is starting or running in this checkout (it holds {UP_LOCK_FILE}; "
+                             f"`datacoop status` shows its stack); stop it first: {stop}") from None
+        _up_lock.append(fd)
     described = running_stack()
     if described is None:
         return
-    alive = [f"{component} (pid {pid})" for component, pid in _pids(described) if _alive(pid)]
-    if alive:
-        owner = described.get("up_pid")
-        stop = (f"stop it first: Ctrl-C where it runs, or `kill -INT {owner}` (its `datacoop up`)"
-                if isinstance(owner, int) and _alive(owner) else "stop it first: Ctrl-C where it runs")
-        raise InfraError(f"a stack is already running ({', '.join(alive[:4])}{', ...' if len(alive) > 4 else ''}; "
-                         f"`datacoop status` shows it); {stop}")
+    left = [(component, pid) for component, pid in _pids(described) if _alive(pid) and _is_stack_process(pid)]
+    if left:
+        pids = " ".join(str(pid) for _, pid in left)
+        raise InfraError(f"processes of an earlier stack are still running without their `datacoop up` "
+                         f"({', '.join(f'{c} pid {p}' for c, p in left)}); stop them with `kill {pids}`, "
+                         f"then run `datacoop up` again")
+
+
+def release_up_lock() -> None:
+    """Let another `datacoop up` start (this one's stack is stopped)."""
+    while _up_lock:
+        os.close(_up_lock.pop())
+
+
+def _is_stack_process(pid: int) -> bool:
+    """The live process `pid` is a broker, chain, service or worker (a pid in an old stack.json may have
+    been reused by anything since); True where /proc cannot tell."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return not Path("/proc/self").exists()
+    return any(mark in cmdline for mark in (b"tansu", b"anvil", b"services.", b"datacoop"))
 
 
 def _pids(described: dict[str, Any]) -> list[tuple[str, int]]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from datacoop.cli import app
 from datacoop.cli import stack as stack_mod
-from infra.local import free_port
+from infra.local import InfraError, free_port
 
 SECRET = "0x" + "ab" * 32
 
@@ -113,34 +113,72 @@ def test_a_new_stack_forgets_the_previous_ones_projections_and_api_key(tmp_path:
     assert (tmp_path / "keys" / "marketplace-grant-key.pem").exists()
 
 
-def test_a_second_up_is_refused_while_the_first_stack_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A second `datacoop up` would delete the projections the running services hold open and take over
-    their stack file: it refuses before starting anything, naming what runs and how to stop it."""
-    stack_file = tmp_path / "stack.json"
-    running = {**_described(_dead_pid(), f"http://127.0.0.1:{free_port()}"), "up_pid": os.getpid()}
-    stack_file.write_text(json.dumps(running))
-    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
-
-    def must_not_start(**_: object) -> None:
-        raise AssertionError("a broker was started although a stack runs")
-
-    monkeypatch.setattr(stack_mod, "start_broker", must_not_start)
-    result = CliRunner().invoke(app, ["up", "--no-chain"], env={"COLUMNS": "200"})
-    assert result.exit_code == 1, result.output
-    assert "a stack is already running" in result.output
-    assert f"broker (pid {os.getpid()})" in result.output and f"kill -INT {os.getpid()}" in result.output
-    assert "chain (pid" not in result.output, "the dead chain is not named as running"
-    assert json.loads(stack_file.read_text()) == running, "the running stack's file is left as it was"
+@pytest.fixture
+def run_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """stack.json and up.lock in a folder of the test's own; this process holds no lock to begin with."""
+    monkeypatch.setattr(stack_mod, "STACK_FILE", tmp_path / "stack.json")
+    monkeypatch.setattr(stack_mod, "UP_LOCK_FILE", tmp_path / "up.lock")
+    monkeypatch.setattr(stack_mod, "_up_lock", [])
+    yield tmp_path
+    stack_mod.release_up_lock()
 
 
-def test_a_stack_file_whose_processes_are_gone_does_not_block_up(monkeypatch: pytest.MonkeyPatch,
-                                                                   tmp_path: Path) -> None:
+def _sleeper(*args: str) -> subprocess.Popen[str]:
+    """A live process whose command line carries `args` (what a service's or a lock holder's would)."""
+    return subprocess.Popen([sys.executable, "-c", "import sys, time; exec(sys.argv[1]); time.sleep(60)", *args],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_second_up_is_refused_while_another_up_holds_the_lock(monkeypatch: pytest.MonkeyPatch,
+                                                                  run_dir: Path) -> None:
+    """Even before the first `up` has written stack.json (starting takes seconds), a second one refuses,
+    before starting anything, saying how to stop the first."""
+    holder = _sleeper(f"import fcntl, os; fd = os.open({str(run_dir / 'up.lock')!r}, os.O_RDWR | os.O_CREAT); "
+                      "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True)")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+
+        def must_not_start(**_: object) -> None:
+            raise AssertionError("a broker was started although another `up` runs")
+
+        monkeypatch.setattr(stack_mod, "start_broker", must_not_start)
+        starting = CliRunner().invoke(app, ["up", "--no-chain"], env={"COLUMNS": "200"})
+        assert starting.exit_code == 1, starting.output
+        assert "another `datacoop up` is starting or running" in starting.output and "Ctrl-C" in starting.output
+        (run_dir / "stack.json").write_text(json.dumps({"up_pid": holder.pid, "broker": {"pid": holder.pid}}))
+        running = CliRunner().invoke(app, ["up", "--no-chain"], env={"COLUMNS": "200"})
+        assert running.exit_code == 1 and f"kill -INT {holder.pid}" in running.output, running.output
+    finally:
+        holder.kill()
+        holder.wait()
+    stack_mod.refuse_if_running()  # the holder is gone: the kernel let go of its lock
+
+
+def test_processes_left_by_a_killed_up_are_named_with_a_kill_line(run_dir: Path) -> None:
+    orphan = _sleeper("pass", "-m", "services.consent.service")  # what a service's command line names
+    dead = _dead_pid()
+    try:
+        (run_dir / "stack.json").write_text(json.dumps({
+            "up_pid": dead, "broker": {"bootstrap": "127.0.0.1:1", "pid": dead}, "chain": None,
+            "services": {"consent": {"url": "http://127.0.0.1:1", "pid": orphan.pid, "log": "x"},
+                         "vault": {"url": "http://127.0.0.1:2", "pid": os.getpid(), "log": "x"}},  # a reused pid
+            "workers": [dead]}))
+        with pytest.raises(InfraError) as refused:
+            stack_mod.refuse_if_running()
+        message = str(refused.value)
+        assert f"service consent pid {orphan.pid}" in message and f"`kill {orphan.pid}`" in message
+        assert str(os.getpid()) not in message, "a pid reused by another program is not the stack's"
+    finally:
+        orphan.kill()
+        orphan.wait()
+    stack_mod.refuse_if_running()
+
+
+def test_a_stack_file_whose_processes_are_gone_does_not_block_up(run_dir: Path) -> None:
     dead = _dead_pid()
     stale = {"up_pid": dead, "broker": {"bootstrap": "127.0.0.1:1", "pid": dead}, "chain": None,
              "services": {"consent": {"url": "http://127.0.0.1:1", "pid": dead, "log": "x"}}, "workers": [dead]}
-    stack_file = tmp_path / "stack.json"
-    stack_file.write_text(json.dumps(stale))
-    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+    (run_dir / "stack.json").write_text(json.dumps(stale))
     stack_mod.refuse_if_running()  # a leftover of a stack that died: no error
-    stack_file.write_text("{half written")
+    (run_dir / "stack.json").write_text("{half written")
     stack_mod.refuse_if_running()
