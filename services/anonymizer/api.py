@@ -43,7 +43,7 @@ def build_router(svc: Any) -> APIRouter:
     def existing(dataset_id: str) -> dict[str, Any]:
         found = [d for d in svc.projection.definitions() if d["dataset_id"] == dataset_id]
         if not found:
-            raise NotFound(f"no dataset {dataset_id!r}; list them with GET /definitions")
+            raise NotFound(f"no dataset {dataset_id!r}; list them with `datacoop dataset list` (GET /definitions)")
         return dict(found[0])
 
     @router.get("/definitions", tags=["definitions"])

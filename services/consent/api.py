@@ -89,7 +89,8 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
     def existing(member: str) -> domain.Member:
         m: domain.Member = ctx.projection.get(eip712.to_checksum(member))
         if not m.registered:
-            raise NotFound(f"member {member} is not registered; register with POST /members first")
+            raise NotFound(f"member {member} is not registered; register first: `datacoop member register` "
+                           "(POST /members)")
         return m
 
     @router.get("/catalog", tags=["catalog"])

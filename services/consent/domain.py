@@ -112,7 +112,8 @@ def _check_signed(state: Member, cmd: Signed, *, must_exist: bool = True) -> Non
         raise ConsentRefused("unauthorized",
                              f"signature is by {cmd.signer}, not by member {cmd.member}; sign with the member's key")
     if must_exist and not state.registered:
-        raise ConsentRefused("not_found", f"member {cmd.member} is not registered; register first")
+        raise ConsentRefused("not_found", f"member {cmd.member} is not registered; register first: "
+                                          "`datacoop member register` (POST /members)")
     if state.erased_at is not None:
         raise ConsentRefused("gone", f"member {cmd.member} asked to be forgotten on {state.erased_at:%Y-%m-%d}; "
                                      "register a new wallet to take part again")

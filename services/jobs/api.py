@@ -119,7 +119,7 @@ def build_router(ctx: Any) -> APIRouter:
     def own_job(job_id: str, researcher_id: str) -> domain.Job:
         job = ctx.projection.job(job_id)
         if not job.submitted or job.researcher_id != researcher_id:
-            raise NotFound(f"no job {job_id} of yours; submit one with POST /jobs")
+            raise NotFound(f"no job {job_id} of yours; submit one with `datacoop job submit` (POST /jobs)")
         return job  # type: ignore[no-any-return]
 
     @router.get("/analyses", tags=["jobs"])

@@ -85,7 +85,8 @@ async def current_researcher(request: Request, authorization: Annotated[str | No
     api_key = bearer(authorization, "API key", " (register with POST /researchers)")
     found = request.app.state.runtime.projection.researcher_by_key_hash(secret_sha256(api_key))
     if found is None:
-        raise Unauthorized("unknown API key; register with POST /researchers to get one", slug="bad-api-key")
+        raise Unauthorized("unknown API key; register with `datacoop researcher register` (POST /researchers) "
+                           "to get one", slug="bad-api-key")
     return dict(found)
 
 
@@ -103,13 +104,14 @@ def build_router(ctx: Any) -> APIRouter:
     def own_order(order_id: str, who: dict[str, Any]) -> domain.Order:
         order: domain.Order | None = ctx.projection.order(order_id)
         if order is None or order.researcher_id != who["researcher_id"]:
-            raise NotFound(f"you have no order {order_id}; list yours with GET /orders", slug="unknown-order")
+            raise NotFound(f"you have no order {order_id}; list yours with `datacoop orders` (GET /orders)",
+                           slug="unknown-order")
         return order
 
     def published(dataset_id: str, version: int) -> DatasetVersionPublished:
         found = ctx.projection.version(dataset_id, version)
         if found is None:
-            raise NotFound(f"no published version {dataset_id} v{version}; see GET /catalog")
+            raise NotFound(f"no published version {dataset_id} v{version}; see `datacoop catalog` (GET /catalog)")
         return found[0]  # type: ignore[no-any-return]
 
     async def run(subject: str, decide: Any) -> list[Any]:

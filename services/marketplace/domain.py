@@ -128,10 +128,10 @@ def place(cmd: PlaceOrder, version: VersionInfo | None, dataset_id: str, version
           now: datetime) -> list[Event]:
     if version is None:
         raise OrderRefused("not_found", f"dataset {dataset_id} has no published version {version_no}; "
-                                        "see GET /catalog for what is on sale")
+                                        "see `datacoop catalog` (GET /catalog) for what is on sale")
     if version.superseded:
         raise OrderRefused("gone", f"{dataset_id} v{version_no} was superseded; new sales use the newest "
-                                   "version (see GET /catalog)")
+                                   "version (see `datacoop catalog`, GET /catalog)")
     if cmd.price_units <= 0:
         raise OrderRefused("unprocessable", f"the {cmd.offer} offer has no price; ask the operator")
     if cmd.offer == "query" and (cmd.budget_micro is None or cmd.budget_micro <= 0):
@@ -149,7 +149,7 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBu
     if order is None:
         if isinstance(cmd, ConfirmPayment | ExpireDue):
             return []
-        raise OrderRefused("not_found", f"no order {cmd.order_id}; list yours with GET /orders")
+        raise OrderRefused("not_found", f"no order {cmd.order_id}; list yours with `datacoop orders` (GET /orders)")
     if isinstance(cmd, ConfirmPayment):
         if order.status == "paid" or cmd.amount_units < order.price_units:
             return []

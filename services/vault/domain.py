@@ -69,7 +69,7 @@ def authorize(cmd: ContributeRecords, state: VaultMember, *, now: datetime, fres
                                    "contribute again")
     if not state.registered:
         raise VaultRefused("not_found", f"member {cmd.member} is not registered; register with the consent "
-                                        "service first")
+                                        "service first: `datacoop member register` (POST /members there)")
     if tag_seen:
         raise VaultRefused("conflict", "a file with this exact content was already contributed by this member, "
                                        "so nothing new was stored (content is stored once, whatever the "

@@ -57,6 +57,7 @@ def test_errors_name_what_is_wrong(consent: ServiceProcess) -> None:
     with pytest.raises(ApiError) as unknown_member:
         bob.grant("health-research", ["health"])
     assert unknown_member.value.status == 404
+    assert "`datacoop member register` (POST /members)" in str(unknown_member.value), "the command and the route"
     bob.register()
     with pytest.raises(ApiError) as bad_purpose:
         bob.grant("mind-reading", ["health"])
