@@ -66,6 +66,10 @@ RETRY_AFTER_S = 30.0
 KEEP_PROGRESS = 200
 
 
+class NothingToBuild(Exception):
+    """A build found no records it may use: an outcome to report in words, not an error's class name."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -300,7 +304,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 version, detail = published.version, ""
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
                 log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, exc)
-                version, detail = None, f"{type(exc).__name__}: {exc}"
+                version, detail = None, str(exc) if isinstance(exc, NothingToBuild) else f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, DecryptRefused | httpx.HTTPError):  # try again later, inputs unchanged or not
                     self._retry.add(req.dataset_id)
                     self._changed[req.dataset_id] = time.monotonic() + RETRY_AFTER_S
@@ -342,8 +346,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         """Decrypt, anonymize, write the files; the event to publish (appended by `_finish`)."""
         d = resolved.definition
         if records == 0:
-            raise ValueError("no records of members with an active consent for "
-                             f"{d.purpose} and {sorted(set(d.data_categories))}; nothing to publish")
+            raise NothingToBuild("no records of members with an active consent for "
+                                 f"{d.purpose} and {sorted(set(d.data_categories))}; nothing to publish")
         rows = await self._decrypt(req, sorted(set(d.data_categories)), members, records)
         await self._progress(req, "anonymizing", 0, len(rows))
         version = domain.next_version(self.projection.latest_version(req.dataset_id))

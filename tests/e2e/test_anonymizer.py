@@ -172,6 +172,11 @@ def test_cli_builds_a_version_with_progress_and_fails_in_one_red_line(
     missing = runner.invoke(app, ["dataset", "build", "no-such-dataset"], env=env)
     assert missing.exit_code != 0 and "no dataset" in missing.output
     assert "Traceback" not in missing.output
+    nobody = {**census_definition(), "name": "census-for-ai", "purpose": "ai-training"}  # no member consented
+    AnonymizerClient(anon.url, OPERATOR_TOKEN).define(nobody)
+    empty = runner.invoke(app, ["dataset", "build", "census-for-ai"], env={**env, "COLUMNS": "200"})
+    assert empty.exit_code != 0 and "no records of members with an active consent for ai-training" in empty.output
+    assert "NothingToBuild" not in empty.output and "ValueError" not in empty.output, "words, not a class name"
 
 
 def test_demo_chapter_builds_a_version_and_a_revocation_makes_the_next_one(
