@@ -103,8 +103,8 @@ def build_router(svc: Any) -> APIRouter:
         """One version: location, sha256, columns, contributors and what it guarantees."""
         found = svc.projection.version(dataset_id, version)
         if found is None:
-            raise NotFound(f"dataset {dataset_id!r} has no version {version}; list them at "
-                           f"/datasets/{dataset_id}/versions")
+            raise NotFound(f"dataset {dataset_id!r} has no version {version}; list them with `datacoop dataset "
+                           f"show {dataset_id}` (GET /datasets/{dataset_id}/versions)")
         return version_view(found)
 
     @router.get("/datasets/{dataset_id}/versions/{version}/aggregates", tags=["catalog"])

@@ -155,8 +155,8 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         m = existing(member)
         consent = m.consents.get(consent_id)
         if consent is None:
-            raise NotFound(f"member {m.address} has no consent {consent_id}; list them at "
-                           f"/members/{m.address}/consents")
+            raise NotFound(f"member {m.address} has no consent {consent_id}; list them with `datacoop consent "
+                           f"list` (GET /members/{m.address}/consents)")
         return sign_receipt(build_receipt(m, consent, catalog, clock()), ctx.receipt_key)
 
     @router.post("/members/{member}/erasure", status_code=status.HTTP_202_ACCEPTED)
