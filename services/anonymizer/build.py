@@ -233,7 +233,9 @@ def write_aggregates(db_path: Path, dataset_id: str, version: int, built: BuiltV
 def read_aggregates(db_path: Path, dataset_id: str, version: int) -> dict[str, Any] | None:
     if not db_path.exists():
         return None
-    with duckdb.connect(str(db_path), read_only=True) as conn:
+    # Not read_only: the builder may hold a read-write connection to this file in this process right now,
+    # and DuckDB refuses a second connection to one file with another configuration (a 500 under load).
+    with duckdb.connect(str(db_path)) as conn:
         release = conn.execute("""SELECT quasi_identifiers, epsilon, mechanism, delta, value_column
                                   FROM aggregate_releases WHERE dataset_id = ? AND version = ?""",
                                [dataset_id, version]).fetchone()

@@ -7,6 +7,7 @@ import hashlib
 import io
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -74,6 +75,12 @@ def test_aggregates_land_in_duckdb_once_per_version(definition, records, tmp_pat
     assert build.read_aggregates(db, "census-stats", 2) is None
     url = build.write_parquet(tmp_path / "objects", "census-stats", 1, built.parquet)
     assert url.startswith("file://") and Path(url.removeprefix("file://")).read_bytes() == built.parquet
+    with duckdb.connect(str(db)) as writing:  # the builder writing the next version while the API reads
+        writing.execute("BEGIN TRANSACTION")
+        writing.execute("DELETE FROM cell_aggregates WHERE version = 1")  # not committed: readers still see it
+        during = build.read_aggregates(db, "census-stats", 1)
+        assert during is not None and len(during["cells"]) == len(found["cells"])
+        writing.execute("ROLLBACK")
 
 
 @pytest.mark.parametrize("values", [
