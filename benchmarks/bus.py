@@ -74,7 +74,9 @@ async def _raw_consume(bootstrap: str, topic: str, expected: int) -> float:
     return got / elapsed
 
 
-async def _bus_consume(bootstrap: str, topic: str, expected: int, db: Path) -> float:
+async def _bus_consume(bootstrap: str, topic: str, expected: int, db: Path, *, check_rows: bool = True) -> float:
+    """Events a second through a ConsumerRunner into the ledger projection; `check_rows=False` for a
+    runner whose methods were replaced so that it writes no rows (`_phases consume`'s floor)."""
     store = ProjectionStore(db, LEDGER_SQL)
     async with Publisher(bootstrap) as pub:
         runner = ConsumerRunner(bootstrap=bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
@@ -87,7 +89,7 @@ async def _bus_consume(bootstrap: str, topic: str, expected: int, db: Path) -> f
         await runner.stop()
     rows = store.conn.execute("SELECT count(*) FROM ledger").fetchone()
     store.close()
-    assert rows == (expected,), f"projection has {rows} rows, expected {expected}"
+    assert rows == (expected,) or not check_rows, f"projection has {rows} rows, expected {expected}"
     return expected / elapsed
 
 

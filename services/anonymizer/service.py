@@ -48,7 +48,7 @@ from datacoop.events.members import ConsentExpired, ConsentGranted, ConsentRevok
 from datacoop.events.records import KeysShredded, RecordsContributed
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, dev_default_warned
 from datacoop.topics import DATASETS, MEMBERS, RECORDS
 from services.anonymizer import build as pipeline
 from services.anonymizer import domain
@@ -130,9 +130,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         # DuckDB needs a local file: with an s3:// store the aggregates stay in <data_dir>/objects
         local_dir = settings.data_dir / "objects" if objectstore.is_s3(self.store_dir) else self.store_dir
         self.aggregates_db = Path(local_dir) / "aggregates.duckdb"
-        self.operator_token = settings.anonymizer_operator_token
-        if self.operator_token == DEV_OPERATOR_TOKEN:
-            log.warning("DATACOOP_ANONYMIZER_OPERATOR_TOKEN is the development default; set a secret one")
+        self.operator_token = dev_default_warned(settings.anonymizer_operator_token, DEV_OPERATOR_TOKEN,
+                                                 "DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
         self._http = http
         self.queue: list[BuildRequest] = []
         self.current: BuildRequest | None = None

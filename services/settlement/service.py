@@ -40,7 +40,7 @@ from datacoop.events.envelope import derived_event_id
 from datacoop.events.payouts import EpochPosted
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, dev_default_warned
 from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS
 from services.settlement import domain
 from services.settlement.api import build_router
@@ -68,9 +68,8 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         self.w3 = Web3(Web3.HTTPProvider(settings.chain_url, request_kwargs={"timeout": 10}))
         self.contracts = Contracts.at(self.w3, settings.token_address, settings.market_address)
         self.coop_address = Web3.to_checksum_address(settings.coop_address)
-        self.operator_token = settings.settlement_operator_token
-        if self.operator_token == DEV_OPERATOR_TOKEN:
-            log.warning("DATACOOP_SETTLEMENT_OPERATOR_TOKEN is the development default; set a secret one")
+        self.operator_token = dev_default_warned(settings.settlement_operator_token, DEV_OPERATOR_TOKEN,
+                                                 "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
         self._epoch_lock = asyncio.Lock()
         self._trees: dict[int, StandardMerkleTree] = {}
         self.add_background(self.loop_forever)

@@ -27,6 +27,7 @@ from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError
+from datacoop.kit.settings import dev_default_warned
 from datacoop.topics import MEMBERS, RECORDS
 from services.consent.eip712 import Domain
 from services.vault import domain
@@ -72,9 +73,8 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.schemas = load_schemas()
         self.kek = load_kek(settings)
         self.keys = KeyStore(settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb", self.kek)
-        self.service_token = settings.vault_service_token
-        if self.service_token == DEV_SERVICE_TOKEN:
-            log.warning("DATACOOP_VAULT_SERVICE_TOKEN is the development default; set a secret one in production")
+        self.service_token = dev_default_warned(settings.vault_service_token, DEV_SERVICE_TOKEN,
+                                                "DATACOOP_VAULT_SERVICE_TOKEN")
         self.freshness = timedelta(seconds=settings.vault_freshness_s)
         self.max_rows = settings.vault_max_rows
         self.shred_interval_s = settings.vault_shred_interval_s

@@ -122,10 +122,10 @@ def consent_catalog(consent_url: ConsentUrl = None) -> None:
     """The purposes and data categories a consent can name (no key needed)."""
     url = service_url("consent", consent_url)
     catalog = call_service("consent service", lambda: check(httpx.get(f"{url}/catalog", timeout=10)))
-    for title, entries in [("purpose (--purpose)", catalog["purposes"]),
-                           ("category (--categories)", catalog["categories"])]:
-        table = Table(title, "what it covers", title=f"catalog version {catalog['version']}" if "purpose" in title
-                      else None, title_justify="left")
+    version = f"catalog version {catalog['version']}"
+    for heading, entries, title in [("purpose (--purpose)", catalog["purposes"], version),
+                                    ("category (--categories)", catalog["categories"], None)]:
+        table = Table(heading, "what it covers", title=title, title_justify="left")
         table.columns[0].no_wrap = True
         for name, description in entries.items():
             table.add_row(name, description)

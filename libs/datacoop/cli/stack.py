@@ -140,7 +140,7 @@ UP_LOCK_FILE = RUN_DIR / "up.lock"
 _up_lock: list[int] = []  # the open lock file of this process's `datacoop up`, held until it exits
 
 
-def refuse_if_running() -> None:
+def claim_stack() -> None:
     """Hold var/run/up.lock for this process's life (the kernel lets go when it exits, however it
     exits), or InfraError when another `datacoop up` holds it, starting or running. Then InfraError
     when var/run/stack.json names stack processes that outlived their `datacoop up` (a killed `up`
@@ -161,7 +161,8 @@ def refuse_if_running() -> None:
     described = running_stack()
     if described is None:
         return
-    left = [(component, pid) for component, pid in _pids(described) if _alive(pid) and _is_stack_process(pid)]
+    left = [(component, pid) for component, _, pid in _components(described)
+            if isinstance(pid, int) and pid > 0 and _alive(pid) and _is_stack_process(pid)]
     if left:
         pids = " ".join(str(pid) for _, pid in left)
         raise InfraError(f"processes of an earlier stack are still running without their `datacoop up` "
@@ -185,23 +186,26 @@ def _is_stack_process(pid: int) -> bool:
     return any(mark in cmdline for mark in (b"tansu", b"anvil", b"services.", b"datacoop"))
 
 
-def _pids(described: dict[str, Any]) -> list[tuple[str, int]]:
-    """(component, pid) of every process a stack description names; what is not a pid is skipped."""
-    found: list[tuple[str, Any]] = [("broker", (described.get("broker") or {}).get("pid")),
-                                    ("chain", (described.get("chain") or {}).get("pid"))]
-    services = described.get("services")
-    if isinstance(services, dict):
-        found += [(f"service {name}", svc.get("pid")) for name, svc in services.items() if isinstance(svc, dict)]
-    workers = described.get("workers")
-    if isinstance(workers, list):
-        found += [(f"worker {i + 1}", pid) for i, pid in enumerate(workers)]
-    return [(component, pid) for component, pid in found if isinstance(pid, int) and pid > 0]
+def _components(described: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(component, address, pid) of every process a stack description (`Stack.describe()` or
+    stack.json) names, in start order; a part missing from a damaged file is skipped."""
+    found: list[tuple[str, str, Any]] = []
+    if isinstance(broker := described.get("broker"), dict):
+        found.append(("broker (Tansu)", str(broker.get("bootstrap", "")), broker.get("pid")))
+    if isinstance(chain := described.get("chain"), dict):
+        found.append(("chain (anvil)", str(chain.get("url", "")), chain.get("pid")))
+    if isinstance(services := described.get("services"), dict):
+        found += [(f"service {name}", str(svc.get("url", "")), svc.get("pid"))
+                  for name, svc in services.items() if isinstance(svc, dict)]
+    if isinstance(workers := described.get("workers"), list):
+        found += [(f"worker {i + 1}", "-> jobs", pid) for i, pid in enumerate(workers)]
+    return found
 
 
 def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: bool = True) -> Stack:
     """Start the broker, the chain and the services; raises InfraError naming what failed, or when
     another `datacoop up`'s stack is still running."""
-    refuse_if_running()
+    claim_stack()
     logs = RUN_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     broker = start_broker(log_path=logs / "broker.log")
@@ -342,17 +346,17 @@ def _alive(pid: int) -> bool:
 
 def status_rows(described: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(component, address, pid, state) for a stack description (`Stack.describe()` or stack.json),
-    checked now: a pid that is gone is "stopped", a service answering /readyz is "ready"."""
-    rows = [("broker (Tansu)", described["broker"]["bootstrap"], str(described["broker"]["pid"]),
-             "running" if _alive(described["broker"]["pid"]) else "stopped")]
-    if chain := described.get("chain"):
-        rows.append(("chain (anvil)", chain["url"], str(chain["pid"]),
-                     "running" if _alive(chain["pid"]) else "stopped"))
-    for name, svc in described["services"].items():
-        state = ("ready" if _ready(svc["url"]) else "starting") if _alive(svc["pid"]) else "stopped"
-        rows.append((f"service {name}", svc["url"], str(svc["pid"]), state))
-    for i, pid in enumerate(described.get("workers", [])):
-        rows.append((f"worker {i + 1}", "-> jobs", str(pid), "running" if _alive(pid) else "exited"))
+    checked now: a pid that is gone is "stopped" ("exited" for a worker), a service answering /readyz
+    is "ready"."""
+    rows = []
+    for component, address, pid in _components(described):
+        if not (isinstance(pid, int) and _alive(pid)):
+            state = "exited" if component.startswith("worker") else "stopped"
+        elif component.startswith("service"):
+            state = "ready" if _ready(address) else "starting"
+        else:
+            state = "running"
+        rows.append((component, address, str(pid), state))
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import Field
@@ -9,6 +10,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
 """The operator token services take when none is set (a local stack): each of them warns about it."""
+
+
+def dev_default_warned(value: str, default: str, setting: str) -> str:
+    """`value`, with a warning in the log when it is still the development `default` of `setting`
+    (a token every local stack shares): what a service does with each of its secrets at start."""
+    if value == default:
+        logging.getLogger("datacoop.settings").warning("%s is the development default; set a secret one", setting)
+    return value
 
 
 class ServiceSettings(BaseSettings):

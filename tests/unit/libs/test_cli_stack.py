@@ -151,7 +151,7 @@ def test_a_second_up_is_refused_while_another_up_holds_the_lock(monkeypatch: pyt
     finally:
         holder.kill()
         holder.wait()
-    stack_mod.refuse_if_running()  # the holder is gone: the kernel let go of its lock
+    stack_mod.claim_stack()  # the holder is gone: the kernel let go of its lock
 
 
 def test_processes_left_by_a_killed_up_are_named_with_a_kill_line(run_dir: Path) -> None:
@@ -164,14 +164,14 @@ def test_processes_left_by_a_killed_up_are_named_with_a_kill_line(run_dir: Path)
                          "vault": {"url": "http://127.0.0.1:2", "pid": os.getpid(), "log": "x"}},  # a reused pid
             "workers": [dead]}))
         with pytest.raises(InfraError) as refused:
-            stack_mod.refuse_if_running()
+            stack_mod.claim_stack()
         message = str(refused.value)
         assert f"service consent pid {orphan.pid}" in message and f"`kill {orphan.pid}`" in message
         assert str(os.getpid()) not in message, "a pid reused by another program is not the stack's"
     finally:
         orphan.kill()
         orphan.wait()
-    stack_mod.refuse_if_running()
+    stack_mod.claim_stack()
 
 
 def test_a_stack_file_whose_processes_are_gone_does_not_block_up(run_dir: Path) -> None:
@@ -179,6 +179,6 @@ def test_a_stack_file_whose_processes_are_gone_does_not_block_up(run_dir: Path) 
     stale = {"up_pid": dead, "broker": {"bootstrap": "127.0.0.1:1", "pid": dead}, "chain": None,
              "services": {"consent": {"url": "http://127.0.0.1:1", "pid": dead, "log": "x"}}, "workers": [dead]}
     (run_dir / "stack.json").write_text(json.dumps(stale))
-    stack_mod.refuse_if_running()  # a leftover of a stack that died: no error
+    stack_mod.claim_stack()  # a leftover of a stack that died: no error
     (run_dir / "stack.json").write_text("{half written")
-    stack_mod.refuse_if_running()
+    stack_mod.claim_stack()
