@@ -48,8 +48,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-lock: install  ## re-pin the Python packages after changing pyproject.toml
-	$(PY) -m pip freeze --exclude-editable | grep -v '^datacoop' > requirements.lock
+lock: install  ## re-pin the Python packages after changing pyproject.toml (name==version only, never a path)
+	$(PY) -m pip list --format=freeze --exclude-editable --exclude pip --exclude setuptools | grep -v '^datacoop' > requirements.lock
 
 compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed)
 	docker-compose -f docker-compose.yml config --quiet

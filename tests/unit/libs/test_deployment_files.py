@@ -1,7 +1,9 @@
-"""docker-compose.yml and the Dockerfile must cover every service `datacoop up` starts."""
+"""docker-compose.yml and the Dockerfile must cover every service `datacoop up` starts; the lock pins
+what a new machine installs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -31,3 +33,12 @@ def test_compose_file_parses_with_docker_compose_when_installed() -> None:
         result = subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "--quiet"],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_lock_pins_every_package_by_version_only() -> None:
+    """A line like `pkg @ file:///tmp/...` (what `pip freeze` writes for a wheel installed from a file) pins a
+    path that exists only on the machine that made the lock: `make install` then fails everywhere else."""
+    lines = [line.strip() for line in (REPO_ROOT / "requirements.lock").read_text().splitlines()]
+    pins = [line for line in lines if line and not line.startswith("#")]
+    unpinned = [line for line in pins if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[^\s;@]+", line)]
+    assert pins and not unpinned, f"requirements.lock lines that are not name==version: {unpinned}"
