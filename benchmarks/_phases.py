@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +60,31 @@ def _timed(owner: Any, name: str, phase: str, *, timeline: bool = False) -> None
     setattr(owner, name, staticmethod(wrapper) if static else wrapper)
 
 
+class _Cpu:
+    """CPU seconds spent in a block by this process (all its threads) and by another (the broker), from
+    /proc: how busy each side keeps its core, beside the wall time the figures give."""
+
+    def __init__(self, other_pid: int) -> None:
+        self.other_pid = other_pid
+        self.ours = self.other = 0.0
+
+    def _other_s(self) -> float:
+        with open(f"/proc/{self.other_pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def __enter__(self) -> _Cpu:
+        self.ours, self.other = -time.process_time(), -self._other_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ours += time.process_time()
+        self.other += self._other_s()
+
+    def per_event(self, events: int) -> str:
+        return f"{self.ours * 1e6 / events:.1f} / {self.other * 1e6 / events:.1f} us"
+
+
 async def _consume() -> None:
     from aiokafka import AIOKafkaConsumer
 
@@ -84,12 +110,15 @@ async def _consume() -> None:
                 (ProjectionStore, "mark_applied", "  commit: applied ids")]:
             _timed(owner, name, phase)
         for n in range(3):
-            raw = await bus._raw_consume(broker.bootstrap, "p.raw", bus.EVENTS)
+            with _Cpu(broker.pid) as raw_cpu:
+                raw = await bus._raw_consume(broker.bootstrap, "p.raw", bus.EVENTS)
             TOTALS.clear()
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp, _Cpu(broker.pid) as ours_cpu:
                 ours = await bus._bus_consume(broker.bootstrap, "p.bus", bus.EVENTS, Path(tmp) / "p.duckdb")
             print(f"pass {n + 1}: raw {1e6 / raw:.1f} us an event, runner {1e6 / ours:.1f} us an event "
                   f"(ratio {ours / raw:.2f}, timers on)")
+            print(f"    CPU an event, this process / the broker: raw {raw_cpu.per_event(bus.EVENTS)}, "
+                  f"runner {ours_cpu.per_event(bus.EVENTS)}")
             for phase, (_, seconds) in TOTALS.items():
                 print(f"    {phase:<36} {seconds * 1e6 / bus.EVENTS:6.2f} us an event")
         # The runner's own floor: the same loop with every record counted as applied, not decoded or

@@ -38,7 +38,7 @@ TOPICS: dict[str, TopicSpec] = {
         TopicSpec(ORDERS, 3, "marketplace", "order id", "orders, payments seen, access grants, query budgets"),
         TopicSpec(PAYOUTS, 3, "settlement", "order id or epoch id", "revenue allocations and payout epochs"),
         TopicSpec(JOBS, 3, "jobs", "job id", "analytics jobs, leases, results"),
-        TopicSpec(WORKERS, 3, "jobs", "worker id", "GPU worker registry and heartbeats"),
+        TopicSpec(WORKERS, 3, "jobs", "worker id", "GPU worker registry (heartbeats are not events)"),
     ]
 }
 

@@ -47,11 +47,15 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def worker(
-    key_file: Annotated[Path | None, typer.Option("--key-file", help="the provider's payout key (hex)")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", envvar="DATACOOP_WORKER_KEY_FILE",
+                                                  help="the provider's payout key (hex); else DATACOOP_KEY")] = None,
     jobs_url: JobsUrl = None,
-    cores: Annotated[int | None, typer.Option("--cores", min=1, help="CPU threads to offer (BLAS threads)")] = None,
-    worker_id: Annotated[str | None, typer.Option("--worker-id", help="default: host name + random suffix")] = None,
-    object_store: Annotated[str | None, typer.Option("--object-store", help="folder of relative locations")] = None,
+    cores: Annotated[int | None, typer.Option("--cores", min=1, envvar="DATACOOP_WORKER_CORES",
+                                              help="CPU threads to offer (BLAS threads)")] = None,
+    worker_id: Annotated[str | None, typer.Option("--worker-id", envvar="DATACOOP_WORKER_ID",
+                                                  help="default: host name + random suffix")] = None,
+    object_store: Annotated[str | None, typer.Option("--object-store", envvar="DATACOOP_WORKER_OBJECT_STORE",
+                                                     help="folder of relative locations")] = None,
 ) -> None:
     """Run a worker: register this machine with your payout address, heartbeat, take and run jobs."""
     from services.worker.main import run
