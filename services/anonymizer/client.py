@@ -49,22 +49,31 @@ class AnonymizerClient:
     def builds(self, dataset_id: str) -> list[dict[str, Any]]:
         return list(check(self.http.get(f"/datasets/{dataset_id}/builds")))
 
-    def request_build(self, dataset_id: str) -> dict[str, Any]:
-        return dict(check(self.http.post(f"/datasets/{dataset_id}/build", headers=self.headers)))
+    def request_build(self, dataset_id: str, force: bool = False) -> dict[str, Any]:
+        """The build's id and where to follow it; ApiError 409 `nothing-changed` (its `version` in the problem)
+        when the newest version on offer already holds the records eligible now, unless `force`."""
+        params = {"force": "true"} if force else None
+        return dict(check(self.http.post(f"/datasets/{dataset_id}/build", headers=self.headers, params=params)))
 
     def build_status(self, dataset_id: str, build_id: str) -> dict[str, Any]:
         return dict(check(self.http.get(f"/datasets/{dataset_id}/builds/{build_id}")))
 
     def build(self, dataset_id: str, timeout_s: float = 600, poll_s: float = 0.3,
-              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Request a build, follow it to the end; the new version, or BuildFailed saying why."""
-        build_id = self.request_build(dataset_id)["build_id"]
+              on_progress: Callable[[dict[str, Any]], None] | None = None, force: bool = False) -> dict[str, Any]:
+        """Request a build and follow it to the end: the version that holds the records eligible now (the
+        new one, or the newest on offer when nothing changed and not `force`), or BuildFailed saying why."""
+        try:
+            build_id = self.request_build(dataset_id, force)["build_id"]
+        except ApiError as exc:
+            if exc.status == 409 and str(exc.problem.get("type", "")).endswith("/nothing-changed"):
+                return self.version(dataset_id, int(exc.problem["version"]))
+            raise
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = self.build_status(dataset_id, build_id)
             if on_progress:
                 on_progress(status)
-            if status.get("outcome") == "published":
+            if status.get("outcome") in ("published", "unchanged"):
                 return self.version(dataset_id, int(status["version"]))
             if status.get("outcome") == "failed":
                 raise BuildFailed(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason'}")

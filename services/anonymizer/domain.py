@@ -129,15 +129,21 @@ def eligible(consents: Iterable[ConsentRow], erased: bool, purpose: str, categor
 
 def decide_supersede(dataset_id: str, live: Mapping[int, Iterable[str]], ineligible: set[str], now: datetime,
                      superseded_by: int | None = None) -> list[Event]:
-    """Every live version that contains a member no longer eligible (revoked, expired, erased)."""
+    """Every live version that contains a member no longer eligible (revoked, expired, erased); and when
+    `superseded_by` is a version just published, every older live version as well: new sales use the
+    newest version (those already sold stay with their buyers)."""
     out: list[Event] = []
     for version in sorted(live):
         gone = sorted(set(live[version]) & ineligible)
         if gone:
-            out.append(DatasetVersionSuperseded(
-                dataset_id=dataset_id, version=version, superseded_by=superseded_by, superseded_at=now,
-                reason=f"contained records of {len(gone)} member(s) whose consent ended or who asked to be "
-                       "forgotten; buy the newest version"))
+            reason = (f"contained records of {len(gone)} member(s) whose consent ended or who asked to be "
+                      "forgotten; buy the newest version")
+        elif superseded_by is not None and version < superseded_by:
+            reason = f"replaced by version {superseded_by}, built from the records eligible now; buy that one"
+        else:
+            continue
+        out.append(DatasetVersionSuperseded(dataset_id=dataset_id, version=version, superseded_by=superseded_by,
+                                            superseded_at=now, reason=reason))
     return out
 
 

@@ -208,6 +208,14 @@ class AnonymizerProjection:
                                 [build_id]).fetchone()
         return dict(zip(self._BUILD_COLUMNS, row, strict=True)) if row else None
 
+    def newest_live_inputs(self, dataset_id: str) -> tuple[int, str] | None:
+        """(version, inputs_sha256) of the newest version on offer and the inputs its build read."""
+        row = self.conn.execute(
+            """SELECT v.version, b.inputs_sha256 FROM versions v
+               JOIN builds b ON b.dataset_id = v.dataset_id AND b.version = v.version AND b.outcome = 'published'
+               WHERE v.dataset_id = ? AND NOT v.superseded ORDER BY v.version DESC LIMIT 1""", [dataset_id]).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
     def last_finished_inputs(self, dataset_id: str) -> str | None:
         """The input fingerprint of the last finished build (published or failed)."""
         row = self.conn.execute("""SELECT inputs_sha256 FROM builds WHERE dataset_id = ? AND outcome IS NOT NULL

@@ -112,6 +112,7 @@ class BuildRequest:
     dataset_id: str
     trigger: BuildTrigger
     build_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    force: bool = False  # build even when the newest version on offer holds exactly these inputs
 
 
 class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
@@ -195,11 +196,13 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 log.warning("cannot read dataset definition %s: %s", path, exc)
 
     # -- requests --------------------------------------------------------------------------------
-    def request_build(self, dataset_id: str, trigger: BuildTrigger = "on-demand") -> BuildRequest:
+    def request_build(self, dataset_id: str, trigger: BuildTrigger = "on-demand", *,
+                      force: bool = False) -> BuildRequest:
         for req in [self.current, *self.queue]:
             if req is not None and req.dataset_id == dataset_id and req is not self.current:
+                req.force = req.force or force
                 return req
-        req = BuildRequest(dataset_id, trigger)
+        req = BuildRequest(dataset_id, trigger, force=force)
         self.queue.append(req)
         for old in list(self.live_progress)[:-KEEP_PROGRESS]:  # finished builds are in the projection
             del self.live_progress[old]
@@ -263,6 +266,19 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 await self.run_build(BuildRequest(dataset_id, "change"))
                 return
 
+    def unchanged_since(self, dataset_id: str, fingerprint: str | None = None) -> int | None:
+        """The newest version on offer when it was built from exactly the inputs eligible now (so a build
+        would publish the same rows again), else None."""
+        live = self.projection.newest_live_inputs(dataset_id)
+        if live is None:
+            return None
+        if fingerprint is None:
+            definition = self.projection.definition(dataset_id)
+            if definition is None:
+                return None
+            fingerprint = self._inputs(dataset_id, definition.definition_version, self.clock())[2]
+        return live[0] if live[1] == fingerprint else None
+
     def _inputs(self, dataset_id: str, definition_version: int, now: datetime) -> tuple[list[str], int, str]:
         d = next(x for x in self.projection.definitions() if x["dataset_id"] == dataset_id)
         members, records, md5 = self.projection.inputs(d["purpose"], d["categories"], now)
@@ -292,6 +308,12 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 return
             started = self.clock()
             members, records, fingerprint = self._inputs(req.dataset_id, state.definition_version, started)
+            same = None if req.force else self.unchanged_since(req.dataset_id, fingerprint)
+            if same is not None:  # the same rows again would be a second version of the same data on sale
+                live.update(stage="done", outcome="unchanged", version=same,
+                            detail=f"version {same} already holds exactly the records eligible now; nothing built")
+                await self._finish(req, same, "", started=False)  # older versions still on offer: replaced by it
+                return
             await self._append(req.dataset_id, [VersionBuildStarted(
                 dataset_id=req.dataset_id, build_id=req.build_id, trigger=req.trigger,
                 definition_version=state.definition_version, inputs_sha256=fingerprint, members=len(members),

@@ -109,8 +109,16 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     builds_before = len(client.builds(DATASET))
     time.sleep(2)  # 4 debounce periods: a replay alone changes no input, so nothing is built
     assert len(client.versions(DATASET)) == 3 and len(client.builds(DATASET)) == builds_before
-    v4 = client.build(DATASET)
+    with pytest.raises(ApiError) as unchanged:  # the same rows again would be a second copy on sale
+        client.request_build(DATASET)
+    assert unchanged.value.status == 409 and unchanged.value.problem["version"] == 3
+    assert "nothing-changed" in unchanged.value.problem["type"]
+    assert client.build(DATASET)["version"] == 3 and len(client.builds(DATASET)) == builds_before
+    v4 = client.build(DATASET, force=True)
     assert v4["version"] == 4
+    v3_now = client.version(DATASET, 3)
+    assert v3_now["superseded"] and v3_now["superseded_by"] == 4
+    assert "replaced by version 4" in v3_now["superseded_reason"]
     assert not ({alice.address, bob.address} & set(v4["contributor_weights"]))
     pseudonyms = set(_check(v4).column("pseudonym").to_pylist())
     assert not ({pseudonym_of(alice.address), pseudonym_of(bob.address)} & pseudonyms)

@@ -80,8 +80,11 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
                                                     "DATACOOP_ANONYMIZER_OPERATOR_TOKEN, else the local "
                                                     "stack's development token)")] = None,
           anonymizer_url: UrlOption = None,
-          timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600) -> None:
-    """Build a new version now and follow it with a progress bar."""
+          timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600,
+          force: Annotated[bool, typer.Option("--force", help="build even when the newest version already holds "
+                                                             "the records eligible now")] = False) -> None:
+    """Build a new version now and follow it with a progress bar (nothing is built when the newest version
+    already holds exactly the records eligible now, unless --force)."""
     token = token or os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
     if not token and running_stack() is not None:  # `datacoop up` starts the anonymizer with the development token
         token = DEV_OPERATOR_TOKEN
@@ -90,8 +93,17 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
              f"with `datacoop up` uses {DEV_OPERATOR_TOKEN!r} unless that variable was set)")
     client = _client(anonymizer_url, token)
     try:
-        build_id = client.request_build(dataset_id)["build_id"]
+        try:
+            build_id = client.request_build(dataset_id, force)["build_id"]
+        except ApiError as exc:
+            if exc.status != 409 or not str(exc.problem.get("type", "")).endswith("/nothing-changed"):
+                raise
+            console.print(f"nothing to build: {exc.problem.get('detail')}", highlight=False, markup=False)
+            return
         status = _follow(client, dataset_id, build_id, timeout_s)
+        if status.get("outcome") == "unchanged":
+            console.print(f"nothing built: {status.get('detail')}", highlight=False, markup=False)
+            return
         if status.get("outcome") != "published":
             fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")
         v = client.version(dataset_id, int(status["version"]))

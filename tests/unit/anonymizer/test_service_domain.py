@@ -99,9 +99,20 @@ def test_who_may_be_in_a_version(consent, erased, eligible) -> None:
 
 def test_versions_with_a_member_no_longer_eligible_are_superseded() -> None:
     live = {1: ["0xa", "0xb"], 2: ["0xb"], 3: ["0xc"]}
-    events = domain.decide_supersede("census-stats", live, {"0xa"}, NOW, superseded_by=4)
-    assert [(e.version, e.superseded_by) for e in events if isinstance(e, DatasetVersionSuperseded)] == [(1, 4)]
+    events = domain.decide_supersede("census-stats", live, {"0xa"}, NOW)  # a failed build: nothing replaces them
+    assert [(e.version, e.superseded_by) for e in events if isinstance(e, DatasetVersionSuperseded)] == [(1, None)]
     events = domain.decide_supersede("census-stats", live, {"0xb"}, NOW)
     assert [e.version for e in events] == [1, 2]  # type: ignore[attr-defined]
     assert domain.decide_supersede("census-stats", live, set(), NOW) == []
     assert domain.next_version(None) == 1 and domain.next_version(3) == 4
+
+
+def test_a_published_version_replaces_every_older_one_still_on_offer() -> None:
+    """New sales use the newest version: the older ones leave the catalog (their buyers keep them), and
+    the reason says whether a member left or a newer version replaced them."""
+    live = {1: ["0xa", "0xb"], 2: ["0xb"], 3: ["0xc"]}
+    events = [e for e in domain.decide_supersede("census-stats", live, {"0xa"}, NOW, superseded_by=4)
+              if isinstance(e, DatasetVersionSuperseded)]
+    assert [(e.version, e.superseded_by) for e in events] == [(1, 4), (2, 4), (3, 4)]
+    assert "consent ended" in events[0].reason and "replaced by version 4" in events[1].reason
+    assert domain.decide_supersede("census-stats", {5: ["0xc"]}, set(), NOW, superseded_by=4) == []
