@@ -3,6 +3,8 @@ orders' payment and allocation state."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Header, Path
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from services.settlement.service import SettlementService
 
 AddressPath = Annotated[WalletAddress, Path(description="a wallet address")]
+log = logging.getLogger("datacoop.settlement")
 
 
 def _epoch_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -46,9 +49,21 @@ def build_router(ctx: SettlementService) -> APIRouter:
                 cumulative = tree.cumulative_of(key)
                 proof = ["0x" + p.hex() for p in tree.proof(key)]
         earned = ctx.projection.balance(key)
+        claimed = await _claimed(account)
         return {"account": account, "epoch": epoch, "root": root, "cumulative_units": cumulative, "proof": proof,
+                "claimed_units": claimed,
+                "claimable_units": None if claimed is None else max(0, cumulative - claimed),
                 "earned_units": earned, "unposted_units": earned - cumulative,
                 "market_address": ctx.contracts.market.address, "token_address": ctx.contracts.stablecoin.address}
+
+    async def _claimed(account: str) -> int | None:
+        """What `account` has claimed on chain so far (the contract's `claimed`); None when the chain does not
+        answer (the rest of the payout view does not depend on it)."""
+        try:
+            return int(await asyncio.to_thread(ctx.contracts.market.functions.claimed(account).call))
+        except Exception as exc:  # a node that is down or slow: say so in the log, answer the rest
+            log.warning("cannot read claimed(%s) from the market contract: %s", account, exc)
+            return None
 
     @router.get("/epochs/latest", tags=["epochs"])
     async def latest_epoch() -> dict[str, Any]:

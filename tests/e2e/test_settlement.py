@@ -268,9 +268,13 @@ def test_threshold_posts_epochs_by_itself_and_a_second_epoch_pays_only_the_diffe
         wait_for(lambda epoch=epoch: s.get("/epochs/latest").status_code == 200
                  and s.get("/epochs/latest").json()["epoch"] == epoch and s.get("/epochs/latest").json()["posted"],
                  f"epoch {epoch} posted by the threshold")
+        before = s.get(f"/payouts/{member}").json()
+        assert before["claimable_units"] == earned - before["claimed_units"] > 0
         result = claim_with_key(member_key, s.url, chain.url)
         assert result["cumulative_units"] == earned
         assert s.contracts.stablecoin.functions.balanceOf(member).call() == earned
+        after = s.get(f"/payouts/{member}").json()  # what the member sees once claimed: nothing left to take
+        assert (after["claimed_units"], after["claimable_units"]) == (earned, 0)
     assert result["claimed_units"] == expected_split(3_000_001, V1)[0][member], "only the new earnings"
 
 

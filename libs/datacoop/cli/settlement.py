@@ -116,8 +116,13 @@ def register(app: typer.Typer) -> None:
         console.print(f"earned       {info['earned_units']} units (all orders so far)")
         if info["epoch"] is None:
             console.print("claimable    0 units: no payout epoch has been posted yet")
+        elif info.get("claimed_units") is None:
+            console.print(f"claimable    up to {info['cumulative_units']} units (cumulative in epoch {info['epoch']}; "
+                          "what you already claimed is unknown: the chain did not answer)")
         else:
-            console.print(f"claimable    {info['cumulative_units']} units cumulative in epoch {info['epoch']}")
+            console.print(f"claimed      {info['claimed_units']} units so far")
+            console.print(f"claimable    {info['claimable_units']} units now (cumulative {info['cumulative_units']} "
+                          f"in epoch {info['epoch']}; `datacoop claim` takes them)")
         console.print(f"not yet in a posted epoch: {info['unposted_units']} units")
         console.print(f"proof        {len(info['proof'])} hashes; market {info['market_address']}")
 
