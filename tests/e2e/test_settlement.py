@@ -125,11 +125,17 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
     before = CliRunner().invoke(app, ["payouts", MEMBERS[4], "--settlement-url", s.url])
     assert before.exit_code == 0 and "no payout epoch has been posted yet" in before.output, before.output
     assert "None" not in before.output
-    posted = s.post_epoch()
-    assert posted is not None and posted.status_code == 200, posted and posted.text
-    assert posted.json()["posted"] and posted.json()["epoch"] == 1
-    again = s.post_epoch()
-    assert again is not None and again.status_code == 409
+    shown = CliRunner().invoke(app, ["epoch", "show", "--settlement-url", s.url])
+    assert shown.exit_code == 0 and "no epoch yet" in shown.output, shown.output
+    wrong = CliRunner().invoke(app, ["epoch", "post", "--settlement-url", s.url, "--token", "not-the-token"])
+    assert wrong.exit_code == 1 and "DATACOOP_SETTLEMENT_OPERATOR_TOKEN" in wrong.output, wrong.output
+    posted = CliRunner().invoke(app, ["epoch", "post", "--settlement-url", s.url, "--token", OPERATOR_TOKEN])
+    assert posted.exit_code == 0 and "epoch 1:" in posted.output and "posted in 0x" in posted.output, posted.output
+    assert s.get("/epochs/latest").json()["posted"] and s.contracts.market.functions.currentEpoch().call() == 1
+    again = CliRunner().invoke(app, ["epoch", "post", "--settlement-url", s.url],
+                               env={"DATACOOP_SETTLEMENT_OPERATOR_TOKEN": OPERATOR_TOKEN})
+    assert again.exit_code == 0 and "nothing new to post" in again.output, again.output
+    assert s.post_epoch().status_code == 409  # type: ignore[union-attr]
 
     out = CliRunner().invoke(app, ["payouts", MEMBERS[4], "--settlement-url", s.url])
     assert out.exit_code == 0 and str(members[MEMBERS[4]]) in out.output

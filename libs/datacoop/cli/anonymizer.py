@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any
 
@@ -11,9 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, service_url
-from datacoop.cli.stack import running_stack
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+from datacoop.cli.common import console, fail, operator_token, service_url
 from services.anonymizer.client import AnonymizerClient, ApiError
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
@@ -85,13 +82,7 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
                                                              "the records eligible now")] = False) -> None:
     """Build a new version now and follow it with a progress bar (nothing is built when the newest version
     already holds exactly the records eligible now, unless --force)."""
-    token = token or os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
-    if not token and running_stack() is not None:  # `datacoop up` starts the anonymizer with the development token
-        token = DEV_OPERATOR_TOKEN
-    if not token:
-        fail("no operator token: pass --token or set DATACOOP_ANONYMIZER_OPERATOR_TOKEN (a stack started "
-             f"with `datacoop up` uses {DEV_OPERATOR_TOKEN!r} unless that variable was set)")
-    client = _client(anonymizer_url, token)
+    client = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     try:
         try:
             build_id = client.request_build(dataset_id, force)["build_id"]
@@ -159,8 +150,7 @@ def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int
 
     console.rule("datasets: consented records -> k-anonymous version; revocation -> a new version")
     urls = {name: svc["url"] for name, svc in state.stack["services"].items()}
-    token = os.environ.get("DATACOOP_ANONYMIZER_OPERATOR_TOKEN", "datacoop-dev-operator-token")
-    client = AnonymizerClient(urls["anonymizer"], token)
+    client = AnonymizerClient(urls["anonymizer"], operator_token(None, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     wallets = []
     for i in range(members):
         key = Account.create().key.hex()

@@ -40,6 +40,20 @@ def wallet_address(value: str, what: str) -> str:
         fail(f"{what} {value!r} {error['msg']}")
 
 
+def operator_token(given: str | None, setting: str) -> str:
+    """--token, else the environment variable `setting`, else the development token that `datacoop up`
+    starts its services with (when a local stack runs); otherwise a failure that names all three."""
+    from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+
+    token = given or os.environ.get(setting)
+    if not token and running_stack() is not None:
+        token = DEV_OPERATOR_TOKEN
+    if not token:
+        fail(f"no operator token: pass --token or set {setting} (a stack started with `datacoop up` uses "
+             f"{DEV_OPERATOR_TOKEN!r} unless that variable was set)")
+    return token
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """One line in red and a non-zero exit; the message says what is wrong and what to do."""
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # a message's [a-z] is text

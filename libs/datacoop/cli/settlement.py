@@ -1,7 +1,9 @@
-"""CLI commands of the settlement service: see your payouts, claim them with your key.
+"""CLI commands of the settlement service: see your payouts, claim them with your key; post an epoch.
 
     datacoop payouts 0xYOU
     datacoop claim --key-file me.key [--settlement-url URL] [--rpc URL]
+    datacoop epoch post [--token T]        (operator)
+    datacoop epoch show
 
 URLs default to DATACOOP_SETTLEMENT_URL / DATACOOP_CHAIN_URL, then the running local stack
 (var/run/stack.json), then http://127.0.0.1:8105 and http://127.0.0.1:8545.
@@ -70,7 +72,8 @@ def claim_with_key(key: str, settlement_url: str, rpc_url: str) -> dict[str, Any
     cumulative = int(info["cumulative_units"])
     if cumulative == 0:
         raise RuntimeError(f"{account} has nothing to claim yet (earned {info['earned_units']} units, none in a "
-                           "posted epoch); wait for the next epoch")
+                           "posted epoch); wait for the next epoch (the operator posts one now with "
+                           "`datacoop epoch post`)")
     w3 = Web3(Web3.HTTPProvider(rpc_url))
     if not w3.is_connected():
         raise RuntimeError(f"no chain answers at {rpc_url}; pass --rpc")
@@ -98,9 +101,55 @@ def _read_key(key_file: Path) -> str:
     return key
 
 
+def _epoch_line(epoch: dict[str, Any]) -> str:
+    state = f"posted in {epoch['tx_hash']}" if epoch.get("posted") else "prepared, not yet posted"
+    return (f"epoch {epoch['epoch']}: {epoch['total_units']} units over {epoch['accounts']} account(s), "
+            f"root {epoch['root']}; {state}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     from datacoop.cli import console, fail
+    from datacoop.cli.common import operator_token
+
+    epoch_app = typer.Typer(help="Payout epochs: the Merkle roots members claim against.", no_args_is_help=True)
+    app.add_typer(epoch_app, name="epoch")
+
+    def _settlement(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = settlement_url or settlement_url_default()
+        try:
+            return httpx.request(method, f"{url.rstrip('/')}{path}", timeout=120, **kwargs)
+        except httpx.HTTPError as exc:
+            fail(f"settlement service at {url} does not answer ({exc}); start it (`datacoop up`) or pass "
+                 "--settlement-url")
+
+    @epoch_app.command("post")
+    def epoch_post(
+        token: Annotated[str | None, typer.Option("--token", help="operator token (default: "
+                                                  "DATACOOP_SETTLEMENT_OPERATOR_TOKEN, else the local stack's "
+                                                  "development token)")] = None,
+        settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
+    ) -> None:
+        """Post a payout epoch now (operator): a root over every account's earnings so far, on chain."""
+        secret = operator_token(token, "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
+        resp = _settlement(settlement_url, "POST", "/epochs", headers={"Authorization": f"Bearer {secret}"})
+        if resp.status_code == 409 and resp.json().get("type", "").endswith("/nothing-to-post"):
+            console.print("nothing new to post since the latest epoch", highlight=False)
+            return
+        if resp.status_code != 200:
+            fail(f"settlement refused ({resp.status_code}): {resp.json().get('detail', resp.text)}")
+        console.print(_epoch_line(resp.json()), highlight=False, soft_wrap=True)
+
+    @epoch_app.command("show")
+    def epoch_show(settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None) -> None:
+        """The latest epoch: its root, total, accounts and whether it is on chain."""
+        resp = _settlement(settlement_url, "GET", "/epochs/latest")
+        if resp.status_code == 404:
+            console.print("no epoch yet: one is posted when due, or now with `datacoop epoch post`")
+            return
+        if resp.status_code != 200:
+            fail(f"settlement refused ({resp.status_code}): {resp.json().get('detail', resp.text)}")
+        console.print(_epoch_line(resp.json()), highlight=False, soft_wrap=True)
 
     @app.command()
     def payouts(
