@@ -134,6 +134,9 @@ def decide(cmd: Command, state: Member, catalog: Catalog, now: datetime) -> list
         if state.registered:
             if cmd.signer.lower() != cmd.member.lower():
                 raise ConsentRefused("unauthorized", f"signature is by {cmd.signer}, not by member {cmd.member}")
+            if state.erased_at is not None:
+                raise ConsentRefused("gone", f"member {cmd.member} asked to be forgotten on "
+                                             f"{state.erased_at:%Y-%m-%d}; register a new wallet to take part again")
             raise ConsentRefused("conflict", f"member {cmd.member} is already registered")
         _check_signed(state, cmd, must_exist=False)
         return [MemberRegistered(member=cmd.member, registered_at=now, nonce=cmd.nonce, signature=cmd.signature)]

@@ -119,6 +119,8 @@ def test_erasure_revokes_active_consents_and_refuses_everything_after() -> None:
     assert state.consents["c1"].status == "revoked"
     assert state.consents["c1"].history[-1].reason == "erasure requested"
     assert refused(grant(nonce=3), state).kind == "gone"
+    again = refused(domain.RegisterMember(ALICE, ALICE, 3, SIG), state)  # not "already registered": forgotten
+    assert again.kind == "gone" and "register a new wallet" in str(again)
 
 
 def test_history_records_every_state_change_in_order() -> None:
