@@ -230,16 +230,20 @@ def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
 
 
 def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every row typed, or UploadRefused naming each bad (row, field) — none accepted if one is bad."""
+    """Every row typed, or UploadRefused naming each bad (row, field) — none accepted if one is bad. A file
+    whose columns are not the category's (another category, a renamed header) is said once for the whole
+    upload, not as the same errors in every row."""
     if not rows:
         raise UploadRefused("upload holds no rows; send at least one record")
     checkers = _checkers(schema)
     known = frozenset(name for name, _, _ in checkers)
+    _check_columns(schema, known, rows, checkers)
     clean: list[dict[str, Any]] = []
     errors: list[RowError] = []
-    count = 0
+    count = bad_rows = 0
     for n, row in enumerate(rows, start=1):
         typed: dict[str, Any] = {}
+        before = count
         for name, required, check in checkers:
             value = row.get(name)
             if value is None or value == "":
@@ -261,10 +265,33 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
                 if len(errors) < MAX_REPORTED_ERRORS:
                     errors.append(RowError(n, extra, f"is not a field of {schema.category} "
                                                      f"v{schema.version}; fields: {', '.join(sorted(known))}"))
+        bad_rows += count > before
         clean.append(typed)
     if errors:
-        rows_bad = len({e.row for e in errors})
-        raise UploadRefused(f"{count} invalid value(s) in {rows_bad}{'+' if count > len(errors) else ''} row(s) of "
-                            f"the {schema.category} upload; nothing was stored — fix them and upload again",
-                            errors, count)
+        raise UploadRefused(f"{count} invalid value(s) in {bad_rows} row(s) of the {schema.category} upload; "
+                            "nothing was stored — fix them and upload again", errors, count)
     return clean
+
+
+def _check_columns(schema: CategorySchema, known: frozenset[str], rows: list[dict[str, Any]],
+                   checkers: tuple[tuple[str, bool, Checker], ...]) -> None:
+    """Refuse at once an upload whose columns are not the category's: a field the category lacks in most
+    rows is a column of the file, not a slip in a row."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        for name in row:
+            if name not in known:
+                seen[name] = seen.get(name, 0) + 1
+    columns = sorted(name for name, rows_with in seen.items() if 2 * rows_with > len(rows))
+    if not columns:
+        return
+    present = {name for row in rows for name in row}
+    absent = [name for name, required, _ in checkers if required and name not in present]
+    problem = (f"{', '.join(columns)} {'is not a field' if len(columns) == 1 else 'are not fields'} of "
+               f"{schema.category} v{schema.version}" + (f", and no row holds the required {', '.join(absent)}"
+                                                         if absent else ""))
+    raise UploadRefused(f"the upload's columns do not fit the {schema.category} category: {problem}. Its fields "
+                        f"are {', '.join(sorted(known))}; rename or drop the other columns (or choose the category "
+                        "the file is of) and upload again; nothing was stored",
+                        [RowError(0, name, "not a field of the category") for name in columns]
+                        + [RowError(0, name, "required, and in no row") for name in absent])

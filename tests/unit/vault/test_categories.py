@@ -76,6 +76,22 @@ def test_a_bad_upload_is_refused_whole_naming_each_row_and_field() -> None:
     assert "nothing was stored" in refused.value.message
 
 
+def test_a_file_of_other_columns_is_refused_once_for_the_whole_upload() -> None:
+    """500 rows of x, y, z: one message naming the columns and the category's fields, the exact count of bad
+    rows never capped by the reported errors."""
+    rows = [{"x": str(i), "y": "a", "z": "b"} for i in range(500)]
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["demographics"], rows)
+    message = refused.value.message
+    assert "x, y, z are not fields of demographics" in message and "no row holds the required" in message
+    assert "age" in message and "nothing was stored" in message
+    assert {(e.row, e.field) for e in refused.value.errors if e.field in "xyz"} == {(0, "x"), (0, "y"), (0, "z")}
+    bad = [{"day": "2026-01-02", "steps": -1}] * 300  # more bad rows than errors are reported
+    with pytest.raises(UploadRefused) as counted:
+        check_rows(SCHEMAS["fitness"], bad)
+    assert counted.value.message.startswith("300 invalid value(s) in 300 row(s)")
+
+
 @pytest.mark.parametrize(("category", "row", "field"), [
     ("health", {"measured_on": "2026-01-01", "systolic_mmhg": 400}, "systolic_mmhg"),
     ("health", {"measured_on": "2026-01-01", "icd10": "diabetes"}, "icd10"),
