@@ -47,7 +47,11 @@ def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_
 
     out = cli(s, "researcher", "register", "--name", "Ada", "--key-file", str(key_file), "--save", str(api_key_file))
     assert out.exit_code == 0, out.output
-    assert "API key" in out.output
+    assert "API key" in out.output and api_key_file.stat().st_mode & 0o777 == 0o600
+    saved = api_key_file.read_text()
+    again = cli(s, "researcher", "register", "--name", "Bob", "--key-file", str(key_file), "--save", str(api_key_file))
+    assert again.exit_code == 1 and "already saved" in again.output, again.output
+    assert api_key_file.read_text() == saved, "the key shown once is never overwritten unasked"
     out = cli(s, "catalog")
     assert out.exit_code == 0 and "health" in out.output and "5,000,000" in out.output
     out = cli(s, "order", "health-survey@1:download", api_key_file=api_key_file)
@@ -67,11 +71,15 @@ def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_
     s.mine()
     wait_for(lambda: client.get_order(order_id)["status"] == "paid", "the order to turn paid")
 
-    target = tmp_path / "bought.parquet"
+    target = tmp_path / "new" / "folder" / "bought.parquet"  # the folders are made
     out = cli(s, "download", order_id, "--out", str(target), api_key_file=api_key_file)
     assert out.exit_code == 0, out.output
     assert pq.read_table(target).equals(table)
     assert target.read_bytes() == path.read_bytes()
+    out = cli(s, "download", order_id, "--out", str(target), api_key_file=api_key_file)
+    assert out.exit_code == 1 and "already exists" in out.output and "--overwrite" in out.output, out.output
+    out = cli(s, "download", order_id, "--out", str(target), "--overwrite", api_key_file=api_key_file)
+    assert out.exit_code == 0 and target.read_bytes() == path.read_bytes(), out.output
 
     settled = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10)
     wait_for(lambda: httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10).json()["allocation"]

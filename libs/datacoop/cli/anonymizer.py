@@ -109,7 +109,8 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
 def _follow(client: AnonymizerClient, dataset_id: str, build_id: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True,
+                  disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("queued", total=None)
         while time.monotonic() < deadline:
             status = client.build_status(dataset_id, build_id)

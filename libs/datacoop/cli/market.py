@@ -70,20 +70,30 @@ def register_cmd(
     key_file: Annotated[Path | None, typer.Option("--key-file", help="take the wallet from this key")] = None,
     organisation: Annotated[str, typer.Option("--organisation", help="your organisation")] = "",
     save: Annotated[Path, typer.Option("--save", help="where to keep the API key (mode 0600)")] = RESEARCHER_KEY_FILE,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an API key already saved at --save")]
+    = False,
     market_url: MarketUrl = None,
 ) -> None:
     """Open a researcher account; the API key is shown once and saved to --save."""
     from services.marketplace.client import register_researcher
 
+    if save.exists() and not overwrite:  # checked first: an account whose only key is lost is no use
+        fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
+             "ANOTHER_FILE for this account, or --overwrite to replace it")
     if wallet is None:
         from eth_account import Account
 
+        if key_file is None and not os.environ.get("DATACOOP_KEY"):
+            fail("no paying wallet: pass --wallet 0x… (the address that pays), or --key-file FILE / "
+                 "DATACOOP_KEY to take it from your key")
         wallet = Account.from_key(read_key(key_file)).address
     wallet = wallet_address(wallet, "wallet")
     result = _call(register_researcher, service_url("marketplace", market_url), name, wallet, organisation)
     save.parent.mkdir(parents=True, exist_ok=True)
-    save.write_text(result["api_key"] + "\n")
-    save.chmod(0o600)
+    fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as out:
+        out.write(result["api_key"] + "\n")
+    save.chmod(0o600)  # a file that existed keeps its old mode through O_CREAT
     console.print(f"registered researcher {result['researcher_id']} paying from {wallet}")
     console.print(f"API key (shown once, saved to {save}): {result['api_key']}", highlight=False)
 
@@ -162,13 +172,23 @@ def buy(
 
 def download(
     order_id: Annotated[str, typer.Argument(help="a paid download order")],
-    out: Annotated[Path, typer.Option("--out", help="where to write the Parquet file")],
+    out: Annotated[Path, typer.Option("--out", help="where to write the Parquet file (folders are made)")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a file already at --out")] = False,
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """Download the order's version as Parquet (signed grant, streamed, sha256 checked)."""
+    if out.is_dir():
+        fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'dataset.parquet'}")
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it, or another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot make the folder {out.parent} for --out: {exc.strerror}")
     client = _client(market_url, api_key_file)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True,
+                  disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("downloading", total=None)
         result = _call(client.download, order_id, out,
                        on_progress=lambda done, total: progress.update(task, completed=done, total=total or None))

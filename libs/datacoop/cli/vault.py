@@ -70,7 +70,8 @@ def contribute(
 
 def _upload(client: VaultClient, body: bytes) -> dict[str, Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("uploading", total=len(body))
 
         def chunks() -> Iterator[bytes]:
