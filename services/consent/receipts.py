@@ -73,6 +73,12 @@ def verify_receipt(document: dict[str, Any], trusted_public_key_b64: str | None 
     if not isinstance(proof, dict) or "signature" not in proof or "public_key" not in proof:
         raise ReceiptInvalid("receipt has no proof (expected proof.public_key and proof.signature)")
     key_b64 = trusted_public_key_b64 or proof["public_key"]
+    if trusted_public_key_b64 is not None:
+        try:
+            Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
+        except ValueError as exc:  # binascii.Error is a ValueError
+            raise ReceiptInvalid("the public key given is not an Ed25519 public key (32 bytes, base64); copy it "
+                                 "from GET /receipt-key") from exc
     if trusted_public_key_b64 and proof["public_key"] != trusted_public_key_b64:
         raise ReceiptInvalid("receipt was signed by a different key than the cooperative's")
     body = {k: v for k, v in document.items() if k != "proof"}

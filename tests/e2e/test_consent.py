@@ -91,6 +91,8 @@ def test_receipt_verifies_offline_and_detects_tampering(consent: ServiceProcess,
     assert receipt["state_history"][0]["state"] == "active"
     with pytest.raises(ReceiptInvalid):
         verify_receipt({**receipt, "data_categories": []}, key)
+    with pytest.raises(ReceiptInvalid, match="not an Ed25519 public key"):  # not "signed by a different key"
+        verify_receipt(receipt, "AAAA")
 
 
 def test_consent_with_short_expiry_turns_expired(consent: ServiceProcess) -> None:

@@ -70,17 +70,24 @@ def call_service(service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) 
         fail(f"cannot reach the {service} ({exc}); is the stack up (`datacoop up`)?")
 
 
+def checked_url(value: str, where: str) -> str:
+    """`value` without a trailing slash, or a failure naming `where` it came from when it is no http(s) URL."""
+    if not re.match(r"^https?://[^/\s]+", value):
+        fail(f"{where} {value!r} is not a URL: give http://HOST:PORT (https for a remote service)")
+    return value.rstrip("/")
+
+
 def service_url(name: str, given: str | None) -> str:
     """--<name>-url (--market-url), else DATACOOP_<NAME>_URL, else the running stack (var/run/stack.json)."""
+    option = _URL_OPTION.get(name, f"--{name}-url")
     if given:
-        return given.rstrip("/")
+        return checked_url(given, option)
     env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
     if env:
-        return env.rstrip("/")
+        return checked_url(env, f"DATACOOP_{name.upper()}_URL")
     services = (running_stack() or {}).get("services", {})
     if name in services:
         return str(services[name]["url"])
-    option = _URL_OPTION.get(name, f"--{name}-url")
     fail(f"no URL for the {name} service: pass {option}, set DATACOOP_{name.upper()}_URL, "
          "or start the stack with `datacoop up`")
 

@@ -202,10 +202,14 @@ def query(
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """Ask a differentially private aggregate; prints the answer with its noise scale and budget left."""
+    if not query_file.is_file():
+        fail(f"query file {query_file} does not exist; write the query as JSON (see docs/marketplace.md)")
     try:
         body = json.loads(query_file.read_text())
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read {query_file} as JSON ({exc})")
+    except OSError as exc:
+        fail(f"cannot read {query_file}: {exc.strerror}")
+    except ValueError as exc:
+        fail(f"{query_file} is not JSON ({exc}); write the query as JSON (see docs/marketplace.md)")
     console.print_json(data=_call(_client(market_url, api_key_file).query, order_id, body))
 
 

@@ -157,8 +157,12 @@ def register(app: typer.Typer) -> None:
         settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
     ) -> None:
         """Show what ADDRESS has earned, what the latest posted epoch lets it claim, and its proof."""
+        from datacoop.cli.common import checked_url, wallet_address
+
+        address = wallet_address(address, "ADDRESS")
+        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
         try:
-            info = fetch_payout(settlement_url or settlement_url_default(), address)
+            info = fetch_payout(url, address)
         except RuntimeError as exc:
             fail(str(exc))
         console.print(f"account      {info['account']}")
