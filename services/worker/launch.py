@@ -10,6 +10,8 @@ from pathlib import Path
 
 from eth_account import Account
 
+from infra.local import die_with_parent
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -21,7 +23,8 @@ def spawn_worker(jobs_url: str, worker_id: str, log_path: Path, key: str | None 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115  (the child owns it)
     return subprocess.Popen([sys.executable, "-m", "services.worker.main", "--jobs-url", jobs_url,
-                             "--worker-id", worker_id], env=full, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+                             "--worker-id", worker_id], env=full, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent())  # gone with whoever started it
 
 
 def spawn_workers(jobs_url: str, count: int, log_dir: Path, env: dict[str, str] | None = None,

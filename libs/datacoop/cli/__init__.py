@@ -120,8 +120,12 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="the stack descr
         fail(str(exc))
     if as_json:
         console.print_json(data=stack_mod.redacted(data))
-    else:
-        console.print(_status_table(data))
+        return
+    console.print(_status_table(data))
+    gone = stack_mod.owner_gone(data)
+    if gone is not None:
+        console.print(f"[yellow]{escape(gone)}[/yellow]")
+        raise typer.Exit(1)
 
 
 @app.command()

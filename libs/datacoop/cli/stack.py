@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from datacoop.kit.settings import ServiceSettings
-from infra.local import REPO_ROOT, Broker, Chain, InfraError, free_port, start_broker, start_chain
+from infra.local import REPO_ROOT, Broker, Chain, InfraError, die_with_parent, free_port, start_broker, start_chain
 
 RUN_DIR = REPO_ROOT / "var" / "run"
 STACK_FILE = RUN_DIR / "stack.json"
@@ -161,13 +161,33 @@ def claim_stack() -> None:
     described = running_stack()
     if described is None:
         return
-    left = [(component, pid) for component, _, pid in _components(described)
-            if isinstance(pid, int) and pid > 0 and _alive(pid) and _is_stack_process(pid)]
+    left = _left_running(described)
     if left:
         pids = " ".join(str(pid) for _, pid in left)
         raise InfraError(f"processes of an earlier stack are still running without their `datacoop up` "
                          f"({', '.join(f'{c} pid {p}' for c, p in left)}); stop them with `kill {pids}`, "
                          f"then run `datacoop up` again")
+
+
+def _left_running(described: dict[str, Any]) -> list[tuple[str, int]]:
+    """(component, pid) of the stack's processes that are alive now."""
+    return [(component, pid) for component, _, pid in _components(described)
+            if isinstance(pid, int) and pid > 0 and _alive(pid) and _is_stack_process(pid)]
+
+
+def owner_gone(described: dict[str, Any]) -> str | None:
+    """What to tell a user about a stack whose `datacoop up` no longer runs (stack.json left by a run that
+    ended, or by a killed one), or None while it runs."""
+    owner = described.get("up_pid")
+    if not isinstance(owner, int) or _alive(owner):
+        return None
+    left = _left_running(described)
+    if not left:
+        return (f"this stack is not running: its `datacoop up` (pid {owner}) has ended and {STACK_FILE} is left from "
+                "that run; `datacoop up` starts a new one")
+    pids = " ".join(str(pid) for _, pid in left)
+    return (f"its `datacoop up` (pid {owner}) is gone, but {', '.join(f'{c} pid {p}' for c, p in left)} still "
+            f"run; stop them with `kill {pids}`")
 
 
 def release_up_lock() -> None:
@@ -268,7 +288,8 @@ def spawn_service(entry: ServiceEntry, stack: Stack) -> RunningService:
     log_path = RUN_DIR / "logs" / f"{entry.name}.log"
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen([sys.executable, "-m", entry.module], env=service_env(entry, stack, port),
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT)
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+                            preexec_fn=die_with_parent())  # a killed `up` takes its services along
     return RunningService(entry, port, proc, log_path)
 
 

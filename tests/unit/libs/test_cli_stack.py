@@ -101,6 +101,26 @@ def test_status_prints_the_table_and_never_a_private_key(monkeypatch: pytest.Mon
     assert SECRET not in table.output + as_json.output
 
 
+def test_status_of_a_stack_whose_up_has_ended_says_so_and_fails(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """A stack.json left behind (its `up` ended or was killed): not a table of 'stopped' rows and exit 0."""
+    dead = _dead_pid()
+    described = {"up_pid": dead, "broker": {"bootstrap": "127.0.0.1:1", "pid": dead},
+                 "services": {"consent": {"url": "http://127.0.0.1:2", "pid": dead, "log": "x"}}, "workers": []}
+    stack_file = tmp_path / "stack.json"
+    stack_file.write_text(json.dumps(described))
+    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+    result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert f"its `datacoop up` (pid {dead}) has ended" in result.output
+    assert "`datacoop up` starts a new one" in result.output
+    monkeypatch.setattr(stack_mod, "_is_stack_process", lambda pid: True)  # this test's process as a leftover
+    described["services"]["consent"]["pid"] = os.getpid()  # type: ignore[index]
+    stack_file.write_text(json.dumps(described))
+    result = CliRunner().invoke(app, ["status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and f"kill {os.getpid()}" in result.output, result.output
+
+
 def test_a_new_stack_forgets_the_previous_ones_projections_and_api_key(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "consent.duckdb").write_text("old")
