@@ -34,6 +34,8 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
 
     configure("worker", os.environ.get("DATACOOP_LOG_LEVEL", "INFO"),
               os.environ.get("DATACOOP_LOG_JSON", "true").lower() == "true")
+    for noisy in ("httpx", "httpcore"):  # a line per heartbeat and lease poll otherwise (~60 KB in 10 minutes)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     worker_id = worker_id or f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:8]}"
     session = WorkerSession(jobs_url, key, worker_id)
     worker = Worker(session, Path(object_store or os.environ.get("DATACOOP_WORKER_OBJECT_STORE", "var/objects")),

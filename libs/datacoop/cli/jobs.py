@@ -12,7 +12,6 @@ marketplace's) from --api-key-file, DATACOOP_API_KEY or var/run/researcher.apike
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +22,7 @@ import typer
 from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.cli.market import ApiKeyFile, _api_key
 
-job_app = typer.Typer(no_args_is_help=True, help="analytics jobs on a paid compute order")
+job_app = typer.Typer(no_args_is_help=True, help="Analytics jobs on a paid compute order.")
 JobsUrl = Annotated[str | None, typer.Option("--jobs-url", help="jobs service URL (default: the stack's)")]
 
 
@@ -62,8 +61,6 @@ def worker(
 
     key = read_key(key_file)
     os.environ.setdefault("DATACOOP_LOG_JSON", "false")  # a person reads this terminal, not a log shipper
-    for noisy in ("httpx", "httpcore"):  # one line per heartbeat otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     run(service_url("jobs", jobs_url), key, worker_id, cores, object_store)
 
 

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 _OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
 
-researcher_app = typer.Typer(no_args_is_help=True, help="researcher accounts of the marketplace")
+researcher_app = typer.Typer(no_args_is_help=True, help="Researcher accounts of the marketplace.")
 MarketUrl = Annotated[str | None, typer.Option("--market-url", help="marketplace URL (default: the stack's)")]
 ApiKeyFile = Annotated[Path | None, typer.Option("--api-key-file", help="file holding your API key")]
 
