@@ -136,7 +136,7 @@ def run() -> dict[str, Any]:
 def _job_overhead(figures: dict[str, Any]) -> None:
     import httpx
 
-    from infra.local import REPO_ROOT, free_port, start_broker
+    from infra.local import REPO_ROOT, die_with_parent, free_port, start_broker
     from services.jobs.stand_in import publish_compute_market
     from services.worker.client import ResearcherJobs
     from services.worker.launch import spawn_worker
@@ -151,7 +151,8 @@ def _job_overhead(figures: dict[str, Any]) -> None:
             env = {**os.environ, "DATACOOP_BOOTSTRAP": broker.bootstrap, "DATACOOP_TOPIC_PREFIX": "bench.",
                    "DATACOOP_DATA_DIR": tmp, "DATACOOP_PORT": str(port), "DATACOOP_LOG_LEVEL": "WARNING"}
             procs.append(subprocess.Popen([sys.executable, "-m", "services.jobs.service"], env=env, cwd=REPO_ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          preexec_fn=die_with_parent()))
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Path, status
 
-from datacoop.kit.problems import Conflict, DomainError, NotFound, NotReady, require_bearer
+from datacoop.kit.problems import DomainError, NotFound, NotReady, require_bearer
 from services.anonymizer import domain
 from services.anonymizer.build import read_aggregates
 from services.anonymizer.definition import DefinitionError
@@ -118,17 +118,12 @@ def build_router(svc: Any) -> APIRouter:
     @router.post("/datasets/{dataset_id}/build", status_code=status.HTTP_202_ACCEPTED, tags=["builds"])
     async def build(dataset_id: DatasetPath, authorization: Annotated[str | None, Header()] = None,
                     force: bool = False) -> dict[str, Any]:
-        """Build a new version now (operator); follow it at /datasets/{id}/builds/{build_id}. Refused (409
-        `nothing-changed`, naming the version) when the newest version on offer was built from exactly the
-        records eligible now, unless `force=true` (e.g. after changing the anonymizer's mode)."""
+        """Build a new version now (operator); follow it at /datasets/{id}/builds/{build_id}. When the newest
+        version on offer was built from exactly the records eligible now, the build ends `unchanged` (with
+        that `version`) and publishes nothing, unless `force=true` (e.g. after changing the anonymizer's mode)."""
         operator(authorization)
         ready()
         existing(dataset_id)
-        same = None if force else svc.unchanged_since(dataset_id)
-        if same is not None:
-            raise Conflict(f"version {same} of {dataset_id} already holds exactly the records eligible now, so a "
-                           "build would publish the same rows again; nothing to build (send force=true to build "
-                           "anyway, e.g. after changing the anonymizer's mode)", slug="nothing-changed", version=same)
         req = svc.request_build(dataset_id, force=force)
         return {"dataset_id": dataset_id, "build_id": req.build_id,
                 "status": f"/datasets/{dataset_id}/builds/{req.build_id}"}

@@ -50,8 +50,7 @@ class AnonymizerClient:
         return list(check(self.http.get(f"/datasets/{dataset_id}/builds")))
 
     def request_build(self, dataset_id: str, force: bool = False) -> dict[str, Any]:
-        """The build's id and where to follow it; ApiError 409 `nothing-changed` (its `version` in the problem)
-        when the newest version on offer already holds the records eligible now, unless `force`."""
+        """The build's id and where to follow it (see `build` for how it may end)."""
         params = {"force": "true"} if force else None
         return dict(check(self.http.post(f"/datasets/{dataset_id}/build", headers=self.headers, params=params)))
 
@@ -62,12 +61,7 @@ class AnonymizerClient:
               on_progress: Callable[[dict[str, Any]], None] | None = None, force: bool = False) -> dict[str, Any]:
         """Request a build and follow it to the end: the version that holds the records eligible now (the
         new one, or the newest on offer when nothing changed and not `force`), or BuildFailed saying why."""
-        try:
-            build_id = self.request_build(dataset_id, force)["build_id"]
-        except ApiError as exc:
-            if exc.status == 409 and str(exc.problem.get("type", "")).endswith("/nothing-changed"):
-                return self.version(dataset_id, int(exc.problem["version"]))
-            raise
+        build_id = self.request_build(dataset_id, force)["build_id"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status = self.build_status(dataset_id, build_id)

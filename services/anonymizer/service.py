@@ -8,6 +8,9 @@ topic (definitions, builds, versions). One builder task runs builds one at a tim
 - when consents, erasures or records changed and `debounce_s` passed without another change, if the
   eligible record ids differ from those of the last build (fingerprint), so a restart or a replay
   builds nothing new by itself.
+Unless forced, a build whose fingerprint is that of the newest version on offer publishes nothing (it
+ends `unchanged`): the same rows are never on sale twice. A published version supersedes every older
+one still on offer ("replaced by version N"): new sales use the newest.
 Decryption goes through the vault's internal API, outside any DuckDB transaction; the CPU work runs
 in a thread so the API keeps answering.
 """
@@ -261,6 +264,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             if definition is None:
                 continue
             _, records, fingerprint = self._inputs(dataset_id, definition.definition_version, self.clock())
+            if self.unchanged_since(dataset_id, fingerprint) is not None:  # e.g. back to the inputs on sale
+                self._retry.discard(dataset_id)
+                continue
             if records and (dataset_id in self._retry
                             or fingerprint != self.projection.last_finished_inputs(dataset_id)):
                 await self.run_build(BuildRequest(dataset_id, "change"))
@@ -310,8 +316,10 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             members, records, fingerprint = self._inputs(req.dataset_id, state.definition_version, started)
             same = None if req.force else self.unchanged_since(req.dataset_id, fingerprint)
             if same is not None:  # the same rows again would be a second version of the same data on sale
+                self._retry.discard(req.dataset_id)
                 live.update(stage="done", outcome="unchanged", version=same,
-                            detail=f"version {same} already holds exactly the records eligible now; nothing built")
+                            detail=f"version {same} already holds exactly the records eligible now; nothing built "
+                                   "(build with force to publish it again, e.g. after changing the anonymizer's mode)")
                 await self._finish(req, same, "", started=False)  # older versions still on offer: replaced by it
                 return
             await self._append(req.dataset_id, [VersionBuildStarted(

@@ -34,6 +34,25 @@ class ResearcherClient:
         return dict(check(self.http.post("/orders", json={"dataset_id": dataset_id, "version": version,
                                                           "offer": offer})))
 
+    def current_version(self, dataset_id: str) -> int:
+        """The version of `dataset_id` on sale now (the newest not superseded); LookupError if none."""
+        current = [v["version"] for v in self.catalog()["versions"]
+                   if v["dataset_id"] == dataset_id and v["status"] == "current"]
+        if not current:
+            raise LookupError(f"dataset {dataset_id} has no version on sale; see `datacoop catalog` (GET /catalog)")
+        return int(max(current))
+
+    def order_current(self, dataset_id: str, offer: str, attempts: int = 3) -> dict[str, Any]:
+        """An order of the version on sale now: a version replaced between reading the catalog and placing
+        the order (410) is followed to its successor."""
+        for attempt in range(attempts):
+            try:
+                return self.order(dataset_id, self.current_version(dataset_id), offer)
+            except ApiError as exc:
+                if exc.status != 410 or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def get_order(self, order_id: str) -> dict[str, Any]:
         return dict(check(self.http.get(f"/orders/{order_id}")))
 

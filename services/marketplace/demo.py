@@ -101,7 +101,7 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
         send_receipt(contracts.w3, contracts.stablecoin.functions.mint(buyer, total), minter_key)
     orders = {}
     for offer in ("download", "query"):
-        o = client.order(v["dataset_id"], v["version"], offer)
+        o = client.order_current(v["dataset_id"], offer)  # a rebuild meanwhile replaces v: buy its successor
         tx = pay(rpc_url, catalog["payment"]["token"], catalog["payment"]["market"], buyer_key, o["order_id"],
                  o["price_units"])
         _wait_paid(client, o["order_id"], rpc_url)

@@ -49,7 +49,7 @@ def build_router(ctx: SettlementService) -> APIRouter:
                 cumulative = tree.cumulative_of(key)
                 proof = ["0x" + p.hex() for p in tree.proof(key)]
         earned = ctx.projection.balance(key)
-        claimed = await _claimed(account)
+        claimed = await _claimed(account) if epoch is not None else 0  # nothing can be claimed before a root
         return {"account": account, "epoch": epoch, "root": root, "cumulative_units": cumulative, "proof": proof,
                 "claimed_units": claimed,
                 "claimable_units": None if claimed is None else max(0, cumulative - claimed),
@@ -60,7 +60,7 @@ def build_router(ctx: SettlementService) -> APIRouter:
         """What `account` has claimed on chain so far (the contract's `claimed`); None when the chain does not
         answer (the rest of the payout view does not depend on it)."""
         try:
-            return int(await asyncio.to_thread(ctx.contracts.market.functions.claimed(account).call))
+            return int(await asyncio.to_thread(ctx.quick_market.functions.claimed(account).call))
         except Exception as exc:  # a node that is down or slow: say so in the log, answer the rest
             log.warning("cannot read claimed(%s) from the market contract: %s", account, exc)
             return None

@@ -67,6 +67,10 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         self.started_at = clock()
         self.w3 = Web3(Web3.HTTPProvider(settings.chain_url, request_kwargs={"timeout": 10}))
         self.contracts = Contracts.at(self.w3, settings.token_address, settings.market_address)
+        # for reads an API answer waits on (what an account has claimed): one try, a short timeout
+        quick = Web3(Web3.HTTPProvider(settings.chain_url, request_kwargs={"timeout": 2},
+                                       exception_retry_configuration=None))
+        self.quick_market = Contracts.at(quick, settings.token_address, settings.market_address).market
         self.coop_address = Web3.to_checksum_address(settings.coop_address)
         self.operator_token = dev_default_warned(settings.settlement_operator_token, DEV_OPERATOR_TOKEN,
                                                  "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")

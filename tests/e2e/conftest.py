@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.local import REPO_ROOT, Broker, free_port
+from infra.local import REPO_ROOT, Broker, die_with_parent, free_port
 
 
 @dataclass
@@ -46,7 +46,7 @@ def start_service(name: str, env: dict[str, str], log_path: Path, timeout_s: flo
     env = {**os.environ, **env, "DATACOOP_PORT": str(port), "DATACOOP_LOG_JSON": "true"}
     out = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.service"], env=env, cwd=REPO_ROOT,
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     svc = ServiceProcess(name, f"http://127.0.0.1:{port}", proc, env, log_path)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

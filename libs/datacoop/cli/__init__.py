@@ -124,7 +124,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="the stack descr
     console.print(_status_table(data))
     gone = stack_mod.owner_gone(data)
     if gone is not None:
-        console.print(f"[yellow]{escape(gone)}[/yellow]")
+        console.print(f"[yellow]{escape(gone)}[/yellow]", soft_wrap=True)  # the kill line stays copyable
         raise typer.Exit(1)
 
 

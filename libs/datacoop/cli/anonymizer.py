@@ -84,13 +84,7 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
     already holds exactly the records eligible now, unless --force)."""
     client = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     try:
-        try:
-            build_id = client.request_build(dataset_id, force)["build_id"]
-        except ApiError as exc:
-            if exc.status != 409 or not str(exc.problem.get("type", "")).endswith("/nothing-changed"):
-                raise
-            console.print(f"nothing to build: {exc.problem.get('detail')}", highlight=False, markup=False)
-            return
+        build_id = client.request_build(dataset_id, force)["build_id"]
         status = _follow(client, dataset_id, build_id, timeout_s)
         if status.get("outcome") == "unchanged":
             console.print(f"nothing built: {status.get('detail')}", highlight=False, markup=False)
@@ -178,11 +172,14 @@ def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         versions = client.versions(definition["name"])
-        old = versions[first["version"] - 1]
-        if versions[-1]["version"] > first["version"] and old["superseded"]:
-            newest = versions[-1]
-            console.print(f"{leaver.address[:10]}… revoked: version {first['version']} superseded "
-                          f"({old['superseded_reason']}); version {newest['version']}: "
+        newest = versions[-1]
+        # the version without them (a rebuild for records still arriving may have replaced `first` before)
+        if not newest["superseded"] and leaver.address not in newest["contributor_weights"] \
+                and all(v["superseded"] for v in versions[:-1]):
+            left = next((v for v in versions if v["superseded"] and "consent ended" in (v["superseded_reason"] or "")),
+                        versions[first["version"] - 1])
+            console.print(f"{leaver.address[:10]}… revoked: version {left['version']} superseded "
+                          f"({left['superseded_reason']}); version {newest['version']}: "
                           f"{_guarantees(newest)}; their weight: "
                           f"{newest['contributor_weights'].get(leaver.address, 0)}", highlight=False)
             return

@@ -20,8 +20,8 @@ from rich.table import Table
 from web3 import Web3
 
 from datacoop.cli.anonymizer import chapter_datasets
+from datacoop.cli.common import operator_token
 from datacoop.http import ApiError, check
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.consent.client import MemberWallet
 from services.consent.receipts import verify_receipt
 from services.vault.client import VaultClient, sample_rows
@@ -188,7 +188,7 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
         _until(partial(_vault_knows, vault))
         vault.contribute_rows("fitness", sample_rows("fitness", 30, seed=100 + i))
         state.dataset_members.append(wallet)
-    datasets = AnonymizerClient(urls["anonymizer"], DEV_OPERATOR_TOKEN)
+    datasets = AnonymizerClient(urls["anonymizer"], operator_token(None, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     datasets.define(fitness_definition())
     version = datasets.build(FITNESS_DATASET)
     console.print(f"{FITNESS_DATASET} version {version['version']}: {version['rows']} rows, k={version['k']}")
@@ -196,10 +196,10 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
     buyer_key = ANVIL_KEYS[8]
     reg = register_researcher(urls["marketplace"], "Dr. Compute", Account.from_key(buyer_key).address, "Demo Lab")
     researcher = ResearcherClient(urls["marketplace"], reg["api_key"])
-    _until(lambda: any((v["dataset_id"], v["version"]) == (FITNESS_DATASET, version["version"])
+    _until(lambda: any(v["dataset_id"] == FITNESS_DATASET and v["version"] >= version["version"]
                        for v in researcher.catalog()["versions"]))
     payment = researcher.catalog()["payment"]
-    order = researcher.order(FITNESS_DATASET, version["version"], "compute")
+    order = researcher.order_current(FITNESS_DATASET, "compute")  # a rebuild meanwhile: buy its successor
     chain_url = state.stack["chain"]["url"]
     contracts = Contracts.at(Web3(Web3.HTTPProvider(chain_url)), payment["token"], payment["market"])
     send_receipt(contracts.w3, contracts.stablecoin.functions.mint(Account.from_key(buyer_key).address,

@@ -125,19 +125,14 @@ def order(
         fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
              "compute (e.g. adult-census:query or census-demo@2:download)")
     client = _client(market_url, api_key_file)
-    version = int(m["version"]) if m["version"] else _current_version(_call(client.catalog), m["dataset"])
-    placed = _call(client.order, m["dataset"], version, m["offer"])
+    try:
+        placed = (_call(client.order, m["dataset"], int(m["version"]), m["offer"]) if m["version"]
+                  else _call(client.order_current, m["dataset"], m["offer"]))
+    except LookupError as exc:
+        fail(str(exc))
     console.print(f"order {placed['order_id']}: {placed['offer']} of {placed['dataset_id']} v{placed['version']} "
                   f"for {placed['price_units']:,} units; pay before {placed['expires_at']} with "
                   f"`datacoop buy {placed['order_id']} --key-file K`", highlight=False)
-
-
-def _current_version(catalog_data: dict[str, Any], dataset_id: str) -> int:
-    current = [v["version"] for v in catalog_data["versions"]
-               if v["dataset_id"] == dataset_id and v["status"] == "current"]
-    if not current:
-        fail(f"dataset {dataset_id} has no version on sale; see `datacoop catalog`")
-    return int(max(current))
 
 
 def buy(

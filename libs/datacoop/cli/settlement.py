@@ -31,12 +31,19 @@ def _from_stack(kind: str) -> str | None:
     return str(url) if url else None
 
 
+def _env_url(name: str) -> str | None:
+    from datacoop.cli.common import checked_url
+
+    value = os.environ.get(name)
+    return checked_url(value, name) if value else None
+
+
 def settlement_url_default() -> str:
-    return os.environ.get("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement") or DEFAULT_SETTLEMENT_URL
+    return _env_url("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement") or DEFAULT_SETTLEMENT_URL
 
 
 def rpc_url_default() -> str:
-    return os.environ.get("DATACOOP_CHAIN_URL") or _from_stack("chain") or DEFAULT_RPC_URL
+    return _env_url("DATACOOP_CHAIN_URL") or _from_stack("chain") or DEFAULT_RPC_URL
 
 
 def fetch_payout(settlement_url: str, address: str) -> dict[str, Any]:
@@ -110,13 +117,13 @@ def _epoch_line(epoch: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     from datacoop.cli import console, fail
-    from datacoop.cli.common import operator_token
+    from datacoop.cli.common import checked_url, operator_token
 
     epoch_app = typer.Typer(help="Payout epochs: the Merkle roots members claim against.", no_args_is_help=True)
     app.add_typer(epoch_app, name="epoch")
 
     def _settlement(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        url = settlement_url or settlement_url_default()
+        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
         try:
             return httpx.request(method, f"{url.rstrip('/')}{path}", timeout=120, **kwargs)
         except httpx.HTTPError as exc:
@@ -134,7 +141,8 @@ def register(app: typer.Typer) -> None:
         secret = operator_token(token, "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
         resp = _settlement(settlement_url, "POST", "/epochs", headers={"Authorization": f"Bearer {secret}"})
         if resp.status_code == 409 and resp.json().get("type", "").endswith("/nothing-to-post"):
-            console.print("nothing new to post since the latest epoch", highlight=False)
+            console.print(f"nothing posted: {resp.json().get('detail')}", highlight=False, markup=False,
+                          soft_wrap=True)
             return
         if resp.status_code != 200:
             fail(f"settlement refused ({resp.status_code}): {resp.json().get('detail', resp.text)}")
@@ -157,7 +165,7 @@ def register(app: typer.Typer) -> None:
         settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
     ) -> None:
         """Show what ADDRESS has earned, what the latest posted epoch lets it claim, and its proof."""
-        from datacoop.cli.common import checked_url, wallet_address
+        from datacoop.cli.common import wallet_address
 
         address = wallet_address(address, "ADDRESS")
         url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
@@ -186,9 +194,11 @@ def register(app: typer.Typer) -> None:
         rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC URL")] = None,
     ) -> None:
         """Claim your earnings on chain, signed with your key (the tokens go to your account)."""
+        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
+        chain = checked_url(rpc, "--rpc") if rpc else rpc_url_default()
         try:
             key = _read_key(key_file)
-            result = claim_with_key(key, settlement_url or settlement_url_default(), rpc or rpc_url_default())
+            result = claim_with_key(key, url, chain)
         except Exception as exc:  # chain errors included: one red line
             fail(str(exc))
         if result["claimed_units"] == 0:

@@ -179,7 +179,7 @@ def owner_gone(described: dict[str, Any]) -> str | None:
     """What to tell a user about a stack whose `datacoop up` no longer runs (stack.json left by a run that
     ended, or by a killed one), or None while it runs."""
     owner = described.get("up_pid")
-    if not isinstance(owner, int) or _alive(owner):
+    if not isinstance(owner, int) or (_alive(owner) and _is_stack_process(owner)):  # a reused pid is not it
         return None
     left = _left_running(described)
     if not left:

@@ -23,7 +23,8 @@ def _problem_line(exc: ApiError) -> str:
     problem = exc.problem
     line = f"{exc.status}: {problem.get('detail', problem)}"
     # an upload's bad rows, each named (a refused request, e.g. an empty body, says it all in `detail`)
-    rows = [e for e in problem.get("errors") or [] if isinstance(e, dict) and "row" in e]
+    # (row 0: a problem of the whole upload, which `detail` already says)
+    rows = [e for e in problem.get("errors") or [] if isinstance(e, dict) and e.get("row")]
     if rows:
         shown = "; ".join(f"row {e['row']} {e.get('field', '')}: {e.get('message', '')}" for e in rows[:5])
         more = problem.get("error_count", len(rows)) - min(len(rows), 5)
