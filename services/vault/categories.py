@@ -237,7 +237,7 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
         raise UploadRefused("upload holds no rows; send at least one record")
     checkers = _checkers(schema)
     known = frozenset(name for name, _, _ in checkers)
-    _check_columns(schema, known, rows, checkers)
+    unknown: dict[str, int] = {}  # field the category lacks -> rows that hold it
     clean: list[dict[str, Any]] = []
     errors: list[RowError] = []
     count = bad_rows = 0
@@ -261,6 +261,7 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
                     errors.append(RowError(n, name, str(exc)))
         if len(row) > len(known) or not known.issuperset(row):
             for extra in sorted(set(row) - known):
+                unknown[extra] = unknown.get(extra, 0) + 1
                 count += 1
                 if len(errors) < MAX_REPORTED_ERRORS:
                     errors.append(RowError(n, extra, f"is not a field of {schema.category} "
@@ -268,21 +269,17 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
         bad_rows += count > before
         clean.append(typed)
     if errors:
+        _check_columns(schema, known, rows, checkers, unknown)
         raise UploadRefused(f"{count} invalid value(s) in {bad_rows} row(s) of the {schema.category} upload; "
                             "nothing was stored — fix them and upload again", errors, count)
     return clean
 
 
 def _check_columns(schema: CategorySchema, known: frozenset[str], rows: list[dict[str, Any]],
-                   checkers: tuple[tuple[str, bool, Checker], ...]) -> None:
-    """Refuse at once an upload whose columns are not the category's: a field the category lacks in most
-    rows is a column of the file, not a slip in a row."""
-    seen: dict[str, int] = {}
-    for row in rows:
-        for name in row:
-            if name not in known:
-                seen[name] = seen.get(name, 0) + 1
-    columns = sorted(name for name, rows_with in seen.items() if 2 * rows_with > len(rows))
+                   checkers: tuple[tuple[str, bool, Checker], ...], unknown: dict[str, int]) -> None:
+    """Of a refused upload, say once that its columns are not the category's: a field the category lacks
+    in most rows is a column of the file, not a slip in a row."""
+    columns = sorted(name for name, rows_with in unknown.items() if 2 * rows_with > len(rows))
     if not columns:
         return
     present = {name for row in rows for name in row}

@@ -46,20 +46,35 @@ def rpc_url_default() -> str:
     return _env_url("DATACOOP_CHAIN_URL") or _from_stack("chain") or DEFAULT_RPC_URL
 
 
-def fetch_payout(settlement_url: str, address: str) -> dict[str, Any]:
-    """GET /payouts/{address}; raises RuntimeError with what to do when the service can't answer."""
-    url = f"{settlement_url.rstrip('/')}/payouts/{address}"
+def settlement_url_of(given: str | None) -> str:
+    """--settlement-url (checked), else the default above."""
+    from datacoop.cli.common import checked_url
+
+    return checked_url(given, "--settlement-url") if given else settlement_url_default()
+
+
+def _request(settlement_url: str, method: str, path: str, timeout_s: float = 10, **kwargs: Any) -> httpx.Response:
+    """A request to the settlement service; RuntimeError saying what to do when it does not answer."""
     try:
-        resp = httpx.get(url, timeout=10)
+        return httpx.request(method, f"{settlement_url.rstrip('/')}{path}", timeout=timeout_s, **kwargs)
     except httpx.HTTPError as exc:
         raise RuntimeError(f"settlement service at {settlement_url} does not answer ({exc}); "
                            "start it (`datacoop up`) or pass --settlement-url") from exc
+
+
+def _detail(resp: httpx.Response) -> str:
+    """A refusal's problem+json `detail` (its body when it is not JSON)."""
+    try:
+        return str(resp.json().get("detail", resp.text))
+    except ValueError:
+        return resp.text
+
+
+def fetch_payout(settlement_url: str, address: str) -> dict[str, Any]:
+    """GET /payouts/{address}; raises RuntimeError with what to do when the service can't answer."""
+    resp = _request(settlement_url, "GET", f"/payouts/{address}")
     if resp.status_code != 200:
-        try:
-            detail = resp.json().get("detail", resp.text)
-        except ValueError:
-            detail = resp.text
-        raise RuntimeError(f"settlement service refused: {detail}")
+        raise RuntimeError(f"settlement service refused: {_detail(resp)}")
     data: dict[str, Any] = resp.json()
     return data
 
@@ -117,18 +132,16 @@ def _epoch_line(epoch: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     from datacoop.cli import console, fail
-    from datacoop.cli.common import checked_url, operator_token
+    from datacoop.cli.common import checked_url, operator_token, wallet_address
 
     epoch_app = typer.Typer(help="Payout epochs: the Merkle roots members claim against.", no_args_is_help=True)
     app.add_typer(epoch_app, name="epoch")
 
-    def _settlement(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
-        try:
-            return httpx.request(method, f"{url.rstrip('/')}{path}", timeout=120, **kwargs)
-        except httpx.HTTPError as exc:
-            fail(f"settlement service at {url} does not answer ({exc}); start it (`datacoop up`) or pass "
-                 "--settlement-url")
+    def _epochs(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:  # posting waits for the chain
+            return _request(settlement_url_of(settlement_url), method, path, timeout_s=120, **kwargs)
+        except RuntimeError as exc:
+            fail(str(exc))
 
     @epoch_app.command("post")
     def epoch_post(
@@ -139,24 +152,23 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Post a payout epoch now (operator): a root over every account's earnings so far, on chain."""
         secret = operator_token(token, "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
-        resp = _settlement(settlement_url, "POST", "/epochs", headers={"Authorization": f"Bearer {secret}"})
+        resp = _epochs(settlement_url, "POST", "/epochs", headers={"Authorization": f"Bearer {secret}"})
         if resp.status_code == 409 and resp.json().get("type", "").endswith("/nothing-to-post"):
-            console.print(f"nothing posted: {resp.json().get('detail')}", highlight=False, markup=False,
-                          soft_wrap=True)
+            console.print(f"nothing posted: {_detail(resp)}", highlight=False, markup=False, soft_wrap=True)
             return
         if resp.status_code != 200:
-            fail(f"settlement refused ({resp.status_code}): {resp.json().get('detail', resp.text)}")
+            fail(f"settlement refused ({resp.status_code}): {_detail(resp)}")
         console.print(_epoch_line(resp.json()), highlight=False, soft_wrap=True)
 
     @epoch_app.command("show")
     def epoch_show(settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None) -> None:
         """The latest epoch: its root, total, accounts and whether it is on chain."""
-        resp = _settlement(settlement_url, "GET", "/epochs/latest")
+        resp = _epochs(settlement_url, "GET", "/epochs/latest")
         if resp.status_code == 404:
             console.print("no epoch yet: one is posted when due, or now with `datacoop epoch post`")
             return
         if resp.status_code != 200:
-            fail(f"settlement refused ({resp.status_code}): {resp.json().get('detail', resp.text)}")
+            fail(f"settlement refused ({resp.status_code}): {_detail(resp)}")
         console.print(_epoch_line(resp.json()), highlight=False, soft_wrap=True)
 
     @app.command()
@@ -165,10 +177,8 @@ def register(app: typer.Typer) -> None:
         settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
     ) -> None:
         """Show what ADDRESS has earned, what the latest posted epoch lets it claim, and its proof."""
-        from datacoop.cli.common import wallet_address
-
         address = wallet_address(address, "ADDRESS")
-        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
+        url = settlement_url_of(settlement_url)
         try:
             info = fetch_payout(url, address)
         except RuntimeError as exc:
@@ -194,7 +204,7 @@ def register(app: typer.Typer) -> None:
         rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC URL")] = None,
     ) -> None:
         """Claim your earnings on chain, signed with your key (the tokens go to your account)."""
-        url = checked_url(settlement_url, "--settlement-url") if settlement_url else settlement_url_default()
+        url = settlement_url_of(settlement_url)
         chain = checked_url(rpc, "--rpc") if rpc else rpc_url_default()
         try:
             key = _read_key(key_file)

@@ -163,16 +163,18 @@ def claim_stack() -> None:
         return
     left = _left_running(described)
     if left:
-        pids = " ".join(str(pid) for _, pid in left)
-        raise InfraError(f"processes of an earlier stack are still running without their `datacoop up` "
-                         f"({', '.join(f'{c} pid {p}' for c, p in left)}); stop them with `kill {pids}`, "
-                         f"then run `datacoop up` again")
+        raise InfraError(f"processes of an earlier stack are still running without their `datacoop up`: {left}, "
+                         "then run `datacoop up` again")
 
 
-def _left_running(described: dict[str, Any]) -> list[tuple[str, int]]:
-    """(component, pid) of the stack's processes that are alive now."""
-    return [(component, pid) for component, _, pid in _components(described)
+def _left_running(described: dict[str, Any]) -> str:
+    """The stack's processes that are alive now and the `kill` line that stops them ("" when none)."""
+    left = [(component, pid) for component, _, pid in _components(described)
             if isinstance(pid, int) and pid > 0 and _alive(pid) and _is_stack_process(pid)]
+    if not left:
+        return ""
+    return (f"{', '.join(f'{c} pid {p}' for c, p in left)}; stop them with "
+            f"`kill {' '.join(str(pid) for _, pid in left)}`")
 
 
 def owner_gone(described: dict[str, Any]) -> str | None:
@@ -185,9 +187,7 @@ def owner_gone(described: dict[str, Any]) -> str | None:
     if not left:
         return (f"this stack is not running: its `datacoop up` (pid {owner}) has ended and {STACK_FILE} is left from "
                 "that run; `datacoop up` starts a new one")
-    pids = " ".join(str(pid) for _, pid in left)
-    return (f"its `datacoop up` (pid {owner}) is gone, but {', '.join(f'{c} pid {p}' for c, p in left)} still "
-            f"run; stop them with `kill {pids}`")
+    return f"its `datacoop up` (pid {owner}) is gone, but these still run: {left}"
 
 
 def release_up_lock() -> None:
