@@ -29,7 +29,7 @@ class KafkaRecord:
 def encode(envelope: Envelope) -> KafkaRecord:
     return KafkaRecord(
         key=envelope.subject.encode(),
-        value=envelope.model_dump_json().encode(),
+        value=envelope.__pydantic_serializer__.to_json(envelope),  # bytes; model_dump_json() makes a str
         headers=[
             ("ce_type", envelope.type.encode()),
             ("ce_id", envelope.id.encode()),

@@ -19,10 +19,10 @@ _DERIVED_NAMESPACE = uuid.UUID("5f1b6c1e-2f6e-4b1e-9a4e-6d0a7c0d2a11")
 def new_event_id() -> str:
     """A fresh UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits, so ids sort by
     creation time to the millisecond. Formatted directly: this runs once per event written."""
-    rand = int.from_bytes(os.urandom(10))
-    value = ((time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 62 & 0xFFF) << 64
-             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
-    h = f"{value:032x}"
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6) + os.urandom(10))
+    raw[6] = 0x70 | raw[6] & 0x0F  # version 7
+    raw[8] = 0x80 | raw[8] & 0x3F  # variant 0b10
+    h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
