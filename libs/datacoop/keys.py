@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -17,11 +19,30 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
             raise ValueError(f"{path} is not an Ed25519 private key; remove it to have a new one made")
         return key
     key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    try:
+        write_secret(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()))
+    except FileExistsError:  # another process made it first: use theirs
+        return load_or_create_key(path)
     return key
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Create `path` holding `data`, readable by its owner alone from the first byte (mode 0600), whole or
+    not at all: written to a private temporary file beside it, synced, then linked into place. Raises
+    FileExistsError if `path` exists (a secret is never overwritten)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)  # fails if the path exists, unlike rename
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:

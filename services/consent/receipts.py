@@ -67,23 +67,22 @@ def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, A
                                  "signature": base64.b64encode(signature).decode()}}
 
 
-def verify_receipt(document: dict[str, Any], trusted_public_key_b64: str | None = None) -> None:
-    """Raise ReceiptInvalid unless the proof verifies (with `trusted_public_key_b64` when given)."""
+def verify_receipt(document: dict[str, Any], trusted_public_key_b64: str) -> None:
+    """Raise ReceiptInvalid unless the proof verifies with the cooperative's key, `trusted_public_key_b64`
+    (from GET /receipt-key, or pinned). The key written in the receipt's proof is never trusted on its
+    own: anyone can sign a forged receipt with a key of their own and name that key in it."""
     proof = document.get("proof")
     if not isinstance(proof, dict) or "signature" not in proof or "public_key" not in proof:
         raise ReceiptInvalid("receipt has no proof (expected proof.public_key and proof.signature)")
-    key_b64 = trusted_public_key_b64 or proof["public_key"]
-    if trusted_public_key_b64 is not None:
-        try:
-            Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
-        except ValueError as exc:  # binascii.Error is a ValueError
-            raise ReceiptInvalid("the public key given is not an Ed25519 public key (32 bytes, base64); copy it "
-                                 "from GET /receipt-key") from exc
-    if trusted_public_key_b64 and proof["public_key"] != trusted_public_key_b64:
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ReceiptInvalid("the public key given is not an Ed25519 public key (32 bytes, base64); copy it "
+                             "from GET /receipt-key") from exc
+    if proof["public_key"] != trusted_public_key_b64:
         raise ReceiptInvalid("receipt was signed by a different key than the cooperative's")
     body = {k: v for k, v in document.items() if k != "proof"}
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key_b64))
         key.verify(base64.b64decode(proof["signature"]), canonical(body))
     except (InvalidSignature, ValueError) as exc:
         raise ReceiptInvalid("signature does not match the receipt: it was altered or signed by another key") \

@@ -4,10 +4,17 @@ Not a projection: keys are never in the log, so this file is not rebuilt from th
 backed up on its own. Deleting a member's row is crypto-shredding: every ciphertext of theirs, in
 the log or anywhere else, becomes unreadable. Keys never leave this module unwrapped except to the
 vault's own seal/open calls.
+
+A DELETE (even checkpointed) leaves the deleted row's bytes in the database file's free blocks, where
+the wrapped key could be read back and unwrapped with the KEK; so after shredding the vault calls
+`compact()`, which copies the live rows into a fresh file and puts it in place of the old one. A copy
+restored from a backup brings back keys shredded since: the vault shreds them again when it starts
+(`holding`, below), before it answers a decrypt request.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +86,43 @@ class KeyStore:
             self.conn.execute("INSERT OR IGNORE INTO shredded VALUES (?, ?)", [member, at])
             self.conn.execute("COMMIT")
             self.conn.execute("CHECKPOINT")
+
+    def holding(self, members: list[str]) -> list[str]:
+        """Which of `members` have a data key here."""
+        if not members:
+            return []
+        rows = self.conn.execute("SELECT member FROM data_keys WHERE member IN (SELECT unnest(?::VARCHAR[]))",
+                                 [members]).fetchall()
+        return [r[0] for r in rows]
+
+    def compact(self) -> None:
+        """Rewrite the store into a fresh file holding only the live rows and replace the old file with it
+        (atomically: a crash leaves the old file or the new one, never neither), so that no deleted
+        (shredded) key survives in the file's free blocks. Blocks the store for the copy, ~1 s a million keys."""
+        if self.path == ":memory:":
+            return
+        fresh = f"{self.path}.compact"
+        with self._lock:
+            for leftover in (fresh, f"{fresh}.wal"):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+            current = self.conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+            quoted = fresh.replace("'", "''")
+            self.conn.execute(f"ATTACH '{quoted}' AS _fresh")
+            try:
+                self.conn.execute("USE _fresh")
+                self.conn.execute(_DDL)
+                self.conn.execute(f'USE "{current}"')
+                self.conn.execute("INSERT INTO _fresh.data_keys SELECT * FROM data_keys")
+                self.conn.execute("INSERT INTO _fresh.shredded SELECT * FROM shredded")
+            finally:
+                self.conn.execute(f'USE "{current}"')
+                self.conn.execute("DETACH _fresh")
+            self.conn.close()
+            os.replace(fresh, self.path)
+            if os.path.exists(f"{self.path}.wal"):  # the old file's log, already checkpointed into it
+                os.remove(f"{self.path}.wal")
+            self.conn = duckdb.connect(self.path)
 
     def count(self) -> int:
         row = self.conn.execute("SELECT count(*) FROM data_keys").fetchone()

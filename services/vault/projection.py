@@ -110,6 +110,10 @@ class VaultProjection:
                                 [member, upload_tag]).fetchone()
         return str(row[0]) if row else None
 
+    def shredded_members(self) -> list[str]:
+        rows = self.conn.execute("SELECT member FROM members WHERE shredded").fetchall()
+        return [r[0] for r in rows]
+
     def erased_unshredded(self, limit: int = 1000) -> list[str]:
         rows = self.conn.execute("SELECT member FROM members WHERE erased AND NOT shredded LIMIT ?",
                                  [limit]).fetchall()

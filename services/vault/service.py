@@ -25,6 +25,7 @@ from datacoop.events.envelope import derived_event_id, new_event_id
 from datacoop.events.members import ErasureRequested
 from datacoop.events.records import KeysShredded, SealedRecord
 from datacoop.events.registry import Event
+from datacoop.keys import write_secret
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError
@@ -51,9 +52,8 @@ def load_kek(settings: VaultSettings) -> Kek:
         return Kek(parse_kek(settings.vault_kek))
     path = settings.data_dir / "vault-kek"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(new_kek_b64() + "\n")
-        path.chmod(0o600)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            write_secret(path, (new_kek_b64() + "\n").encode())
         log.warning("DATACOOP_VAULT_KEK is unset: generated a key-encryption key into %s (local development "
                     "only; set DATACOOP_VAULT_KEK in production and keep it out of the data directory)", path)
     else:
@@ -80,6 +80,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.max_rows = settings.vault_max_rows
         self.shred_interval_s = settings.vault_shred_interval_s
         self._wake = asyncio.Event()
+        self._restored_checked = False  # keys of shredded members looked for since start
         self.runner.add_listener(self._on_applied)
         self.add_background(self.shred_forever)
 
@@ -174,9 +175,32 @@ class VaultService(ServiceRuntime[VaultProjection]):
 
     # -- erasure ---------------------------------------------------------------------------------
     async def shred_once(self) -> int:
-        """Shred the keys of every erased member not yet shredded; returns how many."""
+        """Shred the keys of every erased member not yet shredded; returns how many. Then compact the key
+        store, so that no shredded key survives in its file."""
         if not self.ready or self.writer is None:
             return 0
+        done = 0
+        try:
+            done = await self._shred_erased()
+        finally:
+            if done or self._restored_checked is False:
+                self._shred_restored()
+                self.keys.compact()
+                self._restored_checked = True
+        return done
+
+    def _shred_restored(self) -> None:
+        """Shred again the keys of members already shredded (a key store restored from a backup brings
+        them back): once the projection has caught up, before the first compaction."""
+        revived = self.keys.holding(self.projection.shredded_members())
+        for member in revived:
+            self.keys.shred(member, self.clock())
+        if revived:
+            log.warning("shredded again %d data key(s) of members erased earlier (a key store restored from a "
+                        "backup?)", len(revived))
+
+    async def _shred_erased(self) -> int:
+        assert self.writer is not None
         done = 0
         for member in self.projection.erased_unshredded():
             now = self.clock()

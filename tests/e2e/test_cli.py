@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from infra.local import REPO_ROOT
+from services.consent.receipts import sign_receipt
 from tests.e2e.conftest import ServiceProcess
 
 
@@ -72,13 +75,25 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     receipt = tmp_path / "receipt.json"
     assert datacoop("consent", "receipt", consent_id, "--out", str(receipt), "--key-file", str(key),
                     env=env).returncode == 0
-    verified = datacoop("receipt", "verify", str(receipt))
-    assert verified.returncode == 0 and "valid" in verified.stdout
+    verified = datacoop("receipt", "verify", str(receipt), env=env)  # the key from the consent service
+    assert verified.returncode == 0 and "valid" in verified.stdout and "/receipt-key" in verified.stdout
+    coop_key = httpx.get(f"{consent.url}/receipt-key").json()["public_key"]
+    offline = datacoop("receipt", "verify", str(receipt), "--public-key", coop_key,
+                       env={"DATACOOP_CONSENT_URL": "http://127.0.0.1:9"})  # nothing listens: offline
+    assert offline.returncode == 0 and "the given key" in offline.stdout, offline.stderr
+    unreachable = datacoop("receipt", "verify", str(receipt), env={"DATACOOP_CONSENT_URL": "http://127.0.0.1:9"})
+    assert unreachable.returncode == 1 and "--public-key" in unreachable.stderr
 
     doc = json.loads(receipt.read_text())
+    forged = sign_receipt({k: v for k, v in doc.items() if k != "proof"} | {"state": "revoked"},
+                          Ed25519PrivateKey.generate())  # self-consistent, with the forger's own key in it
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    refused = datacoop("receipt", "verify", str(tmp_path / "forged.json"), env=env)
+    assert refused.returncode == 1 and "NOT valid" in refused.stderr and "different key" in refused.stderr
+
     doc["purposes"][0]["purpose"] = "commercial-analytics"
     receipt.write_text(json.dumps(doc))
-    tampered = datacoop("receipt", "verify", str(receipt))
+    tampered = datacoop("receipt", "verify", str(receipt), "--public-key", coop_key)
     assert tampered.returncode == 1 and "NOT valid" in tampered.stderr
 
     assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 1, "erase needs --yes"

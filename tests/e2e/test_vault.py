@@ -140,12 +140,17 @@ def test_decrypt_api_needs_the_service_token(vault_svc: ServiceProcess) -> None:
 
 def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
         launch: Callable[..., ServiceProcess], vault_env: dict[str, str], consent_svc: ServiceProcess,
-        vault_svc: ServiceProcess, reader: VaultReader) -> None:
+        vault_svc: ServiceProcess, reader: VaultReader, tmp_path: Path) -> None:
     dora_wallet, dora = new_member(consent_svc, vault_svc)
     _, ed = new_member(consent_svc, vault_svc)
     dora.contribute("fitness", FITNESS_CSV, fmt="csv")
     ed.contribute("fitness", FITNESS_CSV.replace("187654", "5000"), fmt="csv")
     assert {r["member"] for r in reader.records(category="fitness")} == {dora.address, ed.address}
+    key_store = data_dir(vault_env) / "vault-keys.duckdb"
+    backup = tmp_path / "keys-backup.duckdb"  # a backup taken before the erasure (file copy, with its log)
+    shutil.copy(key_store, backup)
+    if Path(f"{key_store}.wal").exists():
+        shutil.copy(f"{key_store}.wal", f"{backup}.wal")
 
     dora_wallet.erase()
 
@@ -160,10 +165,17 @@ def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
     assert gone.value.status == 410
 
     vault_svc.stop()
-    keys = duckdb.connect(str(data_dir(vault_env) / "vault-keys.duckdb"), read_only=True)
+    keys = duckdb.connect(str(key_store), read_only=True)
     assert keys.execute("SELECT count(*) FROM data_keys WHERE member = ?", [dora.address]).fetchone() == (0,)
     assert keys.execute("SELECT count(*) FROM data_keys WHERE member = ?", [ed.address]).fetchone() == (1,)
     keys.close()
+    shutil.copy(backup, tmp_path / "peek.duckdb")  # read the backup's copy of dora's wrapped key
+    if Path(f"{backup}.wal").exists():
+        shutil.copy(f"{backup}.wal", tmp_path / "peek.duckdb.wal")
+    peek = duckdb.connect(str(tmp_path / "peek.duckdb"))
+    wrapped = bytes(peek.execute("SELECT wrapped FROM data_keys WHERE member = ?", [dora.address]).fetchone()[0])
+    peek.close()
+    assert not _file_holds(key_store, wrapped), "the shredded key's bytes are gone from the key store's file"
     for db in data_dir(vault_env).glob("vault.duckdb*"):
         db.unlink()
     rebuilt = launch("vault", vault_env)
@@ -172,6 +184,25 @@ def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
     resp = httpx.post(f"{rebuilt.url}/internal/decrypt", json={"members": [dora.address]},
                       headers={"Authorization": f"Bearer {SERVICE_TOKEN}"})
     assert resp.status_code == 410 and resp.json()["refused_members"] == [dora.address]
+
+    # The key store restored from the backup brings dora's key back: the vault shreds it again at start.
+    rebuilt.stop()
+    for stale in key_store.parent.glob("vault-keys.duckdb*"):
+        stale.unlink()
+    shutil.copy(backup, key_store)
+    if Path(f"{backup}.wal").exists():
+        shutil.copy(f"{backup}.wal", f"{key_store}.wal")
+    restored = launch("vault", vault_env)
+    wait_for(lambda: "shredded again 1 data key" in restored.log(), "the restored key to be shredded again")
+    restored.stop()
+    keys = duckdb.connect(str(key_store), read_only=True)
+    assert keys.execute("SELECT member FROM data_keys").fetchall() == [(ed.address,)]
+    keys.close()
+    assert not _file_holds(key_store, wrapped)
+
+
+def _file_holds(path: Path, blob: bytes) -> bool:
+    return any(blob in p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
 
 
 def test_both_services_rebuild_the_same_state_after_their_databases_are_deleted(

@@ -14,7 +14,8 @@ from eth_account import Account
 from rich.table import Table
 
 from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
-from datacoop.http import check
+from datacoop.http import ApiError, check
+from datacoop.keys import write_secret
 from services.consent.client import MemberWallet
 
 T = TypeVar("T")
@@ -45,9 +46,10 @@ def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write t
     if out.exists():
         fail(f"{out} exists; choose another path (a key file is never overwritten)")
     acct = Account.create()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(acct.key.hex() + "\n")
-    out.chmod(0o600)
+    try:
+        write_secret(out, (acct.key.hex() + "\n").encode())
+    except FileExistsError:
+        fail(f"{out} exists; choose another path (a key file is never overwritten)")
     console.print(f"wallet {acct.address} written to {out}")
 
 
@@ -188,10 +190,13 @@ def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", 
 @receipt_app.command("verify")
 def receipt_verify(
     file: Annotated[Path, typer.Argument(help="a receipt JSON file")],
-    public_key: Annotated[str | None, typer.Option(help="the cooperative's key (base64); "
-                                                        "default: the one in the receipt")] = None,
+    public_key: Annotated[str | None, typer.Option(help="the cooperative's receipt key (base64, from GET "
+                                                        "/receipt-key): checks offline")] = None,
+    consent_url: ConsentUrl = None,
 ) -> None:
-    """Check a consent receipt's Ed25519 signature, offline."""
+    """Check a consent receipt's Ed25519 signature against the cooperative's key: the one given with
+    --public-key (offline), else the one the consent service serves. The key written in a receipt is
+    never trusted by itself: anyone can sign a forged receipt and name their own key in it."""
     from services.consent.receipts import ReceiptInvalid, verify_receipt
 
     if not file.exists():
@@ -203,11 +208,19 @@ def receipt_verify(
              "`datacoop consent receipt`")
     if not isinstance(document, dict):
         fail(f"{file} holds JSON but not a receipt object")
+    key_note = "the given key"
+    if public_key is None:
+        url = service_url("consent", consent_url)
+        try:
+            public_key = str(check(httpx.get(f"{url}/receipt-key", timeout=10))["public_key"])
+        except (httpx.HTTPError, ApiError, KeyError, TypeError, ValueError) as exc:
+            fail(f"cannot fetch the cooperative's receipt key from {url}/receipt-key ({exc}); to check offline "
+                 "pass --public-key with the key from GET /receipt-key")
+        key_note = f"the cooperative's key from {url}/receipt-key"
     try:
         verify_receipt(document, public_key)
     except ReceiptInvalid as exc:
         fail(f"receipt NOT valid: {exc}")
-    key_note = "the given key" if public_key else "the key it names (compare it with GET /receipt-key)"
     console.print(f"[green]valid[/green]: consent {document.get('record_id')} of "
                   f"{document.get('data_subject', {}).get('id')}, signed by {key_note}")
 

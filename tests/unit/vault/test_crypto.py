@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -80,4 +81,28 @@ def test_key_store_creates_once_and_shredding_is_forever(tmp_path: object) -> No
         reopened.get_or_create(ALICE)
     raw = reopened.conn.execute("SELECT count(*) FROM data_keys").fetchone()
     assert raw == (0,)
+    reopened.close()
+
+
+def test_compaction_leaves_no_shredded_key_in_the_file(tmp_path: object) -> None:
+    kek = Kek(parse_kek(new_kek_b64()))
+    path = f"{tmp_path}/keys.duckdb"
+    store = KeyStore(path, kek)
+    members = [f"0x{i:040x}" for i in range(200)]
+    keys = {m: store.get_or_create(m) for m in members}
+    victim = members[7]
+    wrapped = bytes(store.conn.execute("SELECT wrapped FROM data_keys WHERE member = ?", [victim]).fetchone()[0])
+    store.close()
+    store = KeyStore(path, kek)
+    store.shred(victim, datetime.now(UTC))
+    assert wrapped in Path(path).read_bytes(), "a DELETE alone leaves the bytes (why compact exists)"
+    assert store.holding([victim, members[8]]) == [members[8]]
+    store.compact()
+    assert wrapped not in Path(path).read_bytes()
+    assert store.get(members[8]) == keys[members[8]], "live keys survive the compaction"
+    with pytest.raises(KeyShredded):
+        store.get(victim)
+    store.close()
+    reopened = KeyStore(path, kek)
+    assert reopened.count() == 199 and reopened.is_shredded(victim)
     reopened.close()
