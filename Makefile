@@ -51,8 +51,9 @@ lint: install
 lock: install  ## re-pin the Python packages after changing pyproject.toml (name==version only, never a path)
 	$(PY) -m pip list --format=freeze --exclude-editable --exclude pip --exclude setuptools | grep -v '^datacoop' > requirements.lock
 
-compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed)
-	docker-compose -f docker-compose.yml config --quiet
+compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed), secrets stood in for
+	DATACOOP_VAULT_KEK=check DATACOOP_VAULT_SERVICE_TOKEN=check DATACOOP_ANONYMIZER_OPERATOR_TOKEN=check \
+	DATACOOP_SETTLEMENT_OPERATOR_TOKEN=check docker-compose -f docker-compose.yml config --quiet
 
 clean:
 	rm -rf var/data var/run var/test-logs

@@ -73,7 +73,7 @@ def _csv_upload(rows: list[dict[str, str]]) -> str:
 
 async def _records(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
     settings = VaultSettings(bootstrap=bootstrap, topic_prefix="bench-rec.", data_dir=data_dir,
-                             vault_kek=new_kek_b64(), log_json=False)
+                             vault_kek=new_kek_b64(), log_json=False, dev_secrets=True)
     vault = VaultService(settings)
     await vault.start()
     accounts = [Account.create() for _ in range(UPLOADS)]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Header, Path, Request, status
 from pydantic import BaseModel, Field
 
 from datacoop.events.types import HexSignature, WalletAddress
@@ -18,6 +18,9 @@ from services.consent.catalog import Catalog
 from services.consent.receipts import build_receipt, sign_receipt
 
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
+ReadAuth = Annotated[str | None, Header(alias=eip712.READ_HEADER, description=(
+    "<issuedAt>.<signature>: ReadMemberData(member, issuedAt) signed by the member's wallet, issuedAt within "
+    f"{eip712.READ_FRESHNESS_S} s"))]
 
 
 class SignedBody(BaseModel):
@@ -86,6 +89,14 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
 
         await ctx.writer.execute(member, decide, correlation_id=correlation_id.get())
 
+    def own(member: str, auth: str | None) -> domain.Member:
+        """The member, to that member alone (a fresh ReadMemberData signature in READ_HEADER)."""
+        try:
+            eip712.check_read(domain_sep, eip712.to_checksum(member), auth)
+        except eip712.ReadRefused as exc:
+            raise Unauthorized(str(exc), slug="member-signature-required") from exc
+        return existing(member)
+
     def existing(member: str) -> domain.Member:
         m: domain.Member = ctx.projection.get(eip712.to_checksum(member))
         if not m.registered:
@@ -118,15 +129,16 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         return member_view(ctx.projection.get(member), clock())
 
     @router.get("/members/{member}")
-    async def get_member(member: MemberPath) -> dict[str, Any]:
-        """A member's state: registration, next nonce, every consent with its state and history."""
-        return member_view(existing(member), clock())
+    async def get_member(member: MemberPath, auth: ReadAuth = None) -> dict[str, Any]:
+        """A member's state: registration, next nonce, every consent with its state and history (to the
+        member alone: READ_HEADER)."""
+        return member_view(own(member, auth), clock())
 
     @router.get("/members/{member}/consents")
-    async def list_consents(member: MemberPath) -> list[dict[str, Any]]:
-        """Every consent of the member with its state: active, revoked or expired."""
+    async def list_consents(member: MemberPath, auth: ReadAuth = None) -> list[dict[str, Any]]:
+        """Every consent of the member with its state: active, revoked or expired (to the member alone)."""
         now = clock()
-        return [consent_view(c, now) for c in existing(member).consents.values()]
+        return [consent_view(c, now) for c in own(member, auth).consents.values()]
 
     @router.post("/members/{member}/consents", status_code=status.HTTP_201_CREATED)
     async def grant(member: MemberPath, body: GrantBody) -> dict[str, Any]:
@@ -150,9 +162,10 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         return consent_view(ctx.projection.get(member).consents[consent_id], clock())
 
     @router.get("/members/{member}/consents/{consent_id}/receipt", tags=["receipts"])
-    async def receipt(member: MemberPath, consent_id: str) -> dict[str, Any]:
-        """The consent receipt (ISO/IEC TS 27560 fields), signed with the cooperative's Ed25519 key."""
-        m = existing(member)
+    async def receipt(member: MemberPath, consent_id: str, auth: ReadAuth = None) -> dict[str, Any]:
+        """The consent receipt (ISO/IEC TS 27560 fields), signed with the cooperative's Ed25519 key (to the
+        member alone)."""
+        m = own(member, auth)
         consent = m.consents.get(consent_id)
         if consent is None:
             raise NotFound(f"member {m.address} has no consent {consent_id}; list them with `datacoop consent "

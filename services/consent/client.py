@@ -28,8 +28,16 @@ class MemberWallet:
     def sign(self, primary_type: str, message: dict[str, Any]) -> str:
         return eip712.sign(self.account, self.domain, primary_type, message)
 
+    def read_headers(self) -> dict[str, str]:
+        """What reading this member's own data takes (a fresh ReadMemberData signature)."""
+        return eip712.read_auth(self.account, self.domain)
+
+    def state(self) -> dict[str, Any]:
+        """The member's state: registration, next nonce, consents with their history."""
+        return dict(check(self.http.get(f"/members/{self.address}", headers=self.read_headers())))
+
     def next_nonce(self) -> int:
-        resp = self.http.get(f"/members/{self.address}")
+        resp = self.http.get(f"/members/{self.address}", headers=self.read_headers())
         return 0 if resp.status_code == 404 else int(check(resp)["next_nonce"])
 
     def register(self) -> dict[str, Any]:
@@ -65,7 +73,8 @@ class MemberWallet:
         return dict(check(self.http.post(f"/members/{self.address}/erasure", json={"nonce": nonce, "signature": sig})))
 
     def consents(self) -> list[dict[str, Any]]:
-        return list(check(self.http.get(f"/members/{self.address}/consents")))
+        return list(check(self.http.get(f"/members/{self.address}/consents", headers=self.read_headers())))
 
     def receipt(self, consent_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/members/{self.address}/consents/{consent_id}/receipt")))
+        return dict(check(self.http.get(f"/members/{self.address}/consents/{consent_id}/receipt",
+                                        headers=self.read_headers())))

@@ -8,6 +8,7 @@ below produces a signature this module accepts.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -35,7 +36,14 @@ TYPES: dict[str, list[tuple[str, str]]] = {
                           ("issuedAt", "uint256")],
     "RegisterWorker": [("provider", "address"), ("workerId", "string"), ("issuedAt", "uint256")],
     "JobResult": [("provider", "address"), ("jobId", "string"), ("leaseId", "string"), ("resultHash", "bytes32")],
+    "ReadMemberData": [("member", "address"), ("issuedAt", "uint256")],
 }
+
+READ_HEADER = "X-Member-Auth"
+"""Reading a member's own data (state, consents, receipts, uploads) takes this header:
+`<issuedAt>.<signature>`, the member's wallet signature of ReadMemberData(member, issuedAt), issuedAt
+in unix seconds within READ_FRESHNESS_S of the server's time. No nonce: a read changes nothing."""
+READ_FRESHNESS_S = 300
 
 
 class SignatureInvalid(ValueError):
@@ -147,3 +155,37 @@ def typed_data(domain: Domain, primary_type: str, message: dict[str, Any]) -> di
         "domain": domain.as_dict(),
         "message": message,
     }
+
+
+class ReadRefused(ValueError):
+    """A read of a member's data without a fresh signature by that member; the message says how to sign."""
+
+
+def read_auth(account: LocalAccount, domain: Domain, issued_at: int | None = None) -> dict[str, str]:
+    """The header that lets `account` read its own data for the next READ_FRESHNESS_S seconds."""
+    issued = int(time.time()) if issued_at is None else issued_at
+    signature = sign(account, domain, "ReadMemberData", {"member": account.address, "issuedAt": issued})
+    return {READ_HEADER: f"{issued}.{signature}"}
+
+
+def check_read(domain: Domain, member: str, header: str | None, now: float | None = None) -> None:
+    """ReadRefused unless `header` (READ_HEADER's value) is a fresh ReadMemberData signed by `member`."""
+    how = (f"sign ReadMemberData(member, issuedAt) with the member's wallet (EIP-712, GET /eip712) and send it as "
+           f"`{READ_HEADER}: <issuedAt>.<signature>`; the datacoop clients and CLI do")
+    if not header:
+        raise ReadRefused(f"a member's data is readable by that member only: {how}")
+    issued_text, _, signature = header.strip().partition(".")
+    if not issued_text.isdigit() or not signature:
+        raise ReadRefused(f"{READ_HEADER} must be <issuedAt>.<signature> (unix seconds, 0x-hex); {how}")
+    issued = int(issued_text)
+    now = time.time() if now is None else now
+    if abs(now - issued) > READ_FRESHNESS_S:
+        raise ReadRefused(f"{READ_HEADER} was signed at {issued}, more than {READ_FRESHNESS_S} s from the server's "
+                          f"time {int(now)}; sign a fresh one (and check your clock)")
+    try:
+        signer = recover(digest(domain, "ReadMemberData", {"member": member, "issuedAt": issued}), signature)
+    except (SignatureInvalid, ValueError) as exc:
+        raise ReadRefused(f"bad {READ_HEADER} signature: {exc}; {how}") from exc
+    if signer.lower() != member.lower():
+        raise ReadRefused(f"{READ_HEADER} is signed by {signer}, not by member {member}: a member's data is "
+                          "readable by that member only")

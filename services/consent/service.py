@@ -79,7 +79,7 @@ def build_app(settings: ConsentSettings | None = None, clock: Callable[[], datet
 
 
 def main() -> None:
-    serve("consent", ConsentSettings(), build_app)
+    serve("consent", ConsentSettings, build_app)
 
 
 if __name__ == "__main__":

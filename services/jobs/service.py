@@ -187,7 +187,7 @@ def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime
 
 def main() -> None:
     # workers long-poll for leases: don't wait for those requests at shutdown
-    serve("jobs", JobsSettings(), build_app, timeout_graceful_shutdown=2)
+    serve("jobs", JobsSettings, build_app, timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         self.quick_market = Contracts.at(quick, settings.token_address, settings.market_address).market
         self.coop_address = Web3.to_checksum_address(settings.coop_address)
         self.operator_token = dev_default_warned(settings.settlement_operator_token, DEV_OPERATOR_TOKEN,
-                                                 "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
+                                                 "DATACOOP_SETTLEMENT_OPERATOR_TOKEN", dev_secrets=settings.dev_secrets)
         self._epoch_lock = asyncio.Lock()
         self._trees: dict[int, StandardMerkleTree] = {}
         self.add_background(self.loop_forever)
@@ -293,7 +293,7 @@ def build_app(settings: SettlementSettings | None = None, clock: Callable[[], da
 
 
 def main() -> None:
-    serve("settlement", SettlementSettings(), build_app)
+    serve("settlement", SettlementSettings, build_app)
 
 
 if __name__ == "__main__":

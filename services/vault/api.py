@@ -14,6 +14,8 @@ from services.consent import eip712
 from services.vault.categories import UploadRefused
 
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
+ReadAuth = Annotated[str | None, Header(alias=eip712.READ_HEADER,
+                                        description="<issuedAt>.<signature>: ReadMemberData signed by the member")]
 
 
 class ContributeBody(BaseModel):
@@ -51,10 +53,11 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
 
     @router.get("/eip712", tags=["categories"])
     async def get_eip712() -> dict[str, Any]:
-        """The EIP-712 domain and the ContributeRecords type a wallet signs an upload with."""
+        """The EIP-712 domain, the ContributeRecords type a wallet signs an upload with and the ReadMemberData
+        type it signs a read of its own uploads with."""
         return {"domain": domain_sep.as_dict(),
-                "types": {"ContributeRecords": [{"name": f, "type": t}
-                                                for f, t in eip712.TYPES["ContributeRecords"]]}}
+                "types": {name: [{"name": f, "type": t} for f, t in eip712.TYPES[name]]
+                          for name in ("ContributeRecords", "ReadMemberData")}}
 
     @router.post("/members/{member}/records", status_code=status.HTTP_201_CREATED, tags=["records"])
     async def contribute(member: MemberPath, body: ContributeBody) -> dict[str, Any]:
@@ -77,9 +80,15 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
                                       for e in exc.errors]) from exc
 
     @router.get("/members/{member}/records", tags=["records"])
-    async def summary(member: MemberPath) -> dict[str, Any]:
-        """The member's uploads: category, schema version, how many records (no contents)."""
-        state = svc.projection.get(eip712.to_checksum(member))
+    async def summary(member: MemberPath, auth: ReadAuth = None) -> dict[str, Any]:
+        """The member's uploads: category, schema version, how many records (no contents); to the member
+        alone (a fresh ReadMemberData signature in the X-Member-Auth header)."""
+        member = eip712.to_checksum(member)
+        try:
+            eip712.check_read(domain_sep, member, auth)
+        except eip712.ReadRefused as exc:
+            raise Unauthorized(str(exc), slug="member-signature-required") from exc
+        state = svc.projection.get(member)
         if not state.registered:
             raise NotFound(f"member {member} is not registered with the vault; register with the consent service")
         return {"member": state.address, "erased": state.erased, "keys_shredded": state.shredded,

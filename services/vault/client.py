@@ -59,7 +59,11 @@ class VaultClient:
         return self.contribute(category, "".join(json.dumps(r) + "\n" for r in rows), "jsonl")
 
     def summary(self) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/members/{self.address}/records")))
+        """The member's uploads (signed as a read of the member's own data)."""
+        return dict(check(self.summary_response()))
+
+    def summary_response(self) -> httpx.Response:
+        return self.http.get(f"/members/{self.address}/records", headers=eip712.read_auth(self.account, self.domain))
 
 
 class VaultReader:

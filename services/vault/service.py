@@ -29,7 +29,7 @@ from datacoop.keys import write_secret
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError
-from datacoop.kit.settings import dev_default_warned
+from datacoop.kit.settings import SettingRefused, dev_default_warned
 from datacoop.topics import MEMBERS, RECORDS
 from services.consent.eip712 import Domain
 from services.vault import domain
@@ -49,8 +49,16 @@ def utcnow() -> datetime:
 
 def load_kek(settings: VaultSettings) -> Kek:
     if settings.vault_kek:
-        return Kek(parse_kek(settings.vault_kek))
+        try:
+            return Kek(parse_kek(settings.vault_kek))
+        except ValueError as exc:
+            raise SettingRefused(f"DATACOOP_VAULT_KEK: {exc}") from exc
     path = settings.data_dir / "vault-kek"
+    if not settings.dev_secrets:
+        raise SettingRefused("DATACOOP_VAULT_KEK is unset: set it to the base64 of 32 random bytes from a secret "
+                              "store, kept apart from the data directory (`python -c 'import base64, os; "
+                              "print(base64.b64encode(os.urandom(32)).decode())'`), or set DATACOOP_DEV_SECRETS=true "
+                              f"on a local development stack to have one generated into {path}")
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
             write_secret(path, (new_kek_b64() + "\n").encode())
@@ -75,7 +83,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.kek = load_kek(settings)
         self.keys = KeyStore(settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb", self.kek)
         self.service_token = dev_default_warned(settings.vault_service_token, DEV_SERVICE_TOKEN,
-                                                "DATACOOP_VAULT_SERVICE_TOKEN")
+                                                "DATACOOP_VAULT_SERVICE_TOKEN", dev_secrets=settings.dev_secrets)
         self.freshness = timedelta(seconds=settings.vault_freshness_s)
         self.max_rows = settings.vault_max_rows
         self.shred_interval_s = settings.vault_shred_interval_s
@@ -235,7 +243,7 @@ def build_app(settings: VaultSettings | None = None, clock: Callable[[], datetim
 
 
 def main() -> None:
-    serve("vault", VaultSettings(), build_app)
+    serve("vault", VaultSettings, build_app)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class ServiceProcess:
 
 def start_service(name: str, env: dict[str, str], log_path: Path, timeout_s: float = 60) -> ServiceProcess:
     port = int(env.get("DATACOOP_PORT") or free_port())
-    env = {**os.environ, **env, "DATACOOP_PORT": str(port), "DATACOOP_LOG_JSON": "true"}
+    env = {**os.environ, "DATACOOP_DEV_SECRETS": "true", **env, "DATACOOP_PORT": str(port), "DATACOOP_LOG_JSON": "true"}
     out = open(log_path, "ab")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", f"services.{name}.service"], env=env, cwd=REPO_ROOT,
                             stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent())

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from eth_account import Account
 
+from services.consent import eip712
 from services.consent.client import ApiError, MemberWallet
 from services.consent.receipts import ReceiptInvalid, verify_receipt
 from tests.e2e.conftest import ServiceProcess
@@ -117,13 +118,13 @@ def test_state_is_rebuilt_from_the_log_after_the_database_is_deleted(
     kept = erin.grant("health-research", ["health"])
     dropped = erin.grant("ai-training", ["fitness"])
     erin.revoke(dropped["consent_id"])
-    before = httpx.get(f"{consent.url}/members/{erin.address}").json()
+    before = erin.state()
     consent.stop()
     data_dir = Path(service_env["DATACOOP_DATA_DIR"])
     for db in data_dir.glob("consent.duckdb*"):
         db.unlink()
     again = launch("consent", {**service_env, "DATACOOP_SWEEP_INTERVAL_S": "0.2"})
-    after = httpx.get(f"{again.url}/members/{erin.address}").json()
+    after = httpx.get(f"{again.url}/members/{erin.address}", headers=erin.read_headers()).json()
     assert after == before
     assert {c["consent_id"]: c["state"] for c in after["consents"]} == {kept["consent_id"]: "active",
                                                                          dropped["consent_id"]: "revoked"}
@@ -140,3 +141,24 @@ def test_erasure_revokes_every_consent_and_refuses_further_changes(consent: Serv
     with pytest.raises(ApiError) as gone:
         frank.grant("health-research", ["health"])
     assert gone.value.status == 410
+
+
+def test_a_members_data_is_read_by_that_member_alone(consent: ServiceProcess) -> None:
+    """State, consents and receipts say which purposes (health research…) a wallet agreed to: they are
+    served only with a fresh ReadMemberData signature by the member's own wallet."""
+    hana, ivo = _wallet(consent), _wallet(consent)
+    hana.register()
+    granted = hana.grant("health-research", ["health"])
+    paths = [f"/members/{hana.address}", f"/members/{hana.address}/consents",
+             f"/members/{hana.address}/consents/{granted['consent_id']}/receipt"]
+    stale = eip712.read_auth(hana.account, hana.domain, issued_at=int(time.time()) - 3600)
+    for path in paths:
+        assert httpx.get(f"{consent.url}{path}", headers=hana.read_headers()).status_code == 200
+        anonymous = httpx.get(f"{consent.url}{path}")
+        assert anonymous.status_code == 401 and "X-Member-Auth" in anonymous.json()["detail"]
+        assert "health" not in anonymous.text
+        other = httpx.get(f"{consent.url}{path}", headers=ivo.read_headers())  # another wallet's own signature
+        assert other.status_code == 401 and f"not by member {hana.address}" in other.json()["detail"]
+        old = httpx.get(f"{consent.url}{path}", headers=stale)
+        assert old.status_code == 401 and "sign a fresh one" in old.json()["detail"]
+    assert hana.consents()[0]["purpose"] == "health-research"  # the client signs its reads

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from infra.local import REPO_ROOT, Broker
+from services.consent import eip712
 from services.consent.client import ApiError
 from services.vault.client import VaultReader
 from tests.e2e.conftest import ServiceProcess
@@ -218,9 +219,10 @@ def test_both_services_rebuild_the_same_state_after_their_databases_are_deleted(
     wait_for(lambda: gus.summary()["keys_shredded"], "the KeysShredded event")
 
     def snapshot(consent: ServiceProcess, vault: ServiceProcess) -> tuple[object, ...]:
-        member = httpx.get(f"{consent.url}/members/{wallet.address}").json()
-        gone = httpx.get(f"{consent.url}/members/{gone_wallet.address}").json()
-        summaries = [httpx.get(f"{vault.url}/members/{a}/records").json() for a in (fay.address, gus.address)]
+        member = httpx.get(f"{consent.url}/members/{wallet.address}", headers=wallet.read_headers()).json()
+        gone = httpx.get(f"{consent.url}/members/{gone_wallet.address}", headers=gone_wallet.read_headers()).json()
+        summaries = [httpx.get(f"{vault.url}/members/{c.address}/records",
+                               headers=eip712.read_auth(c.account, c.domain)).json() for c in (fay, gus)]
         plain = VaultReader(vault.url, SERVICE_TOKEN).page(limit=10_000)
         return member, gone, summaries, plain
 
@@ -256,3 +258,35 @@ def test_cli_contributes_a_file_with_a_progress_bar_and_fails_in_one_red_line(
     assert "error:" in refused.stderr and "row 1" in refused.stderr and "steps" in refused.stderr
     assert "Traceback" not in refused.stderr
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+@pytest.mark.parametrize(("given", "named"), [
+    ({}, "DATACOOP_VAULT_KEK"),
+    ({"DATACOOP_VAULT_KEK": "q2YxXo0eFq3cq0v9kq5l6yQ4l0wz1rB8n7s3u2t1v0w="}, "DATACOOP_VAULT_SERVICE_TOKEN"),
+    ({"DATACOOP_VAULT_KEK": "not base64 of 32 bytes", "DATACOOP_VAULT_SERVICE_TOKEN": "e2e-vault-service-token-x"},
+     "DATACOOP_VAULT_KEK"),
+    ({"DATACOOP_VAULT_SERVICE_TOKEN": "short"}, "DATACOOP_VAULT_SERVICE_TOKEN"),
+])
+def test_the_vault_refuses_to_start_on_development_secrets_outside_a_dev_stack(
+        tmp_path: Path, given: dict[str, str], named: str) -> None:
+    """A deployment that forgets its KEK or decrypt token must not run on the values every install shares."""
+    env = {"PATH": "/usr/bin:/bin", "DATACOOP_DATA_DIR": str(tmp_path), "DATACOOP_DEV_SECRETS": "false", **given}
+    result = subprocess.run([sys.executable, "-m", "services.vault.service"], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot start" in result.stderr and named in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "vault-kek").exists(), "no key-encryption key generated beside the data"
+
+
+def test_a_members_uploads_are_listed_to_that_member_alone(consent_svc: ServiceProcess,
+                                                          vault_svc: ServiceProcess) -> None:
+    _, joy = new_member(consent_svc, vault_svc)
+    _, kim = new_member(consent_svc, vault_svc)
+    joy.contribute("fitness", FITNESS_CSV, fmt="csv")
+    assert joy.summary()["uploads"][0]["category"] == "fitness"
+    url = f"{vault_svc.url}/members/{joy.address}/records"
+    anonymous = httpx.get(url)
+    assert anonymous.status_code == 401 and "X-Member-Auth" in anonymous.json()["detail"]
+    assert "fitness" not in anonymous.text
+    other = httpx.get(url, headers=eip712.read_auth(kim.account, kim.domain))
+    assert other.status_code == 401 and f"not by member {joy.address}" in other.json()["detail"]

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from eth_account import Account
@@ -51,9 +50,9 @@ def new_member(consent: ServiceProcess, vault: ServiceProcess) -> tuple[MemberWa
     key = Account.create().key.hex()
     wallet = MemberWallet(key, consent.url)
     wallet.register()
-    wait_for(lambda: httpx.get(f"{vault.url}/members/{wallet.address}/records").status_code == 200,
-             "the vault to see the registration")
-    return wallet, VaultClient(key, vault.url)
+    client = VaultClient(key, vault.url)
+    wait_for(lambda: client.summary_response().status_code == 200, "the vault to see the registration")
+    return wallet, client
 
 
 def raw_topic_bytes(bootstrap: str, prefix: str) -> list[bytes]:

@@ -154,7 +154,7 @@ def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int
         consent_id = wallet.grant("public-statistics", ["demographics"])["consent_id"]
         vault = VaultClient(key, urls["vault"])
         deadline = time.monotonic() + 15
-        while vault.http.get(f"/members/{wallet.address}/records").status_code != 200:
+        while vault.summary_response().status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError("the vault did not see a registration within 15 s")
             time.sleep(0.1)

@@ -127,7 +127,7 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
                       f"({newest['rows']} rows); versions already sold stay with their buyers")
     table = Table("member", "active", "revoked", "expired", "erased")
     for wallet in state.members:
-        view = wallet.http.get(f"/members/{wallet.address}").json()
+        view = wallet.state()
         counts = {s: sum(1 for c in view["consents"] if c["state"] == s) for s in ("active", "revoked", "expired")}
         table.add_row(wallet.address, str(counts["active"]), str(counts["revoked"]), str(counts["expired"]),
                       "yes" if view["erased"] else "")
@@ -245,7 +245,7 @@ def chapter_payouts(state: DemoState, console: Console) -> None:
 
 def _vault_knows(client: VaultClient) -> bool:
     """The vault has read the member's registration from the members topic."""
-    return bool(client.http.get(f"/members/{client.address}/records").status_code == 200)
+    return bool(client.summary_response().status_code == 200)
 
 
 def _until(predicate: Callable[[], bool], timeout_s: float = 20) -> None:

@@ -105,7 +105,7 @@ def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) ->
 def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Your member state and consents as JSON."""
     wallet = _wallet(key_file, consent_url)
-    console.print_json(data=_call(lambda: check(wallet.http.get(f"/members/{wallet.address}"))))
+    console.print_json(data=_call(wallet.state))
 
 
 @member_app.command("erase")

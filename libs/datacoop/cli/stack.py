@@ -275,6 +275,7 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_WORKER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_GRANT_KEY_FILE": str(RUN_DIR / "keys" / "marketplace-grant-key.pem"),
         "DATACOOP_LOG_JSON": "true",
+        "DATACOOP_DEV_SECRETS": "true",  # a local stack: the shared development tokens and a generated KEK
     })
     env.update(stack.chain_env)
     env.setdefault("DATACOOP_CONFIRMATIONS", "1")

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datacoop.kit import problems
 from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import ServiceSettings, SettingRefused
 
 
 class CorrelationIds:
@@ -89,9 +91,28 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     return app
 
 
-def serve(name: str, settings: ServiceSettings, build: Callable[[Any], FastAPI], **uvicorn_options: Any) -> None:
-    """Run a service's app: JSON logs configured first, uvicorn on the settings' host and port."""
+def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: Callable[[Any], FastAPI],
+          **uvicorn_options: Any) -> None:
+    """Run a service's app: settings read (from the environment when given the class), JSON logs
+    configured, uvicorn on the settings' host and port. Settings that can't be used (a missing or
+    malformed value, a development secret outside a development stack) end the process with a message
+    naming each and exit status 2, not a traceback."""
     import uvicorn
 
-    configure(name, settings.log_level, settings.log_json)
-    uvicorn.run(build(settings), host=settings.host, port=settings.port, log_config=None, **uvicorn_options)
+    try:
+        if isinstance(settings, type):
+            settings = settings()
+        configure(name, settings.log_level, settings.log_json)
+        app = build(settings)
+    except ValidationError as exc:
+        problems_ = "; ".join(f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+                              for e in exc.errors())
+        _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
+    except SettingRefused as exc:
+        _refuse_start(name, str(exc))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, **uvicorn_options)
+
+
+def _refuse_start(name: str, why: str) -> NoReturn:
+    print(f"datacoop {name}: cannot start: {why}", file=sys.stderr, flush=True)
+    raise SystemExit(2)

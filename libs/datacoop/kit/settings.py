@@ -12,10 +12,21 @@ DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
 """The operator token services take when none is set (a local stack): each of them warns about it."""
 
 
-def dev_default_warned(value: str, default: str, setting: str) -> str:
-    """`value`, with a warning in the log when it is still the development `default` of `setting`
-    (a token every local stack shares): what a service does with each of its secrets at start."""
+class SettingRefused(ValueError):
+    """A setting a service can't start with: malformed, or a secret missing or left at the value every
+    datacoop install shares outside a development stack. The message names the setting and the fix."""
+
+
+def dev_default_warned(value: str, default: str, setting: str, *, dev_secrets: bool) -> str:
+    """`value`, refused while it is still the development `default` of `setting` (a token every local
+    stack shares) unless `dev_secrets` (DATACOOP_DEV_SECRETS, which `datacoop up` and the tests set):
+    then with a warning in the log. What a service does with each of its secrets at start."""
     if value == default:
+        if not dev_secrets:
+            raise SettingRefused(
+                f"{setting} is the development default, which every datacoop install shares; set a secret one "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or set "
+                "DATACOOP_DEV_SECRETS=true on a local development stack")
         logging.getLogger("datacoop.settings").warning("%s is the development default; set a secret one", setting)
     return value
 
@@ -32,3 +43,6 @@ class ServiceSettings(BaseSettings):
                                                    "unset = assign all partitions (one instance)")
     log_level: str = "INFO"
     log_json: bool = True
+    dev_secrets: bool = Field(False, description="accept the development defaults of secrets (shared tokens, "
+                                                 "a KEK generated beside the data): local development only; "
+                                                 "`datacoop up` sets it")

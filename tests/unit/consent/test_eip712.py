@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
@@ -56,3 +58,28 @@ def test_checksum_matches_eth_utils() -> None:
     for _ in range(20):
         address = Account.create().address.lower()
         assert eip712.to_checksum(address) == to_checksum_address(address)
+
+
+def test_a_read_is_allowed_with_a_fresh_signature_by_the_member_alone() -> None:
+    member, other = Account.create(), Account.create()
+    domain = DOMAINS[1]
+    header = eip712.read_auth(member, domain, issued_at=1_800_000_000)[eip712.READ_HEADER]
+    # what a wallet's eth_signTypedData_v4 makes of the same message verifies too
+    signable = encode_typed_data(full_message=eip712.typed_data(
+        domain, "ReadMemberData", {"member": member.address, "issuedAt": 1_800_000_000}))
+    wallet_sig = "0x" + bytes(member.sign_message(signable).signature).hex().removeprefix("0x")
+    eip712.check_read(domain, member.address, header, now=1_800_000_100)
+    eip712.check_read(domain, member.address.lower(), f"1800000000.{wallet_sig}", now=1_800_000_000)
+    refusals = [
+        (member.address, None, 1_800_000_000, "readable by that member only"),
+        (member.address, "garbage", 1_800_000_000, "<issuedAt>.<signature>"),
+        (member.address, header, 1_800_000_000 + eip712.READ_FRESHNESS_S + 1, "sign a fresh one"),
+        (other.address, header, 1_800_000_000, f"not by member {other.address}"),
+        (member.address, header.replace("1800000000.", "1800000001."), 1_800_000_000, "not by member"),
+        (member.address, "1800000000.0x1234", 1_800_000_000, "bad X-Member-Auth signature"),
+    ]
+    for who, header_value, now, said in refusals:
+        with pytest.raises(eip712.ReadRefused, match=re.escape(said)):
+            eip712.check_read(domain, who, header_value, now=now)
+    with pytest.raises(eip712.ReadRefused):  # signed for another domain (another deployment)
+        eip712.check_read(DOMAINS[0], member.address, header, now=1_800_000_000)

@@ -3,6 +3,7 @@ what a new machine installs."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -30,9 +31,26 @@ def test_compose_file_parses_with_docker_compose_when_installed() -> None:
     compose_yaml = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     assert compose_yaml["volumes"], "named volumes keep Kafka's log and the projections"
     if exe:
-        result = subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "--quiet"],
-                                capture_output=True, text=True, timeout=60)
+        def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([exe, "-f", str(REPO_ROOT / "docker-compose.yml"), "config", "--quiet"],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={"PATH": os.environ.get("PATH", ""), **env})
+        result = config(dict.fromkeys(SECRETS, "a-secret-0123456789abcdef"))
         assert result.returncode == 0, result.stderr
+        refused = config({})
+        assert refused.returncode != 0 and "DATACOOP_VAULT_KEK" in refused.stderr, refused.stderr
+
+
+SECRETS = ["DATACOOP_VAULT_KEK", "DATACOOP_VAULT_SERVICE_TOKEN", "DATACOOP_ANONYMIZER_OPERATOR_TOKEN",
+           "DATACOOP_SETTLEMENT_OPERATOR_TOKEN"]
+
+
+def test_compose_requires_every_secret_and_never_sets_dev_secrets() -> None:
+    """A deployment that forgets a secret must not start with the development default every install shares."""
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    for secret in SECRETS:
+        assert f"${{{secret}:?" in text, f"docker-compose.yml must require {secret} (${{{secret}:?message}})"
+    assert "DATACOOP_DEV_SECRETS" not in text
 
 
 def test_the_lock_pins_every_package_by_version_only() -> None:
