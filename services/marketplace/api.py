@@ -57,27 +57,39 @@ class GrantBody(BaseModel):
     ttl_s: float | None = Field(None, gt=0, description="how long the grant lives (at most the service's limit)")
 
 
-def order_view(o: domain.Order) -> dict[str, Any]:
+def order_view(o: domain.Order, version_superseded: bool = False) -> dict[str, Any]:
+    """An order as its researcher sees it. A refused payment (`refund-due`) says why and what to do; an
+    unpaid order whose version left the sale says not to pay it."""
     view: dict[str, Any] = {
         "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
         "researcher_id": o.researcher_id, "buyer": o.buyer, "dataset_id": o.dataset_id, "version": o.version,
         "offer": o.offer, "price_units": o.price_units, "status": o.status, "placed_at": o.placed_at,
         "expires_at": o.expires_at, "paid_at": o.paid_at, "paid_units": o.paid_units, "tx_hash": o.tx_hash,
-        "grants": o.grants}
+        "grants": o.grants,
+        "refused_payments": [{"payment_event_id": p.payment_event_id, "amount_units": p.amount_units,
+                              "tx_hash": p.tx_hash, "reason": p.reason, "detail": p.detail,
+                              "refused_at": p.refused_at, "refund_due": True} for p in o.refused_payments]}
+    if o.refused_payments and o.status != "paid":
+        view["note"] = o.refused_payments[-1].detail
+    elif o.status == "placed" and version_superseded:
+        view["note"] = (f"{o.dataset_id} v{o.version} was superseded (no longer on sale): do not pay order "
+                        f"{o.order_id}, a payment now would be refused and refunded; order the current version "
+                        f"(`datacoop order {o.dataset_id}:{o.offer}`, see `datacoop catalog`)")
     if o.offer == "query":
         view["budget"] = {"epsilon": (o.budget_micro or 0) / MICRO_EPSILON, "spent": o.spent_micro / MICRO_EPSILON,
                           "remaining": o.remaining_micro / MICRO_EPSILON, "queries": o.queries}
     return view
 
 
-def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict[str, Any]]) -> dict[str, Any]:
+def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict[str, Any]],
+                 group_by: list[str]) -> dict[str, Any]:
     return {"dataset_id": v.dataset_id, "version": v.version, "status": "superseded" if superseded else "current",
             "purpose": v.purpose, "categories": v.categories, "columns": v.columns, "rows": v.rows,
             "published_at": v.published_at, "sha256": v.sha256, "contributors": len(v.contributor_weights),
             "guarantees": {"k": v.k, "l_diversity": v.l_diversity, "privacy_model": v.privacy_model,
                            "epsilon": v.epsilon, "suppressed_rows": v.suppressed_rows,
                            "information_loss": v.information_loss},
-            "offers": [] if superseded else offers}
+            "offers": [] if superseded else offers, "query_group_by": group_by}
 
 
 async def current_researcher(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
@@ -107,6 +119,10 @@ def build_router(ctx: Any) -> APIRouter:
             raise NotFound(f"you have no order {order_id}; list yours with `datacoop orders` (GET /orders)",
                            slug="unknown-order")
         return order
+
+    def view(o: domain.Order) -> dict[str, Any]:
+        info = ctx.projection.version_info(o.dataset_id, o.version) if o.status == "placed" else None
+        return order_view(o, info is not None and info.superseded)
 
     def published(dataset_id: str, version: int) -> DatasetVersionPublished:
         found = ctx.projection.version(dataset_id, version)
@@ -139,14 +155,16 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog() -> dict[str, Any]:
         """Every published dataset version, its guarantees and offers, and where orders are paid."""
         return {"payment": ctx.payment_info(),
-                "versions": [version_view(v, s, ctx.offers.for_dataset(v.dataset_id).as_list())
+                "versions": [version_view(v, s, ctx.offers.for_dataset(v.dataset_id).as_list(),
+                                          ctx.projection.groupable(v.dataset_id, v.version))
                              for v, s in ctx.projection.versions()]}
 
     @router.get("/catalog/{dataset_id}/{version}", tags=["catalog"])
     async def catalog_entry(dataset_id: str, version: int) -> dict[str, Any]:
         v = published(dataset_id, version)
         superseded = ctx.projection.version(dataset_id, version)[1]
-        return version_view(v, superseded, ctx.offers.for_dataset(dataset_id).as_list())
+        return version_view(v, superseded, ctx.offers.for_dataset(dataset_id).as_list(),
+                            ctx.projection.groupable(dataset_id, version))
 
     @router.get("/grant-key", tags=["catalog"])
     async def grant_key() -> dict[str, str]:
@@ -167,17 +185,17 @@ def build_router(ctx: Any) -> APIRouter:
                                 body.version, ctx.clock())
 
         await run(order_id, decide)
-        return {**order_view(ctx.projection.order(order_id)), "payment": ctx.payment_info()}
+        return {**view(ctx.projection.order(order_id)), "payment": ctx.payment_info()}
 
     @router.get("/orders", tags=["orders"])
     async def my_orders(who: Researcher) -> list[dict[str, Any]]:
         """Your order history."""
-        return [order_view(o) for o in ctx.projection.orders_of(who["researcher_id"])]
+        return [view(o) for o in ctx.projection.orders_of(who["researcher_id"])]
 
     @router.get("/orders/{order_id}", tags=["orders"])
     async def get_order(order_id: str, who: Researcher) -> dict[str, Any]:
         order = own_order(order_id, who)
-        return {**order_view(order), "grants_issued": ctx.projection.grants_of(order_id),
+        return {**view(order), "grants_issued": ctx.projection.grants_of(order_id),
                 "queries": ctx.projection.spends_of(order_id)}
 
     @router.get("/orders/{order_id}/receipt", tags=["orders"])
@@ -185,8 +203,9 @@ def build_router(ctx: Any) -> APIRouter:
         """A signed receipt of a paid order: what was bought, the payment, the version's guarantees."""
         order = own_order(order_id, who)
         if order.status != "paid":
-            raise DomainError(f"order {order_id} is {order.status}; a receipt exists once it is paid", status=402,
-                              slug="payment-required")
+            why = order.refused_payments[-1].detail if order.refused_payments else \
+                f"order {order_id} is {order.status}; a receipt exists once it is paid"
+            raise DomainError(why, status=402, slug="payment-required")
         v = published(order.dataset_id, order.version)
         doc = {"schema": "datacoop-order-receipt/1", "order_id": order.order_id, "researcher": who["name"],
                "organisation": who["organisation"], "buyer": order.buyer, "offer": order.offer,
@@ -266,7 +285,8 @@ def build_router(ctx: Any) -> APIRouter:
         v = published(order.dataset_id, order.version)
         try:
             loaded: LoadedVersion = await ctx.load_version(v)
-            answer = await asyncio.to_thread(ctx.engine.answer, loaded, query, ctx.new_rng())
+            delta = ctx.settings.query_delta * query.epsilon_micro / (order.budget_micro or query.epsilon_micro)
+            answer = await asyncio.to_thread(ctx.engine.answer, loaded, query, ctx.new_rng(), delta)
         except QueryInvalid as exc:
             raise DomainError(str(exc), status=422, slug="invalid-query") from exc
         except FileUnavailable as exc:
@@ -286,7 +306,8 @@ def build_router(ctx: Any) -> APIRouter:
 
     @router.get("/payments/unmatched", tags=["orders"])
     async def unmatched() -> list[dict[str, Any]]:
-        """Payments confirmed on chain that paid no order: unknown order ids or amounts short of the price."""
+        """Payments confirmed on chain that paid no order: unknown order ids, amounts short of the price, and
+        payments refused because the order had expired or its version was superseded (`refund_due`)."""
         return ctx.projection.unmatched_payments()  # type: ignore[no-any-return]
 
     return router

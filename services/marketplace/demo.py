@@ -36,7 +36,9 @@ from services.marketplace.client import ResearcherClient, pay, register_research
 
 def publish_sample_version(bootstrap: str, topic_prefix: str, object_store_dir: Path, members: Sequence[str],
                            dataset_id: str = "demo-survey", version: int = 1, rows_per_member: int = 40) -> str:
-    """Write a generalized sample table (rows_per_member rows per member) and publish its version."""
+    """Write a generalized sample table (rows_per_member rows per member) and publish its version. No dataset
+    definition is published (an anonymizer on the same topics would take it up), so the marketplace knows
+    no column it may group by: queries on this version are ungrouped."""
     bands = ["18-29", "30-44", "45-64", "65+"]
     n = rows_per_member * len(members)
     table = pa.table({"age_band": [bands[i % 4] for i in range(n)], "sex": ["F" if i % 3 else "M" for i in range(n)],
@@ -115,8 +117,8 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
     for col in ("query", "epsilon", "noise scale", "left", "first cell"):
         table.add_column(col)
     numeric = next((c for c, t in v["columns"].items() if t.upper() in ("DOUBLE", "BIGINT", "INTEGER")), None)
-    text = next((c for c, t in v["columns"].items() if t.upper() == "VARCHAR"), None)
-    query: dict[str, Any] = {"aggregate": "count", "group_by": [text] if text else [], "epsilon": 0.25}
+    group_by = v.get("query_group_by", [])[:1]  # a generalized or declared attribute, never the pseudonym
+    query: dict[str, Any] = {"aggregate": "count", "group_by": group_by, "epsilon": 0.25}
     if numeric:
         query = {"aggregate": "mean", "column": numeric, "bounds": [0, 100_000], "group_by": query["group_by"],
                  "epsilon": 0.25}
@@ -128,8 +130,9 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
             refused = str(exc)
             break
         scale = a["noise"].get("sum_scale") or a["noise"].get("count_scale")
+        first = str(a["cells"][0]) if a["cells"] else "none above the partition-selection threshold"
         table.add_row(f"#{i + 1} {query['aggregate']}", f"{a['epsilon']:g}", f"{scale:,.1f}",
-                      f"{a['budget_remaining']:g}", str(a["cells"][0]))
+                      f"{a['budget_remaining']:g}", first)
     console.print(table)
     if refused:
         console.print(f"  next query refused: {refused}")

@@ -2,7 +2,11 @@
 
 An order is for one offer (download, query, compute) on one dataset version, at the price the offers
 file states when it is placed. It turns paid when settlement confirms a payment of at least its
-price; only a paid order opens a download grant or spends its query budget. Budgets are integers in
+price; only a paid order opens a download grant or spends its query budget. A payment that arrives
+when its order has expired, or when the order's version is no longer on sale (superseded, e.g. after
+a member's revocation or erasure), pays nothing: it is refused (PaymentRefused), the order shows it
+as `refund-due`, and the money is to be refunded. An order paid before its version was superseded
+keeps its access (versions already sold stay with their buyers). Budgets are integers in
 micro-epsilon, so spends add up exactly: a query whose cost exceeds what is left is refused whole.
 """
 
@@ -21,15 +25,28 @@ from datacoop.events.orders import (
     OrderExpired,
     OrderPaid,
     OrderPlaced,
+    PaymentRefused,
     QueryAnswered,
 )
 from datacoop.events.registry import Event
 
-OrderStatus = Literal["placed", "paid", "expired"]
+OrderStatus = Literal["placed", "paid", "expired", "refund-due"]
 
 
 class OrderRefused(Refused):
     """A command the order rules refuse; `kind` maps to the API status, the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RefusedPayment:
+    """A payment that paid nothing and is to be refunded; `detail` says why and what to do."""
+
+    payment_event_id: str
+    amount_units: int
+    tx_hash: str
+    reason: Literal["order-expired", "version-superseded"]
+    detail: str
+    refused_at: datetime
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class Order:
     paid_units: int = 0
     tx_hash: str | None = None
     expired_at: datetime | None = None
+    refused_payments: tuple[RefusedPayment, ...] = ()
 
     @property
     def remaining_micro(self) -> int:
@@ -83,10 +101,14 @@ class PlaceOrder:
 
 @dataclass(frozen=True)
 class ConfirmPayment:
+    """A confirmed on-chain payment for the order; `version_superseded` says whether the order's version
+    is no longer on sale now (the handler reads it from the projection)."""
+
     order_id: str
     payment_event_id: str
     amount_units: int
     tx_hash: str
+    version_superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,10 +173,7 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBu
             return []
         raise OrderRefused("not_found", f"no order {cmd.order_id}; list yours with `datacoop orders` (GET /orders)")
     if isinstance(cmd, ConfirmPayment):
-        if order.status == "paid" or cmd.amount_units < order.price_units:
-            return []
-        return [OrderPaid(order_id=order.order_id, payment_event_id=cmd.payment_event_id,
-                          amount_units=cmd.amount_units, tx_hash=cmd.tx_hash, paid_at=now)]
+        return _confirm_payment(cmd, order, now)
     if isinstance(cmd, ExpireDue):
         if order.status != "placed" or order.expires_at > now:
             return []
@@ -189,7 +208,36 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBu
                           answered_at=now)]
 
 
+def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[Event]:
+    """OrderPaid, or PaymentRefused when the order expired or its version is off sale; nothing for a
+    payment already decided or short of the price (listed as unmatched)."""
+    decided = {p.payment_event_id for p in order.refused_payments}
+    if order.status == "paid" or cmd.payment_event_id in decided or cmd.amount_units < order.price_units:
+        return []
+    what = f"{order.dataset_id} v{order.version}"
+    refund = (f"the payment of {cmd.amount_units} units (tx {cmd.tx_hash}) opens nothing and is to be refunded "
+              "to the paying wallet by the operator")
+    if order.status in ("expired", "refund-due") or order.expires_at <= now:
+        reason: Literal["order-expired", "version-superseded"] = "order-expired"
+        detail = (f"order {order.order_id} expired at {order.expires_at.isoformat()} before its payment arrived; "
+                  f"{refund}; place a new order for the version on sale (`datacoop order {order.dataset_id}:"
+                  f"{order.offer}`, see `datacoop catalog`)")
+    elif cmd.version_superseded:
+        reason = "version-superseded"
+        detail = (f"{what} was superseded (withdrawn from sale) before the payment for order {order.order_id} "
+                  f"arrived; {refund}; order the current version instead (`datacoop order {order.dataset_id}:"
+                  f"{order.offer}`, see `datacoop catalog`)")
+    else:
+        return [OrderPaid(order_id=order.order_id, payment_event_id=cmd.payment_event_id,
+                          amount_units=cmd.amount_units, tx_hash=cmd.tx_hash, paid_at=now)]
+    return [PaymentRefused(order_id=order.order_id, payment_event_id=cmd.payment_event_id,
+                           amount_units=cmd.amount_units, tx_hash=cmd.tx_hash, reason=reason, detail=detail,
+                           refused_at=now)]
+
+
 def _require_paid(order: Order) -> None:
+    if order.refused_payments and order.status != "paid":
+        raise OrderRefused("payment_required", order.refused_payments[-1].detail)
     if order.status != "paid":
         raise OrderRefused("payment_required", f"order {order.order_id} is {order.status}, not paid; pay it with "
                                                f"`datacoop buy {order.order_id}` and wait for the confirmation")
@@ -217,6 +265,13 @@ def evolve(order: Order | None, event: Event) -> Order | None:
     if isinstance(event, OrderPaid):
         return replace(order, status="paid", paid_at=event.paid_at, paid_units=event.amount_units,
                        tx_hash=event.tx_hash)
+    if isinstance(event, PaymentRefused):
+        if any(p.payment_event_id == event.payment_event_id for p in order.refused_payments):
+            return order
+        refused = RefusedPayment(event.payment_event_id, event.amount_units, event.tx_hash, event.reason,
+                                 event.detail, event.refused_at)
+        return replace(order, status="refund-due" if order.status != "paid" else order.status,
+                       refused_payments=(*order.refused_payments, refused))
     if isinstance(event, OrderExpired):
         return replace(order, status="expired" if order.status == "placed" else order.status,
                        expired_at=event.expired_at)

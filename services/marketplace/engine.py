@@ -1,18 +1,29 @@
 """Answering queries with differential privacy, over versions loaded into DuckDB.
 
-Mechanism: Laplace (pure epsilon-DP, so a budget composes by adding epsilons), the noise drawn with
-`services.anonymizer.dp.noise`. Neighbouring tables differ by one member's records. A member has at
-most `m` rows in a version (the largest of its `contributor_weights`), so:
-- a count cell moves by at most m: count sensitivity m;
-- values are clamped to [lower, upper] before summing: a sum cell moves by at most
-  m * max(|lower|, |upper|);
-- cells (group-by values x histogram bins) are disjoint and a row lies in one, so releasing every
-  cell costs what one cell costs (parallel composition);
+Mechanism: Laplace, the noise drawn with `services.anonymizer.dp.noise`. Neighbouring tables differ
+by one member's records. A member has at most `m` rows in a version (the largest of its
+`contributor_weights`), so:
+- cells (group-by values x histogram bins) are disjoint and a row lies in one, so one member moves
+  the vector of cell counts by at most m in L1 norm, however its rows spread: count sensitivity m;
+- values are clamped to [lower, upper] before summing: the sums move by at most
+  m * max(|lower|, |upper|) in L1 norm;
 - mean = noisy sum / noisy count, each with half the epsilon (sequential composition), clamped to
   the bounds (post-processing, free).
-The set of released cells does not depend on the filtered rows: it is the product of each group-by
-column's values over the whole published version (the cells of a k-anonymous release, public to its
-buyers) and every histogram bin; an empty cell is released with noise like any other.
+Without group-by the cells (one, or the histogram's bins) are fixed by the query alone: every one is
+released, and the answer is pure epsilon-DP.
+
+With group-by, which group values exist is itself data: a group only one member populates must not
+show. So the candidates are the groups present in the whole version, and a cell is released only
+when its noisy count exceeds a threshold (partition selection; a sum query spends half its epsilon
+on the counts it needs for that). One member can make at most K = m * bins candidate cells exist on
+its own (bins = 1 unless a histogram), each of count at most m, so the chance that any of them shows
+is at most (K / 2) * exp(-(threshold - m) / b) for count noise scale b. With
+
+    threshold = m + b * (epsilon + ln(K / (2 * delta)))
+
+that chance is at most delta * exp(-epsilon), and the answer is (epsilon, delta)-DP (the cells both
+neighbours have are epsilon-DP as before; the threshold is post-processing of their noisy counts).
+Nothing else about the candidates is told: a suppressed cell is simply absent.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import hashlib
 import itertools
 import math
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +44,18 @@ from services.anonymizer.dp import noise
 from services.marketplace.index import VersionIndex, build_index
 from services.marketplace.query import MAX_CELLS, Query, QueryInvalid, plan, validate
 
+DEFAULT_DELTA = 1e-6
+
+
+def selection_threshold(max_rows_per_member: float, count_scale: float, epsilon: float, delta: float,
+                        cells_per_group: int = 1) -> float:
+    """The noisy count a grouped cell must exceed to be released (see the module's docstring)."""
+    if not 0 < delta < 1:
+        raise QueryInvalid(f"delta={delta} must be in (0, 1)")
+    m = max_rows_per_member
+    candidates = m * cells_per_group
+    return m + count_scale * (epsilon + math.log(candidates / (2 * delta)))
+
 
 @dataclass(frozen=True)
 class LoadedVersion:
@@ -40,6 +64,7 @@ class LoadedVersion:
     rows: int
     max_rows_per_member: int
     index: VersionIndex
+    groupable: tuple[str, ...] = ()  # the columns a query may group by (query.groupable_columns)
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,8 @@ class Answer:
     count_scale: float | None
     sum_scale: float | None
     sensitivity: dict[str, float]
+    threshold: float | None = None
+    delta: float | None = None
 
     def noise_view(self) -> dict[str, Any]:
         """Laplace scale b (the noise's standard deviation is b * sqrt(2))."""
@@ -60,6 +87,11 @@ class Answer:
         if self.sum_scale is not None:
             view["sum_scale"] = self.sum_scale
             view["sum_std"] = self.sum_scale * math.sqrt(2)
+        if self.threshold is not None:
+            view["partition_selection"] = {
+                "threshold": self.threshold, "delta": self.delta,
+                "rule": "a group-by cell is released only when its noisy count exceeds the threshold; an absent "
+                        "cell may be empty or small"}
         return view
 
 
@@ -72,10 +104,12 @@ class QueryEngine:
     def __init__(self, memory_limit: str = "2GB") -> None:
         self._db = duckdb.connect(":memory:", config={"memory_limit": memory_limit})
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
-        self._domains: dict[tuple[str, str], list[Any]] = {}
+        self._groups: dict[tuple[str, tuple[str, ...]], list[tuple[Any, ...]]] = {}
         self._lock = threading.Lock()
 
-    def load(self, dataset_id: str, version: int, path: Path, max_rows_per_member: int) -> LoadedVersion:
+    def load(self, dataset_id: str, version: int, path: Path, max_rows_per_member: int, *,
+             groupable: Iterable[str]) -> LoadedVersion:
+        """Load the version once; `groupable` are the columns queries may group by (none: no group-by)."""
         key = (dataset_id, version)
         with self._lock:
             found = self._loaded.get(key)
@@ -87,31 +121,33 @@ class QueryEngine:
             columns = {name: str(kind) for name, kind, *_ in cur.execute(f"DESCRIBE {table}").fetchall()}
             row = cur.execute(f"SELECT count(*) FROM {table}").fetchone()
             loaded = LoadedVersion(table, columns, int(row[0]) if row else 0, max(max_rows_per_member, 1),
-                                   build_index(cur, table, columns))
+                                   build_index(cur, table, columns), tuple(groupable))
             self._loaded[key] = loaded
             return loaded
 
-    def domain(self, version: LoadedVersion, column: str) -> list[Any]:
-        """The values of a group-by column over the whole version (sorted, NULL last)."""
-        key = (version.table, column)
-        values = self._domains.get(key)
-        if values is None:
-            cur = self._db.cursor()
-            rows = cur.execute(f'SELECT DISTINCT "{column}" FROM {version.table} ORDER BY 1 NULLS LAST').fetchall()
-            values = self._domains[key] = [r[0] for r in rows]
-        return values
+    def groups(self, version: LoadedVersion, group_by: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        """The combinations of the group-by columns present in the whole version (sorted, NULL last): the
+        candidates of partition selection. Only call after validate() has checked the column names."""
+        key = (version.table, group_by)
+        found = self._groups.get(key)
+        if found is None:
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in group_by)
+            order = ", ".join(f"{i + 1} NULLS LAST" for i in range(len(group_by)))
+            rows = self._db.cursor().execute(f"SELECT DISTINCT {cols} FROM {version.table} ORDER BY {order}").fetchall()
+            found = self._groups[key] = [tuple(r) for r in rows]
+        return found
 
     def true_cells(self, version: LoadedVersion, query: Query, use_index: bool = True
                    ) -> tuple[list[tuple[Any, ...]], np.ndarray, np.ndarray | None]:
-        """Every released cell and its exact count (and clamped sum): what noise is added to."""
-        validate(query, version.columns)
-        domains = [self.domain(version, c) for c in query.group_by]
-        if query.aggregate == "histogram":
-            domains.append(list(range(query.bins)))
-        cells = list(itertools.product(*domains)) if domains else [()]
-        if len(cells) > MAX_CELLS:
-            raise QueryInvalid(f"the query has {len(cells)} cells; at most {MAX_CELLS}: group by fewer or "
-                               "coarser columns, or use fewer bins")
+        """Every candidate cell and its exact count (and clamped sum): what noise is added to."""
+        validate(query, version.columns, version.groupable)
+        groups = self.groups(version, tuple(query.group_by)) if query.group_by else [()]
+        bins = [(b,) for b in range(query.bins)] if query.aggregate == "histogram" else [()]
+        if len(groups) * len(bins) > MAX_CELLS:  # the count is data: never told
+            raise QueryInvalid(f"the query has more than {MAX_CELLS} candidate cells: group by fewer or coarser "
+                               "columns, or use fewer bins")
+        cells = [g + b for g, b in itertools.product(groups, bins)]
+        width = len(query.group_by) + (1 if query.aggregate == "histogram" else 0)
         if use_index and version.index.can_answer(query):
             return (cells, *self._from_index(version.index, query, cells))
         p = plan(query, version.columns, version.table)
@@ -119,7 +155,6 @@ class QueryEngine:
         position = {c: i for i, c in enumerate(cells)}
         counts = np.zeros(len(cells))
         sums = np.zeros(len(cells)) if query.aggregate in ("sum", "mean") else None
-        width = len(domains)
         for r in rows:
             i = position[tuple(r[:width])]
             counts[i] = r[-1]
@@ -148,28 +183,37 @@ class QueryEngine:
             return np.array([float(c)]), (np.array([float(s)]) if s is not None else None)
         return c[at], (s[at] if s is not None else None)
 
-    def answer(self, version: LoadedVersion, query: Query, rng: np.random.Generator) -> Answer:
+    def answer(self, version: LoadedVersion, query: Query, rng: np.random.Generator,
+               delta: float = DEFAULT_DELTA) -> Answer:
+        """The noisy answer at `query.epsilon` (and, with group-by, `delta`: see the module's docstring)."""
         cells, counts, sums = self.true_cells(version, query)
         m = float(version.max_rows_per_member)
         eps = query.epsilon
-        count_scale = sum_scale = None
+        grouped = bool(query.group_by)
+        share = eps / 2 if query.aggregate == "mean" or (grouped and query.aggregate == "sum") else eps
+        count_scale = sum_scale = threshold = None
         sensitivity: dict[str, float] = {}
         noisy_counts = noisy_sums = None
-        if query.aggregate in ("count", "histogram", "mean"):
-            share = eps / 2 if query.aggregate == "mean" else eps
+        if query.aggregate in ("count", "histogram", "mean") or grouped:
             sensitivity["count"] = m
             count_scale = m / share
             noisy_counts = counts + noise("laplace", share, m, len(cells), rng)
         if sums is not None:
             assert query.bounds is not None
-            share = eps / 2 if query.aggregate == "mean" else eps
             s = m * (max(abs(query.bounds[0]), abs(query.bounds[1])) or 1.0)
             sensitivity["sum"] = s
             sum_scale = s / share
             noisy_sums = sums + noise("laplace", share, s, len(cells), rng)
+        released: list[int] = list(range(len(cells)))
+        if grouped:
+            assert noisy_counts is not None and count_scale is not None
+            per_group = query.bins if query.aggregate == "histogram" else 1
+            threshold = selection_threshold(m, count_scale, eps, delta, per_group)
+            released = np.flatnonzero(noisy_counts > threshold).tolist()
         group_by = list(query.group_by)
         out = []
-        for i, cell in enumerate(cells):
+        for i in released:
+            cell = cells[i]
             entry: dict[str, Any] = {}
             if group_by:
                 entry["group"] = dict(zip(group_by, cell[:len(group_by)], strict=True))
@@ -188,4 +232,4 @@ class QueryEngine:
                 n = float(noisy_counts[i])
                 entry["mean"] = float(np.clip(noisy_sums[i] / n, *query.bounds)) if n >= 1 else None
             out.append(entry)
-        return Answer(out, count_scale, sum_scale, sensitivity)
+        return Answer(out, count_scale, sum_scale, sensitivity, threshold, delta if grouped else None)

@@ -4,11 +4,14 @@ the API, the sweeper and the payment reactor need.
 Grants and spends are plain appends (no key): the store drops an event id it has applied, so each
 lands once. Orders: one row per order with its state as JSON (evolved by domain.evolve, the single definition of
 what each event means) plus the columns queries filter on. Versions keep their published event whole;
-their contributors get a table of their own so "which orders used my records" is one join.
+their contributors get a table of their own so "which orders used my records" is one join. Dataset
+definitions and build starts are kept so that each published version records, when it lands, the
+columns its queries may group by (from the definition the build used: query.groupable_columns).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -16,18 +19,25 @@ import duckdb
 from pydantic import TypeAdapter
 
 from datacoop.bus.consumer import Delivery
-from datacoop.events.datasets import DatasetVersionPublished, DatasetVersionSuperseded
+from datacoop.events.datasets import (
+    DatasetDefined,
+    DatasetVersionPublished,
+    DatasetVersionSuperseded,
+    VersionBuildStarted,
+)
 from datacoop.events.orders import (
     AccessGranted,
     AccessRevoked,
     OrderExpired,
     OrderPaid,
     OrderPlaced,
+    PaymentRefused,
     QueryAnswered,
     ResearcherRegistered,
 )
 from datacoop.events.payouts import PaymentConfirmed
 from services.marketplace.domain import Order, VersionInfo, evolve
+from services.marketplace.query import groupable_columns
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS researchers (
@@ -43,9 +53,21 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS contributors (
     dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, member VARCHAR NOT NULL, records BIGINT NOT NULL,
     PRIMARY KEY (dataset_id, version, member));
+CREATE TABLE IF NOT EXISTS definitions (
+    dataset_id VARCHAR NOT NULL, definition_version INTEGER NOT NULL, definition JSON NOT NULL,
+    PRIMARY KEY (dataset_id, definition_version));
+CREATE TABLE IF NOT EXISTS builds_started (
+    build_id VARCHAR PRIMARY KEY, dataset_id VARCHAR NOT NULL, definition_version INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS version_group_by (
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, columns VARCHAR[] NOT NULL,
+    PRIMARY KEY (dataset_id, version));
 CREATE TABLE IF NOT EXISTS payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
     tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS refused_payments (
+    payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR NOT NULL,
+    refused_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
     grant_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL, revoked_at TIMESTAMPTZ);
@@ -55,7 +77,7 @@ CREATE TABLE IF NOT EXISTS spends (
 """
 
 _ORDER = TypeAdapter(Order)
-_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, AccessGranted, AccessRevoked, QueryAnswered)
+_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, PaymentRefused, AccessGranted, AccessRevoked, QueryAnswered)
 _VERSION = TypeAdapter(DatasetVersionPublished)
 
 
@@ -80,9 +102,16 @@ class MarketProjection:
                 tx.execute("INSERT OR IGNORE INTO researchers VALUES (?, ?, ?, ?, ?, ?)",
                            [ev.researcher_id, ev.name, ev.organisation, ev.wallet, ev.api_key_sha256,
                             ev.registered_at])
+            elif isinstance(ev, DatasetDefined):
+                tx.execute("INSERT OR IGNORE INTO definitions VALUES (?, ?, ?)",
+                           [ev.dataset_id, ev.definition_version, json.dumps(ev.definition)])
+            elif isinstance(ev, VersionBuildStarted):
+                tx.execute("INSERT OR IGNORE INTO builds_started VALUES (?, ?, ?, ?)",
+                           [ev.build_id, ev.dataset_id, ev.definition_version, ev.started_at])
             elif isinstance(ev, DatasetVersionPublished):
                 tx.execute("INSERT OR IGNORE INTO versions (dataset_id, version, published) VALUES (?, ?, ?)",
                            [ev.dataset_id, ev.version, ev.model_dump_json()])
+                self._record_group_by(tx, ev)
                 if ev.contributor_weights:
                     tx.execute("""INSERT OR IGNORE INTO contributors SELECT ?, ?, unnest(?::VARCHAR[]),
                                   unnest(?::BIGINT[])""",
@@ -107,12 +136,30 @@ class MarketProjection:
                             o.version, o.price_units, o.expires_at])
 
     @staticmethod
+    def _record_group_by(tx: duckdb.DuckDBPyConnection, ev: DatasetVersionPublished) -> None:
+        """The version's group-by columns from the definition its build used (the latest build started for
+        the dataset, which precedes the version on the dataset's partition), else the latest definition.
+        No definition known: nothing recorded, and the version refuses every group-by."""
+        row = tx.execute(
+            """SELECT definition FROM definitions WHERE dataset_id = $1 AND definition_version = coalesce(
+                   (SELECT definition_version FROM builds_started WHERE dataset_id = $1
+                    ORDER BY started_at DESC LIMIT 1),
+                   (SELECT max(definition_version) FROM definitions WHERE dataset_id = $1))""",
+            [ev.dataset_id]).fetchone()
+        if row is not None:
+            tx.execute("INSERT OR IGNORE INTO version_group_by VALUES (?, ?, ?)",
+                       [ev.dataset_id, ev.version, groupable_columns(json.loads(row[0]), ev.columns)])
+
+    @staticmethod
     def _side_tables(tx: duckdb.DuckDBPyConnection, ev: Any) -> None:
         if isinstance(ev, AccessGranted):
             tx.execute("INSERT INTO grants VALUES (?, ?, ?, ?, NULL)",
                        [ev.grant_id, ev.order_id, ev.granted_at, ev.expires_at])
         elif isinstance(ev, AccessRevoked):
             tx.execute("UPDATE grants SET revoked_at = ? WHERE grant_id = ?", [ev.revoked_at, ev.grant_id])
+        elif isinstance(ev, PaymentRefused):
+            tx.execute("INSERT OR IGNORE INTO refused_payments VALUES (?, ?, ?, ?, ?)",
+                       [ev.payment_event_id, ev.order_id, ev.reason, ev.detail, ev.refused_at])
         elif isinstance(ev, QueryAnswered):
             tx.execute("INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.query_id, ev.epsilon_micro, ev.spent_micro, ev.aggregate, ev.answered_at])
@@ -150,6 +197,12 @@ class MarketProjection:
         found = self.version(dataset_id, version)
         return VersionInfo(dataset_id, version, found[1]) if found else None
 
+    def groupable(self, dataset_id: str, version: int) -> list[str]:
+        """The columns queries on this version may group by (empty when its definition is unknown)."""
+        row = self.conn.execute("SELECT columns FROM version_group_by WHERE dataset_id = ? AND version = ?",
+                                [dataset_id, version]).fetchone()
+        return list(row[0]) if row else []
+
     def versions(self) -> list[tuple[DatasetVersionPublished, bool]]:
         rows = self.conn.execute("SELECT published, superseded FROM versions ORDER BY dataset_id, version").fetchall()
         return [(_VERSION.validate_json(p), bool(s)) for p, s in rows]
@@ -160,23 +213,32 @@ class MarketProjection:
         return [r[0] for r in rows]
 
     def payments_to_apply(self, limit: int = 1000) -> list[tuple[str, str, int, str]]:
-        """(payment event id, order id, amount, tx) of payments covering an order not yet paid."""
+        """(payment event id, order id, amount, tx) of payments covering an order not yet paid, and not yet
+        refused: the reactor decides each once (OrderPaid or PaymentRefused)."""
         rows = self.conn.execute(
             """SELECT p.payment_event_id, p.order_id, p.amount_units, p.tx_hash FROM payments p
                JOIN orders o USING (order_id)
                WHERE o.status <> 'paid' AND p.amount_units >= o.price_units
+                 AND p.payment_event_id NOT IN (SELECT payment_event_id FROM refused_payments)
                ORDER BY p.confirmed_at LIMIT ?""", [limit]).fetchall()
         return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
 
     def unmatched_payments(self) -> list[dict[str, Any]]:
-        """Payments confirmed on chain for no order we know, or short of the order's price."""
+        """Payments confirmed on chain that paid no order: for no order we know, short of the order's
+        price, or refused (the order had expired or its version was superseded: to be refunded)."""
         rows = self.conn.execute(
-            """SELECT p.order_id, p.amount_units, p.tx_hash, o.price_units FROM payments p
+            """SELECT p.order_id, p.amount_units, p.tx_hash, o.price_units, r.reason, r.detail FROM payments p
                LEFT JOIN orders o USING (order_id)
-               WHERE o.order_id IS NULL OR (o.status <> 'paid' AND p.amount_units < o.price_units)
+               LEFT JOIN refused_payments r USING (payment_event_id)
+               WHERE o.order_id IS NULL OR r.payment_event_id IS NOT NULL
+                  OR (o.status <> 'paid' AND p.amount_units < o.price_units)
                ORDER BY p.confirmed_at""").fetchall()
-        return [{"order_id": r[0], "amount_units": int(r[1]), "tx_hash": r[2],
-                 "reason": "unknown order" if r[3] is None else f"short of the price {int(r[3])}"} for r in rows]
+        out = []
+        for order_id, amount, tx_hash, price, refused, detail in rows:
+            reason = refused or ("unknown order" if price is None else f"short of the price {int(price)}")
+            out.append({"order_id": order_id, "amount_units": int(amount), "tx_hash": tx_hash, "reason": reason,
+                        "refund_due": refused is not None, **({"detail": detail} if detail else {})})
+        return out
 
     def grants_of(self, order_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT grant_id, granted_at, expires_at, revoked_at FROM grants WHERE order_id = ? "

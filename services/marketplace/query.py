@@ -4,11 +4,16 @@ Only this JSON model is accepted: an aggregate (count, sum, mean, histogram), a 
 columns, filters (column, whitelisted operator, value) and clamping bounds. Every column is checked
 against the version's published schema; identifiers reach SQL only after that check (and quoted),
 values only as bound parameters. No text from a researcher is ever pasted into SQL.
+
+Group-by is allowed only on the version's generalized quasi-identifiers and declared categorical or
+sensitive attributes (from the dataset definition it was built with), never on the pseudonym column:
+grouping by an identifier or free text would make one person's row a cell of its own.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -26,6 +31,7 @@ MAX_CELLS = 10_000
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
             "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC", "INT")
 _GROUPABLE = ("VARCHAR", "STRING", "TEXT", "BOOLEAN", "BOOL")
+PSEUDONYM_COLUMN = "pseudonym"  # the anonymizer's keyed member pseudonym (services/anonymizer/build.py)
 
 
 class QueryInvalid(ValueError):
@@ -101,6 +107,17 @@ def is_groupable(sql_type: str) -> bool:
     return sql_type.upper().startswith(_GROUPABLE)
 
 
+def groupable_columns(definition: Mapping[str, Any], published: Mapping[str, str]) -> list[str]:
+    """The columns of a published version a query may group by, from the definition it was built with:
+    its quasi-identifiers (published generalized), its sensitive attributes and the columns it declares
+    categorical; never the pseudonym, and only columns the version has with a text/boolean type."""
+    columns = definition.get("columns") or {}
+    declared = {name for name, spec in columns.items()
+                if (spec or {}).get("type", "categorical") == "categorical"}
+    roles = set(definition.get("quasi_identifiers") or {}) | set(definition.get("sensitive") or []) | declared
+    return sorted(c for c in roles - {PSEUDONYM_COLUMN} if c in published and is_groupable(published[c]))
+
+
 @dataclass(frozen=True)
 class Plan:
     """The SQL of one query: per cell, the row count and (sum/mean) the clamped sum."""
@@ -116,8 +133,9 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def validate(query: Query, columns: dict[str, str]) -> None:
-    """Raise QueryInvalid unless every column exists with a type that fits its use."""
+def validate(query: Query, columns: dict[str, str], groupable: Collection[str] = ()) -> None:
+    """Raise QueryInvalid unless every column exists with a type that fits its use, and every group-by
+    column is one of `groupable` (see groupable_columns)."""
     known = ", ".join(sorted(columns))
 
     def need(col: str) -> str:
@@ -129,9 +147,11 @@ def validate(query: Query, columns: dict[str, str]) -> None:
         raise QueryInvalid(f"column {query.column!r} is {columns[query.column]}, not numeric; "
                            f"{query.aggregate} needs a numeric column")
     for col in query.group_by:
-        if not is_groupable(need(col)):
-            raise QueryInvalid(f"cannot group by {col!r} ({columns[col]}): group by generalized (text or "
-                               "boolean) attributes only")
+        if not is_groupable(need(col)) or col not in groupable or col == PSEUDONYM_COLUMN:
+            allowed = ", ".join(sorted(set(groupable) - {PSEUDONYM_COLUMN})) or "none (its dataset definition is " \
+                "unknown to this marketplace; ask the operator)"
+            raise QueryInvalid(f"cannot group by {col!r}: group by a generalized quasi-identifier or a declared "
+                               f"categorical or sensitive attribute of this version; allowed: {allowed}")
     for f in query.filters:
         numeric = is_numeric(need(f.column))
         for v in f.value if isinstance(f.value, list) else [f.value]:
@@ -142,8 +162,9 @@ def validate(query: Query, columns: dict[str, str]) -> None:
 
 
 def plan(query: Query, columns: dict[str, str], table: str) -> Plan:
-    """Parameterized SQL for `query` over `table` (an engine-internal name, never the researcher's)."""
-    validate(query, columns)
+    """Parameterized SQL for `query` over `table` (an engine-internal name, never the researcher's).
+    Checks the columns' types only: the engine checks which columns may be grouped by."""
+    validate(query, columns, query.group_by)
     params: list[Any] = []
     where: list[str] = []
     for f in query.filters:

@@ -3,13 +3,15 @@ query engine, the app; `main()`.
 
 Reacting to payments: PaymentConfirmed events land in the `payments` table (with the consumed
 offsets, as every input does); a background loop turns each payment that covers an unpaid order into
-OrderPaid, its id derived from the PaymentConfirmed's id, so a re-sent reaction after a crash is a
+OrderPaid, or into PaymentRefused when the order has expired or its version is no longer on sale; the
+reaction's id is derived from the PaymentConfirmed's id, so a re-sent reaction after a crash is a
 duplicate every consumer drops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Callable
@@ -21,7 +23,7 @@ from fastapi import FastAPI
 
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.envelope import derived_event_id
-from datacoop.events.orders import OrderExpired, OrderPaid
+from datacoop.events.orders import OrderExpired, OrderPaid, PaymentRefused
 from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app, serve
@@ -73,7 +75,9 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
             async def go() -> LoadedVersion:
                 path = await asyncio.to_thread(self.files.verified, v.location, v.sha256)
                 weights = max(v.contributor_weights.values(), default=1)
-                return await asyncio.to_thread(self.engine.load, v.dataset_id, v.version, path, weights)
+                groupable = self.projection.groupable(v.dataset_id, v.version)
+                return await asyncio.to_thread(functools.partial(
+                    self.engine.load, v.dataset_id, v.version, path, weights, groupable=groupable))
 
             task = self._loading[key] = asyncio.ensure_future(go())
         return await asyncio.shield(task)
@@ -84,13 +88,16 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
             return 0
         paid = 0
         for payment_id, order_id, amount, tx_hash in self.projection.payments_to_apply():
-            cmd = domain.ConfirmPayment(order_id, payment_id, amount, tx_hash)
-
-            def decide(cmd: domain.ConfirmPayment = cmd) -> list[Event]:
-                return domain.decide(cmd, self.projection.order(cmd.order_id), self.clock())
+            def decide(payment_id: str = payment_id, order_id: str = order_id, amount: int = amount,
+                       tx_hash: str = tx_hash) -> list[Event]:
+                order = self.projection.order(order_id)
+                info = self.projection.version_info(order.dataset_id, order.version) if order else None
+                cmd = domain.ConfirmPayment(order_id, payment_id, amount, tx_hash,
+                                            version_superseded=info is None or info.superseded)
+                return domain.decide(cmd, order, self.clock())
 
             paid += len(await self.writer.execute(order_id, decide, causation_id=payment_id,
-                                                  id_for=_paid_id))
+                                                  id_for=_payment_reaction_id))
         return paid
 
     async def sweep_once(self) -> int:
@@ -124,9 +131,9 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
             await asyncio.sleep(interval_s)
 
 
-def _paid_id(event: Event) -> str:
-    """Derived from the PaymentConfirmed: one OrderPaid per payment, whoever re-sends it."""
-    assert isinstance(event, OrderPaid)
+def _payment_reaction_id(event: Event) -> str:
+    """Derived from the PaymentConfirmed: one OrderPaid or PaymentRefused per payment, whoever re-sends it."""
+    assert isinstance(event, OrderPaid | PaymentRefused)
     return derived_event_id(event.payment_event_id, event.type_name())
 
 

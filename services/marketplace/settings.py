@@ -27,3 +27,5 @@ class MarketplaceSettings(ServiceSettings):
     market_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="DatacoopMarket")
     token_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="the stablecoin")
     query_memory_limit: str = Field("2GB", description="DuckDB memory for loaded versions")
+    query_delta: float = Field(1e-6, gt=0, lt=1, description="delta of an order's whole query budget: each grouped "
+                                                             "answer spends delta * its epsilon / the budget")

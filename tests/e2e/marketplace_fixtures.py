@@ -1,6 +1,7 @@
 """Fixtures for the marketplace e2e tests: one stack per module (fresh contracts, the settlement and
 marketplace services as processes on the session's broker and anvil), versions written as Parquet and
-published the way the anonymizer publishes them, researchers driven through the CLI and the client."""
+published the way the anonymizer publishes them (after the dataset's definition, which names the
+columns queries may group by), researchers driven through the CLI and the client."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from web3 import Web3
 from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.chain import ANVIL_KEYS, Contracts, deploy_local_stack, pay_order, send_receipt
 from datacoop.cli import market as market_cli
-from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.datasets import DatasetDefined, DatasetVersionPublished, DatasetVersionSuperseded
 from datacoop.topics import DATASETS
 from infra.local import Broker, Chain
 from tests.e2e.conftest import ServiceProcess, start_service
@@ -47,7 +48,14 @@ defaults:
 datasets:
   fleeting:
     order_ttl_s: 1
+  lapsing:
+    order_ttl_s: 1
 """
+DEFINITION: dict[str, Any] = {
+    "columns": {"age_band": {"type": "integer", "min": 18, "max": 90}, "sex": {"type": "categorical"},
+                "income": {"type": "integer"}},
+    "quasi_identifiers": {"age_band": {"numeric_bands": {"min": 18, "max": 90, "widths": [10]}}},
+    "sensitive": ["sex"], "privacy": {"k": 5, "l": 2}}
 
 __all__ = ["MEMBERS", "Stack", "cli", "stack", "wait_for"]
 
@@ -89,6 +97,10 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
         weights = weights or {m: rows // len(MEMBERS) for m in MEMBERS}
+        if version == 1:
+            publish(self.broker.bootstrap, self.prefix, DATASETS, dataset_id, "datacoop/anonymizer", DatasetDefined(
+                dataset_id=dataset_id, definition_version=1, purpose="health-research", categories=["health"],
+                definition={"name": dataset_id, **DEFINITION}, source="file", defined_at=datetime.now(UTC)))
         ev = DatasetVersionPublished(
             dataset_id=dataset_id, version=version, purpose="health-research", categories=["health"],
             location=path.as_uri(), sha256=hashlib.sha256(path.read_bytes()).hexdigest(), rows=rows,
@@ -99,6 +111,13 @@ class Stack:
         wait_for(lambda: any(v["dataset_id"] == dataset_id and v["version"] == version
                              for v in self.get("/catalog").json()["versions"]), f"{dataset_id} v{version} listed")
         return path, table
+
+    def supersede(self, dataset_id: str, version: int, reason: str = "a member revoked their consent") -> None:
+        ev = DatasetVersionSuperseded(dataset_id=dataset_id, version=version, superseded_by=version + 1,
+                                      reason=reason, superseded_at=datetime.now(UTC))
+        publish(self.broker.bootstrap, self.prefix, DATASETS, dataset_id, "datacoop/anonymizer", ev)
+        wait_for(lambda: self.get(f"/catalog/{dataset_id}/{version}").json()["status"] == "superseded",
+                 f"{dataset_id} v{version} superseded")
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=30, **kwargs)

@@ -1,7 +1,9 @@
 """The marketplace as a process on the real broker and anvil, beside the settlement service: a version
 is published as Parquet, a researcher orders, pays with the stablecoin, downloads exactly the version's
-rows; members see who bought; access needs a paid order and the right grant; query budgets are spent
-to the last unit and survive a restart and a rebuild from the log; bad input is refused plainly."""
+rows; members see who bought; access needs a paid order and the right grant; a payment that arrives
+after its order expired or its version was superseded opens nothing and is listed to be refunded; query
+budgets are spent to the last unit and survive a restart and a rebuild from the log; bad input is
+refused plainly."""
 
 from __future__ import annotations
 
@@ -139,7 +141,8 @@ def test_downloads_need_the_right_unexpired_grant_of_the_researcher(stack: Stack
 
 def test_query_budget_stops_exactly_and_survives_restart_and_rebuild(stack: Stack, tmp_path: Path) -> None:
     s = stack
-    s.publish_version("query-ds", 1, rows=400)
+    # 2,000 members with one row each: enough for grouped cells to clear the partition-selection threshold
+    s.publish_version("query-ds", 1, rows=2_000, weights={f"0x{i + 1:040x}": 1 for i in range(2_000)})
     ada = researcher(s, BUYER_KEYS[0])
     order = paid_order(s, ada, BUYER_KEYS[0], "query-ds", 1, "query")
     oid = order["order_id"]
@@ -149,6 +152,7 @@ def test_query_budget_stops_exactly_and_survives_restart_and_rebuild(stack: Stac
     assert [a["budget_remaining"] for a in answers] == pytest.approx([0.7, 0.4, 0.1])
     assert answers[0]["noise"]["mechanism"] == "laplace" and answers[0]["noise"]["sum_scale"] > 0
     assert len(answers[0]["cells"]) == 4
+    assert answers[0]["noise"]["partition_selection"]["delta"] == pytest.approx(0.3e-6)
     with pytest.raises(ApiError) as err:
         ada.query(oid, query)
     assert err.value.status == 403 and "has 0.1 left" in status_of(err)[1]
@@ -192,6 +196,7 @@ def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -
         ({"aggregate": "count", "epsilon": 0.1, "sql": "SELECT * FROM orders"}, 422, "sql"),
         ({"aggregate": "count", "group_by": ["zip"], "epsilon": 0.1}, 422, "unknown column 'zip'"),
         ({"aggregate": "count", "group_by": ['sex" --'], "epsilon": 0.1}, 422, "group_by"),
+        ({"aggregate": "count", "group_by": ["pseudonym"], "epsilon": 0.1}, 422, "allowed: age_band, sex"),
         ({"aggregate": "count", "epsilon": 5.0}, 403, "left"),
     ]:
         resp = ada.http.post(f"/orders/{oid}/queries", json=body)
@@ -218,6 +223,47 @@ def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -
     wait_for(lambda: ada.get_order(fleeting["order_id"])["status"] == "expired", "the unpaid order to expire")
     out = cli(s, "buy", fleeting["order_id"], "--key-file", str(key_file), api_key_file=api_file)
     assert out.exit_code == 1 and "expired" in out.output
+
+
+def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_refund(stack: Stack) -> None:
+    s = stack
+    s.publish_version("refund-ds", 1)
+    s.publish_version("lapsing", 1)
+    ada = researcher(s, BUYER_KEYS[0])
+    sold = paid_order(s, ada, BUYER_KEYS[0], "refund-ds", 1, "download")  # paid before the supersession
+    late = ada.order("refund-ds", 1, "download")
+    lapsed = ada.order("lapsing", 1, "download")
+    wait_for(lambda: ada.get_order(lapsed["order_id"])["status"] == "expired", "the unpaid order to expire")
+    s.supersede("refund-ds", 1)
+    assert "do not pay" in ada.get_order(late["order_id"])["note"]
+    s.pay(BUYER_KEYS[0], late["order_id"], late["price_units"])
+    s.pay(BUYER_KEYS[0], lapsed["order_id"], lapsed["price_units"])
+
+    def refused(order_id: str, reason: str, words: str) -> None:
+        o = ada.get_order(order_id)
+        assert o["status"] == "refund-due" and o["paid_at"] is None, o
+        [p] = o["refused_payments"]
+        assert p["reason"] == reason and p["refund_due"] and words in o["note"] and "refunded" in o["note"]
+        with pytest.raises(ApiError) as err:
+            ada.grant(order_id)
+        assert err.value.status == 402 and "refunded" in status_of(err)[1]
+
+    for order_id, reason, words in ((late["order_id"], "version-superseded", "refund-ds v1 was superseded"),
+                                    (lapsed["order_id"], "order-expired", "expired")):
+        wait_for(lambda oid=order_id: ada.get_order(oid)["status"] == "refund-due", "the payment to be refused")
+        refused(order_id, reason, words)
+    listed = {p["order_id"]: p for p in s.get("/payments/unmatched").json()}
+    assert listed[late["order_id"]]["refund_due"] and listed[lapsed["order_id"]]["reason"] == "order-expired"
+    assert ada.grant(sold["order_id"])["grant"], "a version already sold stays with its buyer"
+    assert sorted(o["status"] for o in ada.orders() if o["dataset_id"] in ("refund-ds", "lapsing")) == \
+        ["paid", "refund-due", "refund-due"], "`datacoop orders` lists this status"
+
+    s.stop_market(wipe=True)  # rebuilt from the topics: the same decisions, none taken twice
+    s.start_market()
+    ada.http.base_url = httpx.URL(s.url)
+    refused(late["order_id"], "version-superseded", "superseded")
+    refused(lapsed["order_id"], "order-expired", "expired")
+    assert ada.get_order(sold["order_id"])["status"] == "paid"
 
 
 def test_the_demo_chapter_buys_downloads_and_spends_the_budget(stack: Stack) -> None:

@@ -61,11 +61,27 @@ class OrderPaid(Event):
 
 @event("datacoop.marketplace.order_expired", 1, topic=ORDERS)
 class OrderExpired(Event):
-    """An order left unpaid past its expiry. A payment that arrives later still pays it (the money is
-    in escrow and settlement splits it), so this is a fact about the offer's hold, not a refusal."""
+    """An order left unpaid past its expiry; a payment that arrives later is refused (PaymentRefused).
+    The refused payment opens nothing and is to be refunded."""
 
     order_id: str = Field(min_length=1)
     expired_at: UtcTime
+
+
+@event("datacoop.marketplace.payment_refused", 1, topic=ORDERS)
+class PaymentRefused(Event):
+    """A confirmed payment that pays nothing: its order had expired or its version was superseded.
+    Reaction to the PaymentConfirmed (id derived from it) when the order had expired, or its version
+    was no longer on sale, as the payment arrived. No access follows; the payment is to be refunded
+    to the paying wallet (see docs/marketplace.md)."""
+
+    order_id: str = Field(min_length=1)
+    payment_event_id: str = Field(min_length=1, description="id of the PaymentConfirmed that caused it")
+    amount_units: int = Field(gt=0)
+    tx_hash: str = Field(pattern=r"^0x[0-9a-f]{64}$")
+    reason: Literal["order-expired", "version-superseded"]
+    detail: str = Field(max_length=1000, description="what happened and what to do, for the buyer and the operator")
+    refused_at: UtcTime
 
 
 @event("datacoop.marketplace.access_granted", 1, topic=ORDERS)

@@ -7,7 +7,14 @@ from functools import reduce
 
 import pytest
 
-from datacoop.events.orders import AccessGranted, OrderExpired, OrderPaid, OrderPlaced, QueryAnswered
+from datacoop.events.orders import (
+    AccessGranted,
+    OrderExpired,
+    OrderPaid,
+    OrderPlaced,
+    PaymentRefused,
+    QueryAnswered,
+)
 from datacoop.events.registry import Event
 from services.marketplace import domain
 
@@ -57,12 +64,53 @@ def test_a_payment_of_the_price_pays_the_order_once() -> None:
     assert domain.decide(cmd, given(placed(), ev), T0) == []
 
 
-def test_an_underpayment_does_not_pay_and_a_late_payment_still_does() -> None:
+def test_an_underpayment_does_not_pay() -> None:
     assert domain.decide(domain.ConfirmPayment(OID, "p1", 999, TX), given(placed()), T0) == []
-    expired = OrderExpired(order_id=OID, expired_at=T0)
-    [ev] = domain.decide(domain.ConfirmPayment(OID, "p1", 1_000, TX), given(placed(), expired), T0)
-    assert isinstance(ev, OrderPaid)
-    assert domain.evolve(given(placed(), expired), ev).status == "paid"  # type: ignore[union-attr]
+
+
+def refused_payment(order: domain.Order | None, now: datetime = T0, superseded: bool = False) -> PaymentRefused:
+    [ev] = domain.decide(domain.ConfirmPayment(OID, "p1", 1_000, TX, version_superseded=superseded), order, now)
+    assert isinstance(ev, PaymentRefused), ev
+    return ev
+
+
+@pytest.mark.parametrize(("events", "now"), [
+    ((placed(), OrderExpired(order_id=OID, expired_at=T0 + timedelta(hours=1))), T0 + timedelta(days=30)),
+    ((placed(),), T0 + timedelta(hours=1)),  # past its expiry, before the sweeper got to it
+])
+def test_a_payment_after_the_order_expired_is_refused_and_opens_nothing(events: tuple[Event, ...],
+                                                                       now: datetime) -> None:
+    order = given(*events)
+    ev = refused_payment(order, now, superseded=True)  # the reviewer's case: expired and superseded since
+    assert (ev.reason, ev.amount_units, ev.tx_hash) == ("order-expired", 1_000, TX)
+    assert "expired" in ev.detail and "refunded" in ev.detail and "datacoop order adult:download" in ev.detail
+    after = domain.evolve(order, ev)
+    assert after is not None and after.status == "refund-due" and after.refused_payments[0].reason == "order-expired"
+    with pytest.raises(domain.OrderRefused, match="refunded") as exc:
+        domain.decide(domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1"), after, now)
+    assert exc.value.kind == "payment_required"
+    assert domain.decide(domain.ConfirmPayment(OID, "p1", 1_000, TX), after, now) == [], "decided once"
+    assert domain.decide(domain.ExpireDue(OID), after, now) == []
+    assert domain.evolve(after, ev) == after, "a replayed refusal changes nothing"
+
+
+def test_a_payment_for_a_version_superseded_before_it_arrived_is_refused() -> None:
+    for offer, budget in (("download", None), ("query", 1_000_000)):
+        ev = refused_payment(given(placed(offer, budget)), superseded=True)
+        assert ev.reason == "version-superseded"
+        assert "adult v2 was superseded" in ev.detail and "refunded" in ev.detail and "current version" in ev.detail
+        after = domain.evolve(given(placed(offer, budget)), ev)
+        assert after is not None and after.status == "refund-due"
+        cmd = domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1") if offer == "download" else spend(1)
+        with pytest.raises(domain.OrderRefused, match="superseded"):
+            domain.decide(cmd, after, T0)
+
+
+def test_an_order_paid_before_its_version_was_superseded_keeps_its_access() -> None:
+    order = given(placed(), paid())
+    assert domain.decide(domain.ConfirmPayment(OID, "p2", 1_000, TX, version_superseded=True), order, T0) == []
+    [ev] = domain.decide(domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1"), order, T0 + timedelta(days=30))
+    assert isinstance(ev, AccessGranted)
 
 
 def test_only_an_unpaid_order_past_its_expiry_expires() -> None:

@@ -29,7 +29,7 @@ def version(tmp_path_factory: pytest.TempPathFactory) -> tuple[QueryEngine, Load
         "hours": rng.integers(0, 80, n),
     }), path)
     eng = QueryEngine("256MB")
-    return eng, eng.load("d", 1, path, 1)
+    return eng, eng.load("d", 1, path, 1, groupable=("age_band", "sex", "region"))
 
 
 def test_the_index_takes_the_few_valued_text_columns_as_dimensions(version: Any) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.marketplace.query import Query, QueryInvalid, plan, validate
+from services.marketplace.query import Query, QueryInvalid, groupable_columns, plan, validate
 
 COLUMNS = {"age_band": "VARCHAR", "sex": "VARCHAR", "income": "DOUBLE", "hours": "BIGINT", "salary-class": "VARCHAR"}
 
@@ -70,6 +70,21 @@ def test_epsilon_is_counted_in_micro_units() -> None:
 def test_a_hyphenated_column_as_datasets_publish_it_is_grouped_and_filtered_quoted() -> None:
     query = q(aggregate="count", group_by=["salary-class"], filters=[{"column": "salary-class", "op": "!=",
                                                                        "value": ">50K"}])
-    validate(query, COLUMNS)
+    validate(query, COLUMNS, ["salary-class"])
     p = plan(query, COLUMNS, "v_table")
     assert 'SELECT "salary-class"' in p.sql and 'WHERE "salary-class" != ?' in p.sql and p.params == [">50K"]
+
+
+def test_group_by_is_allowed_on_generalized_declared_categorical_and_sensitive_columns_only() -> None:
+    definition = {"columns": {"age_band": {"type": "integer"}, "sex": {"type": "categorical"}, "salary-class": {},
+                              "notes": {"type": "text"}, "hours": {"type": "integer"}},
+                  "quasi_identifiers": {"age_band": {"csv": "age.csv"}}, "sensitive": ["salary-class"]}
+    columns = {**COLUMNS, "pseudonym": "VARCHAR", "notes": "VARCHAR"}
+    allowed = groupable_columns(definition, columns)
+    assert allowed == ["age_band", "salary-class", "sex"]
+    assert groupable_columns({**definition, "sensitive": ["pseudonym"]}, columns) == allowed, "never the pseudonym"
+    for column in ("pseudonym", "notes"):
+        with pytest.raises(QueryInvalid, match=f"cannot group by '{column}'.*allowed: age_band, salary-class, sex"):
+            validate(q(aggregate="count", group_by=[column]), columns, allowed)
+    with pytest.raises(QueryInvalid, match="cannot group by 'pseudonym'"):
+        validate(q(aggregate="count", group_by=["pseudonym"]), columns, ["pseudonym"])

@@ -1,0 +1,119 @@
+"""The marketplace projection: refused payments are listed as refundable and never paid, and the
+group-by columns of each version come from the definition its build used; both rebuild from the log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events.datasets import (
+    DatasetDefined,
+    DatasetVersionPublished,
+    DatasetVersionSuperseded,
+    VersionBuildStarted,
+)
+from datacoop.events.envelope import Envelope
+from datacoop.events.orders import OrderPlaced
+from datacoop.events.payouts import PaymentConfirmed
+from datacoop.events.registry import Event
+from datacoop.store import ProjectionStore
+from services.marketplace import domain
+from services.marketplace.projection import SCHEMA_SQL, MarketProjection
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TX = "0x" + "11" * 32
+_offsets = count()
+COLUMNS = {"pseudonym": "VARCHAR", "age": "VARCHAR", "sex": "VARCHAR", "diagnosis": "VARCHAR",
+           "note": "VARCHAR", "visit": "VARCHAR", "income": "BIGINT"}
+DEFINITION: dict[str, Any] = {
+    "name": "clinic", "version": 1, "purpose": "health-research", "data_categories": ["health"],
+    "columns": {"age": {"type": "integer", "min": 0, "max": 99}, "sex": {"type": "categorical"},
+                "diagnosis": {}, "note": {"type": "text"}, "visit": {"type": "date"},
+                "income": {"type": "integer"}},
+    "quasi_identifiers": {"age": {"numeric_bands": {"min": 0, "max": 99, "widths": [10]}}},
+    "sensitive": ["diagnosis"], "privacy": {"k": 5, "l": 2}}
+
+
+def delivery(ev: Event, subject: str, event_id: str | None = None) -> Delivery:
+    env = Envelope(source="test", type=ev.type_name(), subject=subject, seq=1, data=ev.model_dump(mode="json"),
+                   **({"id": event_id} if event_id else {}))
+    return Delivery("t", 0, next(_offsets), env, ev)
+
+
+def version(v: int) -> DatasetVersionPublished:
+    return DatasetVersionPublished(
+        dataset_id="clinic", version=v, purpose="health-research", categories=["health"],
+        location=f"file:///v{v}.parquet", sha256="0" * 64, rows=10, suppressed_rows=0, k=5, l_diversity=2.0,
+        privacy_model="distinct-l", information_loss=0.1, epsilon=1.0, columns=COLUMNS,
+        contributor_weights={"0x" + "a" * 40: 10}, published_at=T0)
+
+
+def order(oid: str) -> OrderPlaced:
+    return OrderPlaced(order_id=oid, researcher_id="r1", buyer="0x" + "b" * 40, dataset_id="clinic", version=1,
+                       offer="download", price_units=1_000, placed_at=T0, expires_at=T0 + timedelta(hours=1))
+
+
+def payment(oid: str) -> PaymentConfirmed:
+    return PaymentConfirmed(order_id=oid, chain_order_id="0x" + "22" * 32, buyer="0x" + "b" * 40,
+                            amount_units=1_000, tx_hash=TX, block_number=1, log_index=0, confirmed_at=T0)
+
+
+def project(deliveries: list[Delivery]) -> MarketProjection:
+    store = ProjectionStore(":memory:", SCHEMA_SQL)
+    proj = MarketProjection(store.conn)
+    with store.transaction() as tx:
+        proj.apply(tx, deliveries)
+    return proj
+
+
+def react(proj: MarketProjection, now: datetime) -> list[Delivery]:
+    """What the payment reactor appends (service.react_to_payments_once, without the bus)."""
+    out = []
+    for pid, oid, amount, tx_hash in proj.payments_to_apply():
+        o = proj.order(oid)
+        assert o is not None
+        info = proj.version_info(o.dataset_id, o.version)
+        cmd = domain.ConfirmPayment(oid, pid, amount, tx_hash, version_superseded=info is None or info.superseded)
+        out += [delivery(ev, oid) for ev in domain.decide(cmd, o, now)]
+    return out
+
+
+def test_a_payment_for_a_superseded_version_is_refused_listed_refundable_and_rebuilt_the_same() -> None:
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a001"
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid),
+           delivery(DatasetVersionSuperseded(dataset_id="clinic", version=1, superseded_by=2, reason="erasure",
+                                             superseded_at=T0), "clinic"),
+           delivery(payment(oid), oid, event_id="0190a8c0-0000-7000-8000-000000000001")]
+    proj = project(log)
+    reactions = react(proj, T0)
+    assert [type(d.event).__name__ for d in reactions] == ["PaymentRefused"]
+    rebuilt = project(log + reactions)  # the projection deleted and rebuilt from the topics
+    o = rebuilt.order(oid)
+    assert o is not None and o.status == "refund-due" and o.refused_payments[0].reason == "version-superseded"
+    assert rebuilt.payments_to_apply() == [], "a refused payment is decided once"
+    [unmatched] = rebuilt.unmatched_payments()
+    assert unmatched["refund_due"] and unmatched["reason"] == "version-superseded"
+    assert "refunded" in unmatched["detail"] and unmatched["order_id"] == oid
+    assert react(rebuilt, T0 + timedelta(days=1)) == []
+
+
+def test_a_payment_for_a_current_version_pays() -> None:
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a002"
+    proj = project([delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)])
+    assert [type(d.event).__name__ for d in react(proj, T0)] == ["OrderPaid"]
+
+
+def test_a_version_records_the_group_by_columns_of_the_definition_its_build_used() -> None:
+    newer = {**DEFINITION, "version": 2, "sensitive": [], "columns": {**DEFINITION["columns"],
+                                                                      "diagnosis": {"type": "text"}}}
+    defined = [delivery(DatasetDefined(dataset_id="clinic", definition_version=n, purpose="health-research",
+                                       categories=["health"], definition=d, source="file", defined_at=T0), "clinic")
+               for n, d in ((1, DEFINITION), (2, newer))]
+    started = delivery(VersionBuildStarted(dataset_id="clinic", build_id="b1", trigger="change",
+                                           definition_version=1, inputs_sha256="0" * 64, members=1, records=10,
+                                           started_at=T0), "clinic")
+    proj = project([defined[0], started, defined[1], delivery(version(1), "clinic")])
+    assert proj.groupable("clinic", 1) == ["age", "diagnosis", "sex"], "no pseudonym, free text, date or number"
+    assert project([delivery(version(1), "clinic")]).groupable("clinic", 1) == [], "no definition: no group-by"
