@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from datacoop.bus import Publisher
 from datacoop.events import Envelope
-from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.datasets import DatasetDefined, DatasetVersionPublished
 from datacoop.events.payouts import PaymentConfirmed
 from datacoop.events.registry import Event
 from datacoop.kit import create_app
@@ -103,6 +103,12 @@ async def _bench(bootstrap: str, root: Path) -> dict[str, Any]:
     app = create_app(service, [build_router(service)], title="bench")
     await service.start()
     try:
+        await _publish(bootstrap, prefix, DATASETS, "bench-ds", DatasetDefined(  # what queries may group by
+            dataset_id="bench-ds", definition_version=1, purpose="health-research", categories=["health"],
+            definition={"columns": {"age_band": {"type": "categorical"}, "sex": {"type": "categorical"},
+                                    "region": {"type": "categorical"}, "income": {"type": "number"}},
+                        "quasi_identifiers": {"age_band": "age-bands"}, "sensitive": ["region"]},
+            source="api", defined_at=datetime.now(UTC)))
         await _publish(bootstrap, prefix, DATASETS, "bench-ds", DatasetVersionPublished(
             dataset_id="bench-ds", version=1, purpose="health-research", categories=["health"],
             location=parquet.as_uri(), sha256=sha, rows=ROWS, suppressed_rows=0, k=10, l_diversity=2, epsilon=1,

@@ -135,7 +135,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         local_dir = settings.data_dir / "objects" if objectstore.is_s3(self.store_dir) else self.store_dir
         self.aggregates_db = Path(local_dir) / "aggregates.duckdb"
         self.operator_token = dev_default_warned(settings.anonymizer_operator_token, DEV_OPERATOR_TOKEN,
-                                                 "DATACOOP_ANONYMIZER_OPERATOR_TOKEN")
+                                                 "DATACOOP_ANONYMIZER_OPERATOR_TOKEN", dev_secrets=settings.dev_secrets)
         self._http = http
         self.queue: list[BuildRequest] = []
         self.current: BuildRequest | None = None
@@ -448,7 +448,7 @@ def build_app(settings: AnonymizerSettings | None = None, clock: Callable[[], da
 
 
 def main() -> None:
-    serve("anonymizer", AnonymizerSettings(), build_app)
+    serve("anonymizer", AnonymizerSettings, build_app)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import duckdb
 from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.jobs import JobCompleted
-from datacoop.events.orders import OrderPlaced
+from datacoop.events.orders import OrderPaid, OrderPlaced, PaymentRefused
 from datacoop.events.payouts import (
     EpochPosted,
     EpochPrepared,
@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS payments (
     order_id VARCHAR PRIMARY KEY, buyer VARCHAR NOT NULL, amount_units HUGEINT NOT NULL,
     tx_hash VARCHAR NOT NULL, block_number BIGINT NOT NULL, log_index INTEGER NOT NULL,
     allocatable BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (  -- the marketplace's call on a payment that covers the price
+    order_id VARCHAR PRIMARY KEY, paid BOOLEAN NOT NULL, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS flags (
     order_id VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR NOT NULL,
     PRIMARY KEY (order_id, reason));
@@ -75,6 +77,10 @@ class SettlementProjection:
         elif isinstance(ev, OrderPlaced):
             tx.execute("INSERT OR IGNORE INTO orders VALUES (?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.dataset_id, ev.version, ev.price_units, ev.buyer, ev.offer])
+        elif isinstance(ev, OrderPaid):
+            tx.execute("INSERT OR IGNORE INTO decisions VALUES (?, true, NULL, NULL)", [ev.order_id])
+        elif isinstance(ev, PaymentRefused):
+            tx.execute("INSERT OR IGNORE INTO decisions VALUES (?, false, ?, ?)", [ev.order_id, ev.reason, ev.detail])
         elif isinstance(ev, JobCompleted):
             if ev.fee_units > 0:
                 tx.execute("INSERT OR IGNORE INTO jobs_due VALUES (?, ?, ?, ?)",
@@ -123,14 +129,20 @@ class SettlementProjection:
         return self.conn.execute("SELECT 1 FROM allocations WHERE subject = ?", [subject]).fetchone() is not None
 
     def ready_to_allocate(self, limit: int = 500) -> list[tuple[domain.Payment, domain.Order, dict[str, int]]]:
-        """Confirmed payments whose order and version are known and that are not allocated yet."""
+        """Confirmed payments whose order and version are known and that are not allocated yet. A payment
+        that covers the price waits for the marketplace's call: OrderPaid releases it; PaymentRefused (the
+        order had expired, or its version was withdrawn from sale) holds it for a refund, never allocated.
+        A short payment pays no order, so no call comes: it is allocated as paid (and flagged)."""
         rows = self.conn.execute(
             """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, v.weights,
                       o.offer
                FROM payments p JOIN orders o USING (order_id)
                JOIN versions v ON v.dataset_id = o.dataset_id AND v.version = o.version
                LEFT JOIN allocations a ON a.subject = p.order_id
-               WHERE a.subject IS NULL AND p.allocatable ORDER BY p.block_number, p.log_index LIMIT ?""",
+               LEFT JOIN decisions d ON d.order_id = p.order_id
+               WHERE a.subject IS NULL AND p.allocatable
+                 AND (d.paid OR (d.paid IS NULL AND p.amount_units < o.price_units))
+               ORDER BY p.block_number, p.log_index LIMIT ?""",
             [limit]).fetchall()
         return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5]), r[7]),
                  json.loads(r[6])) for r in rows]
@@ -160,12 +172,14 @@ class SettlementProjection:
     def waiting_payments(self) -> list[dict[str, Any]]:
         """Payments held: confirmed but not allocated (order or version unknown yet, or flagged)."""
         rows = self.conn.execute(
-            """SELECT p.order_id, p.amount_units, p.tx_hash, o.order_id IS NOT NULL, p.allocatable
+            """SELECT p.order_id, p.amount_units, p.tx_hash, o.order_id IS NOT NULL, p.allocatable,
+                      p.amount_units >= o.price_units, d.paid, d.detail
                FROM payments p LEFT JOIN orders o USING (order_id)
+               LEFT JOIN decisions d ON d.order_id = p.order_id
                LEFT JOIN allocations a ON a.subject = p.order_id WHERE a.subject IS NULL
                ORDER BY p.block_number, p.log_index""").fetchall()
         return [{"order_id": r[0], "amount_units": int(r[1]), "tx_hash": r[2], "order_known": bool(r[3]),
-                 "allocatable": bool(r[4])} for r in rows]
+                 "allocatable": bool(r[4]), "marketplace": _decision(r[5], r[6], r[7])} for r in rows]
 
     def balances(self) -> dict[str, int]:
         return {a: int(u) for a, u in self.conn.execute("SELECT account, cumulative_units FROM balances").fetchall()}
@@ -201,11 +215,25 @@ class SettlementProjection:
                                 [order_id]).fetchone()
         alloc = self.conn.execute("SELECT event FROM allocations WHERE subject = ?", [order_id]).fetchone()
         flags = self.conn.execute("SELECT reason, detail FROM flags WHERE order_id = ?", [order_id]).fetchall()
-        known = self.conn.execute("SELECT 1 FROM orders WHERE order_id = ?", [order_id]).fetchone()
+        known = self.conn.execute("SELECT price_units FROM orders WHERE order_id = ?", [order_id]).fetchone()
+        decided = self.conn.execute("SELECT paid, detail FROM decisions WHERE order_id = ?", [order_id]).fetchone()
         if pay is None and alloc is None and known is None:
             return None
+        covers = pay is not None and known is not None and int(pay[0]) >= int(known[0])
         return {"order_id": order_id, "order_known": known is not None,
+                "marketplace": _decision(covers, decided[0] if decided else None, decided[1] if decided else None),
                 "payment": ({"amount_units": int(pay[0]), "tx_hash": pay[1], "block_number": int(pay[2])}
                             if pay else None),
                 "allocation": json.loads(alloc[0]) if alloc else None,
                 "flags": [{"reason": r, "detail": d} for r, d in flags]}
+
+
+def _decision(covers_price: bool | None, paid: bool | None, detail: str | None) -> str | None:
+    """What the marketplace decided about a payment, as settlement holds it."""
+    if paid is True:
+        return "paid: the order is paid, the payment is allocated"
+    if paid is False:
+        return f"refused, held for a refund and never allocated: {detail}"
+    if covers_price:
+        return "awaiting the marketplace's call (OrderPaid or PaymentRefused) before allocating"
+    return None

@@ -19,7 +19,7 @@ from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.chain import ANVIL_KEYS, Contracts, deploy_local_stack, pay_order
 from datacoop.events import Envelope
 from datacoop.events.datasets import DatasetVersionPublished
-from datacoop.events.orders import OrderPlaced
+from datacoop.events.orders import OrderPaid, OrderPlaced, PaymentRefused
 from datacoop.events.registry import Event
 from datacoop.topics import DATASETS, ORDERS, qualified
 from infra.local import Broker, Chain
@@ -134,7 +134,25 @@ def publish_order(bootstrap: str, prefix: str, order: uuid.UUID, dataset_id: str
     publish(bootstrap, prefix, ORDERS, str(order), "datacoop/marketplace", ev)
 
 
-def buy(s: Settlement, order: uuid.UUID, amount_units: int) -> None:
-    """The researcher pays on chain; one more block is mined so one confirmation is reached."""
-    pay_order(s.contracts, BUYER_KEY, order, amount_units, minter_key=ADMIN_KEY)
+def buy(s: Settlement, order: uuid.UUID, amount_units: int, *, marketplace: str | None = "pays") -> str:
+    """The researcher pays on chain; one more block is mined so one confirmation is reached. Then the
+    marketplace's call on a payment that covers the price, as the marketplace would append it:
+    `marketplace="pays"` (OrderPaid), "refuses" (PaymentRefused: the order had expired) or None (no call
+    yet, or a short payment, on which the marketplace makes none). Returns the payment's tx hash."""
+    receipt = pay_order(s.contracts, BUYER_KEY, order, amount_units, minter_key=ADMIN_KEY)
     s.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    tx_hash = "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x")
+    if marketplace is not None:
+        decide_payment(s, order, amount_units, tx_hash, paid=marketplace == "pays")
+    return tx_hash
+
+
+def decide_payment(s: Settlement, order: uuid.UUID, amount_units: int, tx_hash: str, *, paid: bool) -> None:
+    now = datetime.now(UTC)
+    ev: Event = (OrderPaid(order_id=str(order), payment_event_id=f"pay-{order}", amount_units=amount_units,
+                           tx_hash=tx_hash, paid_at=now) if paid else
+                 PaymentRefused(order_id=str(order), payment_event_id=f"pay-{order}", amount_units=amount_units,
+                                tx_hash=tx_hash, reason="order-expired", refused_at=now,
+                                detail=f"order {order} expired before its payment arrived; to be refunded"))
+    publish(s.env["DATACOOP_BOOTSTRAP"], s.env["DATACOOP_TOPIC_PREFIX"].removesuffix("."), ORDERS, str(order),
+            "datacoop/marketplace", ev)

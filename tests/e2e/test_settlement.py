@@ -4,6 +4,7 @@ of that."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from tests.e2e.settlement_fixtures import (
     OPERATOR_TOKEN,
     Settlement,
     buy,
+    decide_payment,
     expected_split,
     publish,
     publish_order,
@@ -152,11 +154,37 @@ def test_a_payment_that_differs_from_the_price_is_flagged_and_split_on_what_was_
     publish_version(broker.bootstrap, prefix, "mobility", 1, V2)
     order = uuid.uuid4()
     publish_order(broker.bootstrap, prefix, order, "mobility", 1, 1_000_000)
-    buy(s, order, 999_999)
+    buy(s, order, 999_999, marketplace=None)  # a short payment pays no order: the marketplace makes no call
     wait_for(lambda: allocated(s, order), "the underpaid order allocated")
     view = s.get(f"/orders/{order}").json()
     assert [f["reason"] for f in view["flags"]] == ["amount-mismatch"]
     assert view["allocation"]["amount_units"] == 999_999
+
+
+def test_a_payment_is_allocated_only_once_the_marketplace_pays_the_order_and_never_when_it_refuses(
+    settlement: Settlement, broker: Broker, prefix: str  # noqa: F811
+) -> None:
+    """A payment that arrives after its order expired (or its version was withdrawn) opens nothing and is
+    to be refunded: settlement must not split it among members before, or after, the marketplace says so."""
+    s = settlement
+    s.start()
+    publish_version(broker.bootstrap, prefix, "mobility", 1, V2)
+    refused, pending = uuid.uuid4(), uuid.uuid4()
+    for order in (refused, pending):
+        publish_order(broker.bootstrap, prefix, order, "mobility", 1, 1_000_000)
+    buy(s, refused, 1_000_000, marketplace="refuses")
+    tx_hash = buy(s, pending, 1_000_000, marketplace=None)
+    wait_for(lambda: len(s.get("/payments/waiting").json()) == 2, "both payments confirmed")
+    time.sleep(1.0)  # many polls of the loop (0.05 s): neither may be allocated meanwhile
+    waiting = {w["order_id"]: w for w in s.get("/payments/waiting").json()}
+    assert "refused" in waiting[str(refused)]["marketplace"] and "refunded" in waiting[str(refused)]["marketplace"]
+    assert "awaiting the marketplace" in waiting[str(pending)]["marketplace"]
+    assert not allocated(s, refused) and not allocated(s, pending)
+    decide_payment(s, pending, 1_000_000, tx_hash, paid=True)
+    wait_for(lambda: allocated(s, pending), "the order the marketplace paid allocated")
+    assert not allocated(s, refused)
+    members, coop = expected_split(1_000_000, V2)  # one order's split: the refused payment's is in no balance
+    assert s.get("/balances").json() == {**{a.lower(): u for a, u in members.items()}, s.coop.lower(): coop}
 
 
 def test_claim_without_an_epoch_fails_with_one_line(settlement: Settlement, chain: Chain,  # noqa: F811

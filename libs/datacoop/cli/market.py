@@ -151,8 +151,11 @@ def buy(
     found = _call(client.get_order, order_id)
     if found["status"] == "paid":
         fail(f"order {order_id} is already paid (tx {found['tx_hash']})")
-    if found["status"] == "expired":
-        fail(f"order {order_id} expired at {found['expires_at']}; place a new one with `datacoop order`")
+    if found["status"] in ("expired", "refund-due"):
+        fail(found.get("note") or f"order {order_id} expired at {found['expires_at']}; place a new one with "
+                                   "`datacoop order`")
+    if found.get("note"):  # e.g. its version was withdrawn from sale: a payment now would be refused
+        fail(f"not paying: {found['note']}")
     payment = _call(client.catalog)["payment"]
     if not payment.get("market") or not payment.get("token"):
         fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); ask the operator")

@@ -6,7 +6,6 @@ import json
 import random
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -121,9 +120,12 @@ def test_proof_of_an_unknown_account_is_a_key_error() -> None:
 
 
 @pytest.mark.slow
-def test_a_tree_of_100000_accounts_builds_in_under_5_seconds() -> None:
+def test_a_tree_of_100000_accounts_proves_every_sampled_leaf() -> None:
+    """Its build time is a benchmark figure (`make bench ONLY=payouts`, tree_build_s_100000), not a test."""
     leaves = [(f"0x{i:040x}", i * 1_000 + 1) for i in range(1, 100_001)]
-    started = time.perf_counter()
     tree = StandardMerkleTree.of(leaves)
-    assert time.perf_counter() - started < 5.0
-    assert len(tree.proof(leaves[0][0])) in (16, 17)
+    for account, amount in leaves[::9_973]:
+        proof = tree.proof(account)
+        assert len(proof) in (16, 17)
+        assert verify(tree.root, account, amount, proof)
+    assert not verify(tree.root, leaves[0][0], leaves[0][1] + 1, tree.proof(leaves[0][0]))
