@@ -86,12 +86,17 @@ def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str,
                                   "signature": base64.b64encode(key.sign(canonical(document))).decode()}}
 
 
-def verify_document(document: dict[str, Any]) -> bool:
+def verify_document(document: dict[str, Any], trusted_public_key_b64: str) -> bool:
+    """Whether `document` (an order receipt) was signed by the marketplace's key, `trusted_public_key_b64`
+    (GET /grant-key, or pinned). The key named in the proof is never trusted alone: anyone can sign a
+    forged receipt with a key of their own and name it there."""
     proof = document.get("proof") or {}
     body = {k: v for k, v in document.items() if k != "proof"}
     try:
-        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(proof["public_key"]))
+        if proof["public_key"] != trusted_public_key_b64:
+            return False
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
         pub.verify(base64.b64decode(proof["signature"]), canonical(body))
-    except (InvalidSignature, KeyError, ValueError):
+    except (InvalidSignature, KeyError, TypeError, ValueError):
         return False
     return True

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from datacoop.keys import public_key_b64
 from services.marketplace.grants import Grant, GrantRefused, sign_document, sign_grant, verify_document, verify_grant
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -44,7 +45,12 @@ def test_an_altered_grant_is_refused() -> None:
         check("not-a-grant")
 
 
-def test_receipts_verify_and_an_edit_breaks_them() -> None:
+def test_receipts_verify_under_the_marketplace_key_alone_and_an_edit_breaks_them() -> None:
     doc = sign_document({"order_id": "o1", "price_units": 5}, KEY)
-    assert verify_document(doc)
-    assert not verify_document({**doc, "price_units": 4})
+    trusted = public_key_b64(KEY)
+    assert verify_document(doc, trusted)
+    assert not verify_document({**doc, "price_units": 4}, trusted)
+    forged = sign_document({"order_id": "o1", "price_units": 0}, Ed25519PrivateKey.generate())  # names its own key
+    assert not verify_document(forged, trusted)
+    assert not verify_document({**forged, "proof": {**forged["proof"], "public_key": trusted}}, trusted)
+    assert not verify_document(doc, "not base64 of a key")
