@@ -196,37 +196,63 @@ def _checkers(schema: CategorySchema) -> tuple[tuple[str, bool, Checker], ...]:
 
 
 # -- uploads ----------------------------------------------------------------------------------
+MALFORMED = "\x00malformed"
+"""Key of the stand-in parse_upload puts where a row could not be read (its value says why): check_rows
+reports it with every other bad row, so one upload gets one whole report."""
+
+
 def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines or CSV upload (CSV: header row; `,` or `;` separated, as the header shows)."""
+    """Rows of a JSON-lines or CSV upload (CSV: header row; `,` or `;` separated, as the header shows). A
+    line that can't be read as a row stays in place as {MALFORMED: why}; a header that can't name the
+    fields (a repeated or empty column name) refuses the whole upload."""
     if fmt == "jsonl":
-        rows = []
-        for n, line in enumerate((ln for ln in content.splitlines() if ln.strip()), start=1):
+        rows: list[dict[str, Any]] = []
+        for line in (ln for ln in content.splitlines() if ln.strip()):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UploadRefused("upload has rows that are not JSON", [RowError(n, "(row)", str(exc))]) from exc
-            if not isinstance(row, dict):
-                raise UploadRefused("upload has rows that are not JSON objects",
-                                    [RowError(n, "(row)", "expected a JSON object of field: value")])
-            rows.append(row)
+                rows.append({MALFORMED: f"not JSON ({exc})"})
+                continue
+            rows.append(row if isinstance(row, dict) else
+                        {MALFORMED: "not a JSON object; each line must be an object of field: value"})
         return rows
     if fmt == "csv":
-        lines = content.lstrip("\ufeff").splitlines()
-        if not lines:
-            return []
-        header = lines[0]
-        delimiter = ";" if header.count(";") > header.count(",") else ","
-        reader = csv.reader(io.StringIO(content.lstrip("\ufeff")), delimiter=delimiter)
-        names = next(reader)
-        width = len(names)
-        rows = []
-        for n, cells in enumerate((c for c in reader if c), start=1):
-            if len(cells) != width:
-                raise UploadRefused("upload has malformed CSV rows",
-                                    [RowError(n, "(row)", f"{len(cells)} values, the header has {width} columns")])
-            rows.append({k: v for k, v in zip(names, cells, strict=True) if v != ""})
-        return rows
+        return _parse_csv(content.lstrip("\ufeff"))
     raise UploadRefused(f"unknown upload format {fmt!r}; use jsonl or csv")
+
+
+def _parse_csv(content: str) -> list[dict[str, Any]]:
+    lines = content.splitlines()
+    if not lines:
+        return []
+    header = lines[0]
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
+    names = [name.strip() for name in next(reader)]
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if not name:
+            raise UploadRefused(f"column {position} of the CSV header has no name; name every column (or drop the "
+                                "empty one, e.g. a trailing separator) and upload again; nothing was stored",
+                                [RowError(0, f"(column {position})", "has no name")])
+        if name in seen:
+            raise UploadRefused(f"column {name!r} appears twice in the CSV header (columns {seen[name]} and "
+                                f"{position}): a field takes one value a row; drop or rename one and upload again; "
+                                "nothing was stored", [RowError(0, name, "repeated in the header")])
+        seen[name] = position
+    width = len(names)
+    rows: list[dict[str, Any]] = []
+    for cells in reader:
+        if not cells:
+            continue
+        if any("\n" in cell or "\r" in cell for cell in cells):
+            rows.append({MALFORMED: f"a quoted value opened here is not closed before line {reader.line_num} "
+                                    "(a missing \" swallows the lines after it); close the quote"})
+        elif len(cells) != width:
+            rows.append({MALFORMED: f"{len(cells)} values, the header has {width} columns"})
+        else:
+            rows.append({k: v for k, v in zip(names, cells, strict=True) if v != ""})
+    return rows
 
 
 def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,6 +270,12 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
     for n, row in enumerate(rows, start=1):
         typed: dict[str, Any] = {}
         before = count
+        if MALFORMED in row:
+            count += 1
+            bad_rows += 1
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append(RowError(n, "(whole row)", str(row[MALFORMED])))
+            continue
         for name, required, check in checkers:
             value = row.get(name)
             if value is None or value == "":
@@ -270,7 +302,7 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
         clean.append(typed)
     if errors:
         _check_columns(schema, known, rows, checkers, unknown)
-        raise UploadRefused(f"{count} invalid value(s) in {bad_rows} row(s) of the {schema.category} upload; "
+        raise UploadRefused(f"{count} problem(s) in {bad_rows} row(s) of the {schema.category} upload; "
                             "nothing was stored — fix them and upload again", errors, count)
     return clean
 

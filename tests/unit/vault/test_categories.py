@@ -89,7 +89,7 @@ def test_a_file_of_other_columns_is_refused_once_for_the_whole_upload() -> None:
     bad = [{"day": "2026-01-02", "steps": -1}] * 300  # more bad rows than errors are reported
     with pytest.raises(UploadRefused) as counted:
         check_rows(SCHEMAS["fitness"], bad)
-    assert counted.value.message.startswith("300 invalid value(s) in 300 row(s)")
+    assert counted.value.message.startswith("300 problem(s) in 300 row(s)")
 
 
 @pytest.mark.parametrize(("category", "row", "field"), [
@@ -107,11 +107,33 @@ def test_ranges_patterns_and_types_are_enforced(category: str, row: dict[str, ob
 
 
 def test_unparseable_uploads_name_the_row() -> None:
+    good = '{"day": "2026-03-01", "steps": 5}'
     with pytest.raises(UploadRefused) as bad_json:
-        parse_upload('{"a": 1}\n{oops\n', "jsonl")
-    assert bad_json.value.errors[0].row == 2
+        check_rows(SCHEMAS["fitness"], parse_upload(f'{good}\n{{oops\n[1, 2]\n', "jsonl"))
+    assert [(e.row, e.field) for e in bad_json.value.errors] == [(2, "(whole row)"), (3, "(whole row)")]
+    assert "not JSON" in bad_json.value.errors[0].message and "JSON object" in bad_json.value.errors[1].message
     with pytest.raises(UploadRefused):
         check_rows(SCHEMAS["fitness"], [])
+
+
+def test_every_bad_csv_row_is_reported_at_once_structural_and_field_alike() -> None:
+    header = "day,steps,active_minutes,resting_heart_rate_bpm,distance_m,workout"
+    text = (f"{header}\n2026-03-01,-5,20,,,walk\n2026-03-02,1,2\n2026-03-03,100,20,,,walk\n"
+            '2026-03-04,"100,20,,,walk\n2026-03-05,7,20,,,walk\n')
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["fitness"], parse_upload(text, "csv"))
+    found = [(e.row, e.field) for e in refused.value.errors]
+    assert found == [(1, "steps"), (2, "(whole row)"), (4, "(whole row)")], found
+    assert "3 values, the header has 6 columns" in refused.value.errors[1].message
+    assert "not closed" in refused.value.errors[2].message
+    assert "3 problem(s) in 3 row(s)" in refused.value.message
+
+
+@pytest.mark.parametrize(("header", "said"), [("day,steps,steps", "'steps' appears twice"),
+                                              ("day,,steps", "column 2 of the CSV header has no name")])
+def test_a_header_that_cannot_name_the_fields_refuses_the_upload(header: str, said: str) -> None:
+    with pytest.raises(UploadRefused, match=said):
+        parse_upload(f"{header}\n2026-01-08,100,200\n", "csv")
 
 
 @pytest.mark.parametrize("category", ["demographics", "health", "fitness", "location"])
