@@ -100,7 +100,7 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
 
         Asking by `members`: any erased member -> 410 naming them. Otherwise records of erased members
         are left out and listed in `refused_members`; shredded members have no records left at all."""
-        require_bearer(authorization, svc.service_token, what="a valid service token",
+        require_bearer(authorization, svc.service_token, what="a service token",
                        setting="DATACOOP_VAULT_SERVICE_TOKEN", slug="bad-service-token")
         ready()
         if body.category is not None and body.category not in svc.schemas:

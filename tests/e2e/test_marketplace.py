@@ -54,11 +54,13 @@ def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_
     again = cli(s, "researcher", "register", "--name", "Bob", "--key-file", str(key_file), "--save", str(api_key_file))
     assert again.exit_code == 1 and "already saved" in again.output, again.output
     assert api_key_file.read_text() == saved, "the key shown once is never overwritten unasked"
-    out = cli(s, "catalog")
-    assert out.exit_code == 0 and "health" in out.output and "5,000,000" in out.output
+    out = cli(s, "catalog")  # not a terminal: 80 columns, where ids and prices must still be whole
+    assert out.exit_code == 0 and "health-survey" in out.output and "5,000,000" in out.output, out.output
     out = cli(s, "order", "health-survey@1:download", api_key_file=api_key_file)
     assert out.exit_code == 0, out.output
     order_id = out.output.split()[1].rstrip(":")
+    listed = cli(s, "orders", api_key_file=api_key_file)
+    assert listed.exit_code == 0 and order_id in listed.output, listed.output
     client = ResearcherClient(s.url, api_key_file.read_text().strip())
     placed = client.get_order(order_id)
     assert (placed["status"], placed["price_units"]) == ("placed", 5_000_000)

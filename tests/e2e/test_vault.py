@@ -132,11 +132,12 @@ def test_replayed_stale_forged_and_unregistered_uploads_are_refused(
 
 def test_decrypt_api_needs_the_service_token(vault_svc: ServiceProcess) -> None:
     resp = httpx.post(f"{vault_svc.url}/internal/decrypt", json={"category": "health"})
-    assert resp.status_code == 401
+    assert resp.status_code == 401 and "a service token is required" in resp.json()["detail"]
     wrong = VaultReader(vault_svc.url, "not-the-token-at-all")
     with pytest.raises(ApiError) as refused:
         wrong.page(category="health")
     assert refused.value.status == 401
+    assert "wrong service token" in refused.value.problem["detail"], "a token was sent: not 'is required'"
 
 
 def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(

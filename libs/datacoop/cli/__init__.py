@@ -41,11 +41,32 @@ def _status_table(described: dict[str, Any]) -> Table:
     return table
 
 
+_NEXT = {"marketplace": "`datacoop catalog`", "anonymizer": "`datacoop dataset list`",
+         "consent": "`datacoop wallet new --out me.key` then `datacoop member register --key-file me.key`"}
+
+
 def _what_next(stack: stack_mod.Stack) -> None:
     first = next(iter(stack.services.values()), None)
-    console.print("next: `datacoop catalog` or `datacoop dataset list` in another terminal"
-                  + (f"; {first.url}/docs for the {first.entry.name} API" if first else "")
-                  + f"; logs in {stack_mod.RUN_DIR / 'logs'}/", highlight=False)
+    steps = [hint for name, hint in _NEXT.items() if name in stack.services]
+    console.print((f"next: {' or '.join(steps[:2])} in another terminal; " if steps else "")
+                  + (f"{first.url}/docs for the {first.entry.name} API; " if first else "")
+                  + f"logs in {stack_mod.RUN_DIR / 'logs'}/", highlight=False)
+
+
+def _left_out(only: list[str], chain: bool, workers: int) -> list[str]:
+    """What `up` will not start and why (said, not silently skipped); fails when a service asked for by
+    name can't run."""
+    chained = [s.name for s in stack_mod.SERVICES if s.needs_chain and (not only or s.name in only)]
+    if not chain and only and chained:
+        fail(f"{', '.join(chained)} need(s) the chain (orders are paid and settled on it); drop --no-chain, "
+             "or leave them out of --services")
+    notes = []
+    if not chain and chained:
+        notes.append(f"without a chain (--no-chain), {', '.join(chained)} are not started: orders are paid and "
+                     "settled on chain")
+    if workers and only and "jobs" not in only:
+        notes.append("no workers: they take their jobs from the jobs service, which is not in --services")
+    return notes
 
 
 @app.command()
@@ -62,6 +83,7 @@ def up(
     unknown = sorted(set(only) - set(known))
     if unknown:
         fail(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known) or '(none yet)'}")
+    notes = _left_out(only, chain, workers)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -80,6 +102,8 @@ def up(
             stack_mod.wait_ready(stk)
             stack_mod.start_workers(stk, workers)
         console.print(_status_table(stk.describe()))
+        for note in notes:
+            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
         for svc in stk.services.values():
             if svc.moved:
                 console.print(f"[yellow]port {svc.entry.default_port} was taken[/yellow]: {svc.entry.name} "

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, operator_token, service_url
+from datacoop.cli.common import console, fail, keep_whole, operator_token, service_url
 from services.anonymizer.client import AnonymizerClient, ApiError
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
@@ -47,6 +47,7 @@ def list_datasets(anonymizer_url: UrlOption = None) -> None:
         v = d["newest_version"]
         table.add_row(d["dataset_id"], d["purpose"], ", ".join(d["categories"]), str(v["version"]) if v else "-",
                       _guarantees(v) if v else "no version yet")
+    keep_whole(table, {0: [d["dataset_id"] for d in catalog]})
     console.print(table)
 
 
@@ -54,14 +55,18 @@ def list_datasets(anonymizer_url: UrlOption = None) -> None:
 def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
          version: Annotated[int | None, typer.Option("--version", help="a version (default: every one)")] = None,
          anonymizer_url: UrlOption = None) -> None:
-    """A dataset's versions: location, sha256, contributors and what each guarantees."""
+    """A dataset's definition (without --version) and its versions: location, sha256, contributors and
+    what each guarantees."""
     client = _client(anonymizer_url)
     try:
+        defined = None if version else client.definition(dataset_id)
         versions = [client.version(dataset_id, version)] if version else client.versions(dataset_id)
     except ApiError as exc:
         fail(_problem(exc))
     except httpx.HTTPError as exc:
         fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    if defined is not None:
+        _print_definition(defined)
     if not versions:
         console.print(f"{dataset_id} has no version yet; build one with `datacoop dataset build {dataset_id}`")
     for v in versions:
@@ -69,6 +74,19 @@ def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
         console.print(f"[bold]{dataset_id} version {v['version']}[/bold] ({state}): {_guarantees(v)}; "
                       f"{v['contributors']} contributor(s); {v['privacy_model']}", highlight=False)
         console.print(f"  {v['location']}\n  sha256 {v['sha256']}", highlight=False)
+
+
+def _print_definition(d: dict[str, Any]) -> None:
+    body = d.get("definition") or {}
+    privacy = body.get("privacy") or {}
+    aggregates = body.get("aggregates") or {}
+    model = ", ".join(f"{k} {v}" for k, v in privacy.items())
+    console.print(f"[bold]{d['dataset_id']}[/bold] (definition v{d.get('definition_version')}): purpose "
+                  f"{d.get('purpose')}, categories {', '.join(d.get('categories') or [])}", highlight=False)
+    console.print(f"  quasi-identifiers: {', '.join(body.get('quasi_identifiers') or {}) or '-'}; sensitive: "
+                  f"{', '.join(body.get('sensitive') or []) or '-'}", highlight=False)
+    console.print(f"  privacy: {model or '-'}" + (f"; aggregates epsilon {aggregates['epsilon']}"
+                                                  if "epsilon" in aggregates else ""), highlight=False)
 
 
 @dataset_app.command("build")
@@ -87,7 +105,8 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
         build_id = client.request_build(dataset_id, force)["build_id"]
         status = _follow(client, dataset_id, build_id, timeout_s)
         if status.get("outcome") == "unchanged":
-            console.print(f"nothing built: {status.get('detail')}", highlight=False, markup=False)
+            console.print(str(status.get("detail") or "nothing built: the newest version already holds the "
+                                                        "records eligible now"), highlight=False, markup=False)
             return
         if status.get("outcome") != "published":
             fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -12,6 +13,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from datacoop.cli.stack import running_stack
 from datacoop.http import ApiError
@@ -55,7 +57,12 @@ def operator_token(given: str | None, setting: str) -> str:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One line in red and a non-zero exit; the message says what is wrong and what to do."""
+    """One line in red and a non-zero exit; the message says what is wrong and what to do. With the root
+    `--debug` flag, the traceback of the exception being handled (if any) comes first."""
+    from datacoop.cli import State  # the root callback's --debug (imported here: the root imports this module)
+
+    if (State.debug or "--debug" in sys.argv) and sys.exc_info()[1] is not None:
+        err.print_exception()
     err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)  # a message's [a-z] is text
     raise typer.Exit(code)
 
@@ -105,3 +112,13 @@ def read_key(key_file: Path | None) -> str:
     if not _HEX_KEY.match(raw):
         fail("the wallet key must be 32 bytes of hex (64 hex digits, optional 0x)")
     return raw if raw.startswith("0x") else "0x" + raw
+
+
+def keep_whole(table: Table, columns: dict[int, list[str]]) -> None:
+    """Never cut or wrap the values of `columns` (index -> the values shown): ids a user copies into the
+    next command, prices. Other columns wrap to fit a narrow terminal (or a pipe, 80 columns)."""
+    for index, values in columns.items():
+        column = table.columns[index]
+        words = [word for value in [*values, str(column.header)] for word in value.split()]
+        column.min_width = max((len(word) for word in words), default=0)
+        column.overflow = "fold"

@@ -23,10 +23,11 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
+from rich import box
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
+from datacoop.cli.common import call_service, console, fail, keep_whole, read_key, service_url, wallet_address
 from datacoop.cli.stack import RESEARCHER_KEY_FILE
 
 T = TypeVar("T")
@@ -75,19 +76,23 @@ def register_cmd(
     market_url: MarketUrl = None,
 ) -> None:
     """Open a researcher account; the API key is shown once and saved to --save."""
+    from eth_account import Account
+
     from services.marketplace.client import register_researcher
 
-    if save.exists() and not overwrite:  # checked first: an account whose only key is lost is no use
-        fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
-             "ANOTHER_FILE for this account, or --overwrite to replace it")
-    if wallet is None:
-        from eth_account import Account
-
+    if wallet is not None:
+        wallet = wallet_address(wallet, "--wallet")
+        if key_file is not None and Account.from_key(read_key(key_file)).address.lower() != wallet.lower():
+            fail(f"--wallet {wallet} is not the address of --key-file {key_file} "
+                 f"({Account.from_key(read_key(key_file)).address}); pass one of them")
+    else:
         if key_file is None and not os.environ.get("DATACOOP_KEY"):
             fail("no paying wallet: pass --wallet 0x… (the address that pays), or --key-file FILE / "
                  "DATACOOP_KEY to take it from your key")
-        wallet = Account.from_key(read_key(key_file)).address
-    wallet = wallet_address(wallet, "wallet")
+        wallet = wallet_address(Account.from_key(read_key(key_file)).address, "wallet")
+    if save.exists() and not overwrite:  # before registering: an account whose only key is lost is no use
+        fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
+             "ANOTHER_FILE for this account, or --overwrite to replace it")
     result = _call(register_researcher, service_url("marketplace", market_url), name, wallet, organisation)
     save.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
@@ -103,14 +108,18 @@ def catalog(market_url: MarketUrl = None) -> None:
     from services.consent.client import check
 
     data = _call(lambda: check(httpx.get(f"{service_url('marketplace', market_url)}/catalog", timeout=30)))
-    table = Table(title="datacoop catalog")
-    for col in ("dataset", "v", "status", "purpose", "rows", "k", "l", "epsilon", "offers (price units)"):
+    table = Table(title="datacoop catalog", box=box.SIMPLE_HEAD)
+    for col in ("dataset (purpose)", "version", "rows", "guarantees", "offers (price units)"):
         table.add_column(col)
+    names, offer_cells = [], []
     for v in data["versions"]:
         g = v["guarantees"]
         offers = ", ".join(f"{o['offer']} {o['price_units']:,}" for o in v["offers"]) or "-"
-        table.add_row(v["dataset_id"], str(v["version"]), v["status"], v["purpose"], f"{v['rows']:,}", str(g["k"]),
-                      f"{g['l_diversity']:g}", f"{g['epsilon']:g}", offers)
+        table.add_row(f"{v['dataset_id']}\n[dim]{v['purpose']}[/dim]", f"{v['version']} {v['status']}",
+                      f"{v['rows']:,}", f"k {g['k']}, l {g['l_diversity']:g}, ε {g['epsilon']:g}", offers)
+        names += [v["dataset_id"], v["purpose"]]
+        offer_cells.append(offers)
+    keep_whole(table, {0: names, 3: ["k 5,"], 4: offer_cells})  # ids and prices whole, even in 80 columns
     console.print(table)
 
 
@@ -216,10 +225,13 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     table = Table(title="your orders")
     for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
         table.add_column(col)
-    for o in _call(_client(market_url, api_key_file).orders):
+    orders = _call(_client(market_url, api_key_file).orders)
+    for o in orders:
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
                       o["status"], left)
+    keep_whole(table, {0: [o["order_id"] for o in orders], 1: [o["dataset_id"] for o in orders],
+                       4: [f"{o['price_units']:,}" for o in orders]})
     console.print(table)
 
 

@@ -182,8 +182,12 @@ def consent_list(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> No
 def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", help="file to write")],
                     key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Save the signed consent receipt (verify it with `datacoop receipt verify FILE`)."""
+    if out.is_dir():
+        fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'receipt.json'}")
     wallet = _wallet(key_file, consent_url)
-    out.write_text(json.dumps(_call(wallet.receipt, consent_id), indent=2) + "\n")
+    receipt = _call(wallet.receipt, consent_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(receipt, indent=2) + "\n")
     console.print(f"receipt written to {out}")
 
 

@@ -106,8 +106,12 @@ class Stack:
         }
 
     def save(self) -> None:
+        """Write var/run/stack.json, readable by its owner alone (it holds the local chain's keys)."""
         STACK_FILE.parent.mkdir(parents=True, exist_ok=True)
-        STACK_FILE.write_text(json.dumps(self.describe(), indent=2))
+        fd = os.open(STACK_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a file left by an older run keeps its mode through O_CREAT
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.describe(), indent=2))
 
     def stop(self) -> None:
         for worker in self.workers:

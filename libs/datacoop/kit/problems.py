@@ -42,8 +42,13 @@ def _bearer_secret(authorization: str | None) -> str | None:
 def require_bearer(authorization: str | None, expected: str, *, what: str, setting: str, slug: str) -> None:
     """Refuse (401 `slug`) unless the `Authorization` header carries `Bearer <expected>`; compared in
     constant time. `what` names the token, `setting` the environment variable that sets it."""
-    if not hmac.compare_digest((_bearer_secret(authorization) or "").encode(), expected.encode()):
-        raise Unauthorized(f"{what} is required: send `Authorization: Bearer <token>` ({setting})", slug=slug)
+    given = _bearer_secret(authorization)
+    if not hmac.compare_digest((given or "").encode(), expected.encode()):
+        if not given:
+            raise Unauthorized(f"{what} is required: send `Authorization: Bearer <token>` ({setting})", slug=slug)
+        noun = what.removeprefix("a ").removeprefix("an ")
+        raise Unauthorized(f"wrong {noun}: the token sent is not the one this service was started with "
+                           f"({setting})", slug=slug)
 
 
 class Forbidden(DomainError):

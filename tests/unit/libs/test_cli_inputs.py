@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from eth_account import Account
 from typer.testing import CliRunner
 
 from datacoop.cli import app
@@ -26,3 +29,33 @@ def test_a_bad_address_or_url_is_named(args: list[str], expected: str) -> None:
 def test_a_url_from_the_environment_is_checked_too() -> None:
     result = CliRunner().invoke(app, ["catalog"], env={**WIDE, "DATACOOP_MARKETPLACE_URL": "foo"})
     assert result.exit_code == 1 and "DATACOOP_MARKETPLACE_URL 'foo' is not a URL" in result.output, result.output
+
+
+def test_a_wallet_that_is_not_the_key_files_address_is_refused(tmp_path: Path) -> None:
+    key = tmp_path / "r.key"
+    key.write_text(Account.create().key.hex())
+    other = Account.create().address
+    result = CliRunner().invoke(app, ["researcher", "register", "--name", "M", "--key-file", str(key),
+                                      "--wallet", other, "--save", str(tmp_path / "api.key"),
+                                      "--market-url", "http://127.0.0.1:9"], env=WIDE)
+    assert result.exit_code == 1 and f"--wallet {other} is not the address of --key-file" in result.output
+
+
+def test_a_bad_wallet_is_named_before_a_saved_api_key_is_mentioned(tmp_path: Path) -> None:
+    saved = tmp_path / "api.key"
+    saved.write_text("k\n")
+    result = CliRunner().invoke(app, ["researcher", "register", "--name", "M", "--wallet", "0xbad",
+                                      "--save", str(saved)], env=WIDE)
+    assert result.exit_code == 1 and "'0xbad' is not a wallet address" in result.output, result.output
+    assert "already saved" not in result.output
+
+
+def test_debug_shows_the_traceback_behind_a_one_line_error(tmp_path: Path) -> None:
+    key = tmp_path / "m.key"
+    key.write_text(Account.create().key.hex())
+    args = ["member", "show", "--key-file", str(key), "--consent-url", "http://127.0.0.1:9"]  # nothing listens
+    plain = CliRunner().invoke(app, args, env=WIDE)
+    debug = CliRunner().invoke(app, ["--debug", *args], env=WIDE)
+    assert plain.exit_code == debug.exit_code == 1
+    assert "Traceback" not in plain.output
+    assert "Traceback" in debug.output and "error:" in debug.output, debug.output

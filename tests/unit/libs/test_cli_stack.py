@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from datacoop.cli import app
 from datacoop.cli import stack as stack_mod
-from infra.local import InfraError, free_port
+from infra.local import Broker, InfraError, free_port
 
 SECRET = "0x" + "ab" * 32
 
@@ -202,3 +202,29 @@ def test_a_stack_file_whose_processes_are_gone_does_not_block_up(run_dir: Path) 
     stack_mod.claim_stack()  # a leftover of a stack that died: no error
     (run_dir / "stack.json").write_text("{half written")
     stack_mod.claim_stack()
+
+
+def test_the_stack_file_holding_the_chains_keys_is_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stack_file = tmp_path / "stack.json"
+    stack_file.write_text("{}")
+    stack_file.chmod(0o644)  # left by an older run
+    monkeypatch.setattr(stack_mod, "STACK_FILE", stack_file)
+    sleeper = subprocess.Popen([sys.executable, "-c", "pass"])
+    sleeper.wait()
+    broker = Broker("broker", free_port(), sleeper)
+    stack_mod.Stack(broker, None, chain_env={"DATACOOP_SETTLER_KEY": SECRET}).save()
+    assert stack_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(stack_file.read_text())["broker"]["pid"] == sleeper.pid
+
+
+def test_up_says_what_it_leaves_out_and_refuses_what_cannot_run() -> None:
+    from datacoop.cli import _left_out
+
+    notes = _left_out([], chain=False, workers=3)
+    assert any("marketplace" in n and "settlement" in n and "--no-chain" in n for n in notes), notes
+    assert _left_out(["consent", "vault"], chain=True, workers=3) == [
+        "no workers: they take their jobs from the jobs service, which is not in --services"]
+    assert _left_out([], chain=True, workers=3) == []
+    refused = CliRunner().invoke(app, ["up", "--no-chain", "--services", "consent,marketplace"],
+                                 env={"COLUMNS": "200"})
+    assert refused.exit_code == 1 and "marketplace need(s) the chain" in refused.output, refused.output
