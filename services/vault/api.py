@@ -107,7 +107,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
             raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",
                               status=422, slug="unknown-category")
         return dict(svc.decrypt(category=body.category,
-                                members=[eip712.to_checksum(m) for m in body.members] if body.members else None,
+                                members=(None if body.members is None  # [] asks for nobody's, not everyone's
+                                         else [eip712.to_checksum(m) for m in body.members]),
                                 record_ids=body.record_ids, after=body.after, limit=body.limit))
 
     return router

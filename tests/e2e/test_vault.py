@@ -279,8 +279,8 @@ def test_the_vault_refuses_to_start_on_development_secrets_outside_a_dev_stack(
     assert not (tmp_path / "vault-kek").exists(), "no key-encryption key generated beside the data"
 
 
-def test_a_members_uploads_are_listed_to_that_member_alone(consent_svc: ServiceProcess,
-                                                          vault_svc: ServiceProcess) -> None:
+def test_a_members_uploads_are_listed_to_that_member_alone(consent_svc: ServiceProcess, vault_svc: ServiceProcess,
+                                                          reader: VaultReader) -> None:
     _, joy = new_member(consent_svc, vault_svc)
     _, kim = new_member(consent_svc, vault_svc)
     joy.contribute("fitness", FITNESS_CSV, fmt="csv")
@@ -291,3 +291,5 @@ def test_a_members_uploads_are_listed_to_that_member_alone(consent_svc: ServiceP
     assert "fitness" not in anonymous.text
     other = httpx.get(url, headers=eip712.read_auth(kim.account, kim.domain))
     assert other.status_code == 401 and f"not by member {joy.address}" in other.json()["detail"]
+    assert reader.page(members=[])["records"] == [], "an empty member list asks for nobody's records"
+    assert {r["member"] for r in reader.page(members=[joy.address])["records"]} == {joy.address}
