@@ -16,7 +16,7 @@ import numpy as np
 
 from services.anonymizer import mondrian
 from services.anonymizer.definition import ResolvedDefinition
-from services.anonymizer.dp import CellAggregate, cell_aggregates
+from services.anonymizer.dp import CellAggregate, DPError, cell_aggregates
 from services.anonymizer.encoding import EncodedTable, encode
 from services.anonymizer.hierarchy import BoolArray, FloatArray, Hierarchy, IntArray
 from services.anonymizer.lattice import GlobalRecoding, optimal_search
@@ -71,13 +71,16 @@ class _Recoding:
 
 def anonymize_table(columns: Mapping[str, Sequence[object]], hierarchies: Mapping[str, Hierarchy],
                     model: PrivacyModel, sensitive: Sequence[str] = (), passthrough: Sequence[str] = (),
-                    mode: Mode = "global") -> AnonymizedTable:
+                    mode: Mode = "global", owners: Sequence[object] | IntArray | None = None) -> AnonymizedTable:
     """Anonymize ``columns`` so every published class meets ``model``, with the least ARX Loss the mode finds.
 
     ``hierarchies`` names the quasi-identifiers; ``sensitive`` columns are protected by l/t and published
-    as is, like ``passthrough`` columns; any other column is dropped. Raises ``KeyError`` for a missing
-    column, ``HierarchyError`` for a value a hierarchy lacks, ``NoAnonymousNode``/``MondrianError`` when
-    the model cannot be met within the suppression limit, ``PrivacyViolation`` if the final check fails.
+    as is, like ``passthrough`` columns; any other column is dropped. ``owners[r]`` is the member of row r
+    (each with at most ``model.max_rows_per_member`` rows: the caller bounds them): the searches ask for
+    classes of ``model.row_k`` rows and the final check counts k in distinct owners. Without owners each
+    row is one person's. Raises ``KeyError`` for a missing column, ``HierarchyError`` for a value a
+    hierarchy lacks (counted, never quoted), ``NoAnonymousNode``/``MondrianError`` when the model cannot
+    be met within the suppression limit, ``PrivacyViolation`` if the final check fails.
     """
     for name in passthrough:
         if name not in columns:
@@ -100,8 +103,14 @@ def anonymize_table(columns: Mapping[str, Sequence[object]], hierarchies: Mappin
                                                   minlength=len(vals)) / max(table.n_rows, 1), strict=True))
                  for j, (name, vals) in enumerate(zip(table.sensitive, table.sensitive_values, strict=True))}
     verify_published({q: published[q] for q in table.quasi_identifiers}, {s: published[s] for s in sensitive},
-                     model, reference)
+                     model, reference, None if owners is None else _rows_of(owners, rows))
     return AnonymizedTable(published, [int(r) for r in rows], _report(table, model, mode, recoding))
+
+
+def _rows_of(owners: Sequence[object] | IntArray, rows: IntArray) -> Sequence[object] | IntArray:
+    if isinstance(owners, np.ndarray):
+        return owners[rows]
+    return [owners[int(r)] for r in rows]
 
 
 def _report(table: EncodedTable, model: PrivacyModel, mode: Mode, rec: _Recoding) -> AnonymizationReport:
@@ -189,10 +198,11 @@ def interval_labels(h: Hierarchy, rank: IntArray) -> Callable[[int, int], str]:
 
 
 def anonymize(columns: Mapping[str, Sequence[object]], definition: ResolvedDefinition,
-              mode: Mode = "global") -> AnonymizedTable:
-    """Anonymize ``columns`` as ``definition`` says (its QIs, sensitive and passthrough columns, model)."""
+              mode: Mode = "global", owners: Sequence[object] | IntArray | None = None) -> AnonymizedTable:
+    """Anonymize ``columns`` as ``definition`` says (its QIs, sensitive and passthrough columns, model);
+    ``owners`` as in ``anonymize_table``."""
     return anonymize_table(columns, definition.hierarchies, definition.model, definition.sensitive,
-                           definition.passthrough, mode)
+                           definition.passthrough, mode, owners)
 
 
 def cell_aggregates_of(columns: Mapping[str, Sequence[object]], published: AnonymizedTable,
@@ -201,7 +211,8 @@ def cell_aggregates_of(columns: Mapping[str, Sequence[object]], published: Anony
 
     Cells are the distinct QI-value tuples of ``published`` (already public with the version); values are
     taken from the input rows behind each published row, clamped to ``value_bounds``. Spends the
-    definition's ``aggregates.epsilon`` once.
+    definition's ``aggregates.epsilon`` once, for neighbours that differ by one member's rows: at most
+    ``privacy.max_rows_per_member`` of them (the caller bounds them), so the sensitivities scale by it.
     """
     spec = definition.definition.aggregates
     qis = list(definition.hierarchies)
@@ -209,5 +220,15 @@ def cell_aggregates_of(columns: Mapping[str, Sequence[object]], published: Anony
     values = None
     if spec.value_column is not None:
         raw = columns[spec.value_column]
-        values = [float(raw[r]) for r in published.source_rows]  # type: ignore[arg-type]
-    return cell_aggregates(keys, spec.epsilon, rng, values, spec.value_bounds, spec.mechanism, spec.delta)
+        values = []
+        unreadable = 0
+        for r in published.source_rows:
+            try:
+                values.append(float(raw[r]))  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                unreadable += 1
+        if unreadable:  # counted, never quoted: this message reaches logs and the build's public detail
+            raise DPError(f"aggregates.value_column {spec.value_column!r} holds {unreadable} value(s) that are not "
+                          "numbers; declare the column integer with min..max so the definition says what it holds")
+    return cell_aggregates(keys, spec.epsilon, rng, values, spec.value_bounds, spec.mechanism, spec.delta,
+                           rows_per_member=definition.model.max_rows_per_member)

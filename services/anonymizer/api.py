@@ -25,7 +25,11 @@ def guarantees(version: dict[str, Any]) -> dict[str, Any]:
 
 
 def version_view(version: dict[str, Any]) -> dict[str, Any]:
-    return {**version, "guarantees": guarantees(version), "contributors": len(version["contributor_weights"])}
+    """A version as anyone may see it: how many members contributed, never who or how much. Rows per
+    member would link pseudonyms in the Parquet to wallet addresses; `contributor_weights` stays in the
+    event on the datasets topic, for settlement."""
+    public = {k: v for k, v in version.items() if k != "contributor_weights"}
+    return {**public, "guarantees": guarantees(version), "contributors": len(version["contributor_weights"])}
 
 
 def build_router(svc: Any) -> APIRouter:
@@ -100,7 +104,7 @@ def build_router(svc: Any) -> APIRouter:
 
     @router.get("/datasets/{dataset_id}/versions/{version}", tags=["catalog"])
     async def get_version(dataset_id: DatasetPath, version: int) -> dict[str, Any]:
-        """One version: location, sha256, columns, contributors and what it guarantees."""
+        """One version: location, sha256, columns, how many contributors and what it guarantees."""
         found = svc.projection.version(dataset_id, version)
         if found is None:
             raise NotFound(f"dataset {dataset_id!r} has no version {version}; list them with `datacoop dataset "
@@ -110,7 +114,10 @@ def build_router(svc: Any) -> APIRouter:
     @router.get("/datasets/{dataset_id}/versions/{version}/aggregates", tags=["catalog"])
     async def aggregates(dataset_id: DatasetPath, version: int) -> dict[str, Any]:
         """The version's differentially private aggregates per generalized cell (epsilon stated)."""
-        found = read_aggregates(svc.aggregates_db, dataset_id, version)
+        # only a published version's: a build writes them before its version is appended, and one that
+        # anonymizes again (a member left) draws them again; an unpublished draw is never shown
+        published = svc.projection.version(dataset_id, version)
+        found = read_aggregates(svc.aggregates_db, dataset_id, version) if published is not None else None
         if found is None:
             raise NotFound(f"no aggregates for {dataset_id!r} version {version}; is the version published?")
         return found

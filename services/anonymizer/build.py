@@ -8,6 +8,12 @@
 Pseudonyms are HMAC-SHA256(dataset key, member address), the dataset key itself an HMAC of the
 service's master secret and the dataset id: the same member has the same pseudonym in every version
 of one dataset and unlinkable ones across datasets. Keys never leave the service (never on Kafka).
+
+k counts members, not rows: a version keeps at most the definition's ``privacy.max_rows_per_member``
+rows of each member (their newest records, by record id), the engine asks for classes of
+``k * max_rows_per_member`` rows, and before anything is written the classes of the table to publish
+are counted in distinct pseudonyms; fewer than k in one raises PrivacyViolation. Errors count the
+values they are about and never quote one: they reach logs, the datasets topic and the public API.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, cast
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -33,8 +40,13 @@ from datacoop import objectstore
 from services.anonymizer.anonymize import AnonymizationReport, Mode, anonymize, cell_aggregates_of
 from services.anonymizer.definition import ResolvedDefinition
 from services.anonymizer.dp import CellAggregate
+from services.anonymizer.privacy_checks import PrivacyViolation
 
 PSEUDONYM_COLUMN = "pseudonym"
+
+
+class BuildError(ValueError):
+    """A build's problem with the records, in words that count values and never quote one."""
 Progress = Callable[[str, int, int], None]
 
 
@@ -107,26 +119,60 @@ def table_from_plaintexts(plaintexts: list[bytes], members: list[str], record_id
                       [record_ids[i] for i in kept], len(plaintexts) - len(kept))
 
 
+def bound_rows_per_member(table: InputTable, max_rows: int) -> tuple[InputTable, int]:
+    """At most ``max_rows`` rows of each member: their newest records, by record id (the vault's ids begin
+    with the upload's UUIDv7, so they sort by upload time, then by row within the upload). Members are
+    compared as the pseudonyms see them (lower-case addresses). Returns the table and how many rows it
+    left out; the same records always give the same rows (deterministic, whatever their order)."""
+    owners = [m.lower() for m in table.members]
+    counts = Counter(owners)
+    if not counts or max(counts.values()) <= max_rows:
+        return table, 0
+    over: dict[str, list[int]] = {m: [] for m, c in counts.items() if c > max_rows}
+    for i, m in enumerate(owners):
+        if m in over:
+            over[m].append(i)
+    keep = np.ones(len(owners), dtype=np.bool_)
+    for rows in over.values():
+        rows.sort(key=lambda i: table.record_ids[i], reverse=True)
+        keep[rows[max_rows:]] = False
+    kept = np.flatnonzero(keep).tolist()
+    bounded = InputTable({n: [v[i] for i in kept] for n, v in table.columns.items()},
+                         [table.members[i] for i in kept], [table.record_ids[i] for i in kept], table.incomplete)
+    return bounded, len(owners) - len(kept)
+
+
+def member_codes(members: Sequence[str]) -> npt.NDArray[np.int64]:
+    """One integer per row, equal for rows of one member (as the pseudonyms see them: lower-case)."""
+    if not members:
+        return np.zeros(0, dtype=np.int64)
+    encoded = pc.dictionary_encode(pc.utf8_lower(pa.array(members, pa.string())))
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class BuiltVersion:
     parquet: bytes
     sha256: str
     report: AnonymizationReport
     columns: dict[str, str]  # column -> type of the published table
-    contributor_weights: dict[str, int]  # member -> published rows from their records
+    contributor_weights: dict[str, int]  # member -> published rows from their records (<= max_rows_per_member)
     aggregates: list[CellAggregate]
     quasi_identifiers: list[str]
-    achieved_k: int  # smallest equivalence class of the published rows (>= the model's k)
+    achieved_k: int  # fewest distinct members (pseudonyms) in an equivalence class (>= the model's k)
     achieved_l: int  # fewest distinct values of a sensitive attribute in a class (1 without any)
+    rows_over_member_bound: int = 0  # records left out: beyond their member's max_rows_per_member
 
 
-def achieved_guarantees(table: pa.Table, quasi_identifiers: list[str], sensitive: list[str]) -> tuple[int, int]:
-    """(smallest class size, fewest distinct sensitive values in a class) measured on the published rows."""
+def achieved_guarantees(table: pa.Table, quasi_identifiers: list[str], sensitive: list[str],
+                        owner_column: str = PSEUDONYM_COLUMN) -> tuple[int, int]:
+    """(fewest distinct members in a class, fewest distinct sensitive values in a class) measured on the
+    published rows: k counts distinct ``owner_column`` values (pseudonyms), people and not rows."""
     if table.num_rows == 0:
         return 0, 0
     grouped = table.group_by(quasi_identifiers).aggregate(
-        [([], "count_all")] + [(s, "count_distinct") for s in sensitive])
-    k = int(pc.min(grouped["count_all"]).as_py())
+        [(owner_column, "count_distinct")] + [(s, "count_distinct") for s in sensitive])
+    k = int(pc.min(grouped[f"{owner_column}_count_distinct"]).as_py())
     l_values = [int(pc.min(grouped[f"{s}_count_distinct"]).as_py()) for s in sensitive]
     return k, min(l_values) if l_values else 1
 
@@ -134,10 +180,12 @@ def achieved_guarantees(table: pa.Table, quasi_identifiers: list[str], sensitive
 def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_key: bytes,
                   rng: np.random.Generator, mode: Mode = "global",
                   progress: Progress = _no_progress) -> BuiltVersion:
-    """Anonymize `table` as `definition` says; raises the engine's errors (NoAnonymousNode, ...)."""
+    """Anonymize `table` as `definition` says; raises the engine's errors (NoAnonymousNode, ...) and
+    PrivacyViolation when a class of the table to publish holds fewer than k members."""
+    table, over_bound = bound_rows_per_member(table, definition.model.max_rows_per_member)
     n = len(table.members)
     progress("anonymizing", 0, n)
-    published = anonymize(table.columns, definition, mode)
+    published = anonymize(table.columns, definition, mode, owners=member_codes(table.members))
     progress("anonymizing", n, n)
     rows = published.source_rows
     progress("writing", 0, len(rows))
@@ -152,17 +200,21 @@ def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_k
         else:
             arrays[name] = pa.array(values, pa.string())
     arrow = pa.table(arrays)
+    achieved_k, achieved_l = achieved_guarantees(arrow, list(definition.hierarchies), definition.sensitive)
+    if arrow.num_rows and achieved_k < definition.model.k:  # the last check, on what would be written
+        raise PrivacyViolation(f"a class of the version holds {achieved_k} distinct member(s), fewer than "
+                               f"k={definition.model.k}; nothing is published")
     sink = io.BytesIO()
     pq.write_table(arrow, sink, compression="zstd")
     parquet = sink.getvalue()
     aggregates = cell_aggregates_of(table.columns, published, definition, rng)
-    achieved_k, achieved_l = achieved_guarantees(arrow, list(definition.hierarchies), definition.sensitive)
     progress("writing", len(rows), len(rows))
     return BuiltVersion(
         parquet=parquet, sha256=hashlib.sha256(parquet).hexdigest(), report=published.report,
         columns={f.name: str(f.type) for f in arrow.schema},
         contributor_weights=dict(Counter(members_of_rows)), aggregates=aggregates,
-        quasi_identifiers=list(definition.hierarchies), achieved_k=achieved_k, achieved_l=achieved_l)
+        quasi_identifiers=list(definition.hierarchies), achieved_k=achieved_k, achieved_l=achieved_l,
+        rows_over_member_bound=over_bound)
 
 
 # -- where a version lands -----------------------------------------------------------------------
@@ -179,11 +231,19 @@ CREATE TABLE IF NOT EXISTS aggregate_releases (
 
 
 def _integers(name: str, values: Sequence[object]) -> pa.Array:
-    """An integer passthrough column as int64 (missing values null)."""
-    try:
-        return pa.array([None if v is None or v == "" else int(str(v)) for v in values], pa.int64())
-    except ValueError as exc:
-        raise ValueError(f"column {name!r} is declared integer but holds {exc}; fix the definition") from exc
+    """An integer passthrough column as int64 (missing values null). A value that is not an integer is
+    counted, never quoted (the message reaches logs and the public build API)."""
+    out: list[int | None] = []
+    bad = 0
+    for v in values:
+        try:
+            out.append(None if v is None or v == "" else int(str(v)))
+        except ValueError:
+            bad += 1
+    if bad:
+        raise BuildError(f"column {name!r} is declared integer but {bad} of its published value(s) are not "
+                         "integers; declare it categorical or text, or fix those records")
+    return pa.array(out, pa.int64())
 
 
 def parquet_path(store_dir: Path, dataset_id: str, version: int) -> Path:
@@ -228,6 +288,16 @@ def write_aggregates(db_path: Path, dataset_id: str, version: int, built: BuiltV
                      [dataset_id, version, built.quasi_identifiers, spec.epsilon, spec.mechanism, spec.delta,
                       spec.value_column])
         conn.execute("COMMIT")
+
+
+def discard_aggregates(db_path: Path, dataset_id: str, version: int) -> None:
+    """Remove a version's aggregates (a build that wrote them and did not publish the version)."""
+    if not db_path.exists():
+        return
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute(AGGREGATES_DDL)
+        conn.execute("DELETE FROM cell_aggregates WHERE dataset_id = ? AND version = ?", [dataset_id, version])
+        conn.execute("DELETE FROM aggregate_releases WHERE dataset_id = ? AND version = ?", [dataset_id, version])
 
 
 def read_aggregates(db_path: Path, dataset_id: str, version: int) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.anonymizer import hierarchy as hier
 from services.anonymizer.dp import Mechanism
@@ -86,11 +86,23 @@ class HierarchySpec(_Strict):
 
 
 class PrivacySpec(_Strict):
+    """``k`` counts members: a version keeps at most ``max_rows_per_member`` rows of each member (their
+    newest records by record id) and its classes hold k distinct members."""
+
     k: int
     l: int = 1  # noqa: E741
     l_kind: LDiversityKind = "distinct"
     t: float | None = None
     suppression_limit: float = 0.0
+    max_rows_per_member: int = 1
+
+    @field_validator("max_rows_per_member", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{value!r} is not a whole number >= 1; give the most rows one member may have in a "
+                             "version (default 1: one row per member)")
+        return value
 
 
 class AggregatesSpec(_Strict):
@@ -149,7 +161,8 @@ def parse_definition(raw: Any, source: str = "<memory>") -> DatasetDefinition:
     try:
         return DatasetDefinition.model_validate(raw)
     except ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
+                    for err in e.errors()]
         raise DefinitionError(source, problems) from e
 
 
@@ -181,7 +194,8 @@ def resolve(definition: DatasetDefinition, shared: Path | None = None) -> Resolv
     model: PrivacyModel | None = None
     try:
         model = PrivacyModel(k=d.privacy.k, l=d.privacy.l, l_kind=d.privacy.l_kind, t=d.privacy.t,
-                             suppression_limit=d.privacy.suppression_limit)
+                             suppression_limit=d.privacy.suppression_limit,
+                             max_rows_per_member=d.privacy.max_rows_per_member)
     except PrivacyModelError as e:
         problems.append(f"privacy: {e}")
     if d.privacy.l > 1 and not d.sensitive:

@@ -147,6 +147,22 @@ def decide_supersede(dataset_id: str, live: Mapping[int, Iterable[str]], ineligi
     return out
 
 
+def departed(contributors: Iterable[str], eligible: set[str]) -> set[str]:
+    """The contributors of a version about to be published who are no longer eligible: while there are any
+    it must not be published (the build drops their rows and anonymizes again)."""
+    return set(contributors) - eligible
+
+
+def decide_successor(dataset_id: str, versions: Iterable[Mapping[str, Any]], successor: int) -> list[Event]:
+    """Versions superseded without a successor (a member left and they went off sale at once, or the build
+    after failed) get the version just published as theirs; reason and time stay those of the first event."""
+    return [DatasetVersionSuperseded(dataset_id=dataset_id, version=v["version"], superseded_by=successor,
+                                     superseded_at=v["superseded_at"], reason=v["superseded_reason"])
+            for v in versions
+            if v["superseded"] and v["superseded_by"] is None and v["version"] < successor
+            and v["superseded_at"] is not None and v["superseded_reason"]]
+
+
 def next_version(latest: int | None) -> int:
     return (latest or 0) + 1
 
@@ -154,8 +170,8 @@ def next_version(latest: int | None) -> int:
 def published_event(dataset_id: str, version: int, resolved: ResolvedDefinition, location: str, sha256: str,
                     report: Any, columns: dict[str, str], weights: dict[str, int], achieved_k: int,
                     achieved_l: int, now: datetime) -> DatasetVersionPublished:
-    """k and l are those achieved on the published rows (never below the model's); an empty
-    version states the model's."""
+    """k (distinct members per class) and l are those achieved on the published rows (never below the
+    model's); an empty version states the model's."""
     d = resolved.definition
     return DatasetVersionPublished(
         dataset_id=dataset_id, version=version, purpose=d.purpose, categories=sorted(set(d.data_categories)),
@@ -168,7 +184,7 @@ def published_event(dataset_id: str, version: int, resolved: ResolvedDefinition,
 
 def privacy_model_text(resolved: ResolvedDefinition) -> str:
     m = resolved.model
-    text = f"k-anonymity k={m.k}"
+    text = f"k-anonymity k={m.k} members (at most {m.max_rows_per_member} row(s) each)"
     if m.l > 1:
         text += f", {m.l_kind} l-diversity l={m.l}"
     if m.t is not None:

@@ -1,13 +1,17 @@
 """Differentially private counts, sums and means per generalized cell (Laplace or Gaussian mechanism).
 
-Neighbouring tables differ by one member's row added or removed. Cells are disjoint, so one row
-touches one cell: the release over all cells costs what one cell costs (parallel composition).
+Neighbouring tables differ by one member's rows added or removed: at most ``rows_per_member`` rows
+(the build keeps each member to the definition's ``max_rows_per_member``). Cells are disjoint, so one
+row touches one cell (parallel composition), and one member's rows change the counts by at most
+``rows_per_member`` in all, spread over cells or in one (L1 and L2 sensitivity both at most that).
 Per cell we release a count and, if a value column is given, a sum; the definition's epsilon is
 split evenly between them (sequential composition), and the mean is noisy_sum / noisy_count
 (post-processing, no extra cost).
 
-Sensitivity: count 1. Sum: values are first clamped to ``[lower, upper]``, so one row changes a sum
-by at most ``max(|lower|, |upper|)``. The L1 and L2 sensitivities coincide (one cell changes).
+Sensitivity: count ``rows_per_member`` (1 for one row per member). Sum: values are first clamped to
+``[lower, upper]``, so one row changes a sum by at most ``max(|lower|, |upper|)`` and one member's rows
+by ``rows_per_member`` times that. Both are bounds on the L1 and on the L2 sensitivity (the L2 one is
+reached when all of a member's rows fall in one cell).
 - Laplace: noise scale b = sensitivity / epsilon_part; gives (epsilon, 0)-DP.
 - Gaussian: the analytic Gaussian mechanism (Balle & Wang, 2018): the smallest sigma with
   Phi(D/(2s) - e*s/D) - exp(e)*Phi(-D/(2s) - e*s/D) <= delta, found by bisection; (epsilon, delta)-DP
@@ -86,11 +90,14 @@ def noise(mechanism: Mechanism, epsilon: float, sensitivity: float, size: int, r
 def cell_aggregates(keys: Sequence[Hashable], epsilon: float, rng: np.random.Generator,
                     values: Sequence[float] | None = None, bounds: tuple[float, float] | None = None,
                     mechanism: Mechanism = "laplace", delta: float | None = None,
-                    cells: Sequence[Hashable] | None = None) -> list[CellAggregate]:
+                    cells: Sequence[Hashable] | None = None, rows_per_member: int = 1) -> list[CellAggregate]:
     """Noisy count (and sum, mean of ``values`` clamped to ``bounds``) for each cell, at total ``epsilon``.
 
-    ``keys[r]`` is row r's cell. Pass ``rng = np.random.default_rng(seed)`` for reproducible tests.
+    ``keys[r]`` is row r's cell; one member has at most ``rows_per_member`` rows (the noise scales by it).
+    Pass ``rng = np.random.default_rng(seed)`` for reproducible tests.
     """
+    if isinstance(rows_per_member, bool) or not isinstance(rows_per_member, int) or rows_per_member < 1:
+        raise DPError(f"rows_per_member={rows_per_member!r}: give the most rows one member has, a whole number >= 1")
     if values is not None:
         if bounds is None or not bounds[0] <= bounds[1]:
             raise DPError(f"sums need clamping bounds lower <= upper; got {bounds}")
@@ -98,20 +105,20 @@ def cell_aggregates(keys: Sequence[Hashable], epsilon: float, rng: np.random.Gen
             raise DPError(f"{len(values)} values for {len(keys)} rows; give one value per row")
     universe = list(dict.fromkeys(keys)) if cells is None else list(cells)
     position = {c: i for i, c in enumerate(universe)}
-    unknown = [k for k in keys if k not in position]
-    if unknown:
-        raise DPError(f"row cell {unknown[0]!r} is not among the given cells; list every possible cell")
+    unknown = sum(1 for k in keys if k not in position)
+    if unknown:  # counted, never quoted: a cell is a row's values
+        raise DPError(f"{unknown} row(s) fall in cells that are not among the given cells; list every possible cell")
     index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
     counts = np.bincount(index, minlength=len(universe)).astype(np.float64)
     share = epsilon / 2 if values is not None else epsilon
-    noisy_counts = counts + noise(mechanism, share, 1.0, len(universe), rng, delta)
+    noisy_counts = counts + noise(mechanism, share, float(rows_per_member), len(universe), rng, delta)
     if values is None:
         return [CellAggregate(c, float(n), None, None) for c, n in zip(universe, noisy_counts, strict=True)]
     assert bounds is not None
     lower, upper = bounds
     clamped = np.clip(np.asarray(values, dtype=np.float64), lower, upper)
     sums = np.bincount(index, weights=clamped, minlength=len(universe))
-    sensitivity = max(abs(lower), abs(upper)) or 1.0
+    sensitivity = rows_per_member * (max(abs(lower), abs(upper)) or 1.0)
     noisy_sums = sums + noise(mechanism, share, sensitivity, len(universe), rng, delta)
     out = []
     for c, n, s in zip(universe, noisy_counts, noisy_sums, strict=True):

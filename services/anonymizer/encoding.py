@@ -93,7 +93,7 @@ def encode(columns: Mapping[str, Sequence[object]], hierarchies: Mapping[str, Hi
            sensitive: Sequence[str] = ()) -> EncodedTable:
     """Encode ``columns`` (name -> values, all the same length) for the QIs in ``hierarchies``.
 
-    Raises KeyError naming a missing column, HierarchyError naming values a hierarchy lacks.
+    Raises KeyError naming a missing column, HierarchyError counting (never quoting) values a hierarchy lacks.
     """
     names = tuple(hierarchies)
     for name in (*names, *sensitive):
@@ -103,7 +103,7 @@ def encode(columns: Mapping[str, Sequence[object]], hierarchies: Mapping[str, Hi
     if len(lengths) > 1:
         raise ValueError(f"columns have different lengths {sorted(lengths)}; give a rectangular table")
     n = lengths.pop() if lengths else 0
-    leaf_cols = [hierarchies[c].encode(columns[c]) for c in names]
+    leaf_cols = [hierarchies[c].encode(columns[c], c) for c in names]
     sens_cols: list[IntArray] = []
     sens_values: list[tuple[str, ...]] = []
     for c in sensitive:

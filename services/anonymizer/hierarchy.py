@@ -87,16 +87,26 @@ class Hierarchy:
         """Number of levels, including level 0."""
         return len(self.labels)
 
-    def encode(self, values: Sequence[object]) -> IntArray:
-        """Leaf indices of ``values``; raises HierarchyError naming the first values it lacks."""
+    def encode(self, values: Sequence[object], column: str | None = None) -> IntArray:
+        """Leaf indices of ``values`` (column ``column``, default the hierarchy's name).
+
+        Raises HierarchyError when the hierarchy lacks some: the message names the column and the
+        hierarchy and counts the values and rows, but never quotes a value. ``values`` are members' data
+        and the message reaches logs, the datasets topic and the public build API. Declaring the column's
+        domain in the definition (``values`` or ``min``/``max``) makes the definition check list what
+        the hierarchy lacks, before any record is read.
+        """
         distinct, inverse = distinct_strings(values)
         leaf = np.array([self.index.get(v, -1) for v in distinct], dtype=np.int64)
         out = leaf[inverse] if len(distinct) else np.empty(len(values), dtype=np.int64)
-        missing = {v for v, j in zip(distinct, leaf, strict=True) if j < 0}
-        if missing:
-            shown = ", ".join(repr(m) for m in sorted(missing)[:5])
-            raise HierarchyError(f"hierarchy {self.name!r} lacks value(s) {shown} ({len(missing)} in all); "
-                                 "add rows for them to the hierarchy")
+        if len(distinct) and (leaf < 0).any():
+            missing_values = int((leaf < 0).sum())
+            missing_rows = int((out < 0).sum())
+            raise HierarchyError(
+                f"column {column or self.name!r} holds {missing_values} distinct value(s), in {missing_rows} row(s), "
+                f"that hierarchy {self.name!r} lacks (not shown: they are members' data); declare the column's "
+                "domain (values, or min..max) in the definition, whose check then lists the domain values the "
+                "hierarchy lacks, and extend the hierarchy")
         return out
 
     def missing(self, values: Sequence[object]) -> list[str]:

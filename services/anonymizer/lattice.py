@@ -134,7 +134,7 @@ class GlobalRecoding:
 
     def forced_suppression(self, nodes: IntArray) -> IntArray:
         """Per node, rows that must be suppressed whatever else holds: the most, over QI pairs, of rows in
-        classes of fewer than k rows when grouped on that pair at the node's levels."""
+        classes of fewer than k (row_k) rows when grouped on that pair at the node's levels."""
         t = self.table
         q = nodes.shape[1]
         forced = np.zeros(len(nodes), dtype=np.int64)
@@ -146,7 +146,7 @@ class GlobalRecoding:
                     ids, g = self._group([self._codes[i][a], self._codes[j][b]],
                                        [len(hi.level_labels[a]), len(hj.level_labels[b])])
                     sizes = np.bincount(ids, weights=t.counts, minlength=g)
-                    table[a, b] = int(sizes[sizes < self.model.k].sum())
+                    table[a, b] = int(sizes[sizes < self.model.row_k].sum())
             np.maximum(forced, table[nodes[:, i], nodes[:, j]], out=forced)
         return forced
 
@@ -164,7 +164,7 @@ class GlobalRecoding:
         if self._sizes_only and not with_tuples:
             class_ids = None
             reps, sizes = self._class_sizes(node)
-            bad = sizes < self.model.k
+            bad = sizes < self.model.row_k
         else:
             class_ids, reps = self._classes(node, use_cache=not self._sizes_only)
             bad, sizes = failing_classes(class_ids, len(reps), t.counts, t.sensitive_codes, self._sens_cards,
@@ -384,6 +384,6 @@ def exhaustive_search(engine: GlobalRecoding) -> SearchResult:
 
 def _no_node_message(engine: GlobalRecoding) -> str:
     m = engine.model
-    return (f"no generalization meets k={m.k}, l={m.l} ({m.l_kind}), t={m.t} within the suppression limit "
+    return (f"no generalization meets {m.k_text}, l={m.l} ({m.l_kind}), t={m.t} within the suppression limit "
             f"{m.suppression_limit:.0%} of {engine.table.n_rows} rows; raise the suppression limit, lower k/l, "
             "or add sensitive-value diversity")

@@ -78,7 +78,7 @@ def partition(table: EncodedTable, model: PrivacyModel) -> Partitioning:
     everything = np.arange(len(table.counts))
     if len(everything) == 0 or not acceptable(everything):
         if model.max_suppressed_rows(table.n_rows) < table.n_rows:
-            raise MondrianError(f"the table of {table.n_rows} rows fails k={model.k}, l={model.l} even as one "
+            raise MondrianError(f"the table of {table.n_rows} rows fails {model.k_text}, l={model.l} even as one "
                                 "class; lower k/l or allow suppressing everything")
         q = len(ranks)
         return Partitioning(np.zeros(len(everything), dtype=np.int64), np.zeros((1, q), np.int64),

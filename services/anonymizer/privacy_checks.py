@@ -24,14 +24,15 @@ class PrivacyViolation(RuntimeError):
 
 def failing_classes(class_ids: IntArray, n_classes: int, counts: IntArray, sensitive_codes: IntArray,
                     sensitive_cards: Sequence[int], reference: Sequence[FloatArray],
-                    model: PrivacyModel) -> tuple[BoolArray, IntArray]:
+                    model: PrivacyModel, min_rows: int | None = None) -> tuple[BoolArray, IntArray]:
     """Which classes fail ``model`` (mask over 0..n_classes-1), and each class's row count.
 
     ``class_ids[t]`` is the class of tuple t, which stands for ``counts[t]`` rows with sensitive codes
     ``sensitive_codes[t]``; ``reference[j]`` is attribute j's distribution over the whole input (for t).
+    A class needs ``min_rows`` rows, by default ``model.row_k`` (k members at the model's rows per member).
     """
     sizes = np.bincount(class_ids, weights=counts, minlength=n_classes).astype(np.int64)
-    bad = sizes < model.k
+    bad = sizes < (model.row_k if min_rows is None else min_rows)
     needs_diversity = model.l > 1 or model.t is not None
     for j, card in enumerate(sensitive_cards if needs_diversity else ()):
         pair_ids, n_pairs = group_ids([class_ids, sensitive_codes[:, j]], [n_classes, card])
@@ -54,15 +55,46 @@ def failing_classes(class_ids: IntArray, n_classes: int, counts: IntArray, sensi
     return bad, sizes
 
 
+def owner_codes(owners: Sequence[object] | IntArray) -> tuple[IntArray, int]:
+    """Owners as integer codes and how many codes: an integer array is taken as codes already (the build
+    passes them, a million rows' owners turned to strings and sorted cost a second), anything else is
+    compared as strings."""
+    if isinstance(owners, np.ndarray):
+        if np.issubdtype(owners.dtype, np.integer):
+            codes = owners.astype(np.int64, copy=False)
+            return codes, int(codes.max()) + 1 if len(codes) else 1
+        owners = list(owners)
+    uniq, codes = distinct_strings(owners)
+    return codes, max(len(uniq), 1)
+
+
+def distinct_per_class(class_ids: IntArray, n_classes: int, owners: Sequence[object] | IntArray) -> IntArray:
+    """How many distinct ``owners`` (one per row: codes, or values compared as strings) each class holds."""
+    codes, n_owners = owner_codes(owners)
+    pair_ids, n_pairs = group_ids([class_ids, codes], [n_classes, n_owners])
+    first = np.empty(n_pairs, dtype=np.int64)
+    first[pair_ids] = np.arange(len(pair_ids))
+    return np.bincount(class_ids[first], minlength=n_classes).astype(np.int64)
+
+
 def verify_published(qi_columns: Mapping[str, Sequence[object]], sensitive_columns: Mapping[str, Sequence[object]],
-                     model: PrivacyModel, reference: Mapping[str, Mapping[str, float]] | None = None) -> None:
+                     model: PrivacyModel, reference: Mapping[str, Mapping[str, float]] | None = None,
+                     owners: Sequence[object] | IntArray | None = None) -> None:
     """Raise ``PrivacyViolation`` unless every class of the published rows meets ``model``.
 
     Classes are rows with equal values in every QI column (as published, compared as strings).
-    ``reference[attr][value]`` is the input's distribution for t-closeness (defaults to the output's).
-    An empty output passes (nothing is disclosed).
+    ``owners[r]`` is whose row r is (a member, a pseudonym, or an integer code of one): then k counts
+    distinct owners per class,
+    people and not rows. Without owners each row is taken as one person's and a class needs
+    ``model.row_k`` rows. ``reference[attr][value]`` is the input's distribution for t-closeness
+    (defaults to the output's). An empty output passes (nothing is disclosed).
+
+    The message never quotes a value of the rows (it reaches logs, events and the public build API):
+    it counts the failing classes and gives the rows and members of one of them.
     """
     lengths = {len(v) for v in (*qi_columns.values(), *sensitive_columns.values())}
+    if owners is not None:
+        lengths.add(len(owners))
     if len(lengths) > 1:
         raise PrivacyViolation(f"published columns have different lengths {sorted(lengths)}")
     n = lengths.pop() if lengths else 0
@@ -84,11 +116,15 @@ def verify_published(qi_columns: Mapping[str, Sequence[object]], sensitive_colum
         else:
             refs.append(np.bincount(inv, minlength=len(uniq)) / n)
     codes = np.stack(sens_codes, axis=1) if sens_codes else np.zeros((n, 0), dtype=np.int64)
-    bad, sizes = failing_classes(class_ids, n_classes, np.ones(n, dtype=np.int64), codes, sens_cards, refs, model)
+    bad, sizes = failing_classes(class_ids, n_classes, np.ones(n, dtype=np.int64), codes, sens_cards, refs, model,
+                                 min_rows=0 if owners is not None else None)
+    people = distinct_per_class(class_ids, n_classes, owners) if owners is not None else sizes
+    if owners is not None:
+        bad |= people < model.k
     if bad.any():
-        worst = int(np.flatnonzero(bad)[0])
-        row = int(np.flatnonzero(class_ids == worst)[0])
-        shown = {name: str(list(values)[row]) for name, values in qi_columns.items()}
+        worst = int(np.flatnonzero(bad)[np.argmin(people[bad])])
         raise PrivacyViolation(
-            f"{int(bad.sum())} equivalence class(es) fail k={model.k}, l={model.l} ({model.l_kind}), t={model.t}; "
-            f"e.g. {shown} with {int(sizes[worst])} row(s); do not publish, re-run the anonymization")
+            f"{int(bad.sum())} of {n_classes} equivalence class(es) fail {model.k_text}, l={model.l} "
+            f"({model.l_kind}), t={model.t}; one holds {int(sizes[worst])} row(s) of "
+            f"{int(people[worst]) if owners is not None else 'unknown'} member(s); do not publish, re-run the "
+            "anonymization")

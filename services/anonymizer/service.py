@@ -3,14 +3,19 @@
 The service reads the members and records topics (who may be in a version) and writes the datasets
 topic (definitions, builds, versions). One builder task runs builds one at a time:
 - on demand (POST /datasets/{id}/build);
-- when a live version contains a member whose consent ended or who asked to be forgotten: at once,
-  then every such version is superseded (by the new one, or by none if the build fails);
+- when a live version contains a member whose consent ended or who asked to be forgotten: a watcher of
+  its own (it does not wait for a build in progress) supersedes every such version at once, then asks
+  for a build; the version that build publishes is named their successor;
 - when consents, erasures or records changed and `debounce_s` passed without another change, if the
   eligible record ids differ from those of the last build (fingerprint), so a restart or a replay
   builds nothing new by itself.
 Unless forced, a build whose fingerprint is that of the newest version on offer publishes nothing (it
 ends `unchanged`): the same rows are never on sale twice. A published version supersedes every older
-one still on offer ("replaced by version N"): new sales use the newest.
+one still on offer ("replaced by version N"): new sales use the newest. Its contributors are checked
+against eligibility once more in the same step as the append: a member who left during the build is
+dropped and the rows anonymized again without them, so no fresh version holds them.
+Build failures are reported in words that never quote a record's value (they reach the datasets topic
+and the public build API); an unexpected error's message is withheld, its type and frames are logged.
 Decryption goes through the vault's internal API, outside any DuckDB transaction; the CPU work runs
 in a thread so the API keeps answering.
 """
@@ -23,6 +28,7 @@ import hashlib
 import logging
 import os
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +63,11 @@ from services.anonymizer import build as pipeline
 from services.anonymizer import domain
 from services.anonymizer.api import build_router
 from services.anonymizer.definition import DATASETS_DIR, DefinitionError, ResolvedDefinition
+from services.anonymizer.dp import DPError
+from services.anonymizer.hierarchy import HierarchyError
+from services.anonymizer.lattice import NoAnonymousNode
+from services.anonymizer.mondrian import MondrianError
+from services.anonymizer.privacy_checks import PrivacyViolation
 from services.anonymizer.projection import SCHEMA_SQL, AnonymizerProjection
 from services.anonymizer.settings import AnonymizerSettings
 from services.consent.catalog import load_catalog
@@ -64,6 +75,10 @@ from services.vault.categories import load_schemas
 
 log = logging.getLogger("datacoop.anonymizer")
 _CHANGES = (ConsentGranted, ConsentRevoked, ConsentExpired, ErasureRequested, KeysShredded, RecordsContributed)
+_DEPARTURES = (ConsentRevoked, ConsentExpired, ErasureRequested, KeysShredded)
+# failures whose messages are written for this (they count values and never quote one) and may be shown
+_WORDED = (HierarchyError, PrivacyViolation, NoAnonymousNode, MondrianError, DPError, DefinitionError,
+           pipeline.BuildError)
 DECRYPT_PAGE = 10_000
 RETRY_AFTER_S = 30.0
 KEEP_PROGRESS = 200
@@ -71,6 +86,29 @@ KEEP_PROGRESS = 200
 
 class NothingToBuild(Exception):
     """A build found no records it may use: an outcome to report in words, not an error's class name."""
+
+
+class AppendFailed(RuntimeError):
+    """Appending a finished build failed (the broker): not a build failure to report, the builder retries."""
+
+
+class ContributorsLeft(Exception):
+    """Members of a version about to be published are no longer eligible: it must not be published."""
+
+    def __init__(self, members: set[str]) -> None:
+        super().__init__(f"{len(members)} member(s) left during the build")
+        self.members = members
+
+
+def failure_detail(exc: BaseException) -> str:
+    """What a failed build says on the datasets topic and the public API: the service's own words, or for
+    any other error only its type (its message may quote a decrypted value: a pyarrow or int() error)."""
+    if isinstance(exc, NothingToBuild):
+        return str(exc)
+    if isinstance(exc, (*_WORDED, DecryptRefused, httpx.HTTPError)):
+        return f"{type(exc).__name__}: {exc}"
+    return (f"{type(exc).__name__} while building (its message is withheld: it may quote a member's data); "
+            "the anonymizer's log has where it was raised")
 
 
 def utcnow() -> datetime:
@@ -144,13 +182,17 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         self._retry: set[str] = set()  # datasets whose last build failed for a passing reason (vault down)
         self._all_changed_at: float | None = time.monotonic()
         self._wake = asyncio.Event()
+        self._departed = asyncio.Event()  # a consent ended or an erasure arrived: look for versions to supersede
         self._resolved: dict[tuple[str, int], ResolvedDefinition] = {}
         self.runner.add_listener(self._on_applied)
         self.add_background(self.builder_forever)
+        self.add_background(self.supersede_forever)
 
     def _on_applied(self, deliveries: list[Delivery]) -> None:
         if any(isinstance(d.event, _CHANGES) for d in deliveries):
             self._all_changed_at = time.monotonic()
+        if any(isinstance(d.event, _DEPARTURES) for d in deliveries):
+            self._departed.set()
 
     # -- definitions -----------------------------------------------------------------------------
     def resolved(self, dataset_id: str) -> ResolvedDefinition | None:
@@ -243,14 +285,6 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         if self.queue:
             await self.run_build(self.queue.pop(0))
             return
-        now = self.clock()
-        for d in self.projection.definitions():
-            dataset_id = d["dataset_id"]
-            live = self.projection.live_contributors(dataset_id)
-            members = {m for ms in live.values() for m in ms}
-            if members - self.projection.eligible_members(d["purpose"], d["categories"], now):
-                await self.run_build(BuildRequest(dataset_id, "change"))
-                return
         if self._all_changed_at is not None:
             for d in self.projection.definitions():
                 self._changed[d["dataset_id"]] = max(self._changed.get(d["dataset_id"], 0.0), self._all_changed_at)
@@ -271,6 +305,51 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                             or fingerprint != self.projection.last_finished_inputs(dataset_id)):
                 await self.run_build(BuildRequest(dataset_id, "change"))
                 return
+
+    # -- versions holding a member who left --------------------------------------------------------
+    async def supersede_forever(self) -> None:
+        """Apart from the builder, so a build in progress never keeps such a version on sale."""
+        await self.runner.caught_up.wait()
+        while True:
+            self._departed.clear()
+            try:
+                await self.supersede_departed()
+            except Exception:
+                log.exception("superseding versions of members who left failed; retrying")
+            with contextlib.suppress(TimeoutError):  # the poll also catches consents expiring by the clock
+                await asyncio.wait_for(self._departed.wait(), self.config.anonymizer_poll_s)
+
+    def _departures(self, dataset_id: str, now: datetime) -> tuple[dict[int, list[str]], set[str]]:
+        """(live versions and their contributors, those contributors no longer eligible at `now`)."""
+        d = next((x for x in self.projection.definitions() if x["dataset_id"] == dataset_id), None)
+        if d is None:
+            return {}, set()
+        live = self.projection.live_contributors(dataset_id)
+        members = {m for ms in live.values() for m in ms}
+        return live, members - self.projection.eligible_members(d["purpose"], d["categories"], now)
+
+    async def supersede_departed(self) -> list[str]:
+        """Supersede, now, every live version that holds a member no longer eligible (revoked, expired,
+        erased), then ask for a build; the datasets that had one."""
+        if not self.ready:
+            return []
+        assert self.writer is not None
+        done = []
+        for d in self.projection.definitions():
+            dataset_id = d["dataset_id"]
+            if not self._departures(dataset_id, self.clock())[1]:
+                continue
+
+            def decide(dataset_id: str = dataset_id) -> list[Event]:  # under the dataset's lock: no duplicate
+                now = self.clock()
+                live, departed = self._departures(dataset_id, now)
+                return domain.decide_supersede(dataset_id, live, departed, now)
+
+            if await self.writer.execute(dataset_id, decide):
+                log.info("superseded versions of %s holding members who left; building the next", dataset_id)
+                self.request_build(dataset_id, "change")
+                done.append(dataset_id)
+        return done
 
     def unchanged_since(self, dataset_id: str, fingerprint: str | None = None) -> int | None:
         """The newest version on offer when it was built from exactly the inputs eligible now (so a build
@@ -297,7 +376,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
 
     async def run_build(self, req: BuildRequest) -> None:
         """Build and publish the next version of `req.dataset_id`; any failure is a VersionBuildFinished.
-        Whatever happens, live versions holding a member no longer eligible end superseded."""
+        Whatever happens, live versions holding a member no longer eligible end superseded, and the new
+        version holds no member who left before it was appended."""
         self.current = req
         live = self.live_progress.setdefault(req.build_id, {"build_id": req.build_id, "dataset_id": req.dataset_id})
         try:
@@ -327,42 +407,107 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 definition_version=state.definition_version, inputs_sha256=fingerprint, members=len(members),
                 records=records, started_at=started)])
             live.update(stage="decrypting", done=0, total=records, outcome=None, version=None)
-            published: DatasetVersionPublished | None = None
             try:
-                published = await self._build(req, resolved, members, records)
-                version, detail = published.version, ""
+                version = await self._build_and_publish(req, resolved, members, records)
+            except AppendFailed:
+                raise
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
-                log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, exc)
-                version, detail = None, str(exc) if isinstance(exc, NothingToBuild) else f"{type(exc).__name__}: {exc}"
+                detail = failure_detail(exc)
+                log.warning("build %s of %s failed: %s\n%s", req.build_id, req.dataset_id, detail,
+                            "".join(traceback.format_tb(exc.__traceback__)))  # frames, not the message
                 if isinstance(exc, DecryptRefused | httpx.HTTPError):  # try again later, inputs unchanged or not
                     self._retry.add(req.dataset_id)
                     self._changed[req.dataset_id] = time.monotonic() + RETRY_AFTER_S
+                await self._finish(req, None, detail)
+                live.update(stage="failed", outcome="failed", version=None, detail=detail)
             else:
                 self._retry.discard(req.dataset_id)
-            await self._finish(req, version, detail, published=published)
-            live.update(stage="done" if version else "failed", outcome="published" if version else "failed",
-                        version=version, detail=detail)
+                live.update(stage="done", outcome="published", version=version, detail="")
         finally:
             self.current = None
+
+    async def _build_and_publish(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
+                                 records: int) -> int:
+        """Decrypt once; anonymize, write and publish. Members who left meanwhile are dropped and the rest
+        anonymized again: checked before the files are written and once more in the same step as the
+        append. Files of a version that ends unpublished are removed. The version published."""
+        d = resolved.definition
+        if records == 0:
+            raise NothingToBuild("no records of members with an active consent for "
+                                 f"{d.purpose} and {sorted(set(d.data_categories))}; nothing to publish")
+        rows = await self._decrypt(req, sorted(set(d.data_categories)), members, records)
+        written: int | None = None
+        try:
+            while True:
+                if not rows:
+                    raise NothingToBuild("every member whose records were read left during the build; "
+                                         "nothing to publish")
+                version, built = await self._anonymize(req, resolved, rows)
+                left = domain.departed(built.contributor_weights, self._eligible(req.dataset_id))
+                if not left:
+                    written = version
+                    published = await self._write(req, resolved, version, built)
+                    try:
+                        await self._finish(req, version, "", published=published)
+                        written = None
+                        return version
+                    except ContributorsLeft as again:
+                        left = again.members
+                    except Exception as exc:  # the broker: the version may have landed, keep its files
+                        written = None
+                        raise AppendFailed(f"appending version {version} of {req.dataset_id} failed") from exc
+                log.info("build %s of %s: %d member(s) left during the build; anonymizing again without them",
+                         req.build_id, req.dataset_id, len(left))
+                rows = [r for r in rows if r["member"] not in left]
+        finally:
+            if written is not None:
+                await asyncio.to_thread(self._discard, req.dataset_id, written)
+
+    def _eligible(self, dataset_id: str) -> set[str]:
+        d = next((x for x in self.projection.definitions() if x["dataset_id"] == dataset_id), None)
+        return self.projection.eligible_members(d["purpose"], d["categories"], self.clock()) if d else set()
+
+    def _discard(self, dataset_id: str, version: int) -> None:
+        """Remove what a build wrote for a version it did not publish (it may hold rows of members who left)."""
+        pipeline.discard_aggregates(self.aggregates_db, dataset_id, version)
+        if objectstore.is_s3(self.store_dir):
+            log.warning("%s holds an unpublished version of %s; delete it (no reader is pointed at it)",
+                        objectstore.join(self.store_dir, dataset_id, f"v{version}.parquet"), dataset_id)
+        else:
+            pipeline.parquet_path(Path(self.store_dir), dataset_id, version).unlink(missing_ok=True)
 
     async def _finish(self, req: BuildRequest, version: int | None, detail: str, started: bool = True,
                       published: DatasetVersionPublished | None = None) -> None:
         """One append: the new version (if any), the end of the build, and the versions it supersedes, so no
-        reader sees the new version while an old one with a departed member is still on offer."""
-        now = self.clock()
-        definition = next((d for d in self.projection.definitions() if d["dataset_id"] == req.dataset_id), None)
-        events: list[Event] = [published] if published is not None else []
-        if started:
-            events.append(VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
-                                               outcome="published" if version else "failed", version=version,
-                                               detail=detail[:2000], finished_at=now))
-        if definition is not None:
-            eligible = self.projection.eligible_members(definition["purpose"], definition["categories"], now)
-            live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}
-            ineligible = {m for ms in live.values() for m in ms} - eligible
-            events += domain.decide_supersede(req.dataset_id, live, ineligible, now, superseded_by=version)
-        if events:
-            await self._append(req.dataset_id, events)
+        reader sees the new version while an old one with a departed member is still on offer. Decided under
+        the dataset's lock on the projection as it is then: ContributorsLeft (nothing appended) when a
+        contributor of `published` is no longer eligible."""
+
+        def decide() -> list[Event]:
+            now = self.clock()
+            definition = next((d for d in self.projection.definitions() if d["dataset_id"] == req.dataset_id), None)
+            eligible = (self.projection.eligible_members(definition["purpose"], definition["categories"], now)
+                        if definition is not None else set())
+            if published is not None:
+                left = domain.departed(published.contributor_weights, eligible)
+                if left:
+                    raise ContributorsLeft(left)
+            events: list[Event] = [published] if published is not None else []
+            if started:
+                events.append(VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
+                                                   outcome="published" if version else "failed", version=version,
+                                                   detail=detail[:2000], finished_at=now))
+            if definition is not None:
+                live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}
+                ineligible = {m for ms in live.values() for m in ms} - eligible
+                events += domain.decide_supersede(req.dataset_id, live, ineligible, now, superseded_by=version)
+            if published is not None:
+                events += domain.decide_successor(req.dataset_id, self.projection.versions(req.dataset_id),
+                                                  published.version)
+            return events
+
+        assert self.writer is not None
+        await self.writer.execute(req.dataset_id, decide)
 
     async def _progress(self, req: BuildRequest, stage: BuildStage, done: int, total: int) -> None:
         self.live_progress[req.build_id].update(stage=stage, done=done, total=total)
@@ -370,33 +515,37 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             dataset_id=req.dataset_id, build_id=req.build_id, stage=stage,
             done=done, total=total, at=self.clock())])
 
-    async def _build(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
-                     records: int) -> DatasetVersionPublished:
-        """Decrypt, anonymize, write the files; the event to publish (appended by `_finish`)."""
-        d = resolved.definition
-        if records == 0:
-            raise NothingToBuild("no records of members with an active consent for "
-                                 f"{d.purpose} and {sorted(set(d.data_categories))}; nothing to publish")
-        rows = await self._decrypt(req, sorted(set(d.data_categories)), members, records)
+    async def _anonymize(self, req: BuildRequest, resolved: ResolvedDefinition,
+                         rows: list[dict[str, Any]]) -> tuple[int, pipeline.BuiltVersion]:
+        """The next version number and the version built in memory (nothing written yet)."""
         await self._progress(req, "anonymizing", 0, len(rows))
         version = domain.next_version(self.projection.latest_version(req.dataset_id))
         key = pipeline.dataset_key(self.master_secret, req.dataset_id)
         mode = self.config.anonymizer_mode
 
-        def work() -> tuple[pipeline.BuiltVersion, str]:
-            table = pipeline.rows_to_table(rows, resolved)
-            built = pipeline.build_version(table, resolved, key, np.random.default_rng(), mode)
+        def work() -> pipeline.BuiltVersion:
+            return pipeline.build_version(pipeline.rows_to_table(rows, resolved), resolved, key,
+                                          np.random.default_rng(), mode)
+
+        return version, await asyncio.to_thread(work)
+
+    async def _write(self, req: BuildRequest, resolved: ResolvedDefinition, version: int,
+                     built: pipeline.BuiltVersion) -> DatasetVersionPublished:
+        """Write the Parquet and the DP aggregates; the event to publish (appended by `_finish`)."""
+
+        def work() -> str:
             location = pipeline.write_parquet(self.store_dir, req.dataset_id, version, built.parquet)
             pipeline.write_aggregates(self.aggregates_db, req.dataset_id, version, built, resolved)
-            return built, location
+            return location
 
-        built, location = await asyncio.to_thread(work)
-        await self._progress(req, "publishing", len(rows), len(rows))
+        location = await asyncio.to_thread(work)
+        rows = built.report.rows_in
+        await self._progress(req, "publishing", rows, rows)
         event = domain.published_event(req.dataset_id, version, resolved, location, built.sha256, built.report,
                                        built.columns, built.contributor_weights, built.achieved_k,
                                        built.achieved_l, self.clock())
-        log.info("built %s v%d: %d rows, %d suppressed, k=%d", req.dataset_id, version, event.rows,
-                 event.suppressed_rows, event.k)
+        log.info("built %s v%d: %d rows, %d suppressed, %d over the per-member bound, k=%d members",
+                 req.dataset_id, version, event.rows, event.suppressed_rows, built.rows_over_member_bound, event.k)
         return event
 
     async def _decrypt(self, req: BuildRequest, categories: list[str], members: list[str],

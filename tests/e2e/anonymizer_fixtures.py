@@ -26,16 +26,19 @@ ADULT_COLUMNS = ["sex", "age", "race", "marital-status", "education", "native-co
                  "salary-class"]
 
 
-def census_definition(k: int = 3, l: int = 2, version: int = 1) -> dict[str, Any]:  # noqa: E741
-    """Adult's QIs over the vault's demographics category, salary-class sensitive."""
+def census_definition(k: int = 3, l: int = 2, version: int = 1,  # noqa: E741
+                      max_rows_per_member: int | None = None) -> dict[str, Any]:
+    """Adult's QIs over the vault's demographics category, salary-class sensitive; `max_rows_per_member`
+    only when given (else the definition's default, 1)."""
     qis = {c: {"csv": f"data/adult/adult_hierarchy_{c}.csv"} for c in ADULT_COLUMNS if c != "salary-class"}
+    bound = {} if max_rows_per_member is None else {"max_rows_per_member": max_rows_per_member}
     return {"name": DATASET, "version": version, "purpose": PURPOSE, "data_categories": ["demographics"],
             "columns": {"sex": {"type": "categorical", "values": ["Male", "Female"]},
                         "age": {"type": "integer", "min": 17, "max": 90},
                         **{c: {"type": "categorical"} for c in ADULT_COLUMNS[2:-1]},
                         "salary-class": {"type": "categorical", "values": ["<=50K", ">50K"]}},
             "quasi_identifiers": qis, "sensitive": ["salary-class"],
-            "privacy": {"k": k, "l": l, "l_kind": "distinct", "suppression_limit": 0.1},
+            "privacy": {"k": k, "l": l, "l_kind": "distinct", "suppression_limit": 0.1, **bound},
             "aggregates": {"epsilon": 1.0, "mechanism": "laplace", "value_column": "age", "value_bounds": [17, 90]}}
 
 
@@ -69,13 +72,15 @@ def read_version(version: dict[str, Any]) -> Any:
 
 
 def check_guarantees(table: Any, quasi_identifiers: list[str], sensitive: list[str], k: int, l: int) -> None:  # noqa: E741
-    """Group the published rows by their QIs: every class has >= k rows and >= l distinct sensitive values."""
+    """Group the published rows by their QIs: every class holds >= k distinct members (pseudonyms: k counts
+    people, not rows) and >= l distinct sensitive values."""
+    assert PSEUDONYM_COLUMN in table.column_names
     rows = table.to_pylist()
     classes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         classes.setdefault(tuple(row[q] for q in quasi_identifiers), []).append(row)
     for key, members in classes.items():
-        assert len(members) >= k, f"class {key} has {len(members)} < k={k} rows"
+        people = len({m[PSEUDONYM_COLUMN] for m in members})
+        assert people >= k, f"class {key} has {len(members)} rows of {people} < k={k} members"
         for s in sensitive:
             assert len({m[s] for m in members}) >= l, f"class {key} has < l={l} values of {s}"
-    assert PSEUDONYM_COLUMN in table.column_names

@@ -54,3 +54,46 @@ def test_tampered_output_fails_the_last_check(adult_subset, salary_definition) -
     qis["age"][0] = "unique-age"
     with pytest.raises(PrivacyViolation):
         verify_published(qis, {"salary-class": version.columns["salary-class"]}, salary_definition.model)
+
+
+def test_the_public_version_view_counts_contributors_and_names_none() -> None:
+    """Rows per member would link the pseudonyms of the Parquet to wallet addresses (a reviewer matched 38
+    of 40 that way): anyone sees how many contributed and the rows, the weights stay on the datasets topic."""
+    from services.anonymizer.api import version_view
+
+    weights = {f"0x{i:040x}": i + 1 for i in range(5)}
+    stored = {"version": 1, "k": 3, "l_diversity": 2.0, "privacy_model": "k-anonymity k=3", "epsilon": 1.0,
+              "rows": 15, "suppressed_rows": 0, "information_loss": 0.2, "contributor_weights": weights,
+              "location": "file:///v1.parquet", "superseded": False}
+    view = version_view(stored)
+    assert view["contributors"] == 5 and view["rows"] == 15 and view["guarantees"]["rows"] == 15
+    assert "contributor_weights" not in view
+    assert not any(address in str(view) for address in weights)
+
+
+def test_aggregates_of_a_version_not_yet_published_are_not_served(tmp_path) -> None:
+    """A build writes its DP draw before the version is appended (and draws again if a member left)."""
+    from types import SimpleNamespace
+
+    import duckdb
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from datacoop.kit import problems
+    from services.anonymizer.api import build_router
+    from services.anonymizer.build import AGGREGATES_DDL
+
+    db = tmp_path / "aggregates.duckdb"
+    with duckdb.connect(str(db)) as conn:  # version 1's draw is written, its event not yet appended
+        conn.execute(AGGREGATES_DDL)
+        conn.execute("INSERT INTO aggregate_releases VALUES ('census-stats', 1, ['age'], 1.0, 'laplace', NULL, NULL)")
+        conn.execute("INSERT INTO cell_aggregates VALUES ('census-stats', 1, ['20-29'], 12.3, NULL, NULL)")
+    published: dict[int, dict[str, object]] = {}
+    svc = SimpleNamespace(projection=SimpleNamespace(version=lambda dataset_id, version: published.get(version)),
+                          aggregates_db=db)
+    app = FastAPI()
+    app.add_exception_handler(problems.DomainError, problems.domain_error_handler)  # type: ignore[arg-type]
+    app.include_router(build_router(svc))
+    assert TestClient(app).get("/datasets/census-stats/versions/1/aggregates").status_code == 404
+    published[1] = {"version": 1}
+    assert TestClient(app).get("/datasets/census-stats/versions/1/aggregates").json()["cells"][0]["count"] == 12.3

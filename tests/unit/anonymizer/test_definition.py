@@ -110,3 +110,24 @@ def test_generated_hierarchies_anonymize_a_table_end_to_end() -> None:
         version = anonymize(columns, definition, mode=mode)
         assert version.report.rows_suppressed <= 30
         assert version.columns["note"] == ["free text"] * version.report.rows_published
+
+
+def test_rows_per_member_default_to_one() -> None:
+    resolved = load_resolved(ADULT)
+    assert resolved.model.max_rows_per_member == 1 and resolved.model.row_k == resolved.model.k
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "3", True, None])
+def test_a_bad_max_rows_per_member_is_refused_in_words(bad) -> None:
+    raw = adult_raw()
+    raw["privacy"]["max_rows_per_member"] = bad
+    (problem,) = refused(raw)
+    assert problem.startswith("privacy.max_rows_per_member: ") and "whole number >= 1" in problem
+    assert "Value error" not in problem
+
+
+def test_k_counts_members_and_the_search_asks_for_k_times_the_bound_in_rows() -> None:
+    raw = adult_raw()
+    raw["privacy"]["max_rows_per_member"] = 3
+    model = resolve(parse_definition(raw)).model
+    assert (model.k, model.max_rows_per_member, model.row_k) == (5, 3, 15)

@@ -53,3 +53,23 @@ def test_the_full_cell_domain_is_released_even_where_empty() -> None:
 def test_no_privacy_is_refused(kwargs, message) -> None:
     with pytest.raises(DPError, match=message):
         noise(kwargs.get("mechanism", "laplace"), kwargs["epsilon"], 1.0, 1, np.random.default_rng(0))
+
+
+def test_noise_scales_with_the_rows_one_member_may_have() -> None:
+    """One member's 3 rows change the counts by 3 (and a clamped sum by 3 * bound): 3 times the noise."""
+    rng = np.random.default_rng(5)
+    draws = [cell_aggregates(["a"] * 100, 1.0, rng, [5.0] * 100, (0.0, 10.0), rows_per_member=3)[0]
+             for _ in range(20_000)]
+    assert np.mean([abs(c.count - 100) for c in draws]) == pytest.approx(3 / 0.5, rel=0.05)
+    assert np.mean([abs(c.total - 500) for c in draws]) == pytest.approx(3 * 10 / 0.5, rel=0.05)
+    gaussian = [cell_aggregates(["a"], 1.0, rng, mechanism="gaussian", delta=1e-6, rows_per_member=3)[0].count - 1
+                for _ in range(20_000)]
+    assert np.std(gaussian) == pytest.approx(3 * gaussian_sigma(1.0, 1e-6, 1.0), rel=0.05)
+    with pytest.raises(DPError, match="whole number"):
+        cell_aggregates(["a"], 1.0, rng, rows_per_member=0)
+
+
+def test_a_cell_outside_the_given_ones_is_counted_not_quoted() -> None:
+    with pytest.raises(DPError) as refused:
+        cell_aggregates([("secret-85",), ("secret-85",)], 1.0, np.random.default_rng(0), cells=[("20-29",)])
+    assert "2 row(s)" in str(refused.value) and "secret" not in str(refused.value)

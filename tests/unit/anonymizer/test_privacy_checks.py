@@ -7,7 +7,7 @@ from services.anonymizer.privacy_model import PrivacyModel, PrivacyModelError
 
 
 def test_a_class_smaller_than_k_is_refused() -> None:
-    with pytest.raises(PrivacyViolation, match="1 equivalence class"):
+    with pytest.raises(PrivacyViolation, match="1 of 2 equivalence class"):
         verify_published({"age": ["20-29"] * 3 + ["30-39"] * 2}, {}, PrivacyModel(k=3))
 
 

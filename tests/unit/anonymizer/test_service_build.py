@@ -32,15 +32,23 @@ def records(adult_subset):
              "fields": {c: (int(v[i]) if c == "age" else v[i]) for c, v in adult_subset.items()}} for i in range(n)]
 
 
-def test_a_built_version_meets_its_guarantees_on_the_parquet_itself(definition, records) -> None:
+@pytest.mark.parametrize("max_rows", [None, 4])
+def test_a_built_version_meets_its_guarantees_on_the_parquet_itself(records, max_rows) -> None:
+    """Each member has ~10 records: a version keeps `max_rows_per_member` of them (default 1), and k is
+    met in distinct members (pseudonyms) per class on the Parquet itself."""
+    definition = resolve(parse_definition(census_definition(k=5, l=2, max_rows_per_member=max_rows)))
     table = build.rows_to_table(records, definition)
     built = build.build_version(table, definition, build.dataset_key(KEY, "census-stats"), np.random.default_rng(7))
     assert built.sha256 == hashlib.sha256(built.parquet).hexdigest()
     published = pq.read_table(io.BytesIO(built.parquet))
     assert published.num_rows == built.report.rows_published == sum(built.contributor_weights.values())
-    assert built.report.rows_published + built.report.rows_suppressed == len(records)
+    members = len({r["member"] for r in records})
+    assert built.report.rows_in == members * (max_rows or 1)
+    assert built.report.rows_published + built.report.rows_suppressed + built.rows_over_member_bound == len(records)
+    assert max(built.contributor_weights.values()) <= (max_rows or 1)
     check_guarantees(published, QIS, ["salary-class"], 5, 2)
-    assert built.achieved_k >= 5 and built.achieved_l >= 2
+    people = published.group_by(QIS).aggregate([("pseudonym", "count_distinct")])["pseudonym_count_distinct"]
+    assert built.achieved_k == min(people.to_pylist()) >= 5 and built.achieved_l >= 2
     assert built.columns["pseudonym"] == "string" and set(built.columns) == {"pseudonym", *QIS, "salary-class"}
     assert set(built.contributor_weights) <= {r["member"] for r in records}
 
@@ -111,3 +119,40 @@ def test_plaintexts_parse_to_the_same_table_as_decrypted_rows(definition, record
     expected = build.rows_to_table([r if i != 3 else {**r, "fields": {**r["fields"], "age": None}}
                                     for i, r in enumerate(sample)], definition)
     assert table == expected and table.incomplete == 1
+
+
+def test_the_bound_keeps_each_members_newest_records_by_record_id_whatever_their_order(definition, records) -> None:
+    sample = records[:40]  # members 0..39, one record each: give member 0 nine more
+    extra = [{**records[i], "member": records[0]["member"], "record_id": f"u-9{i:05d}"} for i in range(100, 109)]
+    bounded, left_out = build.bound_rows_per_member(build.rows_to_table([*extra[::-1], *sample], definition), 3)
+    theirs = sorted(r for m, r in zip(bounded.members, bounded.record_ids, strict=True) if m == records[0]["member"])
+    assert theirs == ["u-900106", "u-900107", "u-900108"] and left_out == 7
+    again, _ = build.bound_rows_per_member(build.rows_to_table([*sample[::-1], *extra], definition), 3)
+    assert sorted(again.record_ids) == sorted(bounded.record_ids)
+    unchanged, none_out = build.bound_rows_per_member(build.rows_to_table(sample, definition), 1)
+    assert none_out == 0 and unchanged.record_ids == [r["record_id"] for r in sample]
+
+
+MARKER = "Zz-marker-7f3a"
+
+
+@pytest.mark.parametrize("poison", ["hierarchy", "integer", "value"])
+def test_a_failed_build_never_quotes_a_records_value(definition, records, poison) -> None:
+    """The message of a build's failure reaches logs, the datasets topic and the public build API."""
+    raw = census_definition(k=5, l=2)
+    fields = dict(records[0]["fields"])
+    if poison == "hierarchy":
+        fields["occupation"] = MARKER
+    else:  # a published integer column, or the aggregates' value column, holding text
+        raw["columns"]["hours"] = {"type": "integer", "min": 0, "max": 99}
+        if poison == "value":
+            raw["aggregates"]["value_column"] = "hours"
+            raw["aggregates"]["value_bounds"] = [0, 99]
+        fields["hours"] = MARKER
+    resolved = resolve(parse_definition(raw))
+    rows = [{**r, "fields": {**r["fields"], "hours": 40}} for r in records[1:]]
+    rows.append({**records[0], "member": "0x" + "ab" * 20, "fields": fields})
+    with pytest.raises(Exception) as failed:
+        build.build_version(build.rows_to_table(rows, resolved), resolved, KEY, np.random.default_rng(0))
+    assert MARKER not in str(failed.value) and MARKER.lower() not in str(failed.value).lower()
+    assert "1" in str(failed.value)  # counted instead

@@ -27,7 +27,8 @@ def vocabulary() -> domain.Vocabulary:
 def test_a_definition_over_consented_categories_and_vault_fields_is_accepted(vocabulary) -> None:
     resolved = domain.check_definition(census_definition(), vocabulary)
     assert resolved.definition.name == "census-stats" and resolved.model.k == 3
-    assert domain.privacy_model_text(resolved) == "k-anonymity k=3, distinct l-diversity l=2, suppression limit 0.1"
+    assert domain.privacy_model_text(resolved) == ("k-anonymity k=3 members (at most 1 row(s) each), distinct "
+                                                   "l-diversity l=2, suppression limit 0.1")
 
 
 def test_a_bad_definition_is_refused_with_every_problem(vocabulary) -> None:
