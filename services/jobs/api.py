@@ -245,9 +245,20 @@ def build_router(ctx: Any) -> APIRouter:
     @router.post("/jobs/{job_id}/failure", tags=["workers"])
     async def failure(job_id: str, body: FailureBody,
                       authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """The analysis could not run on this data (AnalysisFailed): the job fails with the reason."""
+        """The job can't run on its data (its parameters don't fit, or the data can't support the
+        analysis): the job fails with the reason, which any other worker would meet too."""
         worker_session(body.worker_id, authorization)
         await run(job_id, domain.ReportFailure(body.worker_id, body.lease_id, body.detail))
+        return {"status": ctx.projection.job(job_id).status}
+
+    @router.post("/jobs/{job_id}/release", tags=["workers"])
+    async def release(job_id: str, body: FailureBody,
+                      authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """This worker can't run the job (its own fault: the file unreadable from there, no memory...):
+        the lease ends now and the job goes to another worker, not back to this one."""
+        worker_session(body.worker_id, authorization)
+        ready()
+        await ctx.release(job_id, domain.ReleaseLease(body.worker_id, body.lease_id, body.detail))
         return {"status": ctx.projection.job(job_id).status}
 
     @router.post("/jobs/{job_id}/result", tags=["workers"])

@@ -1,8 +1,11 @@
 """Analytics jobs and their leases: the rules, pure (decide / evolve), no I/O.
 
 A job needs `redundancy` agreeing results (1 or 2). Each run is a lease to one worker; a lease ends
-reported, or expired when the worker's heartbeats stop (the job then goes to another worker, and a
-late result of the expired lease is refused). With redundancy 2, two results that disagree call for
+reported, or expired: the worker's heartbeats stopped, or the worker gave the lease back because it
+can't run the job itself (its own fault: the file unreadable from there, no memory...). Either way
+the job is open again for another worker and a late result of that lease is refused; a lease given
+back when MAX_ABANDONED leases have ended without a result fails the job instead (no worker could
+run it: waiting for more would be forever). With redundancy 2, two results that disagree call for
 a third run; the agreeing majority's result is accepted and every worker outside it is marked.
 """
 
@@ -31,6 +34,7 @@ from datacoop.events.registry import Event
 
 JobStatus = Literal["queued", "running", "completed", "failed"]
 MAX_RUNS = 3
+MAX_ABANDONED = 3  # leases that ended without a result (expired or given back) before the job fails
 REL_TOLERANCE = 1e-6
 ABS_TOLERANCE = 1e-9
 
@@ -102,6 +106,11 @@ class Job:
         if self.status in ("completed", "failed"):
             return 0
         return max(0, self.runs_needed - len(self.reports) - len(self.active_leases))
+
+    @property
+    def abandoned(self) -> int:
+        """Leases that ended without a result: the worker went silent or gave the job back."""
+        return sum(1 for lease in self.leases if lease.state == "expired")
 
     def may_lease_to(self, worker_id: str) -> bool:
         """A worker runs a job at most once (reports must come from distinct workers)."""
@@ -198,12 +207,23 @@ class ReportResult:
 
 @dataclass(frozen=True)
 class ReportFailure:
+    """The job can't run on its data (its parameters or data, not the worker): the job fails."""
+
     worker_id: str
     lease_id: str
     detail: str
 
 
-Command = Submit | GrantLease | ExpireLease | ReportProgress | ReportResult | ReportFailure
+@dataclass(frozen=True)
+class ReleaseLease:
+    """The worker can't run the job (its own fault): the lease ends now and the job goes elsewhere."""
+
+    worker_id: str
+    lease_id: str
+    detail: str
+
+
+Command = Submit | GrantLease | ExpireLease | ReportProgress | ReportResult | ReportFailure | ReleaseLease
 
 
 def _live_lease(job: Job, worker_id: str, lease_id: str) -> Lease:
@@ -241,6 +261,8 @@ def decide(cmd: Command, job: Job, now: datetime) -> list[Event]:
         if lease is None or lease.state != "active":
             return []
         return [JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now)]
+    if isinstance(cmd, ReleaseLease):
+        return _give_back(job, _live_lease(job, cmd.worker_id, cmd.lease_id), cmd.detail, now)
     if isinstance(cmd, ReportProgress):
         _live_lease(job, cmd.worker_id, cmd.lease_id)
         return [JobProgressed(worker_id=cmd.worker_id, lease_id=cmd.lease_id, fraction=cmd.fraction, at=now)]
@@ -256,6 +278,19 @@ def decide(cmd: Command, job: Job, now: datetime) -> list[Event]:
         after = evolve(job, reported)
         return [reported, *verdict(after, now)]
     raise TypeError(f"unknown command {cmd!r}")
+
+
+def _give_back(job: Job, lease: Lease, detail: str, now: datetime) -> list[Event]:
+    """End `lease` without a result (`JobLeaseExpired`: the job is open again), or fail the job once
+    MAX_ABANDONED leases have ended so: a job no worker can run must not wait forever."""
+    ended = JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now)
+    after = evolve(job, ended)
+    if after.abandoned < MAX_ABANDONED:
+        return [ended]
+    return [ended, JobFailed(job_id=job.job_id, reason="analysis-failed",
+                             detail=f"no worker could run this job: {after.abandoned} leases ended without a "
+                                    f"result (the last worker said: {detail[:1000]}); submit it again later, or "
+                                    "ask the operator", failed_at=now)]
 
 
 def verdict(job: Job, now: datetime) -> list[Event]:

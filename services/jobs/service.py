@@ -3,6 +3,11 @@ heartbeats and worker sessions, the lease-expiry sweeper, the app; `main()`.
 
 Heartbeats live in memory only: a restarted service gives every active lease a full TTL from its
 start before expiring it, and workers re-register (their session tokens are in memory too).
+
+Shutdown: uvicorn waits for open requests before it stops, then cancels what is left (a traceback
+per request in the log). Long-polls (a worker's lease, a researcher's job wait) would be left, so
+the SIGINT/SIGTERM that starts a shutdown also ends every long-poll at once: a lease poll answers
+204 (no job), a job wait the job as it is.
 """
 
 from __future__ import annotations
@@ -10,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
@@ -41,7 +49,11 @@ def utcnow() -> datetime:
 
 
 class JobsService(ServiceRuntime[JobsProjection]):
-    def __init__(self, settings: JobsSettings, clock: Callable[[], datetime] = utcnow) -> None:
+    """`end_polls_on_signals`: the process's SIGINT/SIGTERM (caught by uvicorn) also ends every long-poll
+    (set by `main()`; an app built in a test process leaves that process's signals alone)."""
+
+    def __init__(self, settings: JobsSettings, clock: Callable[[], datetime] = utcnow, *,
+                 end_polls_on_signals: bool = False) -> None:
         super().__init__("jobs", settings, JobsProjection, reads=[ORDERS, DATASETS, WORKERS], writes=JOBS,
                          schema_sql=SCHEMA_SQL)
         self.settings: JobsSettings = settings
@@ -53,9 +65,42 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.runner.add_listener(self._on_applied)
         self.heartbeats: dict[str, float] = {}
         self.tokens: dict[str, str] = {}
+        self.gave_back: dict[str, set[str]] = {}  # job id -> workers that could not run it (not asked again)
         self._started_m = time.monotonic()
         self._changed = asyncio.Event()
+        self.stopping = False
+        self.end_polls_on_signals = end_polls_on_signals
         self.add_background(self.sweep_forever)
+
+    async def start(self) -> None:
+        await super().start()
+        if self.end_polls_on_signals:
+            self._end_polls_on_shutdown_signals()
+
+    def begin_shutdown(self) -> None:
+        """The server is going down: every long-poll answers now, and new ones at once."""
+        if not self.stopping:
+            log.info("shutting down: ending long-polls")
+        self.stopping = True
+        self.notify()
+
+    def _end_polls_on_shutdown_signals(self) -> None:
+        """Chain `begin_shutdown` before the server's own SIGINT/SIGTERM handlers (uvicorn installs them
+        before the app starts and puts back what was there before it when it exits)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            server_handler = signal.getsignal(sig)
+            if not callable(server_handler):
+                continue  # no server is catching it: leave the default (the process just ends)
+
+            def handler(signum: int, frame: FrameType | None,
+                        server_handler: Callable[[int, FrameType | None], Any] = server_handler) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                server_handler(signum, frame)
+
+            signal.signal(sig, handler)
 
     # -- plumbing the API uses -----------------------------------------------------------------
     def _on_applied(self, deliveries: list[Delivery]) -> None:
@@ -71,7 +116,7 @@ class JobsService(ServiceRuntime[JobsProjection]):
         while True:
             changed = self._changed
             remaining = deadline - time.monotonic()
-            if done() or remaining <= 0:
+            if done() or remaining <= 0 or self.stopping:
                 return
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
@@ -106,6 +151,14 @@ class JobsService(ServiceRuntime[JobsProjection]):
             self.notify()
         return deliveries
 
+    async def release(self, job_id: str, cmd: domain.ReleaseLease) -> None:
+        """A worker gives a lease back (it can't run the job itself): the job is open again, and this
+        worker is not offered it again (remembered in memory, as heartbeats are: after a restart it may
+        be offered once more, and gives it back again)."""
+        await self.execute(job_id, cmd)
+        self.gave_back.setdefault(job_id, set()).add(cmd.worker_id)
+        log.info("worker %s gave back job %s: %s", cmd.worker_id, job_id, cmd.detail)
+
     async def register_worker(self, event: WorkerRegistered) -> None:
         def decide() -> list[Event]:
             return domain.decide_register(self.projection.worker(event.worker_id), event)
@@ -114,17 +167,17 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
     async def take_lease(self, worker_id: str, wait_s: float,
                          gone: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None:
-        """The first open job this worker may run, leased to it; None when none came within `wait_s`, or
-        when `gone()` says the worker hung up meanwhile (a stopped worker's poll must not take a job, nor
-        count as its heartbeat)."""
+        """The first open job this worker may run, leased to it; None when none came within `wait_s`, when
+        `gone()` says the worker hung up meanwhile (a stopped worker's poll must not take a job, nor count
+        as its heartbeat), or when the service is shutting down."""
         deadline = time.monotonic() + wait_s
         while True:
             changed = self._changed
-            if gone is not None and await gone():
+            if self.stopping or (gone is not None and await gone()):
                 return None
             self.heartbeat(worker_id)
             for job in self.projection.open_jobs():
-                if not job.may_lease_to(worker_id):
+                if not job.may_lease_to(worker_id) or worker_id in self.gave_back.get(job.job_id, ()):
                     continue
                 lease_id = uuid.uuid4().hex
                 cmd = domain.GrantLease(worker_id, lease_id, self.settings.jobs_lease_ttl_s)
@@ -177,17 +230,18 @@ class JobsService(ServiceRuntime[JobsProjection]):
             await asyncio.sleep(self.settings.jobs_sweep_interval_s)
 
 
-def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+def build_app(settings: JobsSettings | None = None, clock: Callable[[], datetime] = utcnow, *,
+              end_polls_on_signals: bool = False) -> FastAPI:
     settings = settings or JobsSettings()
-    service = JobsService(settings, clock)
+    service = JobsService(settings, clock, end_polls_on_signals=end_polls_on_signals)
     return create_app(service, [build_router(service)], title="datacoop jobs",
                       description="Analytics jobs on members' GPUs: submission, leases to workers, signed "
                                   "results, redundancy and reputation.")
 
 
 def main() -> None:
-    # workers long-poll for leases: don't wait for those requests at shutdown
-    serve("jobs", JobsSettings, build_app, timeout_graceful_shutdown=2)
+    # long-polls end when the shutdown signal comes; the timeout only bounds a request stuck otherwise
+    serve("jobs", JobsSettings, lambda s: build_app(s, end_polls_on_signals=True), timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ class WorkerSession:
         self.account = Account.from_key(private_key)
         self.provider: str = self.account.address
         self.worker_id = worker_id
+        self.base_url = base_url
         self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
         self._domain: eip712.Domain | None = None  # fetched at registration: the service may not be up yet
         self.token = ""
@@ -65,7 +66,13 @@ class WorkerSession:
                              json={"worker_id": self.worker_id, "lease_id": lease_id, "fraction": fraction}))
 
     def fail(self, job_id: str, lease_id: str, detail: str) -> None:
+        """The job can't run on its data (its fault, not this worker's): the job fails with `detail`."""
         check(self.http.post(f"/jobs/{job_id}/failure", headers=self._auth,
+                             json={"worker_id": self.worker_id, "lease_id": lease_id, "detail": detail}))
+
+    def release(self, job_id: str, lease_id: str, detail: str) -> None:
+        """This worker can't run the job (its own fault): the lease goes back, the job to another worker."""
+        check(self.http.post(f"/jobs/{job_id}/release", headers=self._auth,
                              json={"worker_id": self.worker_id, "lease_id": lease_id, "detail": detail}))
 
     def report(self, job_id: str, lease_id: str, result: dict[str, Any], plot_png: bytes | None,

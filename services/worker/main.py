@@ -2,6 +2,10 @@
 
 BLAS thread counts are set to the cores offered before NumPy is imported, so several workers on
 one machine don't each spawn a thread per core.
+
+A worker that can't work (DATACOOP_WORKER_BACKEND=cupy without a CUDA device, a registration the
+jobs service refuses: a worker id another provider owns, a bad key) exits with status 2 and one
+line saying why, instead of taking jobs it would fail.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import uuid
 from pathlib import Path
 from types import FrameType
@@ -25,6 +30,7 @@ def _key(key_file: str | None) -> str:
 
 def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None = None,
         object_store: str | None = None, max_jobs: int | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT; WorkerCannotStart (services.worker.worker) when it can't."""
     if cores:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(cores)
@@ -39,7 +45,7 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
     worker_id = worker_id or f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:8]}"
     session = WorkerSession(jobs_url, key, worker_id)
     worker = Worker(session, Path(object_store or os.environ.get("DATACOOP_WORKER_OBJECT_STORE", "var/objects")),
-                    tamper_results=os.environ.get("DATACOOP_WORKER_TAMPER") == "1",
+                    cores=cores, tamper_results=os.environ.get("DATACOOP_WORKER_TAMPER") == "1",
                     delay_s=float(os.environ.get("DATACOOP_WORKER_DELAY_S", "0")))
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -60,7 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cores", type=int, default=int(os.environ.get("DATACOOP_WORKER_CORES", "0")) or None)
     parser.add_argument("--object-store", default=None, help="folder relative locations are read from")
     args = parser.parse_args(argv)
-    run(args.jobs_url, _key(args.key_file), args.worker_id, args.cores, args.object_store)
+    from services.worker.worker import WorkerCannotStart
+
+    try:
+        run(args.jobs_url, _key(args.key_file), args.worker_id, args.cores, args.object_store)
+    except WorkerCannotStart as exc:
+        print(f"datacoop worker: cannot run: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

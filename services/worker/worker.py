@@ -1,6 +1,14 @@
 """The worker loop: register, heartbeat, take a lease, fetch the version's Parquet (checksum checked),
 run the analysis, sign and report the result. Rows never leave this process: only results do.
 
+Whose fault a job that doesn't finish is decides what the worker says. The job's (the analytics
+raise `JobRefused` or `AnalysisFailed`: the parameters don't fit the data, the data can't support
+the analysis): the worker reports a failure and the job fails with that reason, since any worker
+would fail the same way. This worker's (anything else: the version's file unreadable from here,
+no memory, a broken backend, a bug): it gives the lease back, and the job goes to another worker.
+A worker that can't work at all (its configured backend can't run, its registration is refused)
+stops with `WorkerCannotStart` instead of taking jobs.
+
 Test-only switches (environment): DATACOOP_WORKER_TAMPER=1 perturbs every result before signing it
 (a dishonest worker, for redundancy to catch); DATACOOP_WORKER_DELAY_S holds each job that long
 before computing (so a test can kill a worker mid-job).
@@ -13,17 +21,25 @@ import logging
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datacoop import objectstore
-from services.worker.analytics import AnalysisFailed, JobRefused, detect_hardware, run_analysis
+from services.worker.analytics import AnalysisFailed, JobRefused, detect_hardware, run_analysis, select_xp
+from services.worker.analytics.backend import BACKEND_ENV, backend_name
 from services.worker.client import ApiError, WorkerSession
 
 log = logging.getLogger("datacoop.worker")
+
+
+class WorkerCannotStart(Exception):
+    """This worker can't take jobs (its backend can't run here, the jobs service refused its
+    registration); the message says what to do. The process exits non-zero with it."""
 
 
 class LeaseLost(Exception):
@@ -79,28 +95,69 @@ def tamper(result: dict[str, Any]) -> dict[str, Any]:
     return dict(bend(result))
 
 
+def check_backend() -> ModuleType:
+    """The array module DATACOOP_WORKER_BACKEND asks for, or WorkerCannotStart saying why it can't
+    run here (a worker that registered anyway would only fail or give back every job it takes)."""
+    try:
+        return select_xp()
+    except (RuntimeError, ValueError) as exc:
+        raise WorkerCannotStart(f"{BACKEND_ENV}: {exc}") from None
+
+
+def is_transient(exc: Exception) -> bool:
+    """A failed call worth repeating: the service is down, restarting, not ready yet, or overloaded.
+    Any other 4xx is a refusal that repeating won't change."""
+    if isinstance(exc, ApiError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, httpx.TransportError | OSError)
+
+
+def fault_detail(exc: BaseException) -> str:
+    """What a researcher may read about a fault: its message, never a Python class name."""
+    if isinstance(exc, MemoryError):
+        return "the worker ran out of memory"
+    message = str(exc).strip()
+    if isinstance(exc, JobRefused | AnalysisFailed | DataUnavailable | WorkerCannotStart):
+        return message or "the analysis could not run on this data"
+    return f"an internal error on the worker ({message})" if message else "an internal error on the worker"
+
+
 class _PollInterrupted(BaseException):
     """Raised from a signal handler into an idle lease poll (BaseException: no library's `except
     Exception` around the HTTP call may swallow it)."""
 
 
 class Worker:
-    def __init__(self, session: WorkerSession, object_store: Path, *, tamper_results: bool = False,
-                 delay_s: float = 0.0, progress_interval_s: float = 0.5) -> None:
+    """One worker's loop. `cores` is what its provider offers (None: every core detected); `xp` the
+    array module it computes with (default: `check_backend()`, which raises WorkerCannotStart)."""
+
+    RETRY_MAX_S = 30.0
+
+    def __init__(self, session: WorkerSession, object_store: Path, *, cores: int | None = None,
+                 xp: ModuleType | None = None, tamper_results: bool = False, delay_s: float = 0.0,
+                 progress_interval_s: float = 0.5, retry_first_s: float = 1.0) -> None:
         self.session = session
         self.object_store = object_store
+        self.xp = xp if xp is not None else check_backend()
         self.tamper_results = tamper_results
         self.delay_s = delay_s
         self.progress_interval_s = progress_interval_s
+        self.retry_first_s = retry_first_s
         self.hardware = detect_hardware()
+        if cores is not None and cores > self.hardware.cpu_cores:
+            log.warning("%d cores offered but %d detected; registering %d", cores, self.hardware.cpu_cores,
+                        self.hardware.cpu_cores)
+        self.cores = min(cores, self.hardware.cpu_cores) if cores is not None else self.hardware.cpu_cores
         self._stop = threading.Event()
         self._polling = False  # in an idle lease poll, which a stop from a signal handler may cut short
         self._tables: dict[str, pa.Table] = {}
         self.jobs_done = 0
+        self.fatal: WorkerCannotStart | None = None  # set when a re-registration is refused: the loop ends
 
     def hardware_body(self) -> dict[str, Any]:
+        """What the registry shows: the backend jobs run on here and the cores offered (not detected)."""
         hw = self.hardware
-        return {"backend": hw.backend, "cpu_cores": hw.cpu_cores, "memory_bytes": hw.memory_bytes,
+        return {"backend": backend_name(self.xp), "cpu_cores": self.cores, "memory_bytes": hw.memory_bytes,
                 "gpus": [{"index": g.index, "name": g.name, "memory_bytes": g.memory_bytes,
                           "compute_capability": g.compute_capability} for g in hw.gpus]}
 
@@ -119,24 +176,50 @@ class Worker:
                 self.session.heartbeat()
             except ApiError as exc:
                 if exc.status == 401:
-                    self._register()
+                    self._reregister()
             except Exception as exc:  # the service is restarting: keep trying
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat to %s failed: %s", self.session.base_url, exc)
+
+    def _reregister(self) -> None:
+        """Register again (the service restarted); a refusal ends the worker rather than a thread."""
+        try:
+            self._register()
+        except WorkerCannotStart as exc:
+            self.fatal = exc
+            self.stop()
 
     def _register(self) -> None:
+        """Register, retrying with backoff while the service is unreachable, restarting or not ready;
+        WorkerCannotStart with the service's reason when it refuses (a 4xx: retrying won't help)."""
+        delay_s = self.retry_first_s
         while not self._stop.is_set():
             try:
                 self.session.register(self.hardware_body())
-                log.info("registered as %s (provider %s, %s)", self.session.worker_id, self.session.provider,
-                         self.hardware.backend)
+                log.info("registered as %s (provider %s, %s, %d cores)", self.session.worker_id,
+                         self.session.provider, backend_name(self.xp), self.cores)
                 return
             except Exception as exc:
-                log.warning("registration failed (%s); retrying", exc)
-                self._stop.wait(1.0)
+                if not is_transient(exc):
+                    detail = exc.problem.get("detail", exc) if isinstance(exc, ApiError) else exc
+                    status = f"{exc.status} " if isinstance(exc, ApiError) else ""
+                    raise WorkerCannotStart(f"the jobs service at {self.session.base_url} refused to register "
+                                            f"worker {self.session.worker_id}: {status}{detail}") from exc
+                log.warning("cannot register with the jobs service at %s (%s); retrying in %.0f s",
+                            self.session.base_url, exc, delay_s)
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, self.RETRY_MAX_S)
 
     def run_forever(self, max_jobs: int | None = None) -> None:
+        """Take and run jobs until stopped (or `max_jobs` are done). WorkerCannotStart when the jobs
+        service refuses this worker's registration, at the start or later."""
         self._register()
         threading.Thread(target=self._heartbeats, daemon=True, name="heartbeats").start()
+        self._lease_loop(max_jobs)
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _lease_loop(self, max_jobs: int | None) -> None:
+        delay_s = self.retry_first_s
         while not self._stop.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
             try:
                 self._polling = True
@@ -148,19 +231,23 @@ class Worker:
                 break
             except ApiError as exc:
                 if exc.status == 401:
-                    self._register()
+                    self._reregister()
                     continue
                 if exc.status == 403:
                     log.error("the jobs service excludes this worker: %s", exc)
                     self._stop.wait(30)
                     continue
-                log.warning("lease request refused: %s", exc)
-                self._stop.wait(1.0)
+                log.warning("lease request to %s refused: %s", self.session.base_url, exc)
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, self.RETRY_MAX_S)
                 continue
             except Exception as exc:
-                log.warning("jobs service unreachable (%s); retrying", exc)
-                self._stop.wait(1.0)
+                log.warning("jobs service at %s unreachable (%s); retrying in %.0f s", self.session.base_url,
+                            exc, delay_s)
+                self._stop.wait(delay_s)
+                delay_s = min(delay_s * 2, self.RETRY_MAX_S)
                 continue
+            delay_s = self.retry_first_s
             if offer is not None:
                 self.run_job(offer)
                 self.jobs_done += 1
@@ -191,7 +278,8 @@ class Worker:
             if table is None:
                 table = self._tables[key] = load_verified(offer["location"], key, self.object_store)
             started = time.perf_counter()
-            outcome = run_analysis(offer["analysis"], offer["params"], table, progress, schema=offer["columns"])
+            outcome = run_analysis(offer["analysis"], offer["params"], table, progress, schema=offer["columns"],
+                                   xp=self.xp)
             compute_ms = int((time.perf_counter() - started) * 1000)
             result = tamper(outcome.result) if self.tamper_results else outcome.result
             answer = self.session.report(job_id, lease_id, result, outcome.plot_png, compute_ms)
@@ -200,10 +288,21 @@ class Worker:
             log.warning("job %s: lease lost, result dropped (%s)", job_id, exc)
         except ApiError as exc:
             log.warning("job %s: result refused: %s", job_id, exc)
-        except Exception as exc:  # AnalysisFailed, JobRefused, DataUnavailable, or a bug here
-            log.warning("job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, AnalysisFailed | JobRefused
-                                                                                  | DataUnavailable))
-            try:
-                self.session.fail(job_id, lease_id, f"{type(exc).__name__}: {exc}")
-            except ApiError as api_exc:
-                log.warning("could not report the failure: %s", api_exc)
+        except (JobRefused, AnalysisFailed) as exc:  # the job's fault: any worker would fail the same way
+            log.warning("job %s failed on its data: %s", job_id, exc)
+            self._tell(job_id, lease_id, fault_detail(exc), job_fault=True)
+        except Exception as exc:  # this worker's fault (DataUnavailable, memory, backend, a bug): give it back
+            log.warning("job %s: this worker cannot run it (%s); giving the lease back", job_id, exc,
+                        exc_info=not isinstance(exc, DataUnavailable))
+            self._tell(job_id, lease_id, fault_detail(exc), job_fault=False)
+
+    def _tell(self, job_id: str, lease_id: str, detail: str, *, job_fault: bool) -> None:
+        """Report the job's failure, or give its lease back; a lease the service already took back
+        (or a service that is gone) leaves nothing to do: the lease expires."""
+        try:
+            if job_fault:
+                self.session.fail(job_id, lease_id, detail)
+            else:
+                self.session.release(job_id, lease_id, detail)
+        except (ApiError, httpx.HTTPError) as exc:
+            log.warning("could not tell the jobs service about job %s: %s", job_id, exc)

@@ -4,17 +4,22 @@ fee event; a worker killed mid-job; a tampering worker caught by redundancy."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import typer
+from eth_account import Account
 from typer.testing import CliRunner
 
 from datacoop.cli import jobs as jobs_cli
 from services.jobs.demo import run_jobs_demo
-from services.worker.client import ApiError, ResearcherJobs
+from services.worker.analytics import gpu_available
+from services.worker.client import ApiError, ResearcherJobs, WorkerSession
+from services.worker.launch import spawn_worker
 from tests.e2e.conftest import start_service
 from tests.e2e.jobs_fixtures import Scenario
 from tests.e2e.jobs_fixtures import scenario as scenario  # the fixture
@@ -41,6 +46,7 @@ def test_job_runs_end_to_end_with_signed_result_plot_and_fee(scenario: Scenario)
     assert researcher.plot(job["job_id"]).startswith(b"\x89PNG")
     worker = httpx.get(f"{scenario.jobs.url}/workers/w1").json()
     assert result["provider"] == worker["provider"] and worker["accepted"] == 1
+    assert worker["cpu_cores"] == 1 and worker["backend"] == "numpy", "the registry shows the one core offered"
 
     events = scenario.job_events(job["job_id"])
     assert _types(events)[:2] == ["submitted", "leased"]
@@ -152,3 +158,95 @@ def test_an_idle_worker_stops_at_once_on_sigterm(scenario: Scenario) -> None:
     job = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]})
     time.sleep(0.3)  # the stopped worker's poll, if it were still served, would lease it now
     assert researcher.status(job["job_id"])["status"] == "queued", "no lease went to the worker that hung up"
+
+
+def _session(scenario: Scenario, worker_id: str) -> WorkerSession:
+    """A worker's calls made from the test itself, to hold a lease or a poll exactly where it needs to."""
+    session = WorkerSession(scenario.jobs.url, Account.create().key.hex(), worker_id)
+    session.register({"backend": "numpy", "cpu_cores": 1, "memory_bytes": 0, "gpus": []})
+    return session
+
+
+@pytest.mark.skipif(gpu_available(), reason="a CUDA device is here: backend cupy can run")
+def test_a_worker_that_cannot_work_exits_with_the_reason_instead_of_taking_jobs(scenario: Scenario) -> None:
+    no_gpu = scenario.start_worker("w-gpu", DATACOOP_WORKER_BACKEND="cupy")
+    assert no_gpu.wait(timeout=60) == 2, scenario.worker_log("w-gpu")
+    assert "cannot run: DATACOOP_WORKER_BACKEND: backend 'cupy' asked for" in scenario.worker_log("w-gpu")
+    assert httpx.get(f"{scenario.jobs.url}/workers/w-gpu").status_code == 404, "it never registered"
+
+    scenario.start_worker("w1")
+    scenario.wait_for(lambda: "registered as w1" in scenario.worker_log("w1"), "w1 to register")
+    impostor = spawn_worker(scenario.jobs.url, "w1", scenario.tmp / "worker-w1-again.log",  # a fresh key: not w1's
+                            env={"DATACOOP_LOG_JSON": "false"})
+    scenario.workers.append(impostor)
+    assert impostor.wait(timeout=60) == 2, scenario.worker_log("w1-again")
+    log = scenario.worker_log("w1-again")
+    assert f"the jobs service at {scenario.jobs.url} refused to register worker w1: 409 worker id w1 belongs " \
+           "to provider" in log
+    assert "retrying" not in log
+
+
+def test_a_worker_that_cannot_run_a_job_gives_it_back_and_another_worker_completes_it(scenario: Scenario) -> None:
+    """Redundancy 2: one worker reports, the other can't run the job on its machine. The job is not
+    failed: it goes to a third worker, and the one that gave it back is not asked again."""
+    researcher = scenario.researcher()
+    scenario.start_worker("w-a")
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age", "bmi"]}, redundancy=2)["job_id"]
+    scenario.wait_for(lambda: len(researcher.status(job_id)["reports"]) == 1, what="w-a's report")
+    broken = _session(scenario, "w-broken")
+    offer = broken.lease(wait_s=10)
+    assert offer is not None and offer["job_id"] == job_id
+    broken.release(job_id, offer["lease_id"], "cannot read the version's file from this machine")
+    job = researcher.status(job_id)
+    assert job["status"] == "running" and job["failure"] is None
+    assert [(lease["worker_id"], lease["state"]) for lease in job["leases"]] == \
+        [("w-a", "reported"), ("w-broken", "expired")]
+    assert broken.lease(wait_s=0.5) is None, "a job given back is not offered again to the same worker"
+    scenario.start_worker("w-b")
+    done = researcher.wait(job_id, timeout_s=60)
+    assert done["status"] == "completed", scenario.worker_log("w-b")
+    assert sorted(done["accepted_workers"]) == ["w-a", "w-b"]
+    assert researcher.result(job_id)["result"]["columns"]["age"]["count"] == scenario.table.num_rows
+
+
+def test_the_jobs_service_ends_open_long_polls_when_it_shuts_down(scenario: Scenario) -> None:
+    """Ctrl-C on the stack: a worker's lease poll and a researcher's job wait are answered (no job; the
+    job as it is), the service exits, and its log holds no traceback of a cancelled request."""
+    researcher = scenario.researcher()
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]})["job_id"]
+    idle = _session(scenario, "w-idle")
+    assert idle.lease(wait_s=10) is not None  # it holds the one job (heartbeating), so its next poll waits
+    shut = threading.Event()
+
+    def heartbeats() -> None:
+        while not shut.wait(0.2):
+            try:
+                idle.heartbeat()
+            except Exception:
+                return
+
+    threading.Thread(target=heartbeats, daemon=True).start()
+    answers: dict[str, Any] = {}
+
+    def ask(name: str, call: Any) -> None:
+        try:
+            answers[name] = call()
+        except Exception as exc:
+            answers[name] = exc
+
+    polls = [threading.Thread(target=ask, args=("lease", lambda: idle.lease(wait_s=30))),
+             threading.Thread(target=ask, args=("wait", lambda: ResearcherJobs(scenario.jobs.url, scenario.api_key)
+                                                .status(job_id, wait_s=30)))]
+    for poll in polls:
+        poll.start()
+    time.sleep(1.0)  # both polls are open on the service
+    scenario.jobs.proc.send_signal(signal.SIGINT)
+    for poll in polls:
+        poll.join(timeout=30)
+    shut.set()
+    scenario.jobs.proc.wait(timeout=30)
+    log = scenario.jobs.log_path.read_text(errors="replace")
+    assert answers.get("lease", "no answer") is None, f"{answers}\n{log[-3000:]}"
+    assert isinstance(answers.get("wait"), dict) and answers["wait"]["status"] == "running", answers
+    for trace in ("Exception in ASGI application", "CancelledError", "Traceback"):
+        assert trace not in log, log[-3000:]

@@ -56,12 +56,17 @@ def worker(
     object_store: Annotated[str | None, typer.Option("--object-store", envvar="DATACOOP_WORKER_OBJECT_STORE",
                                                      help="folder of relative locations")] = None,
 ) -> None:
-    """Run a worker: register this machine with your payout address, heartbeat, take and run jobs."""
+    """Run a worker: register this machine with your payout address, heartbeat, take and run jobs.
+    Exits non-zero, saying why, when it can't (its backend can't run here, its registration is refused)."""
     from services.worker.main import run
+    from services.worker.worker import WorkerCannotStart
 
     key = read_key(key_file)
     os.environ.setdefault("DATACOOP_LOG_JSON", "false")  # a person reads this terminal, not a log shipper
-    run(service_url("jobs", jobs_url), key, worker_id, cores, object_store)
+    try:
+        run(service_url("jobs", jobs_url), key, worker_id, cores, object_store)
+    except WorkerCannotStart as exc:
+        fail(f"the worker cannot run: {exc}", code=2)
 
 
 @job_app.command("submit")

@@ -10,13 +10,12 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-Schema = Mapping[str, str]
+from services.worker.column_types import NUMERIC_TYPES, is_numeric, numeric_columns
 
-NUMERIC_TYPES = frozenset({
-    "int", "integer", "float", "double", "number", "bool", "boolean",
-    # Arrow type names (a version event's `columns`) and DuckDB's
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "halffloat", "float16", "float32",
-    "float64", "tinyint", "smallint", "bigint", "hugeint", "real"})
+__all__ = ["NUMERIC_TYPES", "AnalysisFailed", "AnalysisParams", "JobRefused", "Schema", "require_columns",
+           "require_distinct", "require_numeric", "require_rows"]
+
+Schema = Mapping[str, str]
 
 
 class JobRefused(ValueError):
@@ -56,8 +55,8 @@ def require_numeric(schema: Schema, columns: Iterable[str], role: str) -> None:
     require_columns(schema, columns, role)
     for column in columns:
         kind = schema[column].lower()
-        if kind not in NUMERIC_TYPES:
-            numeric = sorted(c for c, t in schema.items() if t.lower() in NUMERIC_TYPES)
+        if not is_numeric(kind):
+            numeric = numeric_columns(schema)
             raise JobRefused(
                 f"{role} column {column!r} has type {kind!r}, but this analysis needs a numeric column "
                 f"(int, float or bool); numeric columns here: {', '.join(numeric) or '(none)'}")

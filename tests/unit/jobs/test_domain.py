@@ -137,3 +137,43 @@ def test_a_marked_worker_loses_reputation_and_eligibility() -> None:
 def test_result_hash_binds_the_plot() -> None:
     assert domain.result_hash(RESULT, b"png") != domain.result_hash(RESULT, None)
     assert domain.result_hash({"b": 1, "a": 2}, None) == domain.result_hash({"a": 2, "b": 1}, None)
+
+
+def released(job: domain.Job, worker: str, detail: str = "cannot read the version's file here") -> list[Event]:
+    return when(job, domain.ReleaseLease(worker, f"l-{worker}", detail))
+
+
+def test_a_lease_given_back_reopens_the_job_instead_of_failing_it() -> None:
+    history: list[Event] = [lease("a"), lease("b")]
+    history += reported(given(history, redundancy=2), "a")
+    events = released(given(history, redundancy=2), "b")
+    assert [type(e) for e in events] == [JobLeaseExpired]
+    job = given([*history, *events], redundancy=2)
+    assert job.status == "running" and job.failure is None and job.open_slots == 1
+    assert job.may_lease_to("c") and not job.may_lease_to("a")
+    with pytest.raises(domain.JobRefusal) as late:
+        reported(job, "b")
+    assert late.value.kind == "gone"
+
+
+def test_a_job_no_worker_can_run_fails_once_enough_leases_came_back_empty() -> None:
+    history: list[Event] = []
+    for worker in ["a", "b", "c"]:
+        history += [lease(worker)]
+        history += released(given(history), worker, f"{worker}: the file is not readable from here")
+    assert [type(e) for e in history[-2:]] == [JobLeaseExpired, JobFailed]
+    failed = history[-1]
+    assert isinstance(failed, JobFailed)
+    assert failed.detail.startswith("no worker could run this job: 3 leases ended without a result")
+    assert "c: the file is not readable from here" in failed.detail
+    assert given(history).status == "failed"
+
+
+def test_only_a_live_lease_can_be_given_back() -> None:
+    job = given([lease("a"), JobLeaseExpired(worker_id="a", lease_id="l-a", expired_at=NOW)])
+    with pytest.raises(domain.JobRefusal) as refused:
+        released(job, "a")
+    assert refused.value.kind == "gone"
+    with pytest.raises(domain.JobRefusal) as unknown:
+        released(given([lease("a")]), "b")
+    assert unknown.value.kind == "not_found"
