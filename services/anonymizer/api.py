@@ -111,6 +111,19 @@ def build_router(svc: Any) -> APIRouter:
                            f"show {dataset_id}` (GET /datasets/{dataset_id}/versions)")
         return version_view(found)
 
+    @router.get("/datasets/{dataset_id}/versions/{version}/contributors", tags=["catalog"])
+    async def contributors(dataset_id: DatasetPath, version: int,
+                           authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Operator only: the members whose records are in the version and how many rows each (what the
+        version event tells settlement). Never public: rows per member link the Parquet's pseudonyms to
+        wallet addresses."""
+        operator(authorization)
+        found = svc.projection.version(dataset_id, version)
+        if found is None:
+            raise NotFound(f"dataset {dataset_id!r} has no version {version}; list them with `datacoop dataset "
+                           f"show {dataset_id}` (GET /datasets/{dataset_id}/versions)")
+        return {"dataset_id": dataset_id, "version": version, "contributor_weights": found["contributor_weights"]}
+
     @router.get("/datasets/{dataset_id}/versions/{version}/aggregates", tags=["catalog"])
     async def aggregates(dataset_id: DatasetPath, version: int) -> dict[str, Any]:
         """The version's differentially private aggregates per generalized cell (epsilon stated)."""

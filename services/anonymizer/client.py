@@ -43,6 +43,11 @@ class AnonymizerClient:
     def version(self, dataset_id: str, version: int) -> dict[str, Any]:
         return dict(check(self.http.get(f"/datasets/{dataset_id}/versions/{version}")))
 
+    def contributors(self, dataset_id: str, version: int) -> dict[str, int]:
+        """Operator only: member -> rows in the version."""
+        found = check(self.http.get(f"/datasets/{dataset_id}/versions/{version}/contributors", headers=self.headers))
+        return dict(found["contributor_weights"])
+
     def aggregates(self, dataset_id: str, version: int) -> dict[str, Any]:
         return dict(check(self.http.get(f"/datasets/{dataset_id}/versions/{version}/aggregates")))
 

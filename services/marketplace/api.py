@@ -155,7 +155,7 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog() -> dict[str, Any]:
         """Every published dataset version, its guarantees and offers, and where orders are paid."""
         return {"payment": ctx.payment_info(),
-                "versions": [version_view(v, s, ctx.offers.for_dataset(v.dataset_id).as_list(),
+                "versions": [version_view(v, s, ctx.offers.for_version(v.dataset_id, v.version, v.columns).as_list(),
                                           ctx.projection.groupable(v.dataset_id, v.version))
                              for v, s in ctx.projection.versions()]}
 
@@ -163,7 +163,7 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog_entry(dataset_id: str, version: int) -> dict[str, Any]:
         v = published(dataset_id, version)
         superseded = ctx.projection.version(dataset_id, version)[1]
-        return version_view(v, superseded, ctx.offers.for_dataset(dataset_id).as_list(),
+        return version_view(v, superseded, ctx.offers.for_version(dataset_id, version, v.columns).as_list(),
                             ctx.projection.groupable(dataset_id, version))
 
     @router.get("/grant-key", tags=["catalog"])
@@ -175,7 +175,8 @@ def build_router(ctx: Any) -> APIRouter:
     @router.post("/orders", status_code=status.HTTP_201_CREATED, tags=["orders"])
     async def place(body: OrderBody, who: Researcher) -> dict[str, Any]:
         """Order an offer on a version at the offers file's price; pay it on chain before it expires."""
-        terms = ctx.offers.for_dataset(body.dataset_id)
+        found = ctx.projection.version(body.dataset_id, body.version)
+        terms = ctx.offers.for_version(body.dataset_id, body.version, found[0].columns if found else None)
         order_id = str(uuid.uuid4())
         cmd = domain.PlaceOrder(who["researcher_id"], who["wallet"], body.offer, terms.terms(body.offer).price_units,
                                 terms.order_ttl_s, terms.budget_micro() if body.offer == "query" else None, order_id)

@@ -118,20 +118,25 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
         table.add_column(col)
     numeric = next((c for c, t in v["columns"].items() if t.upper() in ("DOUBLE", "BIGINT", "INTEGER")), None)
     group_by = v.get("query_group_by", [])[:1]  # a generalized or declared attribute, never the pseudonym
-    query: dict[str, Any] = {"aggregate": "count", "group_by": group_by, "epsilon": 0.25}
+    whole: dict[str, Any] = {"aggregate": "count", "group_by": [], "epsilon": 0.25}  # one cell: always shown
     if numeric:
-        query = {"aggregate": "mean", "column": numeric, "bounds": [0, 100_000], "group_by": query["group_by"],
-                 "epsilon": 0.25}
+        whole = {"aggregate": "mean", "column": numeric, "bounds": [0, 100_000], "group_by": [], "epsilon": 0.25}
+    grouped = {**whole, "group_by": group_by}  # cells shown only above the partition-selection threshold
     refused = ""
     for i in range(5):
+        query = whole if i % 2 == 0 or not group_by else grouped
         try:
             a = client.query(orders["query"], query)
         except Exception as exc:  # the budget is spent: refused before it runs
             refused = str(exc)
             break
         scale = a["noise"].get("sum_scale") or a["noise"].get("count_scale")
-        first = str(a["cells"][0]) if a["cells"] else "none above the partition-selection threshold"
-        table.add_row(f"#{i + 1} {query['aggregate']}", f"{a['epsilon']:g}", f"{scale:,.1f}",
+        selection = a["noise"].get("partition_selection") or {}
+        first = (str(a["cells"][0]) if a["cells"] else
+                 f"no cell above the threshold ({selection.get('threshold', 0):,.0f} noisy rows) a group-by cell "
+                 "needs to be shown")
+        by = f" by {', '.join(query['group_by'])}" if query["group_by"] else ""
+        table.add_row(f"#{i + 1} {query['aggregate']}{by}", f"{a['epsilon']:g}", f"{scale:,.1f}",
                       f"{a['budget_remaining']:g}", first)
     console.print(table)
     if refused:

@@ -1,8 +1,9 @@
 """Answering queries with differential privacy, over versions loaded into DuckDB.
 
 Mechanism: Laplace, the noise drawn with `services.anonymizer.dp.noise`. Neighbouring tables differ
-by one member's records. A member has at most `m` rows in a version (the largest of its
-`contributor_weights`), so:
+by one member's records. A member has at most `m` rows in a version: the bound its definition sets
+(`privacy.max_rows_per_member`, public and independent of the data; the larger of it and the version's
+largest `contributor_weights` entry, which never exceeds it, for versions published before bounds), so:
 - cells (group-by values x histogram bins) are disjoint and a row lies in one, so one member moves
   the vector of cell counts by at most m in L1 norm, however its rows spread: count sensitivity m;
 - values are clamped to [lower, upper] before summing: the sums move by at most

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS builds_started (
 CREATE TABLE IF NOT EXISTS version_group_by (
     dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, columns VARCHAR[] NOT NULL,
     PRIMARY KEY (dataset_id, version));
+CREATE TABLE IF NOT EXISTS version_row_bound (  -- the definition's privacy.max_rows_per_member (default 1)
+    dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, max_rows_per_member INTEGER NOT NULL,
+    PRIMARY KEY (dataset_id, version));
 CREATE TABLE IF NOT EXISTS payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
     tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
@@ -147,8 +150,13 @@ class MarketProjection:
                    (SELECT max(definition_version) FROM definitions WHERE dataset_id = $1))""",
             [ev.dataset_id]).fetchone()
         if row is not None:
+            definition = json.loads(row[0])
             tx.execute("INSERT OR IGNORE INTO version_group_by VALUES (?, ?, ?)",
-                       [ev.dataset_id, ev.version, groupable_columns(json.loads(row[0]), ev.columns)])
+                       [ev.dataset_id, ev.version, groupable_columns(definition, ev.columns)])
+            bound = (definition.get("privacy") or {}).get("max_rows_per_member", 1)
+            if isinstance(bound, int) and bound >= 1:
+                tx.execute("INSERT OR IGNORE INTO version_row_bound VALUES (?, ?, ?)",
+                           [ev.dataset_id, ev.version, bound])
 
     @staticmethod
     def _side_tables(tx: duckdb.DuckDBPyConnection, ev: Any) -> None:
@@ -202,6 +210,12 @@ class MarketProjection:
         row = self.conn.execute("SELECT columns FROM version_group_by WHERE dataset_id = ? AND version = ?",
                                 [dataset_id, version]).fetchone()
         return list(row[0]) if row else []
+
+    def row_bound(self, dataset_id: str, version: int) -> int | None:
+        """The most rows one member may have in this version (its definition's bound); None when unknown."""
+        row = self.conn.execute("SELECT max_rows_per_member FROM version_row_bound WHERE dataset_id = ? AND "
+                                "version = ?", [dataset_id, version]).fetchone()
+        return int(row[0]) if row else None
 
     def versions(self) -> list[tuple[DatasetVersionPublished, bool]]:
         rows = self.conn.execute("SELECT published, superseded FROM versions ORDER BY dataset_id, version").fetchall()

@@ -74,7 +74,11 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
         if task is None or (task.done() and task.exception() is not None):
             async def go() -> LoadedVersion:
                 path = await asyncio.to_thread(self.files.verified, v.location, v.sha256)
-                weights = max(v.contributor_weights.values(), default=1)
+                # rows one member can add or take away (DP sensitivity): the definition's public bound, not
+                # the data's largest weight (which would make the noise depend on the data); the larger of
+                # the two for a version published before bounds existed
+                bound = self.projection.row_bound(v.dataset_id, v.version)
+                weights = max(bound or 1, max(v.contributor_weights.values(), default=1))
                 groupable = self.projection.groupable(v.dataset_id, v.version)
                 return await asyncio.to_thread(functools.partial(
                     self.engine.load, v.dataset_id, v.version, path, weights, groupable=groupable))

@@ -34,7 +34,7 @@ def test_up_starts_everything_plays_the_demo_and_stops_cleanly() -> None:
     assert "a replayed signature is refused (409)" in out
     assert "a consent granted for 2 seconds was expired by the sweeper" in out
     assert "records sealed with AES-256-GCM" in out
-    assert "superseded" in out and "their weight: 0" in out
+    assert "superseded" in out and "contributor(s), without them" in out
     assert "downloaded" in out and "next query refused" in out
     assert "GPU provider" in out and "earned" in out
     assert "claimed" in out and "wallet now holds" in out

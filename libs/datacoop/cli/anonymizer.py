@@ -154,7 +154,7 @@ def demo_definition(name: str = "census-demo") -> dict[str, Any]:
             "aggregates": {"epsilon": 1.0, "mechanism": "laplace", "value_column": "age", "value_bounds": [17, 90]}}
 
 
-def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int = 6) -> None:
+def chapter_datasets(state: Any, console: Any, members: int = 20, rows_each: int = 2) -> None:
     """Members consent and contribute; the operator defines a dataset and builds it; one member revokes
     and the next version (built by itself) leaves them out. `state.stack` is the stack description."""
     from eth_account import Account
@@ -193,14 +193,14 @@ def chapter_datasets(state: Any, console: Any, members: int = 10, rows_each: int
         versions = client.versions(definition["name"])
         newest = versions[-1]
         # the version without them (a rebuild for records still arriving may have replaced `first` before)
-        if not newest["superseded"] and leaver.address not in newest["contributor_weights"] \
-                and all(v["superseded"] for v in versions[:-1]):
+        if not newest["superseded"] and all(v["superseded"] for v in versions[:-1]) \
+                and leaver.address not in client.contributors(definition["name"], newest["version"]):
             left = next((v for v in versions if v["superseded"] and "consent ended" in (v["superseded_reason"] or "")),
                         versions[first["version"] - 1])
             console.print(f"{leaver.address[:10]}… revoked: version {left['version']} superseded "
                           f"({left['superseded_reason']}); version {newest['version']}: "
-                          f"{_guarantees(newest)}; their weight: "
-                          f"{newest['contributor_weights'].get(leaver.address, 0)}", highlight=False)
+                          f"{_guarantees(newest)}; {newest['contributors']} contributor(s), without them (the "
+                          "operator's view of who is in a version: GET .../contributors)", highlight=False)
             return
         time.sleep(0.3)
     console.print("[yellow]no new version within 60 s of the revocation[/yellow]")

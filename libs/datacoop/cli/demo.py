@@ -115,11 +115,13 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
     if "anonymizer" in state.stack["services"]:
         from services.anonymizer.client import AnonymizerClient
 
-        datasets = AnonymizerClient(state.stack["services"]["anonymizer"]["url"], "")
+        datasets = AnonymizerClient(state.stack["services"]["anonymizer"]["url"],
+                                    operator_token(None, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
 
-        def rebuilt_without_them() -> bool:
+        def rebuilt_without_them() -> bool:  # who is in a version: the operator's view, never public
             newest = datasets.versions(DEMO_DATASET)[-1]
-            return last.address not in newest["contributor_weights"] and not newest["superseded"]
+            return not newest["superseded"] and last.address not in datasets.contributors(DEMO_DATASET,
+                                                                                          newest["version"])
 
         _until(rebuilt_without_them, timeout_s=60)
         newest = datasets.versions(DEMO_DATASET)[-1]
@@ -167,7 +169,7 @@ def fitness_definition() -> dict[str, Any]:
                         "steps": {"type": "integer", "min": 0, "max": 200_000},
                         "active_minutes": {"type": "integer", "min": 0, "max": 1440}},
             "quasi_identifiers": {"day": {"dates": {"first": "2026-01-01", "last": "2026-12-31"}}},
-            "sensitive": [], "privacy": {"k": 3, "suppression_limit": 0.1},
+            "sensitive": [], "privacy": {"k": 3, "suppression_limit": 0.1, "max_rows_per_member": 30},
             "aggregates": {"epsilon": 1.0, "mechanism": "laplace", "value_column": "steps",
                            "value_bounds": [0, 200_000]}}
 
@@ -190,8 +192,16 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
         state.dataset_members.append(wallet)
     datasets = AnonymizerClient(urls["anonymizer"], operator_token(None, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     datasets.define(fitness_definition())
-    version = datasets.build(FITNESS_DATASET)
-    console.print(f"{FITNESS_DATASET} version {version['version']}: {version['rows']} rows, k={version['k']}")
+    datasets.build(FITNESS_DATASET)
+
+    def everyone_in() -> bool:  # records still arriving make the anonymizer build again (debounced)
+        newest = datasets.versions(FITNESS_DATASET)[-1]
+        return not newest["superseded"] and newest["contributors"] >= members
+
+    _until(everyone_in, timeout_s=60)
+    version = datasets.versions(FITNESS_DATASET)[-1]
+    console.print(f"{FITNESS_DATASET} version {version['version']}: {version['rows']} rows from "
+                  f"{version['contributors']} members, k={version['k']}")
 
     buyer_key = ANVIL_KEYS[8]
     reg = register_researcher(urls["marketplace"], "Dr. Compute", Account.from_key(buyer_key).address, "Demo Lab")
@@ -199,13 +209,18 @@ def chapter_jobs(state: DemoState, console: Console, members: int = 6) -> None:
     _until(lambda: any(v["dataset_id"] == FITNESS_DATASET and v["version"] >= version["version"]
                        for v in researcher.catalog()["versions"]))
     payment = researcher.catalog()["payment"]
-    order = researcher.order_current(FITNESS_DATASET, "compute")  # a rebuild meanwhile: buy its successor
     chain_url = state.stack["chain"]["url"]
     contracts = Contracts.at(Web3(Web3.HTTPProvider(chain_url)), payment["token"], payment["market"])
-    send_receipt(contracts.w3, contracts.stablecoin.functions.mint(Account.from_key(buyer_key).address,
-                                                                   order["price_units"]), ADMIN_KEY)
-    pay(chain_url, payment["token"], payment["market"], buyer_key, order["order_id"], order["price_units"])
-    _until(lambda: researcher.get_order(order["order_id"])["status"] == "paid", timeout_s=60)
+    for _ in range(3):  # a version replaced between order and payment refuses the payment: order again
+        order = researcher.order_current(FITNESS_DATASET, "compute")
+        send_receipt(contracts.w3, contracts.stablecoin.functions.mint(Account.from_key(buyer_key).address,
+                                                                       order["price_units"]), ADMIN_KEY)
+        pay(chain_url, payment["token"], payment["market"], buyer_key, order["order_id"], order["price_units"])
+        _until(partial(_decided, researcher, order["order_id"]), timeout_s=60)
+        seen = researcher.get_order(order["order_id"])
+        if seen["status"] == "paid":
+            break
+        console.print(f"[yellow]payment refused[/yellow]: {escape(str(seen.get('note')))}")
     console.print(f"compute order {order['order_id']} paid {order['price_units']:,} units; "
                   "the rows go to workers, never to the researcher")
     finished = run_jobs_demo(urls["jobs"], reg["api_key"], order["order_id"], ["steps", "active_minutes"],
@@ -226,21 +241,27 @@ def chapter_payouts(state: DemoState, console: Console) -> None:
     console.rule("settlement: revenue split by records, one Merkle root on chain, members claim")
     from services.settlement.demo import show_earnings_and_claim
 
-    # the first dataset member revoked (weight 0 in the version sold): the others claim
-    keys = [w.account.key.hex() for w in state.dataset_members[1:] + state.members]
-    claimers = [w.address for w in state.dataset_members[1:3]]
-    for address in claimers:  # members' fresh wallets hold no ETH for gas: the local chain gives them some
-        httpx.post(state.stack["chain"]["url"], json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
-                                                      "params": [address, hex(10**18)]}, timeout=10)
+    # the first dataset member revoked (nothing in the version sold); of the others, two with earnings
+    # claim (a member whose one row was suppressed earned nothing)
+    wallets = state.dataset_members[1:] + state.members
     settlement_url = state.stack["services"]["settlement"]["url"]
 
-    def sales_allocated() -> bool:
-        """Settlement reads orders and payments from the log: wait until the claimers have earnings."""
+    def earning() -> list[MemberWallet]:
         balances = httpx.get(f"{settlement_url}/balances", timeout=10).json()
-        return all(balances.get(a.lower(), 0) > 0 for a in claimers)
+        return [w for w in wallets if balances.get(w.address.lower(), 0) > 0]
 
-    _until(sales_allocated, timeout_s=60)
+    _until(lambda: len(earning()) >= 2, timeout_s=60)  # settlement reads orders and payments from the log
+    claimers = earning()[:2]
+    for wallet in claimers:  # members' fresh wallets hold no ETH for gas: the local chain gives them some
+        httpx.post(state.stack["chain"]["url"], json={"jsonrpc": "2.0", "id": 1, "method": "anvil_setBalance",
+                                                      "params": [wallet.address, hex(10**18)]}, timeout=10)
+    keys = [w.account.key.hex() for w in claimers + [w for w in wallets if w not in claimers]]
     show_earnings_and_claim(settlement_url, state.stack["chain"]["url"], keys, console, claimers=2)
+
+
+def _decided(researcher: Any, order_id: str) -> bool:
+    """The marketplace has made its call on the order's payment: paid, or refused (to be refunded)."""
+    return researcher.get_order(order_id)["status"] in ("paid", "refund-due")
 
 
 def _vault_knows(client: VaultClient) -> bool:

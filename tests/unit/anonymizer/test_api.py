@@ -97,3 +97,31 @@ def test_aggregates_of_a_version_not_yet_published_are_not_served(tmp_path) -> N
     assert TestClient(app).get("/datasets/census-stats/versions/1/aggregates").status_code == 404
     published[1] = {"version": 1}
     assert TestClient(app).get("/datasets/census-stats/versions/1/aggregates").json()["cells"][0]["count"] == 12.3
+
+
+def test_who_is_in_a_version_is_told_to_the_operator_alone() -> None:
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from datacoop.kit import problems
+    from services.anonymizer.api import build_router
+
+    weights = {f"0x{i:040x}": 1 for i in range(4)}
+    versions = {1: {"version": 1, "contributor_weights": weights}}
+    svc = SimpleNamespace(projection=SimpleNamespace(version=lambda dataset_id, version: versions.get(version)),
+                          operator_token="op-token-0123456789")
+    app = FastAPI()
+    app.add_exception_handler(problems.DomainError, problems.domain_error_handler)  # type: ignore[arg-type]
+    app.include_router(build_router(svc))
+    http = TestClient(app)
+    assert http.get("/datasets/census-stats/versions/1/contributors").status_code == 401
+    wrong = http.get("/datasets/census-stats/versions/1/contributors", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = http.get("/datasets/census-stats/versions/1/contributors",
+                  headers={"Authorization": "Bearer op-token-0123456789"})
+    assert ok.status_code == 200 and ok.json()["contributor_weights"] == weights
+    missing = http.get("/datasets/census-stats/versions/2/contributors",
+                       headers={"Authorization": "Bearer op-token-0123456789"})
+    assert missing.status_code == 404

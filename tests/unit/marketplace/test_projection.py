@@ -117,3 +117,20 @@ def test_a_version_records_the_group_by_columns_of_the_definition_its_build_used
     proj = project([defined[0], started, defined[1], delivery(version(1), "clinic")])
     assert proj.groupable("clinic", 1) == ["age", "diagnosis", "sex"], "no pseudonym, free text, date or number"
     assert project([delivery(version(1), "clinic")]).groupable("clinic", 1) == [], "no definition: no group-by"
+
+
+def test_a_versions_row_bound_is_its_definitions_not_the_datas() -> None:
+    """DP sensitivity must not depend on the data: the bound comes from the definition the build used."""
+    bounded = {**DEFINITION, "privacy": {**(DEFINITION.get("privacy") or {}), "max_rows_per_member": 4}}
+    defined = delivery(DatasetDefined(dataset_id="clinic", definition_version=1, purpose="health-research",
+                                      categories=["health"], definition=bounded, source="file", defined_at=T0),
+                       "clinic")
+    proj = project([defined, delivery(version(1), "clinic")])  # the version's largest weight is 10
+    assert proj.row_bound("clinic", 1) == 4
+    plain = {**DEFINITION, "privacy": {k: v for k, v in (DEFINITION.get("privacy") or {}).items()
+                                       if k != "max_rows_per_member"}}
+    default = project([delivery(DatasetDefined(dataset_id="clinic", definition_version=1, purpose="health-research",
+                                               categories=["health"], definition=plain, source="file",
+                                               defined_at=T0), "clinic"), delivery(version(1), "clinic")])
+    assert default.row_bound("clinic", 1) == 1
+    assert project([delivery(version(1), "clinic")]).row_bound("clinic", 1) is None
