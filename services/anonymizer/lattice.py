@@ -384,6 +384,12 @@ def exhaustive_search(engine: GlobalRecoding) -> SearchResult:
 
 def _no_node_message(engine: GlobalRecoding) -> str:
     m = engine.model
-    return (f"no generalization meets {m.k_text}, l={m.l} ({m.l_kind}), t={m.t} within the suppression limit "
-            f"{m.suppression_limit:.0%} of {engine.table.n_rows} rows; raise the suppression limit, lower k/l, "
-            "or add sensitive-value diversity")
+    rows = engine.table.n_rows
+    if rows < m.row_k:
+        return (f"only {rows} row(s): {m.k_text} needs at least {m.row_k} in a class; wait for more members' "
+                "records (or lower k)")
+    model = ", ".join([m.k_text, *([f"l={m.l} ({m.l_kind})"] if m.l > 1 else []),
+                       *([f"t={m.t}"] if m.t is not None else [])])
+    return (f"no generalization of the {rows} rows meets {model} within the suppression limit "
+            f"{m.suppression_limit:.0%}; raise the suppression limit, lower k" + ("/l" if m.l > 1 else "")
+            + (", or add sensitive-value diversity" if m.l > 1 or m.t is not None else ""))

@@ -105,8 +105,10 @@ def failure_detail(exc: BaseException) -> str:
     any other error only its type (its message may quote a decrypted value: a pyarrow or int() error)."""
     if isinstance(exc, NothingToBuild):
         return str(exc)
-    if isinstance(exc, (*_WORDED, DecryptRefused, httpx.HTTPError)):
-        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (*_WORDED, DecryptRefused)):
+        return str(exc)  # the engine's own words (they name columns and counts, never values)
+    if isinstance(exc, httpx.HTTPError):
+        return f"the vault could not be reached ({type(exc).__name__}: {exc}); the build is tried again"
     return (f"{type(exc).__name__} while building (its message is withheld: it may quote a member's data); "
             "the anonymizer's log has where it was raised")
 

@@ -58,10 +58,10 @@ def test_job_runs_end_to_end_with_signed_result_plot_and_fee(scenario: Scenario)
     app = typer.Typer()
     jobs_cli.register(app)
     env = {"DATACOOP_API_KEY": scenario.api_key, "DATACOOP_JOBS_URL": scenario.jobs.url}
-    shown = CliRunner().invoke(app, ["job", "results", job["job_id"], "--plot-out", str(scenario.tmp / "h.png")],
-                               env=env)
+    plot = scenario.tmp / "new" / "folder" / "h.png"  # folders are made
+    shown = CliRunner().invoke(app, ["job", "results", job["job_id"], "--plot-out", str(plot)], env=env)
     assert shown.exit_code == 0, shown.output
-    assert worker["provider"] in shown.output and (scenario.tmp / "h.png").read_bytes().startswith(b"\x89PNG")
+    assert worker["provider"] in shown.output and plot.read_bytes().startswith(b"\x89PNG")
     missing = CliRunner().invoke(app, ["job", "status", "no-such-job"], env=env)
     assert missing.exit_code == 1 and "no job no-such-job" in missing.output
 

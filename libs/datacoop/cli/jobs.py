@@ -117,12 +117,16 @@ def results(
     jobs_url: JobsUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """The accepted result as JSON, after checking its hash and the worker's signature."""
+    if plot_out is not None and plot_out.is_dir():
+        fail(f"--plot-out {plot_out} is a folder; name the file to write, e.g. --plot-out {plot_out / 'plot.png'}")
     client = _researcher(jobs_url, api_key_file)
     answer = _call(client.result, job_id)
     if plot_out is not None:
         if not answer["has_plot"]:
             fail(f"job {job_id}'s analysis draws no plot")
-        plot_out.write_bytes(_call(client.plot, job_id))
+        png = _call(client.plot, job_id)
+        plot_out.parent.mkdir(parents=True, exist_ok=True)
+        plot_out.write_bytes(png)
     console.print_json(json.dumps({"job_id": job_id, "verified_signer": answer["provider"],
                                    "workers": answer["workers"], "result": answer["result"]}))
 

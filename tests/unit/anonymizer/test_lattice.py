@@ -50,9 +50,14 @@ def test_suppression_is_monotone_along_the_lattice(adult_subset, adult_hierarchi
 
 
 def test_an_impossible_model_is_refused_with_advice(adult_subset, adult_hierarchies) -> None:
-    table = encode({"sex": adult_subset["sex"][:3]}, {"sex": adult_hierarchies["sex"]})
-    with pytest.raises(NoAnonymousNode, match="raise the suppression limit"):
-        optimal_search(GlobalRecoding(table, PrivacyModel(k=5)))
+    few = encode({"sex": adult_subset["sex"][:3]}, {"sex": adult_hierarchies["sex"]})
+    with pytest.raises(NoAnonymousNode, match=r"only 3 row\(s\): k=5 needs at least 5 in a class"):
+        optimal_search(GlobalRecoding(few, PrivacyModel(k=5)))
+    one_value = {"q": ["a"] * 6 + ["b"], "s": ["x"] * 7}  # enough rows, never 2 sensitive values in a class
+    table = encode(one_value, {"q": from_rows("q", [["a", "*"], ["b", "*"]])}, ["s"])
+    with pytest.raises(NoAnonymousNode, match="raise the suppression limit, lower k/l") as refused:
+        optimal_search(GlobalRecoding(table, PrivacyModel(k=2, l=2)))
+    assert "t=None" not in str(refused.value) and "NoAnonymousNode" not in str(refused.value)
 
 
 def test_entropy_diversity_with_suppression_is_searched_without_tagging() -> None:
