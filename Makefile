@@ -53,7 +53,8 @@ lock: install  ## re-pin the Python packages after changing pyproject.toml (name
 
 compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed), secrets stood in for
 	DATACOOP_VAULT_KEK=check DATACOOP_VAULT_SERVICE_TOKEN=check DATACOOP_ANONYMIZER_OPERATOR_TOKEN=check \
-	DATACOOP_SETTLEMENT_OPERATOR_TOKEN=check docker-compose -f docker-compose.yml config --quiet
+	DATACOOP_ANONYMIZER_PSEUDONYM_KEY=check DATACOOP_SETTLEMENT_OPERATOR_TOKEN=check \
+	docker-compose -f docker-compose.yml config --quiet
 
 clean:
 	rm -rf var/data var/run var/test-logs

@@ -22,8 +22,10 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     try:
         write_secret(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
-    except FileExistsError:  # another process made it first: use theirs
-        return load_or_create_key(path)
+    except FileExistsError:
+        if not path.exists():
+            raise
+        return load_or_create_key(path)  # another process made it first: use theirs
     return key
 
 
@@ -32,7 +34,7 @@ def write_secret(path: Path, data: bytes) -> None:
     not at all: written to a private temporary file beside it, synced, then linked into place. Raises
     FileExistsError if `path` exists (a secret is never overwritten)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")  # never a name a crash left behind
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:

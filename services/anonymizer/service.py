@@ -56,8 +56,9 @@ from datacoop.events.envelope import derived_event_id
 from datacoop.events.members import ConsentExpired, ConsentGranted, ConsentRevoked, ErasureRequested
 from datacoop.events.records import KeysShredded, RecordsContributed
 from datacoop.events.registry import Event
+from datacoop.keys import write_secret
 from datacoop.kit import ServiceRuntime, create_app, serve
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN, dev_default_warned
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, SettingRefused, dev_default_warned
 from datacoop.topics import DATASETS, MEMBERS, RECORDS
 from services.anonymizer import build as pipeline
 from services.anonymizer import domain
@@ -121,10 +122,14 @@ def load_master_secret(settings: AnonymizerSettings) -> bytes:
     if settings.anonymizer_pseudonym_key:
         return settings.anonymizer_pseudonym_key.encode()
     path = settings.data_dir / "anonymizer-pseudonym-key"
+    if not settings.dev_secrets:
+        raise SettingRefused("DATACOOP_ANONYMIZER_PSEUDONYM_KEY is unset: set it to a random secret (e.g. "
+                             "`python -c 'import secrets; print(secrets.token_hex(32))'`) kept apart from the data "
+                             "and never changed (pseudonyms derive from it), or set DATACOOP_DEV_SECRETS=true on a "
+                             f"local development stack to have one generated into {path}")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(os.urandom(32).hex() + "\n")
-        path.chmod(0o600)
+        with contextlib.suppress(FileExistsError):  # another process made it first: use theirs
+            write_secret(path, (os.urandom(32).hex() + "\n").encode())
         log.warning("DATACOOP_ANONYMIZER_PSEUDONYM_KEY is unset: generated a pseudonym secret into %s (local "
                     "development only; keep it beside, not inside, the projection)", path)
     return path.read_text().strip().encode()

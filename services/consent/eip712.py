@@ -175,7 +175,7 @@ def check_read(domain: Domain, member: str, header: str | None, now: float | Non
     if not header:
         raise ReadRefused(f"a member's data is readable by that member only: {how}")
     issued_text, _, signature = header.strip().partition(".")
-    if not issued_text.isdigit() or not signature:
+    if not issued_text.isdigit() or len(issued_text) > 12 or not signature:
         raise ReadRefused(f"{READ_HEADER} must be <issuedAt>.<signature> (unix seconds, 0x-hex); {how}")
     issued = int(issued_text)
     now = time.time() if now is None else now

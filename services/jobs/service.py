@@ -65,7 +65,7 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.runner.add_listener(self._on_applied)
         self.heartbeats: dict[str, float] = {}
         self.tokens: dict[str, str] = {}
-        self.gave_back: dict[str, set[str]] = {}  # job id -> workers that could not run it (not asked again)
+        self.gave_back: dict[str, set[str]] = {}  # job id -> workers that could not run it (asked last)
         self._started_m = time.monotonic()
         self._changed = asyncio.Event()
         self.stopping = False
@@ -177,7 +177,7 @@ class JobsService(ServiceRuntime[JobsProjection]):
                 return None
             self.heartbeat(worker_id)
             for job in self.projection.open_jobs():
-                if not job.may_lease_to(worker_id) or worker_id in self.gave_back.get(job.job_id, ()):
+                if not job.may_lease_to(worker_id) or self._passed_over(job.job_id, worker_id):
                     continue
                 lease_id = uuid.uuid4().hex
                 cmd = domain.GrantLease(worker_id, lease_id, self.settings.jobs_lease_ttl_s)
@@ -190,6 +190,18 @@ class JobsService(ServiceRuntime[JobsProjection]):
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
                 return None
+
+    def _passed_over(self, job_id: str, worker_id: str) -> bool:
+        """A worker that gave the job back is not offered it again while another live worker has not: with
+        fewer live workers than MAX_ABANDONED, the job goes back to them, and their next give-backs fail it
+        (it must not wait forever for a worker that is not there)."""
+        gave_back = self.gave_back.get(job_id, set())
+        if worker_id not in gave_back:
+            return False
+        live_s = self.settings.jobs_lease_ttl_s
+        now_m = time.monotonic()
+        live = {w for w, seen in self.heartbeats.items() if now_m - seen <= live_s}
+        return bool(live - gave_back - {worker_id})
 
     def _offer(self, job_id: str, lease_id: str) -> dict[str, Any]:
         job = self.projection.job(job_id)

@@ -21,6 +21,7 @@ from datacoop.events.types import Slug, WalletAddress
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized, bearer, secret_sha256
+from services.consent import eip712
 from services.marketplace import domain
 from services.marketplace.engine import LoadedVersion
 from services.marketplace.files import FileUnavailable, stream
@@ -301,8 +302,16 @@ def build_router(ctx: Any) -> APIRouter:
 
     # -- members and operators --------------------------------------------------------------
     @router.get("/members/{member}/orders", tags=["members"])
-    async def member_orders(member: MemberPath) -> list[dict[str, Any]]:
-        """Paid orders of dataset versions that hold the member's records, with how many of them."""
+    async def member_orders(member: MemberPath, auth: Annotated[str | None, Header(
+            alias=eip712.READ_HEADER, description="<issuedAt>.<signature>: ReadMemberData signed by the member")]
+            = None) -> list[dict[str, Any]]:
+        """Paid orders of dataset versions that hold the member's records, with how many of them: to the
+        member alone (a fresh ReadMemberData signature, as the consent service's reads), since it tells
+        which datasets hold a wallet's records and how many rows (what links a pseudonym to a wallet)."""
+        try:
+            eip712.check_read(ctx.eip712_domain, eip712.to_checksum(member), auth)
+        except eip712.ReadRefused as exc:
+            raise Unauthorized(str(exc), slug="member-signature-required") from exc
         return ctx.projection.member_orders(member)  # type: ignore[no-any-return]
 
     @router.get("/payments/unmatched", tags=["orders"])

@@ -30,7 +30,9 @@ from rich.table import Table
 from datacoop.bus import Publisher
 from datacoop.events import Envelope
 from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.http import check
 from datacoop.topics import DATASETS, qualified
+from services.consent.client import MemberWallet
 from services.marketplace.client import ResearcherClient, pay, register_researcher
 
 
@@ -76,11 +78,11 @@ def _wait_paid(client: ResearcherClient, order_id: str, rpc_url: str, timeout_s:
 
 def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Console, *,
                     minter_key: str | None = None, dataset_id: str | None = None,
-                    member: str | None = None) -> dict[str, Any]:
+                    member: MemberWallet | None = None) -> dict[str, Any]:
     """Register, buy a download and a query order of the newest current version, pay both on chain,
     download, query until the budget is spent; print what happened. `minter_key` mints the mock
-    stablecoin to the buyer first (local chains); `member` (a contributor's address) is shown the sales
-    that used their records. Returns a summary."""
+    stablecoin to the buyer first (local chains); `member` (a contributor's wallet, which signs the read)
+    is shown the sales that used their records. Returns a summary."""
     buyer = Account.from_key(buyer_key).address
     reg = register_researcher(market_url, "Dr. Demo", buyer, "Demo University")
     client = ResearcherClient(market_url, reg["api_key"])
@@ -143,8 +145,9 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
         console.print(f"  next query refused: {refused}")
     sales: list[dict[str, Any]] = []
     if member is not None:
-        sales = list(httpx.get(f"{market_url}/members/{member}/orders", timeout=30).json())
-        console.print(f"  member {member} sees {len(sales)} paid order(s) that used their records: "
+        sales = list(check(httpx.get(f"{market_url}/members/{member.address}/orders", timeout=30,
+                                     headers=member.read_headers())))
+        console.print(f"  member {member.address} sees {len(sales)} paid order(s) that used their records: "
                       + ", ".join(f"{s['offer']} of {s['dataset_id']} v{s['version']} ({s['your_records']} of "
                                   "their records)" for s in sales))
     return {"researcher_id": reg["researcher_id"], "orders": orders, "rows": rows, "refused": refused,

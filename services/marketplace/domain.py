@@ -217,12 +217,15 @@ def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[E
     what = f"{order.dataset_id} v{order.version}"
     refund = (f"the payment of {cmd.amount_units} units (tx {cmd.tx_hash}) opens nothing and is to be refunded "
               "to the paying wallet by the operator")
-    if order.status in ("expired", "refund-due") or order.expires_at <= now:
-        reason: Literal["order-expired", "version-superseded"] = "order-expired"
+    earlier = order.refused_payments[-1] if order.refused_payments else None
+    withdrawn = order.status == "refund-due" and earlier is not None and earlier.reason == "version-superseded"
+    reason: Literal["order-expired", "version-superseded"]
+    if not withdrawn and (order.status in ("expired", "refund-due") or order.expires_at <= now):
+        reason = "order-expired"
         detail = (f"order {order.order_id} expired at {order.expires_at.isoformat()} before its payment arrived; "
                   f"{refund}; place a new order for the version on sale (`datacoop order {order.dataset_id}:"
                   f"{order.offer}`, see `datacoop catalog`)")
-    elif cmd.version_superseded:
+    elif withdrawn or cmd.version_superseded:
         reason = "version-superseded"
         detail = (f"{what} was superseded (withdrawn from sale) before the payment for order {order.order_id} "
                   f"arrived; {refund}; order the current version instead (`datacoop order {order.dataset_id}:"

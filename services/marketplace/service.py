@@ -28,6 +28,7 @@ from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.topics import DATASETS, ORDERS, PAYOUTS
+from services.consent import eip712
 from services.marketplace import domain
 from services.marketplace.api import build_router
 from services.marketplace.engine import LoadedVersion, QueryEngine
@@ -53,6 +54,8 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
         self.grant_key = load_or_create_key(settings.grant_key_file
                                             or settings.data_dir / "marketplace-grant-key.pem")
         self.files = VersionFiles(settings.object_store_dir)
+        # members sign reads of their own sales with the consent service's domain (the same chain and market)
+        self.eip712_domain = eip712.Domain(chain_id=settings.chain_id, verifying_contract=settings.market_address)
         self.engine = QueryEngine(settings.query_memory_limit)
         self._loading: dict[tuple[str, int], asyncio.Task[LoadedVersion]] = {}
         self.add_background(self.react_to_payments_forever)

@@ -94,8 +94,11 @@ def build_router(ctx: SettlementService) -> APIRouter:
         return _epoch_view(row)
 
     @router.get("/orders/{order_id}", tags=["orders"])
-    async def order(order_id: str) -> dict[str, Any]:
-        """An order's payment, flags and allocation as settlement sees them."""
+    async def order(order_id: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """An order's payment, flags and allocation as settlement sees them (operator token): the allocation
+        names each member of the version sold and their share, which would link wallets to pseudonyms."""
+        require_bearer(authorization, ctx.operator_token, what="an operator token",
+                       setting="DATACOOP_SETTLEMENT_OPERATOR_TOKEN", slug="bad-operator-token")
         view = ctx.projection.order_view(order_id)
         if view is None:
             raise NotFound(f"settlement knows nothing of order {order_id} yet (no OrderPlaced, no payment)")

@@ -231,7 +231,7 @@ class SettlementProjection:
 def _decision(covers_price: bool | None, paid: bool | None, detail: str | None) -> str | None:
     """What the marketplace decided about a payment, as settlement holds it."""
     if paid is True:
-        return "paid: the order is paid, the payment is allocated"
+        return "paid: the marketplace paid the order (OrderPaid); allocated once its order and version are known"
     if paid is False:
         return f"refused, held for a refund and never allocated: {detail}"
     if covers_price:

@@ -227,8 +227,12 @@ def _parse_csv(content: str) -> list[dict[str, Any]]:
         return []
     header = lines[0]
     delimiter = ";" if header.count(";") > header.count(",") else ","
-    reader = csv.reader(io.StringIO(content), delimiter=delimiter)
-    names = [name.strip() for name in next(reader)]
+    reader = csv.reader(io.StringIO(content), delimiter=delimiter, strict=True)
+    try:
+        names = [name.strip() for name in next(reader)]
+    except csv.Error as exc:
+        raise UploadRefused(f"the CSV header cannot be read ({exc}); fix it and upload again; nothing was stored",
+                            [RowError(0, "(header)", str(exc))]) from exc
     seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
         if not name:
@@ -242,13 +246,18 @@ def _parse_csv(content: str) -> list[dict[str, Any]]:
         seen[name] = position
     width = len(names)
     rows: list[dict[str, Any]] = []
-    for cells in reader:
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. a quote never closed, or a value over the CSV reader's size limit
+            rows.append({MALFORMED: f"cannot be read as CSV ({exc}; a quote opened and never closed runs to "
+                                    "the end of the file); the rows after it are not read"})
+            break
         if not cells:
             continue
-        if any("\n" in cell or "\r" in cell for cell in cells):
-            rows.append({MALFORMED: f"a quoted value opened here is not closed before line {reader.line_num} "
-                                    "(a missing \" swallows the lines after it); close the quote"})
-        elif len(cells) != width:
+        if len(cells) != width:
             rows.append({MALFORMED: f"{len(cells)} values, the header has {width} columns"})
         else:
             rows.append({k: v for k, v in zip(names, cells, strict=True) if v != ""})

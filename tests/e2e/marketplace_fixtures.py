@@ -25,11 +25,13 @@ from typer.testing import CliRunner, Result
 from web3 import Web3
 
 from datacoop.bus.admin import ensure_topics, standard_topics
-from datacoop.chain import ANVIL_KEYS, Contracts, deploy_local_stack, pay_order, send_receipt
+from datacoop.chain import ANVIL_KEYS, LOCAL_CHAIN_ID, Contracts, deploy_local_stack, pay_order, send_receipt
 from datacoop.cli import market as market_cli
 from datacoop.events.datasets import DatasetDefined, DatasetVersionPublished, DatasetVersionSuperseded
 from datacoop.topics import DATASETS
 from infra.local import Broker, Chain
+from services.consent import eip712
+from services.consent.client import MemberWallet
 from tests.e2e.conftest import ServiceProcess, start_service
 from tests.e2e.settlement_fixtures import publish
 from tests.e2e.waiting import wait_for
@@ -182,3 +184,9 @@ def cli(stack: Stack, *args: str, api_key_file: Path | None = None) -> Result:
     if api_key_file is not None:
         extra += ["--api-key-file", str(api_key_file)]
     return CliRunner().invoke(_CLI, [*args, *extra], env={"DATACOOP_CHAIN_URL": stack.chain.url})
+
+
+def member_wallet(stack: Stack, key: str) -> MemberWallet:
+    """A member's wallet that signs reads with the stack's EIP-712 domain (its chain and market contract)."""
+    domain = eip712.Domain(chain_id=LOCAL_CHAIN_ID, verifying_contract=stack.chain_env["DATACOOP_MARKET_ADDRESS"])
+    return MemberWallet(key, "http://127.0.0.1:9", domain=domain)  # the consent service is not asked

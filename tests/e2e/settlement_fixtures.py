@@ -76,7 +76,8 @@ class Settlement:
             self.proc.stop()
 
     def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=10)
+        """As the operator (GET /orders/{id} needs the token; the public routes ignore it)."""
+        return httpx.get(f"{self.url}{path}", timeout=10, headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"})
 
     def post_epoch(self, token: str | None = OPERATOR_TOKEN) -> httpx.Response | None:
         """POST /epochs as the operator (or with `token`); None when the process died answering it (the

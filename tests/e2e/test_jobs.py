@@ -209,6 +209,20 @@ def test_a_worker_that_cannot_run_a_job_gives_it_back_and_another_worker_complet
     assert researcher.result(job_id)["result"]["columns"]["age"]["count"] == scenario.table.num_rows
 
 
+def test_a_job_that_the_only_worker_gives_back_is_failed_not_left_queued(scenario: Scenario) -> None:
+    """With fewer live workers than it takes give-backs to fail a job, the job goes back to the worker that
+    gave it back (no other is there) until it fails, saying so; it must not wait forever."""
+    researcher = scenario.researcher()
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]}, redundancy=1)["job_id"]
+    lonely = _session(scenario, "w-lonely")
+    for _ in range(3):
+        offer = lonely.lease(wait_s=10)
+        assert offer is not None and offer["job_id"] == job_id
+        lonely.release(job_id, offer["lease_id"], "no GPU driver on this machine")
+    job = researcher.status(job_id)
+    assert job["status"] == "failed" and "no worker could run this job" in job["failure"], job
+
+
 def test_the_jobs_service_ends_open_long_polls_when_it_shuts_down(scenario: Scenario) -> None:
     """Ctrl-C on the stack: a worker's lease poll and a researcher's job wait are answered (no job; the
     job as it is), the service exits, and its log holds no traceback of a cancelled request."""

@@ -16,9 +16,21 @@ import pyarrow.parquet as pq
 import pytest
 from eth_account import Account
 
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.marketplace.client import ApiError, ResearcherClient, register_researcher
 from services.marketplace.grants import verify_document
-from tests.e2e.marketplace_fixtures import ADMIN_KEY, BUYER_KEYS, FEE_BPS, MEMBERS, Stack, cli, stack, wait_for
+from tests.e2e.marketplace_fixtures import (
+    ADMIN_KEY,
+    BUYER_KEYS,
+    FEE_BPS,
+    MEMBER_KEYS,
+    MEMBERS,
+    Stack,
+    cli,
+    member_wallet,
+    stack,
+    wait_for,
+)
 
 __all__ = ["stack"]
 
@@ -86,16 +98,24 @@ def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_
     assert out.exit_code == 0 and target.read_bytes() == path.read_bytes(), out.output
 
     settled = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10)
-    wait_for(lambda: httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10).json()["allocation"]
-             is not None, "settlement to allocate the payment")
-    alloc = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10).json()["allocation"]
-    assert settled.status_code == 200
+    assert settled.status_code == 401, "who was paid for an order is the operator's to see"
+    operator = {"Authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}  # the test stack's development token
+    wait_for(lambda: httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10, headers=operator).json()
+             ["allocation"] is not None, "settlement to allocate the payment")
+    alloc = httpx.get(f"{s.settlement.url}/orders/{order_id}", timeout=10, headers=operator).json()["allocation"]
     assert alloc["amount_units"] == 5_000_000 and alloc["fee_units"] == 5_000_000 * FEE_BPS // 10_000
     assert sorted(a.lower() for a in alloc["allocations"]) == sorted(m.lower() for m in MEMBERS)
 
-    seen = s.get(f"/members/{MEMBERS[0]}/orders").json()
+    member = member_wallet(s, MEMBER_KEYS[0])
+    seen = s.get(f"/members/{MEMBERS[0]}/orders", headers=member.read_headers()).json()
     assert [(o["order_id"], o["your_records"]) for o in seen] == [(order_id, 60)]
-    assert s.get(f"/members/0x{'0' * 40}/orders").json() == []
+    anonymous = s.get(f"/members/{MEMBERS[0]}/orders")
+    assert anonymous.status_code == 401 and "X-Member-Auth" in anonymous.json()["detail"]
+    stranger = member_wallet(s, MEMBER_KEYS[1])  # another member's own signature reads nothing of MEMBERS[0]'s
+    assert s.get(f"/members/{MEMBERS[0]}/orders", headers=stranger.read_headers()).status_code == 401
+    nobody = Account.create()
+    assert s.get(f"/members/{nobody.address}/orders",
+                 headers=member_wallet(s, nobody.key.hex()).read_headers()).json() == []
     receipt = client.receipt(order_id)
     assert verify_document(receipt, s.get("/grant-key").json()["public_key"])
     assert receipt["sha256"] == s.get("/catalog/health-survey/1").json()["sha256"]
@@ -279,6 +299,6 @@ def test_the_demo_chapter_buys_downloads_and_spends_the_budget(stack: Stack) -> 
     wait_for(lambda: any(v["dataset_id"] == "demo-survey" for v in s.get("/catalog").json()["versions"]),
              "the sample version listed")
     summary = researcher_buys(s.url, s.chain.url, BUYER_KEYS[1], Console(record=True), minter_key=ADMIN_KEY,
-                              dataset_id="demo-survey", member=MEMBERS[0])
+                              dataset_id="demo-survey", member=member_wallet(s, MEMBER_KEYS[0]))
     assert summary["rows"] == 120 and "left" in summary["refused"]
     assert {o["offer"] for o in summary["member_sales"]} == {"download", "query"}

@@ -153,7 +153,7 @@ def chapter_market(state: DemoState, console: Console) -> None:
         return current == {newest}
 
     _until(market_offers_only_the_newest, timeout_s=60)
-    member = state.dataset_members[1].address if len(state.dataset_members) > 1 else None
+    member = state.dataset_members[1] if len(state.dataset_members) > 1 else None
     researcher_buys(market_url, chain["url"], ANVIL_KEYS[9], console,
                     minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member)
 

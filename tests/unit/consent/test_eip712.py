@@ -77,6 +77,7 @@ def test_a_read_is_allowed_with_a_fresh_signature_by_the_member_alone() -> None:
         (other.address, header, 1_800_000_000, f"not by member {other.address}"),
         (member.address, header.replace("1800000000.", "1800000001."), 1_800_000_000, "not by member"),
         (member.address, "1800000000.0x1234", 1_800_000_000, "bad X-Member-Auth signature"),
+        (member.address, "9" * 5000 + ".0x12", 1_800_000_000, "<issuedAt>.<signature>"),  # no int() of it
     ]
     for who, header_value, now, said in refusals:
         with pytest.raises(eip712.ReadRefused, match=re.escape(said)):

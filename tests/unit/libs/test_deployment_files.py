@@ -42,7 +42,7 @@ def test_compose_file_parses_with_docker_compose_when_installed() -> None:
 
 
 SECRETS = ["DATACOOP_VAULT_KEK", "DATACOOP_VAULT_SERVICE_TOKEN", "DATACOOP_ANONYMIZER_OPERATOR_TOKEN",
-           "DATACOOP_SETTLEMENT_OPERATOR_TOKEN"]
+           "DATACOOP_ANONYMIZER_PSEUDONYM_KEY", "DATACOOP_SETTLEMENT_OPERATOR_TOKEN"]
 
 
 def test_compose_requires_every_secret_and_never_sets_dev_secrets() -> None:

@@ -38,3 +38,11 @@ def test_a_signing_key_is_made_once_then_loaded(tmp_path: Path) -> None:
     made = load_or_create_key(tmp_path / "k.pem")
     assert _mode(tmp_path / "k.pem") == 0o600
     assert public_key_b64(load_or_create_key(tmp_path / "k.pem")) == public_key_b64(made)
+
+
+def test_a_temporary_file_left_by_a_crash_does_not_block_the_next_start(tmp_path: Path) -> None:
+    """A crash between writing and linking leaves `.name.<random>.tmp`; the next process (in a container,
+    the same pid 1) must still make the key."""
+    (tmp_path / f".k.pem.{os.getpid()}.tmp").write_bytes(b"half")
+    made = load_or_create_key(tmp_path / "k.pem")
+    assert public_key_b64(load_or_create_key(tmp_path / "k.pem")) == public_key_b64(made)

@@ -104,6 +104,8 @@ def test_a_payment_for_a_version_superseded_before_it_arrived_is_refused() -> No
         cmd = domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1") if offer == "download" else spend(1)
         with pytest.raises(domain.OrderRefused, match="superseded"):
             domain.decide(cmd, after, T0)
+        again = domain.decide(domain.ConfirmPayment(OID, "p2", 1_000, TX), after, T0)  # a second payment
+        assert [e.reason for e in again] == ["version-superseded"], "not 'expired' for an order still open"
 
 
 def test_an_order_paid_before_its_version_was_superseded_keeps_its_access() -> None:

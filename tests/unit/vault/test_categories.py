@@ -125,8 +125,19 @@ def test_every_bad_csv_row_is_reported_at_once_structural_and_field_alike() -> N
     found = [(e.row, e.field) for e in refused.value.errors]
     assert found == [(1, "steps"), (2, "(whole row)"), (4, "(whole row)")], found
     assert "3 values, the header has 6 columns" in refused.value.errors[1].message
-    assert "not closed" in refused.value.errors[2].message
+    assert "never closed" in refused.value.errors[2].message
     assert "3 problem(s) in 3 row(s)" in refused.value.message
+    with pytest.raises(UploadRefused) as at_the_end:  # the last line's quote left open: not a good row
+        check_rows(SCHEMAS["fitness"], parse_upload(f'{header}\n2026-03-01,5,20,,,"walk\n', "csv"))
+    assert [(e.row, e.field) for e in at_the_end.value.errors] == [(1, "(whole row)")]
+    with pytest.raises(UploadRefused) as huge:  # a value past the reader's limit: reported, not a crash
+        check_rows(SCHEMAS["fitness"], parse_upload(f'{header}\n2026-03-01,"{"x" * 200_000}\n', "csv"))
+    assert huge.value.errors[0].field == "(whole row)"
+
+
+def test_a_quoted_value_may_hold_a_line_break() -> None:
+    rows = parse_upload('day,steps,workout\n2026-03-01,5,"walk\nthen run"\n', "csv")
+    assert rows == [{"day": "2026-03-01", "steps": "5", "workout": "walk\nthen run"}]
 
 
 @pytest.mark.parametrize(("header", "said"), [("day,steps,steps", "'steps' appears twice"),
