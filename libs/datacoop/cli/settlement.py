@@ -39,7 +39,21 @@ def _env_url(name: str) -> str | None:
 
 
 def settlement_url_default() -> str:
-    return _env_url("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement") or DEFAULT_SETTLEMENT_URL
+    url = _env_url("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement")
+    if url is None and _stack_without("settlement"):
+        from datacoop.cli.common import fail
+
+        fail("the running stack has no settlement service (`datacoop up --no-chain`, or --services without "
+             "it); start it with the chain, or pass --settlement-url / DATACOOP_SETTLEMENT_URL")
+    return url or DEFAULT_SETTLEMENT_URL
+
+
+def _stack_without(service: str) -> bool:
+    """A stack runs (var/run/stack.json) and `service` is not part of it."""
+    from datacoop.cli.stack import running_stack
+
+    data = running_stack()
+    return data is not None and service not in data.get("services", {})
 
 
 def rpc_url_default() -> str:

@@ -228,3 +228,15 @@ def test_up_says_what_it_leaves_out_and_refuses_what_cannot_run() -> None:
     refused = CliRunner().invoke(app, ["up", "--no-chain", "--services", "consent,marketplace"],
                                  env={"COLUMNS": "200"})
     assert refused.exit_code == 1 and "marketplace need(s) the chain" in refused.output, refused.output
+
+
+def test_settlement_commands_say_when_the_running_stack_has_no_settlement(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    from datacoop.cli import settlement as settlement_cli
+
+    monkeypatch.setattr(stack_mod, "running_stack", lambda: {"services": {"consent": {"url": "http://x"}}})
+    monkeypatch.delenv("DATACOOP_SETTLEMENT_URL", raising=False)
+    shown = CliRunner().invoke(app, ["epoch", "show"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 1 and "has no settlement service" in shown.output, shown.output
+    monkeypatch.setattr(stack_mod, "running_stack", lambda: None)
+    assert settlement_cli.settlement_url_default() == settlement_cli.DEFAULT_SETTLEMENT_URL
