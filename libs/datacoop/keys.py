@@ -1,12 +1,17 @@
-"""Ed25519 signing keys that a service keeps outside its projection (receipts, access grants)."""
+"""Ed25519 signing keys that a service keeps outside its projection (receipts, access grants), and the
+signed JSON documents they make: a `proof` over the document's canonical JSON (sorted keys, no spaces,
+UTF-8), checked against a key the checker trusts, never against the key the proof names."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -51,3 +56,34 @@ def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     """The raw 32-byte public key, base64 (what `/receipt-key` and `/grant-key` serve)."""
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return base64.b64encode(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """`document` with a `proof`: the Ed25519 signature of its canonical JSON and the signer's public key."""
+    return {**document, "proof": {"type": "Ed25519", "public_key": public_key_b64(key),
+                                  "signature": base64.b64encode(key.sign(canonical(document))).decode()}}
+
+
+def document_problem(document: dict[str, Any], trusted_public_key_b64: str, *, key_source: str) -> str | None:
+    """None when `document`'s proof verifies under `trusted_public_key_b64` (from `key_source`, e.g.
+    GET /receipt-key); else what is wrong. Anyone can sign a forged document with a key of their own
+    and name it in the proof: that key is never trusted alone."""
+    proof = document.get("proof")
+    if not isinstance(proof, dict) or "signature" not in proof or "public_key" not in proof:
+        return "it has no proof (expected proof.public_key and proof.signature)"
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
+    except (TypeError, ValueError):  # binascii.Error is a ValueError
+        return f"the public key given is not an Ed25519 public key (32 bytes, base64); copy it from {key_source}"
+    if proof["public_key"] != trusted_public_key_b64:
+        return "it was signed by a different key than the cooperative's"
+    body = {k: v for k, v in document.items() if k != "proof"}
+    try:
+        key.verify(base64.b64decode(proof["signature"]), canonical(body))
+    except (InvalidSignature, TypeError, ValueError):
+        return "the signature does not match: it was altered or signed by another key"
+    return None

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Header, Path, Request, status
+from fastapi import APIRouter, Path, Request, status
 from pydantic import BaseModel, Field
 
 from datacoop.events.types import HexSignature, WalletAddress
@@ -18,9 +18,7 @@ from services.consent.catalog import Catalog
 from services.consent.receipts import build_receipt, sign_receipt
 
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
-ReadAuth = Annotated[str | None, Header(alias=eip712.READ_HEADER, description=(
-    "<issuedAt>.<signature>: ReadMemberData(member, issuedAt) signed by the member's wallet, issuedAt within "
-    f"{eip712.READ_FRESHNESS_S} s"))]
+ReadAuth = eip712.ReadAuth
 
 
 class SignedBody(BaseModel):
@@ -91,10 +89,7 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
 
     def own(member: str, auth: str | None) -> domain.Member:
         """The member, to that member alone (a fresh ReadMemberData signature in READ_HEADER)."""
-        try:
-            eip712.check_read(domain_sep, eip712.to_checksum(member), auth)
-        except eip712.ReadRefused as exc:
-            raise Unauthorized(str(exc), slug="member-signature-required") from exc
+        eip712.require_read(domain_sep, member, auth)
         return existing(member)
 
     def existing(member: str) -> domain.Member:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
 import coincurve
 import httpx
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
+from fastapi import Header
 from sha3 import keccak_256  # safe-pysha3: C keccak, ~6x faster per call than pycryptodome's
 
 from datacoop.events.types import to_checksum as to_checksum  # one EIP-55, beside the WalletAddress type
 from datacoop.http import check
+from datacoop.kit.problems import Unauthorized
 
 
 def keccak(data: bytes) -> bytes:
@@ -189,3 +191,17 @@ def check_read(domain: Domain, member: str, header: str | None, now: float | Non
     if signer.lower() != member.lower():
         raise ReadRefused(f"{READ_HEADER} is signed by {signer}, not by member {member}: a member's data is "
                           "readable by that member only")
+
+
+ReadAuth = Annotated[str | None, Header(alias=READ_HEADER, description=(
+    f"<issuedAt>.<signature>: ReadMemberData(member, issuedAt) signed by the member's wallet, issuedAt within "
+    f"{READ_FRESHNESS_S} s"))]
+"""The route parameter of a read of a member's own data (consent, vault, marketplace)."""
+
+
+def require_read(domain: Domain, member: str, header: str | None) -> None:
+    """401 `member-signature-required` (saying how to sign) unless `header` is a fresh ReadMemberData by `member`."""
+    try:
+        check_read(domain, to_checksum(member), header)
+    except ReadRefused as exc:
+        raise Unauthorized(str(exc), slug="member-signature-required") from exc

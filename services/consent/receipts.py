@@ -6,15 +6,12 @@ The signature covers the canonical JSON (sorted keys, no spaces, UTF-8) of the r
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import datetime
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from datacoop.keys import load_or_create_key, public_key_b64
+from datacoop.keys import document_problem, load_or_create_key, public_key_b64, sign_document
 
 __all__ = ["ReceiptInvalid", "build_receipt", "load_or_create_key", "public_key_b64", "sign_receipt",
            "verify_receipt"]
@@ -28,10 +25,6 @@ CONTROLLER = {"name": "datacoop cooperative", "role": "controller",
 
 class ReceiptInvalid(ValueError):
     """The receipt is malformed, or its signature does not verify with the given key."""
-
-
-def canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -62,28 +55,12 @@ def build_receipt(member: Member, consent: Consent, catalog: Catalog, now: datet
 
 
 def sign_receipt(receipt: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    signature = key.sign(canonical(receipt))
-    return {**receipt, "proof": {"type": "Ed25519", "public_key": public_key_b64(key),
-                                 "signature": base64.b64encode(signature).decode()}}
+    return sign_document(receipt, key)
 
 
 def verify_receipt(document: dict[str, Any], trusted_public_key_b64: str) -> None:
     """Raise ReceiptInvalid unless the proof verifies with the cooperative's key, `trusted_public_key_b64`
-    (from GET /receipt-key, or pinned). The key written in the receipt's proof is never trusted on its
-    own: anyone can sign a forged receipt with a key of their own and name that key in it."""
-    proof = document.get("proof")
-    if not isinstance(proof, dict) or "signature" not in proof or "public_key" not in proof:
-        raise ReceiptInvalid("receipt has no proof (expected proof.public_key and proof.signature)")
-    try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
-    except ValueError as exc:  # binascii.Error is a ValueError
-        raise ReceiptInvalid("the public key given is not an Ed25519 public key (32 bytes, base64); copy it "
-                             "from GET /receipt-key") from exc
-    if proof["public_key"] != trusted_public_key_b64:
-        raise ReceiptInvalid("receipt was signed by a different key than the cooperative's")
-    body = {k: v for k, v in document.items() if k != "proof"}
-    try:
-        key.verify(base64.b64decode(proof["signature"]), canonical(body))
-    except (InvalidSignature, ValueError) as exc:
-        raise ReceiptInvalid("signature does not match the receipt: it was altered or signed by another key") \
-            from exc
+    (from GET /receipt-key, or pinned); the key written in the receipt's proof is never trusted alone."""
+    problem = document_problem(document, trusted_public_key_b64, key_source="GET /receipt-key")
+    if problem is not None:
+        raise ReceiptInvalid(problem)

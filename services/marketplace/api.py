@@ -302,16 +302,11 @@ def build_router(ctx: Any) -> APIRouter:
 
     # -- members and operators --------------------------------------------------------------
     @router.get("/members/{member}/orders", tags=["members"])
-    async def member_orders(member: MemberPath, auth: Annotated[str | None, Header(
-            alias=eip712.READ_HEADER, description="<issuedAt>.<signature>: ReadMemberData signed by the member")]
-            = None) -> list[dict[str, Any]]:
+    async def member_orders(member: MemberPath, auth: eip712.ReadAuth = None) -> list[dict[str, Any]]:
         """Paid orders of dataset versions that hold the member's records, with how many of them: to the
         member alone (a fresh ReadMemberData signature, as the consent service's reads), since it tells
         which datasets hold a wallet's records and how many rows (what links a pseudonym to a wallet)."""
-        try:
-            eip712.check_read(ctx.eip712_domain, eip712.to_checksum(member), auth)
-        except eip712.ReadRefused as exc:
-            raise Unauthorized(str(exc), slug="member-signature-required") from exc
+        eip712.require_read(ctx.eip712_domain, member, auth)
         return ctx.projection.member_orders(member)  # type: ignore[no-any-return]
 
     @router.get("/payments/unmatched", tags=["orders"])

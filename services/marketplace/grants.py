@@ -17,7 +17,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from datacoop.keys import public_key_b64
+from datacoop.keys import canonical, document_problem
+from datacoop.keys import sign_document as sign_document  # re-exported: the API signs order receipts with it
 
 
 class GrantRefused(Exception):
@@ -36,10 +37,6 @@ class Grant:
     def payload(self) -> dict[str, Any]:
         return {"grant_id": self.grant_id, "order_id": self.order_id, "researcher_id": self.researcher_id,
                 "dataset_id": self.dataset_id, "version": self.version, "expires_at": self.expires_at}
-
-
-def canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _b64(raw: bytes) -> str:
@@ -81,22 +78,7 @@ def verify_grant(token: str, key: Ed25519PublicKey, *, researcher_id: str, datas
     return grant
 
 
-def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    return {**document, "proof": {"type": "Ed25519", "public_key": public_key_b64(key),
-                                  "signature": base64.b64encode(key.sign(canonical(document))).decode()}}
-
-
 def verify_document(document: dict[str, Any], trusted_public_key_b64: str) -> bool:
     """Whether `document` (an order receipt) was signed by the marketplace's key, `trusted_public_key_b64`
-    (GET /grant-key, or pinned). The key named in the proof is never trusted alone: anyone can sign a
-    forged receipt with a key of their own and name it there."""
-    proof = document.get("proof") or {}
-    body = {k: v for k, v in document.items() if k != "proof"}
-    try:
-        if proof["public_key"] != trusted_public_key_b64:
-            return False
-        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
-        pub.verify(base64.b64decode(proof["signature"]), canonical(body))
-    except (InvalidSignature, KeyError, TypeError, ValueError):
-        return False
-    return True
+    (GET /grant-key, or pinned); the key named in the proof is never trusted alone."""
+    return document_problem(document, trusted_public_key_b64, key_source="GET /grant-key") is None

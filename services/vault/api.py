@@ -14,8 +14,7 @@ from services.consent import eip712
 from services.vault.categories import UploadRefused
 
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
-ReadAuth = Annotated[str | None, Header(alias=eip712.READ_HEADER,
-                                        description="<issuedAt>.<signature>: ReadMemberData signed by the member")]
+ReadAuth = eip712.ReadAuth
 
 
 class ContributeBody(BaseModel):
@@ -84,10 +83,7 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         """The member's uploads: category, schema version, how many records (no contents); to the member
         alone (a fresh ReadMemberData signature in the X-Member-Auth header)."""
         member = eip712.to_checksum(member)
-        try:
-            eip712.check_read(domain_sep, member, auth)
-        except eip712.ReadRefused as exc:
-            raise Unauthorized(str(exc), slug="member-signature-required") from exc
+        eip712.require_read(domain_sep, member, auth)
         state = svc.projection.get(member)
         if not state.registered:
             raise NotFound(f"member {member} is not registered with the vault; register with the consent service")

@@ -222,10 +222,9 @@ def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
 
 
 def _parse_csv(content: str) -> list[dict[str, Any]]:
-    lines = content.splitlines()
-    if not lines:
+    if not content.strip():
         return []
-    header = lines[0]
+    header = content.split("\n", 1)[0]  # the first line alone: not a list of every line of the upload
     delimiter = ";" if header.count(";") > header.count(",") else ","
     reader = csv.reader(io.StringIO(content), delimiter=delimiter, strict=True)
     try:

@@ -98,7 +98,8 @@ class KeyStore:
     def compact(self) -> None:
         """Rewrite the store into a fresh file holding only the live rows and replace the old file with it
         (atomically: a crash leaves the old file or the new one, never neither), so that no deleted
-        (shredded) key survives in the file's free blocks. Blocks the store for the copy, ~1 s a million keys."""
+        (shredded) key survives in the file's free blocks. Blocks the store while it copies (time grows
+        with the number of keys)."""
         if self.path == ":memory:":
             return
         fresh = f"{self.path}.compact"

@@ -119,7 +119,7 @@ def catalog(market_url: MarketUrl = None) -> None:
                       f"{v['rows']:,}", f"k {g['k']}, l {g['l_diversity']:g}, ε {g['epsilon']:g}", offers)
         names += [v["dataset_id"], v["purpose"]]
         offer_cells.append(offers)
-    keep_whole(table, {0: names, 3: ["k 5,"], 4: offer_cells})  # ids and prices whole, even in 80 columns
+    keep_whole(table, {0: names, 4: offer_cells})  # ids and prices whole, even in 80 columns
     console.print(table)
 
 
