@@ -3,8 +3,9 @@
 - A record is sealed with the member's data key, a fresh random 96-bit nonce and associated data
   `"<member>|<record_id>"`: a ciphertext moved to another member or record id fails to open.
 - A data key is stored only wrapped: AES-256-GCM under the KEK, associated data `"datakey|<member>"`.
-- `upload_tag` is HMAC-SHA256 of (member, content hash) under a key derived from the KEK: a replay
-  check that survives a rebuild without publishing a hash that would confirm a guessed upload.
+- `upload_tag` is HMAC-SHA256 of (member, content hash) under the upload-tag key, a secret kept wrapped
+  in the key store: a replay check that survives a rebuild (and a KEK rotation) without publishing a
+  hash that would confirm a guessed upload.
 Random nonces are safe here: a data key seals far fewer than 2^32 records.
 """
 
@@ -64,9 +65,26 @@ class Kek:
             raise KeyUnwrapFailed(f"the data key of {member} does not open under this KEK; "
                                   "is DATACOOP_VAULT_KEK the one the keys were wrapped with?") from exc
 
-    def upload_tag(self, member: str, content_hash: bytes) -> str:
-        tag_key = hashlib.sha256(b"datacoop-vault-upload-tag|" + self.key).digest()
-        return hmac.new(tag_key, member.lower().encode() + b"|" + content_hash, hashlib.sha256).hexdigest()
+    def seal_secret(self, name: str, secret: bytes) -> bytes:
+        """A vault secret other than a data key (the KEK check, the upload-tag key), wrapped like one."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + AESGCM(self.key).encrypt(nonce, secret, f"secret|{name}".encode())
+
+    def open_secret(self, name: str, wrapped: bytes) -> bytes:
+        try:
+            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"secret|{name}".encode())
+        except InvalidTag as exc:
+            raise KeyUnwrapFailed(f"the vault secret {name!r} does not open under this KEK") from exc
+
+
+def legacy_tag_key(kek: Kek) -> bytes:
+    """The upload-tag key of a key store made before the key lived in it: derived from the KEK it had then
+    (so the tags of its earlier uploads still match); see KeyStore."""
+    return hashlib.sha256(b"datacoop-vault-upload-tag|" + kek.key).digest()
+
+
+def upload_tag(tag_key: bytes, member: str, content_hash: bytes) -> str:
+    return hmac.new(tag_key, member.lower().encode() + b"|" + content_hash, hashlib.sha256).hexdigest()
 
 
 def new_data_key() -> bytes:

@@ -36,7 +36,7 @@ from services.vault import domain
 from services.vault.api import build_router
 from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
 from services.vault.crypto import Kek, RecordUnreadable, new_kek_b64, open_one, parse_kek, seal_many
-from services.vault.keystore import KeyShredded, KeyStore
+from services.vault.keystore import KekMismatch, KeyShredded, KeyStore
 from services.vault.projection import SCHEMA_SQL, VaultProjection
 from services.vault.settings import DEV_SERVICE_TOKEN, VaultSettings
 
@@ -81,7 +81,11 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.clock = clock
         self.schemas = load_schemas()
         self.kek = load_kek(settings)
-        self.keys = KeyStore(settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb", self.kek)
+        try:
+            self.keys = KeyStore(settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb", self.kek)
+        except KekMismatch as exc:
+            self.store.close()
+            raise SettingRefused(f"DATACOOP_VAULT_KEK: {exc}") from exc
         self.service_token = dev_default_warned(settings.vault_service_token, DEV_SERVICE_TOKEN,
                                                 "DATACOOP_VAULT_SERVICE_TOKEN", dev_secrets=settings.dev_secrets)
         self.freshness = timedelta(seconds=settings.vault_freshness_s)
@@ -108,7 +112,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         if schema is None:
             raise UploadRefused(f"unknown category {category!r}; categories: {', '.join(sorted(self.schemas))}")
         now = self.clock()
-        tag = self.kek.upload_tag(member, content_hash)
+        tag = self.keys.upload_tag(member, content_hash)
         probe = domain.ContributeRecords(member, signer, category, datetime.fromtimestamp(issued_at, UTC),
                                          new_event_id(), tag, schema.version, ())
         # Refuse before any work or key creation; `decide` checks again under the member's lock.

@@ -20,7 +20,7 @@ import pytest
 from infra.local import REPO_ROOT, Broker
 from services.consent import eip712
 from services.consent.client import ApiError
-from services.vault.client import VaultReader
+from services.vault.client import VaultClient, VaultReader
 from tests.e2e.conftest import ServiceProcess
 from tests.e2e.vault_fixtures import (  # noqa: F401  (fixtures)
     SERVICE_TOKEN,
@@ -293,3 +293,36 @@ def test_a_members_uploads_are_listed_to_that_member_alone(consent_svc: ServiceP
     assert other.status_code == 401 and f"not by member {joy.address}" in other.json()["detail"]
     assert reader.page(members=[])["records"] == [], "an empty member list asks for nobody's records"
     assert {r["member"] for r in reader.page(members=[joy.address])["records"]} == {joy.address}
+
+
+def test_rotating_the_kek_keeps_every_record_readable_under_the_new_kek_alone(
+        launch: Callable[..., ServiceProcess], vault_env: dict[str, str], consent_svc: ServiceProcess,
+        vault_svc: ServiceProcess, reader: VaultReader, tmp_path: Path) -> None:
+    _, lea = new_member(consent_svc, vault_svc)
+    lea.contribute("fitness", FITNESS_CSV, fmt="csv")
+    before = reader.page(limit=1_000)["records"]
+    new_kek = tmp_path / "secrets" / "new-kek"
+    cli = [sys.executable, "-c", "from datacoop.cli import main; main()", "vault", "rotate-kek",
+           "--new-kek-file", str(new_kek)]
+    cli_env = {"PATH": "/usr/bin:/bin", "DATACOOP_DATA_DIR": vault_env["DATACOOP_DATA_DIR"],
+               "DATACOOP_VAULT_KEK": vault_env["DATACOOP_VAULT_KEK"]}
+
+    busy = subprocess.run(cli, env=cli_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert busy.returncode == 1 and "stop the vault" in busy.stderr and "Traceback" not in busy.stderr
+    vault_svc.stop()
+    rotated = subprocess.run(cli, env=cli_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "generated a new KEK" in rotated.stdout and "re-wrapped 1 data key(s)" in rotated.stdout
+    assert new_kek.stat().st_mode & 0o777 == 0o600
+
+    old = subprocess.run([sys.executable, "-m", "services.vault.service"], env={**vault_env, "PATH": "/usr/bin:/bin"},
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert old.returncode == 2 and "DATACOOP_VAULT_KEK" in old.stderr and "does not open the key store" in old.stderr
+    assert "Traceback" not in old.stderr
+
+    vault = launch("vault", {**vault_env, "DATACOOP_VAULT_KEK": new_kek.read_text().strip()})
+    assert VaultReader(vault.url, SERVICE_TOKEN).page(limit=1_000)["records"] == before
+    again = VaultClient(lea.account.key.hex(), vault.url)
+    with pytest.raises(ApiError) as seen:  # the upload tag outlives the rotation: the same file is known
+        again.contribute("fitness", FITNESS_CSV, fmt="csv")
+    assert seen.value.status == 409

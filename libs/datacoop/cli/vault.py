@@ -1,4 +1,5 @@
-"""Vault commands: `datacoop contribute FILE --category C` (signed upload with a progress bar)."""
+"""Vault commands: `datacoop contribute FILE --category C` (signed upload with a progress bar), and the
+operator's `datacoop vault rotate-kek` (re-wrap every data key under a new key-encryption key)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import duckdb
 import httpx
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from pydantic import ValidationError
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
 from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.http import ApiError, check
+from datacoop.keys import write_secret
 from services.vault.client import VaultClient
 from services.vault.client import upload_format as format_of
+from services.vault.crypto import Kek, KeyUnwrapFailed, new_kek_b64, parse_kek
+from services.vault.keystore import KekMismatch, KeyStore
+from services.vault.settings import VaultSettings
+
+vault_app = typer.Typer(no_args_is_help=True, help="Operator commands of the vault, run where the vault runs "
+                                                   "(its environment), with the vault stopped.")
 
 _CHUNK_BYTES = 64 * 1024
 
@@ -87,6 +105,86 @@ def _upload(client: VaultClient, body: bytes) -> dict[str, Any]:
         return dict(check(resp))
 
 
+def _read_kek(path: Path, what: str) -> Kek:
+    try:
+        return Kek(parse_kek(path.read_text().strip()))
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the {what} KEK from {path} ({exc})")
+    except ValueError as exc:
+        fail(f"{path} does not hold a KEK: {exc}")
+
+
+def _new_kek(path: Path, current: Kek) -> Kek:
+    """The KEK in `path`, or a new one generated into it: on disk before the key store depends on it."""
+    if not path.exists():
+        try:
+            write_secret(path, (new_kek_b64() + "\n").encode())
+        except OSError as exc:
+            fail(f"cannot write the new KEK to {path} ({exc}); give a writable path")
+        console.print(f"generated a new KEK into {path} (readable by you alone)", soft_wrap=True)
+    new = _read_kek(path, "new")
+    if new.key == current.key:
+        fail(f"{path} holds the current KEK; give a new one (or a path that does not exist, to generate one)")
+    return new
+
+
+@vault_app.command("rotate-kek")
+def rotate_kek(
+    new_kek_file: Annotated[Path, typer.Option(
+        "--new-kek-file", help="file holding the new KEK (base64 of 32 bytes); if it does not exist, a new KEK is "
+                               "generated into it (mode 0600) first")],
+    kek_file: Annotated[Path | None, typer.Option(
+        "--kek-file", help="file holding the current KEK (default: DATACOOP_VAULT_KEK, as the vault has it)")] = None,
+    keys_file: Annotated[Path | None, typer.Option(
+        "--keys-file", help="the vault's key store (default: DATACOOP_VAULT_KEYS_FILE, else "
+                            "DATACOOP_DATA_DIR/vault-keys.duckdb)")] = None,
+) -> None:
+    """Re-wrap every member's data key under a new key-encryption key (KEK), with the vault stopped.
+
+    The key store is rewritten into a fresh file that replaces the old one whole. Afterwards the store
+    opens only with the new KEK: set DATACOOP_VAULT_KEK to it, start the vault, then destroy the old KEK,
+    which leaves the old file's remnants on disk and every backup taken before unreadable."""
+    try:
+        settings = VaultSettings()
+    except ValidationError as exc:
+        fail("bad vault settings in the environment: " + "; ".join(
+            f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()))
+    path = keys_file or settings.vault_keys_file or settings.data_dir / "vault-keys.duckdb"
+    if not path.is_file():
+        fail(f"no key store at {path}; give the vault's with --keys-file (its DATACOOP_VAULT_KEYS_FILE, or "
+             "vault-keys.duckdb in its DATACOOP_DATA_DIR)")
+    if kek_file is not None:
+        current = _read_kek(kek_file, "current")
+    elif settings.vault_kek:
+        try:
+            current = Kek(parse_kek(settings.vault_kek))
+        except ValueError as exc:
+            fail(f"DATACOOP_VAULT_KEK: {exc}")
+    else:
+        fail("no current KEK: set DATACOOP_VAULT_KEK as the vault has it, or give --kek-file FILE")
+    try:
+        store = KeyStore(path, current)
+    except KekMismatch as exc:
+        fail(str(exc))
+    except duckdb.IOException as exc:
+        fail(f"the key store {path} is in use ({str(exc).splitlines()[0]}); stop the vault, then run this again")
+    try:
+        new = _new_kek(new_kek_file, current)
+        with Progress(TextColumn("re-wrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("rotate", total=store.count())
+            count = store.rotate(new, progress=lambda done, total: progress.update(task, completed=done))
+    except KeyUnwrapFailed as exc:
+        fail(f"{exc}; nothing was changed: the store still opens with the current KEK")
+    finally:
+        store.close()
+    console.print(f"re-wrapped {count} data key(s) in {path} under the KEK in {new_kek_file}; the store now opens "
+                  "with that KEK alone. Next: set DATACOOP_VAULT_KEK to it and start the vault; then destroy the old "
+                  "KEK, and with it every backup of the key store taken before now (they open only with the old one)",
+                  soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     app.command("contribute")(contribute)
+    app.add_typer(vault_app, name="vault")

@@ -17,6 +17,7 @@ from services.vault.crypto import (
     open_one,
     parse_kek,
     seal_many,
+    upload_tag,
 )
 from services.vault.keystore import KeyShredded, KeyStore
 
@@ -56,12 +57,12 @@ def test_bad_kek_settings_are_refused_with_how_to_make_one() -> None:
         parse_kek("not base64 !!")
 
 
-def test_upload_tag_depends_on_member_content_and_kek() -> None:
-    kek = Kek(parse_kek(new_kek_b64()))
+def test_upload_tag_depends_on_member_content_and_tag_key() -> None:
+    tag_key, other = new_data_key(), new_data_key()
     h = b"\x01" * 32
-    assert kek.upload_tag(ALICE, h) == kek.upload_tag(ALICE.upper().replace("0X", "0x"), h)
-    assert len({kek.upload_tag(ALICE, h), kek.upload_tag(BOB, h), kek.upload_tag(ALICE, b"\x02" * 32),
-                Kek(parse_kek(new_kek_b64())).upload_tag(ALICE, h)}) == 4
+    assert upload_tag(tag_key, ALICE, h) == upload_tag(tag_key, ALICE.upper().replace("0X", "0x"), h)
+    assert len({upload_tag(tag_key, ALICE, h), upload_tag(tag_key, BOB, h), upload_tag(tag_key, ALICE, b"\x02" * 32),
+                upload_tag(other, ALICE, h)}) == 4
 
 
 def test_key_store_creates_once_and_shredding_is_forever(tmp_path: object) -> None:

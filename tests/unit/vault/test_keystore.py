@@ -1,0 +1,112 @@
+"""The key store under its KEK: a wrong KEK is refused when the store opens, and a rotation re-wraps every
+key under a new KEK so that the old one opens nothing of the store's new file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from services.vault.crypto import Kek, KeyUnwrapFailed, legacy_tag_key, new_kek_b64, parse_kek, upload_tag
+from services.vault.keystore import KekMismatch, KeyShredded, KeyStore
+
+MEMBERS = [f"0x{i:040x}" for i in range(1, 301)]
+DIGEST = b"\x07" * 32
+
+
+def _kek() -> Kek:
+    return Kek(parse_kek(new_kek_b64()))
+
+
+def _wrapped(store: KeyStore, member: str) -> bytes:
+    return bytes(store.conn.execute("SELECT wrapped FROM data_keys WHERE member = ?", [member]).fetchone()[0])
+
+
+def _holds(path: Path, blob: bytes) -> bool:
+    return any(blob in p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
+
+
+def test_a_store_opens_only_with_its_kek(tmp_path: Path) -> None:
+    path, kek = tmp_path / "keys.duckdb", _kek()
+    store = KeyStore(path, kek)
+    store.get_or_create(MEMBERS[0])
+    store.close()
+    with pytest.raises(KekMismatch, match="does not open the key store"):
+        KeyStore(path, _kek())
+    empty = tmp_path / "empty.duckdb"  # no data key yet: the check value alone tells
+    KeyStore(empty, kek).close()
+    with pytest.raises(KekMismatch):
+        KeyStore(empty, _kek())
+    assert KeyStore(path, kek).get(MEMBERS[0]) is not None
+
+
+def test_rotation_rewraps_every_key_and_the_old_kek_opens_nothing_after(tmp_path: Path) -> None:
+    path, old, new = tmp_path / "keys.duckdb", _kek(), _kek()
+    store = KeyStore(path, old)
+    keys = {m: store.get_or_create(m) for m in MEMBERS}
+    tag = store.upload_tag(MEMBERS[3], DIGEST)
+    store.shred(MEMBERS[5], datetime.now(UTC))
+    before = {m: _wrapped(store, m) for m in MEMBERS[:50] if m != MEMBERS[5]}
+    seen: list[tuple[int, int]] = []
+
+    assert store.rotate(new, progress=lambda done, total: seen.append((done, total))) == len(MEMBERS) - 1
+    assert seen[-1] == (len(MEMBERS) - 1, len(MEMBERS) - 1)
+    assert store.get(MEMBERS[0]) == keys[MEMBERS[0]], "the open store goes on with the new KEK"
+    store.close()
+    assert not any(_holds(path, w) for w in before.values()), "no key wrapped under the old KEK is left"
+    with pytest.raises(KekMismatch):
+        KeyStore(path, old)
+
+    reopened = KeyStore(path, new)
+    live = [m for m in MEMBERS if m != MEMBERS[5]]
+    assert {m: reopened.get(m) for m in live} == {m: keys[m] for m in live}
+    with pytest.raises(KeyShredded):
+        reopened.get(MEMBERS[5])
+    assert reopened.upload_tag(MEMBERS[3], DIGEST) == tag, "an upload seen before is still recognised"
+    assert not list(tmp_path.glob("*.rewrite*")), "no working copy left behind"
+    reopened.close()
+
+
+def test_a_key_that_does_not_open_stops_the_rotation_before_anything_changes(tmp_path: Path) -> None:
+    path, old = tmp_path / "keys.duckdb", _kek()
+    store = KeyStore(path, old)
+    for m in MEMBERS[:10]:
+        store.get_or_create(m)
+    store.conn.execute("UPDATE data_keys SET wrapped = ? WHERE member = ?", [b"\x00" * 60, MEMBERS[4]])
+    store._cache.clear()
+    with pytest.raises(KeyUnwrapFailed, match=MEMBERS[4]):
+        store.rotate(_kek())
+    assert store.kek is old and store.get(MEMBERS[0]) is not None
+    store.close()
+    assert KeyStore(path, old).count() == 10
+
+
+def test_the_new_kek_must_differ(tmp_path: Path) -> None:
+    kek = _kek()
+    store = KeyStore(tmp_path / "keys.duckdb", kek)
+    with pytest.raises(ValueError, match="current one"):
+        store.rotate(Kek(kek.key))
+    store.close()
+
+
+def test_a_store_made_before_the_kek_check_is_checked_and_keeps_its_upload_tags(tmp_path: Path) -> None:
+    """Key stores made by earlier versions hold no secrets: the first open checks the KEK against a data
+    key, and the tag key stays the one derived from the KEK then, so earlier uploads are still seen."""
+    path, kek = tmp_path / "keys.duckdb", _kek()
+    conn = duckdb.connect(str(path))
+    conn.execute("CREATE TABLE data_keys (member VARCHAR PRIMARY KEY, wrapped BLOB NOT NULL, "
+                 "created_at TIMESTAMPTZ NOT NULL)")
+    conn.execute("CREATE TABLE shredded (member VARCHAR PRIMARY KEY, shredded_at TIMESTAMPTZ NOT NULL)")
+    conn.execute("INSERT INTO data_keys VALUES (?, ?, ?)", [MEMBERS[0], kek.wrap(MEMBERS[0], b"k" * 32),
+                                                           datetime.now(UTC)])
+    conn.close()
+    with pytest.raises(KekMismatch):
+        KeyStore(path, _kek())
+    store = KeyStore(path, kek)
+    assert store.get(MEMBERS[0]) == b"k" * 32
+    assert store.upload_tag(MEMBERS[0], DIGEST) == upload_tag(legacy_tag_key(kek), MEMBERS[0], DIGEST)
+    store.rotate(_kek())
+    assert store.upload_tag(MEMBERS[0], DIGEST) == upload_tag(legacy_tag_key(kek), MEMBERS[0], DIGEST)
+    store.close()
