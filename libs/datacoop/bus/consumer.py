@@ -321,8 +321,12 @@ class ConsumerRunner:
             if fresh:
                 self.projection.apply(tx, fresh)
                 self.store.mark_applied(tx, [d.envelope.id for d in fresh])
-                own = [(d.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
-                       for d in fresh if d.topic in self.writes_topics]
+            # Every seq the log holds on a topic this service writes, duplicates' too: a reaction re-sent
+            # under its derived id after a lost ack lands again with the next seq, and a rebuild that
+            # forgot that seq would hand it out again.
+            own = [(d.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
+                   for d in candidates if d.topic in self.writes_topics]
+            if own:
                 self.store.save_subjects(tx, own)
             self.store.save_offsets(tx, self.consumer_name, offsets)
         for (topic, partition), offset in offsets.items():

@@ -133,6 +133,27 @@ async def test_after_a_lost_ack_the_next_seq_skips_past_the_one_that_may_have_la
     assert seqs == [1, 2, 3, 4, 5], "the log holds each seq once"
 
 
+async def test_a_rebuild_remembers_the_seq_of_a_resent_reaction_it_drops(broker: Broker, prefix: str) -> None:
+    """A reaction re-sent under its derived id after a lost ack lands twice, the second time with the next
+    seq. A projection rebuilt from the log drops that copy as a duplicate, yet must still count its seq:
+    the writer's next command on the subject takes the one after it."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        await writer.execute("acct", lambda: [AmountRecorded(amount_units=1)])
+        for _ in range(2):  # the same reaction twice: one id, seqs 2 and 3
+            await writer.execute("acct", lambda: [AmountRecorded(amount_units=7)], id_for=lambda _: "reaction-1")
+        rebuilt = ProjectionStore(":memory:", LEDGER_SQL)
+        await read_back(broker, pub, rebuilt, topic, "svc", writes_topics=frozenset([topic]))
+        assert rebuilt.conn.execute("SELECT total_units, events FROM totals").fetchone() == (8, 2)
+        assert rebuilt.last_seq(topic, "acct") == 3
+        again = Writer(store=rebuilt, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        again.warm()
+        nxt = await again.execute("acct", lambda: [AmountRecorded(amount_units=5)])
+    assert [d.envelope.seq for d in nxt] == [4], "seq 3 is in the log: it must not be used again"
+
+
 class _Boom(BaseException):
     """Not an Exception: the group commit's error handling does not catch it."""
 
