@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
@@ -43,6 +44,12 @@ def _envelope(event: Event, event_id: str, source: str, subject: str, seq: int, 
     return model(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
                  dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
                  causationid=causation_id, data=data)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a future's error as seen (asyncio logs 'never retrieved' for one nobody awaits)."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(slots=True)
@@ -150,7 +157,8 @@ class Writer:
             command = _InFlight(subject, asyncio.get_running_loop().create_future())
             # From here the subject is released when the events settle (applied or failed), not when
             # this task resumes or is cancelled. The ack queues them for the next group commit directly.
-            self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
+            acked = self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
+            acked.add_done_callback(_retrieved)  # the outcome reaches the caller through `then`
         except BaseException:
             self._release(subject)  # nothing is in flight
             raise

@@ -4,6 +4,12 @@ A cache of the log: delete the file and the vault rebuilds it from the members a
 Ciphertexts are kept here so the decrypt API needs no broker round-trip; they are useless without the
 key store. On KeysShredded a member's ciphertext rows are dropped (they can never be opened again),
 and a replay that meets RecordsContributed of an already shredded member stores nothing.
+
+An upload is all or nothing: its records are read (decrypted, listed, counted, matched as a repeat)
+only once every one of its chunk events is here. Until then they wait in `pending_records` (a batch
+boundary of a replay can split an upload; the writer applies a whole upload at once). A publish that
+failed part-way leaves the chunks that landed in the log: they wait there for good, never served, and
+the member's retry of the same file is a new upload.
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ CREATE TABLE IF NOT EXISTS records (
     record_id VARCHAR NOT NULL, member VARCHAR NOT NULL, category VARCHAR NOT NULL,
     upload_id VARCHAR NOT NULL, schema_version INTEGER NOT NULL, nonce VARCHAR NOT NULL,
     ciphertext VARCHAR NOT NULL);
+-- records of an upload not all of whose chunk events are here yet; moved to records once they are
+CREATE TABLE IF NOT EXISTS pending_records (
+    record_id VARCHAR NOT NULL, member VARCHAR NOT NULL, category VARCHAR NOT NULL,
+    upload_id VARCHAR NOT NULL, schema_version INTEGER NOT NULL, nonce VARCHAR NOT NULL,
+    ciphertext VARCHAR NOT NULL);
 """
 
 _MEMBER_EVENTS = (MemberRegistered, ErasureRequested, KeysShredded)
+# uploads all of whose chunk events are projected (a chunk's row is unique per (upload_id, chunk))
+_COMPLETE = "SELECT upload_id FROM uploads GROUP BY upload_id HAVING count(*) = any_value(chunks)"
+_RECORD_COLUMNS = "record_id, member, category, upload_id, schema_version, nonce, ciphertext"
 
 
 class VaultProjection:
@@ -67,7 +81,8 @@ class VaultProjection:
         if chunks:
             self._insert_chunks(tx, chunks)
         if shredded_now:
-            tx.execute("DELETE FROM records WHERE member IN (SELECT unnest(?::VARCHAR[]))", [shredded_now])
+            for table in ("records", "pending_records"):
+                tx.execute(f"DELETE FROM {table} WHERE member IN (SELECT unnest(?::VARCHAR[]))", [shredded_now])
 
     @staticmethod
     def _insert_chunks(tx: duckdb.DuckDBPyConnection, chunks: list[RecordsContributed]) -> None:
@@ -83,17 +98,24 @@ class VaultProjection:
         by_upload: dict[str, list[RecordsContributed]] = {}
         for ev in chunks:
             by_upload.setdefault(ev.upload_id, []).append(ev)
-        for upload in by_upload.values():
+        complete = {r[0] for r in tx.execute(
+            """SELECT upload_id FROM uploads WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))
+               GROUP BY upload_id HAVING count(*) = any_value(chunks)""", [list(by_upload)]).fetchall()}
+        for upload_id, upload in by_upload.items():
             first = upload[0]
             incoming = pa.table({field: pa.array([r[field] for ev in upload for r in ev.records], pa.string())
                                  for field in ("record_id", "nonce", "ciphertext")})
             tx.register("_incoming_records", incoming)
             try:
-                tx.execute("""INSERT INTO records SELECT record_id, ?, ?, ?, ?, nonce, ciphertext
-                              FROM _incoming_records""",
-                           [first.member, first.category, first.upload_id, first.schema_version])
+                tx.execute(f"""INSERT INTO {'records' if upload_id in complete else 'pending_records'}
+                               SELECT record_id, ?, ?, ?, ?, nonce, ciphertext FROM _incoming_records""",
+                           [first.member, first.category, upload_id, first.schema_version])
             finally:
                 tx.unregister("_incoming_records")
+            if upload_id in complete and len(upload) < first.chunks:  # its earlier chunks came in earlier batches
+                tx.execute(f"INSERT INTO records SELECT {_RECORD_COLUMNS} FROM pending_records WHERE upload_id = ?",
+                           [upload_id])
+                tx.execute("DELETE FROM pending_records WHERE upload_id = ?", [upload_id])
 
     @staticmethod
     def _load(conn: duckdb.DuckDBPyConnection, addresses: list[str]) -> dict[str, VaultMember]:
@@ -112,7 +134,8 @@ class VaultProjection:
         return {a: found.get(a) or VaultMember(a) for a in addresses}
 
     def tag_seen(self, member: str, upload_tag: str) -> str | None:
-        row = self.conn.execute("SELECT upload_id FROM uploads WHERE member = ? AND upload_tag = ? LIMIT 1",
+        row = self.conn.execute("""SELECT upload_id FROM uploads WHERE member = ? AND upload_tag = ?
+                                   GROUP BY upload_id HAVING count(*) = any_value(chunks) LIMIT 1""",
                                 [member, upload_tag]).fetchone()
         return str(row[0]) if row else None
 
@@ -146,12 +169,15 @@ class VaultProjection:
     def summary(self, member: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             """SELECT upload_id, category, schema_version, sum(records), min(contributed_at) FROM uploads
-               WHERE member = ? GROUP BY ALL ORDER BY 5""", [member]).fetchall()
+               WHERE member = ? GROUP BY ALL HAVING count(*) = any_value(chunks) ORDER BY 5""", [member]).fetchall()
         return [{"upload_id": r[0], "category": r[1], "schema_version": r[2], "records": int(r[3]),
                  "contributed_at": r[4]} for r in rows]
 
     def counts(self) -> dict[str, int]:
-        row = self.conn.execute("""SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM members WHERE shredded),
-                                          (SELECT count(DISTINCT upload_id) FROM uploads)""").fetchone()
+        row = self.conn.execute(f"""SELECT (SELECT count(*) FROM records),
+                                           (SELECT count(*) FROM members WHERE shredded),
+                                           (SELECT count(*) FROM ({_COMPLETE})),
+                                           (SELECT count(DISTINCT upload_id) FROM uploads)""").fetchone()
         assert row is not None
-        return {"records": int(row[0]), "members_shredded": int(row[1]), "uploads": int(row[2])}
+        return {"records": int(row[0]), "members_shredded": int(row[1]), "uploads": int(row[2]),
+                "uploads_incomplete": int(row[3]) - int(row[2])}

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -67,6 +68,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(problems.DomainError, problems.domain_error_handler)
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
+    app.add_exception_handler(KafkaError, problems.event_log_error_handler)
 
     app.add_middleware(CorrelationIds)
 

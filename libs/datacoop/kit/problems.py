@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -17,6 +18,7 @@ from datacoop.errors import DomainError, Refused
 __all__ = ["Conflict", "DomainError", "Forbidden", "NotFound", "NotReady", "Refused", "Unauthorized",
            "Unprocessable", "problem_response", "require_bearer"]
 
+log = logging.getLogger("datacoop.http")
 PROBLEM_BASE = "https://datacoop.example/problems/"
 
 
@@ -144,3 +146,14 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
     return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)
+
+
+async def event_log_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The broker did not confirm a write (unreachable, timed out, refused): 503, not a bare 500. The
+    events may have landed (an ack can be lost), so the caller is told to retry, not that nothing
+    happened: a command that did land is refused as a repeat, and a half-landed upload is never served."""
+    log.warning("%s %s: the event log did not confirm a write: %r", request.method, request.url.path, exc)
+    return problem_response(503, "event-log-unavailable", "event log unavailable",
+                            f"the event log (Kafka) did not confirm the write ({type(exc).__name__}: {exc}); it may "
+                            "or may not be recorded: retry shortly (a command that was recorded is refused as a "
+                            "repeat, e.g. 409)", request.url.path)

@@ -90,3 +90,28 @@ def test_a_chunk_read_twice_adds_no_upload_row() -> None:
     once = _apply([_log()])
     twice = _apply([_log(), again[:1]])
     assert twice["uploads"] == once["uploads"]
+
+
+def test_an_upload_is_served_only_once_all_its_chunks_are_here() -> None:
+    """A publish that failed part-way leaves some chunks in the log: they are projected but never read,
+    listed, counted or taken for the member's earlier upload of the same file."""
+    conn = duckdb.connect(":memory:")
+    conn.execute(SCHEMA_SQL)
+    projection = VaultProjection(conn)
+    chunks = _chunks(ALICE, "ua1", [3, 3, 2])
+    registered = MemberRegistered(member=ALICE, registered_at=NOW, nonce=0, signature=SIG)
+
+    def apply(events: list[Event], offset: int) -> None:
+        conn.execute("BEGIN TRANSACTION")
+        projection.apply(conn, _deliveries(events, offset))
+        conn.execute("COMMIT")
+
+    def served() -> tuple[object, ...]:
+        rows = projection.select(category=None, members=None, record_ids=None, after="", limit=100)
+        return (len(rows), [u["records"] for u in projection.summary(ALICE)], projection.tag_seen(ALICE, "ab" * 32),
+                projection.counts()["records"], projection.counts()["uploads_incomplete"])
+
+    apply([registered, *chunks[:2]], 0)
+    assert served() == (0, [], None, 0, 1)
+    apply(chunks[2:], 3)
+    assert served() == (8, [8], "ua1", 8, 0)
