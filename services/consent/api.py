@@ -95,6 +95,9 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
     def existing(member: str) -> domain.Member:
         m: domain.Member = ctx.projection.get(eip712.to_checksum(member))
         if not m.registered:
+            if not ctx.ready:  # after a start, the registration may be in the part of the log not read yet
+                raise NotReady(f"the consent service is still catching up with the event log and has not read "
+                               f"member {member}'s registration yet, if there is one; retry in a moment")
             raise NotFound(f"member {member} is not registered; register first: `datacoop member register` "
                            "(POST /members)")
         return m
@@ -163,6 +166,9 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         m = own(member, auth)
         consent = m.consents.get(consent_id)
         if consent is None:
+            if not ctx.ready:
+                raise NotReady(f"the consent service is still catching up with the event log and has not read "
+                               f"consent {consent_id} of {m.address} yet, if there is one; retry in a moment")
             raise NotFound(f"member {m.address} has no consent {consent_id}; list them with `datacoop consent "
                            f"list` (GET /members/{m.address}/consents)")
         return sign_receipt(build_receipt(m, consent, catalog, clock()), ctx.receipt_key)

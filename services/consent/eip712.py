@@ -177,7 +177,8 @@ def check_read(domain: Domain, member: str, header: str | None, now: float | Non
     if not header:
         raise ReadRefused(f"a member's data is readable by that member only: {how}")
     issued_text, _, signature = header.strip().partition(".")
-    if not issued_text.isdigit() or len(issued_text) > 12 or not signature:
+    # ASCII digits only: isdigit() alone takes "²" (a latin-1 byte of a header), which int() then refuses
+    if not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12 or not signature:
         raise ReadRefused(f"{READ_HEADER} must be <issuedAt>.<signature> (unix seconds, 0x-hex); {how}")
     issued = int(issued_text)
     now = time.time() if now is None else now

@@ -86,6 +86,9 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         eip712.require_read(domain_sep, member, auth)
         state = svc.projection.get(member)
         if not state.registered:
+            if not svc.ready:  # after a start, the registration may be in the part of the log not read yet
+                raise NotReady(f"the vault is still catching up with the event log and has not read member "
+                               f"{member}'s registration yet, if there is one; retry in a moment")
             raise NotFound(f"member {member} is not registered with the vault; register with the consent service")
         return {"member": state.address, "erased": state.erased, "keys_shredded": state.shredded,
                 "uploads": svc.projection.summary(state.address)}

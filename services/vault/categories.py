@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -26,7 +27,9 @@ CATEGORIES_DIR = Path(__file__).with_name("categories")
 MAX_REPORTED_ERRORS = 200
 
 UploadFormat = Literal["jsonl", "csv"]
-Checker = Callable[[Any], Any]  # returns the typed value or raises ValueError with what was expected
+# A checker returns the typed value or raises ValueError saying what was expected, and nothing else whatever
+# JSON value it is given (an object, a list, a boolean, an integer of thousands of digits, NaN, Infinity).
+Checker = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,17 +87,29 @@ def load_schemas(directory: Path = CATEGORIES_DIR) -> dict[str, CategorySchema]:
 
 
 # -- field checkers ---------------------------------------------------------------------------
+def _shown(value: Any) -> str:
+    """A value as a row error quotes it: a JSON object or list by its kind (its repr may be huge or nested
+    deeper than repr can walk), anything else as written, cut short past 60 characters."""
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
 def _range(value: float, rules: dict[str, Any]) -> None:
     lo, hi = rules.get("min"), rules.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{value} is outside {lo}..{hi}")
+        raise ValueError(f"{_shown(value)} is outside {lo}..{hi}")
 
 
 def _integer(rules: dict[str, Any]) -> Checker:
     lo, hi = rules.get("min"), rules.get("max")
 
     def check(value: Any) -> int:
-        if type(value) is str and value.isdigit():  # the common case of a CSV cell
+        # The common case of a CSV cell. ASCII only: isdigit() also takes "²", which int() refuses.
+        if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
             number = int(value)
             if (lo is None or number >= lo) and (hi is None or number <= hi):
                 return number
@@ -104,11 +119,11 @@ def _integer(rules: dict[str, Any]) -> Checker:
             try:
                 value = int(value.strip())
             except ValueError:
-                raise ValueError(f"expected an integer, got {value!r}") from None
+                raise ValueError(f"expected an integer, got {_shown(value)}") from None
         elif isinstance(value, float) and value.is_integer():
             value = int(value)
         elif not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
+            raise ValueError(f"expected an integer, got {_shown(value)}")
         _range(value, rules)
         return int(value)
     return check
@@ -121,9 +136,11 @@ def _number(rules: dict[str, Any]) -> Checker:
         try:
             number = float(value.strip()) if isinstance(value, str) else float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+            raise ValueError(f"expected a number, got {_shown(value)}") from None
+        except OverflowError:  # an integer past a float's range (about 1.8e308)
+            raise ValueError(f"expected a finite number, got {_shown(value)}") from None
         if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a finite number, got {value!r}")
+            raise ValueError(f"expected a finite number, got {_shown(value)}")
         _range(number, rules)
         return number
     return check
@@ -135,18 +152,18 @@ def _string(rules: dict[str, Any]) -> Checker:
     max_length = rules.get("max_length")
 
     def check(value: Any) -> str:
+        if not isinstance(value, str):  # first: `in allowed` hashes the value, and an object or list has none
+            raise ValueError(f"expected text, got {_shown(value)}")
         if allowed is not None and value in allowed and max_length is None and pattern is None:
             return str(value)  # the common case of a value set, without the work below
-        if not isinstance(value, str):
-            raise ValueError(f"expected text, got {value!r}")
         value = value.strip()
         if allowed is not None and value not in allowed:
             shown = ", ".join(sorted(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
-            raise ValueError(f"{value!r} is not one of {shown}")
+            raise ValueError(f"{_shown(value)} is not one of {shown}")
         if max_length is not None and len(value) > max_length:
             raise ValueError(f"text is {len(value)} characters, at most {max_length} allowed")
         if pattern is not None and not pattern.fullmatch(value):
-            raise ValueError(f"{value!r} does not match {pattern.pattern}")
+            raise ValueError(f"{_shown(value)} does not match {pattern.pattern}")
         return str(value)
     return check
 
@@ -161,7 +178,7 @@ def _date(rules: dict[str, Any]) -> Checker:
         except ValueError:
             day = None
         if day is None:
-            raise ValueError(f"expected a date YYYY-MM-DD, got {value!r}")
+            raise ValueError(f"expected a date YYYY-MM-DD, got {_shown(value)}")
         if (lo and day < lo) or (hi and day > hi):
             raise ValueError(f"{day} is outside {lo}..{hi}")
         return day.isoformat()
@@ -177,7 +194,7 @@ def _boolean(rules: dict[str, Any]) -> Checker:
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {_shown(value)}")
     return check
 
 
@@ -200,6 +217,39 @@ MALFORMED = "\x00malformed"
 """Key of the stand-in parse_upload puts where a row could not be read (its value says why): check_rows
 reports it with every other bad row, so one upload gets one whole report."""
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects read in a JSON line (a row is one flat object). json's C decoder
+recurses once a level, and importing eth_account (its py_ecc) lifts the recursion limit to 100,000: a line
+of 100,000 `[` would overflow the C stack and kill the process instead of raising RecursionError."""
+
+_JSON_STRUCTURE = re.compile(r'[\\"\[\]{}]')
+
+
+def _nested_too_deep(line: str) -> bool:
+    """Whether `line`'s arrays and objects nest deeper than MAX_JSON_DEPTH (brackets in strings not counted).
+    The count first, in C, leaves the scan to the rare line with that many brackets."""
+    if line.count("[") + line.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth, in_string, skip_to = 0, False, 0
+    for match in _JSON_STRUCTURE.finditer(line):
+        at, char = match.start(), match.group()
+        if at < skip_to:
+            continue
+        if in_string:
+            if char == "\\":
+                skip_to = at + 2  # the escaped character, a quote or a backslash, is not structure
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
+
 
 def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
     """Rows of a JSON-lines or CSV upload (CSV: header row; `,` or `;` separated, as the header shows). A
@@ -208,10 +258,18 @@ def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
     if fmt == "jsonl":
         rows: list[dict[str, Any]] = []
         for line in (ln for ln in content.splitlines() if ln.strip()):
+            if _nested_too_deep(line):
+                rows.append({MALFORMED: f"arrays or objects nested more than {MAX_JSON_DEPTH} deep; each line "
+                                        "must be one object of field: value"})
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 rows.append({MALFORMED: f"not JSON ({exc})"})
+                continue
+            except ValueError:  # json reads an integer literal with int(), which refuses one this long
+                rows.append({MALFORMED: f"holds an integer of over {sys.get_int_max_str_digits():,} digits, "
+                                        "which no field takes"})
                 continue
             rows.append(row if isinstance(row, dict) else
                         {MALFORMED: "not a JSON object; each line must be an object of field: value"})

@@ -53,8 +53,20 @@ class CorrelationIds:
             correlation_id.reset(token)
 
 
+RECURSION_LIMIT = 1000
+"""Python's own default. py_ecc (imported by eth_account) raises the interpreter's limit to 100,000 when it
+loads, and the standard JSON parser then runs out of C stack on a deeply nested request body (`[[[[…`)
+before it raises: the process dies (SIGSEGV) on one unauthenticated request. Every app puts it back."""
+
+
+def bound_recursion() -> None:
+    if sys.getrecursionlimit() > RECURSION_LIMIT:
+        sys.setrecursionlimit(RECURSION_LIMIT)
+
+
 def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title: str, version: str = "1",
                description: str = "") -> FastAPI:
+    bound_recursion()
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.start()

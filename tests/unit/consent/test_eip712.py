@@ -10,6 +10,7 @@ from eth_account.messages import _hash_eip191_message, encode_typed_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from datacoop.kit.problems import Unauthorized
 from services.consent import eip712
 
 DOMAINS = [eip712.Domain(chain_id=31337),
@@ -84,3 +85,16 @@ def test_a_read_is_allowed_with_a_fresh_signature_by_the_member_alone() -> None:
             eip712.check_read(domain, who, header_value, now=now)
     with pytest.raises(eip712.ReadRefused):  # signed for another domain (another deployment)
         eip712.check_read(DOMAINS[0], member.address, header, now=1_800_000_000)
+
+
+@pytest.mark.parametrize("issued_at", ["\u00b2", "1\u00b2", "\uff11\uff18", "\u0661\u0668"])
+def test_an_issued_at_of_digits_other_than_ascii_is_refused_as_unsigned(issued_at: str) -> None:
+    """'²' (the latin-1 byte 0xB2 of a header) is a digit to str.isdigit() and not to int(): a 401 saying how
+    to sign, not a 500. Full-width and Arabic-Indic digits, which int() reads, are not unix seconds either."""
+    member = Account.create()
+    header_value = f"{issued_at}.0x{'11' * 65}"
+    with pytest.raises(eip712.ReadRefused, match=re.escape("<issuedAt>.<signature>")):
+        eip712.check_read(DOMAINS[0], member.address, header_value, now=1_800_000_000)
+    with pytest.raises(Unauthorized) as refused:
+        eip712.require_read(DOMAINS[0], member.address, header_value)
+    assert (refused.value.status, refused.value.slug) == (401, "member-signature-required")

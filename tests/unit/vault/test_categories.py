@@ -6,10 +6,12 @@ import csv
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.anonymizer.definition import shared_dir
 from services.consent.catalog import load_catalog
-from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
+from services.vault.categories import MALFORMED, UploadRefused, check_rows, load_schemas, parse_upload
 from services.vault.client import sample_rows
 
 ADULT = shared_dir() / "data" / "adult" / "adult.csv"
@@ -154,3 +156,82 @@ def test_sample_rows_for_demos_are_valid(category: str) -> None:
     rows = sample_rows(category, 200, seed=3)
     assert len(check_rows(SCHEMAS[category], rows)) == 200
     assert rows == sample_rows(category, 200, seed=3)
+
+
+@pytest.mark.parametrize(("category", "line", "field", "said"), [
+    ("demographics", '{"age": 30, "sex": {"a": 1}}', "sex", "expected text, got a JSON object"),
+    ("fitness", '{"day": "2026-01-01", "steps": 5, "workout": ["run"]}', "workout", "expected text, got a JSON list"),
+    ("health", '{"measured_on": "2026-01-01", "icd10": {"code": "E11"}}', "icd10", "expected text"),
+    ("health", '{"measured_on": "2026-01-01", "weight_kg": ' + "9" * 400 + "}", "weight_kg",
+     "expected a finite number"),
+    ("health", '{"measured_on": "2026-01-01", "weight_kg": 1e400}', "weight_kg", "expected a finite number"),
+    ("health", '{"measured_on": "2026-01-01", "weight_kg": NaN}', "weight_kg", "expected a finite number"),
+    ("health", '{"measured_on": "2026-01-01", "heart_rate_bpm": Infinity}', "heart_rate_bpm",
+     "expected an integer"),
+    ("health", '{"measured_on": "2026-01-01", "heart_rate_bpm": 1e300}', "heart_rate_bpm", "is outside 20..250"),
+    ("health", '{"measured_on": ["2026-01-01"]}', "measured_on", "expected a date YYYY-MM-DD, got a JSON list"),
+    ("health", '{"measured_on": "2026-01-01", "smoker": {}}', "smoker", "expected true or false"),
+    ("fitness", '{"day": "2026-01-01", "steps": true}', "steps", "got a boolean"),
+])
+def test_a_json_value_of_the_wrong_kind_is_a_row_error(category: str, line: str, field: str, said: str) -> None:
+    """An object where text belongs (unhashable, so `in` an enum raised TypeError), an integer past a float's
+    range (OverflowError): each a row of the 422 report, never an error of the server."""
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS[category], parse_upload(line, "jsonl"))
+    messages = {e.field: e.message for e in refused.value.errors}
+    assert said in messages[field], messages
+    assert all(len(m) < 200 for m in messages.values()), messages  # a huge value is not echoed whole
+
+
+def test_a_json_line_that_python_cannot_read_is_a_malformed_row() -> None:
+    """json.loads raises a plain ValueError (not JSONDecodeError) for an integer literal over 4,300 digits, and
+    overflows the C stack on deep nesting (eth_account lifts the recursion limit; this test module imports it
+    through sample_rows): each such line is reported with the others, the upload refused whole."""
+    good = '{"day": "2026-03-01", "steps": 5}'
+    lines = [good, '{"day": "2026-03-01", "steps": ' + "1" * 5000 + "}", good, "[" * 100_000 + "]" * 100_000,
+             '{"day": "2026-03-01", "steps": -1}']
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["fitness"], parse_upload("\n".join(lines), "jsonl"))
+    found = [(e.row, e.field) for e in refused.value.errors]
+    assert found == [(2, "(whole row)"), (4, "(whole row)"), (5, "steps")], found
+    assert "over 4,300 digits" in refused.value.errors[0].message
+    assert "nested more than 64 deep" in refused.value.errors[1].message
+
+
+def test_brackets_in_text_are_not_nesting() -> None:
+    condition = '[{"\\' * 20  # brackets, quotes and backslashes inside one string value
+    line = json.dumps({"measured_on": "2026-01-01", "condition": condition})
+    assert check_rows(SCHEMAS["health"], parse_upload(line, "jsonl"))[0]["condition"] == condition
+    for depth, deep in ((63, False), (64, True)):  # inside the row's object: 64 levels, then 65
+        nested: object = "x"
+        for level in range(depth):
+            nested = [nested, '"[{\\'] if level % 2 else {"k]": nested, "v": "}{"}
+        rows = parse_upload(json.dumps({"day": "2026-01-01", "steps": 1, "workout": nested}), "jsonl")
+        assert (MALFORMED in rows[0]) is deep, rows[0]
+
+
+def test_a_csv_cell_of_digits_other_than_ascii_is_a_row_error() -> None:
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(SCHEMAS["fitness"], parse_upload(f"day,steps\n2026-01-01,\u00b2\n2026-01-02,{'1' * 5000}\n", "csv"))
+    messages = [(e.row, e.field, e.message) for e in refused.value.errors]
+    assert messages[0] == (1, "steps", "expected an integer, got '\u00b2'"), messages
+    assert messages[1][:2] == (2, "steps") and messages[1][2].startswith("expected an integer"), messages
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**4299, 10**4299) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(category=st.sampled_from(sorted(SCHEMAS)), data=st.data())
+def test_any_json_value_in_any_field_is_typed_or_a_row_error(category: str, data: st.DataObject) -> None:
+    schema = SCHEMAS[category]
+    row = dict(sample_rows(category, 1, seed=5)[0])
+    row[data.draw(st.sampled_from([f.name for f in schema.fields]))] = data.draw(JSON_VALUES)
+    for rows in ([row], parse_upload(json.dumps(row), "jsonl")):
+        try:
+            check_rows(schema, rows)
+        except UploadRefused as refused:
+            assert refused.errors
