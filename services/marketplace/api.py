@@ -307,6 +307,7 @@ def build_router(ctx: Any) -> APIRouter:
         member alone (a fresh ReadMemberData signature, as the consent service's reads), since it tells
         which datasets hold a wallet's records and how many rows (what links a pseudonym to a wallet)."""
         eip712.require_read(ctx.eip712_domain, member, auth)
+        ready()  # while catching up, a list of the orders read so far would look complete
         return ctx.projection.member_orders(member)  # type: ignore[no-any-return]
 
     @router.get("/payments/unmatched", tags=["orders"])

@@ -8,8 +8,9 @@ vault's own seal/open calls.
 A DELETE (even checkpointed) leaves the deleted row's bytes in the database file's free blocks, where
 the wrapped key could be read back and unwrapped with the KEK; so after shredding the vault calls
 `compact()`, which copies the live rows into a fresh file and puts it in place of the old one. A copy
-restored from a backup brings back keys shredded since: the vault shreds them again when it starts
-(`holding`, below), before it answers a decrypt request.
+restored from a backup brings back keys shredded since: the vault shreds them again on its first
+shredder pass once it has caught up (`holding`, below); until then the decrypt API already refuses those
+members, whom its projection knows as shredded.
 
 Rotating the KEK (`rotate`, run by `datacoop vault rotate-kek` while the vault is stopped) re-wraps
 every data key and the store's own secrets under a new KEK into a fresh file, put in place atomically.

@@ -118,9 +118,10 @@ class VaultService(ServiceRuntime[VaultProjection]):
         # Refuse before any work or key creation; `decide` checks again under the member's lock.
         domain.authorize(probe, self.projection.get(member), now=now, freshness=self.freshness,
                          tag_seen=self.projection.tag_seen(member, tag) is not None)
-        rows = check_rows(schema, parse_upload(content, fmt))  # type: ignore[arg-type]
-        if len(rows) > self.max_rows:
-            raise UploadRefused(f"upload has {len(rows)} rows, at most {self.max_rows} per upload; split the file")
+        parsed = parse_upload(content, fmt)  # type: ignore[arg-type]
+        if len(parsed) > self.max_rows:  # counted before the rows are checked: no work on a refused upload
+            raise UploadRefused(f"upload has {len(parsed)} rows, at most {self.max_rows} per upload; split the file")
+        rows = check_rows(schema, parsed)
         try:
             key = self.keys.get_or_create(member)
         except KeyShredded as exc:

@@ -26,4 +26,6 @@ class VaultSettings(ServiceSettings):
                                        description="EIP-712 verifyingContract (the same as the consent service's)")
     vault_freshness_s: float = Field(300.0, gt=0, description="how far a ContributeRecords issuedAt may be from now")
     vault_max_rows: int = Field(100_000, ge=1, le=999_999, description="most rows in one upload")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body taken (an upload's "
+                                                                       "JSON); a larger one is refused with 413")
     vault_shred_interval_s: float = Field(1.0, gt=0, description="how often erased members' keys are looked for")

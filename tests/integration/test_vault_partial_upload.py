@@ -86,3 +86,33 @@ async def test_a_half_published_upload_is_never_served_and_its_retry_is_stored_w
     finally:
         await http.aclose()
         await vault.stop()
+
+
+async def test_an_upload_over_the_row_limit_is_refused_before_its_rows_are_checked(
+        broker: Broker, prefix: str, tmp_path: Path) -> None:
+    settings = VaultSettings(bootstrap=broker.bootstrap, topic_prefix=f"{prefix}.", data_dir=tmp_path,
+                             vault_kek=new_kek_b64(), vault_service_token="t" * 32, dev_secrets=True, log_json=False,
+                             vault_max_rows=5)
+    app = build_app(settings)
+    vault: VaultService = app.state.runtime
+    await vault.start()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vault", timeout=60)
+    try:
+        account = Account.create()
+        async with Publisher(broker.bootstrap) as pub:
+            await pub.publish(qualified(f"{prefix}.", MEMBERS), Envelope(
+                source="datacoop/consent", type=MemberRegistered.type_name(), subject=account.address, seq=1,
+                data=MemberRegistered(member=account.address, registered_at=vault.clock(), nonce=0,
+                                      signature="0x" + "11" * 65).model_dump(mode="json")))
+        await _until(lambda: vault.projection.get(account.address).registered, "the vault to read the registration")
+        signer = VaultClient(account.key.hex(), "http://vault", domain=Domain(chain_id=settings.chain_id))
+        bad_rows = "".join(json.dumps({"nonsense": i}) + "\n" for i in range(6))  # every row would be reported
+        refused = await http.post(f"/members/{account.address}/records",
+                                  json=signer.contribute_body("health", bad_rows))
+        assert refused.status_code == 422 and "at most 5 per upload" in refused.json()["detail"], refused.text
+        fine = "".join(json.dumps(r) + "\n" for r in sample_rows("health", 5))
+        stored = await http.post(f"/members/{account.address}/records", json=signer.contribute_body("health", fine))
+        assert stored.status_code == 201 and stored.json()["records"] == 5, stored.text
+    finally:
+        await http.aclose()
+        await vault.stop()

@@ -53,6 +53,43 @@ class CorrelationIds:
             correlation_id.reset(token)
 
 
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with 413 before it is read whole: at once when its
+    Content-Length says so, else as soon as the bytes received pass the limit (a chunked upload). FastAPI
+    reads and parses a body before any route or signature check runs, holding several times its size in
+    memory, so without a bound anyone could make a service hold gigabytes with one unsigned request."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _detail(self) -> str:
+        return (f"the request body is over {self.limit:,} bytes, the most this service takes "
+                "(DATACOOP_MAX_BODY_BYTES); send less at once (e.g. split an upload into several files)")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = problems.problem_response(413, "too-large", "too large", self._detail(), scope.get("path", ""))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # FastAPI passes an HTTPException from the body's reading on as is
+                    raise StarletteHTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, bounded, send)
+
+
 RECURSION_LIMIT = 1000
 """Python's own default. py_ecc (imported by eth_account) raises the interpreter's limit to 100,000 when it
 loads, and the standard JSON parser then runs out of C stack on a deeply nested request body (`[[[[…`)
@@ -82,6 +119,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(KafkaError, problems.event_log_error_handler)
 
+    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(CorrelationIds)
 
     @app.get("/healthz", tags=["ops"])

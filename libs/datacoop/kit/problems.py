@@ -144,7 +144,7 @@ def _body_message(error: Any, fields: tuple[list[str], list[str]]) -> str:
 
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status_code, "http-error")
     return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)
 
 

@@ -14,7 +14,7 @@ from datacoop.bus.admin import ensure_topics, standard_topics
 from datacoop.bus.consumer import ConsumerRunner, Projection
 from datacoop.bus.publisher import Publisher
 from datacoop.command import Writer
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import ServiceSettings, SettingRefused
 from datacoop.store import ProjectionStore
 from datacoop.topics import qualified
 
@@ -33,6 +33,12 @@ class ServiceRuntime(Generic[P]):
 
     def __init__(self, name: str, settings: ServiceSettings, make_projection: Callable[[ProjectionStore], P], *,
                  reads: Iterable[str] = (), writes: str | None = None, schema_sql: str = "") -> None:
+        if writes and settings.group_id:
+            raise SettingRefused(
+                f"DATACOOP_GROUP_ID: the {name} service writes {writes} and decides each command on its projection, "
+                "which in consumer-group mode holds only the partitions assigned to this instance (a command for "
+                "another partition's subject would be decided on stale state); run it as one instance and unset "
+                "DATACOOP_GROUP_ID (group mode is for consumers that write nothing)")
         self.name = name
         self.settings = settings
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []

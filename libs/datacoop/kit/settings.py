@@ -41,6 +41,8 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     group_id: str | None = Field(None, description="consumer group for scale-out on Apache Kafka; "
                                                    "unset = assign all partitions (one instance)")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body taken; a larger "
+                                                                       "one is refused with 413 before it is read")
     log_level: str = "INFO"
     log_json: bool = True
     dev_secrets: bool = Field(False, description="accept the development defaults of secrets (shared tokens, "

@@ -127,3 +127,21 @@ def test_the_vault_tells_an_unknown_member_to_retry_while_it_catches_up(vault: F
     _caught_up(vault)
     caught_up = _get(vault, path, member)
     assert caught_up.status_code == 404 and "not registered with the vault" in caught_up.json()["detail"]
+
+
+def test_the_marketplace_does_not_answer_a_members_sales_while_it_catches_up(tmp_path: Path) -> None:
+    """A list of the orders read so far would look complete: 503 until the marketplace has caught up."""
+    from services.marketplace.service import build_app as build_marketplace
+    from services.marketplace.settings import MarketplaceSettings
+
+    app = build_marketplace(MarketplaceSettings(bootstrap="127.0.0.1:1", data_dir=tmp_path, dev_secrets=True,
+                                                log_json=False))
+    try:
+        member = Account.create()
+        path = f"/members/{member.address}/orders"
+        assert _get(app, path, member).json()["type"] == NOT_READY
+        _caught_up(app)
+        answer = _get(app, path, member)
+        assert answer.status_code == 200 and answer.json() == [], answer.text
+    finally:
+        _runtime(app).store.close()
