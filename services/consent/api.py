@@ -58,6 +58,10 @@ def consent_view(c: domain.Consent, now: datetime) -> dict[str, Any]:
             "history": [{"state": h.state, "at": h.at, "reason": h.reason} for h in c.history]}
 
 
+def _brief(c: domain.Consent) -> dict[str, Any]:
+    return {"consent_id": c.consent_id, "purpose": c.purpose, "categories": list(c.categories)}
+
+
 def member_view(m: domain.Member, now: datetime) -> dict[str, Any]:
     return {"member": m.address, "registered": m.registered, "registered_at": m.registered_at,
             "erased": m.erased_at is not None, "next_nonce": m.next_nonce,
@@ -140,7 +144,8 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
 
     @router.post("/members/{member}/consents", status_code=status.HTTP_201_CREATED)
     async def grant(member: MemberPath, body: GrantBody) -> dict[str, Any]:
-        """Grant consent for a purpose and data categories (GrantConsent signed by the member)."""
+        """Grant consent for a purpose and data categories (GrantConsent signed by the member). `overlaps` lists
+        the member's other active consents for the same purpose that name any of the same categories."""
         member = eip712.to_checksum(member)
         message = {"member": member, "consentId": body.consent_id, "purpose": body.purpose,
                    "categories": body.categories, "expiresAt": expires_unix(body.expires_at), "nonce": body.nonce}
@@ -148,16 +153,22 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         expires = datetime.fromtimestamp(cast(int, message["expiresAt"]), UTC) if body.expires_at else None
         await run(domain.GrantConsent(member, signer, body.nonce, body.signature, body.consent_id, body.purpose,
                                       tuple(body.categories), expires), member)
-        return consent_view(ctx.projection.get(member).consents[body.consent_id], clock())
+        m, now = ctx.projection.get(member), clock()
+        return {**consent_view(m.consents[body.consent_id], now),
+                "overlaps": [_brief(c) for c in domain.overlapping(m, body.consent_id, now)]}
 
     @router.post("/members/{member}/consents/{consent_id}/revoke")
     async def revoke(member: MemberPath, consent_id: str, body: SignedBody) -> dict[str, Any]:
-        """Withdraw a consent (RevokeConsent signed by the member). Only an active consent can be revoked."""
+        """Withdraw a consent (RevokeConsent signed by the member). Only an active consent can be revoked.
+        `still_covered_by` lists the member's other active consents for the same purpose that name any of the
+        same categories: while one is active, datasets of that purpose may still use those records."""
         member = eip712.to_checksum(member)
         message = {"member": member, "consentId": consent_id, "nonce": body.nonce}
         signer = signer_of("RevokeConsent", message, body.signature)
         await run(domain.RevokeConsent(member, signer, body.nonce, body.signature, consent_id), member)
-        return consent_view(ctx.projection.get(member).consents[consent_id], clock())
+        m, now = ctx.projection.get(member), clock()
+        return {**consent_view(m.consents[consent_id], now),
+                "still_covered_by": [_brief(c) for c in domain.overlapping(m, consent_id, now)]}
 
     @router.get("/members/{member}/consents/{consent_id}/receipt", tags=["receipts"])
     async def receipt(member: MemberPath, consent_id: str, auth: ReadAuth = None) -> dict[str, Any]:

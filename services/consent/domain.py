@@ -124,6 +124,17 @@ def _check_signed(state: Member, cmd: Signed, *, must_exist: bool = True) -> Non
         raise ConsentRefused("conflict", f"nonce {cmd.nonce} skips ahead; the next nonce is {state.next_nonce}")
 
 
+def overlapping(state: Member, consent_id: str, now: datetime) -> list[Consent]:
+    """The member's other consents in effect now for the same purpose that name any of the same categories:
+    after a revoke, what still lets datasets of that purpose use those records; after a grant, what it repeats."""
+    this = state.consents.get(consent_id)
+    if this is None:
+        return []
+    return [c for c in state.consents.values()
+            if c.consent_id != consent_id and c.purpose == this.purpose and effective_status(c, now) == "active"
+            and set(c.categories) & set(this.categories)]
+
+
 def decide(cmd: Command, state: Member, catalog: Catalog, now: datetime) -> list[Event]:
     """The events `cmd` causes in `state`, or ConsentRefused saying why not."""
     if isinstance(cmd, ExpireDue):

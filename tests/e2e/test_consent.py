@@ -162,3 +162,21 @@ def test_a_members_data_is_read_by_that_member_alone(consent: ServiceProcess) ->
         old = httpx.get(f"{consent.url}{path}", headers=stale)
         assert old.status_code == 401 and "sign a fresh one" in old.json()["detail"]
     assert hana.consents()[0]["purpose"] == "health-research"  # the client signs its reads
+
+
+def test_a_revoke_says_which_other_consents_still_cover_the_same_use(consent: ServiceProcess) -> None:
+    wallet = MemberWallet(Account.create().key.hex(), consent.url)
+    wallet.register()
+    first = wallet.grant("health-research", ["health", "fitness"])
+    assert first["overlaps"] == []
+    second = wallet.grant("health-research", ["fitness", "fitness"])
+    assert second["categories"] == ["fitness"]
+    assert second["overlaps"] == [{"consent_id": first["consent_id"], "purpose": "health-research",
+                                   "categories": ["fitness", "health"]}]
+    other = wallet.grant("public-statistics", ["fitness"])
+    assert other["overlaps"] == []
+    revoked = wallet.revoke(first["consent_id"])
+    assert revoked["state"] == "revoked"
+    assert revoked["still_covered_by"] == [{"consent_id": second["consent_id"], "purpose": "health-research",
+                                            "categories": ["fitness"]}]
+    assert wallet.revoke(second["consent_id"])["still_covered_by"] == []

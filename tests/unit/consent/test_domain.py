@@ -136,3 +136,14 @@ def test_a_grant_changes_only_the_nonce_and_the_consents_of_the_member() -> None
     assert dataclasses.replace(after, last_nonce=before.last_nonce, consents=before.consents) == before
     assert after.last_nonce == 2 and list(after.consents) == ["c1", "c2"]
     assert after.consents["c1"] is before.consents["c1"]
+
+
+def test_overlapping_consents_are_those_in_effect_for_the_same_purpose_and_a_shared_category() -> None:
+    later = NOW + timedelta(days=1)
+    state = given(REGISTERED, granted("c1", 1), granted("c2", 2), granted("c3", 3, expires=later),
+                  granted("c4", 4).model_copy(update={"purpose": "public-statistics"}),
+                  granted("c5", 5).model_copy(update={"categories": ["fitness"]}), granted("c6", 6),
+                  ConsentRevoked(member=ALICE, consent_id="c6", revoked_at=NOW, nonce=7, signature=SIG))
+    assert [c.consent_id for c in domain.overlapping(state, "c1", NOW)] == ["c2", "c3"]
+    assert [c.consent_id for c in domain.overlapping(state, "c1", later)] == ["c2"], "c3 has expired by then"
+    assert domain.overlapping(state, "c4", NOW) == [] and domain.overlapping(state, "nope", NOW) == []
