@@ -139,8 +139,10 @@ def build_router(svc: Any) -> APIRouter:
     async def build(dataset_id: DatasetPath, authorization: Annotated[str | None, Header()] = None,
                     force: bool = False) -> dict[str, Any]:
         """Build a new version now (operator); follow it at /datasets/{id}/builds/{build_id}. When the newest
-        version on offer was built from exactly the records eligible now, the build ends `unchanged` (with
-        that `version`) and publishes nothing, unless `force=true` (e.g. after changing the anonymizer's mode)."""
+        version on offer was built from exactly the records eligible now, or holds exactly the rows (Parquet
+        sha256) and contributor weights the build would publish, the build ends `unchanged` (with that
+        `version`) and publishes nothing, unless `force=true` (e.g. after changing the anonymizer's mode):
+        a forced build publishes even identical rows, superseding the version on offer, and says so."""
         operator(authorization)
         ready()
         existing(dataset_id)

@@ -153,6 +153,22 @@ def departed(contributors: Iterable[str], eligible: set[str]) -> set[str]:
     return set(contributors) - eligible
 
 
+def identical_on_offer(on_offer: Mapping[str, Any] | None, sha256: str, contributor_weights: Mapping[str, int],
+                       eligible: set[str]) -> int | None:
+    """The version on offer (`on_offer`: a published version as the projection lists it) when a build's output
+    is exactly it again, else None. Exactly: the same Parquet (`sha256`: the rows, pseudonyms and columns a
+    buyer downloads) and the same `contributor_weights` (settlement splits a sale by the version's weights, so
+    keeping it must pay the members the new version would), none of whom has left (a version holding a
+    member no longer eligible is never kept). Then publishing would put the same data on sale twice and
+    supersede the version on offer, whose unpaid orders could no longer be paid."""
+    if on_offer is None or on_offer.get("superseded"):
+        return None
+    weights = dict(on_offer.get("contributor_weights") or {})
+    if on_offer["sha256"] != sha256 or weights != dict(contributor_weights) or departed(weights, eligible):
+        return None
+    return int(on_offer["version"])
+
+
 def decide_successor(dataset_id: str, versions: Iterable[Mapping[str, Any]], successor: int) -> list[Event]:
     """Versions superseded without a successor (a member left and they went off sale at once, or the build
     after failed) get the version just published as theirs; reason and time stay those of the first event."""

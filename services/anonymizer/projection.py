@@ -138,8 +138,13 @@ class AnonymizerProjection:
             tx.execute("UPDATE builds SET stage = ?, done = ?, total = ? WHERE build_id = ? AND outcome IS NULL",
                        [ev.stage, ev.done, ev.total, ev.build_id])
         elif isinstance(ev, VersionBuildFinished):
-            tx.execute("""UPDATE builds SET outcome = ?, version = ?, detail = ?, finished_at = ?
-                          WHERE build_id = ?""", [ev.outcome, ev.version, ev.detail, ev.finished_at, ev.build_id])
+            # `published` naming a version another build published: its output was identical, it was kept
+            tx.execute("""UPDATE builds SET outcome = CASE WHEN ? = 'published' AND EXISTS (
+                              SELECT 1 FROM builds o WHERE o.dataset_id = ? AND o.version = ?
+                                AND o.outcome = 'published' AND o.build_id <> ?) THEN 'unchanged' ELSE ? END,
+                          version = ?, detail = ?, finished_at = ? WHERE build_id = ?""",
+                       [ev.outcome, ev.dataset_id, ev.version, ev.build_id, ev.outcome, ev.version, ev.detail,
+                        ev.finished_at, ev.build_id])
 
     # -- definitions ---------------------------------------------------------------------------
     def definition(self, dataset_id: str) -> DefinitionState | None:
@@ -208,13 +213,16 @@ class AnonymizerProjection:
                                 [build_id]).fetchone()
         return dict(zip(self._BUILD_COLUMNS, row, strict=True)) if row else None
 
-    def newest_live_inputs(self, dataset_id: str) -> tuple[int, str] | None:
-        """(version, inputs_sha256) of the newest version on offer and the inputs its build read."""
+    def newest_live_inputs(self, dataset_id: str) -> tuple[int, set[str]] | None:
+        """(version, inputs_sha256 of its builds) of the newest version on offer: the inputs the build that
+        published it read, and those of every later build whose output was identical (ended `unchanged`)."""
         row = self.conn.execute(
-            """SELECT v.version, b.inputs_sha256 FROM versions v
-               JOIN builds b ON b.dataset_id = v.dataset_id AND b.version = v.version AND b.outcome = 'published'
-               WHERE v.dataset_id = ? AND NOT v.superseded ORDER BY v.version DESC LIMIT 1""", [dataset_id]).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+            """SELECT v.version, list(DISTINCT b.inputs_sha256) FROM versions v
+               JOIN builds b ON b.dataset_id = v.dataset_id AND b.version = v.version
+                 AND b.outcome IN ('published', 'unchanged')
+               WHERE v.dataset_id = ? AND NOT v.superseded GROUP BY v.version ORDER BY v.version DESC LIMIT 1""",
+            [dataset_id]).fetchone()
+        return (int(row[0]), {str(f) for f in row[1]}) if row else None
 
     def last_finished_inputs(self, dataset_id: str) -> str | None:
         """The input fingerprint of the last finished build (published or failed)."""

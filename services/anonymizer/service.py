@@ -10,7 +10,11 @@ topic (definitions, builds, versions). One builder task runs builds one at a tim
   eligible record ids differ from those of the last build (fingerprint), so a restart or a replay
   builds nothing new by itself.
 Unless forced, a build whose fingerprint is that of the newest version on offer publishes nothing (it
-ends `unchanged`): the same rows are never on sale twice. A published version supersedes every older
+ends `unchanged`), and neither does one whose output is that version's (the same Parquet sha256 and the
+same contributor weights, none of them departed; new records can give the same rows): it ends
+`unchanged` after anonymizing, and its fingerprint joins that version's. The same rows are never on sale
+twice, and unpaid orders for the version on offer stay payable. A forced build publishes even identical
+output, and its detail says so. A published version supersedes every older
 one still on offer ("replaced by version N"): new sales use the newest. Its contributors are checked
 against eligibility once more in the same step as the append: a member who left during the build is
 dropped and the rows anonymized again without them, so no fresh version holds them.
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -99,6 +103,31 @@ class ContributorsLeft(Exception):
     def __init__(self, members: set[str]) -> None:
         super().__init__(f"{len(members)} member(s) left during the build")
         self.members = members
+
+
+class OfferChanged(Exception):
+    """The version a build's output was identical to is no longer the one on offer: publish after all."""
+
+
+@dataclass(frozen=True)
+class BuildEnded:
+    """How a build that anonymized ended: `published` (`version` is new) or `unchanged` (its output is
+    exactly `version`, on offer, which is kept); `detail` says why when there is more to say."""
+
+    version: int
+    outcome: Literal["published", "unchanged"]
+    detail: str = ""
+
+
+def unchanged_detail(version: int, sha256: str) -> str:
+    return (f"version {version} already holds exactly what this build would publish (the same rows, sha256 "
+            f"{sha256[:12]}…, and the same contributors); nothing published (build with force to publish it "
+            "again as a new version)")
+
+
+def forced_detail(same: int, version: int, sha256: str) -> str:
+    return (f"forced: the same rows and contributors as version {same} (sha256 {sha256[:12]}…) published again "
+            f"as version {version}, which supersedes it (unpaid orders for version {same} can no longer be paid)")
 
 
 def failure_detail(exc: BaseException) -> str:
@@ -359,8 +388,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         return done
 
     def unchanged_since(self, dataset_id: str, fingerprint: str | None = None) -> int | None:
-        """The newest version on offer when it was built from exactly the inputs eligible now (so a build
-        would publish the same rows again), else None."""
+        """The newest version on offer when it was built from exactly the inputs eligible now, or a build of
+        them gave exactly it (so a build would publish the same rows again), else None."""
         live = self.projection.newest_live_inputs(dataset_id)
         if live is None:
             return None
@@ -369,7 +398,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             if definition is None:
                 return None
             fingerprint = self._inputs(dataset_id, definition.definition_version, self.clock())[2]
-        return live[0] if live[1] == fingerprint else None
+        return live[0] if fingerprint in live[1] else None
 
     def _inputs(self, dataset_id: str, definition_version: int, now: datetime) -> tuple[list[str], int, str]:
         d = next(x for x in self.projection.definitions() if x["dataset_id"] == dataset_id)
@@ -405,8 +434,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             if same is not None:  # the same rows again would be a second version of the same data on sale
                 self._retry.discard(req.dataset_id)
                 live.update(stage="done", outcome="unchanged", version=same,
-                            detail=f"version {same} already holds exactly the records eligible now; nothing built "
-                                   "(build with force to publish it again, e.g. after changing the anonymizer's mode)")
+                            detail=f"version {same} already holds exactly the records eligible now (or what they "
+                                   "give: a build of them found the same rows); nothing built (build with force to "
+                                   "publish it again, e.g. after changing the anonymizer's mode)")
                 await self._finish(req, same, "", started=False)  # older versions still on offer: replaced by it
                 return
             await self._append(req.dataset_id, [VersionBuildStarted(
@@ -415,7 +445,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 records=records, started_at=started)])
             live.update(stage="decrypting", done=0, total=records, outcome=None, version=None)
             try:
-                version = await self._build_and_publish(req, resolved, members, records)
+                ended = await self._build_and_publish(req, resolved, members, records)
             except AppendFailed:
                 raise
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
@@ -429,15 +459,17 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 live.update(stage="failed", outcome="failed", version=None, detail=detail)
             else:
                 self._retry.discard(req.dataset_id)
-                live.update(stage="done", outcome="published", version=version, detail="")
+                live.update(stage="done", outcome=ended.outcome, version=ended.version, detail=ended.detail)
         finally:
             self.current = None
 
     async def _build_and_publish(self, req: BuildRequest, resolved: ResolvedDefinition, members: list[str],
-                                 records: int) -> int:
+                                 records: int) -> BuildEnded:
         """Decrypt once; anonymize, write and publish. Members who left meanwhile are dropped and the rest
         anonymized again: checked before the files are written and once more in the same step as the
-        append. Files of a version that ends unpublished are removed. The version published."""
+        append. Unless forced, output identical to the version on offer (`domain.identical_on_offer`) is
+        neither written nor published: the build ends `unchanged`, naming that version. Files of a version
+        that ends unpublished are removed."""
         d = resolved.definition
         if records == 0:
             raise NothingToBuild("no records of members with an active consent for "
@@ -452,23 +484,47 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 version, built = await self._anonymize(req, resolved, rows)
                 left = domain.departed(built.contributor_weights, self._eligible(req.dataset_id))
                 if not left:
-                    written = version
-                    published = await self._write(req, resolved, version, built)
+                    same = self._identical_on_offer(req.dataset_id, built)
                     try:
-                        await self._finish(req, version, "", published=published)
+                        if same is not None and not req.force:
+                            detail = unchanged_detail(same, built.sha256)
+                            with contextlib.suppress(OfferChanged):  # it went off sale meanwhile: publish
+                                await self._append_end(req, same, detail, kept=built)
+                                return BuildEnded(same, "unchanged", detail)
+                            same = None
+                        detail = "" if same is None else forced_detail(same, version, built.sha256)
+                        written = version
+                        published = await self._write(req, resolved, version, built)
+                        await self._append_end(req, version, detail, published=published)
                         written = None
-                        return version
+                        return BuildEnded(version, "published", detail)
                     except ContributorsLeft as again:
                         left = again.members
-                    except Exception as exc:  # the broker: the version may have landed, keep its files
+                    except AppendFailed:  # the version may have landed: keep its files
                         written = None
-                        raise AppendFailed(f"appending version {version} of {req.dataset_id} failed") from exc
+                        raise
                 log.info("build %s of %s: %d member(s) left during the build; anonymizing again without them",
                          req.build_id, req.dataset_id, len(left))
                 rows = [r for r in rows if r["member"] not in left]
         finally:
             if written is not None:
                 await asyncio.to_thread(self._discard, req.dataset_id, written)
+
+    async def _append_end(self, req: BuildRequest, version: int, detail: str, *,
+                          published: DatasetVersionPublished | None = None,
+                          kept: pipeline.BuiltVersion | None = None) -> None:
+        """`_finish` for a build that anonymized: ContributorsLeft and OfferChanged (nothing appended) pass,
+        any other failure is the broker's (AppendFailed: the builder goes on, the events may have landed)."""
+        try:
+            await self._finish(req, version, detail, published=published, kept=kept)
+        except (ContributorsLeft, OfferChanged):
+            raise
+        except Exception as exc:
+            raise AppendFailed(f"appending the end of build {req.build_id} of {req.dataset_id} failed") from exc
+
+    def _identical_on_offer(self, dataset_id: str, built: pipeline.BuiltVersion) -> int | None:
+        return domain.identical_on_offer(self.projection.newest_offered(dataset_id), built.sha256,
+                                         built.contributor_weights, self._eligible(dataset_id))
 
     def _eligible(self, dataset_id: str) -> set[str]:
         d = next((x for x in self.projection.definitions() if x["dataset_id"] == dataset_id), None)
@@ -484,21 +540,28 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             pipeline.parquet_path(Path(self.store_dir), dataset_id, version).unlink(missing_ok=True)
 
     async def _finish(self, req: BuildRequest, version: int | None, detail: str, started: bool = True,
-                      published: DatasetVersionPublished | None = None) -> None:
+                      published: DatasetVersionPublished | None = None,
+                      kept: pipeline.BuiltVersion | None = None) -> None:
         """One append: the new version (if any), the end of the build, and the versions it supersedes, so no
         reader sees the new version while an old one with a departed member is still on offer. Decided under
         the dataset's lock on the projection as it is then: ContributorsLeft (nothing appended) when a
-        contributor of `published` is no longer eligible."""
+        contributor of `published` or `kept` is no longer eligible. `kept`: the build's output is identical
+        to `version`, on offer, which stays (the build's end names it, with outcome `published`: the event
+        has no other word for it, the projection records `unchanged`); OfferChanged when it no longer is."""
 
         def decide() -> list[Event]:
             now = self.clock()
             definition = next((d for d in self.projection.definitions() if d["dataset_id"] == req.dataset_id), None)
             eligible = (self.projection.eligible_members(definition["purpose"], definition["categories"], now)
                         if definition is not None else set())
-            if published is not None:
-                left = domain.departed(published.contributor_weights, eligible)
+            built = published or kept
+            if built is not None:
+                left = domain.departed(built.contributor_weights, eligible)
                 if left:
                     raise ContributorsLeft(left)
+            if kept is not None and version != domain.identical_on_offer(
+                    self.projection.newest_offered(req.dataset_id), kept.sha256, kept.contributor_weights, eligible):
+                raise OfferChanged(f"version {version} of {req.dataset_id} is no longer on offer")
             events: list[Event] = [published] if published is not None else []
             if started:
                 events.append(VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,

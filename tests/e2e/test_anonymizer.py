@@ -233,3 +233,42 @@ def test_demo_chapter_builds_a_version_and_a_revocation_makes_the_next_one(
     assert found and int(found.group(1)) >= 3, text
     assert "information loss 1.0000" not in text, "16 people are enough for a version that tells something"
     assert "superseded" in text and "contributor(s), without them" in text
+
+
+def test_the_same_rows_uploaded_again_as_another_file_leave_the_version_on_offer(
+        consent_svc: ServiceProcess, vault_svc: ServiceProcess, launch: Callable[..., ServiceProcess],
+        anonymizer_env: Callable[[ServiceProcess], dict[str, str]]) -> None:
+    """The report: a new member uploads two rows of adult.csv (';' separated), then the same rows as a ','
+    separated file: new records, which give exactly the rows on offer. No second copy goes on sale, and the
+    version on offer (its unpaid orders) stays."""
+    from services.anonymizer.definition import shared_dir
+
+    anon = launch("anonymizer", anonymizer_env(vault_svc))
+    client = AnonymizerClient(anon.url, OPERATOR_TOKEN)
+    client.define(census_definition(max_rows_per_member=2))
+    _members(consent_svc, vault_svc, 10)
+    lines = (shared_dir() / "data" / "adult" / "adult.csv").read_text().splitlines()
+    semicolons = "\n".join([lines[0], *lines[4 * ROWS_EACH + 1:4 * ROWS_EACH + 3]]) + "\n"
+    newcomer, newcomer_vault = new_member(consent_svc, vault_svc)
+    newcomer.grant(PURPOSE, ["demographics"])
+
+    def ended_reading(records: int) -> dict[str, Any] | None:
+        done = [b for b in client.builds(DATASET) if b["records"] == records and b["outcome"] is not None]
+        return done[0] if done else None
+
+    newcomer_vault.contribute("demographics", semicolons, "csv")
+    wait_for(lambda: ended_reading(10 * ROWS_EACH + 2) is not None, "a build of her first upload", 60)
+    first = ended_reading(10 * ROWS_EACH + 2)
+    assert first is not None and first["outcome"] in ("published", "unchanged"), first
+    on_offer = _on_offer(client)
+    assert on_offer is not None and on_offer["version"] == first["version"]
+    versions = client.versions(DATASET)
+
+    newcomer_vault.contribute("demographics", semicolons.replace(";", ","), "csv")
+    wait_for(lambda: ended_reading(10 * ROWS_EACH + 4) is not None, "a build of her second upload", 60)
+    again = ended_reading(10 * ROWS_EACH + 4)
+    assert again is not None and (again["outcome"], again["version"]) == ("unchanged", on_offer["version"]), again
+    assert f"version {on_offer['version']} already holds exactly" in again["detail"]
+    assert client.versions(DATASET) == versions
+    assert client.build(DATASET)["version"] == on_offer["version"]  # the record ids now known: nothing built
+    assert client.versions(DATASET) == versions

@@ -27,8 +27,10 @@ from datacoop.events.envelope import Envelope
 from datacoop.events.members import ConsentGranted, ConsentRevoked
 from datacoop.events.records import RecordsContributed
 from datacoop.events.registry import Event
+from datacoop.store import ProjectionStore
 from services.anonymizer import build as pipeline
 from services.anonymizer.definition import shared_dir
+from services.anonymizer.projection import SCHEMA_SQL, AnonymizerProjection
 from services.anonymizer.service import AnonymizerService, BuildRequest
 from services.anonymizer.settings import AnonymizerSettings
 from tests.e2e.anonymizer_fixtures import DATASET, PURPOSE, census_definition
@@ -227,3 +229,122 @@ def test_members_who_leave_while_the_version_is_written_are_not_in_it(service, m
     else:
         assert finished.outcome == "failed" and not _published(service)
         assert not parquet.exists() and pipeline.read_aggregates(service.aggregates_db, DATASET, 1) is None
+
+
+# -- a build whose output is that of the version on offer publishes nothing ------------------------------
+
+NEWCOMER = f"0x{len(MEMBERS) + 1:040x}"
+
+
+def _contribute(svc: AnonymizerService, member: str, prefix: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (fields) as records of a new upload of `member`: new record ids, sorting after every earlier one
+    (the vault's ids begin with the upload's UUIDv7), applied to the projection; the records."""
+    records = [{"record_id": f"{prefix}-{j}", "member": member, "fields": fields} for j, fields in enumerate(rows)]
+    apply(svc, [_delivery(RecordsContributed(
+        member=member, category="demographics", upload_id=f"up-{prefix}", upload_tag="0" * 64, schema_version=1,
+        chunk=0, chunks=1, records=[{"record_id": r["record_id"], "nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "AAAA"}
+                                    for r in records], contributed_at=NOW), member)])
+    return records
+
+
+def _with_newcomer(svc: AnonymizerService) -> list[dict[str, Any]]:
+    """The report's member: consent, one upload of two rows, a version with her; then the same two rows as a
+    second upload (new record ids). The vault's records, as it serves them (by record id)."""
+    apply(svc, [_delivery(ConsentGranted(member=NEWCOMER, consent_id=f"c-{NEWCOMER}", purpose=PURPOSE,
+                                         categories=["demographics"], granted_at=NOW, expires_at=None,
+                                         catalog_version=1, nonce=1, signature=SIG), NEWCOMER)])
+    rows = [r["fields"] for r in adult_records()[:ROWS_EACH]]
+    records = adult_records() + _contribute(svc, NEWCOMER, "w-first", rows)
+    svc._decrypt = _vault(records)  # type: ignore[method-assign]
+    asyncio.run(svc.run_build(BuildRequest(DATASET, "on-demand")))
+    assert [v.version for v in _published(svc)] == [1] and NEWCOMER in _published(svc)[0].contributor_weights
+    records += _contribute(svc, NEWCOMER, "x-again", rows)
+    svc._decrypt = _vault(sorted(records, key=lambda r: r["record_id"]))  # type: ignore[method-assign]
+    return records
+
+
+def test_new_records_that_publish_the_same_rows_again_leave_the_version_on_offer(service) -> None:
+    _with_newcomer(service)
+    assert service.unchanged_since(DATASET) is None  # other record ids: the record-id check would build
+    req = BuildRequest(DATASET, "change")
+    asyncio.run(service.run_build(req))
+    assert [v.version for v in _published(service)] == [1]
+    v1 = service.projection.version(DATASET, 1)
+    assert v1 is not None and not v1["superseded"]
+    assert not [e for e in _events(service) if isinstance(e, DatasetVersionSuperseded)]
+    status = service.build_status(req.build_id)
+    assert status is not None and (status["outcome"], status["version"]) == ("unchanged", 1), status
+    assert "version 1 already holds" in status["detail"] and "force" in status["detail"]
+    assert service.live_progress[req.build_id]["outcome"] == "unchanged"
+    assert not pipeline.parquet_path(Path(service.store_dir), DATASET, 2).exists()
+    assert pipeline.read_aggregates(service.aggregates_db, DATASET, 2) is None
+    assert service.unchanged_since(DATASET) == 1  # these inputs are known to give version 1: no second decrypt
+
+
+def test_a_build_of_the_same_rows_again_ends_unchanged_on_the_topic_and_the_trigger_rests(service) -> None:
+    """The debounced trigger builds once for the new record ids; the build's end names the version kept (the
+    event knows only `published` and `failed`; the projection records `unchanged`), and nothing follows."""
+    _with_newcomer(service)
+    service.config.anonymizer_debounce_s = 0.0  # the new upload's records are quiet long enough
+    asyncio.run(service.builder_once())
+    finished = [e for e in _events(service) if isinstance(e, VersionBuildFinished)]
+    assert [(f.outcome, f.version) for f in finished] == [("published", 1), ("published", 1)]
+    assert finished[-1].detail.startswith("version 1 already holds exactly what this build would publish")
+    assert sorted((b["trigger"], b["outcome"], b["version"]) for b in service.projection.builds(DATASET)) == [
+        ("change", "unchanged", 1), ("on-demand", "published", 1)]
+    before = len(_events(service))
+    service._changed[DATASET] = 0.0
+    asyncio.run(service.builder_once())
+    assert len(_events(service)) == before  # the inputs now known to give version 1: nothing to build
+    store = ProjectionStore(":memory:", SCHEMA_SQL)
+    replayed = AnonymizerProjection(store.conn)
+    with store.transaction() as tx:
+        replayed.apply(tx, [_delivery(e, DATASET) for e in _events(service)])
+    assert sorted(b["outcome"] for b in replayed.builds(DATASET)) == ["published", "unchanged"]
+    assert replayed.newest_live_inputs(DATASET) == service.projection.newest_live_inputs(DATASET)
+
+
+def test_a_forced_build_publishes_the_same_rows_again_and_says_so(service) -> None:
+    _with_newcomer(service)
+    req = BuildRequest(DATASET, "on-demand", force=True)
+    asyncio.run(service.run_build(req))
+    v1, v2 = _published(service)
+    assert (v2.version, v2.sha256, v2.contributor_weights) == (2, v1.sha256, v1.contributor_weights)
+    finished = [e for e in _events(service) if isinstance(e, VersionBuildFinished)][-1]
+    assert (finished.outcome, finished.version) == ("published", 2)
+    assert "forced: the same rows and contributors as version 1" in finished.detail
+    assert "unpaid orders for version 1 can no longer be paid" in finished.detail
+    status = service.build_status(req.build_id)
+    assert status is not None and (status["outcome"], status["detail"]) == ("published", finished.detail)
+    old = service.projection.version(DATASET, 1)
+    assert old is not None and old["superseded"] and old["superseded_by"] == 2
+
+
+@pytest.mark.parametrize("when", ["while decrypting", "before the append"])
+def test_a_member_who_leaves_is_never_kept_on_offer_by_an_identical_build(service, monkeypatch, when) -> None:
+    """The newcomer's second upload would give version 1 again, but she revokes during the build: her rows
+    go, the output is no longer version 1's, and version 1 (holding her) leaves the offer, replaced."""
+    records = _with_newcomer(service)
+    if when == "while decrypting":
+        async def revoke() -> None:
+            _revoke(service, NEWCOMER)
+
+        service._decrypt = _vault(sorted(records, key=lambda r: r["record_id"]), revoke)  # type: ignore[method-assign]
+    else:
+        identical_on_offer = service._identical_on_offer
+
+        def then_she_leaves(dataset_id: str, built: pipeline.BuiltVersion) -> int | None:
+            same = identical_on_offer(dataset_id, built)
+            if NEWCOMER in service._eligible(DATASET):
+                assert same == 1
+                _revoke(service, NEWCOMER)  # after the check, before the append: the lock's check sees it
+            return same
+
+        monkeypatch.setattr(service, "_identical_on_offer", then_she_leaves)
+    asyncio.run(service.run_build(BuildRequest(DATASET, "change")))
+    v1, v2 = _published(service)
+    assert NEWCOMER not in v2.contributor_weights and v2.sha256 != v1.sha256
+    assert _pseudonym(service, NEWCOMER) not in _pseudonyms_in(service, v2)
+    old = service.projection.version(DATASET, 1)
+    assert old is not None and old["superseded"] and old["superseded_by"] == 2
+    assert "consent ended" in old["superseded_reason"]

@@ -117,3 +117,21 @@ def test_a_published_version_replaces_every_older_one_still_on_offer() -> None:
     assert [(e.version, e.superseded_by) for e in events] == [(1, 4), (2, 4), (3, 4)]
     assert "consent ended" in events[0].reason and "replaced by version 4" in events[1].reason
     assert domain.decide_supersede("census-stats", {5: ["0xc"]}, set(), NOW, superseded_by=4) == []
+
+
+_ON_OFFER = {"version": 4, "sha256": "e1" * 32, "contributor_weights": {"0xa": 2, "0xb": 1}, "superseded": False}
+
+
+@pytest.mark.parametrize(("on_offer", "sha256", "weights", "eligible", "kept"), [
+    (_ON_OFFER, "e1" * 32, {"0xb": 1, "0xa": 2}, {"0xa", "0xb", "0xc"}, 4),
+    (_ON_OFFER, "f2" * 32, {"0xa": 2, "0xb": 1}, {"0xa", "0xb"}, None),  # other rows: a new version
+    (_ON_OFFER, "e1" * 32, {"0xa": 1, "0xb": 2}, {"0xa", "0xb"}, None),  # a sale would pay others: publish
+    (_ON_OFFER, "e1" * 32, {"0xa": 2, "0xb": 1, "0xc": 0}, {"0xa", "0xb", "0xc"}, None),
+    (_ON_OFFER, "e1" * 32, {"0xa": 2, "0xb": 1}, {"0xb"}, None),  # 0xa left: never kept on offer
+    ({**_ON_OFFER, "superseded": True}, "e1" * 32, {"0xa": 2, "0xb": 1}, {"0xa", "0xb"}, None),
+    (None, "e1" * 32, {"0xa": 2, "0xb": 1}, {"0xa", "0xb"}, None),
+])
+def test_a_build_identical_to_the_version_on_offer_keeps_it(on_offer, sha256, weights, eligible, kept) -> None:
+    """Identical is what a buyer gets and what a sale pays: the Parquet's sha256 and the contributor weights,
+    of a version still on offer whose contributors are all still eligible."""
+    assert domain.identical_on_offer(on_offer, sha256, weights, eligible) == kept
