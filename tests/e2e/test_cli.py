@@ -136,3 +136,27 @@ def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> No
 
     checked = datacoop("schemas", "check")
     assert checked.returncode == 0 and "up to date" in checked.stdout
+
+
+def test_consent_grant_and_revoke_say_which_other_consents_cover_the_same_use(
+        launch: Callable[..., ServiceProcess], service_env: dict[str, str], tmp_path: Path) -> None:
+    consent = launch("consent", service_env)
+    env = {"DATACOOP_CONSENT_URL": consent.url}
+    key = tmp_path / "me.key"
+    assert datacoop("wallet", "new", "--out", str(key), env=env).returncode == 0
+    assert datacoop("member", "register", "--key-file", str(key), env=env).returncode == 0
+    first = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,health",
+                     "--key-file", str(key), env=env)
+    assert first.returncode == 0, first.stderr
+    assert "health-research on health (active)" in first.stdout, "as the service answered: deduplicated"
+    assert "note" not in first.stdout
+    first_id = first.stdout.split()[1]
+    second = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness",
+                      "--key-file", str(key), env=env)
+    assert second.returncode == 0, second.stderr
+    assert "note" in second.stdout and f"{first_id} (health)" in second.stdout, second.stdout
+    second_id = second.stdout.split()[1]
+    revoked = datacoop("consent", "revoke", second_id, "--key-file", str(key), env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"consent {second_id} is now revoked" in revoked.stdout
+    assert f"`datacoop consent revoke {first_id} --key-file {key}`" in revoked.stdout, revoked.stdout

@@ -5,21 +5,58 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from datacoop.cli import stack as stack_mod
 from datacoop.cli.common import fail
 from infra.local import InfraError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+err = Console(stderr=True)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The root command: a usage error (an unknown option, a missing or out-of-range value) is one red line
+    like every other error, saying where the command's options are listed; its exit code stays click's 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # the help, printed already
+                sys.exit(exc.exit_code)
+            message = exc.format_message().rstrip(".")
+            err.print(f"[red]error:[/red] {escape(message[:1].lower() + message[1:])}; see "
+                      f"`{escape(_command_path(getattr(exc, 'ctx', None)))} --help`", highlight=False,
+                      soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("[red]error:[/red] aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _command_path(ctx: Any) -> str:
+    """`datacoop` and the (sub)command names of a click context, however the program was started."""
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["datacoop", *names])
+
+
+app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="datacoop: members own their data and are paid on-chain when researchers use it.")
 console = Console()
-err = Console(stderr=True)
 __all__ = ["app", "fail", "main"]
 
 
@@ -83,6 +120,9 @@ def up(
     unknown = sorted(set(only) - set(known))
     if unknown:
         fail(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known) or '(none yet)'}")
+    if exit_after_demo and not demo:
+        fail("--exit-after-demo stops the stack once the demo scenario has played, and without --demo none plays; "
+             "add --demo (`datacoop up --demo --exit-after-demo`), or drop --exit-after-demo")
     notes = _left_out(only, chain, workers)
     stopping = False
 
@@ -97,6 +137,8 @@ def up(
         fail(str(exc))
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    failure: str | None = None  # why the stack stopped on its own
+    finished = False  # stopped as asked: Ctrl-C, SIGTERM, or the demo played with --exit-after-demo
     try:
         with console.status("waiting for every service to catch up with the log ..."):
             stack_mod.wait_ready(stk)
@@ -114,24 +156,46 @@ def up(
         if demo:
             from datacoop.cli.demo import run_demo
 
-            run_demo(stk.describe(), console)
-        if exit_after_demo:
-            return
-        _what_next(stk)
-        console.print("[bold]running[/bold]; Ctrl-C stops everything")
-        while not stopping:
-            time.sleep(0.2)
-            dead = [n for n, s in stk.services.items() if s.proc.poll() is not None]
-            if dead:
-                err.print(f"[red]service(s) {', '.join(dead)} exited[/red]; see var/run/logs/")
-                break
+            try:
+                run_demo(stk.describe(), console)
+            except Exception:
+                failure = _died(stk)
+                if failure is None:  # the demo's own failure: main() says it in one line
+                    raise
+        if failure is None and not exit_after_demo:
+            _what_next(stk)
+            console.print("[bold]running[/bold]; Ctrl-C stops everything")
+            while not stopping and failure is None:
+                time.sleep(0.2)
+                failure = _died(stk)
+        finished = failure is None
     except InfraError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        failure = str(exc)
     finally:
         with console.status("stopping ..."):
             stk.stop()
-        console.print("stopped cleanly")
+        if finished:
+            console.print("stopped cleanly")
+    if failure is not None:
+        fail(failure)
+
+
+def _died(stk: stack_mod.Stack) -> str | None:
+    """What to say when a service of the stack has exited on its own: which, how, where its log is."""
+    dead = [s for s in stk.services.values() if s.proc.poll() is not None]
+    if not dead:
+        return None
+    said = "; ".join(f"service {s.entry.name} {_how(s.proc.returncode)} (its log: {s.log_path})" for s in dead)
+    return f"{said}; the rest of the stack was stopped: see the log, then `datacoop up` again"
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 @app.command()

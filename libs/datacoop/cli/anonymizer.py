@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, keep_whole, operator_token, service_url
+from datacoop.cli.common import console, fail, operator_token, print_table, service_url
 from services.anonymizer.client import AnonymizerClient, ApiError
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
@@ -47,8 +47,7 @@ def list_datasets(anonymizer_url: UrlOption = None) -> None:
         v = d["newest_version"]
         table.add_row(d["dataset_id"], d["purpose"], ", ".join(d["categories"]), str(v["version"]) if v else "-",
                       _guarantees(v) if v else "no version yet")
-    keep_whole(table, {0: [d["dataset_id"] for d in catalog]})
-    console.print(table)
+    print_table(table, whole=(0,))
 
 
 @dataset_app.command("show")
@@ -57,10 +56,13 @@ def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
          anonymizer_url: UrlOption = None) -> None:
     """A dataset's definition (without --version) and its versions: location, sha256, contributors and
     what each guarantees."""
+    if version is not None and version < 1:
+        fail(f"--version {version} is no version: versions are numbered from 1 (`datacoop dataset show {dataset_id}` "
+             "lists them)")
     client = _client(anonymizer_url)
     try:
-        defined = None if version else client.definition(dataset_id)
-        versions = [client.version(dataset_id, version)] if version else client.versions(dataset_id)
+        defined = None if version is not None else client.definition(dataset_id)
+        versions = [client.version(dataset_id, version)] if version is not None else client.versions(dataset_id)
     except ApiError as exc:
         fail(_problem(exc))
     except httpx.HTTPError as exc:
@@ -105,8 +107,9 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
         build_id = client.request_build(dataset_id, force)["build_id"]
         status = _follow(client, dataset_id, build_id, timeout_s)
         if status.get("outcome") == "unchanged":
-            console.print(str(status.get("detail") or "nothing built: the newest version already holds the "
-                                                        "records eligible now"), highlight=False, markup=False)
+            console.print(f"nothing built: version {status.get('version')} of {dataset_id} already holds exactly the "
+                          f"records eligible now; `datacoop dataset build {dataset_id} --force` publishes them again "
+                          "(e.g. after changing the anonymizer's mode)", highlight=False, markup=False)
             return
         if status.get("outcome") != "published":
             fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")

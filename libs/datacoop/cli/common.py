@@ -13,9 +13,11 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.segment import Segment
+from rich.table import Column, Table
+from rich.text import Text
 
-from datacoop.cli.stack import running_stack
+from datacoop.cli import stack as stack_mod
 from datacoop.http import ApiError
 
 T = TypeVar("T")
@@ -48,7 +50,7 @@ def operator_token(given: str | None, setting: str) -> str:
     from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 
     token = given or os.environ.get(setting)
-    if not token and running_stack() is not None:
+    if not token and stack_mod.running_stack() is not None:
         token = DEV_OPERATOR_TOKEN
     if not token:
         fail(f"no operator token: pass --token or set {setting} (a stack started with `datacoop up` uses "
@@ -92,33 +94,105 @@ def service_url(name: str, given: str | None) -> str:
     env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
     if env:
         return checked_url(env, f"DATACOOP_{name.upper()}_URL")
-    services = (running_stack() or {}).get("services", {})
-    if name in services:
-        return str(services[name]["url"])
+    stack = stack_mod.running_stack()
+    if stack is not None:
+        services = stack.get("services") or {}
+        if name in services:
+            return str(services[name]["url"])
+        fail(without_service(name, stack))
     fail(f"no URL for the {name} service: pass {option}, set DATACOOP_{name.upper()}_URL, "
          "or start the stack with `datacoop up`")
 
 
+def without_service(name: str, stack: dict[str, Any]) -> str:
+    """What to tell a user whose running stack (`stack`, var/run/stack.json) lacks the service `name`: why it
+    is not there, and how to reach one anyway. Starting the stack is no advice: one runs."""
+    option = _URL_OPTION.get(name, f"--{name}-url")
+    running = stack.get("services") or {}
+    chosen = not all(s.name in running for s in stack_mod.SERVICES if not s.needs_chain)  # up --services a,b
+    if any(s.name == name and s.needs_chain for s in stack_mod.SERVICES) and not stack.get("chain"):
+        why = "it needs the chain, which `datacoop up --no-chain` leaves out"
+        again = "without --no-chain" + (f" and with {name} in --services" if chosen else "")
+    else:
+        why, again = "`datacoop up --services` left it out", f"with {name} in --services, or without --services"
+    return (f"the running stack has no {name} service ({why}); stop the stack (Ctrl-C where `datacoop up` runs) "
+            f"and start it again {again}; or pass {option} / set DATACOOP_{name.upper()}_URL")
+
+
 def read_key(key_file: Path | None) -> str:
-    """A hex private key from --key-file, else DATACOOP_KEY."""
+    """A hex private key from --key-file, else DATACOOP_KEY; a failure naming the file (or variable) at fault."""
     if key_file is None:
-        raw = os.environ.get("DATACOOP_KEY", "")
+        raw = os.environ.get("DATACOOP_KEY", "").strip()
         if not raw:
             fail("no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set DATACOOP_KEY")
+        where = "DATACOOP_KEY"
     else:
         if not key_file.exists():
             fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`")
-        raw = key_file.read_text().strip()
+        raw = read_text_file(key_file, "key file", "the file `datacoop wallet new` wrote").strip()
+        where = f"key file {key_file}"
     if not _HEX_KEY.match(raw):
-        fail("the wallet key must be 32 bytes of hex (64 hex digits, optional 0x)")
+        fail(f"{where} does not hold a wallet key: 32 bytes of hex (64 hex digits, optional 0x), as "
+             "`datacoop wallet new --out FILE` writes")
     return raw if raw.startswith("0x") else "0x" + raw
 
 
-def keep_whole(table: Table, columns: dict[int, list[str]]) -> None:
-    """Never cut or wrap the values of `columns` (index -> the values shown): ids a user copies into the
-    next command, prices. Other columns wrap to fit a narrow terminal (or a pipe, 80 columns)."""
-    for index, values in columns.items():
-        column = table.columns[index]
-        words = [word for value in [*values, str(column.header)] for word in value.split()]
-        column.min_width = max((len(word) for word in words), default=0)
+def read_text_file(path: Path, what: str, expected: str) -> str:
+    """The text of `path`, or a failure naming it as `what` (e.g. "key file") and saying to pass `expected`."""
+    if path.is_dir():
+        fail(f"{what} {path} is a folder; pass {expected}")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        fail(f"{what} {path} is not text; pass {expected}")
+    except OSError as exc:
+        fail(f"cannot read {what} {path}: {exc.strerror}; pass {expected}")
+
+
+def print_table(table: Table, whole: tuple[int, ...] = (), out: Console | None = None) -> None:
+    """Print `table` with every value whole: a cell too long for its column folds onto more lines, never
+    cut with an ellipsis, and no column is dropped. In a pipe or a file (no terminal) the table is as wide
+    as its values, each row on one line. On a terminal, within its width, the cells of the columns in
+    `whole` (ids a user copies into the next command, prices; the first most important) stay on one line
+    as long as every other column keeps a few characters; past that they fold too."""
+    out = out or console
+    for column in table.columns:
         column.overflow = "fold"
+    if not out.is_terminal:
+        Console(file=out.file, width=_UNBOUNDED_WIDTH, color_system=None).print(table)
+        return
+    longest = [_longest_word(column) for column in table.columns]
+    for keep in [whole[:n] for n in range(len(whole), -1, -1)]:
+        for index, column in enumerate(table.columns):
+            column.no_wrap = index in keep
+            column.min_width = None if index in keep else min(longest[index], _NARROWEST)
+        if _fits(out, table, keep):
+            break
+    else:  # a very narrow terminal: rich shares out what there is
+        for column in table.columns:
+            column.min_width = None
+    out.print(table)
+
+
+_UNBOUNDED_WIDTH = 100_000  # wider than any table: in a pipe each row stays on one line
+_NARROWEST = 6  # a column squeezed narrower than this (unless its words are shorter) is hard to read
+
+
+def _plain(cell: object) -> str:
+    return Text.from_markup(cell).plain if isinstance(cell, str) else str(cell)
+
+
+def _longest_word(column: Column) -> int:
+    words = [word for cell in [column.header, *column.cells] for word in _plain(cell).split()]
+    return max((len(word) for word in words), default=0)
+
+
+def _fits(out: Console, table: Table, keep: tuple[int, ...]) -> bool:
+    """The table renders within the terminal's width (a column's min_width can push it past, and the
+    console would crop the columns on the right), with each cell of the columns in `keep` on one line."""
+    lines = Segment.split_lines(out.render(table, out.options))
+    rendered = [Segment.get_line_length(line) <= out.width and "".join(s.text for s in line) for line in lines]
+    if not all(rendered):
+        return False
+    return all(any(_plain(cell) in line for line in rendered if isinstance(line, str))
+               for index in keep for cell in table.columns[index].cells if "\n" not in _plain(cell))

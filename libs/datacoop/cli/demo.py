@@ -20,7 +20,7 @@ from rich.table import Table
 from web3 import Web3
 
 from datacoop.cli.anonymizer import chapter_datasets
-from datacoop.cli.common import operator_token
+from datacoop.cli.common import operator_token, print_table
 from datacoop.http import ApiError, check
 from services.consent.client import MemberWallet
 from services.consent.receipts import verify_receipt
@@ -133,7 +133,7 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
         counts = {s: sum(1 for c in view["consents"] if c["state"] == s) for s in ("active", "revoked", "expired")}
         table.add_row(wallet.address, str(counts["active"]), str(counts["revoked"]), str(counts["expired"]),
                       "yes" if view["erased"] else "")
-    console.print(table)
+    print_table(table, whole=(0,), out=console)  # whole addresses, in a pipe too
 
 
 def chapter_market(state: DemoState, console: Console) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich.markup import escape
 
 from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.cli.market import ApiKeyFile, _api_key
@@ -121,14 +122,18 @@ def results(
         fail(f"--plot-out {plot_out} is a folder; name the file to write, e.g. --plot-out {plot_out / 'plot.png'}")
     client = _researcher(jobs_url, api_key_file)
     answer = _call(client.result, job_id)
-    if plot_out is not None:
-        if not answer["has_plot"]:
-            fail(f"job {job_id}'s analysis draws no plot")
+    if plot_out is not None and answer["has_plot"]:
         png = _call(client.plot, job_id)
-        plot_out.parent.mkdir(parents=True, exist_ok=True)
-        plot_out.write_bytes(png)
+        try:
+            plot_out.parent.mkdir(parents=True, exist_ok=True)
+            plot_out.write_bytes(png)
+        except OSError as exc:
+            fail(f"cannot write the plot to --plot-out {plot_out}: {exc.strerror}; give a path you can write to")
     console.print_json(json.dumps({"job_id": job_id, "verified_signer": answer["provider"],
                                    "workers": answer["workers"], "result": answer["result"]}))
+    if plot_out is not None and not answer["has_plot"]:  # the result is what was asked for; say what is missing
+        console.print(f"[yellow]note[/yellow]: job {job_id}'s analysis draws no plot (histogram, pca and kmeans "
+                      f"do); nothing was written to {escape(str(plot_out))}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

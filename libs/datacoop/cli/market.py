@@ -27,7 +27,16 @@ from rich import box
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from datacoop.cli.common import call_service, console, fail, keep_whole, read_key, service_url, wallet_address
+from datacoop.cli.common import (
+    call_service,
+    console,
+    fail,
+    print_table,
+    read_key,
+    read_text_file,
+    service_url,
+    wallet_address,
+)
 from datacoop.cli.stack import RESEARCHER_KEY_FILE
 
 T = TypeVar("T")
@@ -39,19 +48,36 @@ MarketUrl = Annotated[str | None, typer.Option("--market-url", help="marketplace
 ApiKeyFile = Annotated[Path | None, typer.Option("--api-key-file", help="file holding your API key")]
 
 
+# POST /researchers mints "dcr_" + secrets.token_urlsafe(32) (services/marketplace/api.py: 43 characters after
+# the prefix; the jobs service's stand-in marketplace for tests mints 32): the prefix is what tells a key
+_API_KEY = re.compile(r"^dcr_[A-Za-z0-9_-]{16,128}$")
+_REGISTER = "`datacoop researcher register --name N` prints one and saves it"
+
+
 def _api_key(path: Path | None) -> str:
+    """The researcher's API key from --api-key-file, DATACOOP_API_KEY or the one `researcher register` saved,
+    checked here: anything else (a wallet's private key, say) is refused before it is sent anywhere."""
     if path is not None:
         if not path.exists():
-            fail(f"API key file {path} does not exist; register with `datacoop researcher register`")
-        return path.read_text().strip()
-    env = os.environ.get("DATACOOP_API_KEY")
+            fail(f"API key file {path} does not exist; {_REGISTER}")
+        return _checked_api_key(read_text_file(path, "API key file", "the file holding your API key").strip(),
+                                f"--api-key-file {path}")
+    env = os.environ.get("DATACOOP_API_KEY", "").strip()
     if env:
-        return env.strip()
+        return _checked_api_key(env, "DATACOOP_API_KEY")
     if RESEARCHER_KEY_FILE.exists():  # `datacoop up` removes it: a new stack has never seen the key
-        return RESEARCHER_KEY_FILE.read_text().strip()
+        return _checked_api_key(read_text_file(RESEARCHER_KEY_FILE, "API key file", "the file holding your API key")
+                                .strip(), str(RESEARCHER_KEY_FILE))
     fail("no API key: register with `datacoop researcher register --name N` (a key from an earlier "
          "`datacoop up` is gone with that stack), or pass --api-key-file / set "
          "DATACOOP_API_KEY")
+
+
+def _checked_api_key(key: str, where: str) -> str:
+    if not _API_KEY.match(key):
+        fail(f"{where} does not hold a researcher API key (dcr_ then letters, digits, - or _); nothing was sent. "
+             f"Pass the file of your API key ({_REGISTER})")
+    return key
 
 
 def _client(market_url: str | None, api_key_file: Path | None) -> Any:
@@ -90,15 +116,22 @@ def register_cmd(
             fail("no paying wallet: pass --wallet 0x… (the address that pays), or --key-file FILE / "
                  "DATACOOP_KEY to take it from your key")
         wallet = wallet_address(Account.from_key(read_key(key_file)).address, "wallet")
+    if save.is_dir():
+        fail(f"--save {save} is a folder; name the file to keep the API key in, e.g. --save {save / 'api.key'}")
     if save.exists() and not overwrite:  # before registering: an account whose only key is lost is no use
         fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
              "ANOTHER_FILE for this account, or --overwrite to replace it")
-    result = _call(register_researcher, service_url("marketplace", market_url), name, wallet, organisation)
-    save.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "w") as out:
-        out.write(result["api_key"] + "\n")
-    save.chmod(0o600)  # a file that existed keeps its old mode through O_CREAT
+    url = service_url("marketplace", market_url)
+    result = _call(register_researcher, url, name, wallet, organisation)
+    try:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
+        with os.fdopen(fd, "w") as out:
+            out.write(result["api_key"] + "\n")
+        save.chmod(0o600)  # a file that existed keeps its old mode through O_CREAT
+    except OSError as exc:  # registered already: the key must not be lost with the error
+        fail(f"registered researcher {result['researcher_id']}, but cannot save its API key to --save {save} "
+             f"({exc.strerror}); keep this key, shown once: {result['api_key']}")
     console.print(f"registered researcher {result['researcher_id']} paying from {wallet}")
     console.print(f"API key (shown once, saved to {save}): {result['api_key']}", highlight=False)
 
@@ -108,19 +141,20 @@ def catalog(market_url: MarketUrl = None) -> None:
     from services.consent.client import check
 
     data = _call(lambda: check(httpx.get(f"{service_url('marketplace', market_url)}/catalog", timeout=30)))
+    if not data["versions"]:
+        console.print("nothing is on sale yet: a dataset version is listed here once the anonymizer publishes one "
+                      "(`datacoop dataset list` shows the datasets defined and their versions; the operator builds "
+                      "one now with `datacoop dataset build ID`)", highlight=False)
+        return
     table = Table(title="datacoop catalog", box=box.SIMPLE_HEAD)
     for col in ("dataset (purpose)", "version", "rows", "guarantees", "offers (price units)"):
         table.add_column(col)
-    names, offer_cells = [], []
     for v in data["versions"]:
         g = v["guarantees"]
         offers = ", ".join(f"{o['offer']} {o['price_units']:,}" for o in v["offers"]) or "-"
         table.add_row(f"{v['dataset_id']}\n[dim]{v['purpose']}[/dim]", f"{v['version']} {v['status']}",
                       f"{v['rows']:,}", f"k {g['k']}, l {g['l_diversity']:g}, ε {g['epsilon']:g}", offers)
-        names += [v["dataset_id"], v["purpose"]]
-        offer_cells.append(offers)
-    keep_whole(table, {0: names, 4: offer_cells})  # ids and prices whole, even in 80 columns
-    console.print(table)
+    print_table(table, whole=(0, 4))  # ids and prices
 
 
 def order(
@@ -230,9 +264,7 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
                       o["status"], left)
-    keep_whole(table, {0: [o["order_id"] for o in orders], 1: [o["dataset_id"] for o in orders],
-                       4: [f"{o['price_units']:,}" for o in orders]})
-    console.print(table)
+    print_table(table, whole=(0, 1, 4))
 
 
 def register(app: typer.Typer) -> None:

@@ -11,9 +11,19 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from eth_account import Account
+from rich.markup import escape
 from rich.table import Table
 
-from datacoop.cli.common import call_service, console, fail, read_key, service_url, wallet_address
+from datacoop.cli.common import (
+    call_service,
+    console,
+    fail,
+    print_table,
+    read_key,
+    read_text_file,
+    service_url,
+    wallet_address,
+)
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
 from services.consent.client import MemberWallet
@@ -40,9 +50,17 @@ def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return call_service("consent service", fn, *args, **kwargs)
 
 
+def _note(text: str) -> None:
+    """A yellow note after a command's answer: something the user likely did not expect (one line, left to the
+    terminal to wrap: the commands in it stay copyable)."""
+    console.print(f"[yellow]note[/yellow]: {escape(text)}", highlight=False, soft_wrap=True)
+
+
 @wallet_app.command("new")
 def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write the key (mode 0600)")]) -> None:
     """Create a wallet key file; prints its address."""
+    if out.is_dir():
+        fail(f"--out {out} is a folder; name the key file to write, e.g. --out {out / 'me.key'}")
     if out.exists():
         fail(f"{out} exists; choose another path (a key file is never overwritten)")
     acct = Account.create()
@@ -50,6 +68,8 @@ def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write t
         write_secret(out, (acct.key.hex() + "\n").encode())
     except FileExistsError:
         fail(f"{out} exists; choose another path (a key file is never overwritten)")
+    except OSError as exc:  # its message names the temporary file beside `out`, not `out`
+        fail(f"cannot write the key file {out}: {exc.strerror}; give --out a path in a folder you can write to")
     console.print(f"wallet {acct.address} written to {out}")
 
 
@@ -128,10 +148,9 @@ def consent_catalog(consent_url: ConsentUrl = None) -> None:
     for heading, entries, title in [("purpose (--purpose)", catalog["purposes"], version),
                                     ("category (--categories)", catalog["categories"], None)]:
         table = Table(heading, "what it covers", title=title, title_justify="left")
-        table.columns[0].no_wrap = True
         for name, description in entries.items():
             table.add_row(name, description)
-        console.print(table)
+        print_table(table, whole=(0,))
 
 
 @consent_app.command("grant")
@@ -156,7 +175,14 @@ def consent_grant(
         fail("--categories needs at least one category, e.g. --categories health,fitness")
     wallet = _wallet(key_file, consent_url)
     view = _call(wallet.grant, purpose, cats, expires_at)
-    console.print(f"consent {view['consent_id']} granted: {purpose} on {', '.join(cats)} ({view['state']})")
+    console.print(f"consent {view['consent_id']} granted: {view['purpose']} on {', '.join(view['categories'])} "
+                  f"({view['state']})", highlight=False)
+    overlaps = view.get("overlaps") or []
+    if overlaps:
+        others = "; ".join(f"{o['consent_id']} ({', '.join(o['categories'])})" for o in overlaps)
+        _note(f"your other active consent(s) for {view['purpose']} already cover some of these categories: "
+              f"{others}. Datasets of that purpose use your records while any of them is active; to withdraw, "
+              "revoke each (`datacoop consent revoke ID`)")
 
 
 @consent_app.command("revoke")
@@ -164,7 +190,15 @@ def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: Conse
     """Withdraw a consent (signs RevokeConsent)."""
     wallet = _wallet(key_file, consent_url)
     view = _call(wallet.revoke, consent_id)
-    console.print(f"consent {consent_id} is now {view['state']}")
+    console.print(f"consent {consent_id} is now {view['state']}", highlight=False)
+    covering = view.get("still_covered_by") or []
+    if covering:
+        key = f" --key-file {key_file}" if key_file is not None else ""
+        shared = "; ".join(f"{c['consent_id']} ({', '.join(x for x in c['categories'] if x in view['categories'])})"
+                           for c in covering)
+        commands = " and ".join(f"`datacoop consent revoke {c['consent_id']}{key}`" for c in covering)
+        _note(f"datasets for {view['purpose']} may still use your records of these categories under your other "
+              f"active consent(s): {shared}; to stop that, revoke them too: {commands}")
 
 
 @consent_app.command("list")
@@ -172,10 +206,9 @@ def consent_list(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> No
     """Your consents with their state (active, revoked, expired)."""
     wallet = _wallet(key_file, consent_url)
     table = Table("consent", "purpose", "categories", "state", "expires")
-    table.columns[0].no_wrap, table.columns[0].min_width = True, 36  # a whole id: `revoke` and `receipt` take it
     for c in _call(wallet.consents):
         table.add_row(c["consent_id"], c["purpose"], ", ".join(c["categories"]), c["state"], c["expires_at"] or "-")
-    console.print(table)
+    print_table(table, whole=(0,))  # a whole id: `revoke` and `receipt` take it
 
 
 @consent_app.command("receipt")
@@ -186,8 +219,11 @@ def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", 
         fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'receipt.json'}")
     wallet = _wallet(key_file, consent_url)
     receipt = _call(wallet.receipt, consent_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(receipt, indent=2) + "\n")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(receipt, indent=2) + "\n")
+    except OSError as exc:
+        fail(f"cannot write the receipt to --out {out}: {exc.strerror}; give a path in a folder you can write to")
     console.print(f"receipt written to {out}")
 
 
@@ -204,9 +240,10 @@ def receipt_verify(
     from services.consent.receipts import ReceiptInvalid, verify_receipt
 
     if not file.exists():
-        fail(f"{file} does not exist")
+        fail(f"{file} does not exist; pass a receipt saved by `datacoop consent receipt ID --out FILE`")
+    text = read_text_file(file, "receipt file", "a receipt saved by `datacoop consent receipt ID --out FILE`")
     try:
-        document = json.loads(file.read_text())
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         fail(f"{file} is not JSON ({exc.msg} at line {exc.lineno}); pass a receipt saved by "
              "`datacoop consent receipt`")
@@ -225,8 +262,22 @@ def receipt_verify(
         verify_receipt(document, public_key)
     except ReceiptInvalid as exc:
         fail(f"receipt NOT valid: {exc}")
-    console.print(f"[green]valid[/green]: consent {document.get('record_id')} of "
-                  f"{document.get('data_subject', {}).get('id')}, signed by {key_note}")
+    console.print(f"[green]valid[/green]: consent {escape(str(document.get('record_id')))} of "
+                  f"{escape(str((document.get('data_subject') or {}).get('id')))}, {_receipt_state(document)}; "
+                  f"signed by {escape(key_note)}", highlight=False, soft_wrap=True)
+
+
+def _receipt_state(receipt: dict[str, Any]) -> str:
+    """The consent's state as the receipt records it (when it was issued), with when it ended, in markup."""
+    state, issued = str(receipt.get("state")), receipt.get("issued_at")
+    ended = [h for h in receipt.get("state_history") or [] if isinstance(h, dict) and h.get("state") == state]
+    if state in ("revoked", "expired"):
+        when = f" at {ended[-1].get('at')} ({ended[-1].get('reason')})" if ended else ""
+        text = f"[bold yellow]{state}[/bold yellow]{escape(when)}: it no longer lets anyone use the data"
+    else:
+        expiry = receipt.get("expiry")
+        text = f"[bold]{escape(state)}[/bold]" + (f", until {escape(str(expiry))}" if expiry else "")
+    return text + f" (as of the receipt's issue, {escape(str(issued))})"
 
 
 def register(app: typer.Typer) -> None:

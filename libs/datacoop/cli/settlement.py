@@ -39,21 +39,14 @@ def _env_url(name: str) -> str | None:
 
 
 def settlement_url_default() -> str:
-    url = _env_url("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement")
-    if url is None and _stack_without("settlement"):
-        from datacoop.cli.common import fail
-
-        fail("the running stack has no settlement service (`datacoop up --no-chain`, or --services without "
-             "it); start it with the chain, or pass --settlement-url / DATACOOP_SETTLEMENT_URL")
-    return url or DEFAULT_SETTLEMENT_URL
-
-
-def _stack_without(service: str) -> bool:
-    """A stack runs (var/run/stack.json) and `service` is not part of it."""
+    from datacoop.cli.common import fail, without_service
     from datacoop.cli.stack import running_stack
 
-    data = running_stack()
-    return data is not None and service not in data.get("services", {})
+    url = _env_url("DATACOOP_SETTLEMENT_URL") or _from_stack("settlement")
+    stack = running_stack()
+    if url is None and stack is not None and "settlement" not in (stack.get("services") or {}):
+        fail(without_service("settlement", stack))
+    return url or DEFAULT_SETTLEMENT_URL
 
 
 def rpc_url_default() -> str:
@@ -125,18 +118,6 @@ def claim_with_key(key: str, settlement_url: str, rpc_url: str) -> dict[str, Any
     return result
 
 
-def _read_key(key_file: Path) -> str:
-    try:
-        key = key_file.read_text().strip()
-    except OSError as exc:
-        raise RuntimeError(f"cannot read key file {key_file}: {exc.strerror}") from exc
-    if not key.startswith("0x"):
-        key = "0x" + key
-    if len(key) != 66:
-        raise RuntimeError(f"{key_file} does not hold a 32-byte hex private key")
-    return key
-
-
 def _epoch_line(epoch: dict[str, Any]) -> str:
     state = f"posted in {epoch['tx_hash']}" if epoch.get("posted") else "prepared, not yet posted"
     return (f"epoch {epoch['epoch']}: {epoch['total_units']} units over {epoch['accounts']} account(s), "
@@ -146,14 +127,15 @@ def _epoch_line(epoch: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     from datacoop.cli import console, fail
-    from datacoop.cli.common import checked_url, operator_token, wallet_address
+    from datacoop.cli.common import checked_url, operator_token, read_key, wallet_address
 
     epoch_app = typer.Typer(help="Payout epochs: the Merkle roots members claim against.", no_args_is_help=True)
     app.add_typer(epoch_app, name="epoch")
 
     def _epochs(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = settlement_url_of(settlement_url)  # outside the try: its failure (typer.Exit) is a RuntimeError too
         try:  # posting waits for the chain
-            return _request(settlement_url_of(settlement_url), method, path, timeout_s=120, **kwargs)
+            return _request(url, method, path, timeout_s=120, **kwargs)
         except RuntimeError as exc:
             fail(str(exc))
 
@@ -220,8 +202,8 @@ def register(app: typer.Typer) -> None:
         """Claim your earnings on chain, signed with your key (the tokens go to your account)."""
         url = settlement_url_of(settlement_url)
         chain = checked_url(rpc, "--rpc") if rpc else rpc_url_default()
+        key = read_key(key_file)  # outside the try: its failure (typer.Exit) is an Exception too
         try:
-            key = _read_key(key_file)
             result = claim_with_key(key, url, chain)
         except Exception as exc:  # chain errors included: one red line
             fail(str(exc))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import duckdb
 import httpx
@@ -22,7 +22,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from datacoop.cli.common import console, fail, read_key, service_url
+from datacoop.cli.common import console, err, fail, read_key, service_url
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
 from services.vault.client import VaultClient
@@ -37,17 +37,21 @@ vault_app = typer.Typer(no_args_is_help=True, help="Operator commands of the vau
 _CHUNK_BYTES = 64 * 1024
 
 
-def _problem_line(exc: ApiError) -> str:
+def _refused(exc: ApiError, file: Path) -> NoReturn:
+    """Fail on a refused upload: every bad row and field the vault named, one a line, then the one red
+    line. The vault names the first MAX_REPORTED_ERRORS (200) problems and counts the rest."""
     problem = exc.problem
-    line = f"{exc.status}: {problem.get('detail', problem)}"
-    # an upload's bad rows, each named (a refused request, e.g. an empty body, says it all in `detail`)
-    # (row 0: a problem of the whole upload, which `detail` already says)
+    # row 0 is a problem of the whole upload, which `detail` already says; a refused request (an empty body)
+    # has no rows at all
     rows = [e for e in problem.get("errors") or [] if isinstance(e, dict) and e.get("row")]
-    if rows:
-        shown = "; ".join(f"row {e['row']} {e.get('field', '')}: {e.get('message', '')}" for e in rows[:5])
-        more = problem.get("error_count", len(rows)) - min(len(rows), 5)
-        line += f" — {shown}" + (f"; and {more} more" if more > 0 else "")
-    return line
+    for e in rows:
+        err.print(f"  {file.name} row {e['row']} {e.get('field', '')}: {e.get('message', '')}", markup=False,
+                  highlight=False, soft_wrap=True)
+    unlisted = int(problem.get("error_count") or len(rows)) - len(rows)
+    if rows and unlisted > 0:
+        err.print(f"  … and {unlisted:,} more problem(s) the vault counted but did not list (it lists the first "
+                  f"{len(rows)}): fix these and contribute again to see the rest", highlight=False, soft_wrap=True)
+    fail(f"{exc.status}: {problem.get('detail', problem)}" + (" (each listed above)" if rows else ""))
 
 
 def contribute(
@@ -80,7 +84,7 @@ def contribute(
         body = json.dumps(client.contribute_body(category, content, upload_format)).encode()
         result = _upload(client, body)
     except ApiError as exc:
-        fail(_problem_line(exc))
+        _refused(exc, file)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the vault at {url} ({exc}); is the stack up (`datacoop up`)?")
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
@@ -120,7 +124,7 @@ def _new_kek(path: Path, current: Kek) -> Kek:
         try:
             write_secret(path, (new_kek_b64() + "\n").encode())
         except OSError as exc:
-            fail(f"cannot write the new KEK to {path} ({exc}); give a writable path")
+            fail(f"cannot write the new KEK to {path} ({exc.strerror}); give a writable path")
         console.print(f"generated a new KEK into {path} (readable by you alone)", soft_wrap=True)
     new = _read_kek(path, "new")
     if new.key == current.key:

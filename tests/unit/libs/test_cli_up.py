@@ -1,0 +1,84 @@
+"""`datacoop up` ends as it should: a service that dies stops the stack with exit 1 naming it and its log;
+"stopped cleanly" only after Ctrl-C (or a demo played with --exit-after-demo). No broker or service runs:
+the stack is made of sleeping processes standing in for them."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from datacoop.cli import app
+from datacoop.cli import stack as stack_mod
+from infra.local import Broker, free_port
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+@pytest.fixture
+def fake_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """`datacoop up` with start_stack giving a broker and a vault that are sleeping processes; the signal
+    handler `up` installs is kept here (pytest keeps its own)."""
+    made: dict[str, Any] = {}
+    monkeypatch.setattr(stack_mod, "STACK_FILE", tmp_path / "stack.json")
+    monkeypatch.setattr(stack_mod, "UP_LOCK_FILE", tmp_path / "up.lock")
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: made.setdefault("handlers", {}).update(
+        {signum: handler}))
+
+    def start_stack(only: list[str] | None = None, with_chain: bool = True) -> stack_mod.Stack:
+        vault = next(s for s in stack_mod.SERVICES if s.name == "vault")
+        stk = stack_mod.Stack(Broker("broker", free_port(), _sleeper()), None, data_dir=tmp_path)
+        stk.services["vault"] = stack_mod.RunningService(vault, free_port(), _sleeper(), tmp_path / "vault.log")
+        made["stack"] = stk
+        return stk
+
+    monkeypatch.setattr(stack_mod, "start_stack", start_stack)
+    monkeypatch.setattr(stack_mod, "start_workers", lambda stk, count: None)
+    yield made
+    if "stack" in made:
+        for proc in [made["stack"].broker.proc, made["stack"].services["vault"].proc]:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _up_with(monkeypatch: pytest.MonkeyPatch, when_ready: Callable[[stack_mod.Stack], None]) -> Any:
+    monkeypatch.setattr(stack_mod, "wait_ready", when_ready)
+    return CliRunner().invoke(app, ["up", "--services", "vault", "--workers", "0", "--no-chain"],
+                              env={"COLUMNS": "200"})
+
+
+def test_a_service_that_dies_stops_the_stack_with_exit_1_naming_it_and_its_log(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any], tmp_path: Path) -> None:
+    def crash_vault(stk: stack_mod.Stack) -> None:
+        stk.services["vault"].proc.send_signal(signal.SIGKILL)
+        stk.services["vault"].proc.wait()
+
+    result = _up_with(monkeypatch, crash_vault)
+    assert result.exit_code == 1, result.output
+    assert "service vault was killed by SIGKILL" in result.output and str(tmp_path / "vault.log") in result.output
+    assert "stopped cleanly" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("error:"), "the red line comes last"
+    assert fake_stack["stack"].broker.proc.poll() is not None, "the rest of the stack was stopped"
+
+
+def test_ctrl_c_stops_the_stack_cleanly(monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> None:
+    result = _up_with(monkeypatch, lambda stk: fake_stack["handlers"][signal.SIGINT](signal.SIGINT, None))
+    assert result.exit_code == 0, result.output
+    assert "stopped cleanly" in result.output and "error" not in result.output
+    assert fake_stack["stack"].services["vault"].proc.poll() is not None
+
+
+def test_exit_after_demo_without_demo_is_refused_before_anything_starts(fake_stack: dict[str, Any]) -> None:
+    result = CliRunner().invoke(app, ["up", "--exit-after-demo", "--no-chain"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    assert "--exit-after-demo" in result.output and "add --demo" in result.output
+    assert "stack" not in fake_stack, "nothing was started"
