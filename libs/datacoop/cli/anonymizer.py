@@ -98,17 +98,20 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
                                                     "stack's development token)")] = None,
           anonymizer_url: UrlOption = None,
           timeout_s: Annotated[float, typer.Option("--timeout-s", help="give up after this long")] = 600,
-          force: Annotated[bool, typer.Option("--force", help="build even when the newest version already holds "
-                                                             "the records eligible now")] = False) -> None:
-    """Build a new version now and follow it with a progress bar (nothing is built when the newest version
-    already holds exactly the records eligible now, unless --force)."""
+          force: Annotated[bool, typer.Option("--force", help="publish even when the newest version already holds "
+                                                             "the records eligible now, or what they give")] = False
+          ) -> None:
+    """Build a new version now and follow it with a progress bar (nothing is published when the newest version
+    on offer already holds exactly the records eligible now, or exactly the rows and contributors they give,
+    unless --force)."""
     client = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     try:
         build_id = client.request_build(dataset_id, force)["build_id"]
         status = _follow(client, dataset_id, build_id, timeout_s)
         if status.get("outcome") == "unchanged":
-            console.print(f"nothing built: version {status.get('version')} of {dataset_id} already holds exactly the "
-                          f"records eligible now; `datacoop dataset build {dataset_id} --force` publishes them again "
+            console.print(f"nothing published: version {status.get('version')} of {dataset_id} already holds "
+                          f"exactly the records eligible now, or the same rows and contributors they give; "
+                          f"`datacoop dataset build {dataset_id} --force` publishes them again "
                           "(e.g. after changing the anonymizer's mode)", highlight=False, markup=False)
             return
         if status.get("outcome") != "published":
