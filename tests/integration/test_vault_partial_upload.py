@@ -5,7 +5,9 @@ the same file is stored whole (not refused as a repeat of the half that landed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +35,42 @@ async def _until(check: Any, what: str, timeout_s: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_a_half_published_upload_is_never_served_and_its_retry_is_stored_whole(
-        broker: Broker, prefix: str, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _vault(broker: Broker, prefix: str, tmp_path: Path, **options: Any) -> AsyncIterator[
+        tuple[VaultService, httpx.AsyncClient, VaultSettings]]:
+    """The vault's own app, started in process on the real broker, and a client of it."""
     settings = VaultSettings(bootstrap=broker.bootstrap, topic_prefix=f"{prefix}.", data_dir=tmp_path,
-                             vault_kek=new_kek_b64(), vault_service_token="t" * 32, dev_secrets=True, log_json=False)
+                             vault_kek=new_kek_b64(), vault_service_token="t" * 32, dev_secrets=True, log_json=False,
+                             **options)
     app = build_app(settings)
     vault: VaultService = app.state.runtime
     await vault.start()
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vault", timeout=60)
     try:
-        account = Account.create()
-        member = account.address
-        async with Publisher(broker.bootstrap) as pub:  # the registration, as the consent service writes it
-            await pub.publish(qualified(f"{prefix}.", MEMBERS), Envelope(
-                source="datacoop/consent", type=MemberRegistered.type_name(), subject=member, seq=1,
-                data=MemberRegistered(member=member, registered_at=vault.clock(), nonce=0,
-                                      signature="0x" + "11" * 65).model_dump(mode="json")))
-        await _until(lambda: vault.projection.get(member).registered, "the vault to read the registration")
+        yield vault, http, settings
+    finally:
+        await http.aclose()
+        await vault.stop()
+
+
+async def _member(broker: Broker, prefix: str, vault: VaultService, settings: VaultSettings) -> VaultClient:
+    """A member registered as the consent service writes it, once the vault has read that; a signer of uploads."""
+    account = Account.create()
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish(qualified(f"{prefix}.", MEMBERS), Envelope(
+            source="datacoop/consent", type=MemberRegistered.type_name(), subject=account.address, seq=1,
+            data=MemberRegistered(member=account.address, registered_at=vault.clock(), nonce=0,
+                                  signature="0x" + "11" * 65).model_dump(mode="json")))
+    await _until(lambda: vault.projection.get(account.address).registered, "the vault to read the registration")
+    return VaultClient(account.key.hex(), "http://vault", domain=Domain(chain_id=settings.chain_id))
+
+
+async def test_a_half_published_upload_is_never_served_and_its_retry_is_stored_whole(
+        broker: Broker, prefix: str, tmp_path: Path) -> None:
+    async with _vault(broker, prefix, tmp_path) as (vault, http, settings):
+        signer = await _member(broker, prefix, vault, settings)
+        member = signer.address
         content = "".join(json.dumps(r) + "\n" for r in sample_rows("health", 20_000))  # ~40 chunk events
-        signer = VaultClient(account.key.hex(), "http://vault", domain=Domain(chain_id=settings.chain_id))
 
         producer = vault.publisher._producer
         assert producer is not None
@@ -83,36 +102,16 @@ async def test_a_half_published_upload_is_never_served_and_its_retry_is_stored_w
         assert [u["records"] for u in vault.projection.summary(member)] == [20_000]
         page = vault.projection.select(category=None, members=[member], record_ids=None, after="", limit=30_000)
         assert len(page) == 20_000 and {r[3] for r in page} == {retry.json()["upload_id"]}
-    finally:
-        await http.aclose()
-        await vault.stop()
 
 
 async def test_an_upload_over_the_row_limit_is_refused_before_its_rows_are_checked(
         broker: Broker, prefix: str, tmp_path: Path) -> None:
-    settings = VaultSettings(bootstrap=broker.bootstrap, topic_prefix=f"{prefix}.", data_dir=tmp_path,
-                             vault_kek=new_kek_b64(), vault_service_token="t" * 32, dev_secrets=True, log_json=False,
-                             vault_max_rows=5)
-    app = build_app(settings)
-    vault: VaultService = app.state.runtime
-    await vault.start()
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vault", timeout=60)
-    try:
-        account = Account.create()
-        async with Publisher(broker.bootstrap) as pub:
-            await pub.publish(qualified(f"{prefix}.", MEMBERS), Envelope(
-                source="datacoop/consent", type=MemberRegistered.type_name(), subject=account.address, seq=1,
-                data=MemberRegistered(member=account.address, registered_at=vault.clock(), nonce=0,
-                                      signature="0x" + "11" * 65).model_dump(mode="json")))
-        await _until(lambda: vault.projection.get(account.address).registered, "the vault to read the registration")
-        signer = VaultClient(account.key.hex(), "http://vault", domain=Domain(chain_id=settings.chain_id))
+    async with _vault(broker, prefix, tmp_path, vault_max_rows=5) as (vault, http, settings):
+        signer = await _member(broker, prefix, vault, settings)
         bad_rows = "".join(json.dumps({"nonsense": i}) + "\n" for i in range(6))  # every row would be reported
-        refused = await http.post(f"/members/{account.address}/records",
+        refused = await http.post(f"/members/{signer.address}/records",
                                   json=signer.contribute_body("health", bad_rows))
         assert refused.status_code == 422 and "at most 5 per upload" in refused.json()["detail"], refused.text
         fine = "".join(json.dumps(r) + "\n" for r in sample_rows("health", 5))
-        stored = await http.post(f"/members/{account.address}/records", json=signer.contribute_body("health", fine))
+        stored = await http.post(f"/members/{signer.address}/records", json=signer.contribute_body("health", fine))
         assert stored.status_code == 201 and stored.json()["records"] == 5, stored.text
-    finally:
-        await http.aclose()
-        await vault.stop()
