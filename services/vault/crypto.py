@@ -54,27 +54,35 @@ def associated_data(member: str, record_id: str) -> bytes:
 class Kek:
     key: bytes
 
-    def wrap(self, member: str, data_key: bytes) -> bytes:
+    def _seal(self, purpose: bytes, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + AESGCM(self.key).encrypt(nonce, data_key, f"datakey|{member}".encode())
+        return nonce + AESGCM(self.key).encrypt(nonce, plaintext, purpose)
+
+    def _open(self, purpose: bytes, wrapped: bytes) -> bytes | None:
+        try:
+            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], purpose)
+        except InvalidTag:
+            return None
+
+    def wrap(self, member: str, data_key: bytes) -> bytes:
+        return self._seal(f"datakey|{member}".encode(), data_key)
 
     def unwrap(self, member: str, wrapped: bytes) -> bytes:
-        try:
-            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"datakey|{member}".encode())
-        except InvalidTag as exc:
+        key = self._open(f"datakey|{member}".encode(), wrapped)
+        if key is None:
             raise KeyUnwrapFailed(f"the data key of {member} does not open under this KEK; "
-                                  "is DATACOOP_VAULT_KEK the one the keys were wrapped with?") from exc
+                                  "is DATACOOP_VAULT_KEK the one the keys were wrapped with?")
+        return key
 
     def seal_secret(self, name: str, secret: bytes) -> bytes:
         """A vault secret other than a data key (the KEK check, the upload-tag key), wrapped like one."""
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + AESGCM(self.key).encrypt(nonce, secret, f"secret|{name}".encode())
+        return self._seal(f"secret|{name}".encode(), secret)
 
     def open_secret(self, name: str, wrapped: bytes) -> bytes:
-        try:
-            return AESGCM(self.key).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], f"secret|{name}".encode())
-        except InvalidTag as exc:
-            raise KeyUnwrapFailed(f"the vault secret {name!r} does not open under this KEK") from exc
+        secret = self._open(f"secret|{name}".encode(), wrapped)
+        if secret is None:
+            raise KeyUnwrapFailed(f"the vault secret {name!r} does not open under this KEK")
+        return secret
 
 
 def legacy_tag_key(kek: Kek) -> bytes:
