@@ -50,6 +50,11 @@ def write_secret(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+    folder = os.open(path.parent, os.O_RDONLY)  # the new name itself survives a power loss (a KEK must)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:

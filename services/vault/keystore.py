@@ -21,6 +21,7 @@ one after a rotation, or a mistyped one) refuses to start instead of failing on 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS data_keys (member VARCHAR PRIMARY KEY, wrapped BLOB N
 CREATE TABLE IF NOT EXISTS shredded (member VARCHAR PRIMARY KEY, shredded_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS secrets (name VARCHAR PRIMARY KEY, wrapped BLOB NOT NULL);
 """
+log = logging.getLogger("datacoop.vault")
 _KEK_CHECK = b"datacoop vault key store"  # wrapped under the KEK: opens only with the right one
 
 
@@ -82,6 +84,10 @@ class KeyStore:
             except KeyUnwrapFailed:
                 raise self._mismatch() from None
         used = row is not None or self.conn.execute("SELECT 1 FROM shredded LIMIT 1").fetchone() is not None
+        if used and row is None:  # an earlier version's store that holds no key to check this KEK against
+            log.warning("the key store %s holds no data key to check the KEK against; from now on it opens with "
+                        "this KEK alone: if DATACOOP_VAULT_KEK is not the one it was made with, stop the vault and "
+                        "restore the store from before this start", self.path)
         tag_key = legacy_tag_key(self.kek) if used else os.urandom(KEY_BYTES)
         self.conn.execute("INSERT INTO secrets VALUES ('kek_check', ?), ('upload_tag_key', ?)",
                           [self.kek.seal_secret("kek_check", _KEK_CHECK),

@@ -167,7 +167,9 @@ def up(
             console.print("[bold]running[/bold]; Ctrl-C stops everything")
             while not stopping and failure is None:
                 time.sleep(0.2)
-                failure = _died(stk)
+                # after Ctrl-C a terminal signals the services too (one process group): those that end on
+                # it have not died on their own
+                failure = None if stopping else _died(stk)
         finished = failure is None
     except InfraError as exc:
         failure = str(exc)

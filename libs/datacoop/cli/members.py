@@ -194,11 +194,11 @@ def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: Conse
     covering = view.get("still_covered_by") or []
     if covering:
         key = f" --key-file {key_file}" if key_file is not None else ""
-        shared = "; ".join(f"{c['consent_id']} ({', '.join(x for x in c['categories'] if x in view['categories'])})"
-                           for c in covering)
+        others = "; ".join(f"{c['consent_id']} ({', '.join(c['categories'])})" for c in covering)
         commands = " and ".join(f"`datacoop consent revoke {c['consent_id']}{key}`" for c in covering)
-        _note(f"datasets for {view['purpose']} may still use your records of these categories under your other "
-              f"active consent(s): {shared}; to stop that, revoke them too: {commands}")
+        _note(f"your other active consent(s) for {view['purpose']} share categories with this one: {others}. A "
+              "dataset of that purpose whose categories all fall within one of them may still use your records; "
+              f"to stop that, revoke them too: {commands}")
 
 
 @consent_app.command("list")

@@ -3,6 +3,7 @@ operator's `datacoop vault rotate-kek` (re-wrap every data key under a new key-e
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +133,20 @@ def _new_kek(path: Path, current: Kek) -> Kek:
     return new
 
 
+def _which_kek_opens(path: Path, current: Kek, new: Kek, new_kek_file: Path) -> str:
+    """After a failed rotation, what the store opens with now: it was put in place whole or not at all."""
+    for kek, words in ((new, f"the new store was put in place: it opens with the KEK in {new_kek_file}"),
+                       (current, "nothing was put in place: the store still opens with the current KEK")):
+        try:
+            KeyStore(path, kek).close()
+        except KekMismatch:
+            continue
+        except duckdb.Error as exc:
+            return f"the store can't be opened now to tell which KEK it takes ({exc}); try each later"
+        return words
+    return "neither KEK opens the store now; restore it from a backup"
+
+
 @vault_app.command("rotate-kek")
 def rotate_kek(
     new_kek_file: Annotated[Path, typer.Option(
@@ -180,8 +195,13 @@ def rotate_kek(
             count = store.rotate(new, progress=lambda done, total: progress.update(task, completed=done))
     except KeyUnwrapFailed as exc:
         fail(f"{exc}; nothing was changed: the store still opens with the current KEK")
+    except (duckdb.Error, OSError) as exc:
+        with contextlib.suppress(duckdb.Error):
+            store.close()
+        fail(f"the rotation failed ({exc}); {_which_kek_opens(path, current, new, new_kek_file)}")
     finally:
-        store.close()
+        with contextlib.suppress(duckdb.Error):
+            store.close()
     console.print(f"re-wrapped {count} data key(s) in {path} under the KEK in {new_kek_file}; the store now opens "
                   "with that KEK alone. Next: set DATACOOP_VAULT_KEK to it and start the vault; then destroy the old "
                   "KEK, and with it every backup of the key store taken before now (they open only with the old one)",

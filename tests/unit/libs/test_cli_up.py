@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,22 @@ def test_ctrl_c_stops_the_stack_cleanly(monkeypatch: pytest.MonkeyPatch, fake_st
     assert result.exit_code == 0, result.output
     assert "stopped cleanly" in result.output and "error" not in result.output
     assert fake_stack["stack"].services["vault"].proc.poll() is not None
+
+
+def test_ctrl_c_that_also_ends_the_services_is_still_a_clean_stop(monkeypatch: pytest.MonkeyPatch,
+                                                                   fake_stack: dict[str, Any]) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: a service may end on it before `up` looks."""
+    def ctrl_c_in_a_terminal(stk: stack_mod.Stack) -> None:
+        def both() -> None:  # while `up` sleeps between its looks at the services
+            stk.services["vault"].proc.send_signal(signal.SIGINT)
+            stk.services["vault"].proc.wait()
+            fake_stack["handlers"][signal.SIGINT](signal.SIGINT, None)
+
+        threading.Timer(0.3, both).start()
+
+    result = _up_with(monkeypatch, ctrl_c_in_a_terminal)
+    assert result.exit_code == 0, result.output
+    assert "stopped cleanly" in result.output and "error" not in result.output
 
 
 def test_exit_after_demo_without_demo_is_refused_before_anything_starts(fake_stack: dict[str, Any]) -> None:

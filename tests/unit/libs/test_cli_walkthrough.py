@@ -352,7 +352,8 @@ def test_a_revoke_names_the_consents_that_still_cover_the_use(monkeypatch: pytes
     assert result.exit_code == 0, result.output
     text = result.output.replace("\n", " ")
     assert "consent new-1 is now revoked" in text
-    assert "old-7 (health)" in text and f"`datacoop consent revoke old-7 --key-file {key}`" in text, result.output
+    assert "old-7 (health, fitness)" in text and "all fall within one of them" in text
+    assert f"`datacoop consent revoke old-7 --key-file {key}`" in text, result.output
 
 
 # -- 12: nothing built, nothing on sale, no plot -----------------------------------------------------

@@ -110,3 +110,27 @@ def test_a_store_made_before_the_kek_check_is_checked_and_keeps_its_upload_tags(
     store.rotate(_kek())
     assert store.upload_tag(MEMBERS[0], DIGEST) == upload_tag(legacy_tag_key(kek), MEMBERS[0], DIGEST)
     store.close()
+
+
+def test_a_rotation_that_fails_says_which_kek_the_store_opens_with(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from datacoop.cli import app
+
+    kek_b64 = new_kek_b64()
+    store = KeyStore(tmp_path / "vault-keys.duckdb", Kek(parse_kek(kek_b64)))
+    key = store.get_or_create(MEMBERS[0])
+    store.close()
+
+    def disk_full(self: KeyStore, copy: object) -> None:
+        raise duckdb.IOException("No space left on device")
+
+    monkeypatch.setattr(KeyStore, "_rewrite", disk_full)
+    result = CliRunner().invoke(app, ["vault", "rotate-kek", "--new-kek-file", str(tmp_path / "new-kek")],
+                                env={"DATACOOP_VAULT_KEK": kek_b64, "DATACOOP_DATA_DIR": str(tmp_path),
+                                     "COLUMNS": "300"})
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output
+    assert "nothing was put in place: the store still opens with the current KEK" in result.output
+    assert KeyStore(tmp_path / "vault-keys.duckdb", Kek(parse_kek(kek_b64))).get(MEMBERS[0]) == key
