@@ -34,6 +34,11 @@ CREATE TABLE IF NOT EXISTS consents (
     status VARCHAR NOT NULL, expires_at TIMESTAMPTZ, PRIMARY KEY (member, consent_id));
 CREATE TABLE IF NOT EXISTS erased (member VARCHAR PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS records (record_id VARCHAR PRIMARY KEY, member VARCHAR NOT NULL, category VARCHAR NOT NULL);
+-- an upload's records count once all its chunk events are here, as the vault serves them (all or nothing)
+CREATE TABLE IF NOT EXISTS upload_chunks (upload_id VARCHAR NOT NULL, chunk INTEGER NOT NULL, chunks INTEGER NOT NULL,
+                                          PRIMARY KEY (upload_id, chunk));
+CREATE TABLE IF NOT EXISTS pending_records (record_id VARCHAR PRIMARY KEY, member VARCHAR NOT NULL,
+                                            category VARCHAR NOT NULL, upload_id VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS definitions (
     dataset_id VARCHAR PRIMARY KEY, definition_version INTEGER NOT NULL, purpose VARCHAR NOT NULL,
     categories VARCHAR[] NOT NULL, definition JSON NOT NULL, source VARCHAR NOT NULL, defined_at TIMESTAMPTZ NOT NULL);
@@ -68,35 +73,54 @@ class AnonymizerProjection:
         self.conn = conn
 
     def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
-        record_ids: list[str] = []
-        record_members: list[str] = []
-        record_categories: list[str] = []
+        chunks: list[RecordsContributed] = []
         for d in deliveries:
             ev = d.event
             if isinstance(ev, RecordsContributed):
-                ids = _record_ids(ev)
-                record_ids += ids
-                record_members += [ev.member] * len(ids)
-                record_categories += [ev.category] * len(ids)
+                chunks.append(ev)
                 continue
-            if record_ids:  # keep log order: records before what follows them
-                self._insert_records(tx, record_ids, record_members, record_categories)
-                record_ids, record_members, record_categories = [], [], []
+            if chunks:  # keep log order: records before what follows them
+                self._insert_records(tx, chunks)
+                chunks = []
             self._apply_one(tx, d)
-        if record_ids:
-            self._insert_records(tx, record_ids, record_members, record_categories)
+        if chunks:
+            self._insert_records(tx, chunks)
 
     @staticmethod
-    def _insert_records(tx: duckdb.DuckDBPyConnection, ids: list[str], members: list[str],
-                        categories: list[str]) -> None:
+    def _insert_records(tx: duckdb.DuckDBPyConnection, chunks: list[RecordsContributed]) -> None:
+        """Records of uploads all of whose chunk events are here go to `records`; the others wait in
+        `pending_records` (the vault never serves an upload a failed publish left half in the log)."""
+        tx.execute("""INSERT OR IGNORE INTO upload_chunks SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]),
+                      unnest(?::INTEGER[])""",
+                   [[ev.upload_id for ev in chunks], [ev.chunk for ev in chunks], [ev.chunks for ev in chunks]])
+        uploads = list(dict.fromkeys(ev.upload_id for ev in chunks))
+        complete = {r[0] for r in tx.execute(
+            """SELECT upload_id FROM upload_chunks WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))
+               GROUP BY upload_id HAVING count(*) = any_value(chunks)""", [uploads]).fetchall()}
+        ids, members, categories, upload_ids = [], [], [], []
+        for ev in chunks:
+            got = _record_ids(ev)
+            ids += got
+            members += [ev.member] * len(got)
+            categories += [ev.category] * len(got)
+            upload_ids += [ev.upload_id] * len(got)
         incoming = pa.table({"record_id": pa.array(ids, pa.string()), "member": pa.array(members, pa.string()),
-                             "category": pa.array(categories, pa.string())})
+                             "category": pa.array(categories, pa.string()),
+                             "upload_id": pa.array(upload_ids, pa.string())})
         tx.register("_incoming_records", incoming)
         try:
-            tx.execute("""INSERT OR IGNORE INTO records SELECT record_id, member, category FROM _incoming_records
-                          WHERE member NOT IN (SELECT member FROM erased)""")
+            for table, which in (("records", "IN"), ("pending_records", "NOT IN")):
+                columns = "record_id, member, category" + (", upload_id" if table == "pending_records" else "")
+                tx.execute(f"""INSERT OR IGNORE INTO {table} SELECT {columns} FROM _incoming_records
+                               WHERE member NOT IN (SELECT member FROM erased)
+                                 AND upload_id {which} (SELECT unnest(?::VARCHAR[]))""", [sorted(complete)])
         finally:
             tx.unregister("_incoming_records")
+        if complete:  # chunks of these that came in earlier batches
+            done = [sorted(complete)]
+            tx.execute("""INSERT OR IGNORE INTO records SELECT record_id, member, category FROM pending_records
+                          WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))""", done)
+            tx.execute("DELETE FROM pending_records WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))", done)
 
     @staticmethod
     def _apply_one(tx: duckdb.DuckDBPyConnection, d: Delivery) -> None:
@@ -112,6 +136,7 @@ class AnonymizerProjection:
             tx.execute("INSERT OR IGNORE INTO erased VALUES (?)", [ev.member])
             tx.execute("UPDATE consents SET status = 'revoked' WHERE member = ? AND status = 'active'", [ev.member])
             tx.execute("DELETE FROM records WHERE member = ?", [ev.member])
+            tx.execute("DELETE FROM pending_records WHERE member = ?", [ev.member])
         elif isinstance(ev, DatasetDefined):
             tx.execute("""INSERT OR REPLACE INTO definitions SELECT ?, ?, ?, ?, ?, ?, ?
                           WHERE ? >= coalesce((SELECT definition_version FROM definitions WHERE dataset_id = ?), 0)""",

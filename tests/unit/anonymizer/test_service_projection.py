@@ -72,3 +72,27 @@ def test_revocation_expiry_and_erasure_remove_a_member() -> None:
                          _records(A, ["a9"]), _grant(A, consent_id="c2"))
     assert _inputs(erased)[:2] == ([B], 1)
     assert erased.conn.execute("SELECT count(*) FROM records WHERE member = ?", [A]).fetchone() == (0,)
+
+
+def _chunk(member: str, upload: str, chunk: int, chunks: int, ids: list[str]) -> Delivery:
+    recs = [{"record_id": i, "nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "AAAA"} for i in ids]
+    return _delivery(RecordsContributed(member=member, category="demographics", upload_id=upload,
+                                        upload_tag="0" * 64, schema_version=1, chunk=chunk, chunks=chunks,
+                                        records=recs, contributed_at=NOW), member)
+
+
+def test_an_uploads_records_count_once_all_its_chunks_are_here_as_the_vault_serves_them() -> None:
+    store = ProjectionStore(":memory:", SCHEMA_SQL)
+    p = AnonymizerProjection(store.conn)
+
+    def apply(*deliveries: Delivery) -> tuple[list[str], int]:
+        with store.transaction() as tx:
+            p.apply(tx, list(deliveries))
+        return _inputs(p)[:2]
+
+    assert apply(_grant(A), _grant(B), _chunk(A, "ua", 0, 2, ["a1", "a2"]), _chunk(B, "ub", 0, 3, ["b1"])) == ([], 0)
+    assert apply(_chunk(A, "ua", 1, 2, ["a3"]), _chunk(B, "ub", 1, 3, ["b2"])) == ([A], 3)
+    assert apply(_delivery(ErasureRequested(member=B, requested_at=NOW, nonce=2, signature=SIG), B)) == ([A], 3)
+    assert store.conn.execute("SELECT count(*) FROM pending_records").fetchone() == (0,), "B's half upload is gone"
+    in_one = _projection(_grant(A), _chunk(A, "ua", 0, 2, ["a1", "a2"]), _chunk(A, "ua", 1, 2, ["a3"]))
+    assert _inputs(in_one) == _inputs(p)
