@@ -61,6 +61,7 @@ class _Fetched:
     record: ConsumerRecord[bytes, bytes]
     delivery: Delivery | None
     error: str | None
+    dead: Delivery | None = None  # decoded, then dead-lettered because the projection failed on it
 
 
 @contextlib.contextmanager
@@ -300,7 +301,7 @@ class ConsumerRunner:
                     reason = f"projection failed: {type(exc).__name__}: {exc}"
             await self._dead_letter(f.record, reason)
             async with self.store.lock:
-                self._commit([_Fetched(f.record, None, reason)])
+                self._commit([_Fetched(f.record, None, reason, dead=f.delivery)])
         return applied
 
     def _commit(self, fetched: list[_Fetched]) -> int:
@@ -321,11 +322,12 @@ class ConsumerRunner:
             if fresh:
                 self.projection.apply(tx, fresh)
                 self.store.mark_applied(tx, [d.envelope.id for d in fresh])
-            # Every seq the log holds on a topic this service writes, duplicates' too: a reaction re-sent
-            # under its derived id after a lost ack lands again with the next seq, and a rebuild that
-            # forgot that seq would hand it out again.
+            # Every seq the log holds on a topic this service writes, duplicates' and dead-lettered events'
+            # too: a reaction re-sent under its derived id after a lost ack lands again with the next seq,
+            # and a rebuild that forgot a seq would hand it out again.
             own = [(d.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
-                   for d in candidates if d.topic in self.writes_topics]
+                   for d in [*candidates, *(f.dead for f in fetched if f.dead is not None)]
+                   if d.topic in self.writes_topics]
             if own:
                 self.store.save_subjects(tx, own)
             self.store.save_offsets(tx, self.consumer_name, offsets)

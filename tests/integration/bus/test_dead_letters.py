@@ -71,6 +71,18 @@ async def test_event_that_breaks_the_projection_is_dead_lettered_not_retried_for
     assert "666" in (header(dead[0].headers, "dlq_error") or "")
 
 
+async def test_a_dead_lettered_event_of_the_services_own_topic_keeps_its_seq(broker: Broker, prefix: str) -> None:
+    """The log holds its seq whether or not the projection could apply it: a writer must not reuse it."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("b", i + 1, amt) for i, amt in enumerate([1, 2, 666])])
+        await read_back(broker, pub, store, topic, "bug", LedgerProjection(fail_on_amount=666),
+                        writes_topics=frozenset([topic]))
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (3, 2)
+    assert store.last_seq(topic, "b") == 3
+
+
 async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker, prefix: str) -> None:
     topic = await ledger_topic(broker, prefix, 2)
     store = ProjectionStore(":memory:", LEDGER_SQL)
