@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS pending_records (
 
 _MEMBER_EVENTS = (MemberRegistered, ErasureRequested, KeysShredded)
 # uploads all of whose chunk events are projected (a chunk's row is unique per (upload_id, chunk))
-_COMPLETE = "SELECT upload_id FROM uploads GROUP BY upload_id HAVING count(*) = any_value(chunks)"
+_WHOLE = "count(*) = any_value(chunks)"  # grouped by upload: every chunk's row is here
+_COMPLETE = f"SELECT upload_id FROM uploads GROUP BY upload_id HAVING {_WHOLE}"
 _RECORD_COLUMNS = "record_id, member, category, upload_id, schema_version, nonce, ciphertext"
 
 
@@ -99,8 +100,8 @@ class VaultProjection:
         for ev in chunks:
             by_upload.setdefault(ev.upload_id, []).append(ev)
         complete = {r[0] for r in tx.execute(
-            """SELECT upload_id FROM uploads WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))
-               GROUP BY upload_id HAVING count(*) = any_value(chunks)""", [list(by_upload)]).fetchall()}
+            f"""SELECT upload_id FROM uploads WHERE upload_id IN (SELECT unnest(?::VARCHAR[]))
+               GROUP BY upload_id HAVING {_WHOLE}""", [list(by_upload)]).fetchall()}
         for upload_id, upload in by_upload.items():
             first = upload[0]
             incoming = pa.table({field: pa.array([r[field] for ev in upload for r in ev.records], pa.string())
@@ -134,8 +135,8 @@ class VaultProjection:
         return {a: found.get(a) or VaultMember(a) for a in addresses}
 
     def tag_seen(self, member: str, upload_tag: str) -> str | None:
-        row = self.conn.execute("""SELECT upload_id FROM uploads WHERE member = ? AND upload_tag = ?
-                                   GROUP BY upload_id HAVING count(*) = any_value(chunks) LIMIT 1""",
+        row = self.conn.execute(f"""SELECT upload_id FROM uploads WHERE member = ? AND upload_tag = ?
+                                   GROUP BY upload_id HAVING {_WHOLE} LIMIT 1""",
                                 [member, upload_tag]).fetchone()
         return str(row[0]) if row else None
 
@@ -168,8 +169,8 @@ class VaultProjection:
 
     def summary(self, member: str) -> list[dict[str, Any]]:
         rows = self.conn.execute(
-            """SELECT upload_id, category, schema_version, sum(records), min(contributed_at) FROM uploads
-               WHERE member = ? GROUP BY ALL HAVING count(*) = any_value(chunks) ORDER BY 5""", [member]).fetchall()
+            f"""SELECT upload_id, category, schema_version, sum(records), min(contributed_at) FROM uploads
+               WHERE member = ? GROUP BY ALL HAVING {_WHOLE} ORDER BY 5""", [member]).fetchall()
         return [{"upload_id": r[0], "category": r[1], "schema_version": r[2], "records": int(r[3]),
                  "contributed_at": r[4]} for r in rows]
 
