@@ -163,13 +163,8 @@ class AnonymizerProjection:
             tx.execute("UPDATE builds SET stage = ?, done = ?, total = ? WHERE build_id = ? AND outcome IS NULL",
                        [ev.stage, ev.done, ev.total, ev.build_id])
         elif isinstance(ev, VersionBuildFinished):
-            # `published` naming a version another build published: its output was identical, it was kept
-            tx.execute("""UPDATE builds SET outcome = CASE WHEN ? = 'published' AND EXISTS (
-                              SELECT 1 FROM builds o WHERE o.dataset_id = ? AND o.version = ?
-                                AND o.outcome = 'published' AND o.build_id <> ?) THEN 'unchanged' ELSE ? END,
-                          version = ?, detail = ?, finished_at = ? WHERE build_id = ?""",
-                       [ev.outcome, ev.dataset_id, ev.version, ev.build_id, ev.outcome, ev.version, ev.detail,
-                        ev.finished_at, ev.build_id])
+            tx.execute("UPDATE builds SET outcome = ?, version = ?, detail = ?, finished_at = ? WHERE build_id = ?",
+                       [ev.outcome, ev.version, ev.detail, ev.finished_at, ev.build_id])
 
     # -- definitions ---------------------------------------------------------------------------
     def definition(self, dataset_id: str) -> DefinitionState | None:

@@ -546,8 +546,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         reader sees the new version while an old one with a departed member is still on offer. Decided under
         the dataset's lock on the projection as it is then: ContributorsLeft (nothing appended) when a
         contributor of `published` or `kept` is no longer eligible. `kept`: the build's output is identical
-        to `version`, on offer, which stays (the build's end names it, with outcome `published`: the event
-        has no other word for it, the projection records `unchanged`); OfferChanged when it no longer is."""
+        to `version`, on offer, which stays (the build ends `unchanged`, naming it); OfferChanged when it no
+        longer is."""
 
         def decide() -> list[Event]:
             now = self.clock()
@@ -565,7 +565,8 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             events: list[Event] = [published] if published is not None else []
             if started:
                 events.append(VersionBuildFinished(dataset_id=req.dataset_id, build_id=req.build_id,
-                                                   outcome="published" if version else "failed", version=version,
+                                                   outcome=("unchanged" if kept is not None else "published")
+                                                   if version else "failed", version=version,
                                                    detail=detail[:2000], finished_at=now))
             if definition is not None:
                 live = {v: ms for v, ms in self.projection.live_contributors(req.dataset_id).items() if v != version}

@@ -7,11 +7,12 @@ events too (subject: the dataset id), so a rebuilt anonymizer knows every defini
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from datacoop.events.registry import Event, event
+from datacoop.events.registry import REGISTRY, Event, event
 from datacoop.events.types import Address, Sha256, Slug, UtcTime
 from datacoop.topics import DATASETS
 
@@ -93,8 +94,12 @@ class VersionBuildProgressed(Event):
 
 
 @event("datacoop.anonymizer.build_finished", 1, topic=DATASETS)
-class VersionBuildFinished(Event):
+class VersionBuildFinishedV1(Event):
     """The end of a build: `published` (then `version` is the new version), or `failed` with why."""
+
+    # Kept to read logs written before version 2, as version 2 (see the upcaster below); never written. Its
+    # published schema stays as it was: the docstring above and the title are v1's.
+    model_config = ConfigDict(title="VersionBuildFinished")
 
     dataset_id: Slug
     build_id: str = Field(min_length=1, max_length=64)
@@ -102,3 +107,32 @@ class VersionBuildFinished(Event):
     version: int | None = Field(None, ge=1)
     detail: str = ""
     finished_at: UtcTime
+
+
+@event("datacoop.anonymizer.build_finished", 2, topic=DATASETS)
+class VersionBuildFinished(Event):
+    """The end of a build: `published` (`version` is the new version), `unchanged` (its output was identical
+    to `version`, on offer, which stays: nothing was published), or `failed` with why (`version` null)."""
+
+    dataset_id: Slug
+    build_id: str = Field(min_length=1, max_length=64)
+    outcome: Literal["published", "unchanged", "failed"]
+    version: int | None = Field(None, ge=1)
+    detail: str = ""
+    finished_at: UtcTime
+
+
+_KEPT_V1 = re.compile(r"version ([0-9]+) already holds exactly what this build would publish")
+
+
+def _build_finished_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """v1 had no word for `unchanged`: a build whose output was identical to the version on offer said
+    `published`, naming that version, with a detail beginning as the v1 anonymizer wrote it for exactly
+    that case (`version N already holds exactly what this build would publish`). That one is `unchanged`."""
+    kept = _KEPT_V1.match(str(data.get("detail", "")))
+    if data.get("outcome") == "published" and kept and int(kept.group(1)) == data.get("version"):
+        return {**data, "outcome": "unchanged"}
+    return data
+
+
+REGISTRY.register_upcaster("datacoop.anonymizer.build_finished", 1, _build_finished_v1_to_v2)

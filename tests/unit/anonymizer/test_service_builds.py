@@ -22,11 +22,12 @@ from datacoop.events.datasets import (
     DatasetVersionPublished,
     DatasetVersionSuperseded,
     VersionBuildFinished,
+    VersionBuildFinishedV1,
 )
 from datacoop.events.envelope import Envelope
 from datacoop.events.members import ConsentGranted, ConsentRevoked
 from datacoop.events.records import RecordsContributed
-from datacoop.events.registry import Event
+from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
 from services.anonymizer import build as pipeline
 from services.anonymizer.definition import shared_dir
@@ -282,13 +283,13 @@ def test_new_records_that_publish_the_same_rows_again_leave_the_version_on_offer
 
 
 def test_a_build_of_the_same_rows_again_ends_unchanged_on_the_topic_and_the_trigger_rests(service) -> None:
-    """The debounced trigger builds once for the new record ids; the build's end names the version kept (the
-    event knows only `published` and `failed`; the projection records `unchanged`), and nothing follows."""
+    """The debounced trigger builds once for the new record ids; the build ends `unchanged`, naming the
+    version kept, and nothing follows."""
     _with_newcomer(service)
     service.config.anonymizer_debounce_s = 0.0  # the new upload's records are quiet long enough
     asyncio.run(service.builder_once())
     finished = [e for e in _events(service) if isinstance(e, VersionBuildFinished)]
-    assert [(f.outcome, f.version) for f in finished] == [("published", 1), ("published", 1)]
+    assert [(f.outcome, f.version) for f in finished] == [("published", 1), ("unchanged", 1)]
     assert finished[-1].detail.startswith("version 1 already holds exactly what this build would publish")
     assert sorted((b["trigger"], b["outcome"], b["version"]) for b in service.projection.builds(DATASET)) == [
         ("change", "unchanged", 1), ("on-demand", "published", 1)]
@@ -302,6 +303,25 @@ def test_a_build_of_the_same_rows_again_ends_unchanged_on_the_topic_and_the_trig
         replayed.apply(tx, [_delivery(e, DATASET) for e in _events(service)])
     assert sorted(b["outcome"] for b in replayed.builds(DATASET)) == ["published", "unchanged"]
     assert replayed.newest_live_inputs(DATASET) == service.projection.newest_live_inputs(DATASET)
+
+
+def test_a_v1_log_reads_a_kept_version_as_unchanged_and_the_rest_as_written(service) -> None:
+    """build_finished.v1 said `published` for a build whose output was identical to the version on offer; read
+    through the registry (the consumer's path for an old version), it is v2's `unchanged`, and nothing else is."""
+    _with_newcomer(service)
+    service.config.anonymizer_debounce_s = 0.0
+    asyncio.run(service.builder_once())
+    v2_ends = [e for e in _events(service) if isinstance(e, VersionBuildFinished)]
+    as_v1 = [{**e.model_dump(mode="json"), "outcome": "failed" if e.outcome == "failed" else "published"}
+             for e in v2_ends]  # as the v1 anonymizer wrote them
+    read = [REGISTRY.decode(VersionBuildFinishedV1.type_name(), d) for d in as_v1]
+    assert all(type(r) is VersionBuildFinished for r in read)
+    assert [(r.outcome, r.version, r.detail) for r in read] == [(e.outcome, e.version, e.detail) for e in v2_ends]
+    assert [r.outcome for r in read] == ["published", "unchanged"]
+    forged = {**as_v1[-1], "version": 2}  # the detail names another version than the event: not a kept one
+    assert REGISTRY.decode(VersionBuildFinishedV1.type_name(), forged).outcome == "published"  # type: ignore[attr-defined]
+    failed = {**as_v1[-1], "outcome": "failed", "version": None}
+    assert REGISTRY.decode(VersionBuildFinishedV1.type_name(), failed).outcome == "failed"  # type: ignore[attr-defined]
 
 
 def test_a_forced_build_publishes_the_same_rows_again_and_says_so(service) -> None:
