@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, Protocol
 
 import duckdb
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
@@ -328,6 +329,8 @@ class ConsumerRunner:
             own = [(d.topic, d.envelope.subject, d.envelope.seq, d.partition, d.offset)
                    for d in [*candidates, *(f.dead for f in fetched if f.dead is not None)]
                    if d.topic in self.writes_topics]
+            own += [row for f in fetched if f.error is not None and f.dead is None
+                    and f.record.topic in self.writes_topics and (row := _seq_of_undecodable(f.record))]
             if own:
                 self.store.save_subjects(tx, own)
             self.store.save_offsets(tx, self.consumer_name, offsets)
@@ -369,6 +372,22 @@ class ConsumerRunner:
         return {f"{tp.topic}[{tp.partition}]": {"position": self._positions.get(tp),
                                                 "highwater": self._kafka.highwater(tp)}
                 for tp in self._kafka.assignment()}
+
+
+def _seq_of_undecodable(rec: ConsumerRecord[bytes, bytes]) -> tuple[str, str, int, int, int] | None:
+    """(topic, subject, seq, partition, offset) of an event that failed to decode or validate, read from
+    its JSON without the models, where it holds a string subject and a positive integer seq: the log holds
+    that seq whatever the rest says, and the writer must not hand it out again."""
+    try:
+        doc = orjson.loads(rec.value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    subject, seq = doc.get("subject"), doc.get("seq")
+    if not isinstance(subject, str) or not subject or type(seq) is not int or seq < 1 or seq >= 2**63:
+        return None
+    return (rec.topic, subject, seq, rec.partition, rec.offset)
 
 
 class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]

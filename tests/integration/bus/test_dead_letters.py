@@ -83,6 +83,25 @@ async def test_a_dead_lettered_event_of_the_services_own_topic_keeps_its_seq(bro
     assert store.last_seq(topic, "b") == 3
 
 
+async def test_an_undecodable_event_of_the_services_own_topic_keeps_the_seq_its_json_names(
+        broker: Broker, prefix: str) -> None:
+    """An event of its own topic that no model reads (an unknown type, invalid data) still holds its seq in the
+    log: the runner reads subject and seq from the JSON alone. Garbage names none and moves nothing."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish(topic, make_envelope("c", 1, 10))
+        unknown = make_envelope("c", 7, 5).model_copy(update={"type": "datacoop.test.unheard_of.v1"})
+        await pub.publish(topic, unknown)
+        invalid = make_envelope("d", 4, 5).model_copy(update={"data": {"amount_units": "lots"}})
+        await pub.publish(topic, invalid)
+        await pub.send_raw(topic, b'{"subject": "e", "seq": true}', key=b"e", headers=[])
+        await pub.send_raw(topic, b"[1, 2]", key=b"e", headers=[])
+        await read_back(broker, pub, store, topic, "seqs", writes_topics=frozenset([topic]))
+    assert (store.last_seq(topic, "c"), store.last_seq(topic, "d"), store.last_seq(topic, "e")) == (7, 4, 0)
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (10, 1)
+
+
 async def test_runner_seeks_to_offsets_stored_with_the_projection(broker: Broker, prefix: str) -> None:
     topic = await ledger_topic(broker, prefix, 2)
     store = ProjectionStore(":memory:", LEDGER_SQL)
