@@ -71,6 +71,11 @@ class _AppliedHashes:
             self.recent = set()
 
 
+class AfterCommitFailed(RuntimeError):
+    """The transaction committed; a callback after COMMIT (an in-memory cache's update) raised. Its cause is
+    the callback's exception. The database holds the batch: applying it again would change nothing."""
+
+
 class ProjectionStore:
     """One DuckDB connection owned by one service process.
 
@@ -124,7 +129,8 @@ class ProjectionStore:
             except Exception as exc:
                 failure = failure or exc
         if failure is not None:
-            raise failure
+            raise AfterCommitFailed(f"committed, but a callback after COMMIT failed: {type(failure).__name__}: "
+                                    f"{failure}") from failure
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         if self._after_commit is None:

@@ -9,7 +9,10 @@ The writer of the same process moves the runner's offset past the events it has 
 own transaction (`pass_over`), so the runner does not fetch what its process wrote.
 
 A projection bug must not stall a partition: when applying a batch raises, the batch is rolled back
-and re-applied one event per transaction, and the event that raises goes to the DLQ.
+and re-applied one event per transaction, and the event that raises goes to the DLQ. Anything else that
+fails a batch (the broker, the database, a bug) is logged, and the batch is read again from the stored
+positions after a pause that doubles up to 30 s; `failing` says why meanwhile (the service's /readyz
+answers 503 with it). A listener that raises after COMMIT is logged; the batch stays applied.
 """
 
 from __future__ import annotations
@@ -34,10 +37,17 @@ from datacoop.bus.publisher import Publisher
 from datacoop.events.codec import DecodeError, decode
 from datacoop.events.envelope import Envelope
 from datacoop.events.registry import REGISTRY, Event, EventRegistry
-from datacoop.store import ProjectionStore
+from datacoop.store import AfterCommitFailed, ProjectionStore
 from datacoop.topics import dlq
 
 log = logging.getLogger("datacoop.bus")
+
+RETRY_PAUSE_S = 0.5  # after a failed batch; doubles on each failure in a row
+RETRY_PAUSE_MAX_S = 30.0
+# Failures of the database itself, not of an event's effects: a batch that meets one is retried whole, never
+# taken apart and dead-lettered event by event.
+DATABASE_FAULTS = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.FatalException,
+                   duckdb.InterruptException, duckdb.PermissionException)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +135,7 @@ class ConsumerRunner:
         self.caught_up = asyncio.Event()
         self.applied_count = 0
         self.dead_count = 0
+        self.failing: str | None = None  # why the last poll failed, until one succeeds
 
     @property
     def _kafka(self) -> AIOKafkaConsumer:
@@ -164,16 +175,41 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self.run(), name=f"consumer-{self.consumer_name}")
         return self._task
 
+    @property
+    def ended(self) -> bool:
+        """Its background task (run_in_background) has ended: it no longer reads the log."""
+        return self._task is not None and self._task.done()
+
     async def run(self) -> None:
+        pause = RETRY_PAUSE_S
         while not self._stopping:
             try:
                 await self.poll_once()
-            except (KafkaError, OSError) as exc:
-                # The batch in hand was abandoned before its transaction: read it again.
-                log.warning("consumer %s: %s; retrying from the stored positions", self.consumer_name, exc)
-                for tp, offset in self._positions.items():
-                    self._kafka.seek(tp, offset)
-                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The batch in hand was abandoned before its transaction (or committed, when only what
+                # follows COMMIT failed): read on from the stored positions, which say which.
+                self.failing = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, KafkaError | OSError):
+                    log.warning("consumer %s: %s; retrying from the stored positions in %.1f s",
+                                self.consumer_name, self.failing, pause)
+                else:
+                    log.exception("consumer %s: a batch failed (%s); retrying from the stored positions in %.1f s",
+                                  self.consumer_name, self.failing, pause)
+                self._rewind()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_PAUSE_MAX_S)
+            else:
+                self.failing = None
+                pause = RETRY_PAUSE_S
+
+    def _rewind(self) -> None:
+        """Seek every partition still assigned to its stored position (what was fetched beyond is read again)."""
+        assigned = self._kafka.assignment()
+        for tp, offset in self._positions.items():
+            if tp in assigned:
+                self._kafka.seek(tp, offset)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in hand (or abandon it before its transaction), then close."""
@@ -185,6 +221,8 @@ class ConsumerRunner:
                 self._task.cancel()
             except asyncio.CancelledError:
                 pass
+            except Exception:  # it ended on an error it could not retry: say so, and close all the same
+                log.exception("consumer %s had stopped on an error", self.consumer_name)
         if self._consumer is not None:
             await self._consumer.stop()
 
@@ -250,6 +288,8 @@ class ConsumerRunner:
             fetched.append(f)
             event_id = ce_type = None
             for key, raw in rec.headers or ():
+                if raw is None:  # Kafka allows a header without a value
+                    continue
                 if key == "ce_id":
                     event_id = raw.decode(errors="replace")
                 elif key == "ce_type":
@@ -290,14 +330,18 @@ class ConsumerRunner:
             try:
                 with gc_paused():
                     return self._commit(fetched)
+            except DATABASE_FAULTS:
+                raise  # not the events' fault: the whole batch is read again after a pause
             except Exception as exc:  # a projection bug: isolate the event that causes it
-                log.warning("batch apply failed (%s); re-applying one event at a time", exc)
+                log.warning("batch apply failed (%s); re-applying one event at a time", exc, exc_info=True)
         applied = 0
         for f in fetched:
             async with self.store.lock:
                 try:
                     applied += self._commit([f])
                     continue
+                except DATABASE_FAULTS:
+                    raise
                 except Exception as exc:
                     reason = f"projection failed: {type(exc).__name__}: {exc}"
             await self._dead_letter(f.record, reason)
@@ -319,6 +363,24 @@ class ConsumerRunner:
         offsets: dict[tuple[str, int], int] = {}
         for f in fetched:
             offsets[(f.record.topic, f.record.partition)] = f.record.offset + 1
+        try:
+            self._transaction(fetched, candidates, fresh, offsets)
+        except AfterCommitFailed:  # the batch is in the database; only an in-memory cache missed it
+            log.exception("consumer %s: a batch committed, but a callback after COMMIT failed", self.consumer_name)
+        for (topic, partition), offset in offsets.items():
+            self._positions[TopicPartition(topic, partition)] = offset
+        self.applied_count += len(fresh)
+        if fresh:
+            for listener in self._listeners:
+                try:
+                    listener(fresh)
+                except Exception:  # the batch is committed: each listener still gets it, the next batch too
+                    log.exception("consumer %s: listener %r failed on a committed batch of %d event(s)",
+                                  self.consumer_name, listener, len(fresh))
+        return len(fresh)
+
+    def _transaction(self, fetched: list[_Fetched], candidates: list[Delivery], fresh: list[Delivery],
+                     offsets: dict[tuple[str, int], int]) -> None:
         with self.store.transaction() as tx:
             if fresh:
                 self.projection.apply(tx, fresh)
@@ -334,13 +396,6 @@ class ConsumerRunner:
             if own:
                 self.store.save_subjects(tx, own)
             self.store.save_offsets(tx, self.consumer_name, offsets)
-        for (topic, partition), offset in offsets.items():
-            self._positions[TopicPartition(topic, partition)] = offset
-        self.applied_count += len(fresh)
-        if fresh:
-            for listener in self._listeners:
-                listener(fresh)
-        return len(fresh)
 
     async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:
         headers = [
@@ -397,7 +452,8 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        return None
+        for tp in revoked:  # another instance reads them now; a retry must not seek them
+            self.runner._positions.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.runner.seek_to_stored(sorted(assigned))

@@ -6,6 +6,7 @@ Value: the envelope as CloudEvents structured-mode JSON. Key: the subject. Heade
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -49,8 +50,8 @@ def decode(value: bytes | None) -> Envelope:
         raise DecodeError(f"not a valid envelope: {errs}") from exc
 
 
-def header(headers: Headers | tuple[tuple[str, bytes], ...], name: str) -> str | None:
+def header(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:
     for key, value in headers:
         if key == name:
-            return value.decode(errors="replace")
+            return None if value is None else value.decode(errors="replace")  # Kafka allows a null value
     return None

@@ -104,7 +104,11 @@ class EventRegistry:
             step = self.upcasters.get(f"{base}.v{version}")
             if step is None:
                 raise UnknownEventType(f"no upcaster from {base}.v{version} to v{version + 1}")
-            data = step(dict(data))
+            try:
+                data = step(dict(data))
+            except Exception as exc:  # an upcaster's bug or data it did not expect: this event fails alone
+                raise EventDataInvalid(f"{base}.v{version}: its upcaster to v{version + 1} failed "
+                                       f"({type(exc).__name__}: {exc})") from exc
             version += 1
         model = self.models[f"{base}.v{version}"]
         try:

@@ -130,13 +130,19 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> Response:
         """Ready: the projection has caught up with the topics it reads (fetch high-water mark)."""
-        body = {"service": runtime.name, "ready": runtime.ready, "applied": runtime.runner.applied_count,
-                "dead_lettered": runtime.runner.dead_count, "partitions": runtime.runner.lag()}
+        runner = runtime.runner
+        body = {"service": runtime.name, "ready": runtime.ready, "applied": runner.applied_count,
+                "dead_lettered": runner.dead_count, "partitions": runner.lag(), "failing": runner.failing}
         if runtime.ready:
             return JSONResponse(body)
-        return problems.problem_response(503, "not-ready", "not ready",
-                                         "the projection is still catching up with the log; retry shortly",
-                                         "/readyz", **body)
+        if runner.failing is not None:
+            detail = (f"reading the log fails ({runner.failing}); the service retries on its own: see its log, "
+                      "and check the broker and the data directory")
+        elif runner.ended:
+            detail = "the service has stopped reading the log; see its log and restart it"
+        else:
+            detail = "the projection is still catching up with the log; retry shortly"
+        return problems.problem_response(503, "not-ready", "not ready", detail, "/readyz", **body)
 
     for router in routers:
         app.include_router(router)

@@ -79,8 +79,9 @@ class ServiceRuntime(Generic[P]):
 
     @property
     def ready(self) -> bool:
-        """Caught up with the log and caches warmed: commands may run."""
-        return self._warmed
+        """Caught up with the log and caches warmed, and still reading it: commands may run. Not while the
+        consumer's last batch failed (`runner.failing` says why; it retries) or after its task ended."""
+        return self._warmed and not self.runner.ended and self.runner.failing is None
 
     async def _warm_when_caught_up(self) -> None:
         await self.runner.caught_up.wait()
@@ -114,7 +115,11 @@ class ServiceRuntime(Generic[P]):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.runner.stop()
-        await self.publisher.stop()
-        self.store.close()
+        try:
+            await self.runner.stop()
+        finally:
+            try:
+                await self.publisher.stop()
+            finally:
+                self.store.close()
         log.info("%s stopped", self.name)

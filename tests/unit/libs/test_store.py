@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from datacoop import store as store_module
-from datacoop.store import ProjectionStore
+from datacoop.store import AfterCommitFailed, ProjectionStore
 
 
 def _ids(n: int) -> list[str]:
@@ -55,10 +55,11 @@ def test_the_index_learns_committed_ids_even_when_a_cache_callback_fails() -> No
     def broken_cache() -> None:
         raise ValueError("cache update failed")
 
-    with pytest.raises(ValueError, match="cache update failed"), store.transaction() as tx:
+    with pytest.raises(AfterCommitFailed, match="cache update failed") as raised, store.transaction() as tx:
         store.on_commit(broken_cache)
         store.mark_applied(tx, ids)
         store.on_commit(lambda: ran.append("later callback"))
+    assert isinstance(raised.value.__cause__, ValueError)
     assert store.already_applied(ids) == set(ids)
     assert ran == ["later callback"], "every callback runs even when one fails"
 

@@ -1,0 +1,213 @@
+"""The consumer runner keeps reading through what is not an event's fault, and says when it cannot.
+
+A record with null header values, an upcaster that raises, a listener that raises, a database that fails
+for a while, a fetch error after a rebalance took partitions away: each once ended the runner's task in
+silence (every partition stopped, /readyz still 200) or dead-lettered good events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
+
+from datacoop.bus import ConsumerRunner, Publisher
+from datacoop.bus.consumer import Delivery
+from datacoop.events.codec import header
+from datacoop.events.envelope import Envelope
+from datacoop.events.registry import Event, EventRegistry, event
+from datacoop.kit.app import create_app
+from datacoop.kit.runtime import ServiceRuntime
+from datacoop.kit.settings import ServiceSettings
+from datacoop.store import ProjectionStore
+from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
+from datacoop.topics import MEMBERS, qualified
+from infra.local import Broker
+from tests.integration.bus.ledger_helpers import drain, ledger_topic, read_back
+from tests.integration.bus.test_dead_letters import _read_all
+
+
+async def _send_raw(bootstrap: str, topic: str, value: bytes, headers: list[tuple[str, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=b"k", headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def _until(condition: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_null_header_values_are_read_past_and_the_record_dead_lettered(broker: Broker, prefix: str) -> None:
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish(topic, make_envelope("a", 1, 5))
+        await _send_raw(broker.bootstrap, topic, b"{}", [("ce_id", None), ("ce_type", None)])
+        await pub.publish(topic, make_envelope("a", 2, 7))
+        runner = await read_back(broker, pub, store, topic, "nulls")
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (12, 2)
+    assert runner.dead_count == 1
+    (dead,) = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
+    assert "DecodeError" in (header(dead.headers, "dlq_error") or "")
+    assert header(dead.headers, "ce_id") is None
+
+
+REGISTRY = EventRegistry()
+
+
+@event("datacoop.test.thing", 1, topic="t", registry=REGISTRY)
+class ThingV1(Event):
+    a: int | None = None
+
+
+@event("datacoop.test.thing", 2, topic="t", registry=REGISTRY)
+class ThingV2(Event):
+    b: int
+
+
+REGISTRY.register_upcaster("datacoop.test.thing", 1, lambda d: {"b": d["a"] + 1})  # a bug: `a` may be null
+
+
+class Things:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        self.seen += [d.event.b for d in deliveries]  # type: ignore[attr-defined]
+
+
+async def test_an_upcaster_that_raises_dead_letters_its_event_alone(broker: Broker, prefix: str) -> None:
+    topic = await ledger_topic(broker, prefix)
+    things = Things()
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [Envelope(source="test", type=ThingV1.type_name(), subject="s", seq=seq,
+                                                data={"a": a}) for seq, a in [(1, 1), (2, None), (3, 5)]])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=ProjectionStore(":memory:"), projection=things,
+                                topics=[topic], consumer_name="up", dlq_publisher=pub, registry=REGISTRY)
+        await runner.start()
+        await drain(runner)
+        await runner.stop()
+    assert things.seen == [2, 6]
+    (dead,) = await _read_all(broker.bootstrap, f"{topic}.dlq", 1)
+    reason = header(dead.headers, "dlq_error") or ""
+    assert "EventDataInvalid" in reason and "upcaster to v2 failed" in reason and "TypeError" in reason
+
+
+async def test_a_listener_that_raises_neither_hides_the_batch_from_the_next_nor_dead_letters_it(
+        broker: Broker, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    later: list[int] = []
+
+    def broken(deliveries: list[Delivery]) -> None:
+        raise RuntimeError("a listener's bug")
+
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("a", i, i) for i in range(1, 6)])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                topics=[topic], consumer_name="listen", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        runner.add_listener(broken)
+        runner.add_listener(lambda ds: later.extend(d.event.amount_units for d in ds))  # type: ignore[attr-defined]
+        await runner.start()
+        with caplog.at_level(logging.ERROR, logger="datacoop.bus"):
+            await drain(runner)
+        await runner.stop()
+    assert later == [1, 2, 3, 4, 5]
+    assert runner.dead_count == 0 and runner.applied_count == 5
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (15, 5)
+    assert any("listener" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+class FailingDisk(LedgerProjection):
+    """A projection whose database fails (as a full or lost disk would) while `broken` is set."""
+
+    broken = True
+
+    def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+        if self.broken:
+            raise duckdb.IOException("could not write: No space left on device")
+        super().apply(tx, deliveries)
+
+
+async def test_a_failing_database_is_retried_whole_and_readyz_says_why_meanwhile(
+        broker: Broker, prefix: str, tmp_path: Path) -> None:
+    """Not the events' fault: nothing goes to the DLQ; /readyz answers 503 with the reason until a retry
+    succeeds, then 200 with every event applied."""
+    settings = ServiceSettings(bootstrap=broker.bootstrap, topic_prefix=prefix + ".", data_dir=tmp_path)
+    projection = FailingDisk()
+    runtime = ServiceRuntime("probe", settings, lambda store: projection, reads=[MEMBERS], schema_sql=LEDGER_SQL)
+    runtime.runner.registry = LEDGER_REGISTRY
+    app = create_app(runtime, [], title="probe")
+    topic = qualified(prefix + ".", MEMBERS)
+    await runtime.start()
+    try:
+        await runtime.publisher.publish_many(topic, [make_envelope("m", i, 10) for i in range(1, 4)])
+        await _until(lambda: runtime.runner.failing is not None, "the failing batch")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            refused = await client.get("/readyz")
+            assert refused.status_code == 503 and not runtime.ready
+            assert "No space left on device" in refused.json()["detail"]
+            assert "IOException" in refused.json()["failing"]
+            projection.broken = False
+            await _until(lambda: runtime.runner.applied_count == 3 and runtime.ready, "the retry", 40)
+            ok = await client.get("/readyz")
+        assert ok.status_code == 200 and ok.json()["failing"] is None
+        assert runtime.runner.dead_count == 0
+        assert runtime.store.conn.execute("SELECT total_units FROM totals").fetchone() == (30,)
+    finally:
+        await runtime.stop()
+
+
+async def test_a_fetch_error_after_a_rebalance_does_not_seek_a_partition_given_away(
+        broker: Broker, prefix: str) -> None:
+    """Group mode: the partitions a rebalance takes away leave the runner's positions, so the retry after a
+    fetch error seeks only what it still holds, and it reads on."""
+    topic = await ledger_topic(broker, prefix, 2)
+
+    def runner(pub: Publisher) -> ConsumerRunner:
+        return ConsumerRunner(bootstrap=broker.bootstrap, store=ProjectionStore(":memory:", LEDGER_SQL),
+                              projection=LedgerProjection(), topics=[topic], consumer_name="g", dlq_publisher=pub,
+                              registry=LEDGER_REGISTRY, group_id=f"{prefix}-g")
+
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope(f"s{i}", 1, 1) for i in range(20)])
+        first, second = runner(pub), runner(pub)
+        await first.start()
+        task = first.run_in_background()
+        try:
+            await _until(lambda: len(first._kafka.assignment()) == 2 and first.applied_count == 20, "both partitions",
+                         60)
+            await second.start()
+            second.run_in_background()
+            await _until(lambda: len(first._kafka.assignment()) == 1 and len(second._kafka.assignment()) == 1,
+                         "the rebalance", 60)
+            assert set(first._positions) == first._kafka.assignment()
+            fetch, failed = first._kafka.getmany, []
+
+            async def flaky(*args: Any, **kwargs: Any) -> Any:
+                if not failed:
+                    failed.append(True)
+                    raise KafkaConnectionError("connection reset")
+                return await fetch(*args, **kwargs)
+
+            first._kafka.getmany = flaky  # type: ignore[method-assign]
+            await _until(lambda: bool(failed) and first.failing is None, "a poll after the error", 30)
+            assert not task.done()
+        finally:
+            await second.stop()
+            await first.stop()
