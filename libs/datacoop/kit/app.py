@@ -118,6 +118,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(KafkaError, problems.event_log_error_handler)
+    app.add_exception_handler(Exception, problems.unexpected_error_handler)  # a bug: still problem+json
 
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(CorrelationIds)

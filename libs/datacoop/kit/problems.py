@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import uuid
 from typing import Any
 
 from fastapi import Request
@@ -142,10 +143,31 @@ def _body_message(error: Any, fields: tuple[list[str], list[str]]) -> str:
     return f"the request body must be a JSON object: send one like {example} (Content-Type: application/json)"
 
 
+_UNPARSED_BODY = "There was an error parsing the body"  # FastAPI's words for a body its JSON decoding raised on
+
+
 async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _UNPARSED_BODY:  # not UTF-8, or an integer past Python's limit
+        required, every = _body_fields(request)
+        example = "{" + ", ".join(f'"{name}": ...' for name in (required or every)) + "}"
+        message = ("the request body could not be read as JSON: it must be UTF-8 text, and its integers at most "
+                   f"4,300 digits long; send a JSON object like {example} (Content-Type: application/json)")
+        return problem_response(400, "invalid-request", "invalid request", message, request.url.path,
+                                errors=[{"field": "", "message": message}])
     slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status_code, "http-error")
     return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: 500 as problem+json with an id to find its traceback in the log. The exception's own words stay
+    in the log (they may quote what the request held)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s %s failed unexpectedly (error id %s)", request.method, request.url.path, error_id, exc_info=exc)
+    return problem_response(500, "internal-error", "internal error",
+                            f"the service failed unexpectedly ({type(exc).__name__}); this is a bug, logged with error "
+                            f"id {error_id}: report it with that id. Whether the request took effect is not known: "
+                            "read the state back before sending it again", request.url.path, error_id=error_id)
 
 
 async def event_log_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from datacoop.kit import problems
 from datacoop.kit.logs import JsonFormatter, correlation_id
@@ -54,12 +55,39 @@ class _GrantBody(BaseModel):
 def body_client() -> TestClient:
     app = FastAPI()
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
+    app.add_exception_handler(Exception, problems.unexpected_error_handler)
 
     @app.post("/grants")
     async def grant(body: _GrantBody) -> dict[str, Any]:
+        if body.note == "crash":
+            raise ValueError("year 10000 is out of range, for member " + body.member)
         return body.model_dump()
 
-    return TestClient(app)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("content", [b'{"member": "\xff", "nonce": 1}',
+                                     b'{"member": "0x1", "nonce": ' + b"9" * 5000 + b"}"],
+                         ids=["not-utf-8", "5000-digit-integer"])
+def test_a_body_json_cannot_read_is_told_what_json_takes(body_client: TestClient, content: bytes) -> None:
+    resp = body_client.post("/grants", content=content, headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.headers["content-type"] == "application/problem+json"
+    detail = resp.json()["detail"]
+    assert "could not be read as JSON: it must be UTF-8 text, and its integers at most 4,300 digits" in detail
+    assert 'send a JSON object like {"member": ..., "nonce": ...}' in detail
+
+
+def test_a_bug_is_a_problem_json_500_with_an_error_id_not_its_message(
+        body_client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="datacoop.http"):
+        resp = body_client.post("/grants", json={"member": "0xsecret", "nonce": 1, "note": "crash"})
+    assert resp.status_code == 500 and resp.headers["content-type"] == "application/problem+json"
+    body = resp.json()
+    assert body["type"].endswith("/internal-error") and "ValueError" in body["detail"]
+    assert body["error_id"] in body["detail"] and "0xsecret" not in resp.text
+    logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
 
 
 def _problem(client: TestClient, **request: Any) -> dict[str, Any]:
