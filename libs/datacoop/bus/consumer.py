@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import duckdb
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -90,6 +90,11 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+class LogMismatch(RuntimeError):
+    """The positions stored with the projection do not fit the log: it was built from another one. Reading on
+    would skip events or apply a second log on top of the first; the runner stops reading instead."""
+
+
 class ConsumerRunner:
     def __init__(
         self,
@@ -123,7 +128,7 @@ class ConsumerRunner:
             client_id=f"datacoop-{consumer_name}",
             group_id=group_id,
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",  # every position is set by a seek; outside the log is an error
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
@@ -228,7 +233,11 @@ class ConsumerRunner:
 
     # -- one batch ---------------------------------------------------------------------------
     async def poll_once(self) -> int:
-        batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
+        try:
+            batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
+        except OffsetOutOfRangeError as exc:  # Apache Kafka: a stored position outside the log
+            tp, offset = next(iter(exc.args[0].items())) if exc.args and isinstance(exc.args[0], dict) else (None, None)
+            raise LogMismatch(self._mismatch(tp, offset, "lies outside the log")) from exc
         applied = 0
         if batch:
             self._in_hand = True
@@ -414,11 +423,23 @@ class ConsumerRunner:
         assignment = self._kafka.assignment()
         if not assignment:
             return
+        behind = False
         for tp in assignment:
             hw = self._kafka.highwater(tp)
-            if hw is None or self._positions.get(tp, 0) < hw:
-                return
-        self.caught_up.set()
+            position = self._positions.get(tp, 0)
+            if hw is not None and position > hw:  # the local broker answers an empty fetch here, no error
+                raise LogMismatch(self._mismatch(tp, position, f"is past the log's end, offset {hw}"))
+            behind = behind or hw is None or position < hw
+        if not behind:
+            self.caught_up.set()
+
+    def _mismatch(self, tp: TopicPartition | None, offset: int | None, how: str) -> str:
+        where = f"{tp.topic}[{tp.partition}]" if tp is not None else "a partition"
+        return (f"{where}: the position this projection stored, offset {offset}, {how}: its database "
+                f"({self.store.path}) was built from another log (a broker whose log was lost or replaced?), or the "
+                "topic's oldest events were deleted (an event-sourced topic must keep every event). Delete the "
+                "database to rebuild the state from this log, or point DATACOOP_BOOTSTRAP at the broker that holds "
+                "the log it was built from")
 
     def lag(self) -> dict[str, Any]:
         """Per partition: next offset to read and the last known high-water mark."""

@@ -211,3 +211,26 @@ async def test_a_fetch_error_after_a_rebalance_does_not_seek_a_partition_given_a
         finally:
             await second.stop()
             await first.stop()
+
+
+async def test_a_projection_built_from_another_log_is_refused_not_caught_up(broker: Broker, prefix: str) -> None:
+    """Stored positions past the log's end (a broker whose log was lost, a database from elsewhere): the local
+    broker answers such a fetch with nothing, and the runner called itself caught up while it skipped every
+    event the log would get up to that offset. It says what is wrong and reads nothing."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    with store.transaction() as tx:
+        store.save_offsets(tx, "elsewhere", {(topic, 0): 100})
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("a", i, i) for i in range(1, 6)])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                topics=[topic], consumer_name="elsewhere", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        await runner.start()
+        runner.run_in_background()
+        try:
+            await _until(lambda: runner.failing is not None, "the refusal")
+        finally:
+            await runner.stop()
+    assert "LogMismatch" in runner.failing and "offset 100, is past the log's end, offset 5" in runner.failing
+    assert "Delete the database to rebuild" in runner.failing
+    assert not runner.caught_up.is_set() and runner.applied_count == 0
