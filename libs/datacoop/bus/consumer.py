@@ -409,7 +409,7 @@ class ConsumerRunner:
     async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:
         headers = [
             *[(k, v) for k, v in (rec.headers or ()) if not k.startswith("dlq_")],
-            ("dlq_error", reason.encode()[:4000]),
+            ("dlq_error", reason.encode()[:4000].decode(errors="ignore").encode()),  # whole characters
             ("dlq_source_topic", rec.topic.encode()),
             ("dlq_source_partition", str(rec.partition).encode()),
             ("dlq_source_offset", str(rec.offset).encode()),

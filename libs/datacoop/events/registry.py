@@ -67,8 +67,10 @@ class EventRegistry:
         if type_name in self._typed:
             return self._typed[type_name]
         model = self.models.get(type_name)
+        if model is None:  # not cached: the header is anyone's text, and the cache must not grow with it
+            return None
         typed: type[Envelope] | None = None
-        if model is not None and self.latest(model.event_type) is model:
+        if self.latest(model.event_type) is model:
             typed = create_model(f"{model.__name__}Envelope", __base__=Envelope, data=(model, ...))
         self._typed[type_name] = typed
         return typed

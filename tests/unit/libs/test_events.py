@@ -122,3 +122,11 @@ def test_new_event_ids_are_uuid7_carrying_the_current_millisecond_and_unique() -
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
         assert before <= parsed.int >> 80 <= after
     assert sorted(ids, key=lambda t: uuid.UUID(t).int >> 80) == ids  # ordered by their millisecond
+
+
+def test_the_typed_envelope_cache_holds_registered_types_only() -> None:
+    """A consumer asks it for every record's ce_type header, which is anyone's text: unknown names are not kept."""
+    registry = EventRegistry()
+    for i in range(100):
+        assert registry.typed_envelope(f"datacoop.x.junk_{i}.v1") is None
+    assert registry._typed == {}
