@@ -11,7 +11,8 @@ from the log on restart: the log, not the projection, is the record.
 
 Group commit: commands whose acks arrive together are applied in one transaction (DuckDB's cost is
 per statement and per commit, not per row). If that transaction fails, each command is applied in
-its own, so one bad command fails alone.
+its own, so one bad command fails alone. As in a consumer, an event id is applied once: the first in the
+log wins (two commands may derive one id from one cause); one command's events must each have their own.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ def _envelope(event: Event, event_id: str, source: str, subject: str, seq: int, 
     return model(id=event_id, source=source, type=type_name, subject=subject, seq=seq,
                  dataschema=f"schemas/events/{type_name}.json", correlationid=correlation_id,
                  causationid=causation_id, data=data)
+
+
+def _refuse_shared_ids(envelopes: list[Envelope]) -> None:
+    """A command's events each need their own id: a consumer applies one event per id, so a projection
+    rebuilt from the log would lack the others (a programming error in the service's `id_for`)."""
+    ids: set[str] = set()
+    for env in envelopes:
+        if env.id in ids:
+            raise ValueError(
+                f"two events of one command on subject {env.subject!r} have the id {env.id} (types "
+                f"{', '.join(e.type for e in envelopes if e.id == env.id)}); a reader of the log applies only the "
+                "first: give each its own id, e.g. pass a discriminator to derived_event_id (the event's index, "
+                "or what tells the events apart)")
+        ids.add(env.id)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -136,7 +151,9 @@ class Writer:
         """Append what `decide` returns for `subject`; returns the applied deliveries.
 
         `id_for` gives an event its id (e.g. `derived_event_id` of its cause), so a re-sent reaction
-        is a duplicate that every consumer drops.
+        is a duplicate that every consumer drops. It must give each event of one command its own id:
+        a command whose events share one is refused (ValueError) before anything is written, since
+        every reader of the log would apply only the first of them.
 
         The subject stays locked until its events are applied or have failed, even when the caller is
         cancelled meanwhile: the next command on it must decide on the state they make. (The caller
@@ -154,6 +171,8 @@ class Writer:
             first_seq = self._last_seq(subject) + 1
             envelopes = [_envelope(ev, id_for(ev) if id_for else new_event_id(), self.source, subject, first_seq + i,
                                    correlation_id, causation_id) for i, ev in enumerate(events)]
+            if id_for is not None:
+                _refuse_shared_ids(envelopes)
             command = _InFlight(subject, asyncio.get_running_loop().create_future())
             # From here the subject is released when the events settle (applied or failed), not when
             # this task resumes or is cancelled. The ack queues them for the next group commit directly.
@@ -229,13 +248,19 @@ class Writer:
         return None
 
     def _commit(self, deliveries: list[Delivery]) -> None:
-        ids = [d.envelope.id for d in deliveries]
-        seen = self.store.already_applied(ids)
-        fresh = [d for d, event_id in zip(deliveries, ids, strict=True) if event_id not in seen] if seen else deliveries
+        # As a consumer of the log applies them: each id once, the first in the log (two commands of one
+        # group commit may carry one derived id), so a projection rebuilt from the log is the same.
+        deliveries = sorted(deliveries, key=lambda d: (d.partition, d.offset))
+        seen = self.store.already_applied([d.envelope.id for d in deliveries])
+        fresh: list[Delivery] = []
+        for d in deliveries:
+            if d.envelope.id not in seen:
+                seen.add(d.envelope.id)
+                fresh.append(d)
         with self.store.transaction() as tx:
             if fresh:
                 self.projection.apply(tx, fresh)
-                self.store.mark_applied(tx, ids if fresh is deliveries else [d.envelope.id for d in fresh])
+                self.store.mark_applied(tx, [d.envelope.id for d in fresh])
                 passed = self.reader.pass_over(tx, deliveries) if self.reader is not None else set()
                 # the reader will still fetch these: it drops them by id, without decoding them
                 own_ids = [d.envelope.id for d in fresh if (d.topic, d.partition) not in passed]

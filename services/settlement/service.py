@@ -37,7 +37,7 @@ from datacoop.chain import (
     send,
 )
 from datacoop.events.envelope import derived_event_id
-from datacoop.events.payouts import EpochPosted
+from datacoop.events.payouts import EpochPosted, PaymentFlagged
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.settings import DEV_OPERATOR_TOKEN, dev_default_warned
@@ -281,8 +281,12 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
 
 
 def _derived(cause: str) -> Callable[[Event], str]:
-    """Ids from the cause: a reaction re-sent after a crash is a duplicate every consumer drops."""
-    return lambda event: derived_event_id(cause, event.type_name())
+    """Ids from the cause: a reaction re-sent after a crash is a duplicate every consumer drops. Each
+    event of one reaction needs its own (a consumer applies one event per id): an allocation may flag
+    the payment twice, so a flag's id also takes its reason; the other events are one of their type per
+    reaction and keep the id of (cause, type)."""
+    return lambda event: derived_event_id(cause, event.type_name(),
+                                          event.reason if isinstance(event, PaymentFlagged) else "")
 
 
 def build_app(settings: SettlementSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:

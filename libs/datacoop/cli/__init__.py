@@ -141,28 +141,32 @@ def up(
     finished = False  # stopped as asked: Ctrl-C, SIGTERM, or the demo played with --exit-after-demo
     try:
         with console.status("waiting for every service to catch up with the log ..."):
-            stack_mod.wait_ready(stk)
-            stack_mod.start_workers(stk, workers)
-        console.print(_status_table(stk.describe()))
-        for note in notes:
-            console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
-        for svc in stk.services.values():
-            if svc.moved:
-                console.print(f"[yellow]port {svc.entry.default_port} was taken[/yellow]: {svc.entry.name} "
-                              f"listens on {svc.port}", highlight=False)
-        console.print(f"stack described in {stack_mod.STACK_FILE} (`datacoop status`); it starts empty: "
-                      "no members, datasets or researchers from an earlier run" + ("" if demo else
-                      " (`--demo` plays a scenario that fills it)"), highlight=False)
-        if demo:
+            # Ctrl-C meanwhile: a terminal ends the services too (not a failure), and nothing more starts
+            stack_mod.wait_ready(stk, should_stop=lambda: stopping)
+            if not stopping:
+                stack_mod.start_workers(stk, workers)
+        if not stopping:
+            console.print(_status_table(stk.describe()))
+            for note in notes:
+                console.print(f"[yellow]note[/yellow]: {note}", highlight=False)
+            for svc in stk.services.values():
+                if svc.moved:
+                    console.print(f"[yellow]port {svc.entry.default_port} was taken[/yellow]: {svc.entry.name} "
+                                  f"listens on {svc.port}", highlight=False)
+            console.print(f"stack described in {stack_mod.STACK_FILE} (`datacoop status`); it starts empty: "
+                          "no members, datasets or researchers from an earlier run" + ("" if demo else
+                          " (`--demo` plays a scenario that fills it)"), highlight=False)
+        if demo and not stopping:
             from datacoop.cli.demo import run_demo
 
             try:
                 run_demo(stk.describe(), console)
             except Exception:
-                failure = _died(stk)
-                if failure is None:  # the demo's own failure: main() says it in one line
+                # after Ctrl-C the demo fails as the services end on it: that is the stop asked for
+                failure = None if stopping else _died(stk)
+                if failure is None and not stopping:  # the demo's own failure: main() says it in one line
                     raise
-        if failure is None and not exit_after_demo:
+        if failure is None and not exit_after_demo and not stopping:
             _what_next(stk)
             console.print("[bold]running[/bold]; Ctrl-C stops everything")
             while not stopping and failure is None:

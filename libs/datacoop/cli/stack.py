@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,18 +311,25 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
-def wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:
+def wait_ready(stack: Stack, timeout_s: float = 60.0, should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Wait until every service of `stack` is ready; InfraError when one exits or `timeout_s` passes. Returns
+    early once `should_stop()` (Ctrl-C, SIGTERM): a terminal's Ctrl-C ends the services too, which is then
+    no failure, and a stop asked for is not kept waiting for the timeout."""
     deadline = time.monotonic() + timeout_s
     pending = dict(stack.services)
     while pending:
+        if should_stop():
+            return
         for name, svc in list(pending.items()):
             state = svc.state()
             if state == "ready":
                 pending.pop(name)
             elif state.startswith("exited"):
+                if should_stop():  # it ended on the same Ctrl-C that is stopping us
+                    return
                 tail = svc.log_path.read_text(errors="replace")[-1500:]
                 raise InfraError(f"service {name} {state} while starting; its log ({svc.log_path}) ends:\n{tail}")
-        if pending and time.monotonic() > deadline:
+        if pending and time.monotonic() > deadline and not should_stop():
             raise InfraError(f"not ready after {timeout_s:.0f} s: {', '.join(pending)}; see var/run/logs/")
         time.sleep(0.1)
 

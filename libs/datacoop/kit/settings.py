@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
@@ -43,8 +44,18 @@ class ServiceSettings(BaseSettings):
                                                    "unset = assign all partitions (one instance)")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest request body taken; a larger "
                                                                        "one is refused with 413 before it is read")
-    log_level: str = "INFO"
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
+        "INFO", description="the least severe log records written; any case (`debug`), WARN and FATAL taken too")
     log_json: bool = True
     dev_secrets: bool = Field(False, description="accept the development defaults of secrets (shared tokens, "
                                                  "a KEK generated beside the data): local development only; "
                                                  "`datacoop up` sets it")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> Any:
+        """A level in any case, with logging's aliases: `debug` is DEBUG, WARN WARNING, FATAL CRITICAL."""
+        if isinstance(value, str):
+            value = value.strip().upper()
+            return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(value, value)
+        return value

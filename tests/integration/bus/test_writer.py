@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiokafka.errors import KafkaError
 
 from datacoop.bus import ConsumerRunner, Publisher
@@ -152,6 +153,48 @@ async def test_a_rebuild_remembers_the_seq_of_a_resent_reaction_it_drops(broker:
         again.warm()
         nxt = await again.execute("acct", lambda: [AmountRecorded(amount_units=5)])
     assert [d.envelope.seq for d in nxt] == [4], "seq 3 is in the log: it must not be used again"
+
+
+async def test_a_command_whose_events_share_an_id_is_refused_before_anything_is_written(
+        broker: Broker, prefix: str) -> None:
+    """A reader of the log applies one event per id: the writer must not apply two (its projection would
+    differ from one rebuilt from the log), so such a command is a programming error, refused up front."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        with pytest.raises(ValueError, match=r"have the id cause\|type .*discriminator to derived_event_id"):
+            await writer.execute("acct", lambda: [AmountRecorded(amount_units=1), AmountRecorded(amount_units=2)],
+                                 id_for=lambda _: "cause|type")
+        nxt = await asyncio.wait_for(writer.execute("acct", lambda: [AmountRecorded(amount_units=3)]), 10)
+        seqs: list[int] = []
+        await read_back(broker, pub, ProjectionStore(":memory:", LEDGER_SQL), topic, "check",
+                        on_applied=lambda ds: seqs.extend(d.envelope.seq for d in ds))
+    assert [d.envelope.seq for d in nxt] == [1], "the refused command took no seq"
+    assert seqs == [1], "nothing of the refused command was written"
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (3, 1)
+
+
+async def test_one_id_in_commands_of_one_group_commit_is_applied_once_as_a_rebuild_does(
+        broker: Broker, prefix: str) -> None:
+    """Commands whose acks arrive together share a transaction; two of them may carry one derived id
+    (one cause, two subjects). The writer applies the first in the log, as a consumer reading it does."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t")
+        done = await asyncio.gather(*[writer.execute(s, lambda a=a: [AmountRecorded(amount_units=a)],
+                                                     id_for=lambda _: "cause|type")
+                                      for a, s in enumerate("abcde", start=1)])
+        rebuilt = ProjectionStore(":memory:", LEDGER_SQL)
+        await read_back(broker, pub, rebuilt, topic, "svc", writes_topics=frozenset([topic]))
+    assert all(len(d) == 1 for d in done), "every command is answered with its delivery"
+    live = store.conn.execute("SELECT subject, total_units FROM totals ORDER BY 1").fetchall()
+    first = min((d[0] for d in done), key=lambda d: d.offset)
+    assert isinstance(first.event, AmountRecorded)
+    assert live == [(first.envelope.subject, first.event.amount_units)]
+    assert rebuilt.conn.execute("SELECT subject, total_units FROM totals ORDER BY 1").fetchall() == live
+    assert [rebuilt.last_seq(topic, s) for s in "abcde"] == [store.last_seq(topic, s) for s in "abcde"] == [1] * 5
 
 
 class _Boom(BaseException):

@@ -51,9 +51,15 @@ def fake_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict
             proc.wait()
 
 
-def _up_with(monkeypatch: pytest.MonkeyPatch, when_ready: Callable[[stack_mod.Stack], None]) -> Any:
-    monkeypatch.setattr(stack_mod, "wait_ready", when_ready)
-    return CliRunner().invoke(app, ["up", "--services", "vault", "--workers", "0", "--no-chain"],
+def _up_with(monkeypatch: pytest.MonkeyPatch, when_ready: Callable[[stack_mod.Stack], None],
+             *options: str) -> Any:
+    """`datacoop up` whose wait for readiness is `when_ready(stack)` (e.g. a crash or a Ctrl-C meanwhile)."""
+    monkeypatch.setattr(stack_mod, "wait_ready", lambda stk, **_: when_ready(stk))
+    return _up(*options)
+
+
+def _up(*options: str) -> Any:
+    return CliRunner().invoke(app, ["up", "--services", "vault", "--workers", "0", "--no-chain", *options],
                               env={"COLUMNS": "200"})
 
 
@@ -90,6 +96,69 @@ def test_ctrl_c_that_also_ends_the_services_is_still_a_clean_stop(monkeypatch: p
         threading.Timer(0.3, both).start()
 
     result = _up_with(monkeypatch, ctrl_c_in_a_terminal)
+    assert result.exit_code == 0, result.output
+    assert "stopped cleanly" in result.output and "error" not in result.output
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> list[str]:
+    """What `up` started after the wait for readiness: workers, the demo."""
+    made: list[str] = []
+    monkeypatch.setattr(stack_mod, "start_workers", lambda stk, count: made.append("workers"))
+    monkeypatch.setattr("datacoop.cli.demo.run_demo", lambda stack, console: made.append("demo"))
+    return made
+
+
+def _real_wait_ready(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) -> None:
+    """`up` waits for readiness as it does (the stand-in vault never gets ready) after `before()`."""
+    real = stack_mod.wait_ready
+
+    def wait_ready(stk: stack_mod.Stack, **options: Any) -> None:
+        before()
+        real(stk, timeout_s=5, **options)
+
+    monkeypatch.setattr(stack_mod, "wait_ready", wait_ready)
+
+
+def _ctrl_c_in_a_terminal(fake_stack: dict[str, Any]) -> None:
+    """The terminal signals the whole process group: the vault ends on it, and `up` gets it."""
+    vault = fake_stack["stack"].services["vault"]
+    vault.log_path.write_text("vault stopping on SIGINT\n")
+    vault.proc.send_signal(signal.SIGINT)
+    vault.proc.wait()
+    fake_stack["handlers"][signal.SIGINT](signal.SIGINT, None)
+
+
+def test_ctrl_c_in_a_terminal_while_services_start_is_a_clean_stop(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any], started: list[str]) -> None:
+    _real_wait_ready(monkeypatch, lambda: _ctrl_c_in_a_terminal(fake_stack))
+    result = _up("--demo")
+    assert result.exit_code == 0, result.output
+    assert "stopped cleanly" in result.output and "error" not in result.output
+    assert started == [], "no workers started and no demo played after Ctrl-C"
+
+
+def test_sigint_to_up_alone_while_services_start_stops_at_once(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any], started: list[str]) -> None:
+    """`kill -INT <up>`: the services keep running, and `up` must not wait for them to get ready (the
+    timeout) nor start workers and the demo before it stops."""
+    _real_wait_ready(monkeypatch, lambda: threading.Timer(
+        0.3, fake_stack["handlers"][signal.SIGINT], (signal.SIGINT, None)).start())
+    result = _up("--demo")
+    assert result.exit_code == 0, result.output
+    assert "stopped cleanly" in result.output and "error" not in result.output
+    assert started == []
+    assert fake_stack["stack"].services["vault"].proc.poll() is not None, "the stack was stopped"
+
+
+def test_ctrl_c_during_the_demo_is_a_clean_stop(monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> None:
+    """The services end on the terminal's Ctrl-C, so the demo fails on its next request: no crash either."""
+    def demo_interrupted(stack: dict[str, Any], console: Any) -> None:
+        _ctrl_c_in_a_terminal(fake_stack)
+        raise ConnectionRefusedError("the vault is gone")
+
+    monkeypatch.setattr("datacoop.cli.demo.run_demo", demo_interrupted)
+    result = _up_with(monkeypatch, lambda stk: None, "--demo")
     assert result.exit_code == 0, result.output
     assert "stopped cleanly" in result.output and "error" not in result.output
 
