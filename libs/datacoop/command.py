@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError
+
 from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
 from datacoop.events.envelope import Envelope, new_event_id
@@ -33,6 +35,8 @@ from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
 
 _Done = asyncio.Future[list[Delivery]]
+
+DOUBT_WAIT_S = 10.0  # the most a command waits for the reader after its subject's last write failed
 
 
 def _envelope(event: Event, event_id: str, source: str, subject: str, seq: int, correlation_id: str | None,
@@ -73,6 +77,7 @@ class _InFlight:
 
     subject: str
     done: _Done
+    event_ids: list[str]
     deliveries: list[Delivery] = field(default_factory=list)
     settled: bool = False
 
@@ -93,6 +98,9 @@ class Writer:
         self._pending: list[_InFlight] = []  # acknowledged, waiting for the next group commit
         self._in_hand: list[_InFlight] = []  # the batch being committed
         self._flusher: asyncio.Task[None] | None = None
+        # subject -> (event ids, the reader's poll count) of a command that failed once submitted: its events
+        # may be in the log all the same (a lost ack), so the next command on the subject waits for the reader
+        self._doubt: dict[str, tuple[list[str], int]] = {}
 
     def warm(self) -> None:
         """Load every subject's last seq (call once the consumer has caught up): a new subject then
@@ -164,6 +172,8 @@ class Writer:
         else:
             self._busy[subject] = deque()
         try:
+            if subject in self._doubt:
+                await self._out_of_doubt(subject)
             events = list(decide())
             if not events:
                 self._release(subject)
@@ -173,7 +183,7 @@ class Writer:
                                    correlation_id, causation_id) for i, ev in enumerate(events)]
             if id_for is not None:
                 _refuse_shared_ids(envelopes)
-            command = _InFlight(subject, asyncio.get_running_loop().create_future())
+            command = _InFlight(subject, asyncio.get_running_loop().create_future(), [e.id for e in envelopes])
             # From here the subject is released when the events settle (applied or failed), not when
             # this task resumes or is cancelled. The ack queues them for the next group commit directly.
             acked = self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
@@ -192,12 +202,39 @@ class Writer:
         if command.settled:
             return
         command.settled = True
+        if isinstance(outcome, BaseException) and self.reader is not None:
+            self._doubt[command.subject] = (command.event_ids, self.reader.polls)
         if not command.done.done():
             if isinstance(outcome, BaseException):
                 command.done.set_exception(outcome)
             else:
                 command.done.set_result(outcome)
         self._release(command.subject)
+
+    async def _out_of_doubt(self, subject: str) -> None:
+        """The last command on `subject` failed after its events were submitted: they may be in the log all
+        the same (an ack lost, or a projection's commit that failed after the broker had them). Its retry
+        must not be decided on state without them (a nonce would be accepted twice, a record stored twice),
+        so wait until the reader has fetched afresh and read this topic to its end: what landed is then
+        applied, and what did not never will be. KafkaTimeoutError (503, retry) when the log can't be read."""
+        assert self.reader is not None
+        reader, (_, polls) = self.reader, self._doubt[subject]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DOUBT_WAIT_S
+        while reader.polls < polls + 2 or not reader.read_to_end(self.topic):
+            if loop.time() > deadline:
+                raise KafkaTimeoutError(
+                    f"an earlier write for {subject} was not confirmed, and the log could not be read past it within "
+                    f"{DOUBT_WAIT_S:.0f} s to learn whether it landed; retry shortly")
+            await asyncio.sleep(0.02)
+        del self._doubt[subject]
+
+    async def drain(self) -> None:
+        """Wait until every acknowledged command is applied (or has failed): at shutdown, after the publisher
+        has handed over its last acks and before the store closes."""
+        while self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flusher)
 
     def _on_ack(self, command: _InFlight, envelopes: list[Envelope], events: list[Event],
                 outcome: list[Position] | BaseException) -> None:

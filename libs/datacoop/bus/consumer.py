@@ -141,6 +141,7 @@ class ConsumerRunner:
         self.applied_count = 0
         self.dead_count = 0
         self.failing: str | None = None  # why the last poll failed, until one succeeds
+        self.polls = 0  # polls that succeeded: one that started after a moment has fetched after it
 
     @property
     def _kafka(self) -> AIOKafkaConsumer:
@@ -248,7 +249,14 @@ class ConsumerRunner:
             finally:
                 self._in_hand = False
         self._update_caught_up()
+        self.polls += 1
         return applied
+
+    def read_to_end(self, topic: str) -> bool:
+        """Every partition of `topic` it holds is read up to the high-water mark of its last fetch."""
+        tps = [tp for tp in self._kafka.assignment() if tp.topic == topic]
+        return bool(tps) and all((hw := self._kafka.highwater(tp)) is not None and self._positions.get(tp, 0) >= hw
+                                 for tp in tps)
 
     def pass_over(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> set[TopicPartition]:
         """The writer of this process has just applied `deliveries` (at the offsets they landed at) in

@@ -120,6 +120,8 @@ class ServiceRuntime(Generic[P]):
         finally:
             try:
                 await self.publisher.stop()
+                for writer in self.writers:  # acks handed over while the publisher stopped: applied first
+                    await writer.drain()
             finally:
                 self.store.close()
         log.info("%s stopped", self.name)

@@ -252,3 +252,46 @@ async def test_the_reader_in_the_writers_process_passes_over_its_events_but_read
     for target in (store, rebuilt):
         assert target.conn.execute("SELECT subject, total_units FROM totals ORDER BY subject").fetchall() == [
             ("acct", 10), ("other", 100)]
+
+
+async def test_after_a_lost_ack_the_next_command_decides_on_state_holding_what_landed(
+        broker: Broker, prefix: str) -> None:
+    """A publish whose ack is lost fails the command though its event is in the log. A retry decided at once,
+    on the projection without it, would be accepted twice (a nonce, an upload); the writer waits for its reader
+    to read the log past it, so the retry sees it."""
+    topic = await ledger_topic(broker, prefix, 2)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                                consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
+                                writes_topics=frozenset([topic]))
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t",
+                        reader=runner)
+        runner.add_listener(writer.observe)
+        await runner.start()
+        runner.run_in_background()
+        await runner.caught_up.wait()
+        submit, lost = pub.submit, []
+
+        def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
+            def lose(outcome: Any) -> None:  # the events landed; the writer hears a timeout
+                lost.append(outcome)
+                assert then is not None
+                then(KafkaError("the ack was lost"))
+            return submit(topic, envelopes, then=lose if not lost else then)
+
+        pub.submit = ack_lost  # type: ignore[method-assign]
+        with pytest.raises(KafkaError, match="the ack was lost"):
+            await writer.execute("acct", lambda: [AmountRecorded(amount_units=7)])
+        seen: list[Any] = []
+
+        def retry() -> list[AmountRecorded]:
+            seen.append(store.conn.execute("SELECT total_units FROM totals WHERE subject = 'acct'").fetchone())
+            return [] if seen[-1] is not None else [AmountRecorded(amount_units=7)]  # "already recorded"
+
+        assert await writer.execute("acct", retry) == []
+        await runner.stop()
+    assert isinstance(lost[0], list), "the first publish landed"
+    assert seen == [(7,)], "the retry decided on state without the event that landed"
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (7, 1)
+    assert store.last_seq(topic, "acct") == 1
