@@ -11,7 +11,11 @@ Tracking tables (prefix `_dc_`):
   memory, 8 bytes an event, loaded when the store opens, and asks the table only about ids whose hash it has seen.
 - `_dc_subjects`: per topic and subject, the last `seq` and where it landed; the writer's next seq.
 
-The projection is a cache of the log: delete the file and the service rebuilds it from the topics.
+The projection is a cache of the log: delete the file and the service rebuilds it from the topics. It
+does so on its own when the projection's schema changed (`_dc_meta` holds a fingerprint of the DDL the
+file was built with): a file built by another schema is set aside as `<file>.stale` and a fresh one is
+read from the log, instead of the new code failing on columns the old file lacks. A projection whose
+`apply` changes meaning without a new column changes a comment in its SQL (`-- v2`) to the same effect.
 
 Batches of ids go to DuckDB as Arrow arrays (converted in C, scanned by DuckDB without a copy), not as
 Python lists bound to a LIST parameter, which DuckDB converts value by value. DuckDB finds such an
@@ -22,7 +26,9 @@ start with `_dc_arrow_`: the `_dc_` prefix is reserved for this module, no proje
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +46,10 @@ CREATE TABLE IF NOT EXISTS _dc_subjects (
     topic VARCHAR NOT NULL, subject VARCHAR NOT NULL, seq BIGINT NOT NULL,
     partition INTEGER NOT NULL, "offset" BIGINT NOT NULL, PRIMARY KEY (topic, subject));
 """
+
+_META_DDL = "CREATE TABLE IF NOT EXISTS _dc_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)"
+
+log = logging.getLogger("datacoop.store")
 
 TopicPartition = tuple[str, int]
 OWN_COMMITTED_MAX = 200_000
@@ -71,6 +81,28 @@ class _AppliedHashes:
             self.recent = set()
 
 
+def _set_aside_if_built_by_another_schema(path: Path, fingerprint: str) -> None:
+    """Move `path` (and its WAL) to `<path>.stale` when its projection was built with other DDL than
+    `fingerprint`'s, or before files recorded theirs: the caller then rebuilds it from the log."""
+    if not path.exists():
+        return
+    with duckdb.connect(str(path)) as conn:
+        has_meta = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = '_dc_meta'"
+                                ).fetchone() == (1,)
+        row = conn.execute("SELECT value FROM _dc_meta WHERE key = 'schema_sha256'").fetchone() if has_meta else None
+        has_tables = conn.execute("SELECT count(*) FROM information_schema.tables").fetchone() != (0,)
+    built_with = row[0] if row is not None else None
+    if built_with == fingerprint or (built_with is None and not has_tables):
+        return
+    stale = path.with_name(path.name + ".stale")
+    for suffix in ("", ".wal"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.replace(stale.with_name(stale.name + suffix))
+    log.warning("the projection in %s was built by another version of its schema; set aside as %s, it is rebuilt "
+                "from the log (delete the old file once the service is ready)", path, stale)
+
+
 class AfterCommitFailed(RuntimeError):
     """The transaction committed; a callback after COMMIT (an in-memory cache's update) raised. Its cause is
     the callback's exception. The database holds the batch: applying it again would change nothing."""
@@ -86,9 +118,13 @@ class ProjectionStore:
 
     def __init__(self, path: str | Path = ":memory:", schema_sql: str = "") -> None:
         self.path = str(path)
+        fingerprint = hashlib.sha256(f"{_TRACKING_DDL}\n{schema_sql}".encode()).hexdigest()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _set_aside_if_built_by_another_schema(Path(self.path), fingerprint)
         self.conn = duckdb.connect(self.path)
+        self.conn.execute(_META_DDL)
+        self.conn.execute("INSERT OR REPLACE INTO _dc_meta VALUES ('schema_sha256', ?)", [fingerprint])
         self.lock = asyncio.Lock()
         self._after_commit: list[Callable[[], None]] | None = None
         # Ids of events this process's writer applied and committed, not yet seen by its own consumer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from datacoop import store as store_module
@@ -93,3 +94,42 @@ def test_a_hash_hit_is_confirmed_against_the_table(monkeypatch: pytest.MonkeyPat
     # every id hashes to the same value: each is a hit, and only the table can tell them apart
     monkeypatch.setattr(store, "_hashes", lambda ids: real_hashes([applied[0]] * len(ids)))
     assert store.already_applied(stranger + applied) == set(applied)
+
+
+def test_a_projection_built_by_another_schema_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    """The same DDL reopens the same file; changed DDL (a new column, or a `-- v2` comment) sets the file aside
+    as `.stale` and starts an empty one, which the runner then fills from offset 0 of the log."""
+    path = tmp_path / "svc.duckdb"
+    v1 = "CREATE TABLE IF NOT EXISTS members (member VARCHAR PRIMARY KEY);"
+    store = ProjectionStore(path, v1)
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO members VALUES ('0xa')")
+        store.save_offsets(tx, "svc", {("t", 0): 7})
+    store.close()
+    store = ProjectionStore(path, v1)
+    assert store.offsets("svc") == {("t", 0): 7}
+    store.close()
+    v2 = "CREATE TABLE IF NOT EXISTS members (member VARCHAR PRIMARY KEY, joined TIMESTAMPTZ);"
+    store = ProjectionStore(path, v2)
+    assert store.offsets("svc") == {} and store.conn.execute("SELECT count(*) FROM members").fetchone() == (0,)
+    store.close()
+    old = duckdb.connect(str(tmp_path / "svc.duckdb.stale"))
+    assert old.execute("SELECT member FROM members").fetchall() == [("0xa",)]
+    old.close()
+    store = ProjectionStore(path, v2 + "\n-- v2: apply counts departures")
+    assert store.conn.execute("SELECT count(*) FROM _dc_meta").fetchone() == (1,)
+    store.close()
+
+
+def test_a_file_from_before_schema_fingerprints_is_rebuilt_once(tmp_path: Path) -> None:
+    path = tmp_path / "svc.duckdb"
+    legacy = duckdb.connect(str(path))
+    legacy.execute("CREATE TABLE members (member VARCHAR)")
+    legacy.close()
+    schema = "CREATE TABLE IF NOT EXISTS members (member VARCHAR, joined TIMESTAMPTZ);"
+    ProjectionStore(path, schema).close()
+    assert (tmp_path / "svc.duckdb.stale").exists()
+    (tmp_path / "svc.duckdb.stale").unlink()
+    store = ProjectionStore(path, schema)
+    store.close()
+    assert not (tmp_path / "svc.duckdb.stale").exists(), "a file with its fingerprint is kept"
