@@ -134,6 +134,7 @@ class ConsumerRunner:
         )
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
+        self._unchecked: dict[TopicPartition, int] = {}  # stored positions not yet held against the log's end
         self._in_hand = False  # a fetched batch not yet committed: Kafka's positions run ahead of ours
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -176,6 +177,7 @@ class ConsumerRunner:
             offset = stored.get((tp.topic, tp.partition), 0)
             self._kafka.seek(tp, offset)
             self._positions[tp] = offset
+            self._unchecked[tp] = offset
 
     def run_in_background(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"consumer-{self.consumer_name}")
@@ -434,10 +436,13 @@ class ConsumerRunner:
         behind = False
         for tp in assignment:
             hw = self._kafka.highwater(tp)
-            position = self._positions.get(tp, 0)
-            if hw is not None and position > hw:  # the local broker answers an empty fetch here, no error
-                raise LogMismatch(self._mismatch(tp, position, f"is past the log's end, offset {hw}"))
-            behind = behind or hw is None or position < hw
+            if hw is not None and tp in self._unchecked:  # the first fetch since the seek to a stored position
+                stored = self._unchecked.pop(tp)
+                if stored > hw:  # the local broker answers a fetch past the end with nothing, no error
+                    self._unchecked[tp] = stored  # and again on the retry
+                    raise LogMismatch(self._mismatch(tp, stored, f"is past the log's end, offset {hw}"))
+            # (later, a position past the last fetch's high-water mark is normal: the writer's pass_over)
+            behind = behind or hw is None or self._positions.get(tp, 0) < hw
         if not behind:
             self.caught_up.set()
 
