@@ -72,6 +72,9 @@ async def test_a_half_published_upload_is_never_served_and_its_retry_is_stored_w
         member = signer.address
         content = "".join(json.dumps(r) + "\n" for r in sample_rows("health", 20_000))  # ~40 chunk events
 
+        # An upload larger than one record batch may hold (max_request_size) is split over batches and can land
+        # in part; ~40 chunks fit one batch of the default 8 MiB, so this publisher's bound is made smaller.
+        vault.publisher._max_request_size = 1024 * 1024
         producer = vault.publisher._producer
         assert producer is not None
         real_send = producer.send_batch

@@ -9,6 +9,18 @@ append) for every event; here a subject's partition is hashed once and cached, a
 one append to a batch. Each caller gets its events' positions once every batch holding them is
 acknowledged; the events of one request stay in order (same subject -> same partition).
 
+A request's events in one partition travel in one record batch, which the broker appends whole or
+not at all, so they land all or none (a command, one subject, never lands half in the log; events of
+one request in different partitions cannot be made atomic without transactions, which the local
+broker lacks). A request whose events do not fit in the batch being filled starts the next one; one
+larger than `max_batch_size` gets a batch of its own, sized for it. No batch may exceed
+`max_request_size` less room for the request's headers (keep it within the broker's
+`message.max.bytes` and the consumers' `max_partition_fetch_bytes`, 8 MiB in datacoop's runner): a
+request whose events in one partition are larger than that cannot be atomic, and is split over
+batches of up to `max_batch_size` in order, as any batching producer would (a failure can then leave
+part of it in the log; its readers must treat it as one whole only once every part is in, as the
+vault does with the chunks of a large upload).
+
 Each partition's batches are handed over by a chain of its own, in order, so a partition that
 cannot take batches (no leader) delays and fails only the requests with records in it: a request
 whose batch was handed over is answered by that batch's ack, never by another partition's error.
@@ -30,12 +42,22 @@ from typing import Any, NamedTuple
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from datacoop.events.codec import Headers, KafkaRecord, encode
 from datacoop.events.envelope import Envelope
 
 _PARTITION_CACHE_MAX = 200_000
 HAND_OVER_WAIT_S = 0.05
+REQUEST_HEADROOM = 1024  # bytes of max_request_size kept for the produce request's own headers
+# A record batch (magic 2) is a 61-byte header and its records; a record takes at most its key, value
+# and headers (`size_of`) plus 21 bytes of varints (length 5, attributes 1, timestamp delta 10,
+# offset delta 5). Summed per request, these bounds never let a batch refuse one of its records.
+_BATCH_HEADER = 61
+_RECORD_OVERHEAD_MAX = 21
+_ONLY = (0,)  # the indices of a one-event request
+SPLIT = -1  # the size of a request's records in a partition that no batch may hold: split over batches
 log = logging.getLogger("datacoop.bus")
 
 
@@ -73,6 +95,12 @@ class _Request:
     positions: list[Position | None] = field(default_factory=list)
     waiting: int = 0  # records whose batch is not yet acknowledged
     then: Callable[[list[Position] | BaseException], None] | None = None  # called once, where `done` is answered
+    sizes: list[int] | None = None  # each record's size bound in a batch (requests of several events)
+
+
+def _record_bound(record: KafkaRecord) -> int:
+    """At most the bytes `record` takes in a record batch."""
+    return int(DefaultRecordBatchBuilder.size_of(record.key, record.value, record.headers)) + _RECORD_OVERHEAD_MAX
 
 
 class Publisher:
@@ -89,6 +117,7 @@ class Publisher:
             compression_type=None,
         )
         self._max_request_size = max_request_size
+        self._max_batch_size = max_batch_size
         self._producer: AIOKafkaProducer | None = None
         self._started = False
         self._queue: list[_Request] = []
@@ -146,13 +175,17 @@ class Publisher:
         if not envelopes:
             raise ValueError("submit() needs at least one envelope")
         records = [encode(e) for e in envelopes]
-        limit = self._max_request_size - 1024  # room for the batch and request headers
+        limit = self._max_request_size - REQUEST_HEADROOM  # room for the batch and request headers
         for envelope, record in zip(envelopes, records, strict=True):
             if len(record.value) + len(record.key) > limit:
                 raise ValueError(f"event {envelope.id} ({envelope.type}) is {len(record.value)} bytes; events must "
                                  f"stay under {limit} bytes: put large payloads in the object store and "
                                  "reference them")
-        request = _Request(topic, records, asyncio.get_running_loop().create_future(), then=then)
+        sizes = None
+        if len(records) > 1:
+            size_of, overhead = DefaultRecordBatchBuilder.size_of, _RECORD_OVERHEAD_MAX  # `_record_bound`, inlined
+            sizes = [size_of(r.key, r.value, r.headers) + overhead for r in records]
+        request = _Request(topic, records, asyncio.get_running_loop().create_future(), then=then, sizes=sizes)
         self._queue.append(request)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="publisher-flush")
@@ -194,34 +227,61 @@ class Publisher:
                 for request in queue:
                     if request.topic == topic:
                         _fail(request, exc)
-        by_tp: dict[tuple[str, int], list[tuple[_Request, int]]] = {}
+        limit = self._max_request_size - REQUEST_HEADROOM
+        # per partition: each request's records there (their indices) and, for several, their size bound
+        by_tp: dict[tuple[str, int], list[tuple[_Request, Sequence[int], int]]] = {}
         for request in queue:
-            if request.topic not in counts:
+            topic = request.topic
+            if topic not in counts:
                 continue
-            request.positions = [None] * len(request.records)
-            request.waiting = len(request.records)
-            for i, record in enumerate(request.records):
-                partition = self._partition(request.topic, record.key, counts[request.topic])
-                by_tp.setdefault((request.topic, partition), []).append((request, i))
-        chains = []
-        for tp, items in by_tp.items():
-            batches = []
-            start = 0
-            while start < len(items):
-                batch = producer.create_batch()
-                count = 0
-                for request, i in items[start:]:
-                    record = request.records[i]
-                    # an empty batch takes any one record, so every batch holds at least one
-                    if batch.append(key=record.key, value=record.value, timestamp=None,
-                                    headers=record.headers) is None:
-                        break
-                    count += 1
-                batch.close()
-                batches.append((batch, items[start:start + count]))
-                start += count
-            chains.append(self._chain(tp, batches))
-        return chains
+            records = request.records
+            if len(records) == 1:
+                partition = self._partition(topic, records[0].key, counts[topic])
+                runs: list[tuple[tuple[str, int], Sequence[int], int]] = [((topic, partition), _ONLY, 0)]
+            else:
+                indices: dict[tuple[str, int], list[int]] = {}
+                for i, record in enumerate(records):
+                    indices.setdefault((topic, self._partition(topic, record.key, counts[topic])), []).append(i)
+                sizes = request.sizes or [_record_bound(record) for record in records]
+                runs = [(tp, mine, sum(sizes[i] for i in mine)) for tp, mine in indices.items()]
+                # what no batch may hold cannot land all or none: split over batches (SPLIT), in order
+                runs = [(tp, mine, size if _BATCH_HEADER + size <= limit else SPLIT) for tp, mine, size in runs]
+            request.positions = [None] * len(records)
+            request.waiting = len(records)
+            for tp, mine, size in runs:
+                by_tp.setdefault(tp, []).append((request, mine, size))
+        return [self._chain(tp, self._pack(producer, runs_of_tp)) for tp, runs_of_tp in by_tp.items()]
+
+    def _pack(self, producer: AIOKafkaProducer, runs: list[tuple[_Request, Sequence[int], int]],
+              ) -> list[tuple[Any, list[tuple[_Request, int]]]]:
+        """One partition's records, in order, in record batches of up to `max_batch_size`; a request's
+        records never straddle two batches (each batch lands whole or not at all), unless no batch may hold
+        them all (size SPLIT)."""
+        batches: list[tuple[Any, list[tuple[_Request, int]]]] = []
+        batch = producer.create_batch()
+        members: list[tuple[_Request, int]] = []
+        for request, mine, size in runs:
+            whole = len(mine) > 1 and size != SPLIT
+            if whole:
+                if members and batch.size() + size > self._max_batch_size:  # start the next batch with them
+                    batch.close()
+                    batches.append((batch, members))
+                    batch, members = producer.create_batch(), []
+                if _BATCH_HEADER + size > self._max_batch_size:  # a batch of their own, sized for them
+                    batch = BatchBuilder(_BATCH_HEADER + size, 0)  # as create_batch(): no compression, no transaction
+            for i in mine:
+                record = request.records[i]
+                if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
+                    if whole:  # cannot happen: `size` bounds the records' bytes
+                        raise AssertionError(f"a batch refused a record within its size bound ({size} bytes)")
+                    batches.append((batch, members))  # full (append closed it); an empty batch takes any one record
+                    batch, members = producer.create_batch(), []
+                    batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers)
+                members.append((request, i))
+        if members:
+            batch.close()
+            batches.append((batch, members))
+        return batches
 
     def _chain(self, tp: tuple[str, int], batches: list[tuple[Any, list[tuple[_Request, int]]]]) -> asyncio.Task[None]:
         """Hand `batches` to the producer after the partition's earlier batches, in order."""
