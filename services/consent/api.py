@@ -34,20 +34,28 @@ CatalogName = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class GrantBody(SignedBody):
-    consent_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    consent_id: str = Field(min_length=1, max_length=domain.CONSENT_ID_MAX, pattern=domain.CONSENT_ID_PATTERN)
     # Any short name: the catalog refuses an unknown one with the list of valid ones (a pattern would
     # answer "AI-Training" with a regex instead).
     purpose: CatalogName
-    categories: list[CatalogName] = Field(min_length=1, max_length=32)
-    expires_at: datetime | None = Field(None, description="UTC; signed as unix seconds (0 = no expiry)")
+    categories: list[CatalogName] = Field(min_length=1, max_length=32, description=(
+        "each category once, in the order signed (EIP-712 hashes the list in order)"))
+    expires_at: datetime | None = Field(None, description=(
+        f"with a timezone; signed as unix seconds (0 = no expiry); at the latest "
+        f"{domain.LATEST_EXPIRY:%Y-%m-%dT%H:%M:%SZ}"))
 
 
 def expires_unix(expires_at: datetime | None) -> int:
+    """GrantConsent's expiresAt: unix seconds, 0 for none; 422 naming expires_at when it has no timezone or
+    is out of what the unsigned seconds (from 1970) and a UTC datetime (to year 9999) can hold."""
     if expires_at is None:
         return 0
     if expires_at.tzinfo is None:
         raise DomainError("expires_at must carry a timezone (use UTC, e.g. 2027-01-01T00:00:00Z)", status=422,
                           slug="invalid-request")
+    problem = domain.expiry_problem(expires_at)  # the past after 1970 is the domain's to refuse, with its clock
+    if problem:
+        raise DomainError(f"expires_at {expires_at.isoformat()} {problem}", status=422, slug="invalid-request")
     return int(expires_at.timestamp())
 
 
@@ -182,7 +190,7 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
                                f"consent {consent_id} of {m.address} yet, if there is one; retry in a moment")
             raise NotFound(f"member {m.address} has no consent {consent_id}; list them with `datacoop consent "
                            f"list` (GET /members/{m.address}/consents)")
-        return sign_receipt(build_receipt(m, consent, catalog, clock()), ctx.receipt_key)
+        return sign_receipt(build_receipt(m, consent, catalog, clock(), domain_sep), ctx.receipt_key)
 
     @router.post("/members/{member}/erasure", status_code=status.HTTP_202_ACCEPTED)
     async def erasure(member: MemberPath, body: SignedBody, request: Request) -> dict[str, Any]:

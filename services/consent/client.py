@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from eth_account import Account
@@ -57,14 +58,17 @@ class MemberWallet:
                 "expires_at": expires_at.isoformat() if expires_at else None, "nonce": nonce,
                 "signature": self.sign("GrantConsent", message)}
 
-    def grant(self, purpose: str, categories: list[str], expires_at: datetime | None = None) -> dict[str, Any]:
-        body = self.grant_body(purpose, categories, expires_at)
+    def grant(self, purpose: str, categories: list[str], expires_at: datetime | None = None,
+              consent_id: str | None = None) -> dict[str, Any]:
+        """Grant; give `consent_id` to retry a grant whose answer was lost: a second consent with that id is
+        refused (409), so it is never recorded twice."""
+        body = self.grant_body(purpose, categories, expires_at, consent_id)
         return dict(check(self.http.post(f"/members/{self.address}/consents", json=body)))
 
     def revoke(self, consent_id: str) -> dict[str, Any]:
         nonce = self.next_nonce()
         sig = self.sign("RevokeConsent", {"member": self.address, "consentId": consent_id, "nonce": nonce})
-        return dict(check(self.http.post(f"/members/{self.address}/consents/{consent_id}/revoke",
+        return dict(check(self.http.post(f"/members/{self.address}/consents/{_segment(consent_id)}/revoke",
                                          json={"nonce": nonce, "signature": sig})))
 
     def erase(self) -> dict[str, Any]:
@@ -76,5 +80,10 @@ class MemberWallet:
         return list(check(self.http.get(f"/members/{self.address}/consents", headers=self.read_headers())))
 
     def receipt(self, consent_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/members/{self.address}/consents/{consent_id}/receipt",
+        return dict(check(self.http.get(f"/members/{self.address}/consents/{_segment(consent_id)}/receipt",
                                         headers=self.read_headers())))
+
+
+def _segment(value: str) -> str:
+    """`value` as one path segment: percent-encoded, a slash included."""
+    return quote(value, safe="")

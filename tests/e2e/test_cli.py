@@ -145,10 +145,13 @@ def test_consent_grant_and_revoke_say_which_other_consents_cover_the_same_use(
     key = tmp_path / "me.key"
     assert datacoop("wallet", "new", "--out", str(key), env=env).returncode == 0
     assert datacoop("member", "register", "--key-file", str(key), env=env).returncode == 0
-    first = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,health",
+    twice = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,health",
+                     "--key-file", str(key), env=env)
+    assert twice.returncode == 1 and "--categories names health more than once" in twice.stderr, twice.stderr
+    first = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(key), env=env)
     assert first.returncode == 0, first.stderr
-    assert "health-research on health (active)" in first.stdout, "as the service answered: deduplicated"
+    assert "health-research on health (active)" in first.stdout
     assert "note" not in first.stdout
     first_id = first.stdout.split()[1]
     second = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness",

@@ -35,7 +35,12 @@ def test_signed_grant_is_accepted_and_replay_other_key_and_tampering_are_refused
     assert granted.status_code == 201, granted.text
     assert granted.json()["state"] == "active"
 
-    replay = httpx.post(f"{consent.url}/members/{alice.address}/consents", json=body)
+    retry = httpx.post(f"{consent.url}/members/{alice.address}/consents", json=body)  # e.g. after a 503
+    assert retry.status_code == 409 and retry.json()["type"].endswith("/already-recorded"), retry.text
+    assert f"already recorded as consent {body['consent_id']}" in retry.json()["detail"]
+
+    replay = httpx.post(f"{consent.url}/members/{alice.address}/consents",
+                        json=alice.grant_body("ai-training", ["health"], nonce=body["nonce"]))
     assert replay.status_code == 409
     assert "already used" in replay.json()["detail"]
 
@@ -169,10 +174,10 @@ def test_a_revoke_says_which_other_consents_still_cover_the_same_use(consent: Se
     wallet.register()
     first = wallet.grant("health-research", ["health", "fitness"])
     assert first["overlaps"] == []
-    second = wallet.grant("health-research", ["fitness", "fitness"])
+    second = wallet.grant("health-research", ["fitness"])
     assert second["categories"] == ["fitness"]
     assert second["overlaps"] == [{"consent_id": first["consent_id"], "purpose": "health-research",
-                                   "categories": ["fitness", "health"]}]
+                                   "categories": ["health", "fitness"]}]  # in the order signed
     other = wallet.grant("public-statistics", ["fitness"])
     assert other["overlaps"] == []
     revoked = wallet.revoke(first["consent_id"])

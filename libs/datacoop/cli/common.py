@@ -25,6 +25,7 @@ T = TypeVar("T")
 console = Console()
 err = Console(stderr=True)
 _HEX_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141  # n: a key is 1 .. n-1
 _URL_OPTION = {"marketplace": "--market-url"}  # the one service whose option is not --<name>-url
 
 
@@ -134,6 +135,9 @@ def read_key(key_file: Path | None) -> str:
     if not _HEX_KEY.match(raw):
         fail(f"{where} does not hold a wallet key: 32 bytes of hex (64 hex digits, optional 0x), as "
              "`datacoop wallet new --out FILE` writes")
+    if not 1 <= int(raw.removeprefix("0x"), 16) < SECP256K1_ORDER:
+        fail(f"{where} does not hold a valid secp256k1 private key (it must be between 1 and n-1, n the curve's "
+             "order: not all zeros, nor all f's); make a new one with `datacoop wallet new --out FILE`")
     return raw if raw.startswith("0x") else "0x" + raw
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from datacoop.cli.common import (
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
 from services.consent.client import MemberWallet
+from services.consent.domain import CONSENT_ID_MAX, CONSENT_ID_PATTERN, CONSENT_ID_RULE, expiry_problem
 
 T = TypeVar("T")
 
@@ -48,6 +51,33 @@ def _wallet(key_file: Path | None, consent_url: str | None) -> MemberWallet:
 
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return call_service("consent service", fn, *args, **kwargs)
+
+
+def _write(unsure: str, fn: Callable[..., T], *args: Any) -> T:
+    """`_call` for a command that writes: when the service could not confirm it (503 event-log-unavailable, or
+    no answer in time) it may have been recorded all the same, and `unsure` says what to check before
+    sending it again."""
+    def attempt() -> T:
+        try:
+            return fn(*args)
+        except ApiError as exc:
+            if exc.status == 503 and str(exc.problem.get("type", "")).endswith("/event-log-unavailable"):
+                fail(unsure)
+            raise
+        except httpx.ReadTimeout:
+            fail(unsure)
+    return _call(attempt)
+
+
+def _consent_id(value: str, what: str, then: str) -> str:
+    """`value` if it can be a consent id (as the service takes them), else a failure naming `what` and the rule."""
+    if len(value) > CONSENT_ID_MAX or not re.fullmatch(CONSENT_ID_PATTERN, value):
+        fail(f"{what} {value!r} is not a consent id: one is {CONSENT_ID_RULE}; {then}")
+    return value
+
+
+def _key_option(key_file: Path | None) -> str:
+    return f" --key-file {key_file}" if key_file is not None else ""
 
 
 def _note(text: str) -> None:
@@ -159,6 +189,9 @@ def consent_grant(
     categories: Annotated[str, typer.Option(help="comma-separated data categories (see `datacoop consent "
                                                  "catalog`)")],
     expires: Annotated[str | None, typer.Option(help="expiry, ISO date/time in UTC, e.g. 2027-06-30")] = None,
+    consent_id: Annotated[str | None, typer.Option(
+        "--consent-id", help="the new consent's id (default: a fresh UUID); give the id of a grant whose answer "
+                             "was lost to retry it without recording it twice")] = None,
     key_file: KeyFile = None, consent_url: ConsentUrl = None,
 ) -> None:
     """Grant consent for a purpose and data categories (signs GrantConsent)."""
@@ -170,11 +203,38 @@ def consent_grant(
             fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z")
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
+        problem = expiry_problem(expires_at, datetime.now(UTC), none="leave --expires out")
+        if problem:
+            fail(f"--expires {expires} {problem}")
     cats = [c.strip() for c in categories.split(",") if c.strip()]
     if not cats:
         fail("--categories needs at least one category, e.g. --categories health,fitness")
+    twice = sorted({c for c in cats if cats.count(c) > 1})
+    if twice:
+        fail(f"--categories names {', '.join(twice)} more than once; name each category once, e.g. "
+             f"--categories {','.join(dict.fromkeys(cats))}")
+    if consent_id is not None:
+        _consent_id(consent_id, "--consent-id", "choose another, or leave --consent-id out for a fresh one")
+    consent_id = consent_id or str(uuid.uuid4())
     wallet = _wallet(key_file, consent_url)
-    view = _call(wallet.grant, purpose, cats, expires_at)
+    key = _key_option(key_file)
+
+    def grant() -> dict[str, Any] | None:
+        try:
+            return wallet.grant(purpose, cats, expires_at, consent_id)
+        except ApiError as exc:
+            if exc.status == 409 and str(exc.problem.get("type", "")).endswith("/already-recorded"):
+                return None  # a retry (--consent-id) of a grant that was recorded
+            raise
+
+    view = _write(f"the consent service could not confirm that consent {consent_id} was recorded (the event log "
+                  f"did not answer); it may have been: check `datacoop consent list{key}` before granting again, and "
+                  f"if {consent_id} is not listed, retry with the same id: add --consent-id {consent_id} (a grant "
+                  "is never recorded twice under one id)", grant)
+    if view is None:
+        console.print(f"consent {consent_id} was already recorded (an earlier try of this grant landed); nothing "
+                      f"to do: `datacoop consent list{key}` shows it", highlight=False, soft_wrap=True)
+        return
     console.print(f"consent {view['consent_id']} granted: {view['purpose']} on {', '.join(view['categories'])} "
                   f"({view['state']})", highlight=False)
     overlaps = view.get("overlaps") or []
@@ -188,12 +248,15 @@ def consent_grant(
 @consent_app.command("revoke")
 def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Withdraw a consent (signs RevokeConsent)."""
+    key = _key_option(key_file)
+    _consent_id(consent_id, "consent", f"list yours with `datacoop consent list{key}`")
     wallet = _wallet(key_file, consent_url)
-    view = _call(wallet.revoke, consent_id)
+    view = _write(f"the consent service could not confirm that consent {consent_id} was revoked (the event log did "
+                  f"not answer); it may have been: check `datacoop consent list{key}`, and if {consent_id} is still "
+                  "active, revoke it again", wallet.revoke, consent_id)
     console.print(f"consent {consent_id} is now {view['state']}", highlight=False)
     covering = view.get("still_covered_by") or []
     if covering:
-        key = f" --key-file {key_file}" if key_file is not None else ""
         others = "; ".join(f"{c['consent_id']} ({', '.join(c['categories'])})" for c in covering)
         commands = " and ".join(f"`datacoop consent revoke {c['consent_id']}{key}`" for c in covering)
         _note(f"your other active consent(s) for {view['purpose']} share categories with this one: {others}. A "
@@ -217,6 +280,7 @@ def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", 
     """Save the signed consent receipt (verify it with `datacoop receipt verify FILE`)."""
     if out.is_dir():
         fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'receipt.json'}")
+    _consent_id(consent_id, "consent", f"list yours with `datacoop consent list{_key_option(key_file)}`")
     wallet = _wallet(key_file, consent_url)
     receipt = _call(wallet.receipt, consent_id)
     try:

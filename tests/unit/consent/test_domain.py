@@ -62,10 +62,11 @@ def test_second_registration_is_a_conflict() -> None:
     assert refused(domain.RegisterMember(ALICE, ALICE, 1, SIG), given(REGISTERED)).kind == "conflict"
 
 
-def test_grant_by_registered_member_with_next_nonce_is_accepted_and_categories_normalised() -> None:
-    [event] = then(grant(categories=("health", "fitness", "health")), given(REGISTERED))
+def test_grant_by_registered_member_with_next_nonce_keeps_the_categories_in_the_order_signed() -> None:
+    """EIP-712 hashes a string[] in order: the event keeps the list signed, so its signature verifies against it."""
+    [event] = then(grant(categories=("health", "fitness")), given(REGISTERED))
     assert isinstance(event, ConsentGranted)
-    assert event.categories == ["fitness", "health"] and event.catalog_version == CATALOG.version
+    assert event.categories == ["health", "fitness"] and event.catalog_version == CATALOG.version
 
 
 @pytest.mark.parametrize(("cmd", "kind", "words"), [
@@ -75,7 +76,9 @@ def test_grant_by_registered_member_with_next_nonce_is_accepted_and_categories_n
     (grant(nonce=2, purpose="mind-reading"), "unprocessable", "health-research"),
     (grant(nonce=2, categories=("dreams",)), "unprocessable", "demographics"),
     (grant(nonce=2, expires=NOW - timedelta(seconds=1)), "unprocessable", "in the past"),
-    (grant(cid="c1", nonce=2), "conflict", "already exists"),
+    (grant(nonce=2, categories=("health", "fitness", "health")), "unprocessable", "'health' more than once"),
+    (grant(cid="c1", nonce=2, categories=("fitness",)), "conflict", "already exists"),
+    (grant(cid="c1", nonce=2), "conflict", "already recorded as consent c1 (health-research on health"),
 ])
 def test_bad_grants_are_refused_with_what_to_do(cmd: domain.GrantConsent, kind: str, words: str) -> None:
     err = refused(cmd, given(REGISTERED, granted("c1", 1)))
@@ -94,6 +97,40 @@ def test_revoking_an_active_consent_then_again_is_a_conflict() -> None:
     assert state.consents["c1"].status == "revoked"
     err = refused(domain.RevokeConsent(ALICE, ALICE, 3, SIG, "c1"), state)
     assert err.kind == "conflict" and "revoked" in err.message
+
+
+def test_revoking_a_consent_expired_but_not_yet_swept_is_a_conflict_naming_the_expiry() -> None:
+    expiry = NOW + timedelta(minutes=1)
+    state = given(REGISTERED, granted("c1", 1, expiry))
+    with pytest.raises(domain.ConsentRefused) as info:
+        then(domain.RevokeConsent(ALICE, ALICE, 2, SIG, "c1"), state, expiry + timedelta(seconds=1))
+    assert info.value.kind == "conflict"
+    assert info.value.message == f"consent c1 expired at {expiry.isoformat()}; nothing to revoke"
+
+
+def test_a_retried_signed_grant_or_revoke_is_already_recorded_and_another_with_its_nonce_a_replay() -> None:
+    grant_sig, revoke_sig = "0x" + "12" * 65, "0x" + "34" * 65
+    state = given(REGISTERED, granted("c1", 1).model_copy(update={"signature": grant_sig}))
+    retry = domain.GrantConsent(ALICE, ALICE, 1, grant_sig, "c1", "health-research", ("health",))
+    err = refused(retry, state)
+    assert isinstance(err, domain.AlreadyRecorded) and err.slug == "already-recorded" and err.status == 409
+    assert "already recorded as consent c1 (this exact signed grant" in err.message
+    replay = refused(domain.GrantConsent(ALICE, ALICE, 1, SIG, "c9", "health-research", ("health",)), state)
+    assert not isinstance(replay, domain.AlreadyRecorded) and "already used" in replay.message
+    state = domain.evolve(state, ConsentRevoked(member=ALICE, consent_id="c1", revoked_at=NOW, nonce=2,
+                                                signature=revoke_sig))
+    err = refused(domain.RevokeConsent(ALICE, ALICE, 2, revoke_sig, "c1"), state)
+    assert isinstance(err, domain.AlreadyRecorded) and "this exact signed revoke" in err.message
+    again = refused(domain.GrantConsent(ALICE, ALICE, 3, SIG, "c1", "health-research", ("health",)), state)
+    assert not isinstance(again, domain.AlreadyRecorded), "the same grant re-signed, but c1 was revoked since"
+    assert "already exists (health-research on health, granted" in again.message and "now revoked" in again.message
+
+
+def test_a_wrong_signer_is_told_the_signature_may_cover_other_fields_or_another_domain() -> None:
+    err = refused(grant(nonce=2, signer=MALLORY), given(REGISTERED))
+    assert err.slug == "wrong-signer" and err.status == 401
+    assert f"recovers to {MALLORY}, which is not the member {ALICE}" in err.message
+    assert "other fields or another EIP-712 domain" in err.message and "GET /eip712" in err.message
 
 
 def test_revoking_an_unknown_consent_is_not_found() -> None:

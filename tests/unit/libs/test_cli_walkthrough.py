@@ -320,7 +320,8 @@ class _Member:
     def __init__(self, key: str, url: str) -> None:
         self.address = Account.from_key(key).address
 
-    def grant(self, purpose: str, categories: list[str], expires_at: object = None) -> dict[str, Any]:
+    def grant(self, purpose: str, categories: list[str], expires_at: object = None,
+              consent_id: str | None = None) -> dict[str, Any]:
         return self.answers["grant"]
 
     def revoke(self, consent_id: str) -> dict[str, Any]:
@@ -333,7 +334,7 @@ def test_a_grant_echoes_the_answer_and_names_overlapping_consents(monkeypatch: p
         "consent_id": "new-1", "purpose": "health-research", "categories": ["health"], "state": "active",
         "overlaps": [{"consent_id": "old-7", "purpose": "health-research", "categories": ["health", "fitness"]}]}})
     monkeypatch.setattr("datacoop.cli.members.MemberWallet", _Member)
-    result = _invoke("consent", "grant", "--purpose", "health-research", "--categories", "health,health",
+    result = _invoke("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(_key_file(tmp_path)), "--consent-url", NOWHERE)
     assert result.exit_code == 0, result.output
     assert "granted: health-research on health (active)" in result.output
