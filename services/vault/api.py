@@ -5,20 +5,49 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Path, status
+from fastapi import APIRouter, Header, Path, Request, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from datacoop.events.types import HexSignature, Slug, WalletAddress
-from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized, require_bearer
+from datacoop.events.types import HexSignature, WalletAddress
+from datacoop.kit.problems import DomainError, NotFound, NotReady, Unauthorized, domain_error_handler, require_bearer
 from services.consent import eip712
 from services.vault.categories import UploadRefused
+from services.vault.domain import not_registered
 
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
 ReadAuth = eip712.ReadAuth
+# Any short name: the route refuses an unknown one with the list of the categories (a pattern would answer
+# "Fitness" with a regex instead), as the consent service does.
+CategoryName = Annotated[str, Field(min_length=1, max_length=64)]
+RETRY_AFTER_S = 2
+
+
+class CatchingUp(NotReady):
+    """503 `not-ready` with a Retry-After header: the vault cannot answer yet (it has not read the log as far
+    as the request needs), and a retry in a few seconds will be answered."""
+
+    def __init__(self, detail: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+async def catching_up_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CatchingUp)
+    response = await domain_error_handler(request, exc)
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def unknown_category(category: str, known: Any) -> DomainError:
+    names = sorted(known)
+    near = [n for n in names if n == category.strip().lower()]
+    return DomainError(f"unknown category {category!r}" + (f" (categories are lower case: {near[0]!r})" if near else "")
+                       + f"; categories: {', '.join(names)}", status=422, slug="unknown-category")
 
 
 class ContributeBody(BaseModel):
-    category: Slug
+    category: CategoryName
     format: Literal["jsonl", "csv"] = "jsonl"
     content: str = Field(min_length=1, description="the file as text; its SHA-256 (UTF-8) is the signed contentHash")
     issued_at: int = Field(ge=0, le=4_102_444_800, description="unix seconds, as signed in issuedAt")
@@ -26,7 +55,7 @@ class ContributeBody(BaseModel):
 
 
 class DecryptBody(BaseModel):
-    category: Slug | None = None
+    category: CategoryName | None = None
     members: list[WalletAddress] | None = Field(None, max_length=10_000)
     record_ids: list[str] | None = Field(None, max_length=10_000)
     after: str = Field("", description="cursor: the next_after of the previous page")
@@ -43,7 +72,7 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
 
     def ready() -> None:
         if not svc.ready:
-            raise NotReady("the vault is still catching up with the log; retry in a moment")
+            raise CatchingUp("the vault is still catching up with the log; retry in a few seconds")
 
     @router.get("/categories", tags=["categories"])
     async def categories() -> dict[str, Any]:
@@ -62,6 +91,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
     async def contribute(member: MemberPath, body: ContributeBody) -> dict[str, Any]:
         """Contribute records of a category (ContributeRecords signed by the member). All rows or none."""
         ready()
+        if body.category not in svc.schemas:
+            raise unknown_category(body.category, svc.schemas)
         member = eip712.to_checksum(member)
         digest = content_hash(body.content)
         message = {"member": member, "category": body.category, "contentHash": digest, "issuedAt": body.issued_at}
@@ -84,12 +115,9 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         alone (a fresh ReadMemberData signature in the X-Member-Auth header)."""
         member = eip712.to_checksum(member)
         eip712.require_read(domain_sep, member, auth)
-        state = svc.projection.get(member)
+        state = await svc.settled_member(member)  # 503 while the registration may be in the log not read yet
         if not state.registered:
-            if not svc.ready:  # after a start, the registration may be in the part of the log not read yet
-                raise NotReady(f"the vault is still catching up with the event log and has not read member "
-                               f"{member}'s registration yet, if there is one; retry in a moment")
-            raise NotFound(f"member {member} is not registered with the vault; register with the consent service")
+            raise NotFound(not_registered(member))
         return {"member": state.address, "erased": state.erased, "keys_shredded": state.shredded,
                 "uploads": svc.projection.summary(state.address)}
 
@@ -103,8 +131,7 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
                        setting="DATACOOP_VAULT_SERVICE_TOKEN", slug="bad-service-token")
         ready()
         if body.category is not None and body.category not in svc.schemas:
-            raise DomainError(f"unknown category {body.category!r}; categories: {', '.join(sorted(svc.schemas))}",
-                              status=422, slug="unknown-category")
+            raise unknown_category(body.category, svc.schemas)
         return dict(svc.decrypt(category=body.category,
                                 members=(None if body.members is None  # [] asks for nobody's, not everyone's
                                          else [eip712.to_checksum(m) for m in body.members]),

@@ -104,6 +104,17 @@ def _range(value: float, rules: dict[str, Any]) -> None:
         raise ValueError(f"{_shown(value)} is outside {lo}..{hi}")
 
 
+def _plain(value: str) -> bool:
+    """Whether a number given as text is written plainly: ASCII (int() and float() also read "٣" and "²"-free
+    digits of other scripts) and without the `_` digit grouping they take from Python's own literals (`1_000`,
+    `2_5`), which no CSV writer or JSON means."""
+    return value.isascii() and "_" not in value
+
+
+def _not_plain(value: str) -> str:
+    return " (digits without _ grouping)" if "_" in value else ""
+
+
 def _integer(rules: dict[str, Any]) -> Checker:
     lo, hi = rules.get("min"), rules.get("max")
 
@@ -117,9 +128,11 @@ def _integer(rules: dict[str, Any]) -> Checker:
             raise ValueError("expected an integer, got a boolean")
         if isinstance(value, str):
             try:
-                value = int(value.strip())
+                if not _plain(value):
+                    raise ValueError
+                value = int(value.strip())  # an optional sign and digits, as written: not 1e5 nor 5.0
             except ValueError:
-                raise ValueError(f"expected an integer, got {_shown(value)}") from None
+                raise ValueError(f"expected an integer, got {_shown(value)}{_not_plain(value)}") from None
         elif isinstance(value, float) and value.is_integer():
             value = int(value)
         elif not isinstance(value, int):
@@ -134,9 +147,15 @@ def _number(rules: dict[str, Any]) -> Checker:
         if isinstance(value, bool):
             raise ValueError("expected a number, got a boolean")
         try:
-            number = float(value.strip()) if isinstance(value, str) else float(value)
+            if isinstance(value, str):
+                if not _plain(value):
+                    raise ValueError
+                number = float(value.strip())  # decimal, with an optional exponent; nan and inf refused below
+            else:
+                number = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {_shown(value)}") from None
+            shown = _not_plain(value) if isinstance(value, str) else ""
+            raise ValueError(f"expected a number, got {_shown(value)}{shown}") from None
         except OverflowError:  # an integer past a float's range (about 1.8e308)
             raise ValueError(f"expected a finite number, got {_shown(value)}") from None
         if number != number or number in (float("inf"), float("-inf")):
@@ -173,8 +192,12 @@ def _date(rules: dict[str, Any]) -> Checker:
     hi = date.fromisoformat(str(rules["max"])) if "max" in rules else None
 
     def check(value: Any) -> str:
+        # A date alone, as written: "2026-03-08 or maybe the 9th" or a date and time is not cut to its first ten
+        # characters, nor the compact 20260308 (fromisoformat's other form) taken.
+        text = value.strip() if isinstance(value, str) else ""
         try:
-            day = date.fromisoformat(str(value).strip()[:10]) if isinstance(value, str) else None
+            day = (date.fromisoformat(text) if len(text) == 10 and text.isascii() and text[4] == "-"
+                   and text[7] == "-" else None)
         except ValueError:
             day = None
         if day is None:
@@ -216,6 +239,8 @@ def _checkers(schema: CategorySchema) -> tuple[tuple[str, bool, Checker], ...]:
 MALFORMED = "\x00malformed"
 """Key of the stand-in parse_upload puts where a row could not be read (its value says why): check_rows
 reports it with every other bad row, so one upload gets one whole report."""
+MALFORMED_FIELD = "\x00field"
+"""Beside MALFORMED, where the fault is one field's (a JSON key given twice, a CSV value too long): its name."""
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects read in a JSON line (a row is one flat object). json's C decoder
@@ -251,32 +276,99 @@ def _nested_too_deep(line: str) -> bool:
     return False
 
 
+class _RepeatedField(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a field twice: json keeps the last value silently, and a CSV header
+    that repeats a column is refused too."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _RepeatedField(name)
+            seen.add(name)
+    return row
+
+
+JSON_ARRAY_HINT = ("JSON Lines takes one object per line, not a JSON array: convert the file first, e.g. "
+                   "`jq -c '.[]' FILE.json > FILE.jsonl`, and upload that; nothing was stored")
+
+
 def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
     """Rows of a JSON-lines or CSV upload (CSV: header row; `,` or `;` separated, as the header shows). A
     line that can't be read as a row stays in place as {MALFORMED: why}; a header that can't name the
-    fields (a repeated or empty column name) refuses the whole upload."""
+    fields (a repeated or empty column name) or a file that is one JSON document (an array, an object over
+    several lines) rather than JSON lines refuses the whole upload. A leading byte-order mark is dropped."""
     if fmt == "jsonl":
-        rows: list[dict[str, Any]] = []
-        for line in (ln for ln in content.splitlines() if ln.strip()):
-            if _nested_too_deep(line):
-                rows.append({MALFORMED: f"arrays or objects nested more than {MAX_JSON_DEPTH} deep; each line "
-                                        "must be one object of field: value"})
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rows.append({MALFORMED: f"not JSON ({exc})"})
-                continue
-            except ValueError:  # json reads an integer literal with int(), which refuses one this long
-                rows.append({MALFORMED: f"holds an integer of over {sys.get_int_max_str_digits():,} digits, "
-                                        "which no field takes"})
-                continue
-            rows.append(row if isinstance(row, dict) else
-                        {MALFORMED: "not a JSON object; each line must be an object of field: value"})
-        return rows
+        return _parse_json_lines(content.removeprefix("\ufeff"))
     if fmt == "csv":
         return _parse_csv(content.lstrip("\ufeff"))
     raise UploadRefused(f"unknown upload format {fmt!r}; use jsonl or csv")
+
+
+def _parse_json_lines(content: str) -> list[dict[str, Any]]:
+    text = content.lstrip()
+    first = text[:text.find("\n")] if "\n" in text else text
+    if first.startswith("[") and (first.rstrip() == "[" or first.startswith("[{") or first == text.rstrip()):
+        raise UploadRefused(f"the upload is a JSON array; {JSON_ARRAY_HINT}",
+                            [RowError(0, "(whole upload)", "a JSON array, not one object per line")])
+    rows: list[dict[str, Any]] = []
+    unreadable = 0
+    # Lines end at \n alone (a \r before it is JSON whitespace): str.splitlines() would also end one at
+    # U+2028, U+2029, U+0085 or \x1c-\x1e, which JSON allows raw inside a string.
+    for line in content.split("\n"):
+        if not line.strip():
+            continue
+        if _nested_too_deep(line):
+            rows.append({MALFORMED: f"arrays or objects nested more than {MAX_JSON_DEPTH} deep; each line "
+                                    "must be one object of field: value"})
+            continue
+        try:
+            row = json.loads(line)
+            # Each key of an object is followed by one colon: a line with no more colons than its row has
+            # fields repeats none (json keeps a repeated key's last value); else read again, pair by pair.
+            if type(row) is dict and line.count(":") > len(row):
+                row = json.loads(line, object_pairs_hook=_object)
+        except json.JSONDecodeError as exc:
+            unreadable += 1
+            rows.append({MALFORMED: f"not JSON ({exc})"})
+            continue
+        except _RepeatedField as exc:
+            rows.append({MALFORMED: f"gives field {exc.name!r} more than once; a field takes one value a row: "
+                                    "drop all but one", MALFORMED_FIELD: exc.name})
+            continue
+        except ValueError:  # json reads an integer literal with int(), which refuses one this long
+            rows.append({MALFORMED: f"holds an integer of over {sys.get_int_max_str_digits():,} digits, "
+                                    "which no field takes"})
+            continue
+        rows.append(row if isinstance(row, dict) else
+                    {MALFORMED: "not a JSON object; each line must be an object of field: value"})
+    if unreadable:
+        _refuse_one_document(content)
+    return rows
+
+
+def _refuse_one_document(content: str) -> None:
+    """Of JSON lines some of which are not JSON: refuse at once, in one message, a file that is one JSON
+    object written over several lines (pretty-printed), rather than one "not JSON" for each of its lines."""
+    text = content.strip()
+    if not text.startswith("{") or "\n" not in text or _nested_too_deep(text):
+        return
+    try:
+        json.loads(text)
+    except ValueError:  # not one object; maybe several, pretty-printed one after another
+        first = next(line.strip() for line in text.split("\n") if line.strip())
+        if first != "{":
+            return
+    raise UploadRefused("the upload holds JSON objects written over several lines; JSON Lines takes each object "
+                        "on one line: write it compact, e.g. `jq -c . FILE.json > FILE.jsonl` (or `jq -c '.[]'` "
+                        "for an array), and upload that; nothing was stored",
+                        [RowError(0, "(whole upload)", "an object over several lines, not one object per line")])
 
 
 def _parse_csv(content: str) -> list[dict[str, Any]]:
@@ -304,13 +396,13 @@ def _parse_csv(content: str) -> list[dict[str, Any]]:
     width = len(names)
     rows: list[dict[str, Any]] = []
     while True:
+        starts_at = reader.line_num  # lines read before this row
         try:
             cells = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:  # e.g. a quote never closed, or a value over the CSV reader's size limit
-            rows.append({MALFORMED: f"cannot be read as CSV ({exc}; a quote opened and never closed runs to "
-                                    "the end of the file); the rows after it are not read"})
+            rows.append(_unreadable_csv_row(exc, content, starts_at, delimiter, names))
             break
         if not cells:
             continue
@@ -319,6 +411,69 @@ def _parse_csv(content: str) -> list[dict[str, Any]]:
         else:
             rows.append({k: v for k, v in zip(names, cells, strict=True) if v != ""})
     return rows
+
+
+_AFTER = "the rows after it are not read"
+
+
+def _unreadable_csv_row(exc: csv.Error, content: str, starts_at: int, delimiter: str,
+                        names: list[str]) -> dict[str, Any]:
+    """The stand-in row of what the CSV reader refused, saying why in the words of the fault: a quote opened
+    and never closed (which runs to the end of the file, or past the field limit), a quote inside a quoted
+    value not doubled, or a value longer than the reader takes (naming its column and the limit)."""
+    why = str(exc)
+    rest = content[_line_offset(content, starts_at):]
+    if why == "unexpected end of data":
+        return {MALFORMED: f"cannot be read as CSV: a quote opened and never closed runs to the end of the file; "
+                           f"close it (or double a quote inside a quoted value: \"\"); {_AFTER}"}
+    if why.startswith("field larger than field limit"):
+        limit = csv.field_size_limit()
+        column, length = _long_field(rest, delimiter, limit)
+        if column is None:  # an open quote: the field runs on past the limit
+            return {MALFORMED: f"cannot be read as CSV: a value runs past {limit:,} characters, the most a CSV "
+                               f"field holds: a quote opened and never closed runs on into the lines after it; "
+                               f"close it (or double a quote inside a quoted value: \"\"); {_AFTER}"}
+        name = names[column - 1] if column <= len(names) else f"(column {column})"
+        return {MALFORMED: f"the value of {name} (column {column}) is {length:,} characters, over the {limit:,} a "
+                           f"CSV field may hold; shorten it; {_AFTER}", MALFORMED_FIELD: name}
+    if "expected after" in why:
+        return {MALFORMED: f"cannot be read as CSV ({why}): a quote inside a quoted value must be doubled (\"\"), "
+                           f"and a quoted value must be followed by the separator {delimiter!r} or the line's end; "
+                           f"{_AFTER}"}
+    return {MALFORMED: f"cannot be read as CSV ({why}); {_AFTER}"}
+
+
+def _line_offset(content: str, lines: int) -> int:
+    at = 0
+    for _ in range(lines):
+        found = content.find("\n", at)
+        if found < 0:
+            return len(content)
+        at = found + 1
+    return at
+
+
+def _long_field(record: str, delimiter: str, limit: int) -> tuple[int | None, int]:
+    """(1-based column, length) of the first field of the CSV record at the start of `record` longer than
+    `limit`; (None, 0) when that field is a quote never closed."""
+    field = re.compile(rf'"[^"]*(?:""[^"]*)*"|[^{re.escape(delimiter)}"\r\n]*')
+    at, column = 0, 1
+    while at <= len(record):
+        match = field.match(record, at)
+        assert match is not None  # the second alternative matches the empty string
+        text = match.group()
+        quoted = text.startswith('"')
+        if not quoted and record.startswith('"', at):  # a quote opened and never closed
+            return None, 0
+        length = len(text) - 2 if quoted else len(text)
+        if length > limit:
+            return column, (len(text[1:-1].replace('""', '"')) if quoted else length)
+        at = match.end()
+        if not record.startswith(delimiter, at):
+            return None, 0
+        at += 1
+        column += 1
+    return None, 0
 
 
 def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -340,7 +495,7 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
             count += 1
             bad_rows += 1
             if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(RowError(n, "(whole row)", str(row[MALFORMED])))
+                errors.append(RowError(n, str(row.get(MALFORMED_FIELD, "(whole row)")), str(row[MALFORMED])))
             continue
         for name, required, check in checkers:
             value = row.get(name)

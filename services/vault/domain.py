@@ -59,8 +59,15 @@ def authorize(cmd: ContributeRecords, state: VaultMember, *, now: datetime, fres
               tag_seen: bool) -> None:
     """Raises VaultRefused unless the member signed, is registered and not erased, and the upload is new."""
     if cmd.signer.lower() != cmd.member.lower():
-        raise VaultRefused("unauthorized", f"signature is by {cmd.signer}, not by member {cmd.member}; "
-                                           "sign the ContributeRecords typed data with the member's key")
+        # A signature over other data than was sent recovers to an address nobody holds: it is no proof that
+        # another wallet signed, so say both what it recovers to and the ways that happens.
+        raise VaultRefused("unauthorized", f"the signature recovers to {cmd.signer}, which is not member "
+                                           f"{cmd.member}: either another wallet signed it, or it was signed over "
+                                           "other content or fields (member, category, contentHash = SHA-256 of "
+                                           "the content as sent, issuedAt) or another EIP-712 domain (chainId, "
+                                           "verifyingContract: GET /eip712) than were sent; sign the "
+                                           "ContributeRecords typed data of exactly this upload with the member's "
+                                           "key")
     if abs(now - cmd.issued_at) > freshness:
         raise VaultRefused("stale", f"signature issued at {cmd.issued_at:%Y-%m-%dT%H:%M:%SZ} is outside the "
                                     f"{int(freshness.total_seconds())} s window around now; sign again")
@@ -68,12 +75,21 @@ def authorize(cmd: ContributeRecords, state: VaultMember, *, now: datetime, fres
         raise VaultRefused("gone", f"member {cmd.member} asked to be forgotten; register a new wallet to "
                                    "contribute again")
     if not state.registered:
-        raise VaultRefused("not_found", f"member {cmd.member} is not registered; register with the consent "
-                                        "service first: `datacoop member register` (POST /members there)")
+        raise VaultRefused("not_found", not_registered(cmd.member))
     if tag_seen:
         raise VaultRefused("conflict", "a file with this exact content was already contributed by this member, "
                                        "so nothing new was stored (content is stored once, whatever the "
                                        "category or format); to add records, contribute a file with new ones")
+
+
+def not_registered(member: str) -> str:
+    """Why a member the vault has no registration of is refused. The vault learns of registrations from the
+    members topic, a moment after the consent service answers: asked before it has read that far, it waits
+    for its reader to pass the log's end first (service.py), so this is said only once it has; a member who
+    registered moments ago is still told to retry, not to register again (which is refused as done)."""
+    return (f"member {member} is not registered with the vault: the vault has read the members log to its end "
+            "and seen no registration of this wallet. If you registered moments ago, retry in a few seconds; "
+            "otherwise register with the consent service first: `datacoop member register` (POST /members there)")
 
 
 def decide(cmd: ContributeRecords | ShredKeys, state: VaultMember, *, now: datetime,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,10 +31,10 @@ from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError
 from datacoop.kit.settings import SettingRefused, dev_default_warned
-from datacoop.topics import MEMBERS, RECORDS
+from datacoop.topics import MEMBERS, RECORDS, qualified
 from services.consent.eip712 import Domain
 from services.vault import domain
-from services.vault.api import build_router
+from services.vault.api import CatchingUp, build_router, catching_up_handler
 from services.vault.categories import UploadRefused, check_rows, load_schemas, parse_upload
 from services.vault.crypto import Kek, RecordUnreadable, new_kek_b64, open_one, parse_kek, seal_many
 from services.vault.keystore import KekMismatch, KeyShredded, KeyStore
@@ -69,6 +70,11 @@ def load_kek(settings: VaultSettings) -> Kek:
     return Kek(parse_kek(path.read_text().strip()))
 
 
+REGISTRATION_WAIT_S = 3.0
+"""How long a request about a member the vault has no registration of waits for its reader of the members
+topic to pass the log's end as it was when asked, before answering 503 (retry) rather than 404."""
+
+
 def _shred_id(event: Event) -> str:
     assert isinstance(event, KeysShredded)
     return derived_event_id(event.cause_event_id, event.type_name())
@@ -91,6 +97,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.freshness = timedelta(seconds=settings.vault_freshness_s)
         self.max_rows = settings.vault_max_rows
         self.shred_interval_s = settings.vault_shred_interval_s
+        self.registration_wait_s = REGISTRATION_WAIT_S
         self._wake = asyncio.Event()
         self._restored_checked = False  # keys of shredded members looked for since start
         self.runner.add_listener(self._on_applied)
@@ -116,8 +123,14 @@ class VaultService(ServiceRuntime[VaultProjection]):
         probe = domain.ContributeRecords(member, signer, category, datetime.fromtimestamp(issued_at, UTC),
                                          new_event_id(), tag, schema.version, ())
         # Refuse before any work or key creation; `decide` checks again under the member's lock.
-        domain.authorize(probe, self.projection.get(member), now=now, freshness=self.freshness,
-                         tag_seen=self.projection.tag_seen(member, tag) is not None)
+        seen = self.projection.tag_seen(member, tag) is not None
+        try:
+            domain.authorize(probe, self.projection.get(member), now=now, freshness=self.freshness, tag_seen=seen)
+        except domain.VaultRefused as refused:
+            if refused.kind != "not_found":
+                raise
+            domain.authorize(probe, await self.settled_member(member), now=now, freshness=self.freshness,
+                             tag_seen=seen)
         parsed = parse_upload(content, fmt)  # type: ignore[arg-type]
         if len(parsed) > self.max_rows:  # counted before the rows are checked: no work on a refused upload
             raise UploadRefused(f"upload has {len(parsed)} rows, at most {self.max_rows} per upload; split the file")
@@ -143,6 +156,58 @@ class VaultService(ServiceRuntime[VaultProjection]):
         return {"member": member, "category": category, "upload_id": cmd.upload_id,
                 "schema_version": schema.version, "records": len(records), "events": len(deliveries),
                 "first_record_id": records[0]["record_id"], "last_record_id": records[-1]["record_id"]}
+
+    # -- members the vault has not met ----------------------------------------------------------
+    async def settled_member(self, member: str) -> domain.VaultMember:
+        """The member's state, once the vault can tell a member it has not met from one whose registration it
+        has not read yet. The consent service answers a registration once it is in the log; the vault reads it
+        from there a moment later. So for a member not registered here, wait (at most `registration_wait_s`)
+        until the reader has passed the members topic's end as a fetch sent after this call saw it: then
+        not registered is the truth (404). Still behind by then, or not caught up since the start: CatchingUp
+        (503 `not-ready`, Retry-After)."""
+        state = self.projection.get(member)
+        if state.registered or state.erased or state.shredded:
+            return state
+        if not self.ready:  # after a start, the registration may be in the part of the log not read yet
+            raise CatchingUp(f"the vault is still catching up with the event log and has not read member "
+                             f"{member}'s registration yet, if there is one; retry in a few seconds")
+        asked_ms = int(time.time() * 1000)
+        deadline = time.monotonic() + self.registration_wait_s
+        first_fetch: dict[int, int] = {}  # partition -> time of the first fetch answered after asked_ms
+        while True:
+            if self._members_log_passed(asked_ms, first_fetch):
+                return self.projection.get(member)  # positions move after the commit: what they passed is here
+            if time.monotonic() >= deadline:
+                raise CatchingUp(f"the vault has not (yet) seen a registration of member {member}: it is still "
+                                 "reading the members log the consent service writes registrations to. If you "
+                                 "registered moments ago, retry in a few seconds")
+            await asyncio.sleep(0.02)
+            state = self.projection.get(member)
+            if state.registered or state.erased or state.shredded:
+                return state
+
+    def _members_log_passed(self, asked_ms: int, first_fetch: dict[int, int]) -> bool:
+        """Whether the reader has applied every partition of the members topic up to the high-water mark of a
+        fetch sent after `asked_ms` (a second fetch answered since then: the first may have been sent before).
+        True when there is no reader to ask (an app built but not started, as in tests)."""
+        consumer = self.runner._consumer  # the runner's own Kafka consumer: its high-water marks and fetch times
+        if consumer is None:
+            return True
+        topic = qualified(self.settings.topic_prefix, MEMBERS)
+        lag = self.runner.lag()
+        passed = True
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            fetched_ms = consumer.last_poll_timestamp(tp)
+            if fetched_ms is not None and fetched_ms > asked_ms:
+                first_fetch.setdefault(tp.partition, fetched_ms)
+            position = (lag.get(f"{tp.topic}[{tp.partition}]") or {}).get("position")
+            highwater = consumer.highwater(tp)
+            fresh = fetched_ms is not None and fetched_ms > first_fetch.get(tp.partition, fetched_ms)
+            if not fresh or position is None or highwater is None or position < highwater:
+                passed = False
+        return passed
 
     # -- reading ---------------------------------------------------------------------------------
     def _readable_key(self, member: str) -> bytes | None:
@@ -243,8 +308,10 @@ def build_app(settings: VaultSettings | None = None, clock: Callable[[], datetim
     settings = settings or VaultSettings()
     service = VaultService(settings, clock)
     domain_sep = Domain(chain_id=settings.chain_id, verifying_contract=settings.market_address)
-    return create_app(service, [build_router(service, domain_sep)], title="datacoop vault",
-                      description="Members' records, encrypted per member; internal decrypt; crypto-shredding.")
+    app = create_app(service, [build_router(service, domain_sep)], title="datacoop vault",
+                     description="Members' records, encrypted per member; internal decrypt; crypto-shredding.")
+    app.add_exception_handler(CatchingUp, catching_up_handler)  # its Retry-After header
+    return app
 
 
 def main() -> None:

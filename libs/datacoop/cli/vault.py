@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -23,6 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from datacoop.cli import stack as stack_mod
 from datacoop.cli.common import console, err, fail, read_key, service_url
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
@@ -36,6 +39,10 @@ vault_app = typer.Typer(no_args_is_help=True, help="Operator commands of the vau
                                                    "(its environment), with the vault stopped.")
 
 _CHUNK_BYTES = 64 * 1024
+RETRY_FOR_S = 10.0
+"""How long `contribute` retries an upload the vault answers 503 `not-ready` (it has not read the member's
+registration yet, moments after it was made, or is catching up after a start)."""
+_NOT_READY = "https://datacoop.example/problems/not-ready"
 
 
 def _refused(exc: ApiError, file: Path) -> NoReturn:
@@ -80,16 +87,73 @@ def contribute(
     if not content.strip():
         fail(f"{file} is empty: nothing to contribute; give a file with at least one record")
     url = service_url("vault", vault_url)
+    key = read_key(key_file)
     try:
-        client = VaultClient(read_key(key_file), url)
+        try:
+            client = VaultClient(key, url)  # asks GET /eip712
+        except (ValueError, KeyError, TypeError):  # a 200 that is not a datacoop service's EIP-712 domain
+            _not_the_vault(url, _answers_as(url))
         body = json.dumps(client.contribute_body(category, content, upload_format)).encode()
-        result = _upload(client, body)
+        result = _retrying_not_ready(lambda: _upload(client, body))
     except ApiError as exc:
+        if exc.status in (404, 405) and (service := _answers_as(url)) != "vault":
+            _not_the_vault(url, service)
         _refused(exc, file)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the vault at {url} ({exc}); is the stack up (`datacoop up`)?")
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
                   f"{result['upload_id']} (schema v{result['schema_version']}), encrypted with your data key")
+
+
+def _retrying_not_ready(upload: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The upload's answer, retried for up to RETRY_FOR_S while the vault answers 503 `not-ready`: just after
+    `datacoop member register` the vault may not have read the registration yet (it learns of it from the
+    members log a moment later); saying so once, then waiting as its Retry-After asks (at most 2 s)."""
+    deadline = time.monotonic() + RETRY_FOR_S
+    said = False
+    while True:
+        try:
+            return upload()
+        except ApiError as exc:
+            if exc.status != 503 or exc.problem.get("type") != _NOT_READY or time.monotonic() >= deadline:
+                raise
+            if not said:
+                err.print(f"the vault is not ready for this upload yet ({exc.problem.get('detail', '')}); retrying "
+                          f"for up to {RETRY_FOR_S:.0f} s", markup=False, highlight=False, soft_wrap=True)
+                said = True
+            time.sleep(min(2.0, max(0.5, float(exc.problem.get("retry_after_s") or 1))))
+
+
+def _answers_as(url: str) -> str | None:
+    """The service name a datacoop service at `url` gives in its GET /healthz; None where none answers so."""
+    try:
+        doc = httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    service = doc.get("service") if isinstance(doc, dict) else None
+    return service if isinstance(service, str) else None
+
+
+def _not_the_vault(url: str, service: str | None) -> NoReturn:
+    """Fail on a URL that is not the vault's (a 404 or 405 from something else: the consent service's URL, a
+    port of another service), naming what answers there (`service`, its GET /healthz) and where the vault is."""
+    there = (f"it answers as the {service} service" if service else
+             "no datacoop service answers GET /healthz there")
+    fail(f"{url} is not the vault ({there}); the vault's URL is {_vault_url()}: pass it with --vault-url "
+         "(or set DATACOOP_VAULT_URL)")
+
+
+def _vault_url() -> str:
+    """Where the vault is: DATACOOP_VAULT_URL, else the running stack's, else its default port on this host."""
+    env = os.environ.get("DATACOOP_VAULT_URL")
+    if env:
+        return env
+    stack = stack_mod.running_stack() or {}
+    vault = (stack.get("services") or {}).get("vault")
+    if isinstance(vault, dict) and vault.get("url"):
+        return str(vault["url"])
+    port = next(s.default_port for s in stack_mod.SERVICES if s.name == "vault")
+    return f"http://127.0.0.1:{port} on a local stack (`datacoop up`)"
 
 
 def _upload(client: VaultClient, body: bytes) -> dict[str, Any]:
