@@ -2,12 +2,15 @@
 
 An order is for one offer (download, query, compute) on one dataset version, at the price the offers
 file states when it is placed. It turns paid when settlement confirms a payment of at least its
-price; only a paid order opens a download grant or spends its query budget. A payment that arrives
-when its order has expired, or when the order's version is no longer on sale (superseded, e.g. after
-a member's revocation or erasure), pays nothing: it is refused (PaymentRefused), the order shows it
-as `refund-due`, and the money is to be refunded. An order paid before its version was superseded
-keeps its access (versions already sold stay with their buyers). Budgets are integers in
-micro-epsilon, so spends add up exactly: a query whose cost exceeds what is left is refused whole.
+price; only a paid order opens a download grant or spends its query budget. A payment made after
+its order expired, or that arrives when the order's version is no longer on sale (superseded, e.g.
+after a member's revocation or erasure), pays nothing: it is refused (PaymentRefused), the order shows
+it as `refund-due`, and the money is to be refunded. When a payment was made is its block's timestamp
+(PaymentConfirmed.paid_at), not when the marketplace gets to it: a payment made in time pays its order
+however late settlement confirms it, even after the sweeper expired the order (see `payment_late`).
+An order paid before its version was superseded keeps its access (versions already sold stay with
+their buyers). Budgets are integers in micro-epsilon, so spends add up exactly: a query whose cost
+exceeds what is left is refused whole.
 """
 
 from __future__ import annotations
@@ -102,13 +105,15 @@ class PlaceOrder:
 @dataclass(frozen=True)
 class ConfirmPayment:
     """A confirmed on-chain payment for the order; `version_superseded` says whether the order's version
-    is no longer on sale now (the handler reads it from the projection)."""
+    is no longer on sale now (the handler reads it from the projection); `paid_at` is the timestamp of
+    the block holding the payment (None for a PaymentConfirmed written before settlement recorded it)."""
 
     order_id: str
     payment_event_id: str
     amount_units: int
     tx_hash: str
     version_superseded: bool = False
+    paid_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,10 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBu
 
 
 def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[Event]:
-    """OrderPaid, or PaymentRefused when the order expired or its version is off sale; nothing for a
-    payment already decided or short of the price (listed as unmatched)."""
+    """OrderPaid, or PaymentRefused when the payment was late (`payment_late`) or its version is off sale;
+    nothing for a payment already decided or short of the price (listed as unmatched). The events' own
+    times (`paid_at` of OrderPaid, `refused_at`) are `now`, when the marketplace decided: access opens
+    then; when the payment was made is the PaymentConfirmed's `paid_at`."""
     decided = {p.payment_event_id for p in order.refused_payments}
     if order.status == "paid" or cmd.payment_event_id in decided or cmd.amount_units < order.price_units:
         return []
@@ -220,9 +227,11 @@ def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[E
     earlier = order.refused_payments[-1] if order.refused_payments else None
     withdrawn = order.status == "refund-due" and earlier is not None and earlier.reason == "version-superseded"
     reason: Literal["order-expired", "version-superseded"]
-    if not withdrawn and (order.status in ("expired", "refund-due") or order.expires_at <= now):
+    if not withdrawn and payment_late(order, cmd.paid_at, now):
         reason = "order-expired"
-        detail = (f"order {order.order_id} expired at {order.expires_at.isoformat()} before its payment arrived; "
+        when = (" before its payment arrived" if cmd.paid_at is None else
+                f"; its payment is in a block stamped {cmd.paid_at.isoformat()}, too late for it")
+        detail = (f"order {order.order_id} expired at {order.expires_at.isoformat()}{when}; "
                   f"{refund}; place a new order for the version on sale (`datacoop order {order.dataset_id}:"
                   f"{order.offer}`, see `datacoop catalog`)")
     elif withdrawn or cmd.version_superseded:
@@ -236,6 +245,25 @@ def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[E
     return [PaymentRefused(order_id=order.order_id, payment_event_id=cmd.payment_event_id,
                            amount_units=cmd.amount_units, tx_hash=cmd.tx_hash, reason=reason, detail=detail,
                            refused_at=now)]
+
+
+def payment_late(order: Order, paid_at: datetime | None, now: datetime) -> bool:
+    """Whether a payment came after its order expired.
+
+    `paid_at` is the timestamp of the payment's block (the chain's clock), `now` the marketplace's clock
+    as it handles the payment. Late takes both: the order has expired by the marketplace's clock (or was
+    expired, or refused a late payment, already), and the block is stamped at or after the expiry. So a
+    payment made in time is paid however long settlement or the marketplace took to get to it, and no
+    payment is refused that the marketplace's clock alone would have let through (a chain whose clock runs
+    ahead refuses nothing early). Block timestamps are whole seconds: the block must be stamped before
+    the second the order expires in (a payment in a block of 11:59:59 is in time for an expiry at
+    12:00:00.4; one of 12:00:00 is late), so a payment counted in time certainly was. A confirmation
+    without `paid_at` (written before settlement recorded it) is judged by the marketplace's clock alone,
+    as it always was."""
+    expired = order.status in ("expired", "refund-due") or order.expires_at <= now
+    if not expired or paid_at is None:
+        return expired
+    return paid_at >= order.expires_at.replace(microsecond=0)
 
 
 def _require_paid(order: Order) -> None:

@@ -12,8 +12,8 @@ columns its queries may group by (from the definition the build used: query.grou
 from __future__ import annotations
 
 import json
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import duckdb
 from pydantic import TypeAdapter
@@ -65,9 +65,9 @@ CREATE TABLE IF NOT EXISTS version_group_by (
 CREATE TABLE IF NOT EXISTS version_row_bound (  -- the definition's privacy.max_rows_per_member (default 1)
     dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, max_rows_per_member INTEGER NOT NULL,
     PRIMARY KEY (dataset_id, version));
-CREATE TABLE IF NOT EXISTS payments (
+CREATE TABLE IF NOT EXISTS payments (  -- paid_at: the block's timestamp (NULL in confirmations written without it)
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
-    tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL);
+    tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL, paid_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS refused_payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR NOT NULL,
     refused_at TIMESTAMPTZ NOT NULL);
@@ -78,6 +78,17 @@ CREATE TABLE IF NOT EXISTS spends (
     order_id VARCHAR NOT NULL, query_id VARCHAR NOT NULL, epsilon_micro BIGINT NOT NULL,
     spent_micro BIGINT NOT NULL, aggregate VARCHAR NOT NULL, answered_at TIMESTAMPTZ NOT NULL);
 """
+
+class PendingPayment(NamedTuple):
+    """A confirmed payment the reactor has yet to decide; `paid_at` is the timestamp of its block (None for
+    a PaymentConfirmed written before settlement recorded it)."""
+
+    payment_event_id: str
+    order_id: str
+    amount_units: int
+    tx_hash: str
+    paid_at: datetime | None
+
 
 _ORDER = TypeAdapter(Order)
 _ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, PaymentRefused, AccessGranted, AccessRevoked, QueryAnswered)
@@ -124,8 +135,8 @@ class MarketProjection:
                 tx.execute("UPDATE versions SET superseded = true WHERE dataset_id = ? AND version = ?",
                            [ev.dataset_id, ev.version])
             elif isinstance(ev, PaymentConfirmed):
-                tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?)",
-                           [d.envelope.id, ev.order_id, ev.amount_units, ev.tx_hash, ev.confirmed_at])
+                tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?, ?)",
+                           [d.envelope.id, ev.order_id, ev.amount_units, ev.tx_hash, ev.confirmed_at, ev.paid_at])
         for oid in touched:
             o = states[oid]
             if o is None:
@@ -226,16 +237,17 @@ class MarketProjection:
                                  "ORDER BY expires_at LIMIT ?", [now, limit]).fetchall()
         return [r[0] for r in rows]
 
-    def payments_to_apply(self, limit: int = 1000) -> list[tuple[str, str, int, str]]:
-        """(payment event id, order id, amount, tx) of payments covering an order not yet paid, and not yet
-        refused: the reactor decides each once (OrderPaid or PaymentRefused)."""
+    def payments_to_apply(self, limit: int = 1000) -> list[PendingPayment]:
+        """Payments covering an order not yet paid, and not yet refused: the reactor decides each once
+        (OrderPaid or PaymentRefused)."""
         rows = self.conn.execute(
-            """SELECT p.payment_event_id, p.order_id, p.amount_units, p.tx_hash FROM payments p
+            """SELECT p.payment_event_id, p.order_id, p.amount_units, p.tx_hash, p.paid_at FROM payments p
                JOIN orders o USING (order_id)
                WHERE o.status <> 'paid' AND p.amount_units >= o.price_units
                  AND p.payment_event_id NOT IN (SELECT payment_event_id FROM refused_payments)
                ORDER BY p.confirmed_at LIMIT ?""", [limit]).fetchall()
-        return [(r[0], r[1], int(r[2]), r[3]) for r in rows]
+        return [PendingPayment(r[0], r[1], int(r[2]), r[3], r[4].astimezone(UTC) if r[4] is not None else None)
+                for r in rows]
 
     def unmatched_payments(self) -> list[dict[str, Any]]:
         """Payments confirmed on chain that paid no order: for no order we know, short of the order's

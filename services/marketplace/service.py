@@ -3,7 +3,8 @@ query engine, the app; `main()`.
 
 Reacting to payments: PaymentConfirmed events land in the `payments` table (with the consumed
 offsets, as every input does); a background loop turns each payment that covers an unpaid order into
-OrderPaid, or into PaymentRefused when the order has expired or its version is no longer on sale; the
+OrderPaid, or into PaymentRefused when it was made after the order expired (by its block's timestamp,
+domain.payment_late) or the order's version is no longer on sale; the
 reaction's id is derived from the PaymentConfirmed's id, so a re-sent reaction after a crash is a
 duplicate every consumer drops.
 """
@@ -34,7 +35,7 @@ from services.marketplace.api import build_router
 from services.marketplace.engine import LoadedVersion, QueryEngine
 from services.marketplace.files import VersionFiles
 from services.marketplace.offers import load_offers
-from services.marketplace.projection import SCHEMA_SQL, MarketProjection
+from services.marketplace.projection import SCHEMA_SQL, MarketProjection, PendingPayment
 from services.marketplace.settings import MarketplaceSettings
 
 log = logging.getLogger("datacoop.marketplace")
@@ -94,16 +95,11 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
         if not self.ready or self.writer is None:
             return 0
         paid = 0
-        for payment_id, order_id, amount, tx_hash in self.projection.payments_to_apply():
-            def decide(payment_id: str = payment_id, order_id: str = order_id, amount: int = amount,
-                       tx_hash: str = tx_hash) -> list[Event]:
-                order = self.projection.order(order_id)
-                info = self.projection.version_info(order.dataset_id, order.version) if order else None
-                cmd = domain.ConfirmPayment(order_id, payment_id, amount, tx_hash,
-                                            version_superseded=info is None or info.superseded)
-                return domain.decide(cmd, order, self.clock())
+        for payment in self.projection.payments_to_apply():
+            def decide(payment: PendingPayment = payment) -> list[Event]:
+                return decide_payment(self.projection, payment, self.clock())
 
-            paid += len(await self.writer.execute(order_id, decide, causation_id=payment_id,
+            paid += len(await self.writer.execute(payment.order_id, decide, causation_id=payment.payment_event_id,
                                                   id_for=_payment_reaction_id))
         return paid
 
@@ -136,6 +132,16 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
             except Exception:
                 log.exception("%s loop failed; retrying next interval", what)
             await asyncio.sleep(interval_s)
+
+
+def decide_payment(projection: MarketProjection, payment: PendingPayment, now: datetime) -> list[Event]:
+    """The reactor's call on one confirmed payment, on what the projection knows of its order now: late or
+    not by the payment's block time (domain.payment_late), `now` being the marketplace's clock."""
+    order = projection.order(payment.order_id)
+    info = projection.version_info(order.dataset_id, order.version) if order else None
+    cmd = domain.ConfirmPayment(payment.order_id, payment.payment_event_id, payment.amount_units, payment.tx_hash,
+                                version_superseded=info is None or info.superseded, paid_at=payment.paid_at)
+    return domain.decide(cmd, order, now)
 
 
 def _payment_reaction_id(event: Event) -> str:

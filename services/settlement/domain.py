@@ -45,7 +45,7 @@ class SettlementRefused(Refused):
 
 @dataclass(frozen=True)
 class PaidLog:
-    """An OrderPaid log as read from the chain."""
+    """An OrderPaid log as read from the chain; `paid_at` is its block's timestamp (None: not read)."""
 
     chain_order_id: bytes
     buyer: str
@@ -53,6 +53,7 @@ class PaidLog:
     tx_hash: str
     block_number: int
     log_index: int
+    paid_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,15 @@ def order_subject(chain_order_id: bytes) -> tuple[str, bool]:
 
 
 def confirm_payment(log: PaidLog, already_confirmed: bool, now: datetime) -> list[Event]:
-    """PaymentConfirmed for a log not yet confirmed (plus a flag when it can't be an order's)."""
+    """PaymentConfirmed for a log not yet confirmed (plus a flag when it can't be an order's): paid at
+    its block's time, confirmed `now`."""
     if already_confirmed:
         return []
     subject, is_uuid = order_subject(log.chain_order_id)
     events: list[Event] = [PaymentConfirmed(
         order_id=subject, chain_order_id="0x" + bytes(log.chain_order_id).hex(), buyer=log.buyer,
         amount_units=log.amount_units, tx_hash=log.tx_hash.lower(), block_number=log.block_number,
-        log_index=log.log_index, confirmed_at=now)]
+        log_index=log.log_index, confirmed_at=now, paid_at=log.paid_at)]
     if not is_uuid:
         events.append(PaymentFlagged(
             order_id=subject, reason="not-an-order-id", amount_units=log.amount_units, price_units=None,

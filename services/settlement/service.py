@@ -1,8 +1,9 @@
 """Bootstrap of the settlement service: settings, store, bus, the chain, the settlement loop; `main()`.
 
 One loop (after the projection has caught up with the log) does, in order:
-1. watch: read OrderPaid logs up to head - confirmations from the stored cursor; PaymentConfirmed per
-   log (id derived from tx hash + log index); then move the cursor;
+1. watch: read OrderPaid logs up to head - confirmations from the stored cursor, with the timestamps of
+   their blocks (when each was paid); PaymentConfirmed per log (id derived from tx hash + log index);
+   then move the cursor;
 2. allocate: every confirmed payment whose order and version are known gets its RevenueAllocated
    (id derived from the order id), so each order is split once whatever happens;
 3. epoch: finish an epoch that was prepared and not posted; else, when due, record EpochPrepared
@@ -22,11 +23,13 @@ import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.contract import Contract
+from web3.types import BlockData
 
 from datacoop.chain import (
     ChainError,
@@ -51,6 +54,7 @@ from services.settlement.settings import SettlementSettings
 log = logging.getLogger("datacoop.settlement")
 
 ORDER_REFUNDED = 2  # DatacoopMarket.OrderStatus.Refunded
+BLOCKS_PER_BATCH = 100  # block headers asked for in one JSON-RPC batch (providers cap batch sizes)
 CRASH_STEPS = ("after_payment", "after_allocation", "after_prepare", "after_send", "after_receipt")
 
 
@@ -76,6 +80,7 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                                                  "DATACOOP_SETTLEMENT_OPERATOR_TOKEN", dev_secrets=settings.dev_secrets)
         self._epoch_lock = asyncio.Lock()
         self._trees: dict[int, StandardMerkleTree] = {}
+        self._block_times: dict[int, datetime] = {}  # block number -> timestamp, for blocks not yet behind the cursor
         self.add_background(self.loop_forever)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -120,10 +125,10 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         end = min(head - self.cfg.confirmations, start + self.cfg.max_blocks_per_poll - 1)
         if end < start:
             return 0
-        logs = await asyncio.to_thread(order_paid_logs, self.contracts.market, start, end)
-        for paid_log in logs:
-            paid = domain.PaidLog(paid_log.order_id, paid_log.buyer, paid_log.amount_units, paid_log.tx_hash,
-                                  paid_log.block_number, paid_log.log_index)
+        for number in [n for n in self._block_times if n < start]:  # behind the cursor: never read again
+            del self._block_times[number]
+        logs = await asyncio.to_thread(read_payments, self.w3, self.contracts.market, start, end, self._block_times)
+        for paid in logs:
             subject, _ = domain.order_subject(paid.chain_order_id)
             cause = f"payment:{paid.tx_hash.lower()}:{paid.log_index}"
 
@@ -278,6 +283,28 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                 return None
             tree = self._trees[epoch] = StandardMerkleTree.of(sorted(row["leaves"].items()))
         return tree
+
+
+def read_payments(w3: Web3, market: Contract, start: int, end: int,
+                  block_times: dict[int, datetime]) -> list[domain.PaidLog]:
+    """The OrderPaid logs of blocks start..end in chain order, each paid at its block's timestamp.
+
+    Blocking, for one worker thread: one eth_getLogs, then the headers of the blocks holding a log whose
+    time `block_times` (a cache, filled here) does not know yet, in JSON-RPC batches; blocks without a
+    payment are never read. A block's timestamp never changes under `confirmations` (reorgs deeper are
+    not handled anyway), so a range read again after a failure asks for nothing more."""
+    found = order_paid_logs(market, start, end)
+    missing = sorted({p.block_number for p in found} - block_times.keys())
+    for i in range(0, len(missing), BLOCKS_PER_BATCH):
+        numbers = missing[i:i + BLOCKS_PER_BATCH]
+        with w3.batch_requests() as batch:
+            for number in numbers:
+                batch.add(w3.eth.get_block(number))
+            blocks = batch.execute()
+        for number, block in zip(numbers, blocks, strict=True):
+            block_times[number] = datetime.fromtimestamp(int(cast(BlockData, block)["timestamp"]), UTC)
+    return [domain.PaidLog(p.order_id, p.buyer, p.amount_units, p.tx_hash, p.block_number, p.log_index,
+                           block_times[p.block_number]) for p in found]
 
 
 def _derived(cause: str) -> Callable[[Event], str]:

@@ -61,8 +61,9 @@ class OrderPaid(Event):
 
 @event("datacoop.marketplace.order_expired", 1, topic=ORDERS)
 class OrderExpired(Event):
-    """An order left unpaid past its expiry; a payment that arrives later is refused (PaymentRefused).
-    The refused payment opens nothing and is to be refunded."""
+    """An order left unpaid past its expiry, as far as the marketplace knew then. A payment made later (in a
+    block stamped at or after the expiry) is refused (PaymentRefused), opens nothing and is to be refunded;
+    one made in time but confirmed after this event still pays the order."""
 
     order_id: str = Field(min_length=1)
     expired_at: UtcTime

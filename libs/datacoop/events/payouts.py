@@ -27,6 +27,9 @@ class PaymentConfirmed(Event):
     """An `OrderPaid` log of the market contract, `confirmations` blocks deep: the order is paid.
 
     The marketplace grants access on it (unless a `PaymentFlagged` for the order says otherwise).
+    Two times: `paid_at` is when the payment was made (its block's timestamp, the chain's clock), which
+    the marketplace judges lateness by; `confirmed_at` is when settlement confirmed it (its own clock,
+    later by the confirmations and any delay of the service).
     """
 
     order_id: str = Field(min_length=1, description="order UUID, or the raw bytes32 hex when not a UUID id")
@@ -37,6 +40,9 @@ class PaymentConfirmed(Event):
     block_number: int = Field(ge=0)
     log_index: int = Field(ge=0)
     confirmed_at: UtcTime
+    paid_at: UtcTime | None = Field(None, description="timestamp of the block holding the OrderPaid log (when it "
+                                                      "was paid, by the chain's clock); absent in events written "
+                                                      "before it was recorded")
 
 
 @event("datacoop.settlement.payment_flagged", 1, topic=PAYOUTS)

@@ -24,10 +24,12 @@ OID = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a001"
 TX = "0x" + "11" * 32
 
 
-def placed(offer: str = "download", budget: int | None = None) -> OrderPlaced:
+EXPIRES = T0 + timedelta(hours=1)
+
+
+def placed(offer: str = "download", budget: int | None = None, expires_at: datetime = EXPIRES) -> OrderPlaced:
     return OrderPlaced(order_id=OID, researcher_id="r1", buyer=BUYER, dataset_id="adult", version=2, offer=offer,
-                       price_units=1_000, placed_at=T0, expires_at=T0 + timedelta(hours=1),
-                       query_budget_micro=budget)
+                       price_units=1_000, placed_at=T0, expires_at=expires_at, query_budget_micro=budget)
 
 
 def paid(amount: int = 1_000) -> OrderPaid:
@@ -92,6 +94,69 @@ def test_a_payment_after_the_order_expired_is_refused_and_opens_nothing(events: 
     assert domain.decide(domain.ConfirmPayment(OID, "p1", 1_000, TX), after, now) == [], "decided once"
     assert domain.decide(domain.ExpireDue(OID), after, now) == []
     assert domain.evolve(after, ev) == after, "a replayed refusal changes nothing"
+
+
+# -- late or not: by the block's time (PaymentConfirmed.paid_at), not by when the payment is processed ----------
+def confirm(order: domain.Order | None, paid_at: datetime | None, now: datetime, superseded: bool = False,
+            payment: str = "p1") -> Event:
+    [ev] = domain.decide(domain.ConfirmPayment(OID, payment, 1_000, TX, version_superseded=superseded,
+                                               paid_at=paid_at), order, now)
+    return ev
+
+
+@pytest.mark.parametrize("events", [
+    (placed(),),  # past its expiry, before the sweeper got to it
+    (placed(), OrderExpired(order_id=OID, expired_at=EXPIRES)),  # the sweeper expired it meanwhile
+], ids=["unswept", "swept"])
+def test_a_payment_made_before_the_expiry_pays_however_late_it_is_processed(events: tuple[Event, ...]) -> None:
+    """Settlement was down, or the confirmations took long: the order expired by the marketplace's clock
+    before the payment reached it, but the block holding the payment is stamped before the expiry."""
+    processed = EXPIRES + timedelta(days=3)
+    ev = confirm(given(*events), paid_at=EXPIRES - timedelta(seconds=1), now=processed)
+    assert isinstance(ev, OrderPaid) and ev.paid_at == processed, "OrderPaid says when the marketplace decided"
+    after = domain.evolve(given(*events), ev)
+    assert after is not None and after.status == "paid" and after.refused_payments == ()
+    [grant] = domain.decide(domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1"), after, processed)
+    assert isinstance(grant, AccessGranted)
+    assert domain.decide(domain.ExpireDue(OID), after, processed) == []
+
+
+@pytest.mark.parametrize("paid_at", [EXPIRES, EXPIRES + timedelta(minutes=5)], ids=["at-expiry", "after"])
+@pytest.mark.parametrize("events", [(placed(),), (placed(), OrderExpired(order_id=OID, expired_at=EXPIRES))],
+                         ids=["unswept", "swept"])
+def test_a_payment_made_at_or_after_the_expiry_is_refused(events: tuple[Event, ...], paid_at: datetime) -> None:
+    processed = EXPIRES + timedelta(minutes=10)
+    ev = confirm(given(*events), paid_at=paid_at, now=processed)
+    assert isinstance(ev, PaymentRefused) and ev.reason == "order-expired" and ev.refused_at == processed
+    assert f"block stamped {paid_at.isoformat()}" in ev.detail and "refunded" in ev.detail
+    after = domain.evolve(given(*events), ev)
+    assert after is not None and after.status == "refund-due"
+
+
+def test_block_times_are_whole_seconds_so_only_a_block_before_the_expirys_second_is_in_time() -> None:
+    expires = EXPIRES + timedelta(milliseconds=400)
+    order = given(placed(expires_at=expires))
+    late = confirm(order, paid_at=EXPIRES, now=expires + timedelta(minutes=1))  # mined somewhere in [EXPIRES, +1s)
+    assert isinstance(late, PaymentRefused) and late.reason == "order-expired"
+    in_time = confirm(order, paid_at=EXPIRES - timedelta(seconds=1), now=expires + timedelta(minutes=1))
+    assert isinstance(in_time, OrderPaid)
+
+
+def test_a_chain_clock_ahead_of_the_marketplace_refuses_nothing_the_marketplace_clock_lets_through() -> None:
+    ev = confirm(given(placed()), paid_at=EXPIRES + timedelta(minutes=2), now=EXPIRES - timedelta(minutes=1))
+    assert isinstance(ev, OrderPaid)
+
+
+def test_without_the_block_time_a_payment_is_judged_by_when_it_is_processed_as_before() -> None:
+    """A PaymentConfirmed written before settlement recorded paid_at."""
+    assert isinstance(confirm(given(placed()), paid_at=None, now=EXPIRES - timedelta(seconds=1)), OrderPaid)
+    ev = confirm(given(placed()), paid_at=None, now=EXPIRES)
+    assert isinstance(ev, PaymentRefused) and ev.reason == "order-expired" and "before its payment arrived" in ev.detail
+
+
+def test_a_payment_made_in_time_for_a_version_superseded_since_is_still_refused() -> None:
+    ev = confirm(given(placed()), paid_at=T0, now=EXPIRES + timedelta(days=1), superseded=True)
+    assert isinstance(ev, PaymentRefused) and ev.reason == "version-superseded"
 
 
 def test_a_payment_for_a_version_superseded_before_it_arrived_is_refused() -> None:

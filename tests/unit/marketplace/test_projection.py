@@ -15,12 +15,12 @@ from datacoop.events.datasets import (
     VersionBuildStarted,
 )
 from datacoop.events.envelope import Envelope
-from datacoop.events.orders import OrderPlaced
+from datacoop.events.orders import OrderExpired, OrderPlaced, PaymentRefused
 from datacoop.events.payouts import PaymentConfirmed
 from datacoop.events.registry import Event
 from datacoop.store import ProjectionStore
-from services.marketplace import domain
 from services.marketplace.projection import SCHEMA_SQL, MarketProjection
+from services.marketplace.service import decide_payment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TX = "0x" + "11" * 32
@@ -55,9 +55,10 @@ def order(oid: str) -> OrderPlaced:
                        offer="download", price_units=1_000, placed_at=T0, expires_at=T0 + timedelta(hours=1))
 
 
-def payment(oid: str) -> PaymentConfirmed:
+def payment(oid: str, paid_at: datetime | None = None, confirmed_at: datetime = T0) -> PaymentConfirmed:
     return PaymentConfirmed(order_id=oid, chain_order_id="0x" + "22" * 32, buyer="0x" + "b" * 40,
-                            amount_units=1_000, tx_hash=TX, block_number=1, log_index=0, confirmed_at=T0)
+                            amount_units=1_000, tx_hash=TX, block_number=1, log_index=0, confirmed_at=confirmed_at,
+                            paid_at=paid_at)
 
 
 def project(deliveries: list[Delivery]) -> MarketProjection:
@@ -70,14 +71,7 @@ def project(deliveries: list[Delivery]) -> MarketProjection:
 
 def react(proj: MarketProjection, now: datetime) -> list[Delivery]:
     """What the payment reactor appends (service.react_to_payments_once, without the bus)."""
-    out = []
-    for pid, oid, amount, tx_hash in proj.payments_to_apply():
-        o = proj.order(oid)
-        assert o is not None
-        info = proj.version_info(o.dataset_id, o.version)
-        cmd = domain.ConfirmPayment(oid, pid, amount, tx_hash, version_superseded=info is None or info.superseded)
-        out += [delivery(ev, oid) for ev in domain.decide(cmd, o, now)]
-    return out
+    return [delivery(ev, p.order_id) for p in proj.payments_to_apply() for ev in decide_payment(proj, p, now)]
 
 
 def test_a_payment_for_a_superseded_version_is_refused_listed_refundable_and_rebuilt_the_same() -> None:
@@ -103,6 +97,39 @@ def test_a_payment_for_a_current_version_pays() -> None:
     oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a002"
     proj = project([delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)])
     assert [type(d.event).__name__ for d in react(proj, T0)] == ["OrderPaid"]
+
+
+def test_a_payment_made_before_the_expiry_but_confirmed_days_later_pays_the_swept_order() -> None:
+    """Settlement was down past the order's expiry: the sweeper expired the order, then the payment
+    arrived with its block's time, before the expiry. Stored with the payment, that time decides."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a003"
+    expires = T0 + timedelta(hours=1)
+    paid_at = expires - timedelta(seconds=30)
+    later = expires + timedelta(days=2)
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid),
+           delivery(OrderExpired(order_id=oid, expired_at=expires), oid),
+           delivery(payment(oid, paid_at=paid_at, confirmed_at=later), oid)]
+    proj = project(log)
+    [pending] = proj.payments_to_apply()
+    assert pending.paid_at == paid_at and pending.paid_at.tzinfo == UTC
+    [reaction] = react(proj, later)
+    assert type(reaction.event).__name__ == "OrderPaid"
+    rebuilt = project([*log, reaction])
+    o = rebuilt.order(oid)
+    assert o is not None and o.status == "paid"
+    assert rebuilt.payments_to_apply() == [] and rebuilt.unmatched_payments() == []
+
+
+def test_a_payment_confirmed_without_its_block_time_is_judged_when_processed() -> None:
+    """A PaymentConfirmed written before settlement recorded paid_at still reads, and counts as made when
+    the marketplace processes it."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a004"
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)]
+    proj = project(log)
+    assert proj.payments_to_apply()[0].paid_at is None
+    [reaction] = react(proj, T0 + timedelta(hours=2))
+    assert isinstance(reaction.event, PaymentRefused) and reaction.event.reason == "order-expired"
+    assert [u["reason"] for u in project([*log, reaction]).unmatched_payments()] == ["order-expired"]
 
 
 def test_a_version_records_the_group_by_columns_of_the_definition_its_build_used() -> None:

@@ -40,6 +40,20 @@ def test_a_new_payment_is_confirmed_under_its_order_uuid() -> None:
     assert ev.order_id == str(ORDER) and ev.amount_units == 1_000_000 and ev.block_number == 7
 
 
+def test_a_confirmed_payment_is_paid_at_its_blocks_time_and_confirmed_now() -> None:
+    block_time = NOW - timedelta(hours=6)  # settlement was down for hours, or confirmations took that long
+    log = domain.PaidLog(ORDER.bytes + bytes(16), ANA, 1_000_000, "0x" + "11" * 32, 7, 0, paid_at=block_time)
+    [ev] = domain.confirm_payment(log, already_confirmed=False, now=NOW)
+    assert isinstance(ev, PaymentConfirmed) and (ev.paid_at, ev.confirmed_at) == (block_time, NOW)
+
+
+def test_a_confirmation_logged_before_paid_at_was_recorded_still_reads() -> None:
+    [ev] = domain.confirm_payment(paid_log(ORDER.bytes + bytes(16)), already_confirmed=False, now=NOW)
+    logged = ev.model_dump(mode="json")
+    del logged["paid_at"]
+    assert PaymentConfirmed.model_validate(logged).paid_at is None
+
+
 def test_a_payment_seen_again_after_a_restart_gives_nothing() -> None:
     assert domain.confirm_payment(paid_log(ORDER.bytes + bytes(16)), already_confirmed=True, now=NOW) == []
 
