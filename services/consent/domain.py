@@ -286,7 +286,9 @@ def evolve(state: Member, event: Event) -> Member:
     if isinstance(event, ErasureRequested):
         state = replace(state, last_nonce=max(state.last_nonce, event.nonce), erased_at=event.requested_at)
         for cid, c in list(state.consents.items()):
-            if c.status == "active":
+            if effective_status(c, event.requested_at) == "expired":  # expired first, the sweeper not yet there
+                state = _set_status(state, cid, "expired", c.expires_at or event.requested_at, "expiry reached")
+            elif c.status == "active":
                 state = _set_status(state, cid, "revoked", event.requested_at, "erasure requested")
         return state
     return state

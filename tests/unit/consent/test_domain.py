@@ -160,6 +160,19 @@ def test_erasure_revokes_active_consents_and_refuses_everything_after() -> None:
     assert again.kind == "gone" and "register a new wallet" in str(again)
 
 
+def test_erasure_leaves_a_consent_that_had_already_expired_expired_not_revoked() -> None:
+    """Expired before the erasure, though the sweeper had not marked it yet: its history says it expired at its
+    expiry, not that the erasure revoked it (the revoke of such a consent is refused for the same reason)."""
+    expiry = NOW + timedelta(hours=1)
+    state = given(REGISTERED, granted("soon", 1, expires=expiry), granted("open", 2))
+    erased = ErasureRequested(member=ALICE, requested_at=NOW + timedelta(hours=2), nonce=3, signature=SIG)
+    state = domain.evolve(state, erased)
+    assert [(h.state, h.at, h.reason) for h in state.consents["soon"].history][-1] == ("expired", expiry,
+                                                                                       "expiry reached")
+    assert state.consents["open"].status == "revoked"
+    assert then(domain.ExpireDue(ALICE, NOW + timedelta(hours=3)), state, NOW + timedelta(hours=3)) == []
+
+
 def test_history_records_every_state_change_in_order() -> None:
     state = given(REGISTERED, granted("c1", 1), ConsentRevoked(member=ALICE, consent_id="c1", revoked_at=NOW,
                                                                nonce=2, signature=SIG))
