@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
-
 from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
+from datacoop.errors import EarlierWriteUnsettled
 from datacoop.events.envelope import Envelope, new_event_id
 from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
@@ -98,7 +98,7 @@ class Writer:
         self._pending: list[_InFlight] = []  # acknowledged, waiting for the next group commit
         self._in_hand: list[_InFlight] = []  # the batch being committed
         self._flusher: asyncio.Task[None] | None = None
-        # subject -> (event ids, the reader's poll count) of a command that failed once submitted: its events
+        # subject -> (event ids, when it failed in unix ms) of a command that failed once submitted: its events
         # may be in the log all the same (a lost ack), so the next command on the subject waits for the reader
         self._doubt: dict[str, tuple[list[str], int]] = {}
 
@@ -203,7 +203,7 @@ class Writer:
             return
         command.settled = True
         if isinstance(outcome, BaseException) and self.reader is not None:
-            self._doubt[command.subject] = (command.event_ids, self.reader.polls)
+            self._doubt[command.subject] = (command.event_ids, time.time_ns() // 1_000_000)
         if not command.done.done():
             if isinstance(outcome, BaseException):
                 command.done.set_exception(outcome)
@@ -215,17 +215,21 @@ class Writer:
         """The last command on `subject` failed after its events were submitted: they may be in the log all
         the same (an ack lost, or a projection's commit that failed after the broker had them). Its retry
         must not be decided on state without them (a nonce would be accepted twice, a record stored twice),
-        so wait until the reader has fetched afresh and read this topic to its end: what landed is then
-        applied, and what did not never will be. KafkaTimeoutError (503, retry) when the log can't be read."""
+        so wait until the reader has read this topic to the end the broker gave for a fetch sent after the
+        failure: what landed by then is applied. (A broker that appends a request only after the client gave
+        up on it, later still, is beyond any wait.) EarlierWriteUnsettled (503, retry) when the log can't be
+        read that far in DOUBT_WAIT_S: nothing of this command was written."""
         assert self.reader is not None
-        reader, (_, polls) = self.reader, self._doubt[subject]
+        reader, (_, failed_ms) = self.reader, self._doubt[subject]
+        first_fetch: dict[int, int] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DOUBT_WAIT_S
-        while reader.polls < polls + 2 or not reader.read_to_end(self.topic):
+        while not reader.read_past(self.topic, failed_ms, first_fetch):
             if loop.time() > deadline:
-                raise KafkaTimeoutError(
-                    f"an earlier write for {subject} was not confirmed, and the log could not be read past it within "
-                    f"{DOUBT_WAIT_S:.0f} s to learn whether it landed; retry shortly")
+                raise EarlierWriteUnsettled(
+                    f"nothing of this request was written: an earlier write for {subject} was not confirmed, and "
+                    f"the event log could not be read past it within {DOUBT_WAIT_S:.0f} s to learn whether it "
+                    "landed; retry shortly (the answer will then take that write into account)")
             await asyncio.sleep(0.02)
         del self._doubt[subject]
 

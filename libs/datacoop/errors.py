@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from aiokafka.errors import KafkaTimeoutError
+
 RefusalKind = Literal["unauthorized", "stale", "payment_required", "forbidden", "not_found", "conflict", "gone",
                       "unprocessable"]
 
@@ -42,3 +44,9 @@ class Refused(DomainError):
         super().__init__(message, status=STATUS[kind], slug=self.slugs.get(kind, kind.replace("_", "-")), **extra)
         self.kind = kind
         self.message = message
+
+
+class EarlierWriteUnsettled(KafkaTimeoutError):  # type: ignore[misc]
+    """A command not written at all: its subject's previous write was not confirmed, and the log could not be read
+    far enough to learn whether it landed (see `Writer`). A 503 like any event-log error, worded apart: unlike a
+    write the broker did not confirm, nothing of this request can be in the log."""

@@ -96,9 +96,11 @@ def _set_aside_if_built_by_another_schema(path: Path, fingerprint: str) -> None:
         return
     stale = path.with_name(path.name + ".stale")
     for suffix in ("", ".wal"):
-        source = path.with_name(path.name + suffix)
+        source, target = path.with_name(path.name + suffix), stale.with_name(stale.name + suffix)
         if source.exists():
-            source.replace(stale.with_name(stale.name + suffix))
+            source.replace(target)
+        else:
+            target.unlink(missing_ok=True)  # an older set-aside file's WAL must not be replayed into this one
     log.warning("the projection in %s was built by another version of its schema; set aside as %s, it is rebuilt "
                 "from the log (delete the old file once the service is ready)", path, stale)
 

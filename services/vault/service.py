@@ -187,27 +187,11 @@ class VaultService(ServiceRuntime[VaultProjection]):
                 return state
 
     def _members_log_passed(self, asked_ms: int, first_fetch: dict[int, int]) -> bool:
-        """Whether the reader has applied every partition of the members topic up to the high-water mark of a
-        fetch sent after `asked_ms` (a second fetch answered since then: the first may have been sent before).
-        True when there is no reader to ask (an app built but not started, as in tests)."""
-        consumer = self.runner._consumer  # the runner's own Kafka consumer: its high-water marks and fetch times
-        if consumer is None:
+        """Whether the reader has applied the members topic up to the end a fetch sent after `asked_ms` saw
+        (`ConsumerRunner.read_past`). True when there is no reader to ask (an app built but not started)."""
+        if self.runner._consumer is None:
             return True
-        topic = qualified(self.settings.topic_prefix, MEMBERS)
-        lag = self.runner.lag()
-        passed = True
-        for tp in consumer.assignment():
-            if tp.topic != topic:
-                continue
-            fetched_ms = consumer.last_poll_timestamp(tp)
-            if fetched_ms is not None and fetched_ms > asked_ms:
-                first_fetch.setdefault(tp.partition, fetched_ms)
-            position = (lag.get(f"{tp.topic}[{tp.partition}]") or {}).get("position")
-            highwater = consumer.highwater(tp)
-            fresh = fetched_ms is not None and fetched_ms > first_fetch.get(tp.partition, fetched_ms)
-            if not fresh or position is None or highwater is None or position < highwater:
-                passed = False
-        return passed
+        return self.runner.read_past(qualified(self.settings.topic_prefix, MEMBERS), asked_ms, first_fetch)
 
     # -- reading ---------------------------------------------------------------------------------
     def _readable_key(self, member: str) -> bytes | None:

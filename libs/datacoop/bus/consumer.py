@@ -92,7 +92,8 @@ def gc_paused() -> Iterator[None]:
 
 class LogMismatch(RuntimeError):
     """The positions stored with the projection do not fit the log: it was built from another one. Reading on
-    would skip events or apply a second log on top of the first; the runner stops reading instead."""
+    would skip events or apply a second log on top of the first; the runner reads nothing instead, and asks
+    again after its pause (a new leader may briefly report an older end of the log)."""
 
 
 class ConsumerRunner:
@@ -142,7 +143,6 @@ class ConsumerRunner:
         self.applied_count = 0
         self.dead_count = 0
         self.failing: str | None = None  # why the last poll failed, until one succeeds
-        self.polls = 0  # polls that succeeded: one that started after a moment has fetched after it
 
     @property
     def _kafka(self) -> AIOKafkaConsumer:
@@ -251,14 +251,26 @@ class ConsumerRunner:
             finally:
                 self._in_hand = False
         self._update_caught_up()
-        self.polls += 1
         return applied
 
-    def read_to_end(self, topic: str) -> bool:
-        """Every partition of `topic` it holds is read up to the high-water mark of its last fetch."""
-        tps = [tp for tp in self._kafka.assignment() if tp.topic == topic]
-        return bool(tps) and all((hw := self._kafka.highwater(tp)) is not None and self._positions.get(tp, 0) >= hw
-                                 for tp in tps)
+    def read_past(self, topic: str, since_ms: int, first_fetch: dict[int, int]) -> bool:
+        """Whether every partition of `topic` it holds is applied up to the high-water mark of a fetch the broker
+        answered for a request sent after `since_ms` (unix ms): a second fetch answered since then, as the first
+        may have been sent before. A fetch that fails answers nothing (aiokafka only logs it), so a reader
+        cut off from the broker never passes. Call again with the same `first_fetch` (partition -> the first
+        answer's time) until True."""
+        passed = True
+        for tp in self._kafka.assignment():
+            if tp.topic != topic:
+                continue
+            fetched_ms = self._kafka.last_poll_timestamp(tp)
+            if fetched_ms is not None and fetched_ms > since_ms:
+                first_fetch.setdefault(tp.partition, fetched_ms)
+            fresh = fetched_ms is not None and fetched_ms > first_fetch.get(tp.partition, fetched_ms)
+            highwater = self._kafka.highwater(tp)
+            if not fresh or highwater is None or self._positions.get(tp, 0) < highwater:
+                passed = False
+        return passed
 
     def pass_over(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> set[TopicPartition]:
         """The writer of this process has just applied `deliveries` (at the offsets they landed at) in

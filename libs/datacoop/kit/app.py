@@ -24,7 +24,9 @@ from datacoop.kit.settings import ServiceSettings, SettingRefused
 
 class CorrelationIds:
     """Every request runs with a correlation id (the caller's `x-correlation-id`, else a new one) in
-    `correlation_id`, so log lines and the events it writes carry it; the response echoes it.
+    `correlation_id`, so log lines and the events it writes carry it; the response echoes it. An exception
+    no handler took (a bug) is answered here, a problem+json 500 logged under that id, not by Starlette's
+    outer error middleware, which would answer outside the id, in plain text.
 
     A plain ASGI middleware, not `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the
     endpoint behind a receive wrapper through which `request.is_disconnected()` never sees the client
@@ -40,8 +42,12 @@ class CorrelationIds:
         given = next((v for k, v in scope["headers"] if k == b"x-correlation-id"), b"").decode("latin-1")
         cid = given or str(uuid.uuid4())
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-correlation-id"]
                 message = {**message, "headers": [*headers, (b"x-correlation-id", cid.encode("latin-1"))]}
             await send(message)
@@ -49,6 +55,11 @@ class CorrelationIds:
         token = correlation_id.set(cid)
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # a bug the app's handlers left: problem+json 500, logged with this request's id
+            if started:
+                raise  # the response is under way: nothing else can be sent
+            response = problems.unexpected_error_response(scope.get("method", ""), scope.get("path", ""), exc)
+            await response(scope, receive, send_with_id)
         finally:
             correlation_id.reset(token)
 
@@ -118,7 +129,6 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(KafkaError, problems.event_log_error_handler)
-    app.add_exception_handler(Exception, problems.unexpected_error_handler)  # a bug: still problem+json
 
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(CorrelationIds)
@@ -137,8 +147,8 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
         if runtime.ready:
             return JSONResponse(body)
         if runner.failing is not None:
-            detail = (f"reading the log fails ({runner.failing}); the service retries on its own: see its log, "
-                      "and check the broker and the data directory")
+            detail = (f"reading the log fails: {runner.failing}. The service asks again every few seconds (at "
+                      "most 30); see its log")
         elif runner.ended:
             detail = "the service has stopped reading the log; see its log and restart it"
         else:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from datacoop.errors import DomainError, Refused
+from datacoop.errors import DomainError, EarlierWriteUnsettled, Refused
 
 __all__ = ["Conflict", "DomainError", "Forbidden", "NotFound", "NotReady", "Refused", "Unauthorized",
            "Unprocessable", "problem_response", "require_bearer"]
@@ -159,21 +159,31 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)
 
 
-async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """A bug: 500 as problem+json with an id to find its traceback in the log. The exception's own words stay
     in the log (they may quote what the request held)."""
     error_id = uuid.uuid4().hex[:12]
-    log.error("%s %s failed unexpectedly (error id %s)", request.method, request.url.path, error_id, exc_info=exc)
+    log.error("%s %s failed unexpectedly (error id %s)", method, path, error_id, exc_info=exc)
     return problem_response(500, "internal-error", "internal error",
                             f"the service failed unexpectedly ({type(exc).__name__}); this is a bug, logged with error "
                             f"id {error_id}: report it with that id. Whether the request took effect is not known: "
-                            "read the state back before sending it again", request.url.path, error_id=error_id)
+                            "read the state back before sending it again", path, error_id=error_id)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """`unexpected_error_response` as an exception handler (an app without `kit.app.CorrelationIds`, which
+    answers these itself, inside the request's correlation id)."""
+    return unexpected_error_response(request.method, request.url.path, exc)
 
 
 async def event_log_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """The broker did not confirm a write (unreachable, timed out, refused): 503, not a bare 500. The
     events may have landed (an ack can be lost), so the caller is told to retry, not that nothing
     happened: a command that did land is refused as a repeat, and a half-landed upload is never served."""
+    if isinstance(exc, EarlierWriteUnsettled):
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        detail = str(exc.args[0]) if exc.args else str(exc)  # aiokafka's str() puts the class name first
+        return problem_response(503, "event-log-unavailable", "event log unavailable", detail, request.url.path)
     log.warning("%s %s: the event log did not confirm a write: %r", request.method, request.url.path, exc)
     return problem_response(503, "event-log-unavailable", "event log unavailable",
                             f"the event log (Kafka) did not confirm the write ({type(exc).__name__}: {exc}); it may "

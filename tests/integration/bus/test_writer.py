@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from datacoop import command
 from datacoop.bus import ConsumerRunner, Publisher
 from datacoop.command import Writer
+from datacoop.errors import EarlierWriteUnsettled
 from datacoop.store import ProjectionStore
 from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, AmountRecorded, LedgerProjection, make_envelope
 from infra.local import Broker
@@ -295,3 +297,60 @@ async def test_after_a_lost_ack_the_next_command_decides_on_state_holding_what_l
     assert seen == [(7,)], "the retry decided on state without the event that landed"
     assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (7, 1)
     assert store.last_seq(topic, "acct") == 1
+
+
+async def test_while_the_reader_cannot_fetch_a_retry_after_a_lost_ack_waits_then_refuses_unwritten(
+        broker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost ack comes with a broker out of reach: the reader's fetches fail (aiokafka only logs them and its
+    getmany returns nothing), so its high-water mark is old. The retry may not be decided on it: it waits for a
+    fetch the broker answers, and with none in DOUBT_WAIT_S it is refused, nothing of it written; once fetches
+    come back, the next retry sees the event that landed."""
+    monkeypatch.setattr(command, "DOUBT_WAIT_S", 1.5)
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                                consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
+                                writes_topics=frozenset([topic]))
+        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t",
+                        reader=runner)
+        runner.add_listener(writer.observe)
+        await runner.start()
+        runner.run_in_background()
+        await runner.caught_up.wait()
+        client, cut_off = runner._kafka._client, [True]
+        send = client.send
+
+        async def unreachable_for_fetches(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if cut_off and type(request).__name__.startswith("FetchRequest"):
+                raise KafkaConnectionError("broker unreachable (injected)")
+            return await send(node_id, request, *args, **kwargs)
+
+        client.send = unreachable_for_fetches
+        await asyncio.sleep(1.0)  # the fetch in flight has come back; no new one is answered
+        submit, lost = pub.submit, []
+
+        def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
+            def lose(outcome: Any) -> None:
+                lost.append(outcome)
+                assert then is not None
+                then(KafkaError("the ack was lost"))
+            return submit(topic, envelopes, then=lose if not lost else then)
+
+        pub.submit = ack_lost  # type: ignore[method-assign]
+        with pytest.raises(KafkaError, match="the ack was lost"):
+            await writer.execute("acct", lambda: [AmountRecorded(amount_units=7)])
+        seen: list[Any] = []
+
+        def retry() -> list[AmountRecorded]:
+            seen.append(store.conn.execute("SELECT total_units FROM totals WHERE subject = 'acct'").fetchone())
+            return [] if seen[-1] is not None else [AmountRecorded(amount_units=7)]
+
+        with pytest.raises(EarlierWriteUnsettled, match="nothing of this request was written"):
+            await writer.execute("acct", retry)
+        assert seen == [], "decided on a high-water mark from before the lost ack"
+        cut_off.clear()
+        assert await writer.execute("acct", retry) == []
+        await runner.stop()
+    assert seen == [(7,)]
+    assert store.conn.execute("SELECT total_units, events FROM totals").fetchone() == (7, 1)

@@ -7,13 +7,16 @@ import logging
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from datacoop.errors import EarlierWriteUnsettled
 from datacoop.kit import problems
+from datacoop.kit.app import CorrelationIds
 from datacoop.kit.logs import JsonFormatter, correlation_id
 from datacoop.kit.problems import problem_response
 
@@ -153,3 +156,44 @@ def test_each_request_runs_with_its_correlation_id_and_the_response_echoes_it() 
     problem = client.get("/refused", headers={"x-correlation-id": "req-8"})
     assert problem.status_code == 409 and problem.headers["x-correlation-id"] == "req-8"
     assert correlation_id.get() is None, "nothing leaks out of a request"
+
+
+def test_a_bug_is_answered_inside_the_requests_correlation_id() -> None:
+    """The 500 echoes the caller's correlation id, and its log line (with the traceback) is written under it."""
+    app = FastAPI()
+    app.add_middleware(CorrelationIds)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise ValueError("year 10000 is out of range")
+
+    seen: list[tuple[str | None, bool]] = []
+
+    class Under(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((correlation_id.get(None), record.exc_info is not None))
+
+    handler = Under(logging.ERROR)
+    logging.getLogger("datacoop.http").addHandler(handler)
+    try:
+        resp = TestClient(app).get("/boom", headers={"x-correlation-id": "cid-123"})
+    finally:
+        logging.getLogger("datacoop.http").removeHandler(handler)
+    assert resp.status_code == 500 and resp.headers["content-type"] == "application/problem+json"
+    assert resp.headers["x-correlation-id"] == "cid-123"
+    assert resp.json()["error_id"] in resp.json()["detail"] and "10000" not in resp.text
+    assert seen == [("cid-123", True)]
+
+
+def test_an_unsettled_earlier_write_is_a_503_that_says_nothing_of_this_request_was_written() -> None:
+    app = FastAPI()
+    app.add_exception_handler(KafkaError, problems.event_log_error_handler)
+
+    @app.post("/grants")
+    async def grant() -> None:
+        raise EarlierWriteUnsettled("nothing of this request was written: an earlier write for 0xa was not confirmed")
+
+    resp = TestClient(app).post("/grants")
+    assert resp.status_code == 503 and resp.json()["type"].endswith("/event-log-unavailable")
+    assert resp.json()["detail"].startswith("nothing of this request was written")
+    assert "may or may not be recorded" not in resp.json()["detail"]

@@ -112,13 +112,18 @@ def test_a_projection_built_by_another_schema_is_set_aside_and_rebuilt(tmp_path:
     v2 = "CREATE TABLE IF NOT EXISTS members (member VARCHAR PRIMARY KEY, joined TIMESTAMPTZ);"
     store = ProjectionStore(path, v2)
     assert store.offsets("svc") == {} and store.conn.execute("SELECT count(*) FROM members").fetchone() == (0,)
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO members VALUES ('0xb', NULL)")
     store.close()
     old = duckdb.connect(str(tmp_path / "svc.duckdb.stale"))
     assert old.execute("SELECT member FROM members").fetchall() == [("0xa",)]
     old.close()
-    store = ProjectionStore(path, v2 + "\n-- v2: apply counts departures")
-    assert store.conn.execute("SELECT count(*) FROM _dc_meta").fetchone() == (1,)
+    store = ProjectionStore(path, v2 + "\n-- v2: apply counts departures")  # the same tables, another meaning
+    assert store.conn.execute("SELECT count(*) FROM members").fetchone() == (0,)
     store.close()
+    old = duckdb.connect(str(tmp_path / "svc.duckdb.stale"))
+    assert old.execute("SELECT member FROM members").fetchall() == [("0xb",)]
+    old.close()
 
 
 def test_a_file_from_before_schema_fingerprints_is_rebuilt_once(tmp_path: Path) -> None:

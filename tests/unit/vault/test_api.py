@@ -120,7 +120,7 @@ def test_a_member_the_vault_has_read_past_is_not_registered_and_told_both_ways(v
 
 
 class _Consumer:
-    """The runner's Kafka consumer as `_members_log_passed` reads it: assignment, high-water marks, fetch times."""
+    """The runner's Kafka consumer as `ConsumerRunner.read_past` reads it: assignment, high-water marks, fetch times."""
 
     def __init__(self, topic: str, highwater: int, fetched_ms: int) -> None:
         from aiokafka import TopicPartition
@@ -143,17 +143,15 @@ def test_the_members_log_is_passed_only_after_a_fetch_sent_since_the_request(vau
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     svc = _svc(vault)
     consumer = _Consumer("t.datacoop.members", highwater=5, fetched_ms=1000)
-    position = {"value": 5}
     monkeypatch.setattr(svc.runner, "_consumer", consumer)
-    monkeypatch.setattr(svc.runner, "lag", lambda: {"t.datacoop.members[0]": {"position": position["value"],
-                                                                              "highwater": consumer.high}})
+    monkeypatch.setitem(svc.runner._positions, consumer.tp, 5)
     first: dict[int, int] = {}
     assert not svc._members_log_passed(1500, first)  # the last fetch was answered before the request
     consumer.fetched_ms = 1600
     assert not svc._members_log_passed(1500, first)  # answered after it, but maybe sent before
     consumer.fetched_ms, consumer.high = 1800, 6
     assert not svc._members_log_passed(1500, first)  # sent after it: one more event to read
-    position["value"] = 6
+    svc.runner._positions[consumer.tp] = 6
     assert svc._members_log_passed(1500, first)
 
 
