@@ -259,7 +259,8 @@ def payment_late(order: Order, paid_at: datetime | None, now: datetime) -> bool:
     the second the order expires in (a payment in a block of 11:59:59 is in time for an expiry at
     12:00:00.4; one of 12:00:00 is late), so a payment counted in time certainly was. A confirmation
     without `paid_at` (written before settlement recorded it) is judged by the marketplace's clock alone,
-    as it always was."""
+    as it always was. The chain's clock is trusted: a chain whose clock runs behind lets a payment through
+    late by as much (block producers may stamp a block some seconds off; anvil stamps real time)."""
     expired = order.status in ("expired", "refund-due") or order.expires_at <= now
     if not expired or paid_at is None:
         return expired
