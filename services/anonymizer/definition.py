@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +32,18 @@ DATASETS_DIR = REPO_ROOT / "datasets"
 def shared_dir() -> Path:
     """The shared data directory: ``$DATACOOP_SHARED_DIR`` or ``<repo>/../shared``."""
     return Path(os.environ.get("DATACOOP_SHARED_DIR") or REPO_ROOT.parent / "shared")
+
+
+# Every integer of a definition is bounded to what the projections store (INTEGER: 32 bits) and to sensible
+# limits, so a definition out of range is refused (422 naming the field) before anything is written to the log.
+INT32_MAX = 2**31 - 1
+MAX_K = 1_000_000  # members per class: more than any cooperative has
+MAX_L = 10_000
+MAX_ROWS_PER_MEMBER = 1_000_000
+MAX_DOMAIN = 2_000_000  # values a quasi-identifier's domain may have: each is checked against its hierarchy
+Int32 = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX)]
+Width = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Prefix = Annotated[int, Field(ge=0, le=64)]
 
 
 class DefinitionError(ValueError):
@@ -52,21 +64,21 @@ class ColumnSpec(_Strict):
 
     type: Literal["categorical", "integer", "date", "text"] = "categorical"
     values: list[str] | None = None
-    min: int | None = None
-    max: int | None = None
+    min: Int32 | None = None
+    max: Int32 | None = None
     first: date | None = None
     last: date | None = None
 
 
 class NumericBands(_Strict):
-    min: int
-    max: int
-    widths: list[int]
+    min: Int32
+    max: Int32
+    widths: list[Width] = Field(max_length=64)
 
 
 class PostcodePrefix(_Strict):
-    length: int
-    keep: list[int]
+    length: int = Field(ge=1, le=64)
+    keep: list[Prefix] = Field(max_length=64)
     alphabet: str = "0123456789"
 
 
@@ -89,8 +101,8 @@ class PrivacySpec(_Strict):
     """``k`` counts members: a version keeps at most ``max_rows_per_member`` rows of each member (their
     newest records by record id) and its classes hold k distinct members."""
 
-    k: int
-    l: int = 1  # noqa: E741
+    k: int = Field(le=MAX_K)
+    l: int = Field(1, le=MAX_L)  # noqa: E741
     l_kind: LDiversityKind = "distinct"
     t: float | None = None
     suppression_limit: float = 0.0
@@ -99,9 +111,9 @@ class PrivacySpec(_Strict):
     @field_validator("max_rows_per_member", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{value!r} is not a whole number >= 1; give the most rows one member may have in a "
-                             "version (default 1: one row per member)")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_MEMBER:
+            raise ValueError(f"{value!r} is not a whole number >= 1 and <= {MAX_ROWS_PER_MEMBER}; give the most "
+                             "rows one member may have in a version (default 1: one row per member)")
         return value
 
 
@@ -117,7 +129,7 @@ class AggregatesSpec(_Strict):
 
 class DatasetDefinition(_Strict):
     name: str
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT32_MAX)
     purpose: str
     data_categories: list[str]
     columns: dict[str, ColumnSpec]
@@ -230,6 +242,9 @@ def _build_hierarchy(name: str, spec: HierarchySpec, base: Path) -> Hierarchy:
         return hier.from_csv(name, path if path.is_absolute() else base / path)
     if spec.numeric_bands is not None:
         b = spec.numeric_bands
+        if b.max - b.min >= MAX_DOMAIN:
+            raise HierarchyError(f"numeric hierarchy of {name!r} spans {b.max - b.min + 1} values, more than "
+                                 f"{MAX_DOMAIN}; narrow min..max")
         return hier.numeric_bands(name, b.min, b.max, b.widths)
     if spec.postcode_prefix is not None:
         p = spec.postcode_prefix
@@ -244,10 +259,15 @@ def _coverage_problems(name: str, column: ColumnSpec, h: Hierarchy) -> list[str]
     elif column.type == "integer":
         if column.min is None or column.max is None or column.min > column.max:
             return [f"integer column {name!r} needs min <= max to be checked against its hierarchy"]
+        if column.max - column.min >= MAX_DOMAIN:
+            return [f"integer column {name!r} spans {column.max - column.min + 1} values, more than the {MAX_DOMAIN} a "
+                    "quasi-identifier's domain may have; narrow min..max"]
         domain = list(range(column.min, column.max + 1))
     elif column.type == "date":
         if column.first is None or column.last is None or column.first > column.last:
             return [f"date column {name!r} needs first <= last to be checked against its hierarchy"]
+        if (column.last - column.first).days >= MAX_DOMAIN:
+            return [f"date column {name!r} spans more than {MAX_DOMAIN} days; narrow first..last"]
         domain = [date.fromordinal(o).isoformat()
                   for o in range(column.first.toordinal(), column.last.toordinal() + 1)]
     else:

@@ -4,20 +4,22 @@ receipts, and the members' view of who bought their data."""
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from datacoop.chain import order_id_from_uuid
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.orders import MICRO_EPSILON, Offer, ResearcherRegistered
 from datacoop.events.registry import Event
-from datacoop.events.types import Slug, WalletAddress
+from datacoop.events.types import Slug, WalletAddress, to_checksum
 from datacoop.keys import public_key_b64
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import DomainError, Forbidden, NotFound, NotReady, Unauthorized, bearer, secret_sha256
@@ -30,21 +32,46 @@ from services.marketplace.query import Query, QueryInvalid
 
 GRANT_HEADER = "x-access-grant"
 MemberPath = Annotated[WalletAddress, Path(description="the member's wallet address")]
+MAX_VERSION = 2**31 - 1  # versions are INTEGER in the projections
+VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION, description="the version number")]
+ZERO_ADDRESS = "0x" + "0" * 40
+
+
+def _printable(text: str) -> str:
+    """`text` without surrounding spaces; refused when it holds a control character (NUL, newline, tab...)."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; use printable text on one line")
+    return text.strip()
+
+
+def _named(text: str) -> str:
+    if not text:
+        raise ValueError("is empty or only spaces; give your name")
+    return text
+
+
+def _paying_wallet(address: str) -> str:
+    if int(address, 16) == 0:
+        raise ValueError(f"{ZERO_ADDRESS} (the zero address) cannot pay orders; give the address of the wallet "
+                         "you pay from")
+    return to_checksum(address)
 
 
 class RegisterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    organisation: str = Field("", max_length=200)
-    wallet: WalletAddress = Field(description="the address that pays for orders")
+    name: Annotated[str, Field(max_length=200), AfterValidator(_printable), AfterValidator(_named)]
+    organisation: Annotated[str, Field(max_length=200), AfterValidator(_printable)] = ""
+    wallet: Annotated[WalletAddress, AfterValidator(_paying_wallet)] = Field(
+        description="the address that pays for orders (stored EIP-55 checksummed)")
 
 
 class OrderBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: Slug
-    version: int = Field(ge=1)
+    version: int = Field(strict=True, ge=1, le=MAX_VERSION, description="the version number (a whole number)")
     offer: Offer
 
 
@@ -55,12 +82,16 @@ class RevokeBody(BaseModel):
 class GrantBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ttl_s: float | None = Field(None, gt=0, description="how long the grant lives (at most the service's limit)")
+    ttl_s: float | None = Field(None, strict=True, ge=1, allow_inf_nan=False,
+                                description="seconds the grant lives, at least 1 (at most the service's limit); "
+                                            "its expiry is rounded up to the whole second it signs")
 
 
-def order_view(o: domain.Order, version_superseded: bool = False) -> dict[str, Any]:
-    """An order as its researcher sees it. A refused payment (`refund-due`) says why and what to do; an
-    unpaid order whose version left the sale says not to pay it."""
+def order_view(o: domain.Order, version_superseded: bool = False,
+               short_payments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """An order as its researcher sees it. A refused payment (`refund-due`) says why and what to do; a
+    payment short of the price (the contract takes one payment per order, so it can't be topped up) says
+    so; an unpaid order whose version left the sale says not to pay it."""
     view: dict[str, Any] = {
         "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
         "researcher_id": o.researcher_id, "buyer": o.buyer, "dataset_id": o.dataset_id, "version": o.version,
@@ -70,8 +101,16 @@ def order_view(o: domain.Order, version_superseded: bool = False) -> dict[str, A
         "refused_payments": [{"payment_event_id": p.payment_event_id, "amount_units": p.amount_units,
                               "tx_hash": p.tx_hash, "reason": p.reason, "detail": p.detail,
                               "refused_at": p.refused_at, "refund_due": True} for p in o.refused_payments]}
+    if short_payments and o.status != "paid":
+        view["short_payments"] = short_payments
     if o.refused_payments and o.status != "paid":
         view["note"] = o.refused_payments[-1].detail
+    elif short_payments and o.status != "paid":
+        p = short_payments[-1]
+        view["note"] = (f"a payment of {p['amount_units']} units (tx {p['tx_hash']}) arrived for order {o.order_id}, "
+                        f"short of its price {o.price_units}: the order is not paid, and the market contract takes "
+                        "one payment per order, so it cannot be topped up; ask the operator to refund it and place "
+                        f"a new order (`datacoop order {o.dataset_id}:{o.offer}`)")
     elif o.status == "placed" and version_superseded:
         view["note"] = (f"{o.dataset_id} v{o.version} was superseded (no longer on sale): do not pay order "
                         f"{o.order_id}, a payment now would be refused and refunded; order the current version "
@@ -123,7 +162,8 @@ def build_router(ctx: Any) -> APIRouter:
 
     def view(o: domain.Order) -> dict[str, Any]:
         info = ctx.projection.version_info(o.dataset_id, o.version) if o.status == "placed" else None
-        return order_view(o, info is not None and info.superseded)
+        short = ctx.projection.short_payments(o.order_id) if o.status != "paid" else None
+        return order_view(o, info is not None and info.superseded, short)
 
     def published(dataset_id: str, version: int) -> DatasetVersionPublished:
         found = ctx.projection.version(dataset_id, version)
@@ -161,7 +201,7 @@ def build_router(ctx: Any) -> APIRouter:
                              for v, s in ctx.projection.versions()]}
 
     @router.get("/catalog/{dataset_id}/{version}", tags=["catalog"])
-    async def catalog_entry(dataset_id: str, version: int) -> dict[str, Any]:
+    async def catalog_entry(dataset_id: str, version: VersionPath) -> dict[str, Any]:
         v = published(dataset_id, version)
         superseded = ctx.projection.version(dataset_id, version)[1]
         return version_view(v, superseded, ctx.offers.for_version(dataset_id, version, v.columns).as_list(),
@@ -231,9 +271,10 @@ def build_router(ctx: Any) -> APIRouter:
         cmd = domain.GrantAccess(order_id, who["researcher_id"], order.dataset_id, order.version, ttl, grant_id)
         deliveries = await run(order_id, lambda: domain.decide(cmd, ctx.projection.order(order_id), ctx.clock()))
         ev = deliveries[0].event
+        expires = math.ceil(ev.expires_at.timestamp())  # whole seconds already (domain.decide): exactly it
         token = sign_grant(Grant(grant_id, order_id, who["researcher_id"], order.dataset_id, order.version,
-                                 int(ev.expires_at.timestamp())), ctx.grant_key)
-        return {"grant": token, "grant_id": grant_id, "expires_at": ev.expires_at,
+                                 expires), ctx.grant_key)
+        return {"grant": token, "grant_id": grant_id, "expires_at": datetime.fromtimestamp(expires, UTC),
                 "download": f"/datasets/{order.dataset_id}/versions/{order.version}/parquet",
                 "header": "X-Access-Grant"}
 
@@ -247,7 +288,7 @@ def build_router(ctx: Any) -> APIRouter:
         return {"order_id": order_id, "grant_id": grant_id, "revoked": True}
 
     @router.get("/datasets/{dataset_id}/versions/{version}/parquet", tags=["downloads"])
-    async def download(dataset_id: str, version: int, who: Researcher,
+    async def download(dataset_id: str, version: VersionPath, who: Researcher,
                        x_access_grant: Annotated[str | None, Header()] = None) -> StreamingResponse:
         """The version's rows as Parquet, streamed; needs your grant for this version (X-Access-Grant)."""
         if not x_access_grant:

@@ -7,12 +7,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from datacoop.http import ApiError, check
 
 __all__ = ["ApiError", "ResearcherClient", "register_researcher"]
+
+
+def _seg(value: str) -> str:
+    """`value` as one URL path segment: '/', '..' and '?' stay inside it, never walk to another route."""
+    return quote(value, safe="").replace(".", "%2E")
 
 
 def register_researcher(base_url: str, name: str, wallet: str, organisation: str = "") -> dict[str, Any]:
@@ -54,22 +60,23 @@ class ResearcherClient:
         return self.order(dataset_id, self.current_version(dataset_id), offer)
 
     def get_order(self, order_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/orders/{order_id}")))
+        return dict(check(self.http.get(f"/orders/{_seg(order_id)}")))
 
     def orders(self) -> list[dict[str, Any]]:
         return list(check(self.http.get("/orders")))
 
     def grant(self, order_id: str, ttl_s: float | None = None) -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{order_id}/grants", json={"ttl_s": ttl_s})))
+        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/grants", json={"ttl_s": ttl_s})))
 
     def revoke_grant(self, order_id: str, grant_id: str, reason: str = "") -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{order_id}/grants/{grant_id}/revoke", json={"reason": reason})))
+        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/grants/{_seg(grant_id)}/revoke",
+                                         json={"reason": reason})))
 
     def query(self, order_id: str, query: dict[str, Any]) -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{order_id}/queries", json=query)))
+        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/queries", json=query)))
 
     def receipt(self, order_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/orders/{order_id}/receipt")))
+        return dict(check(self.http.get(f"/orders/{_seg(order_id)}/receipt")))
 
     def download(self, order_id: str, out: Path, on_progress: Callable[[int, int], None] | None = None,
                  grant: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -98,12 +105,57 @@ class ResearcherClient:
         return {"path": str(out), "bytes": done, "sha256": digest.hexdigest()}
 
 
+_CHAIN_STATUS = {0: "unpaid", 1: "paid", 2: "refunded"}  # DatacoopMarket.OrderStatus
+
+
+def chain_order(contracts: Any, order_id: str) -> tuple[str, int, str]:
+    """The market contract's record of `order_id`: (unpaid | paid | refunded, units paid, buyer)."""
+    from datacoop.chain import order_id_from_uuid
+
+    buyer, status, _seq, amount = contracts.market.functions.orders(order_id_from_uuid(uuid.UUID(order_id))).call()
+    return _CHAIN_STATUS.get(int(status), f"status {status}"), int(amount), str(buyer)
+
+
+def already_on_chain(order_id: str, state: str, amount: int, buyer: str, price_units: int) -> str:
+    """The sentence for an order the contract already holds a payment (or refund) of: paying it again
+    reverts (OrderAlreadyPaid), whoever sends it."""
+    if state == "refunded":
+        return (f"order {order_id} was paid on chain and refunded ({amount:,} units to {buyer}); the contract takes "
+                "one payment per order: place a new order (`datacoop order`)")
+    if amount < price_units:
+        return (f"order {order_id} is already paid on chain ({amount:,} units from {buyer}, short of its price "
+                f"{price_units:,}); the contract takes one payment per order, so it cannot be topped up: ask the "
+                "operator to refund it and place a new order (`datacoop order`)")
+    return (f"order {order_id} is already paid on chain ({amount:,} units from {buyer}); do not pay again: access "
+            "opens once settlement confirms it (see `datacoop orders`)")
+
+
+_REVERTS = {
+    "ZeroAmount": "the amount to pay is 0; the order's price must be above 0 (ask the operator)",
+    "AmountTooLarge": "the amount is larger than the market contract accepts; ask the operator",
+    "EnforcedPause": "the market contract is paused by its operator; try again later",
+    "ERC20InsufficientBalance": "the paying wallet holds too few stablecoin units; top it up first",
+    "ERC20InsufficientAllowance": "the market's allowance was spent by another transaction; run `datacoop buy` again",
+}
+
+
 def pay(rpc_url: str, token: str, market: str, buyer_key: str, order_id: str, price_units: int) -> str:
-    """Approve the market for the price and purchase the order; returns the purchase tx hash."""
+    """Approve the market for the price and purchase the order; returns the purchase tx hash. Reads the
+    order's record on chain first (an order paid there already is refused before anything is sent) and
+    words a revert as a sentence; ChainError says what happened and what to do."""
     from web3 import Web3
 
-    from datacoop.chain import Contracts, pay_order
+    from datacoop.chain import ChainError, Contracts, TxReverted, pay_order
 
     contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc_url)), token, market)
-    receipt = pay_order(contracts, buyer_key, uuid.UUID(order_id), price_units)
+    state, amount, buyer = chain_order(contracts, order_id)
+    if state != "unpaid":
+        raise ChainError(already_on_chain(order_id, state, amount, buyer, price_units))
+    try:
+        receipt = pay_order(contracts, buyer_key, uuid.UUID(order_id), price_units)
+    except TxReverted as exc:
+        state, amount, buyer = chain_order(contracts, order_id)
+        if state != "unpaid":  # another payment of it got in first (two `buy` at once, say)
+            raise ChainError(already_on_chain(order_id, state, amount, buyer, price_units)) from exc
+        raise ChainError(_REVERTS.get(exc.error, f"the market contract refused the payment ({exc})")) from exc
     return "0x" + bytes(receipt["transactionHash"]).hex()

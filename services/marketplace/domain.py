@@ -170,6 +170,12 @@ def place(cmd: PlaceOrder, version: VersionInfo | None, dataset_id: str, version
                         query_budget_micro=cmd.budget_micro if cmd.offer == "query" else None)]
 
 
+def second_up(t: datetime) -> datetime:
+    """`t` rounded up to the whole second: a grant signs its expiry in whole unix seconds, and the expiry told
+    and stored must be that one, never a fraction after it."""
+    return t if t.microsecond == 0 else t.replace(microsecond=0) + timedelta(seconds=1)
+
+
 def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBudget, order: Order | None,
            now: datetime) -> list[Event]:
     """The events `cmd` causes on `order`, or OrderRefused saying why not."""
@@ -202,7 +208,7 @@ def decide(cmd: ConfirmPayment | ExpireDue | GrantAccess | RevokeGrant | SpendBu
                                             f"not {cmd.dataset_id} v{cmd.version}")
         return [AccessGranted(order_id=order.order_id, grant_id=cmd.grant_id, researcher_id=order.researcher_id,
                               dataset_id=order.dataset_id, version=order.version, granted_at=now,
-                              expires_at=now + timedelta(seconds=cmd.ttl_s))]
+                              expires_at=second_up(now + timedelta(seconds=cmd.ttl_s)))]
     if order.offer != "query":
         raise OrderRefused("forbidden", f"order {order.order_id} is a {order.offer} order; queries need a "
                                         "query order")

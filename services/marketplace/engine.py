@@ -48,6 +48,24 @@ from services.marketplace.query import MAX_CELLS, Query, QueryInvalid, plan, val
 DEFAULT_DELTA = 1e-6
 
 
+MAX_NOISE_SCALE = 1e200  # a Laplace scale beyond this answers nothing (and sums near it overflow doubles)
+
+
+def _check_scales(query: Query, m: float, share: float) -> None:
+    """QueryInvalid unless the sensitivity and noise scales of `query` are finite and below MAX_NOISE_SCALE:
+    absurd bounds would spend budget on an answer of nulls or infinities."""
+    scales = {"count": m / share}
+    if query.bounds is not None and query.aggregate in ("sum", "mean"):
+        lower, upper = query.bounds
+        scales["sum"] = m * (max(abs(float(lower)), abs(float(upper))) or 1.0) / share  # inf on overflow
+    for what, scale in scales.items():
+        if not math.isfinite(scale) or scale > MAX_NOISE_SCALE:
+            raise QueryInvalid(f"bounds {list(query.bounds or ())} with epsilon {query.epsilon_charged} give a {what} "
+                               f"noise scale of {scale:.3g} (at most {MAX_NOISE_SCALE:.0e}): the answer would be "
+                               "meaningless; narrow the bounds to the range the column's values take, nothing was "
+                               "spent")
+
+
 def selection_threshold(max_rows_per_member: float, count_scale: float, epsilon: float, delta: float,
                         cells_per_group: int = 1) -> float:
     """The noisy count a grouped cell must exceed to be released (see the module's docstring)."""
@@ -186,12 +204,15 @@ class QueryEngine:
 
     def answer(self, version: LoadedVersion, query: Query, rng: np.random.Generator,
                delta: float = DEFAULT_DELTA) -> Answer:
-        """The noisy answer at `query.epsilon` (and, with group-by, `delta`: see the module's docstring)."""
-        cells, counts, sums = self.true_cells(version, query)
+        """The noisy answer at the epsilon the query is charged (`query.epsilon_charged`: its epsilon rounded up
+        to a whole micro-epsilon, never the raw float) and, with group-by, `delta` (see the module's docstring).
+        Raises QueryInvalid, before touching the data, when the bounds make the noise scale useless."""
         m = float(version.max_rows_per_member)
-        eps = query.epsilon
+        eps = query.epsilon_charged
         grouped = bool(query.group_by)
         share = eps / 2 if query.aggregate == "mean" or (grouped and query.aggregate == "sum") else eps
+        _check_scales(query, m, share)
+        cells, counts, sums = self.true_cells(version, query)
         count_scale = sum_scale = threshold = None
         sensitivity: dict[str, float] = {}
         noisy_counts = noisy_sums = None

@@ -266,6 +266,17 @@ class MarketProjection:
                         "refund_due": refused is not None, **({"detail": detail} if detail else {})})
         return out
 
+    def short_payments(self, order_id: str) -> list[dict[str, Any]]:
+        """Payments confirmed for `order_id` short of its price and not refused, while it is unpaid: the
+        researcher's money arrived but paid nothing (see unmatched_payments)."""
+        rows = self.conn.execute(
+            """SELECT p.amount_units, p.tx_hash, p.confirmed_at FROM payments p JOIN orders o USING (order_id)
+               WHERE p.order_id = ? AND o.status <> 'paid' AND p.amount_units < o.price_units
+                 AND p.payment_event_id NOT IN (SELECT payment_event_id FROM refused_payments)
+               ORDER BY p.confirmed_at""", [order_id]).fetchall()
+        return [{"amount_units": int(a), "tx_hash": t, "confirmed_at": c, "reason": "short of the price"}
+                for a, t, c in rows]
+
     def grants_of(self, order_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT grant_id, granted_at, expires_at, revoked_at FROM grants WHERE order_id = ? "
                                  "ORDER BY granted_at", [order_id]).fetchall()

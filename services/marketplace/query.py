@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_CEILING, Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
@@ -31,6 +33,9 @@ MAX_CELLS = 10_000
 _NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
             "UBIGINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL", "NUMERIC", "INT")
 _GROUPABLE = ("VARCHAR", "STRING", "TEXT", "BOOLEAN", "BOOL")
+_TEXT = ("VARCHAR", "STRING", "TEXT")
+_BOOLEAN = ("BOOLEAN", "BOOL")
+_INT64 = 2**63 - 1  # the widest integer a filter value may be (DuckDB binds larger ones as HUGEINT or fails)
 PSEUDONYM_COLUMN = "pseudonym"  # the anonymizer's keyed member pseudonym (services/anonymizer/build.py)
 
 
@@ -65,10 +70,12 @@ class Query(BaseModel):
     column: Identifier | None = Field(None, description="the numeric column (sum, mean, histogram)")
     group_by: list[Identifier] = Field(default_factory=list, max_length=3)
     filters: list[Filter] = Field(default_factory=list, max_length=10)
-    bounds: tuple[float, float] | None = Field(None, description="clamp values to [lower, upper] (sum, mean, "
-                                                                 "histogram); bounds one member's influence")
-    bins: int = Field(10, ge=1, le=100, description="histogram: equal-width bins over the bounds")
-    epsilon: float = Field(gt=0, le=10, description="privacy cost of this answer")
+    bounds: tuple[StrictFloat | StrictInt, StrictFloat | StrictInt] | None = Field(
+        None, description="clamp values to [lower, upper] (sum, mean, histogram); bounds one member's influence")
+    bins: int = Field(10, strict=True, ge=1, le=100, description="histogram: equal-width bins over the bounds")
+    epsilon: float = Field(strict=True, gt=0, le=10, allow_inf_nan=False,
+                           description="privacy cost of this answer, a number in (0, 10]; charged and used for the "
+                                       "noise in whole micro-epsilon (1e-06), rounded up")
 
     @model_validator(mode="after")
     def _shape(self) -> Query:
@@ -85,17 +92,28 @@ class Query(BaseModel):
             lower, upper = self.bounds
             if not (math.isfinite(lower) and math.isfinite(upper)) or lower > upper:
                 raise ValueError("bounds must be finite with lower <= upper")
+            if not math.isfinite(float(upper) - float(lower)):
+                raise ValueError(f"bounds [{lower}, {upper}] are too far apart (upper - lower overflows); "
+                                 "clamp to the range the column's values can take")
             if self.aggregate == "histogram" and lower == upper:
                 raise ValueError("histogram bounds must have lower < upper")
         if len(set(self.group_by)) != len(self.group_by):
             raise ValueError("group_by lists a column twice")
-        if round(self.epsilon * MICRO_EPSILON) < 1:
-            raise ValueError(f"epsilon must be at least {1 / MICRO_EPSILON}")
+        if self.epsilon < 1 / MICRO_EPSILON:
+            raise ValueError(f"epsilon must be at least {1 / MICRO_EPSILON} (one micro-epsilon)")
         return self
 
     @property
     def epsilon_micro(self) -> int:
-        return round(self.epsilon * MICRO_EPSILON)
+        """What the query is charged, in micro-epsilon: `epsilon` as written (its shortest decimal form, so 0.29
+        is 290000) rounded UP to a whole micro-epsilon. Never less than asked: 1.49e-06 is charged 2."""
+        micro = Decimal(repr(float(self.epsilon))) * MICRO_EPSILON
+        return int(micro.to_integral_value(rounding=ROUND_CEILING))
+
+    @property
+    def epsilon_charged(self) -> float:
+        """The epsilon the noise is drawn at: exactly what is charged (epsilon_micro), never the raw `epsilon`."""
+        return self.epsilon_micro / MICRO_EPSILON
 
 
 def is_numeric(sql_type: str) -> bool:
@@ -153,12 +171,41 @@ def validate(query: Query, columns: dict[str, str], groupable: Collection[str] =
             raise QueryInvalid(f"cannot group by {col!r}: group by a generalized quasi-identifier or a declared "
                                f"categorical or sensitive attribute of this version; allowed: {allowed}")
     for f in query.filters:
-        numeric = is_numeric(need(f.column))
+        sql_type = need(f.column)
         for v in f.value if isinstance(f.value, list) else [f.value]:
-            ok = isinstance(v, int | float) and not isinstance(v, bool) if numeric else isinstance(v, str | bool)
-            if not ok:
-                raise QueryInvalid(f"filter on {f.column!r} ({columns[f.column]}) has value {v!r} of the wrong "
-                                   f"type; use {'a number' if numeric else 'text'}")
+            takes = _value_problem(sql_type, v)
+            if takes is not None:
+                raise QueryInvalid(f"filter on {f.column!r} ({sql_type}) has value {v!r} of the wrong type; "
+                                   f"column {f.column!r} takes {takes}")
+
+
+def _value_problem(sql_type: str, value: Any) -> str | None:
+    """None when `value` fits a column of `sql_type`; else what such a column takes (for the refusal)."""
+    upper = sql_type.upper()
+    if is_numeric(sql_type):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return "a number"
+        if isinstance(value, int) and abs(value) > _INT64:
+            return f"a number between -{_INT64} and {_INT64}"
+        return None
+    if upper.startswith(_BOOLEAN):
+        return None if isinstance(value, bool) else "true or false"
+    if upper.startswith(_TEXT):
+        return None if isinstance(value, str) else "text (a string in quotes)"
+    if upper == "DATE":
+        return None if isinstance(value, str) and _parses(date.fromisoformat, value) else "a date 'YYYY-MM-DD'"
+    if upper.startswith("TIMESTAMP"):
+        return None if isinstance(value, str) and _parses(datetime.fromisoformat, value) else \
+            "a timestamp 'YYYY-MM-DDTHH:MM:SS'"
+    return "no filter (its type cannot be filtered on; filter on another column)"
+
+
+def _parses(parse: Any, text: str) -> bool:
+    try:
+        parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def plan(query: Query, columns: dict[str, str], table: str) -> Plan:

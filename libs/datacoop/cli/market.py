@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -38,6 +39,7 @@ from datacoop.cli.common import (
     wallet_address,
 )
 from datacoop.cli.stack import RESEARCHER_KEY_FILE
+from datacoop.http import ApiError
 
 T = TypeVar("T")
 
@@ -80,14 +82,61 @@ def _checked_api_key(key: str, where: str) -> str:
     return key
 
 
-def _client(market_url: str | None, api_key_file: Path | None) -> Any:
+def _client(url: str, api_key_file: Path | None) -> Any:
     from services.marketplace.client import ResearcherClient
 
-    return ResearcherClient(service_url("marketplace", market_url), _api_key(api_key_file))
+    return ResearcherClient(url, _api_key(api_key_file))
 
 
 def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return call_service("marketplace", fn, *args, **kwargs)
+
+
+def _call_at(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`_call`, but a 404 or 405 from something that is not the marketplace (another service's URL passed as
+    --market-url) says so, instead of that service's "Not Found"."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as exc:
+        if exc.status in (404, 405) and (service := _answers_as(url)) != "marketplace":
+            _not_the_marketplace(url, service)
+        return _call(_raise, exc)
+
+
+def _raise(exc: Exception) -> NoReturn:
+    raise exc
+
+
+def _answers_as(url: str) -> str | None:
+    """The service name a datacoop service at `url` gives in its GET /healthz; None where none answers so."""
+    try:
+        doc = httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    service = doc.get("service") if isinstance(doc, dict) else None
+    return service if isinstance(service, str) else None
+
+
+def _not_the_marketplace(url: str, service: str | None) -> NoReturn:
+    there = f"it answers as the {service} service" if service else "no datacoop service answers GET /healthz there"
+    fail(f"{url} is not the marketplace ({there}); pass the marketplace's URL with --market-url (or set "
+         "DATACOOP_MARKETPLACE_URL; `datacoop status` lists the stack's services)")
+
+
+def _shaped(url: str, data: Any, *keys: str) -> Any:
+    """`data` when it is an object with `keys`: an answer without them is not the marketplace's."""
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        _not_the_marketplace(url, _answers_as(url))
+    return data
+
+
+def _order_id(value: str) -> str:
+    """The order id `value` (a UUID) in its canonical form; anything else is refused here, before it is sent."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        fail(f"ORDER {value!r} is not an order id: an order id is a UUID such as "
+             "3f2b1c0e-8d4a-4b6e-9f10-2a3b4c5d6e7f, as `datacoop order` printed it (`datacoop orders` lists yours)")
 
 
 @researcher_app.command("register")
@@ -122,7 +171,8 @@ def register_cmd(
         fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
              "ANOTHER_FILE for this account, or --overwrite to replace it")
     url = service_url("marketplace", market_url)
-    result = _call(register_researcher, url, name, wallet, organisation)
+    result = _shaped(url, _call_at(url, register_researcher, url, name, wallet, organisation), "api_key",
+                     "researcher_id")
     try:
         save.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
@@ -140,7 +190,8 @@ def catalog(market_url: MarketUrl = None) -> None:
     """Every dataset version on sale: guarantees and offers."""
     from services.consent.client import check
 
-    data = _call(lambda: check(httpx.get(f"{service_url('marketplace', market_url)}/catalog", timeout=30)))
+    url = service_url("marketplace", market_url)
+    data = _shaped(url, _call_at(url, lambda: check(httpx.get(f"{url}/catalog", timeout=30))), "versions")
     if not data["versions"]:
         console.print("nothing is on sale yet: a dataset version is listed here once the anonymizer publishes one "
                       "(`datacoop dataset list` shows the datasets defined and their versions; the operator builds "
@@ -167,10 +218,11 @@ def order(
     if not m:
         fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
              "compute (e.g. adult-census:query or census-demo@2:download)")
-    client = _client(market_url, api_key_file)
+    url = service_url("marketplace", market_url)
+    client = _client(url, api_key_file)
     try:
-        placed = (_call(client.order, m["dataset"], int(m["version"]), m["offer"]) if m["version"]
-                  else _call(client.order_current, m["dataset"], m["offer"]))
+        placed = (_call_at(url, client.order, m["dataset"], int(m["version"]), m["offer"]) if m["version"]
+                  else _call_at(url, client.order_current, m["dataset"], m["offer"]))
     except LookupError as exc:
         fail(str(exc))
     console.print(f"order {placed['order_id']}: {placed['offer']} of {placed['dataset_id']} v{placed['version']} "
@@ -190,8 +242,10 @@ def buy(
     from datacoop.cli.settlement import rpc_url_default
     from services.marketplace.client import pay
 
-    client = _client(market_url, api_key_file)
-    found = _call(client.get_order, order_id)
+    order_id = _order_id(order_id)
+    url = service_url("marketplace", market_url)
+    client = _client(url, api_key_file)
+    found = _shaped(url, _call_at(url, client.get_order, order_id), "status", "price_units")
     if found["status"] == "paid":
         fail(f"order {order_id} is already paid (tx {found['tx_hash']})")
     if found["status"] in ("expired", "refund-due"):
@@ -199,7 +253,7 @@ def buy(
                                    "`datacoop order`")
     if found.get("note"):  # e.g. its version was withdrawn from sale: a payment now would be refused
         fail(f"not paying: {found['note']}")
-    payment = _call(client.catalog)["payment"]
+    payment = _shaped(url, _call_at(url, client.catalog), "payment")["payment"]
     if not payment.get("market") or not payment.get("token"):
         fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); ask the operator")
     key = read_key(key_file)
@@ -218,6 +272,7 @@ def download(
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """Download the order's version as Parquet (signed grant, streamed, sha256 checked)."""
+    order_id = _order_id(order_id)
     if out.is_dir():
         fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'dataset.parquet'}")
     if out.exists() and not overwrite:
@@ -226,12 +281,13 @@ def download(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         fail(f"cannot make the folder {out.parent} for --out: {exc.strerror}")
-    client = _client(market_url, api_key_file)
+    url = service_url("marketplace", market_url)
+    client = _client(url, api_key_file)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=True,
                   disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("downloading", total=None)
-        result = _call(client.download, order_id, out,
+        result = _call_at(url, client.download, order_id, out,
                        on_progress=lambda done, total: progress.update(task, completed=done, total=total or None))
     console.print(f"wrote {result['bytes']:,} bytes to {result['path']} (sha256 {result['sha256'][:16]}…, as "
                   "published)", highlight=False)
@@ -243,6 +299,9 @@ def query(
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """Ask a differentially private aggregate; prints the answer with its noise scale and budget left."""
+    order_id = _order_id(order_id)
+    if query_file.is_dir():
+        fail(f"query file {query_file} is a folder; pass the JSON file holding the query (see docs/marketplace.md)")
     if not query_file.is_file():
         fail(f"query file {query_file} does not exist; write the query as JSON (see docs/marketplace.md)")
     try:
@@ -251,7 +310,8 @@ def query(
         fail(f"cannot read {query_file}: {exc.strerror}")
     except ValueError as exc:
         fail(f"{query_file} is not JSON ({exc}); write the query as JSON (see docs/marketplace.md)")
-    console.print_json(data=_call(_client(market_url, api_key_file).query, order_id, body))
+    url = service_url("marketplace", market_url)
+    console.print_json(data=_call_at(url, _client(url, api_key_file).query, order_id, body))
 
 
 def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> None:
@@ -259,7 +319,10 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     table = Table(title="your orders")
     for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
         table.add_column(col)
-    orders = _call(_client(market_url, api_key_file).orders)
+    url = service_url("marketplace", market_url)
+    orders = _call_at(url, _client(url, api_key_file).orders)
+    if not isinstance(orders, list) or any(not isinstance(o, dict) or "order_id" not in o for o in orders):
+        _not_the_marketplace(url, _answers_as(url))
     for o in orders:
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",

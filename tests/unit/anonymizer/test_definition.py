@@ -131,3 +131,41 @@ def test_k_counts_members_and_the_search_asks_for_k_times_the_bound_in_rows() ->
     raw["privacy"]["max_rows_per_member"] = 3
     model = resolve(parse_definition(raw)).model
     assert (model.k, model.max_rows_per_member, model.row_k) == (5, 3, 15)
+
+
+@pytest.mark.parametrize(("path", "value", "field"), [
+    ((), 100000000000000000000, "version"),
+    ((), 2**31, "version"),
+    (("privacy",), 10**30, "privacy.k"),
+    (("privacy",), 10**20, "privacy.max_rows_per_member"),
+    (("privacy",), 2**31, "privacy.l"),
+])
+def test_integers_beyond_what_the_projections_store_are_refused_naming_the_field(path, value, field) -> None:
+    """An INTEGER column holds 32 bits: a definition past it would be written to the log and then fail every
+    projection reading it (a poison event), so it is refused before anything is written."""
+    raw = adult_raw()
+    target = raw
+    for key in path:
+        target = target[key]
+    target[field.rsplit(".", 1)[-1]] = value
+    with pytest.raises(DefinitionError) as e:
+        parse_definition(raw)
+    assert any(p.startswith(f"{field}: ") for p in e.value.problems), e.value.problems
+
+
+def test_hierarchy_and_column_integers_are_bounded_too() -> None:
+    raw = adult_raw()
+    raw["columns"]["age"] = {"type": "integer", "min": 0, "max": 10**12}
+    raw["quasi_identifiers"]["age"] = {"numeric_bands": {"min": 0, "max": 99, "widths": [10**12]}}
+    with pytest.raises(DefinitionError) as e:
+        parse_definition(raw)
+    assert any(p.startswith("columns.age.max: ") for p in e.value.problems), e.value.problems
+    assert any(p.startswith("quasi_identifiers.age.numeric_bands.widths.0: ") for p in e.value.problems)
+
+
+def test_a_quasi_identifier_domain_too_large_to_check_is_refused() -> None:
+    raw = adult_raw()
+    raw["columns"]["age"] = {"type": "integer", "min": 0, "max": 2_000_000_000}
+    raw["quasi_identifiers"]["age"] = {"numeric_bands": {"min": 0, "max": 2_000_000_000, "widths": [10]}}
+    problems = refused(raw)
+    assert any("spans 2000000001 values" in p for p in problems), problems

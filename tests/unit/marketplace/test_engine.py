@@ -193,3 +193,24 @@ def test_a_cell_at_the_threshold_shows_about_half_the_time(tmp_path: Path) -> No
     expected_at = 1 - 0.5 * math.exp(-offset) if offset >= 0 else 0.5 * math.exp(offset)
     assert abs(shown["at"] / runs - expected_at) < 0.06
     assert shown["below"] / runs < 0.06 and shown["above"] / runs > 0.94
+
+
+def test_the_noise_is_drawn_at_the_epsilon_charged_not_the_raw_float(engine: Any) -> None:
+    """1.49e-06 is charged 2 micro-epsilon: the noise must be drawn at 2e-06 too, never at 1.49e-06 (which
+    would spend more privacy than the budget records)."""
+    eng, loaded = engine
+    query = Query.model_validate({"aggregate": "count", "epsilon": 1.49e-6})
+    answer = eng.answer(loaded, query, np.random.default_rng(1))
+    assert query.epsilon_micro == 2
+    assert answer.count_scale == pytest.approx(1 / 2e-6)
+
+
+@pytest.mark.parametrize("body", [
+    {"aggregate": "sum", "column": "income", "bounds": [0, 1e308], "epsilon": 0.1},
+    {"aggregate": "mean", "column": "income", "bounds": [-1e300, 0], "epsilon": 1e-6},
+])
+def test_bounds_that_make_the_noise_scale_useless_are_refused_before_the_data_is_read(engine: Any,
+                                                                                      body: dict[str, Any]) -> None:
+    eng, loaded = engine
+    with pytest.raises(QueryInvalid, match="noise scale"):
+        eng.answer(loaded, Query.model_validate(body), np.random.default_rng(1))

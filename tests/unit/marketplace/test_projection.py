@@ -161,3 +161,13 @@ def test_a_versions_row_bound_is_its_definitions_not_the_datas() -> None:
                                                defined_at=T0), "clinic"), delivery(version(1), "clinic")])
     assert default.row_bound("clinic", 1) == 1
     assert project([delivery(version(1), "clinic")]).row_bound("clinic", 1) is None
+
+
+def test_a_payment_short_of_the_price_is_listed_on_its_order_until_it_is_paid() -> None:
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0aa"
+    short = payment(oid).model_copy(update={"amount_units": 999})
+    proj = project([delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(short, oid)])
+    assert proj.payments_to_apply() == []
+    [listed] = proj.short_payments(oid)
+    assert (listed["amount_units"], listed["tx_hash"]) == (999, TX)
+    assert proj.short_payments("0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0ab") == []

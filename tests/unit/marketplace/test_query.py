@@ -88,3 +88,57 @@ def test_group_by_is_allowed_on_generalized_declared_categorical_and_sensitive_c
             validate(q(aggregate="count", group_by=[column]), columns, allowed)
     with pytest.raises(QueryInvalid, match="cannot group by 'pseudonym'"):
         validate(q(aggregate="count", group_by=["pseudonym"]), columns, ["pseudonym"])
+
+
+@pytest.mark.parametrize(("epsilon", "micro"), [(1.49e-6, 2), (2.5e-6, 3), (1e-6, 1), (0.29, 290_000), (0.1, 100_000),
+                                                (1, 1_000_000), (10, 10_000_000), (0.3333333, 333_334)])
+def test_epsilon_is_charged_rounded_up_to_a_whole_micro_epsilon_never_less(epsilon: float, micro: int) -> None:
+    query = q(aggregate="count", epsilon=epsilon)
+    assert query.epsilon_micro == micro and query.epsilon_micro >= epsilon * 1e6 - 1e-9
+    assert query.epsilon_charged == micro / 1e6  # what the engine draws its noise at
+
+
+@pytest.mark.parametrize(("field", "value"), [("epsilon", True), ("epsilon", "0.1"), ("epsilon", "NaN"),
+                                              ("bins", True), ("bins", "5"), ("bounds", [0, "5"]),
+                                              ("bounds", [False, 5])])
+def test_numbers_are_strict_so_true_or_a_string_is_no_number(field: str, value: Any) -> None:
+    body = {"aggregate": "histogram", "column": "income", "bounds": [0, 10], "epsilon": 0.1, field: value}
+    with pytest.raises(ValidationError) as info:
+        Query.model_validate(body)
+    assert info.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize("body", [
+    {"aggregate": "histogram", "column": "income", "bounds": [-1.7e308, 1.7e308], "epsilon": 0.1},
+    {"aggregate": "sum", "column": "income", "bounds": [-1e308, 1e308], "epsilon": 0.1},
+])
+def test_bounds_whose_width_overflows_are_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="too far apart"):
+        Query.model_validate(body)
+
+
+TYPED = {"day": "VARCHAR", "active": "BOOLEAN", "steps": "BIGINT", "on": "DATE", "at": "TIMESTAMP WITH TIME ZONE"}
+
+
+@pytest.mark.parametrize(("flt", "takes"), [
+    ({"column": "day", "op": "=", "value": True}, "takes text"),
+    ({"column": "day", "op": "in", "value": ["2026-01", False]}, "takes text"),
+    ({"column": "day", "op": "<", "value": True}, "takes text"),
+    ({"column": "day", "op": "=", "value": 3}, "takes text"),
+    ({"column": "active", "op": "=", "value": "yes"}, "takes true or false"),
+    ({"column": "steps", "op": ">", "value": True}, "takes a number"),
+    ({"column": "steps", "op": ">", "value": 10**40}, "takes a number between"),
+    ({"column": "on", "op": "=", "value": "zzz"}, "takes a date"),
+    ({"column": "at", "op": ">", "value": "yesterday"}, "takes a timestamp"),
+])
+def test_a_filter_value_must_fit_its_columns_sql_type(flt: dict[str, Any], takes: str) -> None:
+    with pytest.raises(QueryInvalid, match=f"column '{flt['column']}' {takes}"):
+        validate(q(aggregate="count", filters=[flt]), TYPED)
+
+
+def test_filter_values_of_the_right_type_pass() -> None:
+    validate(q(aggregate="count", filters=[{"column": "day", "op": "in", "value": ["2026-01"]},
+                                           {"column": "active", "op": "=", "value": True},
+                                           {"column": "steps", "op": ">", "value": 2.5},
+                                           {"column": "on", "op": ">=", "value": "2026-01-01"},
+                                           {"column": "at", "op": "<", "value": "2026-01-01T10:00:00+00:00"}]), TYPED)

@@ -1,0 +1,118 @@
+"""The researcher's CLI: an order id that is no UUID, a folder for a file, another service's URL and an order
+already paid on chain are each one line saying what is wrong, before anything is sent or approved."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+import datacoop.chain
+from datacoop.chain import ChainError, TxReverted
+from datacoop.cli import app
+from services.marketplace import client as market_client
+
+WIDE = {"COLUMNS": "200", "DATACOOP_API_KEY": "dcr_" + "a" * 43}
+OID = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a001"
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=WIDE)
+
+
+@pytest.mark.parametrize("args", [["buy", "../researchers/me"], ["query", "../researchers/me", "ok.json"],
+                                  ["download", "nope", "--out", "x.parquet"]])
+def test_an_order_id_that_is_no_uuid_is_refused_before_anything_is_sent(args: list[str]) -> None:
+    result = run(*args, "--market-url", "http://127.0.0.1:9")
+    assert result.exit_code == 1 and "is not an order id: an order id is a UUID" in result.output, result.output
+    assert "Traceback" not in result.output and "reach" not in result.output
+
+
+def test_a_folder_given_as_the_query_file_is_called_a_folder(tmp_path: Path) -> None:
+    result = run("query", OID, str(tmp_path), "--market-url", "http://127.0.0.1:9")
+    assert result.exit_code == 1 and f"query file {tmp_path} is a folder" in result.output, result.output
+
+
+class _OtherService(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        found = {"/healthz": {"status": "ok", "service": "vault"}, "/catalog": {"items": []}}.get(self.path)
+        body = json.dumps(found or {"detail": "Not Found"}).encode()
+        self.send_response(200 if found else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_service() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OtherService)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("args", [["catalog"], ["buy", OID], ["orders"]])
+def test_another_services_url_is_named_as_not_the_marketplace(other_service: str, args: list[str]) -> None:
+    result = run(*args, "--market-url", other_service)
+    assert result.exit_code == 1, result.output
+    assert f"{other_service} is not the marketplace (it answers as the vault service)" in result.output
+    assert "Traceback" not in result.output
+
+
+class _Chain:
+    def __init__(self, *states: tuple[int, int]) -> None:
+        self.states = list(states)
+        self.market = self
+        self.functions = self
+
+    def orders(self, _order_id: bytes) -> _Chain:
+        return self
+
+    def call(self) -> tuple[str, int, int, int]:
+        status, amount = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return ("0x" + "b" * 40, status, 1, amount)
+
+
+def _pay(monkeypatch: pytest.MonkeyPatch, chain: _Chain, pay_order: Any) -> str:
+    monkeypatch.setattr(datacoop.chain.Contracts, "at", classmethod(lambda cls, *_: chain))
+    monkeypatch.setattr(datacoop.chain, "pay_order", pay_order)
+    return market_client.pay("http://127.0.0.1:9", "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 64, OID, 1_000)
+
+
+def test_buy_reads_the_order_on_chain_and_approves_nothing_when_it_is_paid_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*_: Any) -> None:
+        raise AssertionError("approved and purchased an order already paid on chain")
+
+    with pytest.raises(ChainError, match=r"already paid on chain \(999 units .* short of its price 1,000.*new order"):
+        _pay(monkeypatch, _Chain((1, 999)), never)
+
+
+def test_a_purchase_that_lost_the_race_to_another_says_the_order_is_paid_on_chain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def raced(*_: Any) -> None:
+        raise TxReverted("reverted on chain", (), "tx=0x12")
+
+    with pytest.raises(ChainError, match=r"already paid on chain \(1,000 units .*do not pay again"):
+        _pay(monkeypatch, _Chain((0, 0), (1, 1_000)), raced)
+
+
+def test_a_known_custom_error_is_a_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    def paused(*_: Any) -> None:
+        raise TxReverted("EnforcedPause")
+
+    with pytest.raises(ChainError, match="paused by its operator") as info:
+        _pay(monkeypatch, _Chain((0, 0)), paused)
+    assert "OrderAlreadyPaid" not in str(info.value) and "b'" not in str(info.value)
