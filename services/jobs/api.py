@@ -8,7 +8,7 @@ import binascii
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from datacoop.events.jobs import WorkerRegistered
 from datacoop.events.types import HexSignature, WalletAddress
@@ -17,7 +17,26 @@ from services.consent import eip712
 from services.jobs import domain
 from services.worker.analytics import CATALOG, JobRefused, validate_job
 
-IdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+ID_RULE = "1 to 64 of A-Z a-z 0-9 . _ : -, not only dots"
+
+
+def _not_only_dots(value: str) -> str:
+    """`.` and `..` (any dots-only id) are path segments a URL normalises away: such a job or worker
+    could be created but never reached again."""
+    if value.strip(".") == "":
+        raise ValueError(f"'{value}' is only dots, which a URL path would drop or read as a parent folder; "
+                         f"an id is {ID_RULE}")
+    return value
+
+
+IdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$", description=ID_RULE),
+                  AfterValidator(_not_only_dots)]
+MAX_INT = 2**63 - 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PLOT_BYTES = 4 * 1024 * 1024  # a plot, decoded
+# what a result may weigh in its event: canonical result JSON plus the plot's base64 (the log takes
+# events under 8 MiB, and the event carries the signature, ids and envelope besides)
+MAX_RESULT_EVENT_BYTES = 7 * 1024 * 1024
 
 
 class SubmitBody(BaseModel):
@@ -28,19 +47,34 @@ class SubmitBody(BaseModel):
     job_id: IdStr | None = Field(None, description="choose one to make a retried submit idempotent-safe")
 
 
+GpuValue = Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] | float | bool | None
+Gpu = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], GpuValue], Field(max_length=16)]
+
+
 class Hardware(BaseModel):
     backend: Literal["numpy", "cupy"]
-    cpu_cores: int = Field(ge=1)
-    memory_bytes: int = Field(ge=0)
-    gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    cpu_cores: int = Field(ge=1, le=65_536)
+    memory_bytes: int = Field(ge=0, le=MAX_INT)
+    gpus: list[Gpu] = Field(default_factory=list, max_length=64,
+                            description="up to 64 GPUs, each up to 16 fields (index, name, memory_bytes, "
+                                        "compute_capability...) of short strings or numbers")
 
 
 class RegisterBody(BaseModel):
     worker_id: IdStr
     provider: WalletAddress
-    issued_at: int = Field(ge=0, description="unix seconds, signed in RegisterWorker")
+    issued_at: int = Field(ge=0, le=MAX_INT, description="unix seconds, signed in RegisterWorker")
     signature: HexSignature
     hardware: Hardware
+    held_leases: list[IdStr] = Field(default_factory=list, max_length=64,
+                                     description="leases this worker still runs (a re-registration after a "
+                                                 "lost session): they stay; its other active leases end")
+
+
+class HeartbeatBody(BaseModel):
+    leases: list[IdStr] | None = Field(None, max_length=64,
+                                       description="the leases this worker still runs: only these stay live; "
+                                                   "leave out to keep all of them live (older workers)")
 
 
 class LeaseRef(BaseModel):
@@ -54,10 +88,11 @@ class ProgressBody(LeaseRef):
 
 class ResultBody(LeaseRef):
     result: dict[str, Any]
-    plot_png_b64: str | None = Field(None, max_length=8_000_000)
+    plot_png_b64: str | None = Field(None, max_length=(MAX_PLOT_BYTES + 2) // 3 * 4,
+                                     description=f"a PNG of at most {MAX_PLOT_BYTES:,} bytes, base64")
     result_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     signature: HexSignature
-    compute_ms: int = Field(ge=0)
+    compute_ms: int = Field(ge=0, le=MAX_INT)
 
 
 class FailureBody(LeaseRef):
@@ -89,10 +124,29 @@ def job_view(job: domain.Job) -> dict[str, Any]:
             "reports": [{"worker_id": r.worker_id, "result_sha256": r.result_sha256} for r in job.reports]}
 
 
-def worker_view(w: domain.Worker, max_marks: int) -> dict[str, Any]:
+def worker_view(w: domain.Worker, max_marks: int, provider_marks: int) -> dict[str, Any]:
     return {"worker_id": w.worker_id, "provider": w.provider, "backend": w.backend, "cpu_cores": w.cpu_cores,
             "memory_bytes": w.memory_bytes, "gpus": list(w.gpus), "accepted": w.accepted, "marks": w.marks,
-            "reputation": w.reputation, "eligible": w.eligible(max_marks)}
+            "provider_marks": provider_marks, "reputation": w.reputation,
+            "eligible": w.eligible(max_marks, provider_marks)}
+
+
+def _decode_plot(plot_png_b64: str | None) -> bytes | None:
+    """The plot's bytes: base64 of a PNG (its signature checked) of at most MAX_PLOT_BYTES; 422 otherwise."""
+    if plot_png_b64 is None:
+        return None
+    try:
+        plot = base64.b64decode(plot_png_b64, validate=True)
+    except binascii.Error as exc:
+        raise DomainError("plot_png_b64 is not base64; send the PNG's bytes base64-encoded", status=422,
+                          slug="invalid-request") from exc
+    if len(plot) > MAX_PLOT_BYTES:
+        raise DomainError(f"the plot is {len(plot):,} bytes; a plot may be at most {MAX_PLOT_BYTES:,}", status=413,
+                          slug="plot-too-large")
+    if not plot.startswith(PNG_SIGNATURE):
+        raise DomainError("plot_png_b64 is not a PNG (its bytes don't start with the PNG signature); send a PNG, "
+                          "or no plot", status=422, slug="plot-not-png")
+    return plot
 
 
 def build_router(ctx: Any) -> APIRouter:
@@ -108,13 +162,21 @@ def build_router(ctx: Any) -> APIRouter:
         ready()
         return list(await ctx.execute(job_id, cmd, **kw))
 
-    def worker_session(worker_id: str, authorization: str | None) -> domain.Worker:
-        token = bearer(authorization, "worker token")
-        if ctx.tokens.get(worker_id) != secret_sha256(token):
+    def worker_session(worker_id: str, authorization: str | None, leases: list[str] | None = None) -> domain.Worker:
+        token_hash = secret_sha256(bearer(authorization, "worker token"))
+        if ctx.tokens.get(worker_id) != token_hash:
+            owner = next((w for w, h in ctx.tokens.items() if h == token_hash), None)
+            if owner is not None:
+                raise Unauthorized(f"this token belongs to worker {owner}, not {worker_id}; send the worker id "
+                                   "the token was issued to (or register this one with POST /workers)",
+                                   slug="token-of-another-worker")
             raise Unauthorized(f"no session for worker {worker_id} (the jobs service restarted?); "
                                "register again with POST /workers", slug="unknown-worker-session")
-        ctx.heartbeat(worker_id)
+        ctx.heartbeat(worker_id, leases)
         return ctx.projection.worker(worker_id)  # type: ignore[no-any-return]
+
+    def provider_marks(worker: domain.Worker) -> int:
+        return ctx.projection.provider_marks(worker.provider)  # type: ignore[no-any-return]
 
     def own_job(job_id: str, researcher_id: str) -> domain.Job:
         job = ctx.projection.job(job_id)
@@ -212,15 +274,17 @@ def build_router(ctx: Any) -> APIRouter:
                                  cpu_cores=body.hardware.cpu_cores, memory_bytes=body.hardware.memory_bytes,
                                  gpus=body.hardware.gpus, issued_at=body.issued_at, signature=body.signature,
                                  registered_at=ctx.clock())
-        await ctx.register_worker(event)
+        await ctx.register_worker(event, body.held_leases)
         token = ctx.new_token(body.worker_id)
         return {"worker_id": body.worker_id, "token": token, "lease_ttl_s": settings.jobs_lease_ttl_s,
                 "heartbeat_interval_s": settings.jobs_lease_ttl_s / 4}
 
     @router.post("/workers/{worker_id}/heartbeat", tags=["workers"])
-    async def heartbeat(worker_id: str, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        """I am alive: keeps this worker's leases live (kept in memory, not written as events)."""
-        worker_session(worker_id, authorization)
+    async def heartbeat(worker_id: str, body: HeartbeatBody | None = None,
+                        authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """I am alive: keeps this worker's leases live (kept in memory, not written as events); with
+        `{"leases": [...]}` only the leases named stay live, and one it no longer names expires."""
+        worker_session(worker_id, authorization, body.leases if body is not None else None)
         return {"ok": True, "lease_ttl_s": settings.jobs_lease_ttl_s}
 
     @router.post("/workers/{worker_id}/lease", tags=["workers"], response_model=None)
@@ -229,9 +293,11 @@ def build_router(ctx: Any) -> APIRouter:
         """Take a job: long-polls up to `wait_s`; 204 when none came."""
         ready()
         worker = worker_session(worker_id, authorization)
-        if not worker.eligible(settings.jobs_max_marks):
-            raise DomainError(f"worker {worker_id} returned {worker.marks} result(s) the majority contradicted; "
-                              "it gets no more jobs", status=403, slug="worker-excluded")
+        marks = provider_marks(worker)
+        if not worker.eligible(settings.jobs_max_marks, marks):
+            raise DomainError(f"worker {worker_id}'s provider {worker.provider} returned {marks} result(s) the "
+                              "majority contradicted; none of its worker ids gets more jobs", status=403,
+                              slug="worker-excluded")
         offered = await ctx.take_lease(worker_id, min(wait_s, settings.jobs_max_wait_s), gone=request.is_disconnected)
         return offered if offered is not None else Response(status_code=204)
 
@@ -240,13 +306,15 @@ def build_router(ctx: Any) -> APIRouter:
                        authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         worker_session(body.worker_id, authorization)
         await run(job_id, domain.ReportProgress(body.worker_id, body.lease_id, body.fraction))
+        ctx.touch_lease(body.lease_id)
         return {"ok": True}
 
     @router.post("/jobs/{job_id}/failure", tags=["workers"])
     async def failure(job_id: str, body: FailureBody,
                       authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """The job can't run on its data (its parameters don't fit, or the data can't support the
-        analysis): the job fails with the reason, which any other worker would meet too."""
+        analysis): one failed run. The job fails with the reason once enough runs agree (redundancy 1:
+        at once; redundancy 2: two providers' runs, a result elsewhere calling a third run)."""
         worker_session(body.worker_id, authorization)
         await run(job_id, domain.ReportFailure(body.worker_id, body.lease_id, body.detail))
         return {"status": ctx.projection.job(job_id).status}
@@ -267,10 +335,16 @@ def build_router(ctx: Any) -> APIRouter:
         """A signed result: its hash is recomputed, its signature must recover the worker's provider,
         and its lease must still be live (a late result of an expired lease is refused, 410)."""
         worker = worker_session(body.worker_id, authorization)
+        plot = _decode_plot(body.plot_png_b64)
         try:
-            plot = base64.b64decode(body.plot_png_b64, validate=True) if body.plot_png_b64 is not None else None
-        except binascii.Error as exc:
-            raise DomainError("plot_png_b64 is not base64", status=422, slug="invalid-request") from exc
+            size = len(domain.canonical_json(body.result)) + len(body.plot_png_b64 or "")
+        except ValueError as exc:  # NaN or Infinity: not JSON, and no hash can be agreed on
+            raise DomainError(f"the result holds a number JSON can't carry (NaN or Infinity): {exc}; send null or "
+                              "a finite number", status=422, slug="result-not-json") from exc
+        if size > MAX_RESULT_EVENT_BYTES:
+            raise DomainError(f"the result and plot are {size:,} bytes; at most {MAX_RESULT_EVENT_BYTES:,} fit the "
+                              "event log. The lease is still yours: give it back (POST /jobs/{job_id}/release)",
+                              status=413, slug="result-too-large")
         if domain.result_hash(body.result, plot) != body.result_sha256:
             raise DomainError("result_sha256 does not match the result and plot sent", status=422,
                               slug="hash-mismatch")
@@ -288,13 +362,13 @@ def build_router(ctx: Any) -> APIRouter:
     @router.get("/workers", tags=["workers"])
     async def list_workers() -> list[dict[str, Any]]:
         """Every registered worker with its record and reputation."""
-        return [worker_view(w, settings.jobs_max_marks) for w in ctx.projection.workers()]
+        return [worker_view(w, settings.jobs_max_marks, provider_marks(w)) for w in ctx.projection.workers()]
 
     @router.get("/workers/{worker_id}", tags=["workers"])
     async def get_worker(worker_id: str) -> dict[str, Any]:
         w = ctx.projection.worker(worker_id)
         if not w.registered:
             raise NotFound(f"no worker {worker_id}; workers register with POST /workers")
-        return worker_view(w, settings.jobs_max_marks)
+        return worker_view(w, settings.jobs_max_marks, provider_marks(w))
 
     return router

@@ -1,12 +1,20 @@
 """Analytics jobs and their leases: the rules, pure (decide / evolve), no I/O.
 
-A job needs `redundancy` agreeing results (1 or 2). Each run is a lease to one worker; a lease ends
-reported, or expired: the worker's heartbeats stopped, or the worker gave the lease back because it
-can't run the job itself (its own fault: the file unreadable from there, no memory...). Either way
-the job is open again for another worker and a late result of that lease is refused; a lease given
-back when MAX_ABANDONED leases have ended without a result fails the job instead (no worker could
-run it: waiting for more would be forever). With redundancy 2, two results that disagree call for
-a third run; the agreeing majority's result is accepted and every worker outside it is marked.
+A job needs `redundancy` agreeing outcomes (1 or 2). Each run is a lease to one worker, and the runs
+of one job go to distinct providers (the signing address: one provider's several worker ids must not
+check each other). A lease ends reported (a signed result, or a failure: the job can't run on its
+data), or expired: the worker's heartbeats stopped (or stopped naming the lease), the worker
+registered again (it restarted and dropped what it ran), the lease ran past its maximum length, or
+the worker gave the lease back because it can't run the job itself (its own fault: the file
+unreadable from there, no memory...). Either way the job is open again for another worker and a late
+result of that lease is refused; once MAX_ABANDONED leases have ended without a result the job fails
+instead (no worker could run it: waiting for more would be forever).
+
+Outcomes: results are grouped by agreement, failures form one group. Redundancy 1: the one outcome
+decides. Redundancy 2: two outcomes from distinct providers that agree decide (two results: completed;
+two failures: failed); a result and a failure, or two different results, call for a third run and
+the first group of two wins. Workers whose results the accepted result contradicts are marked
+(a failure carries no signed result to hold against its worker, so it is not marked).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -26,6 +35,7 @@ from datacoop.events.jobs import (
     JobLeaseExpired,
     JobProgressed,
     JobResultReported,
+    JobRunFailed,
     JobSubmitted,
     WorkerMarked,
     WorkerRegistered,
@@ -50,6 +60,17 @@ class Lease:
     leased_at: datetime
     expires_at: datetime
     state: Literal["active", "expired", "reported"] = "active"
+    provider: str = ""  # empty in leases granted before providers were recorded
+
+
+@dataclass(frozen=True)
+class FailedRun:
+    """A run that found the job can't run on its data (`JobRunFailed`)."""
+
+    worker_id: str
+    lease_id: str
+    provider: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class Job:
     status: JobStatus = "queued"
     leases: tuple[Lease, ...] = ()
     reports: tuple[Report, ...] = ()
+    failures: tuple[FailedRun, ...] = ()
     progress: float = 0.0
     accepted_sha256: str | None = None
     accepted_workers: tuple[str, ...] = ()
@@ -96,26 +118,34 @@ class Job:
 
     @property
     def runs_needed(self) -> int:
-        """Runs this job wants in total: `redundancy`, one more once two results disagree."""
+        """Runs this job wants in total: `redundancy`, one more once two outcomes disagree."""
         if self.redundancy == 1:
             return 1
-        return MAX_RUNS if _disagreement(self.reports) else self.redundancy
+        return MAX_RUNS if _disagreement(self.reports, self.failures) else self.redundancy
 
     @property
     def open_slots(self) -> int:
         if self.status in ("completed", "failed"):
             return 0
-        return max(0, self.runs_needed - len(self.reports) - len(self.active_leases))
+        return max(0, self.runs_needed - len(self.reports) - len(self.failures) - len(self.active_leases))
 
     @property
     def abandoned(self) -> int:
         """Leases that ended without a result: the worker went silent or gave the job back."""
         return sum(1 for lease in self.leases if lease.state == "expired")
 
-    def may_lease_to(self, worker_id: str) -> bool:
-        """A worker runs a job at most once (reports must come from distinct workers)."""
+    @property
+    def providers(self) -> set[str]:
+        """Providers (lower-cased) holding a live lease or an outcome of this job."""
+        held = {lease.provider for lease in self.leases if lease.state != "expired"}
+        return {p.lower() for p in held | {r.provider for r in self.reports} | {f.provider for f in self.failures}
+                if p}
+
+    def may_lease_to(self, worker_id: str, provider: str = "") -> bool:
+        """A worker runs a job at most once, and so does a provider (its worker ids are one party: the
+        runs that check each other must come from distinct providers)."""
         busy = {lease.worker_id for lease in self.leases if lease.state != "expired"}
-        return self.open_slots > 0 and worker_id not in busy
+        return self.open_slots > 0 and worker_id not in busy and provider.lower() not in self.providers
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -156,8 +186,12 @@ def _groups(reports: tuple[Report, ...]) -> list[list[Report]]:
     return groups
 
 
-def _disagreement(reports: tuple[Report, ...]) -> bool:
-    return len(_groups(reports)) > 1
+def _disagreement(reports: tuple[Report, ...], failures: tuple[FailedRun, ...] = ()) -> bool:
+    return len(_groups(reports)) + (1 if failures else 0) > 1
+
+
+def _providers(runs: Iterable[Report | FailedRun]) -> int:
+    return len({run.provider.lower() for run in runs})
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -179,11 +213,19 @@ class GrantLease:
     worker_id: str
     lease_id: str
     ttl_s: float
+    provider: str = ""
+
+
+LeaseEnd = Literal["silent", "given-back", "re-registered", "not-held", "too-long"]
+_ENDED = {"silent": "its worker went silent", "given-back": "its worker gave it back",
+          "re-registered": "its worker registered again (restarted)",
+          "not-held": "its worker's heartbeats stopped naming it", "too-long": "it ran past the longest lease"}
 
 
 @dataclass(frozen=True)
 class ExpireLease:
     lease_id: str
+    reason: LeaseEnd = "silent"
 
 
 @dataclass(frozen=True)
@@ -207,7 +249,8 @@ class ReportResult:
 
 @dataclass(frozen=True)
 class ReportFailure:
-    """The job can't run on its data (its parameters or data, not the worker): the job fails."""
+    """The job can't run on its data (its parameters or data, not the worker): one failed run; the job
+    fails once enough runs agree on failing (see the module doc)."""
 
     worker_id: str
     lease_id: str
@@ -233,8 +276,9 @@ def _live_lease(job: Job, worker_id: str, lease_id: str) -> Lease:
     if lease is None or lease.worker_id != worker_id:
         raise JobRefusal("not_found", f"job {job.job_id} has no lease {lease_id} for worker {worker_id}")
     if lease.state == "expired":
-        raise JobRefusal("gone", f"lease {lease_id} on job {job.job_id} expired (heartbeats stopped); "
-                                 "the job went to another worker and this result is ignored")
+        raise JobRefusal("gone", f"lease {lease_id} on job {job.job_id} expired (heartbeats stopped, the "
+                                 "worker registered again, or it was given back); the job went to another "
+                                 "worker and this report is ignored")
     if lease.state == "reported":
         raise JobRefusal("conflict", f"lease {lease_id} already reported its result")
     return lease
@@ -252,25 +296,34 @@ def decide(cmd: Command, job: Job, now: datetime) -> list[Event]:
     if not job.submitted:
         raise JobRefusal("not_found", f"job {job.job_id} does not exist")
     if isinstance(cmd, GrantLease):
-        if not job.may_lease_to(cmd.worker_id):
+        if not job.may_lease_to(cmd.worker_id, cmd.provider):
             return []
         return [JobLeased(worker_id=cmd.worker_id, lease_id=cmd.lease_id, leased_at=now,
-                          expires_at=now + timedelta(seconds=cmd.ttl_s))]
+                          expires_at=now + timedelta(seconds=cmd.ttl_s), provider=cmd.provider or None)]
     if isinstance(cmd, ExpireLease):
         lease = job.lease(cmd.lease_id)
         if lease is None or lease.state != "active":
             return []
-        return [JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now)]
+        if job.status in ("completed", "failed"):
+            return [JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now,
+                                    reason=cmd.reason)]
+        return _end_lease(job, lease, cmd.reason, _ENDED[cmd.reason], now)
     if isinstance(cmd, ReleaseLease):
-        return _give_back(job, _live_lease(job, cmd.worker_id, cmd.lease_id), cmd.detail, now)
+        lease = _live_lease(job, cmd.worker_id, cmd.lease_id)
+        return _end_lease(job, lease, "given-back", f"the last worker said: {cmd.detail[:1000]}", now)
     if isinstance(cmd, ReportProgress):
         _live_lease(job, cmd.worker_id, cmd.lease_id)
         return [JobProgressed(worker_id=cmd.worker_id, lease_id=cmd.lease_id, fraction=cmd.fraction, at=now)]
     if isinstance(cmd, ReportFailure):
-        _live_lease(job, cmd.worker_id, cmd.lease_id)
-        return [JobFailed(job_id=job.job_id, reason="analysis-failed", detail=cmd.detail[:2000], failed_at=now)]
+        lease = _live_lease(job, cmd.worker_id, cmd.lease_id)
+        run_failed = JobRunFailed(worker_id=cmd.worker_id, lease_id=cmd.lease_id, provider=lease.provider or None,
+                                  detail=cmd.detail[:2000], failed_at=now)
+        return [run_failed, *verdict(evolve(job, run_failed), now)]
     if isinstance(cmd, ReportResult):
         _live_lease(job, cmd.worker_id, cmd.lease_id)
+        if job.redundancy > 1 and cmd.provider.lower() in {r.provider.lower() for r in job.reports}:
+            raise JobRefusal("conflict", f"provider {cmd.provider} already returned a result for job {job.job_id}; "
+                                         "a job's runs must come from distinct providers: give this lease back")
         reported = JobResultReported(worker_id=cmd.worker_id, lease_id=cmd.lease_id, provider=cmd.provider,
                                      result=cmd.result, plot_png_b64=cmd.plot_png_b64,
                                      result_sha256=cmd.result_sha256, signature=cmd.signature,
@@ -280,24 +333,27 @@ def decide(cmd: Command, job: Job, now: datetime) -> list[Event]:
     raise TypeError(f"unknown command {cmd!r}")
 
 
-def _give_back(job: Job, lease: Lease, detail: str, now: datetime) -> list[Event]:
+def _end_lease(job: Job, lease: Lease, reason: LeaseEnd, detail: str, now: datetime) -> list[Event]:
     """End `lease` without a result (`JobLeaseExpired`: the job is open again), or fail the job once
-    MAX_ABANDONED leases have ended so: a job no worker can run must not wait forever."""
-    ended = JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now)
+    MAX_ABANDONED leases have ended so (expired or given back alike): a job no worker can run, or that
+    every worker drops, must not wait forever."""
+    ended = JobLeaseExpired(worker_id=lease.worker_id, lease_id=lease.lease_id, expired_at=now, reason=reason)
     after = evolve(job, ended)
     if after.abandoned < MAX_ABANDONED:
         return [ended]
     return [ended, JobFailed(job_id=job.job_id, reason="analysis-failed",
                              detail=f"no worker could run this job: {after.abandoned} leases ended without a "
-                                    f"result (the last worker said: {detail[:1000]}); submit it again later, or "
+                                    f"result (the last one ended because {detail}); submit it again later, or "
                                     "ask the operator", failed_at=now)]
 
 
 def verdict(job: Job, now: datetime) -> list[Event]:
-    """Once enough results are in: the accepted one (and the marked minority), or a failure."""
+    """Once enough outcomes are in: the accepted result (and the marked minority), the job's failure
+    when enough runs agree on failing, or no-agreement after MAX_RUNS runs. Agreeing runs count once
+    per provider."""
     needed = min(job.redundancy, 2)
     groups = _groups(job.reports)
-    winner = next((g for g in groups if len(g) >= needed), None)
+    winner = next((g for g in groups if _providers(g) >= needed), None)
     if winner is not None:
         first = winner[0]
         marks = [WorkerMarked(worker_id=r.worker_id, job_id=job.job_id, result_sha256=r.result_sha256,
@@ -306,9 +362,13 @@ def verdict(job: Job, now: datetime) -> list[Event]:
         return [JobCompleted(job_id=job.job_id, order_id=job.order_id, result_sha256=first.result_sha256,
                              workers=[r.worker_id for r in winner], provider=first.provider,
                              fee_units=job.fee_units, completed_at=now), *marks]
-    if len(job.reports) >= MAX_RUNS:
+    if job.failures and _providers(job.failures) >= needed:
+        return [JobFailed(job_id=job.job_id, reason="analysis-failed", detail=job.failures[0].detail,
+                          failed_at=now)]
+    if len(job.reports) + len(job.failures) >= MAX_RUNS:
+        failed = f" and {len(job.failures)} found it can't run" if job.failures else ""
         return [JobFailed(job_id=job.job_id, reason="no-agreement",
-                          detail=f"{len(job.reports)} workers returned {len(groups)} different results",
+                          detail=f"{len(job.reports)} workers returned {len(groups)} different results{failed}",
                           failed_at=now)]
     return []
 
@@ -326,16 +386,20 @@ def evolve(job: Job, event: Event) -> Job:
                        params=dict(event.params), redundancy=event.redundancy, fee_units=event.fee_units,
                        submitted_at=event.submitted_at)
     if isinstance(event, JobLeased):
-        lease = Lease(event.lease_id, event.worker_id, event.leased_at, event.expires_at)
+        lease = Lease(event.lease_id, event.worker_id, event.leased_at, event.expires_at,
+                      provider=event.provider or "")
         status: JobStatus = "running" if job.status == "queued" else job.status
         return replace(job, leases=(*job.leases, lease), status=status)
     if isinstance(event, JobLeaseExpired):
         job = _with_lease(job, event.lease_id, "expired")
-        if job.status == "running" and not job.active_leases and not job.reports:
+        if job.status == "running" and not job.active_leases and not job.reports and not job.failures:
             job = replace(job, status="queued", progress=0.0)
         return job
     if isinstance(event, JobProgressed):
         return replace(job, progress=max(job.progress, event.fraction)) if job.status == "running" else job
+    if isinstance(event, JobRunFailed):
+        run = FailedRun(event.worker_id, event.lease_id, event.provider or "", event.detail)
+        return replace(_with_lease(job, event.lease_id, "reported"), failures=(*job.failures, run))
     if isinstance(event, JobResultReported):
         report = Report(event.worker_id, event.lease_id, event.provider, event.result_sha256, event.signature,
                         event.compute_ms, dict(event.result), event.plot_png_b64)
@@ -374,8 +438,17 @@ class Worker:
         """1.0 for a new or honest worker; each mark costs more than many accepted results earn back."""
         return round((self.accepted + 1) / (self.accepted + 1 + 10 * self.marks), 4)
 
-    def eligible(self, max_marks: int) -> bool:
-        return self.registered and self.marks < max_marks
+    def eligible(self, max_marks: int, provider_marks: int | None = None) -> bool:
+        """Registered, and its provider (all its worker ids together: `provider_marks`, this worker's own
+        marks when not given) has fewer than `max_marks` marks."""
+        marks = self.marks if provider_marks is None else max(provider_marks, self.marks)
+        return self.registered and marks < max_marks
+
+
+def provider_marks(workers: Iterable[Worker], provider: str) -> int:
+    """Marks of every worker id of `provider`: marks and exclusion apply to the provider, so a marked
+    provider gains nothing by registering a new worker id."""
+    return sum(w.marks for w in workers if w.provider.lower() == provider.lower())
 
 
 def decide_register(worker: Worker, event: WorkerRegistered) -> list[Event]:

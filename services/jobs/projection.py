@@ -20,7 +20,7 @@ from datacoop.events.jobs import JobCompleted, WorkerMarked, WorkerRegistered
 from datacoop.events.orders import OrderPaid, OrderPlaced, ResearcherRegistered
 from datacoop.store import ProjectionStore
 from datacoop.topics import JOBS
-from services.jobs.domain import Job, Worker, evolve, evolve_worker
+from services.jobs.domain import Job, Worker, evolve, evolve_worker, provider_marks
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS jobs_entities (
@@ -100,6 +100,13 @@ class JobsProjection:
 
     def workers(self) -> list[Worker]:
         return sorted(self.entities["worker"].values(), key=lambda w: w.worker_id)
+
+    def provider_marks(self, provider: str) -> int:
+        """Marks of all the worker ids of `provider` (marks and exclusion apply to the provider)."""
+        return provider_marks(self.entities["worker"].values(), provider)
+
+    def eligible(self, worker: Worker, max_marks: int) -> bool:
+        return worker.eligible(max_marks, self.provider_marks(worker.provider))
 
     # -- writes ------------------------------------------------------------------------------
     def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:

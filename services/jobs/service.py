@@ -3,6 +3,10 @@ heartbeats and worker sessions, the lease-expiry sweeper, the app; `main()`.
 
 Heartbeats live in memory only: a restarted service gives every active lease a full TTL from its
 start before expiring it, and workers re-register (their session tokens are in memory too).
+Liveness is per lease: a worker whose heartbeats name its leases (`{"leases": [...]}`) keeps those
+alive and no other; one whose heartbeats name none (older workers) keeps all its leases alive. A
+worker that registers again ends its active leases but those it names as still held, and no lease
+runs longer than DATACOOP_JOBS_MAX_LEASE_S: a live worker that dropped a job doesn't keep it forever.
 
 Shutdown: uvicorn waits for open requests before it stops, then cancels what is left (a traceback
 per request in the log). Long-polls (a worker's lease, a researcher's job wait) would be left, so
@@ -64,6 +68,8 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.jobs_writer: Writer = self.writer
         self.runner.add_listener(self._on_applied)
         self.heartbeats: dict[str, float] = {}
+        self.lease_seen: dict[str, float] = {}  # lease id -> last sign of it (granted, named, progress)
+        self.names_leases: set[str] = set()  # workers whose heartbeats name the leases they hold
         self.tokens: dict[str, str] = {}
         self.gave_back: dict[str, set[str]] = {}  # job id -> workers that could not run it (asked last)
         self._started_m = time.monotonic()
@@ -132,8 +138,24 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.heartbeat(worker_id)
         return token
 
-    def heartbeat(self, worker_id: str) -> None:
-        self.heartbeats[worker_id] = time.monotonic()
+    def heartbeat(self, worker_id: str, leases: list[str] | None = None) -> None:
+        """The worker is alive; `leases`, when given, are the leases it still runs (only those stay live
+        from then on: a lease it no longer names expires after the TTL)."""
+        now_m = time.monotonic()
+        self.heartbeats[worker_id] = now_m
+        if leases is not None:
+            self.names_leases.add(worker_id)
+            for lease_id in leases:
+                self.touch_lease(lease_id, now_m)
+
+    def touch_lease(self, lease_id: str, now_m: float | None = None) -> None:
+        self.lease_seen[lease_id] = time.monotonic() if now_m is None else now_m
+
+    def lease_live(self, lease: domain.Lease, now_m: float) -> bool:
+        ttl = self.settings.jobs_lease_ttl_s
+        if lease.worker_id in self.names_leases:
+            return now_m - self.lease_seen.get(lease.lease_id, self._started_m) <= ttl
+        return now_m - self.heartbeats.get(lease.worker_id, self._started_m) <= ttl
 
     def recover(self, primary_type: str, message: dict[str, Any], signature: str) -> str:
         try:
@@ -159,11 +181,34 @@ class JobsService(ServiceRuntime[JobsProjection]):
         self.gave_back.setdefault(job_id, set()).add(cmd.worker_id)
         log.info("worker %s gave back job %s: %s", cmd.worker_id, job_id, cmd.detail)
 
-    async def register_worker(self, event: WorkerRegistered) -> None:
+    async def register_worker(self, event: WorkerRegistered, held: list[str] | None = None) -> int:
+        """Register the worker; a worker registering again restarted (or lost its session), so its active
+        leases end now, except those in `held` (it still runs them): the jobs go back to the queue at
+        once instead of waiting on a lease nobody runs. Returns how many leases ended."""
         def decide() -> list[Event]:
             return domain.decide_register(self.projection.worker(event.worker_id), event)
 
         await self.workers_writer.execute(event.worker_id, decide, correlation_id=correlation_id.get())
+        self.names_leases.discard(event.worker_id)
+        keep = set(held or ())
+        ended = 0
+        for job in self.projection.running_jobs():
+            for lease in job.active_leases:
+                if lease.worker_id != event.worker_id:
+                    continue
+                if lease.lease_id in keep:
+                    self.touch_lease(lease.lease_id)
+                    continue
+                ended += await self._expire(job.job_id, lease, "re-registered")
+        return ended
+
+    async def _expire(self, job_id: str, lease: domain.Lease, reason: domain.LeaseEnd) -> int:
+        cause = f"lease-expired:{lease.lease_id}"
+        ended = len(await self.execute(job_id, domain.ExpireLease(lease.lease_id, reason), causation_id=cause,
+                                       id_for=lambda ev, c=cause: derived_event_id(c, ev.type_name())))
+        self.lease_seen.pop(lease.lease_id, None)
+        log.info("lease %s of job %s expired (%s, worker %s)", lease.lease_id, job_id, reason, lease.worker_id)
+        return ended
 
     async def take_lease(self, worker_id: str, wait_s: float,
                          gone: Callable[[], Awaitable[bool]] | None = None) -> dict[str, Any] | None:
@@ -176,12 +221,14 @@ class JobsService(ServiceRuntime[JobsProjection]):
             if self.stopping or (gone is not None and await gone()):
                 return None
             self.heartbeat(worker_id)
+            provider = self.projection.worker(worker_id).provider
             for job in self.projection.open_jobs():
-                if not job.may_lease_to(worker_id) or self._passed_over(job.job_id, worker_id):
+                if not job.may_lease_to(worker_id, provider) or self._passed_over(job, worker_id):
                     continue
                 lease_id = uuid.uuid4().hex
-                cmd = domain.GrantLease(worker_id, lease_id, self.settings.jobs_lease_ttl_s)
+                cmd = domain.GrantLease(worker_id, lease_id, self.settings.jobs_lease_ttl_s, provider)
                 if await self.execute(job.job_id, cmd):
+                    self.touch_lease(lease_id)
                     return self._offer(job.job_id, lease_id)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -191,17 +238,23 @@ class JobsService(ServiceRuntime[JobsProjection]):
             except TimeoutError:
                 return None
 
-    def _passed_over(self, job_id: str, worker_id: str) -> bool:
-        """A worker that gave the job back is not offered it again while another live worker has not: with
-        fewer live workers than MAX_ABANDONED, the job goes back to them, and their next give-backs fail it
-        (it must not wait forever for a worker that is not there)."""
-        gave_back = self.gave_back.get(job_id, set())
+    def _passed_over(self, job: domain.Job, worker_id: str) -> bool:
+        """A worker that gave the job back is not offered it again while another live worker that may take
+        it (eligible, and the job may be leased to it: not a worker or provider that already ran it) has
+        not given it back: otherwise the job goes back to it, and its next give-backs fail the job (it
+        must not wait forever for a worker that is not there, or that can never take it)."""
+        gave_back = self.gave_back.get(job.job_id, set())
         if worker_id not in gave_back:
             return False
-        live_s = self.settings.jobs_lease_ttl_s
+        live_s, max_marks = self.settings.jobs_lease_ttl_s, self.settings.jobs_max_marks
         now_m = time.monotonic()
-        live = {w for w, seen in self.heartbeats.items() if now_m - seen <= live_s}
-        return bool(live - gave_back - {worker_id})
+        for other, seen in self.heartbeats.items():
+            if other in gave_back or other == worker_id or now_m - seen > live_s:
+                continue
+            w = self.projection.worker(other)
+            if self.projection.eligible(w, max_marks) and job.may_lease_to(other, w.provider):
+                return True
+        return False
 
     def _offer(self, job_id: str, lease_id: str) -> dict[str, Any]:
         job = self.projection.job(job_id)
@@ -216,21 +269,20 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
     # -- lease expiry --------------------------------------------------------------------------
     async def sweep_once(self) -> int:
-        """Expire every active lease whose worker has not been heard from within the TTL."""
+        """Expire every active lease that is not live (see `lease_live`) or ran past the longest lease."""
         if not self.ready:
             return 0
-        now_m, ttl = time.monotonic(), self.settings.jobs_lease_ttl_s
+        now_m, now = time.monotonic(), self.clock()
         expired = 0
         for job in self.projection.running_jobs():
             for lease in job.active_leases:
-                if now_m - self.heartbeats.get(lease.worker_id, self._started_m) <= ttl:
-                    continue
-                cause = f"lease-expired:{lease.lease_id}"
-                expired += len(await self.execute(job.job_id, domain.ExpireLease(lease.lease_id),
-                                                  causation_id=cause,
-                                                  id_for=lambda ev, c=cause: derived_event_id(c, ev.type_name())))
-                log.info("lease %s of job %s expired (worker %s silent)", lease.lease_id, job.job_id,
-                         lease.worker_id)
+                if (now - lease.leased_at).total_seconds() > self.settings.jobs_max_lease_s:
+                    expired += await self._expire(job.job_id, lease, "too-long")
+                elif not self.lease_live(lease, now_m):
+                    reason: domain.LeaseEnd = "not-held" if lease.worker_id in self.names_leases and \
+                        now_m - self.heartbeats.get(lease.worker_id, self._started_m) <= \
+                        self.settings.jobs_lease_ttl_s else "silent"
+                    expired += await self._expire(job.job_id, lease, reason)
         return expired
 
     async def sweep_forever(self) -> None:

@@ -18,6 +18,9 @@ class JobsSettings(ServiceSettings):
     jobs_default_redundancy: int = Field(1, ge=1, le=2, description="workers per job when the job doesn't say")
     jobs_lease_ttl_s: float = Field(10.0, gt=0, description="a lease expires this long after the worker's "
                                                            "last heartbeat")
+    jobs_max_lease_s: float = Field(3600.0, gt=0, description="the longest a lease may run, heartbeats or not: "
+                                                              "past it the lease expires and the job goes to "
+                                                              "another worker")
     jobs_sweep_interval_s: float = Field(0.5, gt=0, description="how often expired leases are looked for")
     jobs_max_marks: int = Field(1, ge=1, description="a worker marked this many times gets no more jobs")
     jobs_registration_window_s: int = Field(300, ge=1, description="how old a signed registration may be")

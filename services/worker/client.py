@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from eth_account import Account
@@ -15,6 +16,11 @@ from services.consent import eip712
 from services.jobs.domain import result_hash
 
 __all__ = ["ApiError", "ResearcherJobs", "ResultInvalid", "WorkerSession", "check"]
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: '/', '?', '#' and the like percent-encoded."""
+    return quote(value, safe="")
 
 
 class WorkerSession:
@@ -55,24 +61,25 @@ class WorkerSession:
         return {"authorization": f"Bearer {self.token}"}
 
     def heartbeat(self) -> None:
-        check(self.http.post(f"/workers/{self.worker_id}/heartbeat", headers=self._auth))
+        check(self.http.post(f"/workers/{segment(self.worker_id)}/heartbeat", headers=self._auth))
 
     def lease(self, wait_s: float = 10) -> dict[str, Any] | None:
-        resp = self.http.post(f"/workers/{self.worker_id}/lease", params={"wait_s": wait_s}, headers=self._auth)
+        resp = self.http.post(f"/workers/{segment(self.worker_id)}/lease", params={"wait_s": wait_s},
+                              headers=self._auth)
         return None if resp.status_code == 204 else dict(check(resp))
 
     def progress(self, job_id: str, lease_id: str, fraction: float) -> None:
-        check(self.http.post(f"/jobs/{job_id}/progress", headers=self._auth,
+        check(self.http.post(f"/jobs/{segment(job_id)}/progress", headers=self._auth,
                              json={"worker_id": self.worker_id, "lease_id": lease_id, "fraction": fraction}))
 
     def fail(self, job_id: str, lease_id: str, detail: str) -> None:
         """The job can't run on its data (its fault, not this worker's): the job fails with `detail`."""
-        check(self.http.post(f"/jobs/{job_id}/failure", headers=self._auth,
+        check(self.http.post(f"/jobs/{segment(job_id)}/failure", headers=self._auth,
                              json={"worker_id": self.worker_id, "lease_id": lease_id, "detail": detail}))
 
     def release(self, job_id: str, lease_id: str, detail: str) -> None:
         """This worker can't run the job (its own fault): the lease goes back, the job to another worker."""
-        check(self.http.post(f"/jobs/{job_id}/release", headers=self._auth,
+        check(self.http.post(f"/jobs/{segment(job_id)}/release", headers=self._auth,
                              json={"worker_id": self.worker_id, "lease_id": lease_id, "detail": detail}))
 
     def report(self, job_id: str, lease_id: str, result: dict[str, Any], plot_png: bytes | None,
@@ -83,7 +90,7 @@ class WorkerSession:
         body = {"worker_id": self.worker_id, "lease_id": lease_id, "result": result,
                 "plot_png_b64": base64.b64encode(plot_png).decode() if plot_png is not None else None,
                 "result_sha256": digest, "signature": sig, "compute_ms": compute_ms}
-        return dict(check(self.http.post(f"/jobs/{job_id}/result", headers=self._auth, json=body)))
+        return dict(check(self.http.post(f"/jobs/{segment(job_id)}/result", headers=self._auth, json=body)))
 
 
 class ResultInvalid(ValueError):
@@ -119,7 +126,7 @@ class ResearcherJobs:
         return dict(check(self.http.post("/jobs", json=body)))
 
     def status(self, job_id: str, wait_s: float = 0) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/jobs/{job_id}", params={"wait_s": wait_s})))
+        return dict(check(self.http.get(f"/jobs/{segment(job_id)}", params={"wait_s": wait_s})))
 
     def wait(self, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -130,14 +137,14 @@ class ResearcherJobs:
 
     def result(self, job_id: str, verify: bool = True) -> dict[str, Any]:
         """The accepted result; with `verify`, its hash and the worker's signature are checked here."""
-        answer = dict(check(self.http.get(f"/jobs/{job_id}/result")))
+        answer = dict(check(self.http.get(f"/jobs/{segment(job_id)}/result")))
         if verify:
             plot = self.plot(job_id) if answer.get("has_plot") else None
             verify_result({**answer, "_plot_png": plot}, eip712.fetch_domain(self.http))
         return answer
 
     def plot(self, job_id: str) -> bytes:
-        resp = self.http.get(f"/jobs/{job_id}/plot.png")
+        resp = self.http.get(f"/jobs/{segment(job_id)}/plot.png")
         if resp.status_code >= 400:
             check(resp)
         return resp.content

@@ -5,7 +5,9 @@ one machine don't each spawn a thread per core.
 
 A worker that can't work (DATACOOP_WORKER_BACKEND=cupy without a CUDA device, a registration the
 jobs service refuses: a worker id another provider owns, a bad key) exits with status 2 and one
-line saying why, instead of taking jobs it would fail.
+line saying why, instead of taking jobs it would fail. So does a setting it can't use (a key file
+missing or not a key, DATACOOP_WORKER_CORES=abc, a jobs URL that is not http(s)://...): one line
+naming the flag or variable, status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -13,24 +15,83 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
 import uuid
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlparse
+
+WORKER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the jobs service's id shape
+
+
+class SettingInvalid(ValueError):
+    """A flag or environment variable the worker can't use; the message names it and what to give."""
 
 
 def _key(key_file: str | None) -> str:
-    raw = Path(key_file).read_text().strip() if key_file else os.environ.get("DATACOOP_KEY", "")
+    """The provider key from --key-file or DATACOOP_KEY, as 0x + 64 hex digits."""
+    if key_file:
+        try:
+            raw = Path(key_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a text file"
+            raise SettingInvalid(f"--key-file {key_file}: cannot read it ({reason}); give the file holding "
+                                 "the provider's key (64 hex digits)") from None
+        source = f"--key-file {key_file}"
+    else:
+        raw, source = os.environ.get("DATACOOP_KEY", "").strip(), "DATACOOP_KEY"
     if not raw:
-        raise SystemExit("no provider key: pass --key-file FILE or set DATACOOP_KEY (64 hex digits)")
-    return raw if raw.startswith("0x") else "0x" + raw
+        raise SettingInvalid("no provider key: pass --key-file FILE or set DATACOOP_KEY (64 hex digits)")
+    key = raw.removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+        raise SettingInvalid(f"{source} does not hold a provider key; it must be 64 hex digits "
+                             "(optionally 0x-prefixed)")
+    return "0x" + key
+
+
+def _number(name: str, raw: str | None, kind: type[int] | type[float], least: float) -> int | float | None:
+    """An environment variable as a number >= least (None when unset or empty)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < least:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingInvalid(f"{name}={raw!r} is not {what} >= {least:g}; fix it or unset it")
+    return value
+
+
+def check_settings(jobs_url: str, worker_id: str | None, cores: int | None) -> None:
+    """SettingInvalid naming --jobs-url, --worker-id or --cores when the value can't work."""
+    parsed = urlparse(jobs_url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SettingInvalid(f"--jobs-url {jobs_url!r} is not an http(s) URL; give e.g. http://127.0.0.1:8106")
+    if worker_id is not None and not WORKER_ID.fullmatch(worker_id):
+        raise SettingInvalid(f"--worker-id {worker_id!r} is not a valid worker id; use 1-64 letters, digits, "
+                             "'.', '_', ':' or '-'")
+    if cores is not None and cores < 1:
+        raise SettingInvalid(f"--cores {cores} must be at least 1 (or leave it out to offer every core)")
 
 
 def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None = None,
         object_store: str | None = None, max_jobs: int | None = None) -> None:
-    """Run one worker until SIGTERM/SIGINT; WorkerCannotStart (services.worker.worker) when it can't."""
+    """Run one worker until SIGTERM/SIGINT; WorkerCannotStart (services.worker.worker) when it can't,
+    saying which setting is wrong where one is."""
+    from services.worker.worker import WorkerCannotStart
+
+    try:
+        check_settings(jobs_url, worker_id, cores)
+        delay_s = _number("DATACOOP_WORKER_DELAY_S", os.environ.get("DATACOOP_WORKER_DELAY_S"), float, 0) or 0.0
+        from services.worker.analytics.disclosure import configured_min_group_size
+
+        min_group_size = configured_min_group_size()
+    except ValueError as exc:
+        raise WorkerCannotStart(str(exc)) from None
     if cores:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(cores)
@@ -42,11 +103,14 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
               os.environ.get("DATACOOP_LOG_JSON", "true").lower() == "true")
     for noisy in ("httpx", "httpcore"):  # a line per heartbeat and lease poll otherwise (~60 KB in 10 minutes)
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    worker_id = worker_id or f"{socket.gethostname()[:40]}-{uuid.uuid4().hex[:8]}"
-    session = WorkerSession(jobs_url, key, worker_id)
+    worker_id = worker_id or f"{re.sub(r'[^A-Za-z0-9._:-]', '-', socket.gethostname()[:40])}-{uuid.uuid4().hex[:8]}"
+    try:
+        session = WorkerSession(jobs_url, key, worker_id)
+    except ValueError as exc:
+        raise WorkerCannotStart(f"the provider key is not usable ({exc}); give 64 hex digits") from None
     worker = Worker(session, Path(object_store or os.environ.get("DATACOOP_WORKER_OBJECT_STORE", "var/objects")),
                     cores=cores, tamper_results=os.environ.get("DATACOOP_WORKER_TAMPER") == "1",
-                    delay_s=float(os.environ.get("DATACOOP_WORKER_DELAY_S", "0")))
+                    delay_s=delay_s, min_group_size=min_group_size)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.stop(interrupt_poll=True)  # an idle worker stops now; one running a job finishes it first
@@ -63,14 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-file", default=os.environ.get("DATACOOP_WORKER_KEY_FILE"),
                         help="the provider's payout key (hex); else DATACOOP_KEY")
     parser.add_argument("--worker-id", default=os.environ.get("DATACOOP_WORKER_ID"))
-    parser.add_argument("--cores", type=int, default=int(os.environ.get("DATACOOP_WORKER_CORES", "0")) or None)
+    parser.add_argument("--cores", type=int, default=None, help="CPU threads to offer; else DATACOOP_WORKER_CORES")
     parser.add_argument("--object-store", default=None, help="folder relative locations are read from")
     args = parser.parse_args(argv)
     from services.worker.worker import WorkerCannotStart
 
     try:
-        run(args.jobs_url, _key(args.key_file), args.worker_id, args.cores, args.object_store)
-    except WorkerCannotStart as exc:
+        cores = args.cores if args.cores is not None else _number(  # 0: every core, as unset
+            "DATACOOP_WORKER_CORES", os.environ.get("DATACOOP_WORKER_CORES"), int, 0) or None
+        run(args.jobs_url, _key(args.key_file), args.worker_id, int(cores) if cores is not None else None,
+            args.object_store)
+    except (WorkerCannotStart, SettingInvalid) as exc:
         print(f"datacoop worker: cannot run: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 

@@ -9,6 +9,12 @@ no memory, a broken backend, a bug): it gives the lease back, and the job goes t
 A worker that can't work at all (its configured backend can't run, its registration is refused)
 stops with `WorkerCannotStart` instead of taking jobs.
 
+Talking to the jobs service is best-effort where losing a message costs nothing (a progress report)
+and persistent where it would lose work: a result is retried on transient errors (connection
+refused, 5xx, 408/429) with backoff for up to `deliver_for_s`; a result the service refuses (other
+4xx) or never takes gives the lease back with the reason, as does any failure report, so no job
+waits for its lease to run out. A 404/409/410 means the lease is no longer ours: nothing to tell.
+
 Test-only switches (environment): DATACOOP_WORKER_TAMPER=1 perturbs every result before signing it
 (a dishonest worker, for redundancy to catch); DATACOOP_WORKER_DELAY_S holds each job that long
 before computing (so a test can kill a worker mid-job).
@@ -20,6 +26,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,6 +39,7 @@ import pyarrow.parquet as pq
 from datacoop import objectstore
 from services.worker.analytics import AnalysisFailed, JobRefused, detect_hardware, run_analysis, select_xp
 from services.worker.analytics.backend import BACKEND_ENV, backend_name
+from services.worker.analytics.disclosure import DEFAULT_MIN_GROUP_SIZE, min_group_size_for
 from services.worker.client import ApiError, WorkerSession
 
 log = logging.getLogger("datacoop.worker")
@@ -44,6 +52,9 @@ class WorkerCannotStart(Exception):
 
 class LeaseLost(Exception):
     """The jobs service no longer holds this lease for us: stop the job, report nothing."""
+
+
+LEASE_GONE = (404, 409, 410)  # the service no longer holds this lease for us
 
 
 class DataUnavailable(Exception):
@@ -135,7 +146,8 @@ class Worker:
 
     def __init__(self, session: WorkerSession, object_store: Path, *, cores: int | None = None,
                  xp: ModuleType | None = None, tamper_results: bool = False, delay_s: float = 0.0,
-                 progress_interval_s: float = 0.5, retry_first_s: float = 1.0) -> None:
+                 progress_interval_s: float = 0.5, retry_first_s: float = 1.0, deliver_for_s: float = 120.0,
+                 min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> None:
         self.session = session
         self.object_store = object_store
         self.xp = xp if xp is not None else check_backend()
@@ -143,6 +155,8 @@ class Worker:
         self.delay_s = delay_s
         self.progress_interval_s = progress_interval_s
         self.retry_first_s = retry_first_s
+        self.deliver_for_s = deliver_for_s
+        self.min_group_size = min_group_size
         self.hardware = detect_hardware()
         if cores is not None and cores > self.hardware.cpu_cores:
             log.warning("%d cores offered but %d detected; registering %d", cores, self.hardware.cpu_cores,
@@ -266,8 +280,11 @@ class Worker:
             try:
                 self.session.progress(job_id, lease_id, fraction)
             except ApiError as exc:
-                if exc.status in (404, 409, 410):
+                if exc.status in LEASE_GONE:
                     raise LeaseLost(str(exc)) from exc
+                log.warning("job %s: progress report refused (%s); going on", job_id, exc)
+            except Exception as exc:  # the service is restarting: a missed report costs nothing
+                log.warning("job %s: progress report not delivered (%s); going on", job_id, exc)
 
         try:
             held_until = time.monotonic() + self.delay_s
@@ -279,30 +296,66 @@ class Worker:
                 table = self._tables[key] = load_verified(offer["location"], key, self.object_store)
             started = time.perf_counter()
             outcome = run_analysis(offer["analysis"], offer["params"], table, progress, schema=offer["columns"],
-                                   xp=self.xp)
+                                   xp=self.xp, min_group_size=min_group_size_for(offer, self.min_group_size))
             compute_ms = int((time.perf_counter() - started) * 1000)
-            result = tamper(outcome.result) if self.tamper_results else outcome.result
-            answer = self.session.report(job_id, lease_id, result, outcome.plot_png, compute_ms)
-            log.info("job %s reported in %d ms of compute; job is %s", job_id, compute_ms, answer["status"])
         except LeaseLost as exc:
             log.warning("job %s: lease lost, result dropped (%s)", job_id, exc)
-        except ApiError as exc:
-            log.warning("job %s: result refused: %s", job_id, exc)
+            return
         except (JobRefused, AnalysisFailed) as exc:  # the job's fault: any worker would fail the same way
             log.warning("job %s failed on its data: %s", job_id, exc)
             self._tell(job_id, lease_id, fault_detail(exc), job_fault=True)
+            return
         except Exception as exc:  # this worker's fault (DataUnavailable, memory, backend, a bug): give it back
             log.warning("job %s: this worker cannot run it (%s); giving the lease back", job_id, exc,
                         exc_info=not isinstance(exc, DataUnavailable))
             self._tell(job_id, lease_id, fault_detail(exc), job_fault=False)
+            return
+        result = tamper(outcome.result) if self.tamper_results else outcome.result
+        self._deliver(job_id, lease_id, result, outcome.plot_png, compute_ms)
+
+    def _deliver(self, job_id: str, lease_id: str, result: dict[str, Any], plot_png: bytes | None,
+                 compute_ms: int) -> None:
+        """Report the result, retrying transient failures for up to `deliver_for_s`; a refusal, or a
+        service that stays away, gives the lease back saying why."""
+        try:
+            answer = self._persist(lambda: self.session.report(job_id, lease_id, result, plot_png, compute_ms))
+        except ApiError as exc:
+            if exc.status in LEASE_GONE:
+                log.warning("job %s: lease no longer ours, result dropped (%s)", job_id, exc)
+                return
+            reason = f"the jobs service refused this worker's result ({exc.status}: {exc.problem.get('detail', exc)})"
+        except Exception as exc:
+            reason = f"the worker could not deliver its result within {self.deliver_for_s:.0f} s ({exc})"
+        else:
+            log.info("job %s reported in %d ms of compute; job is %s", job_id, compute_ms, answer["status"])
+            return
+        log.warning("job %s: %s; giving the lease back", job_id, reason)
+        self._tell(job_id, lease_id, reason, job_fault=False)
+
+    def _persist(self, call: Callable[[], Any]) -> Any:
+        """`call()`, repeated with backoff while it fails transiently, for up to `deliver_for_s`;
+        the last error otherwise (a refusal at once)."""
+        deadline = time.monotonic() + self.deliver_for_s
+        delay_s = self.retry_first_s
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                left_s = deadline - time.monotonic()
+                if not is_transient(exc) or left_s <= 0:
+                    raise
+                log.warning("jobs service at %s unreachable (%s); retrying in %.0f s", self.session.base_url,
+                            exc, min(delay_s, left_s))
+                time.sleep(min(delay_s, left_s))
+                delay_s = min(delay_s * 2, self.RETRY_MAX_S)
 
     def _tell(self, job_id: str, lease_id: str, detail: str, *, job_fault: bool) -> None:
-        """Report the job's failure, or give its lease back; a lease the service already took back
-        (or a service that is gone) leaves nothing to do: the lease expires."""
+        """Report the job's failure, or give its lease back, retrying while the service is away; a lease
+        the service already took back (or a service gone for good) leaves nothing to do: it expires."""
         try:
             if job_fault:
-                self.session.fail(job_id, lease_id, detail)
+                self._persist(lambda: self.session.fail(job_id, lease_id, detail))
             else:
-                self.session.release(job_id, lease_id, detail)
-        except (ApiError, httpx.HTTPError) as exc:
+                self._persist(lambda: self.session.release(job_id, lease_id, detail))
+        except (ApiError, httpx.HTTPError, OSError) as exc:
             log.warning("could not tell the jobs service about job %s: %s", job_id, exc)

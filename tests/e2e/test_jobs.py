@@ -201,7 +201,11 @@ def test_a_worker_that_cannot_run_a_job_gives_it_back_and_another_worker_complet
     assert job["status"] == "running" and job["failure"] is None
     assert [(lease["worker_id"], lease["state"]) for lease in job["leases"]] == \
         [("w-a", "reported"), ("w-broken", "expired")]
-    assert broken.lease(wait_s=0.5) is None, "a job given back is not offered again to the same worker"
+    again = broken.lease(wait_s=0.5)  # the only other live worker already ran it: none else may take it
+    assert again is not None and again["job_id"] == job_id, "a job no other live worker may take comes back"
+    broken.release(job_id, again["lease_id"], "still cannot read the version's file")
+    _session(scenario, "w-waiting")  # live, and may take the job: the one that gave it back must wait
+    assert broken.lease(wait_s=0.5) is None, "a job given back is not offered again while another may take it"
     scenario.start_worker("w-b")
     done = researcher.wait(job_id, timeout_s=60)
     assert done["status"] == "completed", scenario.worker_log("w-b")
@@ -264,3 +268,114 @@ def test_the_jobs_service_ends_open_long_polls_when_it_shuts_down(scenario: Scen
     assert isinstance(answers.get("wait"), dict) and answers["wait"]["status"] == "running", answers
     for trace in ("Exception in ASGI application", "CancelledError", "Traceback"):
         assert trace not in log, log[-3000:]
+
+
+def _hand_session(scenario: Scenario, worker_id: str, key: str) -> WorkerSession:
+    session = WorkerSession(scenario.jobs.url, key, worker_id)
+    session.register({"backend": "numpy", "cpu_cores": 1, "memory_bytes": 0, "gpus": []})
+    return session
+
+
+def _lease_job(session: WorkerSession, job_id: str) -> dict[str, Any]:
+    for _ in range(5):
+        offer = session.lease(wait_s=2)
+        if offer is not None and offer["job_id"] == job_id:
+            return offer
+    raise AssertionError(f"{session.worker_id} got no lease on {job_id}")
+
+
+def test_a_worker_that_restarts_or_stops_naming_a_lease_does_not_strand_its_job(scenario: Scenario) -> None:
+    """Liveness is per lease: a worker registering again (it restarted under the same id) ends its active
+    leases, so the job is leased again at once (the restarted worker's poll takes it); a lease the
+    worker's heartbeats stop naming expires although the worker stays alive."""
+    researcher = scenario.researcher()
+    key = Account.create().key.hex()
+    first = _hand_session(scenario, "w-restart", key)
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]})["job_id"]
+    dropped = _lease_job(first, job_id)
+    time.sleep(1.1)  # a registration signs unix seconds: the next must be newer
+    again = _hand_session(scenario, "w-restart", key)  # the process restarted: it forgot the lease
+    offer = again.lease(wait_s=2)
+    assert offer is not None and offer["job_id"] == job_id and offer["lease_id"] != dropped["lease_id"]
+    leases = researcher.status(job_id)["leases"]
+    assert (leases[0]["lease_id"], leases[0]["state"]) == (dropped["lease_id"], "expired")
+    with pytest.raises(ApiError) as late:
+        again.report(job_id, dropped["lease_id"], {"n": 1}, None, 1)
+    assert late.value.status == 410, "the restarted worker's old lease was ended"
+    for _ in range(12):  # alive, but no longer running the job: its heartbeats name no lease
+        httpx.post(f"{scenario.jobs.url}/workers/w-restart/heartbeat", json={"leases": []},
+                   headers={"authorization": f"Bearer {again.token}"}).raise_for_status()
+        time.sleep(0.25)
+    scenario.wait_for(lambda: researcher.status(job_id)["status"] == "queued", what="the unnamed lease to expire")
+    ended = [e for e in scenario.job_events(job_id) if e.type == "datacoop.jobs.lease_expired.v1"]
+    assert [e.data["reason"] for e in ended] == ["re-registered", "not-held"]
+
+
+def test_one_provider_cannot_check_itself_and_its_marks_follow_it(scenario: Scenario) -> None:
+    """Redundancy 2: a job's runs come from distinct providers, a failure report doesn't override another
+    provider's result (it calls a third run), and a marked provider's new worker id is excluded too."""
+    researcher = scenario.researcher()
+    keys = {name: Account.create().key.hex() for name in ("a", "b", "c")}
+    a1, a2 = _hand_session(scenario, "a1", keys["a"]), _hand_session(scenario, "a2", keys["a"])
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]}, redundancy=2)["job_id"]
+    offer_a = _lease_job(a1, job_id)
+    assert a2.lease(wait_s=0.5) is None, "the same provider's second worker id gets no second run"
+    a1.report(job_id, offer_a["lease_id"], {"mean": 1.0}, None, 1)
+    b = _hand_session(scenario, "b1", keys["b"])
+    offer_b = _lease_job(b, job_id)
+    b.fail(job_id, offer_b["lease_id"], "predictors are collinear")
+    job = researcher.status(job_id)
+    assert job["status"] == "running" and job["failure"] is None, "one failure must not override a result"
+    c = _hand_session(scenario, "c1", keys["c"])
+    offer_c = _lease_job(c, job_id)
+    assert c.report(job_id, offer_c["lease_id"], {"mean": 1.0}, None, 1)["status"] == "completed"
+
+    job2 = researcher.submit(scenario.order_id, "describe", {"columns": ["bmi"]}, redundancy=2)["job_id"]
+    for session, mean in ((a1, 2.0), (b, 9.0), (c, 2.0)):
+        offer = _lease_job(session, job2)
+        session.report(job2, offer["lease_id"], {"mean": mean}, None, 1)
+    assert researcher.status(job2)["status"] == "completed"
+    b2 = _hand_session(scenario, "b2", keys["b"])  # the marked provider, under a new worker id
+    assert httpx.get(f"{scenario.jobs.url}/workers/b2").json()["eligible"] is False
+    with pytest.raises(ApiError) as excluded:
+        b2.lease(wait_s=0)
+    assert excluded.value.status == 403 and "provider" in str(excluded.value)
+
+
+def test_bad_worker_input_is_refused_with_what_is_wrong_and_nothing_written(scenario: Scenario) -> None:
+    url, researcher = scenario.jobs.url, scenario.researcher()
+    for bad_id in (".", ".."):
+        refused = researcher.http.post("/jobs", json={"order_id": scenario.order_id, "analysis": "describe",
+                                                      "params": {"columns": ["age"]}, "job_id": bad_id})
+        assert refused.status_code == 422 and "only dots" in refused.text, refused.text
+    key = Account.create().key.hex()
+    w = _hand_session(scenario, "w-in", key)
+    body: dict[str, Any] = {"worker_id": "w-x", "provider": w.provider, "issued_at": 2**256,
+                            "signature": "0x" + "11" * 65,
+            "hardware": {"backend": "numpy", "cpu_cores": 1, "memory_bytes": 0, "gpus": []}}
+    huge = httpx.post(f"{url}/workers", json=body)
+    assert huge.status_code == 422 and "issued_at" in huge.text, huge.text
+    gpus = [{"name": "x" * 1000}]
+    fat = httpx.post(f"{url}/workers", json={**body, "issued_at": 1, "hardware": {**body["hardware"], "gpus": gpus}})
+    assert fat.status_code == 422 and "gpus" in fat.text, fat.text
+    dots = httpx.post(f"{url}/workers", json={**body, "issued_at": 1, "worker_id": ".."})
+    assert dots.status_code == 422 and "only dots" in dots.text
+    other = httpx.post(f"{url}/workers/w-else/heartbeat", headers={"authorization": f"Bearer {w.token}"})
+    assert other.status_code == 401 and "belongs to worker w-in" in other.text, other.text
+
+    job_id = researcher.submit(scenario.order_id, "describe", {"columns": ["age"]})["job_id"]
+    offer = _lease_job(w, job_id)
+    with pytest.raises(ApiError) as not_png:
+        w.report(job_id, offer["lease_id"], {"n": 1}, b"GIF89a not a png", 1)
+    assert not_png.value.status == 422 and "PNG" in str(not_png.value)
+    with pytest.raises(ApiError) as too_large:
+        w.report(job_id, offer["lease_id"], {"blob": "x" * (7 * 1024 * 1024)}, None, 1)
+    assert too_large.value.status == 413 and "release" in str(too_large.value)
+    nan = httpx.post(f"{url}/jobs/{job_id}/result", headers={"authorization": f"Bearer {w.token}",
+                                                              "content-type": "application/json"},
+                     content=f'{{"worker_id": "w-in", "lease_id": "{offer["lease_id"]}", "result": {{"m": NaN}}, '
+                             f'"result_sha256": "{"0" * 64}", "signature": "0x{"11" * 65}", "compute_ms": 1}}')
+    assert nan.status_code == 422 and "NaN" in nan.text, nan.text
+    job = researcher.status(job_id)
+    assert job["status"] == "running" and job["reports"] == [] and job["leases"][0]["state"] == "active"
+    assert w.report(job_id, offer["lease_id"], {"n": 1}, b"\x89PNG\r\n\x1a\n" + b"0" * 10, 1)["status"] == "completed"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from datacoop.cli.common import console, fail, read_key, service_url
 from datacoop.cli.market import ApiKeyFile, _api_key
 
 job_app = typer.Typer(no_args_is_help=True, help="Analytics jobs on a paid compute order.")
+JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the jobs service's id shape
 JobsUrl = Annotated[str | None, typer.Option("--jobs-url", help="jobs service URL (default: the stack's)")]
 
 
@@ -31,6 +33,18 @@ def _researcher(jobs_url: str | None, api_key_file: Path | None) -> Any:
     from services.worker.client import ResearcherJobs
 
     return ResearcherJobs(service_url("jobs", jobs_url), _api_key(api_key_file))
+
+
+def _job_id(job_id: str) -> str:
+    """JOB as typed, once it has a job id's shape (so `x?y` is not sent as job x with a query)."""
+    if not JOB_ID.fullmatch(job_id):
+        fail(f"JOB {job_id!r} is not a job id; give the id `datacoop job submit` printed (1-64 letters, digits, "
+             "'.', '_', ':' or '-')")
+    return job_id
+
+
+def _finite_only(constant: str) -> Any:
+    fail(f"--params holds {constant}, which JSON results can't carry; use finite numbers")
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -83,7 +97,7 @@ def submit(
 ) -> None:
     """Submit a job; its parameters are checked against the version's columns now."""
     try:
-        parsed = json.loads(params)
+        parsed = json.loads(params, parse_constant=_finite_only)
     except json.JSONDecodeError as exc:
         fail(f"--params is not JSON ({exc.msg}); e.g. --params '{{\"column\": \"age\"}}'")
     if not isinstance(parsed, dict):
@@ -101,6 +115,7 @@ def submit(
 @job_app.command("status")
 def status(job_id: str, jobs_url: JobsUrl = None, api_key_file: ApiKeyFile = None) -> None:
     """A job's state, progress and leases."""
+    _job_id(job_id)
     job = _call(_researcher(jobs_url, api_key_file).status, job_id)
     console.print(f"job {job_id}: {job['status']} ({job['progress']:.0%}) {job['analysis']} on "
                   f"{job['dataset_id']}@{job['version']}", highlight=False)
@@ -120,6 +135,7 @@ def results(
     """The accepted result as JSON, after checking its hash and the worker's signature."""
     if plot_out is not None and plot_out.is_dir():
         fail(f"--plot-out {plot_out} is a folder; name the file to write, e.g. --plot-out {plot_out / 'plot.png'}")
+    _job_id(job_id)
     client = _researcher(jobs_url, api_key_file)
     answer = _call(client.result, job_id)
     if plot_out is not None and answer["has_plot"]:

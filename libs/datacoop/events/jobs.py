@@ -61,15 +61,20 @@ class JobLeased(Event):
     lease_id: str = Field(min_length=1, max_length=64)
     leased_at: UtcTime
     expires_at: UtcTime = Field(description="if no heartbeat comes before; each heartbeat extends it")
+    provider: Address | None = Field(None, description="the worker's provider: a job's runs go to distinct "
+                                                       "providers (absent in events written before it)")
 
 
 @event("datacoop.jobs.lease_expired", 1, topic=JOBS)
 class JobLeaseExpired(Event):
-    """The worker stopped heartbeating: the job goes back to the queue; its late result is ignored."""
+    """The lease ended without a result: the job goes back to the queue; its late result is ignored."""
 
     worker_id: WorkerId
     lease_id: str = Field(min_length=1, max_length=64)
     expired_at: UtcTime
+    reason: str | None = Field(None, max_length=64, description="silent (heartbeats stopped), given-back, "
+                                                                "re-registered, not-held (heartbeats stopped "
+                                                                "naming it) or too-long; absent in older events")
 
 
 @event("datacoop.jobs.progressed", 1, topic=JOBS)
@@ -94,6 +99,19 @@ class JobResultReported(Event):
     signature: HexSignature
     compute_ms: int = Field(ge=0)
     reported_at: UtcTime
+
+
+@event("datacoop.jobs.run_failed", 1, topic=JOBS)
+class JobRunFailed(Event):
+    """One run found the job can't run on its data (its parameters or data, not the worker). It counts as
+    one run: the job fails once enough runs agree on failing (redundancy 1: this one), and with
+    redundancy 2 a run that failed where another returned a result is a disagreement."""
+
+    worker_id: WorkerId
+    lease_id: str = Field(min_length=1, max_length=64)
+    provider: Address | None = None
+    detail: str = Field(max_length=2000)
+    failed_at: UtcTime
 
 
 @event("datacoop.jobs.completed", 1, topic=JOBS)

@@ -2,6 +2,8 @@
 
 Sums, means and variances are computed in float64 whatever the column type, so the NumPy and CuPy
 paths agree to about 1e-12 relative; quantiles use linear interpolation (NumPy's default).
+No statistic rests on fewer than `min_group_size` rows (disclosure.py): smaller groups, bins and
+columns are suppressed and counted in the result.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from services.worker.analytics.backend import backend_name, jsonable, to_numpy
-from services.worker.analytics.data import host_column, numeric_block
+from services.worker.analytics.data import MAX_SQUARABLE, host_column, numeric_block
 from services.worker.analytics.outcome import AnalysisOutcome, Progress
 from services.worker.analytics.plots import histogram_png
 from services.worker.analytics.validation import (
@@ -29,36 +31,44 @@ from services.worker.analytics.validation import (
     require_numeric,
     require_rows,
 )
+from services.worker.column_types import is_numeric
 
 MAX_GROUPS = 10_000
+MAX_HISTOGRAM_MAGNITUDE = 1e300  # beyond this, bin widths (high - low) overflow float64
 
 
 class DescribeParams(AnalysisParams):
     columns: list[str] = Field(min_length=1, max_length=256)
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_distinct(self.columns, "describe")
         require_numeric(schema, self.columns, "describe")
 
 
-def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: Progress,
+             min_group_size: int) -> AnalysisOutcome:
     """Per column: count (non-null), nulls, mean, std (ddof=1), min, quartiles, max.
 
-    Each column keeps all its own non-null rows (no listwise deletion across columns).
+    Each column keeps all its own non-null rows (no listwise deletion across columns). A column with
+    fewer than `min_group_size` values reports only its counts and is listed in `columns_suppressed`.
     """
     stats: dict[str, Any] = {}
+    suppressed: list[str] = []
     for i, column in enumerate(params.columns):
         x = xp.asarray(host_column(table, column, np.float64))
         x = x[xp.isfinite(x)]
         n = int(x.size)
         entry: dict[str, Any] = {"count": n, "nulls": table.num_rows - n}
-        if n:
+        if 0 < n < min_group_size:
+            suppressed.append(column)
+        elif n:
             q = xp.quantile(x, xp.asarray([0.0, 0.25, 0.5, 0.75, 1.0]))
             entry.update(mean=xp.mean(x), std=xp.std(x, ddof=1) if n > 1 else None,
                          min=q[0], q25=q[1], median=q[2], q75=q[3], max=q[4])
         stats[column] = entry
         progress((i + 1) / len(params.columns))
-    return AnalysisOutcome(jsonable({"backend": backend_name(xp), "rows": table.num_rows, "columns": stats}))
+    return AnalysisOutcome(jsonable({"backend": backend_name(xp), "rows": table.num_rows, "columns": stats,
+                                     "min_group_size": min_group_size, "columns_suppressed": suppressed}))
 
 
 AggregateFunction = Literal["count", "sum", "mean", "min", "max", "std"]
@@ -68,9 +78,16 @@ class AggregateParams(AnalysisParams):
     group_by: list[str] = Field(min_length=1, max_length=4)
     aggregates: dict[str, list[AggregateFunction]] = Field(min_length=1, max_length=64)
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_distinct(self.group_by, "group_by")
         require_columns(schema, self.group_by, "group_by")
+        for column in self.group_by:
+            kind = schema[column].lower()
+            if is_numeric(kind) and kind not in ("bool", "boolean") and "int" not in kind:
+                raise JobRefused(f"group_by column {column!r} is continuous ({kind}): its groups would be single "
+                                 f"rows, and groups under {min_group_size} rows are suppressed; group by a "
+                                 "categorical column (str, bool or int codes), or use histogram for its "
+                                 "distribution")
         require_numeric(schema, self.aggregates, "aggregated")
         for column, functions in self.aggregates.items():
             if not functions:
@@ -131,26 +148,41 @@ def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequ
 
 
 def aggregate(params: AggregateParams, table: pa.Table, xp: ModuleType,
-              progress: Progress) -> AnalysisOutcome:
+              progress: Progress, min_group_size: int) -> AnalysisOutcome:
     """Grouped count/sum/mean/min/max/std (ddof=1) per aggregated column, nulls skipped per column.
 
     Groups come sorted by key (nulls first per key column); a group with no value for a column
-    reports count 0 and None for the other functions.
+    reports count 0 and None for the other functions. Groups of fewer than `min_group_size` rows
+    are left out (counted in `groups_suppressed`, `rows_suppressed`); where a shown group has fewer
+    than `min_group_size` values of a column, that column's statistics other than count are None.
+    AnalysisFailed when every group is that small.
     """
     inverse, keys = _group_codes(table, params.group_by)
+    sizes = np.bincount(inverse, minlength=len(keys))
+    shown = sizes >= min_group_size
+    if not shown.any():
+        raise AnalysisFailed(f"every one of the {len(keys)} groups of {', '.join(params.group_by)} has fewer than "
+                             f"{min_group_size} rows, so all would be suppressed; group by fewer or coarser columns")
     groups = xp.asarray(inverse)
+    shown_index = np.flatnonzero(shown)
     columns: dict[str, Any] = {}
     for i, (column, functions) in enumerate(params.aggregates.items()):
         x = xp.asarray(host_column(table, column, np.float64))
-        columns[column] = {f: to_numpy(v) for f, v in _grouped(xp, x, groups, len(keys), functions).items()}
+        values = {f: to_numpy(v)[shown_index] for f, v in _grouped(xp, x, groups, len(keys),
+                                                                     [*functions, "count"]).items()}
+        few = values["count"] < min_group_size
+        columns[column] = {f: values[f] if f == "count" else np.where(few, np.nan, values[f]) for f in functions}
         progress((i + 1) / len(params.aggregates))
     return AnalysisOutcome(jsonable({"backend": backend_name(xp), "group_by": params.group_by,
-                                     "keys": keys, "aggregates": columns}))
+                                     "keys": [keys[g] for g in shown_index], "aggregates": columns,
+                                     "min_group_size": min_group_size,
+                                     "groups_suppressed": int((~shown).sum()),
+                                     "rows_suppressed": int(sizes[~shown].sum())}))
 
 
 class HistogramParams(AnalysisParams):
     column: str
-    bins: int | list[float] = 30
+    bins: StrictInt | list[float] = 30
     range: tuple[float, float] | None = None
 
     @field_validator("bins")
@@ -166,6 +198,9 @@ class HistogramParams(AnalysisParams):
                 raise ValueError("bin edges must be at least 2 finite, strictly increasing numbers")
             if len(bins) > 10_001:
                 raise ValueError("at most 10001 bin edges; use fewer bins")
+            if max(abs(bins[0]), abs(bins[-1])) > MAX_HISTOGRAM_MAGNITUDE:
+                raise ValueError(f"bin edges must lie within +-{MAX_HISTOGRAM_MAGNITUDE:.0e}; give edges that "
+                                 "span the column's values")
         return bins
 
     @model_validator(mode="after")
@@ -176,16 +211,26 @@ class HistogramParams(AnalysisParams):
                 raise ValueError(f"range {list(self.range)} must be two finite numbers with low < high")
             if isinstance(self.bins, list):
                 raise ValueError("give either bin edges or a range with a bin count, not both")
+            if max(abs(lo), abs(hi)) > MAX_HISTOGRAM_MAGNITUDE:
+                raise ValueError(f"range {list(self.range)} must lie within +-{MAX_HISTOGRAM_MAGNITUDE:.0e}; give "
+                                 "a range that spans the column's values")
+            if not bool((np.diff(np.linspace(lo, hi, self.bins + 1)) > 0).all()):
+                raise ValueError(f"range {list(self.range)} is too narrow for {self.bins} distinct bins at "
+                                 "float64 precision; widen the range or use fewer bins")
         return self
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_numeric(schema, [self.column], "histogram")
 
 
 def histogram(params: HistogramParams, table: pa.Table, xp: ModuleType,
-              progress: Progress) -> AnalysisOutcome:
+              progress: Progress, min_group_size: int) -> AnalysisOutcome:
     """Counts per bin, as numpy.histogram defines them (last bin closed); values outside the
-    range/edges are counted in `outside`, nulls in `nulls`. Without a range, min..max of the data."""
+    range/edges are counted in `outside`, nulls in `nulls`. Without a range, min..max of the data.
+
+    A bin holding 1 to min_group_size - 1 values reports None (`bins_suppressed`, `rows_suppressed`):
+    counts + outside + nulls + rows_suppressed = rows.
+    """
     x = xp.asarray(host_column(table, params.column, np.float64))
     x = x[xp.isfinite(x)]
     nulls = table.num_rows - int(x.size)
@@ -193,22 +238,33 @@ def histogram(params: HistogramParams, table: pa.Table, xp: ModuleType,
         raise AnalysisFailed(f"column {params.column!r} has no values; pick a column with data or give "
                              "a range")
     bins = xp.asarray(params.bins, dtype=xp.float64) if isinstance(params.bins, list) else params.bins
-    counts, edges = xp.histogram(x, bins=bins, range=params.range)
+    try:
+        with np.errstate(all="ignore"):  # overflowing spans raise below, as the job's fault
+            counts, edges = xp.histogram(x, bins=bins, range=params.range)
+    except (ValueError, FloatingPointError, OverflowError) as exc:
+        raise AnalysisFailed(f"column {params.column!r} cannot be binned as asked ({exc}); its values span more "
+                             "than float64 bins can hold: give a range or bin edges around the values of "
+                             "interest") from None
     counts_h, edges_h = to_numpy(counts), to_numpy(edges)
+    few = (counts_h > 0) & (counts_h < min_group_size)
+    shown = np.where(few, 0, counts_h)
     progress(1.0)
-    result = {"backend": backend_name(xp), "column": params.column, "edges": edges_h, "counts": counts_h,
-              "nulls": nulls, "outside": int(x.size) - int(counts_h.sum())}
-    return AnalysisOutcome(jsonable(result), histogram_png(edges_h, counts_h, params.column))
+    result = {"backend": backend_name(xp), "column": params.column, "edges": edges_h,
+              "counts": [None if hidden else int(c) for c, hidden in zip(counts_h, few, strict=True)],
+              "nulls": nulls, "outside": int(x.size) - int(counts_h.sum()),
+              "min_group_size": min_group_size, "bins_suppressed": int(few.sum()),
+              "rows_suppressed": int(counts_h[few].sum())}
+    return AnalysisOutcome(jsonable(result), histogram_png(edges_h, shown, params.column))
 
 
 class CorrelationParams(AnalysisParams):
     columns: list[str] = Field(min_length=2, max_length=256)
     method: Literal["pearson", "spearman"] = "pearson"
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_distinct(self.columns, "correlation")
         require_numeric(schema, self.columns, "correlation")
-        require_rows(n_rows, 2, "a correlation")
+        require_rows(n_rows, max(2, min_group_size), "a correlation")
 
 
 def average_ranks(xp: ModuleType, x: Any) -> Any:
@@ -225,12 +281,12 @@ def average_ranks(xp: ModuleType, x: Any) -> Any:
 
 
 def correlation(params: CorrelationParams, table: pa.Table, xp: ModuleType,
-                progress: Progress) -> AnalysisOutcome:
+                progress: Progress, min_group_size: int) -> AnalysisOutcome:
     """Pearson or Spearman correlation matrix over the rows complete in all columns (listwise).
 
     A constant column has undefined correlation: its row and column are None (diagonal too).
     """
-    block = numeric_block(table, params.columns, xp, min_rows=2)
+    block = numeric_block(table, params.columns, xp, min_rows=max(2, min_group_size), max_abs=MAX_SQUARABLE)
     x = block.values
     if params.method == "spearman":
         x = xp.stack([average_ranks(xp, x[:, j]) for j in range(x.shape[1])], axis=1)

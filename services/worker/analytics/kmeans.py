@@ -7,6 +7,8 @@ are float32 per chunk, accumulated in float64; inertia is float32 per row, summe
 Iteration and stopping rules follow scikit-learn's Lloyd: stop when no label changes or when the
 summed squared center shift falls below tol x mean feature variance; with the same initial
 centers both reach the same centers, and inertia agrees to ~1e-5 relative (float32 distances).
+Values beyond +-1e15 are refused (their float32 squared distances would overflow), and no cluster
+of fewer than `min_group_size` rows is reported (disclosure.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from services.worker.analytics.backend import backend_name, jsonable, to_numpy
 from services.worker.analytics.data import numeric_block
 from services.worker.analytics.outcome import AnalysisOutcome, Progress
 from services.worker.analytics.plots import sample_rows, scatter_png
 from services.worker.analytics.validation import (
+    AnalysisFailed,
     AnalysisParams,
     JobRefused,
     Schema,
@@ -35,22 +38,28 @@ from services.worker.analytics.validation import (
 # stay in cache (measured best around 2^16 on 2 cores), large on GPU so kernel launches amortize.
 CHUNK_ELEMENTS_CPU = 1 << 16
 CHUNK_ELEMENTS_GPU = 1 << 26
+MAX_ABS = 1e15  # 256 columns of squared differences up to (2e15)^2 stay below float32's 3.4e38
+MAX_K = 4096
 
 
 class KMeansParams(AnalysisParams):
     columns: list[str] = Field(min_length=1, max_length=256)
-    k: int
-    max_iter: int = Field(default=100, ge=1, le=1000)
-    tol: float = Field(default=1e-4, ge=0)
-    seed: int = Field(default=0, ge=0)
+    k: StrictInt
+    max_iter: StrictInt = Field(default=100, ge=1, le=1000)
+    tol: float = Field(default=1e-4, ge=0, allow_inf_nan=False)
+    seed: StrictInt = Field(default=0, ge=0)
     init: Literal["k-means++"] | list[list[float]] = "k-means++"
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_distinct(self.columns, "k-means")
         require_numeric(schema, self.columns, "k-means")
-        if not 1 <= self.k <= min(n_rows, 4096):
-            raise JobRefused(f"k={self.k} is out of range: use 1 <= k <= {min(n_rows, 4096)} "
-                             f"(the dataset has {n_rows} rows; at most 4096 clusters)")
+        most = min(n_rows // min_group_size, MAX_K)
+        if self.k < 1:
+            raise JobRefused(f"k={self.k} is out of range: use 1 <= k <= {most}")
+        if self.k > most:
+            raise JobRefused(f"k={self.k} is out of range: use 1 <= k <= {most} (the dataset has {n_rows} rows, "
+                             f"and a cluster must average at least {min_group_size} rows to be reported; "
+                             f"at most {MAX_K} clusters)")
         if isinstance(self.init, list) and (len(self.init) != self.k or
                                             any(len(c) != len(self.columns) for c in self.init) or
                                             not np.isfinite(np.asarray(self.init, dtype=float)).all()):
@@ -233,12 +242,15 @@ def lloyd(xp: ModuleType, xa: Any, init: Any, max_iter: int, tol: float,
     return centers, labels, inertia, iterations, converged
 
 
-def kmeans(params: KMeansParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+def kmeans(params: KMeansParams, table: pa.Table, xp: ModuleType, progress: Progress,
+           min_group_size: int) -> AnalysisOutcome:
     """k-means on the rows complete in `columns` (float32 distances, see module doc); returns
-    centers (column units), cluster sizes, inertia, iterations and convergence, and a scatter plot
-    of a 5,000-row sample on the first two columns. Per-row labels are not returned."""
-    block = numeric_block(table, params.columns, xp, dtype=np.float32, min_rows=params.k, order="F",
-                          constant_first=True)
+    centers (column units), cluster sizes, inertia, iterations and convergence, and a density plot
+    of a 5,000-row sample on the first two columns. Per-row labels are not returned, nor clusters of
+    fewer than `min_group_size` rows (counted in `clusters_suppressed`, `rows_suppressed`);
+    AnalysisFailed when every cluster is that small."""
+    block = numeric_block(table, params.columns, xp, dtype=np.float32, min_rows=max(params.k, min_group_size),
+                          order="F", constant_first=True, max_abs=MAX_ABS)
     x = block.values[:, 1:]
     rng = np.random.default_rng(params.seed)
     if isinstance(params.init, list):
@@ -248,6 +260,10 @@ def kmeans(params: KMeansParams, table: pa.Table, xp: ModuleType, progress: Prog
     fit = lloyd(xp, block.values, init, params.max_iter, params.tol, progress)
     centers, labels, inertia, iterations, converged = fit
     sizes = to_numpy(xp.bincount(labels, minlength=params.k))
+    shown = sizes >= min_group_size
+    if not shown.any():
+        raise AnalysisFailed(f"every one of the {params.k} clusters has fewer than {min_group_size} rows, so all "
+                             "would be suppressed; use a smaller k")
     centers_h = to_numpy(centers)
     sample = sample_rows(x.shape[0], 5000, params.seed)
     points = to_numpy(x[xp.asarray(sample)])
@@ -256,10 +272,10 @@ def kmeans(params: KMeansParams, table: pa.Table, xp: ModuleType, progress: Prog
         points, centers_plot = np.repeat(points, 2, axis=1), np.repeat(centers_h, 2, axis=1)
     else:
         centers_plot = centers_h[:, :2]
-    png = scatter_png(points[:, :2], to_numpy(labels[xp.asarray(sample)]), axes,
-                      f"k-means, k={params.k}", centers_plot)
+    png = scatter_png(points[:, :2], axes, f"k-means, k={params.k}", min_group_size, centers_plot[shown])
     progress(1.0)
-    result = {"backend": backend_name(xp), "columns": params.columns, "k": params.k, "centers": centers_h,
-              "sizes": sizes, "inertia": inertia, "iterations": iterations, "converged": converged,
-              "rows_used": int(x.shape[0]), "rows_dropped": block.rows_dropped}
+    result = {"backend": backend_name(xp), "columns": params.columns, "k": params.k, "centers": centers_h[shown],
+              "sizes": sizes[shown], "inertia": inertia, "iterations": iterations, "converged": converged,
+              "rows_used": int(x.shape[0]), "rows_dropped": block.rows_dropped, "min_group_size": min_group_size,
+              "clusters_suppressed": int((~shown).sum()), "rows_suppressed": int(sizes[~shown].sum())}
     return AnalysisOutcome(jsonable(result), png)

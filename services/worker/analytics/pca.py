@@ -11,10 +11,10 @@ from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from services.worker.analytics.backend import backend_name, jsonable, to_numpy
-from services.worker.analytics.data import numeric_block
+from services.worker.analytics.data import MAX_SQUARABLE, numeric_block
 from services.worker.analytics.outcome import AnalysisOutcome, Progress
 from services.worker.analytics.plots import pca_png, sample_rows
 from services.worker.analytics.validation import (
@@ -29,8 +29,8 @@ from services.worker.analytics.validation import (
 
 class PcaParams(AnalysisParams):
     columns: list[str] = Field(min_length=1, max_length=512)
-    n_components: int | None = Field(default=None, ge=1)
-    standardize: bool = False
+    n_components: StrictInt | None = Field(default=None, ge=1)
+    standardize: StrictBool = False
 
     @model_validator(mode="after")
     def _components_fit(self) -> PcaParams:
@@ -39,19 +39,20 @@ class PcaParams(AnalysisParams):
                              "ask for at most one component per column")
         return self
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_distinct(self.columns, "PCA")
         require_numeric(schema, self.columns, "PCA")
-        require_rows(n_rows, 2, "PCA")
+        require_rows(n_rows, max(2, min_group_size), "PCA")
         if self.n_components is not None and self.n_components > n_rows:
             raise JobRefused(f"n_components={self.n_components} exceeds the {n_rows} rows; ask for fewer")
 
 
-def pca(params: PcaParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+def pca(params: PcaParams, table: pa.Table, xp: ModuleType, progress: Progress,
+        min_group_size: int) -> AnalysisOutcome:
     """Components, explained variance (ddof=1) and its ratio, column means (and scales when
     `standardize`, which divides each centered column by its ddof=1 standard deviation), plus a
     scree/score plot of a 5,000-row sample."""
-    block = numeric_block(table, params.columns, xp, min_rows=2)
+    block = numeric_block(table, params.columns, xp, min_rows=max(2, min_group_size), max_abs=MAX_SQUARABLE)
     x = block.values
     n, p = x.shape
     mean = x.mean(axis=0)
@@ -80,4 +81,4 @@ def pca(params: PcaParams, table: pa.Table, xp: ModuleType, progress: Progress) 
               "explained_variance_ratio": ratio, "mean": to_numpy(mean),
               "scale": to_numpy(scale) if params.standardize else None,
               "rows_used": n, "rows_dropped": block.rows_dropped}
-    return AnalysisOutcome(jsonable(result), pca_png(ratio, scores))
+    return AnalysisOutcome(jsonable(result), pca_png(ratio, scores, min_group_size))

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictInt
 
 from services.worker.analytics.backend import backend_name, jsonable, to_numpy
-from services.worker.analytics.data import numeric_block
+from services.worker.analytics.data import MAX_SQUARABLE, numeric_block
 from services.worker.analytics.outcome import AnalysisOutcome, Progress
 from services.worker.analytics.validation import (
     AnalysisFailed,
@@ -35,19 +35,20 @@ CHUNK_BYTES_GPU = 1 << 30  # on GPU, few large chunks: kernel launches amortize
 class RegressionParams(AnalysisParams):
     y: str
     x: list[str] = Field(min_length=1, max_length=512)
-    intercept: bool = True
+    intercept: StrictBool = True
 
     @property
     def names(self) -> list[str]:
         return (["const"] if self.intercept else []) + list(self.x)
 
-    def check(self, schema: Schema, n_rows: int) -> None:
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
         require_numeric(schema, [self.y], "outcome (y)")
         require_distinct(self.x, "predictor (x)")
         require_numeric(schema, self.x, "predictor (x)")
         if self.y in self.x:
             raise JobRefused(f"column {self.y!r} is both the outcome and a predictor; remove it from x")
-        require_rows(n_rows, len(self.names) + 1, f"a regression on {len(self.names)} coefficients")
+        require_rows(n_rows, max(len(self.names) + 1, min_group_size),
+                     f"a regression on {len(self.names)} coefficients")
 
 
 class OlsParams(RegressionParams):
@@ -55,14 +56,16 @@ class OlsParams(RegressionParams):
 
 
 class LogisticParams(RegressionParams):
-    max_iter: int = Field(default=50, ge=1, le=1000)
-    tol: float = Field(default=1e-8, gt=0, le=1e-2)
+    max_iter: StrictInt = Field(default=50, ge=1, le=1000)
+    tol: float = Field(default=1e-8, gt=0, le=1e-2, allow_inf_nan=False)
 
 
-def _design(params: RegressionParams, table: pa.Table, xp: ModuleType) -> tuple[Any, Any, int]:
-    """Design matrix (column-major, intercept first when asked), outcome, rows dropped."""
-    block = numeric_block(table, [*params.x, params.y], xp, min_rows=len(params.names) + 1, order="F",
-                          constant_first=params.intercept)
+def _design(params: RegressionParams, table: pa.Table, xp: ModuleType,
+            min_group_size: int) -> tuple[Any, Any, int]:
+    """Design matrix (column-major, intercept first when asked), outcome, rows dropped; values beyond
+    MAX_SQUARABLE are refused (X'X would overflow and read as collinear)."""
+    block = numeric_block(table, [*params.x, params.y], xp, min_rows=max(len(params.names) + 1, min_group_size),
+                          order="F", constant_first=params.intercept, max_abs=MAX_SQUARABLE)
     return block.values[:, :-1], block.values[:, -1], block.rows_dropped
 
 
@@ -124,13 +127,14 @@ def _table(names: list[str], coef: np.ndarray, se: np.ndarray, stat: np.ndarray,
             "conf_int_95": np.stack([coef - crit * se, coef + crit * se], axis=1)}
 
 
-def ols(params: OlsParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+def ols(params: OlsParams, table: pa.Table, xp: ModuleType, progress: Progress,
+        min_group_size: int) -> AnalysisOutcome:
     """OLS by normal equations in float64; bse = sqrt(diag(s^2 (X'X)^-1)), s^2 = SSR / (n - p).
 
     R^2 is centered with an intercept and uncentered without one (as statsmodels does).
     Raises AnalysisFailed for collinear predictors.
     """
-    x, y, dropped = _design(params, table, xp)
+    x, y, dropped = _design(params, table, xp, min_group_size)
     n, p = x.shape
     gram = x.T @ x
     _require_full_rank(xp, gram, params.names)
@@ -203,14 +207,15 @@ def _newton_step(xp: ModuleType, info: Any, grad: Any, params: LogisticParams) -
     return step
 
 
-def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: Progress) -> AnalysisOutcome:
+def logistic(params: LogisticParams, table: pa.Table, xp: ModuleType, progress: Progress,
+             min_group_size: int) -> AnalysisOutcome:
     """Unpenalized logistic regression by Newton-Raphson with step halving; y must be 0/1.
 
     Converged when the largest coefficient change is below `tol`. bse = sqrt(diag((X'WX)^-1)) at the
     estimate. Raises AnalysisFailed when y is not binary, the predictors are collinear, or the fit
     does not converge within max_iter (typically perfect separation).
     """
-    x, y, dropped = _design(params, table, xp)
+    x, y, dropped = _design(params, table, xp, min_group_size)
     n, p = x.shape
     if bool(((y != 0) & (y != 1)).any()):
         raise AnalysisFailed(f"outcome {params.y!r} must be 0/1 for logistic regression; recode it")

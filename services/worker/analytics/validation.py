@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from services.worker.column_types import NUMERIC_TYPES, is_numeric, numeric_columns
 
 __all__ = ["NUMERIC_TYPES", "AnalysisFailed", "AnalysisParams", "JobRefused", "Schema", "require_columns",
-           "require_distinct", "require_numeric", "require_rows"]
+           "require_distinct", "require_numeric", "require_rows", "require_version_rows"]
 
 Schema = Mapping[str, str]
 
@@ -31,8 +31,9 @@ class AnalysisParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def check(self, schema: Schema, n_rows: int) -> None:
-        """Raise JobRefused when the parameters don't fit this dataset (columns, sizes)."""
+    def check(self, schema: Schema, n_rows: int, min_group_size: int) -> None:
+        """Raise JobRefused when the parameters don't fit this dataset (columns, sizes), or could only
+        give groups of fewer than `min_group_size` rows (see disclosure.py)."""
 
 
 def _known(schema: Schema) -> str:
@@ -74,3 +75,12 @@ def require_rows(n_rows: int, needed: int, why: str) -> None:
     if n_rows < needed:
         raise JobRefused(f"{why} needs at least {needed} rows but the dataset has {n_rows}; "
                          "use a larger dataset version or fewer parameters")
+
+
+def require_version_rows(n_rows: int, min_group_size: int) -> None:
+    """A version with no rows, or fewer than any result may rest on, supports no analysis at all."""
+    if n_rows == 0:
+        raise JobRefused("the dataset version has no rows; choose a version with data")
+    if n_rows < min_group_size:
+        raise JobRefused(f"the dataset version has {n_rows} rows, fewer than the {min_group_size} any result "
+                         "must rest on (no individual rows are disclosed); choose a larger version")

@@ -13,6 +13,7 @@ from datacoop.events.jobs import (
     JobLeased,
     JobLeaseExpired,
     JobResultReported,
+    JobRunFailed,
     WorkerMarked,
     WorkerRegistered,
 )
@@ -36,12 +37,13 @@ def when(job: domain.Job, cmd: domain.Command) -> list[Event]:
     return domain.decide(cmd, job, NOW)
 
 
-def lease(worker: str) -> JobLeased:
-    return JobLeased(worker_id=worker, lease_id=f"l-{worker}", leased_at=NOW, expires_at=NOW)
+def lease(worker: str, provider: str | None = None) -> JobLeased:
+    return JobLeased(worker_id=worker, lease_id=f"l-{worker}", leased_at=NOW, expires_at=NOW,
+                     provider=provider or PROVIDERS.get(worker))
 
 
 def report_cmd(worker: str, result: dict = RESULT) -> domain.ReportResult:  # type: ignore[type-arg]
-    return domain.ReportResult(worker, f"l-{worker}", PROVIDERS[worker], result, None,
+    return domain.ReportResult(worker, f"l-{worker}", PROVIDERS.get(worker) or PROVIDERS[worker[0]], result, None,
                                domain.result_hash(result, None), "0x" + "00" * 65, 3)
 
 
@@ -100,7 +102,7 @@ def test_disagreement_calls_a_third_run_and_the_minority_is_marked() -> None:
     history += reported(given(history, redundancy=2), "a")
     job = given(history, redundancy=2)
     assert job.status == "running" and job.runs_needed == 3 and job.open_slots == 1
-    assert not job.may_lease_to("bad") and job.may_lease_to("c")
+    assert not job.may_lease_to("bad") and job.may_lease_to("c", PROVIDERS["c"])
     history += [lease("c")]
     events = reported(given(history, redundancy=2), "c")
     assert [type(e) for e in events] == [JobResultReported, JobCompleted, WorkerMarked]
@@ -150,7 +152,7 @@ def test_a_lease_given_back_reopens_the_job_instead_of_failing_it() -> None:
     assert [type(e) for e in events] == [JobLeaseExpired]
     job = given([*history, *events], redundancy=2)
     assert job.status == "running" and job.failure is None and job.open_slots == 1
-    assert job.may_lease_to("c") and not job.may_lease_to("a")
+    assert job.may_lease_to("c", PROVIDERS["c"]) and not job.may_lease_to("a", PROVIDERS["a"])
     with pytest.raises(domain.JobRefusal) as late:
         reported(job, "b")
     assert late.value.kind == "gone"
@@ -165,7 +167,7 @@ def test_a_job_no_worker_can_run_fails_once_enough_leases_came_back_empty() -> N
     failed = history[-1]
     assert isinstance(failed, JobFailed)
     assert failed.detail.startswith("no worker could run this job: 3 leases ended without a result")
-    assert "c: the file is not readable from here" in failed.detail
+    assert "the last worker said: c: the file is not readable from here" in failed.detail
     assert given(history).status == "failed"
 
 
@@ -177,3 +179,85 @@ def test_only_a_live_lease_can_be_given_back() -> None:
     with pytest.raises(domain.JobRefusal) as unknown:
         released(given([lease("a")]), "b")
     assert unknown.value.kind == "not_found"
+
+
+# -- stranded leases, distinct providers, failures under redundancy (adversarial findings) ---------------
+def test_expired_leases_count_towards_failing_a_job_every_worker_strands() -> None:
+    history: list[Event] = []
+    for worker in ["a", "b", "c"]:
+        history += [lease(worker)]
+        history += when(given(history), domain.ExpireLease(f"l-{worker}", "silent"))
+    ended, failed = history[-2:]
+    assert isinstance(ended, JobLeaseExpired) and ended.reason == "silent"
+    assert isinstance(failed, JobFailed) and "3 leases ended without a result" in failed.detail
+    assert "its worker went silent" in failed.detail
+
+
+def test_a_provider_runs_a_job_once_whatever_its_worker_ids() -> None:
+    job = given([lease("a")], redundancy=2)
+    assert not job.may_lease_to("a2", PROVIDERS["a"]), "another worker id of the same provider"
+    assert not job.may_lease_to("a2", PROVIDERS["a"].upper().replace("0X", "0x"))
+    assert when(job, domain.GrantLease("a2", "l-a2", 5, PROVIDERS["a"])) == []
+    assert [type(e) for e in when(job, domain.GrantLease("b", "l-b", 5, PROVIDERS["b"]))] == [JobLeased]
+    # a report of the same provider on an old lease (granted before leases named providers) is refused
+    old = given([lease("a"), JobLeased(worker_id="a2", lease_id="l-a2", leased_at=NOW, expires_at=NOW)],
+                redundancy=2)
+    old = given([lease("a"), JobLeased(worker_id="a2", lease_id="l-a2", leased_at=NOW, expires_at=NOW),
+                 *reported(old, "a")], redundancy=2)
+    with pytest.raises(domain.JobRefusal, match="distinct providers"):
+        when(old, report_cmd("a2"))
+
+
+def test_agreeing_results_of_one_provider_complete_nothing() -> None:
+    job = given([lease("a"), lease("a2", PROVIDERS["a"])], redundancy=2)
+    first = domain.evolve(job, reported(job, "a")[0])
+    second = JobResultReported(worker_id="a2", lease_id="l-a2", provider=PROVIDERS["a"], result=RESULT,
+                               result_sha256=domain.result_hash(RESULT, None), signature="0x" + "00" * 65,
+                               compute_ms=1, reported_at=NOW)
+    assert domain.verdict(domain.evolve(first, second), NOW) == [], "one provider does not check itself"
+
+
+def test_marks_and_exclusion_apply_to_the_provider() -> None:
+    reg = WorkerRegistered(worker_id="w1", provider=PROVIDERS["bad"], backend="numpy", cpu_cores=1, memory_bytes=0,
+                           issued_at=1, signature="0x" + "00" * 65, registered_at=NOW)
+    marked = domain.evolve_worker(domain.evolve_worker(domain.Worker("w1"), reg),
+                                  WorkerMarked(worker_id="w1", job_id="j", result_sha256="0" * 64,
+                                               accepted_sha256="1" * 64, marked_at=NOW))
+    fresh = domain.evolve_worker(domain.Worker("w2"), reg.model_copy(update={"worker_id": "w2"}))
+    marks = domain.provider_marks([marked, fresh], PROVIDERS["bad"].upper().replace("0X", "0x"))
+    assert marks == 1
+    assert fresh.eligible(1) and not fresh.eligible(1, marks), "a new worker id of a marked provider is excluded"
+
+
+def failed_run(job: domain.Job, worker: str, detail: str = "predictors are collinear") -> list[Event]:
+    return when(job, domain.ReportFailure(worker, f"l-{worker}", detail))
+
+
+def test_a_failure_fails_a_plain_job() -> None:
+    events = failed_run(given([lease("a")]), "a")
+    assert [type(e) for e in events] == [JobRunFailed, JobFailed]
+    assert events[1].detail == "predictors are collinear"  # type: ignore[attr-defined]
+
+
+def test_a_failure_does_not_override_another_workers_result_it_calls_a_third_run() -> None:
+    history: list[Event] = [lease("a"), lease("b")]
+    history += reported(given(history, redundancy=2), "a")
+    events = failed_run(given(history, redundancy=2), "b")
+    assert [type(e) for e in events] == [JobRunFailed]
+    history += events
+    job = given(history, redundancy=2)
+    assert job.status == "running" and job.runs_needed == 3 and job.open_slots == 1
+    assert job.may_lease_to("c", PROVIDERS["c"]) and not job.may_lease_to("b", PROVIDERS["b"])
+    history += [lease("c")]
+    done = reported(given(history, redundancy=2), "c")
+    assert [type(e) for e in done] == [JobResultReported, JobCompleted]
+    assert done[1].workers == ["a", "c"]  # type: ignore[attr-defined]
+
+
+def test_two_providers_agreeing_on_failing_fail_a_redundant_job() -> None:
+    history: list[Event] = [lease("a"), lease("b")]
+    history += failed_run(given(history, redundancy=2), "a")
+    assert given(history, redundancy=2).status == "running"
+    events = failed_run(given(history, redundancy=2), "b")
+    assert [type(e) for e in events] == [JobRunFailed, JobFailed]
+    assert events[1].reason == "analysis-failed"  # type: ignore[attr-defined]

@@ -132,7 +132,7 @@ def test_registration_is_retried_while_the_service_is_unreachable_or_not_ready(
 
 
 def test_a_job_that_does_not_fit_its_data_fails_and_a_worker_fault_gives_the_lease_back(tmp_path: Path) -> None:
-    table = pa.table({"age": [30.0, 40.0, 50.0], "region": ["n", "s", "n"]})
+    table = pa.table({"age": [float(a) for a in range(30, 50)], "region": ["n", "s"] * 10})  # over the minimum group
     session = FakeSession()
     worker = make_worker(tmp_path, session)
     worker.run_job(offer_on(tmp_path, table, "histogram", {"column": "region"}))

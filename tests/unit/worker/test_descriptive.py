@@ -45,7 +45,7 @@ def test_grouped_aggregates_match_pandas(mixed_table: pa.Table) -> None:
 def test_a_group_without_values_reports_zero_count_and_none() -> None:
     table = pa.table({"g": ["x", "x", "y"], "v": pa.array([1.0, 3.0, None])})
     params = {"group_by": ["g"], "aggregates": {"v": ["count", "min", "max", "std"]}}
-    result = run_analysis("aggregate", params, table).result
+    result = run_analysis("aggregate", params, table, min_group_size=1).result
     assert result["keys"] == [["x"], ["y"]]
     assert result["aggregates"]["v"] == {"count": [2, 0], "min": [1.0, None], "max": [3.0, None],
                                          "std": [pytest.approx(np.sqrt(2.0)), None]}
@@ -53,13 +53,14 @@ def test_a_group_without_values_reports_zero_count_and_none() -> None:
 
 def test_null_group_keys_form_their_own_group() -> None:
     table = pa.table({"g": pa.array(["x", None, "x", None]), "v": [1.0, 2.0, 3.0, 4.0]})
-    result = run_analysis("aggregate", {"group_by": ["g"], "aggregates": {"v": ["sum"]}}, table).result
+    result = run_analysis("aggregate", {"group_by": ["g"], "aggregates": {"v": ["sum"]}}, table,
+                          min_group_size=1).result
     assert dict(zip([k[0] for k in result["keys"]], result["aggregates"]["v"]["sum"], strict=True)) == {
         "x": 4.0, None: 6.0}
 
 
 def test_histogram_matches_numpy_and_draws_a_png(mixed_table: pa.Table) -> None:
-    outcome = run_analysis("histogram", {"column": "b", "bins": 12}, mixed_table)
+    outcome = run_analysis("histogram", {"column": "b", "bins": 12}, mixed_table, min_group_size=1)
     counts, edges = np.histogram(mixed_table.column("b").to_numpy(), bins=12)
     assert outcome.result["counts"] == counts.tolist()
     assert outcome.result["edges"] == pytest.approx(edges.tolist(), rel=RTOL)
@@ -68,7 +69,7 @@ def test_histogram_matches_numpy_and_draws_a_png(mixed_table: pa.Table) -> None:
 
 def test_histogram_with_edges_counts_what_falls_outside() -> None:
     table = pa.table({"v": pa.array([0.5, 1.5, 2.0, 9.0, None])})
-    result = run_analysis("histogram", {"column": "v", "bins": [0, 1, 2]}, table).result
+    result = run_analysis("histogram", {"column": "v", "bins": [0, 1, 2]}, table, min_group_size=1).result
     assert result["counts"] == [1, 2] and result["outside"] == 1 and result["nulls"] == 1
 
 
@@ -77,7 +78,8 @@ def test_histogram_with_edges_counts_what_falls_outside() -> None:
        st.integers(1, 20))
 def test_histogram_accounts_for_every_row(values: list[float | None], bins: int) -> None:
     table = pa.table({"v": pa.array(values, type=pa.float64())})
-    result = run_analysis("histogram", {"column": "v", "bins": bins, "range": [-1e5, 1e5]}, table).result
+    result = run_analysis("histogram", {"column": "v", "bins": bins, "range": [-1e5, 1e5]}, table,
+                          min_group_size=1).result
     assert sum(result["counts"]) + result["outside"] + result["nulls"] == len(values)
 
 
@@ -95,12 +97,13 @@ def test_correlation_matches_scipy(mixed_table: pa.Table, method: str) -> None:
 
 def test_spearman_ranks_ties_by_their_average() -> None:
     table = pa.table({"u": [1, 2, 2, 3, 3, 3], "v": [6.0, 5.0, 5.0, 1.0, 2.0, 2.0]})
-    result = run_analysis("correlation", {"columns": ["u", "v"], "method": "spearman"}, table).result
+    result = run_analysis("correlation", {"columns": ["u", "v"], "method": "spearman"}, table,
+                          min_group_size=1).result
     assert result["matrix"][0][1] == pytest.approx(stats.spearmanr([1, 2, 2, 3, 3, 3],
                                                                    [6, 5, 5, 1, 2, 2]).statistic, rel=1e-12)
 
 
 def test_constant_column_has_undefined_correlation() -> None:
     table = pa.table({"u": [1.0, 2.0, 3.0], "k": [5.0, 5.0, 5.0]})
-    result = run_analysis("correlation", {"columns": ["u", "k"]}, table).result
+    result = run_analysis("correlation", {"columns": ["u", "k"]}, table, min_group_size=1).result
     assert result["matrix"] == [[1.0, None], [None, None]]

@@ -75,7 +75,7 @@ def test_kmeans_plusplus_picks_distinct_rows() -> None:
 
 def test_kmeans_drops_incomplete_rows() -> None:
     table = pa.table({"u": pa.array([0.0, 0.1, None, 10.0, 10.2]), "v": [0.0, 0.0, 1.0, 1.0, 1.0]})
-    result = run_analysis("kmeans", {"columns": ["u", "v"], "k": 2}, table).result
+    result = run_analysis("kmeans", {"columns": ["u", "v"], "k": 2}, table, min_group_size=1).result
     assert result["rows_used"] == 4 and result["rows_dropped"] == 1 and sorted(result["sizes"]) == [2, 2]
 
 

@@ -31,7 +31,7 @@ SCHEMA = {"age": "int", "income": "float", "region": "str", "smoker": "bool"}
 ])
 def test_bad_jobs_are_refused_with_a_clear_reason(name: str, params: dict, expected: str) -> None:
     with pytest.raises(JobRefused, match=None) as refused:
-        validate_job(name, params, SCHEMA, n_rows=10)
+        validate_job(name, params, SCHEMA, n_rows=100)
     assert expected in str(refused.value)
 
 
@@ -43,7 +43,7 @@ def test_refusal_lists_the_numeric_columns_to_choose_from() -> None:
 
 def test_a_regression_needs_more_rows_than_coefficients() -> None:
     with pytest.raises(JobRefused, match="needs at least 4 rows"):
-        validate_job("ols", {"y": "income", "x": ["age", "smoker"]}, SCHEMA, n_rows=3)
+        validate_job("ols", {"y": "income", "x": ["age", "smoker"]}, SCHEMA, n_rows=3, min_group_size=1)
 
 
 def test_run_refuses_before_computing_anything() -> None:
@@ -60,5 +60,5 @@ def test_schema_is_derived_from_the_arrow_table(mixed_table: pa.Table) -> None:
 
 
 def test_valid_job_parses_into_typed_params() -> None:
-    parsed = validate_job("kmeans", {"columns": ["age", "income"], "k": 3}, SCHEMA, n_rows=10)
+    parsed = validate_job("kmeans", {"columns": ["age", "income"], "k": 3}, SCHEMA, n_rows=30)
     assert parsed.k == 3 and parsed.init == "k-means++"  # type: ignore[attr-defined]
