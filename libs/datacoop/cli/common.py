@@ -87,6 +87,17 @@ def checked_url(value: str, where: str) -> str:
     return value.rstrip("/")
 
 
+def service_at(url: str) -> str | None:
+    """The service name a datacoop service at `url` gives in its GET /healthz; None where none answers so
+    (to tell a user who passed another service's URL which one it is)."""
+    try:
+        doc = httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    service = doc.get("service") if isinstance(doc, dict) else None
+    return service if isinstance(service, str) else None
+
+
 def service_url(name: str, given: str | None) -> str:
     """--<name>-url (--market-url), else DATACOOP_<NAME>_URL, else the running stack (var/run/stack.json)."""
     option = _URL_OPTION.get(name, f"--{name}-url")

@@ -35,6 +35,7 @@ from datacoop.cli.common import (
     print_table,
     read_key,
     read_text_file,
+    service_at,
     service_url,
     wallet_address,
 )
@@ -98,23 +99,13 @@ def _call_at(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:
-        if exc.status in (404, 405) and (service := _answers_as(url)) != "marketplace":
+        if exc.status in (404, 405) and (service := service_at(url)) != "marketplace":
             _not_the_marketplace(url, service)
         return _call(_raise, exc)
 
 
 def _raise(exc: Exception) -> NoReturn:
     raise exc
-
-
-def _answers_as(url: str) -> str | None:
-    """The service name a datacoop service at `url` gives in its GET /healthz; None where none answers so."""
-    try:
-        doc = httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    service = doc.get("service") if isinstance(doc, dict) else None
-    return service if isinstance(service, str) else None
 
 
 def _not_the_marketplace(url: str, service: str | None) -> NoReturn:
@@ -126,7 +117,7 @@ def _not_the_marketplace(url: str, service: str | None) -> NoReturn:
 def _shaped(url: str, data: Any, *keys: str) -> Any:
     """`data` when it is an object with `keys`: an answer without them is not the marketplace's."""
     if not isinstance(data, dict) or any(k not in data for k in keys):
-        _not_the_marketplace(url, _answers_as(url))
+        _not_the_marketplace(url, service_at(url))
     return data
 
 
@@ -322,7 +313,7 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     url = service_url("marketplace", market_url)
     orders = _call_at(url, _client(url, api_key_file).orders)
     if not isinstance(orders, list) or any(not isinstance(o, dict) or "order_id" not in o for o in orders):
-        _not_the_marketplace(url, _answers_as(url))
+        _not_the_marketplace(url, service_at(url))
     for o in orders:
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 
 from datacoop.cli import stack as stack_mod
-from datacoop.cli.common import console, err, fail, read_key, service_url
+from datacoop.cli.common import console, err, fail, read_key, service_at, service_url
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
 from services.vault.client import VaultClient
@@ -92,11 +92,11 @@ def contribute(
         try:
             client = VaultClient(key, url)  # asks GET /eip712
         except (ValueError, KeyError, TypeError):  # a 200 that is not a datacoop service's EIP-712 domain
-            _not_the_vault(url, _answers_as(url))
+            _not_the_vault(url, service_at(url))
         body = json.dumps(client.contribute_body(category, content, upload_format)).encode()
         result = _retrying_not_ready(lambda: _upload(client, body))
     except ApiError as exc:
-        if exc.status in (404, 405) and (service := _answers_as(url)) != "vault":
+        if exc.status in (404, 405) and (service := service_at(url)) != "vault":
             _not_the_vault(url, service)
         _refused(exc, file)
     except httpx.HTTPError as exc:
@@ -122,16 +122,6 @@ def _retrying_not_ready(upload: Callable[[], dict[str, Any]]) -> dict[str, Any]:
                           f"for up to {RETRY_FOR_S:.0f} s", markup=False, highlight=False, soft_wrap=True)
                 said = True
             time.sleep(min(2.0, max(0.5, float(exc.problem.get("retry_after_s") or 1))))
-
-
-def _answers_as(url: str) -> str | None:
-    """The service name a datacoop service at `url` gives in its GET /healthz; None where none answers so."""
-    try:
-        doc = httpx.get(url.rstrip("/") + "/healthz", timeout=5).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    service = doc.get("service") if isinstance(doc, dict) else None
-    return service if isinstance(service, str) else None
 
 
 def _not_the_vault(url: str, service: str | None) -> NoReturn:

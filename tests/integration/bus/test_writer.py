@@ -256,6 +256,43 @@ async def test_the_reader_in_the_writers_process_passes_over_its_events_but_read
             ("acct", 10), ("other", 100)]
 
 
+async def _service(broker: Broker, pub: Publisher, store: ProjectionStore, topic: str) -> tuple[ConsumerRunner, Writer]:
+    """A writer and its reader in one process, as a service runs them; the reader caught up."""
+    runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                            consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
+                            writes_topics=frozenset([topic]))
+    writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t", reader=runner)
+    runner.add_listener(writer.observe)
+    await runner.start()
+    runner.run_in_background()
+    await runner.caught_up.wait()
+    return runner, writer
+
+
+def _lose_the_first_ack(pub: Publisher) -> list[Any]:
+    """The first request's events land, but its caller hears a timeout (a lost ack); returns what it lost."""
+    submit, lost = pub.submit, []
+
+    def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
+        def lose(outcome: Any) -> None:
+            lost.append(outcome)
+            assert then is not None
+            then(KafkaError("the ack was lost"))
+        return submit(topic, envelopes, then=lose if not lost else then)
+
+    pub.submit = ack_lost  # type: ignore[method-assign]
+    return lost
+
+
+def _retry_unless_recorded(store: ProjectionStore, seen: list[Any]) -> Callable[[], list[AmountRecorded]]:
+    """A command that records 7 units for 'acct' unless its state already holds them ("already recorded"),
+    noting in `seen` the state it decided on."""
+    def retry() -> list[AmountRecorded]:
+        seen.append(store.conn.execute("SELECT total_units FROM totals WHERE subject = 'acct'").fetchone())
+        return [] if seen[-1] is not None else [AmountRecorded(amount_units=7)]
+    return retry
+
+
 async def test_after_a_lost_ack_the_next_command_decides_on_state_holding_what_landed(
         broker: Broker, prefix: str) -> None:
     """A publish whose ack is lost fails the command though its event is in the log. A retry decided at once,
@@ -264,32 +301,12 @@ async def test_after_a_lost_ack_the_next_command_decides_on_state_holding_what_l
     topic = await ledger_topic(broker, prefix, 2)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
-                                consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
-                                writes_topics=frozenset([topic]))
-        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t",
-                        reader=runner)
-        runner.add_listener(writer.observe)
-        await runner.start()
-        runner.run_in_background()
-        await runner.caught_up.wait()
-        submit, lost = pub.submit, []
-
-        def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
-            def lose(outcome: Any) -> None:  # the events landed; the writer hears a timeout
-                lost.append(outcome)
-                assert then is not None
-                then(KafkaError("the ack was lost"))
-            return submit(topic, envelopes, then=lose if not lost else then)
-
-        pub.submit = ack_lost  # type: ignore[method-assign]
+        runner, writer = await _service(broker, pub, store, topic)
+        lost = _lose_the_first_ack(pub)
         with pytest.raises(KafkaError, match="the ack was lost"):
             await writer.execute("acct", lambda: [AmountRecorded(amount_units=7)])
         seen: list[Any] = []
-
-        def retry() -> list[AmountRecorded]:
-            seen.append(store.conn.execute("SELECT total_units FROM totals WHERE subject = 'acct'").fetchone())
-            return [] if seen[-1] is not None else [AmountRecorded(amount_units=7)]  # "already recorded"
+        retry = _retry_unless_recorded(store, seen)
 
         assert await writer.execute("acct", retry) == []
         await runner.stop()
@@ -309,15 +326,7 @@ async def test_while_the_reader_cannot_fetch_a_retry_after_a_lost_ack_waits_then
     topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     async with Publisher(broker.bootstrap) as pub:
-        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
-                                consumer_name="svc", dlq_publisher=pub, registry=LEDGER_REGISTRY,
-                                writes_topics=frozenset([topic]))
-        writer = Writer(store=store, publisher=pub, projection=LedgerProjection(), topic=topic, source="t",
-                        reader=runner)
-        runner.add_listener(writer.observe)
-        await runner.start()
-        runner.run_in_background()
-        await runner.caught_up.wait()
+        runner, writer = await _service(broker, pub, store, topic)
         client, cut_off = runner._kafka._client, [True]
         send = client.send
 
@@ -328,23 +337,11 @@ async def test_while_the_reader_cannot_fetch_a_retry_after_a_lost_ack_waits_then
 
         client.send = unreachable_for_fetches
         await asyncio.sleep(1.0)  # the fetch in flight has come back; no new one is answered
-        submit, lost = pub.submit, []
-
-        def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
-            def lose(outcome: Any) -> None:
-                lost.append(outcome)
-                assert then is not None
-                then(KafkaError("the ack was lost"))
-            return submit(topic, envelopes, then=lose if not lost else then)
-
-        pub.submit = ack_lost  # type: ignore[method-assign]
+        _lose_the_first_ack(pub)
         with pytest.raises(KafkaError, match="the ack was lost"):
             await writer.execute("acct", lambda: [AmountRecorded(amount_units=7)])
         seen: list[Any] = []
-
-        def retry() -> list[AmountRecorded]:
-            seen.append(store.conn.execute("SELECT total_units FROM totals WHERE subject = 'acct'").fetchone())
-            return [] if seen[-1] is not None else [AmountRecorded(amount_units=7)]
+        retry = _retry_unless_recorded(store, seen)
 
         with pytest.raises(EarlierWriteUnsettled, match="nothing of this request was written"):
             await writer.execute("acct", retry)
