@@ -176,7 +176,7 @@ def test_settlement_commands_without_settlement_print_one_line(no_stack: Path, a
 @pytest.mark.parametrize(("args", "service", "option"), [
     (["catalog"], "marketplace", "--market-url"),
     (["orders"], "marketplace", "--market-url"),
-    (["buy", "some-order"], "marketplace", "--market-url"),
+    (["buy", "3f2b1c0e-8d4a-4b6e-9f10-2a3b4c5d6e7f"], "marketplace", "--market-url"),
     (["researcher", "register", "--name", "Ada", "--wallet", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"],
      "marketplace", "--market-url"),
     (["dataset", "list"], "anonymizer", "--anonymizer-url"),
