@@ -77,7 +77,6 @@ class _InFlight:
 
     subject: str
     done: _Done
-    event_ids: list[str]
     deliveries: list[Delivery] = field(default_factory=list)
     settled: bool = False
 
@@ -98,9 +97,9 @@ class Writer:
         self._pending: list[_InFlight] = []  # acknowledged, waiting for the next group commit
         self._in_hand: list[_InFlight] = []  # the batch being committed
         self._flusher: asyncio.Task[None] | None = None
-        # subject -> (event ids, when it failed in unix ms) of a command that failed once submitted: its events
-        # may be in the log all the same (a lost ack), so the next command on the subject waits for the reader
-        self._doubt: dict[str, tuple[list[str], int]] = {}
+        # subject -> when (unix ms) a command on it failed once submitted: its events may be in the log all the
+        # same (a lost ack), so the next command on the subject waits for the reader
+        self._doubt: dict[str, int] = {}
 
     def warm(self) -> None:
         """Load every subject's last seq (call once the consumer has caught up): a new subject then
@@ -183,7 +182,7 @@ class Writer:
                                    correlation_id, causation_id) for i, ev in enumerate(events)]
             if id_for is not None:
                 _refuse_shared_ids(envelopes)
-            command = _InFlight(subject, asyncio.get_running_loop().create_future(), [e.id for e in envelopes])
+            command = _InFlight(subject, asyncio.get_running_loop().create_future())
             # From here the subject is released when the events settle (applied or failed), not when
             # this task resumes or is cancelled. The ack queues them for the next group commit directly.
             acked = self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
@@ -203,7 +202,7 @@ class Writer:
             return
         command.settled = True
         if isinstance(outcome, BaseException) and self.reader is not None:
-            self._doubt[command.subject] = (command.event_ids, time.time_ns() // 1_000_000)
+            self._doubt[command.subject] = time.time_ns() // 1_000_000
         if not command.done.done():
             if isinstance(outcome, BaseException):
                 command.done.set_exception(outcome)
@@ -220,7 +219,7 @@ class Writer:
         up on it, later still, is beyond any wait.) EarlierWriteUnsettled (503, retry) when the log can't be
         read that far in DOUBT_WAIT_S: nothing of this command was written."""
         assert self.reader is not None
-        reader, (_, failed_ms) = self.reader, self._doubt[subject]
+        reader, failed_ms = self.reader, self._doubt[subject]
         first_fetch: dict[int, int] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DOUBT_WAIT_S

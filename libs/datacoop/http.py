@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -25,3 +26,9 @@ def check(resp: httpx.Response) -> Any:
             problem = {"detail": resp.text}
         raise ApiError(resp.status_code, problem if isinstance(problem, dict) else {"detail": problem})
     return resp.json() if resp.content else None
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: '/', '?', '#' and dots percent-encoded, so neither the client's URL
+    normalisation ('..') nor the router walks it to another route."""
+    return quote(value, safe="").replace(".", "%2E")

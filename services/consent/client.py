@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from eth_account import Account
 
-from datacoop.http import ApiError, check
+from datacoop.http import ApiError, check, segment
 from services.consent import eip712
 
 __all__ = ["ApiError", "MemberWallet", "check"]
@@ -68,7 +67,7 @@ class MemberWallet:
     def revoke(self, consent_id: str) -> dict[str, Any]:
         nonce = self.next_nonce()
         sig = self.sign("RevokeConsent", {"member": self.address, "consentId": consent_id, "nonce": nonce})
-        return dict(check(self.http.post(f"/members/{self.address}/consents/{_segment(consent_id)}/revoke",
+        return dict(check(self.http.post(f"/members/{self.address}/consents/{segment(consent_id)}/revoke",
                                          json={"nonce": nonce, "signature": sig})))
 
     def erase(self) -> dict[str, Any]:
@@ -80,10 +79,6 @@ class MemberWallet:
         return list(check(self.http.get(f"/members/{self.address}/consents", headers=self.read_headers())))
 
     def receipt(self, consent_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/members/{self.address}/consents/{_segment(consent_id)}/receipt",
+        return dict(check(self.http.get(f"/members/{self.address}/consents/{segment(consent_id)}/receipt",
                                         headers=self.read_headers())))
 
-
-def _segment(value: str) -> str:
-    """`value` as one path segment: percent-encoded, a slash included."""
-    return quote(value, safe="")

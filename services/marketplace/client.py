@@ -7,18 +7,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
-from datacoop.http import ApiError, check
+from datacoop.http import ApiError, check, segment
 
 __all__ = ["ApiError", "ResearcherClient", "register_researcher"]
-
-
-def _seg(value: str) -> str:
-    """`value` as one URL path segment: '/', '..' and '?' stay inside it, never walk to another route."""
-    return quote(value, safe="").replace(".", "%2E")
 
 
 def register_researcher(base_url: str, name: str, wallet: str, organisation: str = "") -> dict[str, Any]:
@@ -60,23 +54,23 @@ class ResearcherClient:
         return self.order(dataset_id, self.current_version(dataset_id), offer)
 
     def get_order(self, order_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/orders/{_seg(order_id)}")))
+        return dict(check(self.http.get(f"/orders/{segment(order_id)}")))
 
     def orders(self) -> list[dict[str, Any]]:
         return list(check(self.http.get("/orders")))
 
     def grant(self, order_id: str, ttl_s: float | None = None) -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/grants", json={"ttl_s": ttl_s})))
+        return dict(check(self.http.post(f"/orders/{segment(order_id)}/grants", json={"ttl_s": ttl_s})))
 
     def revoke_grant(self, order_id: str, grant_id: str, reason: str = "") -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/grants/{_seg(grant_id)}/revoke",
+        return dict(check(self.http.post(f"/orders/{segment(order_id)}/grants/{segment(grant_id)}/revoke",
                                          json={"reason": reason})))
 
     def query(self, order_id: str, query: dict[str, Any]) -> dict[str, Any]:
-        return dict(check(self.http.post(f"/orders/{_seg(order_id)}/queries", json=query)))
+        return dict(check(self.http.post(f"/orders/{segment(order_id)}/queries", json=query)))
 
     def receipt(self, order_id: str) -> dict[str, Any]:
-        return dict(check(self.http.get(f"/orders/{_seg(order_id)}/receipt")))
+        return dict(check(self.http.get(f"/orders/{segment(order_id)}/receipt")))
 
     def download(self, order_id: str, out: Path, on_progress: Callable[[int, int], None] | None = None,
                  grant: dict[str, Any] | None = None) -> dict[str, Any]:

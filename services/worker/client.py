@@ -6,21 +6,15 @@ from __future__ import annotations
 import base64
 import time
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from eth_account import Account
 
-from datacoop.http import ApiError, check
+from datacoop.http import ApiError, check, segment
 from services.consent import eip712
 from services.jobs.domain import result_hash
 
 __all__ = ["ApiError", "ResearcherJobs", "ResultInvalid", "WorkerSession", "check"]
-
-
-def segment(value: str) -> str:
-    """`value` as one URL path segment: '/', '?', '#' and the like percent-encoded."""
-    return quote(value, safe="")
 
 
 class WorkerSession:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from datacoop.bus import ConsumerRunner, Publisher, ensure_topics
 from datacoop.store import ProjectionStore
@@ -37,3 +43,27 @@ async def read_back(broker: Broker, pub: Publisher, store: ProjectionStore, topi
     await drain(runner)
     await runner.stop()
     return runner
+
+
+Records = list[ConsumerRecord[bytes, bytes]]
+
+
+async def read_partition(bootstrap: str, topic: str, partition: int = 0, *,
+                         until: Callable[[Records], bool]) -> Records:
+    """The records of `topic`[`partition`] from offset 0, fetched until `until(records)` holds (Tansu's end
+    offsets are wrong, so the caller says when it has what it needs); fails after 30 s."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        records: Records = []
+        deadline = time.monotonic() + 30
+        while not until(records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}[{partition}] holds only {len(records)} records after 30 s")
+            records += (await asyncio.wait_for(consumer.getmany(tp, timeout_ms=200), 30)).get(tp, [])
+        return records
+    finally:
+        await consumer.stop()

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from typing import Any
 
 from datacoop.bus import ConsumerRunner, Publisher
 from datacoop.events.codec import encode, header
 from datacoop.store import ProjectionStore
 from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
 from infra.local import Broker
-from tests.integration.bus.ledger_helpers import ledger_topic, read_back
+from tests.integration.bus.ledger_helpers import ledger_topic, read_back, read_partition
 
 
-async def _read_all(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        out: list = []
-        for _ in range(50):
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            out += batch.get(tp, [])
-            if len(out) >= expected:
-                break
-        return out
-    finally:
-        await consumer.stop()
+async def _read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
+    return await read_partition(bootstrap, topic, until=lambda records: len(records) >= expected)
 
 
 async def test_malformed_and_unknown_records_are_dead_lettered_and_later_events_applied(
@@ -143,22 +129,9 @@ async def test_group_mode_seeks_to_offsets_stored_in_duckdb_on_assignment(broker
     assert applied.isdisjoint(skipped) and len(applied) == 8
 
 
-async def _read_partition(bootstrap: str, topic: str, partition: int, at_least: int) -> list:
+async def _read_partition(bootstrap: str, topic: str, partition: int, at_least: int) -> list[Any]:
     """The partition's records from offset 0, read until there are at least `at_least` of them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        records: list = []
-        for _ in range(30):
-            records += (await consumer.getmany(tp, timeout_ms=1000)).get(tp, [])
-            if len(records) >= at_least:
-                return records
-        raise AssertionError(f"{topic}[{partition}] holds {len(records)} records, expected at least {at_least}")
-    finally:
-        await consumer.stop()
+    return await read_partition(bootstrap, topic, partition, until=lambda records: len(records) >= at_least)
 
 
 async def test_a_ce_type_header_that_disagrees_with_the_envelope_does_not_decide_the_type(

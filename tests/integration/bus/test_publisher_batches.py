@@ -8,7 +8,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError, RequestTimedOutError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
@@ -18,6 +17,7 @@ from datacoop.events.codec import decode, encode
 from datacoop.events.envelope import Envelope
 from datacoop.testing.ledger import make_envelope
 from infra.local import Broker
+from tests.integration.bus.ledger_helpers import read_partition
 
 BATCH = 2048  # max_batch_size here: four of these tests' records (~470 bytes each) fit in a batch, five do not
 
@@ -27,24 +27,19 @@ def _request(subject: str, size: int) -> list[Envelope]:
 
 
 async def _log(bootstrap: str, topic: str) -> list[str]:
-    """The ids in partition 0 of `topic`, in offset order, up to a marker event published now (Tansu's
-    end offsets are wrong, so the marker says where the log ended)."""
+    """The ids in partition 0 of `topic`, in offset order, up to a marker event published now (Tansu's end
+    offsets are wrong, so the marker says where the log ended)."""
     marker = make_envelope("marker", 1, 0)
     async with Publisher(bootstrap) as pub:
         await pub.publish(topic, marker)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        ids: list[str] = []
-        while marker.id not in ids:
-            fetched = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=500), 30)
-            ids += [decode(record.value).id for record in fetched.get(tp, [])]
-        return ids[:ids.index(marker.id)]
-    finally:
-        await consumer.stop()
+    ids: list[str] = []
+
+    def to_the_marker(records: list[Any]) -> bool:
+        ids[:] = [decode(record.value).id for record in records]
+        return marker.id in ids
+
+    await read_partition(bootstrap, topic, until=to_the_marker)
+    return ids[:ids.index(marker.id)]
 
 
 class _Batches:
