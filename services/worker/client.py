@@ -39,12 +39,14 @@ class WorkerSession:
     def sign(self, primary_type: str, message: dict[str, Any]) -> str:
         return eip712.sign(self.account, self.domain, primary_type, message)
 
-    def register(self, hardware: dict[str, Any]) -> dict[str, Any]:
+    def register(self, hardware: dict[str, Any], held_leases: list[str] | None = None) -> dict[str, Any]:
+        """Register (again: the service restarted or lost the session); the service ends this worker's active
+        leases but those in `held_leases`, which it still runs."""
         issued_at = int(time.time())
         sig = self.sign("RegisterWorker", {"provider": self.provider, "workerId": self.worker_id,
                                            "issuedAt": issued_at})
         body = {"worker_id": self.worker_id, "provider": self.provider, "issued_at": issued_at,
-                "signature": sig, "hardware": hardware}
+                "signature": sig, "hardware": hardware, "held_leases": held_leases or []}
         answer = dict(check(self.http.post("/workers", json=body)))
         self.token = answer["token"]
         self.heartbeat_interval_s = float(answer["heartbeat_interval_s"])
@@ -54,8 +56,11 @@ class WorkerSession:
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"}
 
-    def heartbeat(self) -> None:
-        check(self.http.post(f"/workers/{segment(self.worker_id)}/heartbeat", headers=self._auth))
+    def heartbeat(self, leases: list[str] | None = None) -> None:
+        """I am alive; with `leases`, those are the leases I still run, and one I no longer name (a lease
+        granted to a poll whose answer never reached me) expires instead of living on with my heartbeats."""
+        body = None if leases is None else {"leases": leases}
+        check(self.http.post(f"/workers/{segment(self.worker_id)}/heartbeat", headers=self._auth, json=body))
 
     def lease(self, wait_s: float = 10) -> dict[str, Any] | None:
         resp = self.http.post(f"/workers/{segment(self.worker_id)}/lease", params={"wait_s": wait_s},

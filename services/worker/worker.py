@@ -165,6 +165,9 @@ class Worker:
         self._stop = threading.Event()
         self._polling = False  # in an idle lease poll, which a stop from a signal handler may cut short
         self._tables: dict[str, pa.Table] = {}
+        # the leases this worker runs, named in every heartbeat (a tuple, replaced whole: the heartbeat
+        # thread reads it while the lease loop changes it)
+        self._held: tuple[str, ...] = ()
         self.jobs_done = 0
         self.fatal: WorkerCannotStart | None = None  # set when a re-registration is refused: the loop ends
 
@@ -187,7 +190,7 @@ class Worker:
     def _heartbeats(self) -> None:
         while not self._stop.wait(self.session.heartbeat_interval_s):
             try:
-                self.session.heartbeat()
+                self.session.heartbeat(list(self._held))
             except ApiError as exc:
                 if exc.status == 401:
                     self._reregister()
@@ -208,7 +211,7 @@ class Worker:
         delay_s = self.retry_first_s
         while not self._stop.is_set():
             try:
-                self.session.register(self.hardware_body())
+                self.session.register(self.hardware_body(), list(self._held))
                 log.info("registered as %s (provider %s, %s, %d cores)", self.session.worker_id,
                          self.session.provider, backend_name(self.xp), self.cores)
                 return
@@ -269,6 +272,13 @@ class Worker:
     def run_job(self, offer: dict[str, Any]) -> None:
         job_id, lease_id = offer["job_id"], offer["lease_id"]
         log.info("leased job %s (%s), lease %s", job_id, offer["analysis"], lease_id)
+        self._held = (*self._held, lease_id)
+        try:
+            self._run_leased(offer, job_id, lease_id)
+        finally:
+            self._held = tuple(held for held in self._held if held != lease_id)
+
+    def _run_leased(self, offer: dict[str, Any], job_id: str, lease_id: str) -> None:
         last_sent = [time.monotonic()]
 
         def progress(fraction: float) -> None:

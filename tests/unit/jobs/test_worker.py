@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,11 @@ class FakeSession:
     def __init__(self, register_errors: list[Exception] | None = None) -> None:
         self.register_errors = list(register_errors or [])
         self.calls: list[tuple[str, Any]] = []
+        self.held_at_register: list[list[str] | None] = []
 
-    def register(self, hardware: dict[str, Any]) -> dict[str, Any]:
+    def register(self, hardware: dict[str, Any], held_leases: list[str] | None = None) -> dict[str, Any]:
         self.calls.append(("register", hardware))
+        self.held_at_register.append(held_leases)
         if self.register_errors:
             raise self.register_errors.pop(0)
         return {"token": "t", "heartbeat_interval_s": 60}
@@ -153,3 +157,40 @@ def test_a_job_that_does_not_fit_its_data_fails_and_a_worker_fault_gives_the_lea
     assert device_detail == "an internal error on the worker (CUDA error: device lost)"
     for detail in (job_detail, data_detail, device_detail):
         assert not re.search(r"\b[A-Z][a-z]+(Error|Refused|Failed|Unavailable)\b", detail), detail
+
+
+class HeartbeatSession(FakeSession):
+    """Heartbeats often; the first one during a job answers 401 (the service restarted and forgot the token)."""
+
+    heartbeat_interval_s = 0.01
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heartbeats: list[list[str] | None] = []
+        self.refused_once = False
+
+    def heartbeat(self, leases: list[str] | None = None) -> None:
+        self.heartbeats.append(leases)
+        if leases and not self.refused_once:
+            self.refused_once = True
+            raise ApiError(401, {"detail": "unknown worker session; register again"})
+
+
+def test_heartbeats_and_a_registration_mid_job_name_the_leases_the_worker_runs(tmp_path: Path) -> None:
+    """A lease the worker does not name expires (one granted to a poll whose answer was lost), and one it
+    names survives the service's restart: re-registering without naming it would end the job it is running."""
+    session = HeartbeatSession()
+    worker = make_worker(tmp_path, session, delay_s=0.3, progress_interval_s=0.01)
+    beats = threading.Thread(target=worker._heartbeats, daemon=True)
+    beats.start()
+    table = pa.table({"age": [float(a) for a in range(30, 50)]})
+    worker.run_job(offer_on(tmp_path, table, "describe", {"columns": ["age"]}))
+    deadline = time.monotonic() + 5
+    while session.heartbeats[-1] != [] and time.monotonic() < deadline:  # the next heartbeat names no lease
+        beats.join(0.01)
+    worker.stop()
+    beats.join(5)
+    assert ["l1"] in session.heartbeats, session.heartbeats
+    assert None not in session.heartbeats, "every heartbeat names what it runs"
+    assert session.held_at_register == [["l1"]], "the registration after the 401 keeps the running job's lease"
+    assert [name for name, _ in session.calls] == ["register", "report"]
