@@ -198,13 +198,17 @@ class ConsumerRunner:
             except Exception as exc:
                 # The batch in hand was abandoned before its transaction (or committed, when only what
                 # follows COMMIT failed): read on from the stored positions, which say which.
-                self.failing = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, KafkaError | OSError):
-                    log.warning("consumer %s: %s; retrying from the stored positions in %.1f s",
-                                self.consumer_name, self.failing, pause)
+                failing = f"{type(exc).__name__}: {exc}"
+                again, self.failing = failing == self.failing, failing
+                if isinstance(exc, LogMismatch):  # the operator's to mend, not a bug: the message says how
+                    log.error("consumer %s reads nothing%s: %s; asking again in %.1f s", self.consumer_name,
+                              " (still)" if again else "", failing, pause)
+                elif isinstance(exc, KafkaError | OSError) or again:  # a traceback once per failure, not per retry
+                    log.warning("consumer %s: %s%s; retrying from the stored positions in %.1f s", self.consumer_name,
+                                failing, " (again)" if again else "", pause)
                 else:
                     log.exception("consumer %s: a batch failed (%s); retrying from the stored positions in %.1f s",
-                                  self.consumer_name, self.failing, pause)
+                                  self.consumer_name, failing, pause)
                 self._rewind()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX_S)

@@ -145,9 +145,9 @@ class FailingDisk(LedgerProjection):
 
 
 async def test_a_failing_database_is_retried_whole_and_readyz_says_why_meanwhile(
-        broker: Broker, prefix: str, tmp_path: Path) -> None:
+        broker: Broker, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Not the events' fault: nothing goes to the DLQ; /readyz answers 503 with the reason until a retry
-    succeeds, then 200 with every event applied."""
+    succeeds, then 200 with every event applied. The log has the traceback once, not once per retry."""
     settings = ServiceSettings(bootstrap=broker.bootstrap, topic_prefix=prefix + ".", data_dir=tmp_path)
     projection = FailingDisk()
     runtime = ServiceRuntime("probe", settings, lambda store: projection, reads=[MEMBERS], schema_sql=LEDGER_SQL)
@@ -163,6 +163,10 @@ async def test_a_failing_database_is_retried_whole_and_readyz_says_why_meanwhile
             assert refused.status_code == 503 and not runtime.ready
             assert "No space left on device" in refused.json()["detail"]
             assert "IOException" in refused.json()["failing"]
+            with caplog.at_level(logging.WARNING, logger="datacoop"):
+                await _until(lambda: "(again)" in caplog.text, "the second failure")
+            failed = [r for r in caplog.records if "No space left on device" in r.getMessage()]
+            assert [r.exc_info is not None for r in failed][-1] is False, "a repeat is one line"
             projection.broken = False
             await _until(lambda: runtime.runner.applied_count == 3 and runtime.ready, "the retry", 40)
             ok = await client.get("/readyz")
@@ -213,10 +217,12 @@ async def test_a_fetch_error_after_a_rebalance_does_not_seek_a_partition_given_a
             await first.stop()
 
 
-async def test_a_projection_built_from_another_log_is_refused_not_caught_up(broker: Broker, prefix: str) -> None:
+async def test_a_projection_built_from_another_log_is_refused_not_caught_up(
+        broker: Broker, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     """Stored positions past the log's end (a broker whose log was lost, a database from elsewhere): the local
     broker answers such a fetch with nothing, and the runner called itself caught up while it skipped every
-    event the log would get up to that offset. It says what is wrong and reads nothing."""
+    event the log would get up to that offset. It says what is wrong, without a traceback (it is not a bug),
+    and reads nothing."""
     topic = await ledger_topic(broker, prefix)
     store = ProjectionStore(":memory:", LEDGER_SQL)
     with store.transaction() as tx:
@@ -228,9 +234,13 @@ async def test_a_projection_built_from_another_log_is_refused_not_caught_up(brok
         await runner.start()
         runner.run_in_background()
         try:
-            await _until(lambda: runner.failing is not None, "the refusal")
+            with caplog.at_level(logging.WARNING, logger="datacoop"):
+                await _until(lambda: "(still)" in caplog.text, "the refusal, twice")
         finally:
             await runner.stop()
+    said = [r for r in caplog.records if "reads nothing" in r.getMessage()]
+    assert len(said) >= 2 and all(r.levelno == logging.ERROR and r.exc_info is None for r in said), said
+    assert runner.failing is not None
     assert "LogMismatch" in runner.failing and "offset 100, is past the log's end, offset 5" in runner.failing
     assert "Delete the database to rebuild" in runner.failing
     assert not runner.caught_up.is_set() and runner.applied_count == 0
