@@ -320,8 +320,9 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     unreadable = 0
     # Lines end at \n alone (a \r before it is JSON whitespace): str.splitlines() would also end one at
-    # U+2028, U+2029, U+0085 or \x1c-\x1e, which JSON allows raw inside a string.
-    for line in content.split("\n"):
+    # U+2028, U+2029, U+0085 or \x1c-\x1e, which JSON allows raw inside a string. A file with no \n at all
+    # but \r (classic Mac line ends) ends its lines at \r: JSON allows no raw \r inside a string either.
+    for line in content.split(_json_line_end(content)):
         if not line.strip():
             continue
         if _nested_too_deep(line):
@@ -353,6 +354,18 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _json_line_end(content: str) -> str:
+    """\n, or \r for a file whose lines end at \r alone (classic Mac): no \n in it, a \r in it, and not one
+    object by itself (a \r may be whitespace within one)."""
+    if "\n" in content or "\r" not in content.strip():
+        return "\n"
+    try:
+        json.loads(content)
+    except ValueError:
+        return "\r"
+    return "\n"
+
+
 def _refuse_one_document(content: str) -> None:
     """Of JSON lines some of which are not JSON: refuse at once, in one message, a file that is one JSON
     object written over several lines (pretty-printed), rather than one "not JSON" for each of its lines."""
@@ -374,9 +387,10 @@ def _refuse_one_document(content: str) -> None:
 def _parse_csv(content: str) -> list[dict[str, Any]]:
     if not content.strip():
         return []
-    header = content.split("\n", 1)[0]  # the first line alone: not a list of every line of the upload
+    header = content.split("\n", 1)[0].split("\r", 1)[0]  # the first line alone, however lines end
     delimiter = ";" if header.count(";") > header.count(",") else ","
-    reader = csv.reader(io.StringIO(content), delimiter=delimiter, strict=True)
+    # newline="": lines end at \r\n, \n or \r alone (classic Mac), as the csv module expects to read them
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
     try:
         names = [name.strip() for name in next(reader)]
     except csv.Error as exc:

@@ -68,6 +68,21 @@ def test_a_json_line_is_ended_by_a_line_feed_alone(separator: str) -> None:
     assert [r["condition"] for r in rows] == [f"headache{separator}after run"] * 2
 
 
+def test_lines_ended_by_a_carriage_return_alone_are_read_as_lines() -> None:
+    """Classic Mac line ends: JSON lines were one line, refused as "not JSON (Extra data)", and a CSV's
+    header "cannot be read (new-line character seen in unquoted field)"."""
+    lines = [json.dumps({"day": f"2026-01-0{i}", "steps": i}) for i in range(1, 4)]
+    fitness = SCHEMAS["fitness"]
+    assert [r["steps"] for r in check_rows(fitness, parse_upload("\r".join(lines) + "\r", "jsonl"))] == [1, 2, 3]
+    assert [r["steps"] for r in check_rows(fitness, parse_upload(lines[0] + "\r", "jsonl"))] == [1]
+    one = '{"day": "2026-01-03",\r "steps": 4}'  # one object, a \r as whitespace inside it
+    assert [r["steps"] for r in check_rows(fitness, parse_upload(one, "jsonl"))] == [4]
+    csv_text = "day;steps\r2026-01-03;1\r2026-01-04;2\r"
+    assert [r["steps"] for r in check_rows(fitness, parse_upload(csv_text, "csv"))] == [1, 2]
+    quoted = 'measured_on,condition\r2026-01-03,"cough\rthen fever"\r'  # a quoted value may hold a line end
+    assert check_rows(SCHEMAS["health"], parse_upload(quoted, "csv"))[0]["condition"] == "cough\rthen fever"
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
 def test_a_csv_value_may_hold_unicode_line_separators(separator: str) -> None:
     rows = check_rows(SCHEMAS["health"], parse_upload(
