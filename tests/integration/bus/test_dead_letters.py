@@ -57,6 +57,31 @@ async def test_event_that_breaks_the_projection_is_dead_lettered_not_retried_for
     assert "666" in (header(dead[0].headers, "dlq_error") or "")
 
 
+class WordyBug(LedgerProjection):
+    """Fails on 666 and 667 with long reasons in three-byte characters, after one and two x: the DLQ header is
+    cut at 4,000 bytes, and for one of the two the cut falls inside a character."""
+
+    def apply(self, tx: Any, deliveries: list[Any]) -> None:
+        for d in deliveries:
+            if d.event.amount_units in (666, 667):
+                raise ValueError("x" * (d.event.amount_units - 665) + "\u20ac" * 2000)
+        super().apply(tx, deliveries)
+
+
+async def test_a_long_reason_is_cut_to_whole_characters_in_the_dlq_header(broker: Broker, prefix: str) -> None:
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("w", i + 1, amt) for i, amt in enumerate([1, 666, 667, 2])])
+        await read_back(broker, pub, store, topic, "wordy", WordyBug())
+    dead = await _read_all(broker.bootstrap, f"{topic}.dlq", 2)
+    for record, xs in zip(dead, ["x", "xx"], strict=True):
+        raw = dict(record.headers)["dlq_error"]
+        text = raw.decode()  # strict: a cut inside a character would raise here
+        assert 3990 < len(raw) <= 4000 and text.endswith(xs + "\u20ac" * text.count("\u20ac")), raw[-20:]
+    assert store.conn.execute("SELECT total_units FROM totals").fetchone() == (3,)
+
+
 async def test_a_dead_lettered_event_of_the_services_own_topic_keeps_its_seq(broker: Broker, prefix: str) -> None:
     """The log holds its seq whether or not the projection could apply it: a writer must not reuse it."""
     topic = await ledger_topic(broker, prefix)
