@@ -71,7 +71,7 @@ def run() -> dict[str, object]:
         send(w3, contracts.market.functions.purchase(escrow_order, ESCROW_UNITS), ADMIN_KEY)
 
         def post(epoch: int, tree: StandardMerkleTree) -> int:
-            fn = contracts.market.functions.postRoot(epoch, tree.root, tree.total_units)
+            fn = contracts.market.functions.postRoot(epoch, tree.root, tree.total_units, 0)  # nothing refunded
             return int(send_receipt(w3, fn, ADMIN_KEY)["gasUsed"])
 
         figures: dict[str, object] = {}

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from eth_account import Account
 from fastapi import FastAPI
 from hexbytes import HexBytes
 from web3 import Web3
@@ -34,6 +35,7 @@ from web3.types import BlockData
 from datacoop.chain import (
     ChainError,
     Contracts,
+    TxReverted,
     order_id_from_uuid,
     order_paid_logs,
     root_posted_log,
@@ -54,6 +56,7 @@ from services.settlement.settings import SettlementSettings
 log = logging.getLogger("datacoop.settlement")
 
 ORDER_REFUNDED = 2  # DatacoopMarket.OrderStatus.Refunded
+RECEIPT_TIMEOUT_S = 60  # how long a postRoot's receipt is waited for before the next interval looks again
 BLOCKS_PER_BATCH = 100  # block headers asked for in one JSON-RPC batch (providers cap batch sizes)
 CRASH_STEPS = ("after_payment", "after_allocation", "after_prepare", "after_send", "after_receipt")
 
@@ -230,12 +233,19 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                                  "another settler posts to this market: stop one of them")
             tx_hash, block_number = found.tx_hash, found.block_number
         else:
-            await self._refuse_refunded()
-            sent = await asyncio.to_thread(send, self.w3, market.functions.postRoot(epoch, root, row["total_units"]),
-                                           self.cfg.settler_key, wait=False)
+            await self._refuse_pending()
+            refunded_units = await self._refuse_refunded()
+            post = market.functions.postRoot(epoch, root, row["total_units"], refunded_units)
+            try:
+                sent = await asyncio.to_thread(send, self.w3, post, self.cfg.settler_key, wait=False)
+            except TxReverted as exc:
+                if exc.error != "RefundsChanged":
+                    raise
+                raise ChainError(f"an order was refunded on chain while epoch {epoch} was being posted; nothing was "
+                                 "posted, the refunds are checked again next interval") from exc
             assert isinstance(sent, HexBytes | bytes)
             self.crash_point("after_send")
-            receipt = await asyncio.to_thread(self.w3.eth.wait_for_transaction_receipt, sent, 60)
+            receipt = await asyncio.to_thread(self.w3.eth.wait_for_transaction_receipt, sent, RECEIPT_TIMEOUT_S)
             if receipt["status"] != 1:
                 raise ChainError(f"postRoot of epoch {epoch} reverted (tx 0x{bytes(sent).hex()}); retrying")
             self.crash_point("after_receipt")
@@ -253,27 +263,48 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                  row["accounts"])
         return self.projection.epoch(epoch) or row
 
-    async def _refuse_refunded(self) -> None:
+    async def _refuse_refunded(self) -> int:
         """Never post a root that includes an order refunded after it was allocated: the buyer got the
         money back, so paying it out too would be paid from other orders' escrow. Only orders paid since
         the last posted root can have been refunded (the contract refuses refunds of settled orders).
         Reversing such allocations is not implemented: the operator must not refund allocated orders
-        (docs/payments.md, "Refunds")."""
+        (docs/payments.md, "Refunds").
+
+        Returns the contract's `totalRefunded` read at the same block as the orders' states: `postRoot`
+        takes it and reverts (`RefundsChanged`) when a refund landed after this check."""
         last = self.projection.epoch(posted_only=True)
         since = int(last["block_number"]) if last and last["block_number"] is not None else self.cfg.start_block
         candidates = self.projection.allocated_orders_paid_since(since)
 
-        def refunded() -> list[str]:
+        def refunded() -> tuple[list[str], int]:
             market = self.contracts.market.functions
+            block = self.w3.eth.block_number
+            total = int(market.totalRefunded().call(block_identifier=block))
             return [o for o in candidates
-                    if market.orders(order_id_from_uuid(uuid.UUID(o))).call()[1] == ORDER_REFUNDED]
+                    if market.orders(order_id_from_uuid(uuid.UUID(o))).call(block_identifier=block)[1]
+                    == ORDER_REFUNDED], total
 
-        found = await asyncio.to_thread(refunded)
+        found, refunded_units = await asyncio.to_thread(refunded)
         if found:
             raise domain.SettlementRefused(
                 f"order(s) {', '.join(found)} were refunded on chain after settlement allocated them; no root is "
                 "posted until an operator resolves it (see docs/payments.md, Refunds)",
                 slug="refunded-after-allocation")
+        return refunded_units
+
+    async def _refuse_pending(self) -> None:
+        """Send nothing while a transaction of the settler's is still pending (a postRoot whose receipt
+        did not come in time, say): each retry would queue one more postRoot behind it, with the next
+        nonce, all reverting (and paying gas) once the first lands. The next interval looks again."""
+        settler = Account.from_key(self.cfg.settler_key).address
+
+        def in_flight() -> int:
+            return int(self.w3.eth.get_transaction_count(settler, "pending")) - \
+                int(self.w3.eth.get_transaction_count(settler, "latest"))
+
+        if await asyncio.to_thread(in_flight) > 0:
+            raise ChainError(f"a transaction of the settler {settler} is still pending; no root is sent until it "
+                             "is mined (or replaced)")
 
     def tree(self, epoch: int) -> StandardMerkleTree | None:
         tree = self._trees.get(epoch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from dataclasses import dataclass
 
@@ -11,9 +13,13 @@ from web3 import Web3
 
 from datacoop.chain import (
     OPERATOR_ROLE,
+    REPO_ROOT,
     SETTLER_ROLE,
+    Artifact,
     Contracts,
     TxReverted,
+    deploy,
+    load_artifact,
     order_id_from_uuid,
     order_paid_logs,
     send,
@@ -57,7 +63,8 @@ class Market:
 
     def post(self, epoch: int, tree: StandardMerkleTree, total_units: int | None = None) -> None:
         total = tree.total_units if total_units is None else total_units
-        send(self.w3, self.c.market.functions.postRoot(epoch, tree.root, total), SETTLER)
+        refunded = self.c.market.functions.totalRefunded().call()
+        send(self.w3, self.c.market.functions.postRoot(epoch, tree.root, total, refunded), SETTLER)
 
     def claim(self, tree: StandardMerkleTree, account: str, caller_key: str) -> int:
         """Claim for `account`, sent by `caller_key`; returns what `account` received."""
@@ -132,6 +139,52 @@ def test_zero_amount_purchase_is_refused(m: Market) -> None:
     with pytest.raises(TxReverted) as refused:
         m.pay(0)
     assert refused.value.error == "ZeroAmount"
+
+
+FEE_TOKEN_SOL = """
+pragma solidity ^0.8.24;
+contract FeeOnTransferToken {  // keeps 1 % of every transfer, as a stablecoin with its fee switched on would
+    mapping(address => uint256) public balanceOf;
+    mapping(address => mapping(address => uint256)) public allowance;
+    function mint(address to, uint256 v) external { balanceOf[to] += v; }
+    function approve(address s, uint256 v) external returns (bool) { allowance[msg.sender][s] = v; return true; }
+    function transfer(address to, uint256 v) external returns (bool) { _move(msg.sender, to, v); return true; }
+    function transferFrom(address f, address to, uint256 v) external returns (bool) {
+        allowance[f][msg.sender] -= v; _move(f, to, v); return true;
+    }
+    function _move(address f, address to, uint256 v) private { balanceOf[f] -= v; balanceOf[to] += v - v / 100; }
+}
+"""
+
+
+def compile_test_token() -> Artifact:
+    """FeeOnTransferToken with the repo's pinned solc-js (a test double: no artifact of it is shipped)."""
+    script = """
+const solc = require("solc");
+const input = {language: "Solidity", sources: {"t.sol": {content: process.argv[1]}},
+               settings: {outputSelection: {"*": {"*": ["abi", "evm.bytecode.object"]}}}};
+const out = JSON.parse(solc.compile(JSON.stringify(input)));
+const c = out.contracts["t.sol"].FeeOnTransferToken;
+process.stdout.write(JSON.stringify({abi: c.abi, bytecode: "0x" + c.evm.bytecode.object}));
+"""
+    done = subprocess.run(["node", "-e", script, FEE_TOKEN_SOL], cwd=REPO_ROOT, capture_output=True, text=True,
+                          check=True, timeout=120)
+    compiled = json.loads(done.stdout)
+    return Artifact("FeeOnTransferToken", compiled["abi"], compiled["bytecode"])
+
+
+def test_a_token_that_delivers_less_than_the_amount_is_refused(w3: Web3) -> None:
+    """Escrow counts what `purchase` was asked for: were 1 % kept by the token, every root would promise 1 %
+    more than the contract holds and the last claims would fail."""
+    fee_token = deploy(w3, compile_test_token(), ADMIN)
+    market = deploy(w3, load_artifact("DatacoopMarket"), ADMIN, fee_token.address, address(ADMIN))
+    send(w3, fee_token.functions.mint(address(BUYER), 100 * USD), ADMIN)
+    send(w3, fee_token.functions.approve(market.address, 100 * USD), BUYER)
+    with pytest.raises(TxReverted) as refused:
+        send(w3, market.functions.purchase(order_id_from_uuid(uuid.uuid4()), 100 * USD), BUYER)
+    assert refused.value.error == "TransferAmountMismatch"
+    assert refused.value.error_args == (100 * USD, 99 * USD)
+    assert market.functions.totalPaid().call() == 0
 
 
 def test_purchase_with_permit_needs_no_prior_approval(m: Market) -> None:
@@ -303,7 +356,7 @@ def test_only_a_settler_can_post_a_root(m: Market) -> None:
     tree = earnings(a=6 * USD)
     for key in (ADMIN, STRANGER):
         with pytest.raises(TxReverted) as refused:
-            send(m.w3, m.c.market.functions.postRoot(1, tree.root, tree.total_units), key)
+            send(m.w3, m.c.market.functions.postRoot(1, tree.root, tree.total_units, 0), key)
         assert refused.value.error == "AccessControlUnauthorizedAccount"
 
 
@@ -322,6 +375,33 @@ def test_refunds_lower_what_a_root_may_promise(m: Market) -> None:
         m.post(1, earnings(a=11 * USD))
     assert refused.value.error == "RootExceedsEscrow"
     m.post(1, earnings(a=10 * USD))
+
+
+def test_a_refund_that_lands_after_the_settlers_check_fails_the_post(m: Market) -> None:
+    """The settler checks that no order its root allocates was refunded, reading `totalRefunded`, then posts.
+    A refund landing in between must fail the post: escrow holding other money (a compute reserve, a payment
+    not allocated yet) would otherwise let the root pay out an order whose buyer already got it back."""
+    m.pay(10 * USD)  # in escrow, not in the root
+    allocated = m.pay(5 * USD)
+    tree = earnings(a=3 * USD, b=2 * USD)  # the split of `allocated`
+    checked = m.c.market.functions.totalRefunded().call()
+    send(m.w3, m.c.market.functions.refund(allocated), OPERATOR)
+    with pytest.raises(TxReverted) as refused:
+        send(m.w3, m.c.market.functions.postRoot(1, tree.root, tree.total_units, checked), SETTLER)
+    assert refused.value.error == "RefundsChanged"
+    assert refused.value.error_args == (5 * USD, 0)
+    assert m.c.market.functions.currentEpoch().call() == 0
+    fresh = m.c.market.functions.totalRefunded().call()
+    send(m.w3, m.c.market.functions.postRoot(1, earnings(a=6 * USD).root, 6 * USD, fresh), SETTLER)
+    assert m.c.market.functions.currentEpoch().call() == 1
+
+
+def test_only_a_settler_can_post_a_checked_root(m: Market) -> None:
+    m.pay(10 * USD)
+    tree = earnings(a=6 * USD)
+    with pytest.raises(TxReverted) as refused:
+        send(m.w3, m.c.market.functions.postRoot(1, tree.root, tree.total_units, 0), STRANGER)
+    assert refused.value.error == "AccessControlUnauthorizedAccount"
 
 
 def test_epochs_only_move_forward(m: Market) -> None:

@@ -33,7 +33,8 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// Leaf format (OpenZeppelin StandardMerkleTree, types ["address", "uint256"]):
 ///   leaf = keccak256(bytes.concat(keccak256(abi.encode(account, cumulativeAmount))))
 ///
-/// The token must be a plain ERC-20 (no fee on transfer, no rebasing).
+/// The token must be a plain ERC-20 (no fee on transfer, no rebasing): a payment that brings escrow less
+/// than its amount reverts (`TransferAmountMismatch`); a rebasing token cannot be detected.
 contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -104,6 +105,8 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     error InvalidProof(address account, uint256 cumulativeAmount);
     error ClaimExceedsRootTotal(uint256 wouldClaim, uint256 totalCumulative);
     error AmountTooLarge(uint256 amount);
+    error RefundsChanged(uint256 totalRefunded, uint256 expectedTotalRefunded);
+    error TransferAmountMismatch(uint256 amount, uint256 received);
 
     /// @param token_ the stablecoin.
     /// @param admin receives DEFAULT_ADMIN_ROLE (grants the other roles) and PAUSER_ROLE.
@@ -164,7 +167,12 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         order.amount = amount;
         totalPaid += amount;
         emit OrderPaid(orderId, msg.sender, amount);
+        // Escrow counts `amount`: a token that delivers less (a fee on transfer, which some stablecoins can
+        // switch on) would let roots promise more than the contract holds, so such a payment reverts.
+        uint256 held = token.balanceOf(address(this));
         token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = token.balanceOf(address(this)) - held;
+        if (received != amount) revert TransferAmountMismatch(amount, received);
     }
 
     // ------------------------------------------------------------- distributor
@@ -174,12 +182,20 @@ contract DatacoopMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     /// @param root StandardMerkleTree root of (address account, uint256 cumulativeAmount) leaves.
     /// @param newTotalCumulative sum of all leaves' cumulative amounts; never decreases and never exceeds
     ///        what escrow has received net of refunds.
+    /// @param expectedTotalRefunded `totalRefunded` as the settler read it when it checked that no order its
+    ///        root allocates was refunded; the post reverts with `RefundsChanged` when a refund landed since,
+    ///        so a root can never pay out an order whose buyer was refunded between that check and the post.
     /// @dev Settles every order paid so far (see contract notes).
-    function postRoot(uint64 epoch, bytes32 root, uint256 newTotalCumulative)
+    function postRoot(uint64 epoch, bytes32 root, uint256 newTotalCumulative, uint256 expectedTotalRefunded)
         external
         onlyRole(SETTLER_ROLE)
         whenNotPaused
     {
+        if (totalRefunded != expectedTotalRefunded) revert RefundsChanged(totalRefunded, expectedTotalRefunded);
+        _postRoot(epoch, root, newTotalCumulative);
+    }
+
+    function _postRoot(uint64 epoch, bytes32 root, uint256 newTotalCumulative) private {
         if (epoch <= currentEpoch) revert EpochNotIncreasing(epoch, currentEpoch);
         if (root == bytes32(0)) revert EmptyRoot();
         if (newTotalCumulative < totalCumulative) revert TotalDecreased(newTotalCumulative, totalCumulative);
