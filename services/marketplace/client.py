@@ -153,3 +153,41 @@ def pay(rpc_url: str, token: str, market: str, buyer_key: str, order_id: str, pr
             raise ChainError(already_on_chain(order_id, state, amount, buyer, price_units)) from exc
         raise ChainError(_REVERTS.get(exc.error, f"the market contract refused the payment ({exc})")) from exc
     return "0x" + bytes(receipt["transactionHash"]).hex()
+
+
+def refund(rpc_url: str, token: str, market: str, operator_key: str, order_id: str) -> tuple[str, int, str]:
+    """Return order `order_id`'s payment to the wallet that paid it (`refund(orderId)`, OPERATOR_ROLE); returns
+    (tx hash, units, buyer). The contract's record is read first, so an order with nothing to refund, refunded
+    already or settled by a posted epoch is refused in words before anything is sent; ChainError says why."""
+    from eth_account import Account
+    from web3 import Web3
+
+    from datacoop.chain import OPERATOR_ROLE, ChainError, Contracts, TxReverted, order_id_from_uuid, send_receipt
+
+    contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc_url)), token, market)
+    oid = order_id_from_uuid(uuid.UUID(order_id))
+    state, amount, buyer = chain_order(contracts, order_id)
+    if state == "unpaid":
+        raise ChainError(f"order {order_id} has no payment on the market contract {market}: nothing to refund")
+    if state == "refunded":
+        raise ChainError(f"order {order_id} was refunded already ({amount:,} units to {buyer}); nothing to do")
+    if contracts.market.functions.isSettled(oid).call():
+        raise ChainError(f"order {order_id} is settled: a payout epoch posted after its payment counts its "
+                         f"{amount:,} units, and the contract refunds no settled order (they are members' "
+                         "earnings now)")
+    operator = Account.from_key(operator_key).address
+    if not contracts.market.functions.hasRole(OPERATOR_ROLE, operator).call():
+        raise ChainError(f"{operator} does not hold OPERATOR_ROLE on the market contract {market}, so the contract "
+                         "would refuse it; use the refund operator's key (on the local stack, the one `datacoop "
+                         "up` granted: leave out --key-file)")
+    try:
+        receipt = send_receipt(contracts.w3, contracts.market.functions.refund(oid), operator_key)
+    except TxReverted as exc:
+        state, amount, buyer = chain_order(contracts, order_id)
+        if state == "refunded":  # another refund of it got in first
+            raise ChainError(f"order {order_id} was refunded already ({amount:,} units to {buyer})") from exc
+        if exc.error == "OrderAlreadySettled":  # an epoch was posted meanwhile
+            raise ChainError(f"order {order_id} was settled by a payout epoch posted just now; the contract "
+                             "refunds no settled order") from exc
+        raise ChainError(f"the market contract refused the refund ({exc})") from exc
+    return "0x" + bytes(receipt["transactionHash"]).hex(), amount, buyer

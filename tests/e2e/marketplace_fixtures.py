@@ -178,12 +178,12 @@ _CLI = typer.Typer()
 market_cli.register(_CLI)
 
 
-def cli(stack: Stack, *args: str, api_key_file: Path | None = None) -> Result:
+def cli(stack: Stack, *args: str, api_key_file: Path | None = None, env: dict[str, str] | None = None) -> Result:
     """`datacoop <args>` against the stack's marketplace (the area's commands on their own Typer)."""
     extra = ["--market-url", stack.url]
     if api_key_file is not None:
         extra += ["--api-key-file", str(api_key_file)]
-    return CliRunner().invoke(_CLI, [*args, *extra], env={"DATACOOP_CHAIN_URL": stack.chain.url})
+    return CliRunner().invoke(_CLI, [*args, *extra], env={"DATACOOP_CHAIN_URL": stack.chain.url, **(env or {})})
 
 
 def member_wallet(stack: Stack, key: str) -> MemberWallet:

@@ -250,7 +250,8 @@ def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -
     assert out.exit_code == 1 and "expired" in out.output
 
 
-def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_refund(stack: Stack) -> None:
+def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_refund(
+        stack: Stack, tmp_path: Path) -> None:
     s = stack
     s.publish_version("refund-ds", 1)
     s.publish_version("lapsing", 1)
@@ -282,6 +283,28 @@ def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_
     assert ada.grant(sold["order_id"])["grant"], "a version already sold stays with its buyer"
     assert sorted(o["status"] for o in ada.orders() if o["dataset_id"] in ("refund-ds", "lapsing")) == \
         ["paid", "refund-due", "refund-due"], "`datacoop orders` lists this status"
+
+    # the operator's side: `datacoop refunds` lists them with the contract's word, `datacoop refund` pays back
+    shown = cli(s, "refunds")
+    assert shown.exit_code == 0 and late["order_id"] in shown.output and "refundable" in shown.output, shown.output
+    buyer_key = tmp_path / "buyer.key"
+    buyer_key.write_text(BUYER_KEYS[0])
+    not_operator = cli(s, "refund", late["order_id"], "--key-file", str(buyer_key))
+    assert not_operator.exit_code == 1 and "does not hold OPERATOR_ROLE" in not_operator.output, not_operator.output
+    operator = {"DATACOOP_OPERATOR_KEY": s.chain_env["DATACOOP_OPERATOR_KEY"]}
+    buyer = Account.from_key(BUYER_KEYS[0]).address
+    balance = s.contracts.stablecoin.functions.balanceOf(buyer).call
+    before = balance()
+    done = cli(s, "refund", late["order_id"], env=operator)
+    assert done.exit_code == 0, done.output
+    assert f"{late['price_units']:,} units back to {buyer}" in done.output
+    assert balance() == before + late["price_units"]
+    again = cli(s, "refund", late["order_id"], env=operator)
+    assert again.exit_code == 1 and "refunded already" in again.output, again.output
+    nothing = cli(s, "refund", "00000000-0000-4000-8000-00000000beef", env=operator)
+    assert nothing.exit_code == 1 and "no payment" in nothing.output, nothing.output
+    after = cli(s, "refunds").output
+    assert "refunded" in after.split(late["order_id"])[1].split("\n")[0], after
 
     s.stop_market(wipe=True)  # rebuilt from the topics: the same decisions, none taken twice
     s.start_market()

@@ -131,13 +131,14 @@ def without_service(name: str, stack: dict[str, Any]) -> str:
             f"and start it again {again}; or pass {option} / set DATACOOP_{name.upper()}_URL")
 
 
-def read_key(key_file: Path | None) -> str:
-    """A hex private key from --key-file, else DATACOOP_KEY; a failure naming the file (or variable) at fault."""
+def read_key(key_file: Path | None, env: str = "DATACOOP_KEY") -> str:
+    """A hex private key from --key-file, else the variable `env`; a failure naming the file (or variable) at
+    fault."""
     if key_file is None:
-        raw = os.environ.get("DATACOOP_KEY", "").strip()
+        raw = os.environ.get(env, "").strip()
         if not raw:
-            fail("no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set DATACOOP_KEY")
-        where = "DATACOOP_KEY"
+            fail(f"no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set {env}")
+        where = env
     else:
         if not key_file.exists():
             fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`")

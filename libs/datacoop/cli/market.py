@@ -7,6 +7,8 @@
     datacoop download ORDER --out FILE                  (signed grant, streamed, sha256 checked)
     datacoop query ORDER QUERY.json                     (a DP aggregate; spends epsilon)
     datacoop orders
+    datacoop refunds                                    (operator: payments that paid no order)
+    datacoop refund ORDER [--key-file K]                (operator: refund(orderId) on chain)
 
 The API key comes from --api-key-file, else DATACOOP_API_KEY, else var/run/researcher.apikey (where
 `register` saves it). The marketplace URL from --market-url, DATACOOP_MARKETPLACE_URL or the stack.
@@ -321,8 +323,112 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     print_table(table, whole=(0, 1, 4))
 
 
+def _market_get(url: str, path: str) -> Any:
+    """GET `path` of the marketplace, no API key (the operator's reads): a failure in words otherwise."""
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}{path}", timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"the marketplace at {url} does not answer ({exc}); start it (`datacoop up`) or pass --market-url")
+    if resp.status_code in (404, 405) and (service := service_at(url)) != "marketplace":
+        _not_the_marketplace(url, service)
+    if resp.status_code != 200:
+        fail(f"the marketplace at {url} answered {resp.status_code} to GET {path}: {resp.text[:300]}")
+    try:
+        return resp.json()
+    except ValueError:
+        _not_the_marketplace(url, service_at(url))
+
+
+def _payment_contracts(url: str) -> dict[str, str]:
+    payment = _shaped(url, _market_get(url, "/catalog"), "payment")["payment"]
+    if not payment.get("market") or not payment.get("token"):
+        fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); set it where the "
+             "marketplace runs")
+    return {"market": str(payment["market"]), "token": str(payment["token"])}
+
+
+def _operator_key(key_file: Path | None) -> str:
+    """--key-file, else DATACOOP_OPERATOR_KEY, else the refund operator's key of the running local stack."""
+    from datacoop.cli.stack import running_stack
+
+    if key_file is None and not os.environ.get("DATACOOP_OPERATOR_KEY"):
+        local = ((running_stack() or {}).get("chain") or {}).get("DATACOOP_OPERATOR_KEY")
+        if local:
+            return str(local)
+        fail("no refund operator key: pass --key-file FILE (a wallet holding OPERATOR_ROLE on the market "
+             "contract) or set DATACOOP_OPERATOR_KEY")
+    return read_key(key_file, "DATACOOP_OPERATOR_KEY")
+
+
+def refunds(
+    market_url: MarketUrl = None,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC (default: DATACOOP_CHAIN_URL / the "
+                                                          "stack's)")] = None,
+) -> None:
+    """Payments that paid no order (GET /payments/unmatched), with what the market contract says of each:
+    the operator's list of refunds to make with `datacoop refund ORDER`."""
+    from web3 import Web3
+
+    from datacoop.chain import Contracts, order_id_from_uuid
+    from datacoop.cli.settlement import rpc_url_default
+    from services.marketplace.client import chain_order
+
+    url = service_url("marketplace", market_url)
+    unmatched = _market_get(url, "/payments/unmatched")
+    if not isinstance(unmatched, list) or any(not isinstance(p, dict) or "order_id" not in p for p in unmatched):
+        _not_the_marketplace(url, service_at(url))
+    if not unmatched:
+        console.print("no payment waits for a refund: every payment on chain paid its order", highlight=False,
+                      soft_wrap=True)
+        return
+    where = _payment_contracts(url)
+    contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc or rpc_url_default())), where["token"], where["market"])
+    table = Table(title="payments that paid no order")
+    for col in ("order", "units", "reason", "on chain", "tx"):
+        table.add_column(col)
+    for p in unmatched:
+        try:
+            state, _amount, _buyer = chain_order(contracts, str(uuid.UUID(p["order_id"])))
+            if state == "paid" and contracts.market.functions.isSettled(
+                    order_id_from_uuid(uuid.UUID(p["order_id"]))).call():
+                state = "settled (not refundable)"
+            elif state == "paid":
+                state = "refundable"
+        except ValueError:
+            state = "?"
+        except Exception as exc:  # the chain is away: the list is still worth showing
+            state = f"unknown ({type(exc).__name__})"
+        table.add_row(p["order_id"], f"{p['amount_units']:,}", p["reason"], state, p["tx_hash"])
+    print_table(table, whole=(0, 1))
+
+
+def refund(
+    order_id: Annotated[str, typer.Argument(help="the order whose payment goes back (`datacoop refunds` lists them)")],
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="the refund operator's hex private key "
+                                                  "(default: DATACOOP_OPERATOR_KEY, else the local stack's)")] = None,
+    rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC (default: DATACOOP_CHAIN_URL / the "
+                                                          "stack's)")] = None,
+    market_url: MarketUrl = None,
+) -> None:
+    """Return an order's payment to the wallet that paid it (the operator's; the order must not be settled)."""
+    from datacoop.chain import ChainError
+    from datacoop.cli.settlement import rpc_url_default
+    from services.marketplace import client
+
+    order_id = _order_id(order_id)
+    url = service_url("marketplace", market_url)
+    where = _payment_contracts(url)
+    key = _operator_key(key_file)
+    try:
+        tx, amount, buyer = client.refund(rpc or rpc_url_default(), where["token"], where["market"], key, order_id)
+    except (ChainError, ValueError) as exc:
+        fail(f"refund not made: {exc}")
+    console.print(f"refunded order {order_id}: {amount:,} units back to {buyer} in tx {tx}", highlight=False,
+                  soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     app.add_typer(researcher_app, name="researcher")
-    for fn in (catalog, order, buy, download, query, orders):
+    for fn in (catalog, order, buy, download, query, orders, refunds, refund):
         app.command(fn.__name__)(fn)
