@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS version_row_bound (  -- the definition's privacy.max_
     dataset_id VARCHAR NOT NULL, version INTEGER NOT NULL, max_rows_per_member INTEGER NOT NULL,
     PRIMARY KEY (dataset_id, version));
 CREATE TABLE IF NOT EXISTS payments (  -- paid_at: the block's timestamp (NULL in confirmations written without it)
-    payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, amount_units BIGINT NOT NULL,
+    payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL,
+    amount_units HUGEINT NOT NULL,  -- the contract takes up to 2^120 - 1 a payment, past BIGINT
     tx_hash VARCHAR NOT NULL, confirmed_at TIMESTAMPTZ NOT NULL, paid_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS refused_payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR NOT NULL,

@@ -93,6 +93,16 @@ def test_a_payment_for_a_superseded_version_is_refused_listed_refundable_and_reb
     assert react(rebuilt, T0 + timedelta(days=1)) == []
 
 
+def test_a_payment_past_bigint_is_kept_exactly_and_listed() -> None:
+    """The contract takes up to 2^120 - 1 units a payment (anyone may pay for any order id): a BIGINT column
+    failed the whole batch on one of 2^63 or more."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a00f"
+    huge = 2**120 - 1
+    proj = project([delivery(payment(oid).model_copy(update={"amount_units": huge}), oid)])
+    [unmatched] = proj.unmatched_payments()
+    assert unmatched["amount_units"] == huge and unmatched["reason"] == "unknown order"
+
+
 def test_a_payment_for_a_current_version_pays() -> None:
     oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a002"
     proj = project([delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)])
