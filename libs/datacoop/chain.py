@@ -74,6 +74,32 @@ class TxReverted(ChainError):
         super().__init__(f"transaction reverted with {shown}")
 
 
+def market_mismatch(chain_url: str, market_address: str, token_address: str, timeout_s: float = 5) -> str | None:
+    """What is wrong with a service's DATACOOP_MARKET_ADDRESS / DATACOOP_TOKEN_ADDRESS on the chain at
+    `chain_url`, in a sentence naming the setting and the fix; None when the market contract is there and
+    takes that token, or when the chain does not answer (a service starts before its chain and waits for it).
+    A wrong address would otherwise show only later: payments never seen, researchers approving another token."""
+    w3 = Web3(Web3.HTTPProvider(chain_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None))
+    market = Web3.to_checksum_address(market_address)
+    try:
+        code = w3.eth.get_code(market)
+    except Exception:  # not up yet (or not reachable from here): the service's own calls will say so
+        return None
+    if not code:
+        return (f"DATACOOP_MARKET_ADDRESS {market}: no contract there on the chain at {chain_url} (chain id "
+                f"{w3.eth.chain_id}); set the address the market contract was deployed at, or DATACOOP_CHAIN_URL "
+                "to the chain it was deployed on")
+    try:
+        takes = str(w3.eth.contract(address=market, abi=load_artifact("DatacoopMarket").abi).functions.token().call())
+    except Exception as exc:
+        return (f"DATACOOP_MARKET_ADDRESS {market}: the contract there is not a DatacoopMarket (token() failed: "
+                f"{type(exc).__name__}); set the market contract's address")
+    if takes.lower() != token_address.lower():
+        return (f"DATACOOP_TOKEN_ADDRESS {Web3.to_checksum_address(token_address)} is not the token of the market "
+                f"at {market}, which takes {takes}; set DATACOOP_TOKEN_ADDRESS={takes}")
+    return None
+
+
 @dataclass(frozen=True)
 class Artifact:
     name: str

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 
+from datacoop.chain import market_mismatch
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.envelope import derived_event_id
 from datacoop.events.orders import OrderExpired, OrderPaid, PaymentRefused
 from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app, serve
+from datacoop.kit.settings import SettingRefused
 from datacoop.topics import DATASETS, ORDERS, PAYOUTS
 from services.consent import eip712
 from services.marketplace import domain
@@ -156,7 +158,13 @@ def _expiry_id(event: Event) -> str:
 
 
 def build_app(settings: MarketplaceSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    """The service's app; SettingRefused when the chain answers and the market or token address it shows
+    researchers (where to pay) is wrong."""
     settings = settings or MarketplaceSettings()
+    if settings.market_address and settings.token_address:
+        wrong = market_mismatch(settings.chain_url, settings.market_address, settings.token_address)
+        if wrong:
+            raise SettingRefused(wrong)
     service = MarketplaceService(settings, clock)
     return create_app(service, [build_router(service)], title="datacoop marketplace",
                       description="The catalog of dataset versions; orders paid on chain; signed download "

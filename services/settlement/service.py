@@ -36,6 +36,7 @@ from datacoop.chain import (
     ChainError,
     Contracts,
     TxReverted,
+    market_mismatch,
     order_id_from_uuid,
     order_paid_logs,
     root_posted_log,
@@ -45,7 +46,7 @@ from datacoop.events.envelope import derived_event_id
 from datacoop.events.payouts import EpochPosted, PaymentFlagged
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
-from datacoop.kit.settings import DEV_OPERATOR_TOKEN, dev_default_warned
+from datacoop.kit.settings import DEV_OPERATOR_TOKEN, SettingRefused, dev_default_warned
 from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS
 from services.settlement import domain
 from services.settlement.api import build_router
@@ -348,7 +349,11 @@ def _derived(cause: str) -> Callable[[Event], str]:
 
 
 def build_app(settings: SettlementSettings | None = None, clock: Callable[[], datetime] = utcnow) -> FastAPI:
+    """The service's app; SettingRefused when the chain answers and its market or token address is wrong."""
     settings = settings or SettlementSettings()
+    wrong = market_mismatch(settings.chain_url, settings.market_address, settings.token_address)
+    if wrong:
+        raise SettingRefused(wrong)
     service = SettlementService(settings, clock)
     return create_app(service, [build_router(service)], title="datacoop settlement",
                       description="Payments seen on chain, revenue allocations, payout epochs and proofs.")
