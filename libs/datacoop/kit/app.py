@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -179,9 +181,35 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
     except SettingRefused as exc:
         _refuse_start(name, str(exc))
+    unreachable = broker_unreachable(settings.bootstrap, BROKER_WAIT_S)
+    if unreachable:
+        _refuse_start(name, f"no Kafka broker answers at {settings.bootstrap} (DATACOOP_BOOTSTRAP) after "
+                            f"{BROKER_WAIT_S:g} s ({unreachable}); start one (`datacoop up` runs a local one) or set "
+                            "DATACOOP_BOOTSTRAP to your broker's host:port", code=3)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, **uvicorn_options)
 
 
-def _refuse_start(name: str, why: str) -> NoReturn:
+BROKER_WAIT_S = 30.0  # how long a starting service waits for its broker (one started beside it) to listen
+
+
+def broker_unreachable(bootstrap: str, wait_s: float) -> str | None:
+    """None once any bootstrap server accepts a TCP connection, trying for up to `wait_s`; else the last
+    error, in words. (Without it, a service started with no broker died with aiokafka's traceback.)"""
+    deadline = time.monotonic() + wait_s
+    while True:
+        error = ""
+        for server in bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=2):
+                    return None
+            except (OSError, ValueError) as exc:
+                error = f"{server.strip()}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+        if time.monotonic() >= deadline:
+            return error
+        time.sleep(0.5)
+
+
+def _refuse_start(name: str, why: str, code: int = 2) -> NoReturn:
     print(f"datacoop {name}: cannot start: {why}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(code)

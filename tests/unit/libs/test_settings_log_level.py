@@ -36,3 +36,29 @@ def test_a_service_with_an_unknown_level_says_it_cannot_start_naming_the_setting
     said = capsys.readouterr().err
     assert said.startswith("datacoop x: cannot start: bad settings (DATACOOP_LOG_LEVEL: Input should be "), said
     assert "'DEBUG'" in said and len(said.strip().splitlines()) == 1
+
+
+def test_a_service_with_no_broker_says_so_in_one_line_after_waiting(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It died with aiokafka's multi-frame traceback (KafkaConnectionError: Unable to bootstrap) and exit 3."""
+    from datacoop.kit import app as kit_app
+    from infra.local import free_port
+
+    monkeypatch.setattr(kit_app, "BROKER_WAIT_S", 0.6)
+    bootstrap = f"127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as exited:
+        serve("x", ServiceSettings(bootstrap=bootstrap), lambda settings: object())
+    assert exited.value.code == 3
+    said = capsys.readouterr().err
+    assert said.startswith(f"datacoop x: cannot start: no Kafka broker answers at {bootstrap} (DATACOOP_BOOTSTRAP) "
+                           "after 0.6 s ("), said
+    assert "refused" in said.lower() and "DATACOOP_BOOTSTRAP to your broker" in said
+    assert len(said.strip().splitlines()) == 1
+
+
+def test_a_broker_that_answers_is_found(broker: Any) -> None:
+    from datacoop.kit.app import broker_unreachable
+    from infra.local import free_port
+
+    assert broker_unreachable(f"127.0.0.1:{free_port()},{broker.bootstrap}", 0) is None
+    assert broker_unreachable("nonsense", 0) is not None
