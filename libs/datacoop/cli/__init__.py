@@ -236,13 +236,14 @@ def schemas(action: Annotated[str, typer.Argument(help="write | check")] = "chec
 
 
 from datacoop.cli import anonymizer as _anonymizer  # noqa: E402
+from datacoop.cli import dlq as _dlq  # noqa: E402
 from datacoop.cli import jobs as _jobs  # noqa: E402
 from datacoop.cli import market as _market  # noqa: E402
 from datacoop.cli import members as _members  # noqa: E402
 from datacoop.cli import settlement as _settlement  # noqa: E402
 from datacoop.cli import vault as _vault  # noqa: E402
 
-for _area in (_members, _vault, _anonymizer, _market, _jobs, _settlement):
+for _area in (_members, _vault, _anonymizer, _market, _jobs, _settlement, _dlq):
     _area.register(app)
 
 
