@@ -2,9 +2,11 @@
 
 Pure: parse an upload (JSON lines or CSV, `,` or `;` separated) into rows, then check every row.
 An upload with any bad row is refused whole; the report names each bad row (1-based, counting data
-rows only) and field, and says what was expected. Clean rows come out typed: integer fields as int,
-number fields as float, dates as ISO `YYYY-MM-DD` strings, booleans as bool, missing optional
-fields as None, so the sealed plaintext of a record is the same whatever format it arrived in.
+rows only) and field, and says what was expected. A value is read by one rule set whatever the format:
+a CSV cell, a JSON string and a JSON number (as its literal, `1e3` stays `1e3`) are the same text. Clean rows
+come out typed: integer fields as int, number fields as float, dates as ISO `YYYY-MM-DD` strings, booleans as
+bool, missing optional fields as None, so the sealed plaintext of a record is the same whatever format it
+arrived in.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import csv
 import io
 import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +30,7 @@ MAX_REPORTED_ERRORS = 200
 
 UploadFormat = Literal["jsonl", "csv"]
 # A checker returns the typed value or raises ValueError saying what was expected, and nothing else whatever
-# JSON value it is given (an object, a list, a boolean, an integer of thousands of digits, NaN, Infinity).
+# value it is given (text, an object, a list, a boolean, or a Python number in rows not parsed from an upload).
 Checker = Callable[[Any], Any]
 
 
@@ -87,6 +89,21 @@ def load_schemas(directory: Path = CATEGORIES_DIR) -> dict[str, CategorySchema]:
 
 
 # -- field checkers ---------------------------------------------------------------------------
+# One rule set for a value whatever the format it came in (docs/vault.md, "Values"): every checker reads the
+# value's text, which is a CSV cell as written, a JSON string's contents, or a JSON number or literal as written
+# (parse_upload keeps `1e3`, `-0`, `NaN` as their text; true/false arrive as bools and read as "true"/"false").
+# Whitespace around the text is dropped; text that is only whitespace is a missing value (check_rows).
+MAX_NUMBER_CHARS = 40
+"""Longest number an integer or number field reads, sign, point and exponent included (after trimming): past
+it a value is a mistake, not a measurement, and refused with its length rather than parsed."""
+MAX_INTEGER_DIGITS = 18
+"""An integer field's values stay under 10^18 even where its schema sets no min/max (a signed 64-bit store)."""
+
+_INTEGER_LIMIT = 10 ** MAX_INTEGER_DIGITS
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
 def _shown(value: Any) -> str:
     """A value as a row error quotes it: a JSON object or list by its kind (its repr may be huge or nested
     deeper than repr can walk), anything else as written, cut short past 60 characters."""
@@ -98,69 +115,80 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "…"
 
 
-def _range(value: float, rules: dict[str, Any]) -> None:
-    lo, hi = rules.get("min"), rules.get("max")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{_shown(value)} is outside {lo}..{hi}")
+def _text(value: Any, expected: str) -> str:
+    """The text of a value, trimmed; ValueError(`expected <expected>, got …`) for an object or a list, which
+    no field takes. Values given as Python objects (rows not parsed from an upload, e.g. the demo's sample
+    rows) read as JSON would write them."""
+    if type(value) is str:
+        return value.strip()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if value.bit_length() > 4 * MAX_NUMBER_CHARS:  # str() refuses past 4,300 digits: say its size instead
+            raise ValueError(f"expected {expected} of at most {MAX_NUMBER_CHARS} characters, got an integer of "
+                             f"about {int(value.bit_length() * 0.30103):,} digits")
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise ValueError(f"expected {expected}, got {_shown(value)}")
 
 
-def _plain(value: str) -> bool:
-    """Whether a number given as text is written plainly: ASCII (int() and float() also read "٣" and "²"-free
-    digits of other scripts) and without the `_` digit grouping they take from Python's own literals (`1_000`,
-    `2_5`), which no CSV writer or JSON means."""
-    return value.isascii() and "_" not in value
+def _decimal_text(value: Any, expected: str) -> str:
+    """The text of a number field's value, refused unless it is a plain decimal (ASCII digits, an optional sign,
+    point and exponent: what JSON writes, plus a leading `+`, `.5` and `5.`) of at most MAX_NUMBER_CHARS."""
+    text = _text(value, expected)
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(f"expected {expected} of at most {MAX_NUMBER_CHARS} characters, got {_shown(text)} "
+                         f"({len(text):,} characters)")
+    if not _DECIMAL.fullmatch(text):
+        if text.lstrip("+-").lower() in _NOT_FINITE and expected == "a number":
+            raise ValueError(f"expected a finite number, got {_shown(text)}")
+        hint = " (digits without _ grouping)" if "_" in text else ""
+        raise ValueError(f"expected {expected}, got {_shown(text)}{hint}")
+    return text
 
 
-def _not_plain(value: str) -> str:
-    return " (digits without _ grouping)" if "_" in value else ""
+def _outside(text: str, lo: Any, hi: Any) -> ValueError:
+    return ValueError(f"{text} is outside {'' if lo is None else lo}..{'' if hi is None else hi}")
 
 
 def _integer(rules: dict[str, Any]) -> Checker:
     lo, hi = rules.get("min"), rules.get("max")
 
     def check(value: Any) -> int:
-        # The common case of a CSV cell. ASCII only: isdigit() also takes "²", which int() refuses.
-        if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
+        # The common case, a CSV cell or JSON number of plain digits. ASCII only: isdigit() also takes "²".
+        if type(value) is str and value.isascii() and value.isdigit() and len(value) <= MAX_INTEGER_DIGITS:
             number = int(value)
             if (lo is None or number >= lo) and (hi is None or number <= hi):
                 return number
-        if isinstance(value, bool):
-            raise ValueError("expected an integer, got a boolean")
-        if isinstance(value, str):
-            try:
-                if not _plain(value):
-                    raise ValueError
-                value = int(value.strip())  # an optional sign and digits, as written: not 1e5 nor 5.0
-            except ValueError:
-                raise ValueError(f"expected an integer, got {_shown(value)}{_not_plain(value)}") from None
-        elif isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_shown(value)}")
-        _range(value, rules)
-        return int(value)
+        text = _decimal_text(value, "an integer")
+        # Exact, never through a float: 1e3 and 1000.0 are 1000, 1.0000000000000000001 is not 1.
+        exact = Decimal(text)
+        if exact != exact.to_integral_value():
+            raise ValueError(f"expected an integer, got {_shown(text)} (not a whole number; it is not rounded)")
+        if (lo is not None and exact < lo) or (hi is not None and exact > hi):
+            raise _outside(text, lo, hi)
+        if not -_INTEGER_LIMIT < exact < _INTEGER_LIMIT:  # compared, not abs(): that rounds, and overflows
+            raise ValueError(f"expected an integer of at most {MAX_INTEGER_DIGITS} digits, got {_shown(text)}")
+        return int(exact)  # -0 is 0
     return check
 
 
 def _number(rules: dict[str, Any]) -> Checker:
+    lo, hi = rules.get("min"), rules.get("max")
+
     def check(value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a number, got a boolean")
-        try:
-            if isinstance(value, str):
-                if not _plain(value):
-                    raise ValueError
-                number = float(value.strip())  # decimal, with an optional exponent; nan and inf refused below
-            else:
-                number = float(value)
-        except (TypeError, ValueError):
-            shown = _not_plain(value) if isinstance(value, str) else ""
-            raise ValueError(f"expected a number, got {_shown(value)}{shown}") from None
-        except OverflowError:  # an integer past a float's range (about 1.8e308)
-            raise ValueError(f"expected a finite number, got {_shown(value)}") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise ValueError(f"expected a finite number, got {_shown(value)}")
-        _range(number, rules)
+        text = _decimal_text(value, "a number")
+        number = float(text)  # the nearest 64-bit float, as every JSON reader takes a number
+        if number in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {_shown(text)} (beyond ±1.8e308)")
+        if number == 0.0:
+            if any(digit in "123456789" for digit in text.partition("e")[0].partition("E")[0]):
+                raise ValueError(f"expected a number, got {_shown(text)}: too close to 0 for a 64-bit float "
+                                 "(under about 1e-308); write 0 if 0 is meant")
+            number = 0.0  # -0 is 0
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            raise _outside(text, lo, hi)
         return number
     return check
 
@@ -171,19 +199,18 @@ def _string(rules: dict[str, Any]) -> Checker:
     max_length = rules.get("max_length")
 
     def check(value: Any) -> str:
-        if not isinstance(value, str):  # first: `in allowed` hashes the value, and an object or list has none
-            raise ValueError(f"expected text, got {_shown(value)}")
-        if allowed is not None and value in allowed and max_length is None and pattern is None:
-            return str(value)  # the common case of a value set, without the work below
-        value = value.strip()
-        if allowed is not None and value not in allowed:
+        if allowed is not None and type(value) is str and value in allowed and max_length is None \
+                and pattern is None:
+            return value  # the common case of a value set, without the work below
+        text = _text(value, "text")
+        if allowed is not None and text not in allowed:
             shown = ", ".join(sorted(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
-            raise ValueError(f"{_shown(value)} is not one of {shown}")
-        if max_length is not None and len(value) > max_length:
-            raise ValueError(f"text is {len(value)} characters, at most {max_length} allowed")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise ValueError(f"{_shown(value)} does not match {pattern.pattern}")
-        return str(value)
+            raise ValueError(f"{_shown(text)} is not one of {shown}")
+        if max_length is not None and len(text) > max_length:
+            raise ValueError(f"{_shown(text)} is {len(text):,} characters, at most {max_length} allowed")
+        if pattern is not None and not pattern.fullmatch(text):
+            raise ValueError(f"{_shown(text)} does not match {pattern.pattern}")
+        return text
     return check
 
 
@@ -194,30 +221,31 @@ def _date(rules: dict[str, Any]) -> Checker:
     def check(value: Any) -> str:
         # A date alone, as written: "2026-03-08 or maybe the 9th" or a date and time is not cut to its first ten
         # characters, nor the compact 20260308 (fromisoformat's other form) taken.
-        text = value.strip() if isinstance(value, str) else ""
+        text = _text(value, "a date YYYY-MM-DD")
         try:
             day = (date.fromisoformat(text) if len(text) == 10 and text.isascii() and text[4] == "-"
                    and text[7] == "-" else None)
         except ValueError:
             day = None
         if day is None:
-            raise ValueError(f"expected a date YYYY-MM-DD, got {_shown(value)}")
+            raise ValueError(f"expected a date YYYY-MM-DD, got {_shown(text)}")
         if (lo and day < lo) or (hi and day > hi):
-            raise ValueError(f"{day} is outside {lo}..{hi}")
+            raise _outside(text, lo, hi)
         return day.isoformat()
     return check
 
 
-_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
 def _boolean(rules: dict[str, Any]) -> Checker:
     def check(value: Any) -> bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ValueError(f"expected true or false, got {_shown(value)}")
+        text = _text(value, "true or false")
+        if text.lower() in _TRUE or text.lower() in _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"expected true or false (or 1/0, yes/no), got {_shown(text)}")
     return check
 
 
@@ -330,11 +358,11 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
                                     "must be one object of field: value"})
             continue
         try:
-            row = json.loads(line)
+            row = _read_json(line)
             # Each key of an object is followed by one colon: a line with no more colons than its row has
             # fields repeats none (json keeps a repeated key's last value); else read again, pair by pair.
             if type(row) is dict and line.count(":") > len(row):
-                row = json.loads(line, object_pairs_hook=_object)
+                row = _read_json(line, object_pairs_hook=_object)
         except json.JSONDecodeError as exc:
             unreadable += 1
             rows.append({MALFORMED: f"not JSON ({exc})"})
@@ -343,15 +371,18 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
             rows.append({MALFORMED: f"gives field {exc.name!r} more than once; a field takes one value a row: "
                                     "drop all but one", MALFORMED_FIELD: exc.name})
             continue
-        except ValueError:  # json reads an integer literal with int(), which refuses one this long
-            rows.append({MALFORMED: f"holds an integer of over {sys.get_int_max_str_digits():,} digits, "
-                                    "which no field takes"})
-            continue
         rows.append(row if isinstance(row, dict) else
                     {MALFORMED: "not a JSON object; each line must be an object of field: value"})
     if unreadable:
         _refuse_one_document(content)
     return rows
+
+
+def _read_json(text: str, **options: Any) -> Any:
+    """JSON with each number and NaN/Infinity kept as the text it was written as (`1e3`, `1000.0`, `-0`), so a
+    field reads a JSON number by the same rules as a CSV cell, and no literal is rounded (1.0000000000000000001)
+    or refused by int() (over 4,300 digits) before its field has said what it takes."""
+    return json.loads(text, parse_int=str, parse_float=str, parse_constant=str, **options)
 
 
 def _json_line_end(content: str) -> str:
@@ -360,7 +391,7 @@ def _json_line_end(content: str) -> str:
     if "\n" in content or "\r" not in content.strip():
         return "\n"
     try:
-        json.loads(content)
+        _read_json(content)
     except ValueError:
         return "\r"
     return "\n"
@@ -373,7 +404,7 @@ def _refuse_one_document(content: str) -> None:
     if not text.startswith("{") or "\n" not in text or _nested_too_deep(text):
         return
     try:
-        json.loads(text)
+        _read_json(text)
     except ValueError:  # not one object; maybe several, pretty-printed one after another
         first = next(line.strip() for line in text.split("\n") if line.strip())
         if first != "{":
@@ -513,7 +544,7 @@ def check_rows(schema: CategorySchema, rows: list[dict[str, Any]]) -> list[dict[
             continue
         for name, required, check in checkers:
             value = row.get(name)
-            if value is None or value == "":
+            if value is None or value == "" or (type(value) is str and value.isspace()):
                 if required:
                     count += 1
                     if len(errors) < MAX_REPORTED_ERRORS:

@@ -163,7 +163,7 @@ def test_sample_rows_for_demos_are_valid(category: str) -> None:
     ("fitness", '{"day": "2026-01-01", "steps": 5, "workout": ["run"]}', "workout", "expected text, got a JSON list"),
     ("health", '{"measured_on": "2026-01-01", "icd10": {"code": "E11"}}', "icd10", "expected text"),
     ("health", '{"measured_on": "2026-01-01", "weight_kg": ' + "9" * 400 + "}", "weight_kg",
-     "expected a finite number"),
+     "expected a number of at most 40 characters"),
     ("health", '{"measured_on": "2026-01-01", "weight_kg": 1e400}', "weight_kg", "expected a finite number"),
     ("health", '{"measured_on": "2026-01-01", "weight_kg": NaN}', "weight_kg", "expected a finite number"),
     ("health", '{"measured_on": "2026-01-01", "heart_rate_bpm": Infinity}', "heart_rate_bpm",
@@ -171,11 +171,11 @@ def test_sample_rows_for_demos_are_valid(category: str) -> None:
     ("health", '{"measured_on": "2026-01-01", "heart_rate_bpm": 1e300}', "heart_rate_bpm", "is outside 20..250"),
     ("health", '{"measured_on": ["2026-01-01"]}', "measured_on", "expected a date YYYY-MM-DD, got a JSON list"),
     ("health", '{"measured_on": "2026-01-01", "smoker": {}}', "smoker", "expected true or false"),
-    ("fitness", '{"day": "2026-01-01", "steps": true}', "steps", "got a boolean"),
+    ("fitness", '{"day": "2026-01-01", "steps": true}', "steps", "expected an integer, got 'true'"),
 ])
 def test_a_json_value_of_the_wrong_kind_is_a_row_error(category: str, line: str, field: str, said: str) -> None:
-    """An object where text belongs (unhashable, so `in` an enum raised TypeError), an integer past a float's
-    range (OverflowError): each a row of the 422 report, never an error of the server."""
+    """An object where text belongs (unhashable, so `in` an enum raised TypeError), a number literal of hundreds
+    of digits or past a float's range: each a row of the 422 report, never an error of the server."""
     with pytest.raises(UploadRefused) as refused:
         check_rows(SCHEMAS[category], parse_upload(line, "jsonl"))
     messages = {e.field: e.message for e in refused.value.errors}
@@ -183,18 +183,20 @@ def test_a_json_value_of_the_wrong_kind_is_a_row_error(category: str, line: str,
     assert all(len(m) < 200 for m in messages.values()), messages  # a huge value is not echoed whole
 
 
-def test_a_json_line_that_python_cannot_read_is_a_malformed_row() -> None:
-    """json.loads raises a plain ValueError (not JSONDecodeError) for an integer literal over 4,300 digits, and
-    overflows the C stack on deep nesting (eth_account lifts the recursion limit; this test module imports it
-    through sample_rows): each such line is reported with the others, the upload refused whole."""
+def test_a_json_line_that_python_cannot_read_is_reported_with_the_others() -> None:
+    """json.loads overflows the C stack on deep nesting (eth_account lifts the recursion limit; this test module
+    imports it through sample_rows): such a line is a malformed row. An integer literal over 4,300 digits (which
+    int() refuses) is read as its text and refused by its field as too long. Each is reported with the others,
+    the upload refused whole."""
     good = '{"day": "2026-03-01", "steps": 5}'
     lines = [good, '{"day": "2026-03-01", "steps": ' + "1" * 5000 + "}", good, "[" * 100_000 + "]" * 100_000,
              '{"day": "2026-03-01", "steps": -1}']
     with pytest.raises(UploadRefused) as refused:
         check_rows(SCHEMAS["fitness"], parse_upload("\n".join(lines), "jsonl"))
     found = [(e.row, e.field) for e in refused.value.errors]
-    assert found == [(2, "(whole row)"), (4, "(whole row)"), (5, "steps")], found
-    assert "over 4,300 digits" in refused.value.errors[0].message
+    assert found == [(2, "steps"), (4, "(whole row)"), (5, "steps")], found
+    assert "at most 40 characters" in refused.value.errors[0].message
+    assert "5,000 characters" in refused.value.errors[0].message
     assert "nested more than 64 deep" in refused.value.errors[1].message
 
 

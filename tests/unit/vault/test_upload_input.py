@@ -34,13 +34,14 @@ def test_a_plain_date_is_still_a_date() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("heart_rate_bpm", "1_00"), ("heart_rate_bpm", " 6_0 "), ("heart_rate_bpm", "1e2"), ("heart_rate_bpm", "60.0"),
+    ("heart_rate_bpm", "1_00"), ("heart_rate_bpm", " 6_0 "), ("heart_rate_bpm", "60.5"), ("heart_rate_bpm", "6.05e1"),
     ("heart_rate_bpm", "٦٠"), ("heart_rate_bpm", "0x40"), ("weight_kg", "2_5"), ("weight_kg", " 7_0.5"),
     ("weight_kg", "nan"), ("weight_kg", "inf"), ("weight_kg", "-Infinity"), ("weight_kg", "٧٠"),
     ("weight_kg", "70,5"), ("weight_kg", "0x1p6"),
 ])
 def test_a_number_not_written_plainly_is_refused_not_changed(field: str, value: str) -> None:
-    """As a CSV cell or a JSON string: int() and float() read `1_000`, `2_5`, digits of other scripts."""
+    """As a CSV cell or a JSON string: int() and float() read `1_000`, `2_5`, digits of other scripts; an integer
+    field takes 1e2 or 60.0 (exactly whole) but never rounds 60.5."""
     with pytest.raises(UploadRefused) as refused:
         check_rows(SCHEMAS["health"], [{"measured_on": "2026-03-10", field: value}])
     errors = refused.value.errors
@@ -52,8 +53,9 @@ def test_a_number_not_written_plainly_is_refused_not_changed(field: str, value: 
 def test_plain_numbers_stay_valid() -> None:
     rows = check_rows(SCHEMAS["health"], parse_upload(
         "measured_on,heart_rate_bpm,weight_kg\n2026-03-10, 62 ,72.5\n2026-03-11,+70,1e2\n2026-03-12,60,.5e2\n"
-        "2026-03-13,61,80.\n", "csv"))
-    assert [(r["heart_rate_bpm"], r["weight_kg"]) for r in rows] == [(62, 72.5), (70, 100.0), (60, 50.0), (61, 80.0)]
+        "2026-03-13,61,80.\n2026-03-14,1e2,80\n2026-03-15,60.0,80\n", "csv"))
+    assert [(r["heart_rate_bpm"], r["weight_kg"]) for r in rows] == [(62, 72.5), (70, 100.0), (60, 50.0), (61, 80.0),
+                                                                      (100, 80.0), (60, 80.0)]
     json_rows = check_rows(SCHEMAS["health"], parse_upload(
         '{"measured_on": "2026-03-10", "heart_rate_bpm": 1e2, "weight_kg": 70}\n'
         '{"measured_on": "2026-03-11", "heart_rate_bpm": 60.0, "weight_kg": "70.5"}\n', "jsonl"))
