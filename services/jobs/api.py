@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -124,11 +125,17 @@ def job_view(job: domain.Job) -> dict[str, Any]:
             "reports": [{"worker_id": r.worker_id, "result_sha256": r.result_sha256} for r in job.reports]}
 
 
-def worker_view(w: domain.Worker, max_marks: int, provider_marks: int) -> dict[str, Any]:
+def worker_view(w: domain.Worker, max_marks: int, provider_marks: int, last_heartbeat_at: datetime | None = None,
+                live: bool = False) -> dict[str, Any]:
+    """A worker's record (from its events) and its liveness (in memory: `last_heartbeat_at`, when this
+    process last heard from it, None since a restart until it calls again; `live`, heard from within the
+    lease TTL). `excluded`: its provider's marks bar it from jobs. `eligible`: it would get a job open now,
+    i.e. live and not excluded (a stopped worker is registered for ever, but eligible for nothing)."""
+    excluded = not w.eligible(max_marks, provider_marks)
     return {"worker_id": w.worker_id, "provider": w.provider, "backend": w.backend, "cpu_cores": w.cpu_cores,
             "memory_bytes": w.memory_bytes, "gpus": list(w.gpus), "accepted": w.accepted, "marks": w.marks,
-            "provider_marks": provider_marks, "reputation": w.reputation,
-            "eligible": w.eligible(max_marks, provider_marks)}
+            "provider_marks": provider_marks, "reputation": w.reputation, "last_heartbeat_at": last_heartbeat_at,
+            "live": live, "excluded": excluded, "eligible": live and not excluded}
 
 
 def _decode_plot(plot_png_b64: str | None) -> bytes | None:
@@ -359,16 +366,20 @@ def build_router(ctx: Any) -> APIRouter:
         await run(job_id, cmd)
         return {"status": ctx.projection.job(job_id).status}
 
+    def registry_view(w: domain.Worker) -> dict[str, Any]:
+        return worker_view(w, settings.jobs_max_marks, provider_marks(w), *ctx.liveness(w.worker_id))
+
     @router.get("/workers", tags=["workers"])
     async def list_workers() -> list[dict[str, Any]]:
-        """Every registered worker with its record and reputation."""
-        return [worker_view(w, settings.jobs_max_marks, provider_marks(w)) for w in ctx.projection.workers()]
+        """Every registered worker with its record, reputation and liveness (`live`, `last_heartbeat_at`);
+        `eligible` only while it is live and not excluded."""
+        return [registry_view(w) for w in ctx.projection.workers()]
 
     @router.get("/workers/{worker_id}", tags=["workers"])
     async def get_worker(worker_id: str) -> dict[str, Any]:
         w = ctx.projection.worker(worker_id)
         if not w.registered:
             raise NotFound(f"no worker {worker_id}; workers register with POST /workers")
-        return worker_view(w, settings.jobs_max_marks, provider_marks(w))
+        return registry_view(w)
 
     return router

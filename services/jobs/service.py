@@ -67,7 +67,8 @@ class JobsService(ServiceRuntime[JobsProjection]):
         assert self.writer is not None
         self.jobs_writer: Writer = self.writer
         self.runner.add_listener(self._on_applied)
-        self.heartbeats: dict[str, float] = {}
+        self.heartbeats: dict[str, float] = {}  # worker id -> time.monotonic() of its last sign of life
+        self.heartbeat_at: dict[str, datetime] = {}  # the same, by the service's clock (shown in GET /workers)
         self.lease_seen: dict[str, float] = {}  # lease id -> last sign of it (granted, named, progress)
         self.names_leases: set[str] = set()  # workers whose heartbeats name the leases they hold
         self.tokens: dict[str, str] = {}
@@ -143,10 +144,19 @@ class JobsService(ServiceRuntime[JobsProjection]):
         from then on: a lease it no longer names expires after the TTL)."""
         now_m = time.monotonic()
         self.heartbeats[worker_id] = now_m
+        self.heartbeat_at[worker_id] = self.clock()
         if leases is not None:
             self.names_leases.add(worker_id)
             for lease_id in leases:
                 self.touch_lease(lease_id, now_m)
+
+    def liveness(self, worker_id: str) -> tuple[datetime | None, bool]:
+        """When the worker was last heard from (a heartbeat, its registration, a lease poll) by this process,
+        and whether that is within the lease TTL: a worker silent longer (stopped, crashed, cut off), or not
+        heard from since this service started, is not live. In memory, as heartbeats are: never events."""
+        seen = self.heartbeats.get(worker_id)
+        live = seen is not None and time.monotonic() - seen <= self.settings.jobs_lease_ttl_s
+        return self.heartbeat_at.get(worker_id), live
 
     def touch_lease(self, lease_id: str, now_m: float | None = None) -> None:
         self.lease_seen[lease_id] = time.monotonic() if now_m is None else now_m

@@ -88,10 +88,15 @@ class GrantBody(BaseModel):
 
 
 def order_view(o: domain.Order, version_superseded: bool = False,
-               short_payments: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               short_payments: list[dict[str, Any]] | None = None, not_sold: str | None = None,
+               offer_note: str | None = None) -> dict[str, Any]:
     """An order as its researcher sees it. A refused payment (`refund-due`) says why and what to do; a
     payment short of the price (the contract takes one payment per order, so it can't be topped up) says
-    so; an unpaid order whose version left the sale says not to pay it."""
+    so; an unpaid order whose version left the sale, or whose offer the version no longer sells
+    (`not_sold`: why, e.g. compute on a version too small for any analysis, ordered before that was
+    refused), says not to pay it (`note`: `datacoop buy` refuses to pay an order with one). What the offer
+    gives less of than expected (`offer_note`, e.g. group-by cells on a small version) is told apart, as
+    `offer_note`, since it does not stop a payment. The order's events and status stay as they were."""
     view: dict[str, Any] = {
         "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
         "researcher_id": o.researcher_id, "buyer": o.buyer, "dataset_id": o.dataset_id, "version": o.version,
@@ -115,6 +120,15 @@ def order_view(o: domain.Order, version_superseded: bool = False,
         view["note"] = (f"{o.dataset_id} v{o.version} was superseded (no longer on sale): do not pay order "
                         f"{o.order_id}, a payment now would be refused and refunded; order the current version "
                         f"(`datacoop order {o.dataset_id}:{o.offer}`, see `datacoop catalog`)")
+    elif o.status == "placed" and not_sold:
+        view["note"] = (f"do not pay order {o.order_id}: {o.dataset_id} v{o.version}: {not_sold} (the order was "
+                        "placed before that was refused, and what it buys would be of no use); order what the "
+                        "version sells, or another version (see `datacoop catalog`)")
+    if o.status == "paid" and not_sold:
+        offer_note = (f"{o.dataset_id} v{o.version}: {not_sold}; this order was paid before such orders were "
+                      "refused: ask the operator about it")
+    if offer_note:
+        view["offer_note"] = offer_note
     if o.offer == "query":
         view["budget"] = {"epsilon": (o.budget_micro or 0) / MICRO_EPSILON, "spent": o.spent_micro / MICRO_EPSILON,
                           "remaining": o.remaining_micro / MICRO_EPSILON, "queries": o.queries}
@@ -161,9 +175,13 @@ def build_router(ctx: Any) -> APIRouter:
         return order
 
     def view(o: domain.Order) -> dict[str, Any]:
-        info = ctx.projection.version_info(o.dataset_id, o.version) if o.status == "placed" else None
+        found = ctx.projection.version(o.dataset_id, o.version) if o.status in ("placed", "paid") else None
         short = ctx.projection.short_payments(o.order_id) if o.status != "paid" else None
-        return order_view(o, info is not None and info.superseded, short)
+        not_sold = offer_note = None
+        if found is not None:
+            offers = ctx.version_offers(found[0])
+            not_sold, offer_note = offers.unavailable(o.offer), offers.notes().get(o.offer)
+        return order_view(o, o.status == "placed" and found is not None and found[1], short, not_sold, offer_note)
 
     def published(dataset_id: str, version: int) -> DatasetVersionPublished:
         found = ctx.projection.version(dataset_id, version)
@@ -196,7 +214,7 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog() -> dict[str, Any]:
         """Every published dataset version, its guarantees and offers, and where orders are paid."""
         return {"payment": ctx.payment_info(),
-                "versions": [version_view(v, s, ctx.offers.for_version(v.dataset_id, v.version, v.columns).as_list(),
+                "versions": [version_view(v, s, ctx.version_offers(v).as_list(),
                                           ctx.projection.groupable(v.dataset_id, v.version))
                              for v, s in ctx.projection.versions()]}
 
@@ -204,7 +222,7 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog_entry(dataset_id: str, version: VersionPath) -> dict[str, Any]:
         v = published(dataset_id, version)
         superseded = ctx.projection.version(dataset_id, version)[1]
-        return version_view(v, superseded, ctx.offers.for_version(dataset_id, version, v.columns).as_list(),
+        return version_view(v, superseded, ctx.version_offers(v).as_list(),
                             ctx.projection.groupable(dataset_id, version))
 
     @router.get("/grant-key", tags=["catalog"])
@@ -215,9 +233,12 @@ def build_router(ctx: Any) -> APIRouter:
     # -- orders -----------------------------------------------------------------------------
     @router.post("/orders", status_code=status.HTTP_201_CREATED, tags=["orders"])
     async def place(body: OrderBody, who: Researcher) -> dict[str, Any]:
-        """Order an offer on a version at the offers file's price; pay it on chain before it expires."""
+        """Order an offer on a version at the offers file's price; pay it on chain before it expires. An
+        offer the version doesn't sell (e.g. compute on a version with fewer rows than any analysis may rest
+        on) is refused (422 `offer-unavailable`, saying why and what to order instead) before anything is
+        written; one that gives less than expected answers with an `offer_note` saying so."""
         found = ctx.projection.version(body.dataset_id, body.version)
-        terms = ctx.offers.for_version(body.dataset_id, body.version, found[0].columns if found else None)
+        terms = ctx.version_offers(found[0]) if found else ctx.offers.for_version(body.dataset_id, body.version, None)
         order_id = str(uuid.uuid4())
         cmd = domain.PlaceOrder(who["researcher_id"], who["wallet"], body.offer, terms.terms(body.offer).price_units,
                                 terms.order_ttl_s, terms.budget_micro() if body.offer == "query" else None, order_id)

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from datacoop.chain import market_mismatch
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.envelope import derived_event_id
-from datacoop.events.orders import OrderExpired, OrderPaid, PaymentRefused
+from datacoop.events.orders import MICRO_EPSILON, OrderExpired, OrderPaid, PaymentRefused
 from datacoop.events.registry import Event
 from datacoop.keys import load_or_create_key
 from datacoop.kit import ServiceRuntime, create_app, serve
@@ -34,9 +34,9 @@ from datacoop.topics import DATASETS, ORDERS, PAYOUTS
 from services.consent import eip712
 from services.marketplace import domain
 from services.marketplace.api import build_router
-from services.marketplace.engine import LoadedVersion, QueryEngine
+from services.marketplace.engine import LoadedVersion, QueryEngine, selection_threshold
 from services.marketplace.files import VersionFiles
-from services.marketplace.offers import load_offers
+from services.marketplace.offers import VersionOffers, load_offers
 from services.marketplace.projection import SCHEMA_SQL, MarketProjection, PendingPayment
 from services.marketplace.settings import MarketplaceSettings
 
@@ -53,7 +53,7 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
                          reads=[DATASETS, PAYOUTS], writes=ORDERS, schema_sql=SCHEMA_SQL)
         self.settings: MarketplaceSettings = settings
         self.clock = clock
-        self.offers = load_offers(settings.offers_file)
+        self.offers = load_offers(settings.offers_file, settings.compute_min_rows)
         self.grant_key = load_or_create_key(settings.grant_key_file
                                             or settings.data_dir / "marketplace-grant-key.pem")
         self.files = VersionFiles(settings.object_store_dir)
@@ -73,6 +73,24 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
     def new_rng() -> np.random.Generator:
         return np.random.default_rng(secrets.randbits(128))
 
+    def rows_per_member(self, v: DatasetVersionPublished) -> int:
+        """Rows one member can add or take away (DP sensitivity): the definition's public bound, not the
+        data's largest weight (which would make the noise depend on the data); the larger of the two for a
+        version published before bounds existed."""
+        bound = self.projection.row_bound(v.dataset_id, v.version)
+        return max(bound or 1, max(v.contributor_weights.values(), default=1))
+
+    def version_offers(self, v: DatasetVersionPublished) -> VersionOffers:
+        """What `v` sells, checked against its columns and rows, with the notes a researcher reads before
+        paying (a query offer on a version too small for a group-by cell to show)."""
+        cell_rows = None
+        if self.projection.groupable(v.dataset_id, v.version):
+            terms = self.offers.for_dataset(v.dataset_id)
+            budget = terms.budget_micro() / MICRO_EPSILON
+            m = self.rows_per_member(v)
+            cell_rows = selection_threshold(m, m / budget, budget, self.settings.query_delta)
+        return self.offers.for_version(v.dataset_id, v.version, v.columns, v.rows, cell_rows)
+
     async def load_version(self, v: DatasetVersionPublished) -> LoadedVersion:
         """The version in the query engine (loaded once, after its file's sha256 is checked)."""
         key = (v.dataset_id, v.version)
@@ -80,11 +98,7 @@ class MarketplaceService(ServiceRuntime[MarketProjection]):
         if task is None or (task.done() and task.exception() is not None):
             async def go() -> LoadedVersion:
                 path = await asyncio.to_thread(self.files.verified, v.location, v.sha256)
-                # rows one member can add or take away (DP sensitivity): the definition's public bound, not
-                # the data's largest weight (which would make the noise depend on the data); the larger of
-                # the two for a version published before bounds existed
-                bound = self.projection.row_bound(v.dataset_id, v.version)
-                weights = max(bound or 1, max(v.contributor_weights.values(), default=1))
+                weights = self.rows_per_member(v)
                 groupable = self.projection.groupable(v.dataset_id, v.version)
                 return await asyncio.to_thread(functools.partial(
                     self.engine.load, v.dataset_id, v.version, path, weights, groupable=groupable))

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from datacoop.events.types import ADDRESS_PATTERN
 from datacoop.kit.settings import ServiceSettings
+from services.worker.column_types import DEFAULT_MIN_GROUP_SIZE
 
 
 class MarketplaceSettings(ServiceSettings):
@@ -29,3 +30,7 @@ class MarketplaceSettings(ServiceSettings):
     query_memory_limit: str = Field("2GB", description="DuckDB memory for loaded versions")
     query_delta: float = Field(1e-6, gt=0, lt=1, description="delta of an order's whole query budget: each grouped "
                                                              "answer spends delta * its epsilon / the budget")
+    compute_min_rows: int = Field(DEFAULT_MIN_GROUP_SIZE, ge=1,
+                                  description="fewest rows a version needs for compute to be sold on it: keep it at "
+                                              "least the workers' DATACOOP_WORKER_MIN_GROUP_SIZE (default 10), below "
+                                              "which every job is refused")

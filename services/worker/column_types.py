@@ -1,5 +1,6 @@
-"""Which column types the analytics can compute on: the one rule the worker's parameter checks and
-the marketplace's compute offer share (a compute offer on a version no analysis can read is not sold).
+"""What a version needs for any analysis to run on it: a column type the analytics can compute on,
+and at least DEFAULT_MIN_GROUP_SIZE rows. The rules the worker's checks and the marketplace's compute
+offer share (a compute offer on a version no analysis can run on is not sold).
 
 Light on purpose (no NumPy, no pyarrow): the marketplace imports it.
 """
@@ -7,6 +8,11 @@ Light on purpose (no NumPy, no pyarrow): the marketplace imports it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+DEFAULT_MIN_GROUP_SIZE = 10
+"""The fewest rows any reported number may rest on, unless the operator sets another
+(DATACOOP_WORKER_MIN_GROUP_SIZE for the workers; DATACOOP_COMPUTE_MIN_ROWS for the marketplace's
+compute offer): a version with fewer rows supports no analysis at all."""
 
 NUMERIC_TYPES = frozenset({
     "int", "integer", "float", "double", "number", "bool", "boolean",

@@ -13,18 +13,30 @@ naming the flag or variable, status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import re
 import signal
 import socket
 import sys
-import uuid
 from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
 
 WORKER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the jobs service's id shape
+
+
+def default_worker_id(provider: str, hostname: str | None = None) -> str:
+    """The worker id when none is given: the host name (up to 40 characters, outside the id's alphabet made
+    `-`) and 12 hex digits of SHA-256 over the provider address (any case) and the host name. The same on
+    every run of one machine with one key, so the provider's record (accepted results, marks, reputation)
+    carries over and the registry doesn't fill with dead ids; another key or another machine gets
+    another id. Two workers with one key on one machine would share it (the second's registration ends the
+    first's leases): give each its own --worker-id."""
+    host = hostname if hostname is not None else socket.gethostname()
+    digest = hashlib.sha256(f"{provider.lower()}\n{host}".encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9._:-]', '-', host[:40]) or 'worker'}-{digest}"
 
 
 class SettingInvalid(ValueError):
@@ -95,6 +107,8 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
     if cores:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ[var] = str(cores)
+    from eth_account import Account
+
     from datacoop.kit.logs import configure
     from services.worker.client import WorkerSession
     from services.worker.worker import Worker
@@ -103,8 +117,8 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
               os.environ.get("DATACOOP_LOG_JSON", "true").lower() == "true")
     for noisy in ("httpx", "httpcore"):  # a line per heartbeat and lease poll otherwise (~60 KB in 10 minutes)
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    worker_id = worker_id or f"{re.sub(r'[^A-Za-z0-9._:-]', '-', socket.gethostname()[:40])}-{uuid.uuid4().hex[:8]}"
     try:
+        worker_id = worker_id or default_worker_id(Account.from_key(key).address)
         session = WorkerSession(jobs_url, key, worker_id)
     except ValueError as exc:
         raise WorkerCannotStart(f"the provider key is not usable ({exc}); give 64 hex digits") from None
@@ -126,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs-url", default=os.environ.get("DATACOOP_JOBS_URL", "http://127.0.0.1:8106"))
     parser.add_argument("--key-file", default=os.environ.get("DATACOOP_WORKER_KEY_FILE"),
                         help="the provider's payout key (hex); else DATACOOP_KEY")
-    parser.add_argument("--worker-id", default=os.environ.get("DATACOOP_WORKER_ID"))
+    parser.add_argument("--worker-id", default=os.environ.get("DATACOOP_WORKER_ID"),
+                        help="default: the host name and a hash of the provider address and host name, the same on "
+                             "every run of this machine with this key")
     parser.add_argument("--cores", type=int, default=None, help="CPU threads to offer; else DATACOOP_WORKER_CORES")
     parser.add_argument("--object-store", default=None, help="folder relative locations are read from")
     args = parser.parse_args(argv)

@@ -250,6 +250,25 @@ def test_bad_input_is_refused_with_a_clear_error(stack: Stack, tmp_path: Path) -
     assert out.exit_code == 1 and "expired" in out.output
 
 
+def test_compute_is_not_sold_on_a_version_too_small_for_any_analysis(stack: Stack, tmp_path: Path) -> None:
+    """3 rows, fewer than the 10 any job result must rest on: the jobs service would refuse every job, so the
+    catalog lists no compute offer and `datacoop order` is refused, saying why and what to order instead."""
+    s = stack
+    s.publish_version("tiny-ds", 1, rows=3, weights={m: 1 for m in MEMBERS[:3]})
+    listed = s.get("/catalog/tiny-ds/1").json()
+    assert [o["offer"] for o in listed["offers"]] == ["download", "query"], listed
+    ada = researcher(s, BUYER_KEYS[0])
+    api_file = tmp_path / "api.key"
+    api_file.write_text(ada.http.headers["authorization"].removeprefix("Bearer "))
+    out = cli(s, "order", "tiny-ds@1:compute", api_key_file=api_file)
+    assert out.exit_code == 1, out.output
+    said = " ".join(out.output.split())
+    assert "3 rows, fewer than the 10" in said and "order download or query on it instead" in said, said
+    assert ada.orders() == [], "nothing was written"
+    placed = ada.order("tiny-ds", 1, "query")  # still sold, and it says what grouping gives on 3 rows
+    assert "the version has 3 rows in all" in placed["offer_note"] and "note" not in placed
+
+
 def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_refund(
         stack: Stack, tmp_path: Path) -> None:
     s = stack

@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from services.worker.column_types import DEFAULT_MIN_GROUP_SIZE
+
+__all__ = ["DEFAULT_MIN_GROUP_SIZE", "MIN_GROUP_SIZE_ENV", "configured_min_group_size", "min_group_size_for"]
+
 MIN_GROUP_SIZE_ENV = "DATACOOP_WORKER_MIN_GROUP_SIZE"
-DEFAULT_MIN_GROUP_SIZE = 10
 
 
 def configured_min_group_size(environ: Mapping[str, str] | None = None) -> int:

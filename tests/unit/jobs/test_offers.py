@@ -81,3 +81,62 @@ def test_the_docs_job_example_runs_on_the_demo_fitness_data() -> None:
     schema = {name: published.get(spec["type"], "string") for name, spec in columns.items()
               if name not in fitness_definition()["quasi_identifiers"]}
     validate_job(analysis, params, schema, 100)
+
+
+NUMBERS = {"day": "string", "steps": "int64"}
+
+
+def test_compute_is_not_sold_on_a_version_with_fewer_rows_than_any_result_may_rest_on() -> None:
+    """The jobs service refuses every job on a version with fewer rows than the workers' minimum group size
+    (default 10): compute on it would be paid for nothing, so it is not sold there."""
+    from services.marketplace.settings import MarketplaceSettings
+    from services.worker.analytics import JobRefused
+    from services.worker.analytics.disclosure import DEFAULT_MIN_GROUP_SIZE
+
+    assert MarketplaceSettings().compute_min_rows == DEFAULT_MIN_GROUP_SIZE == 10, "one minimum, not two"
+    with pytest.raises(JobRefused, match="has 9 rows, fewer than the 10"):
+        validate_job("describe", {"columns": ["steps"]}, NUMBERS, 9)
+    offers = Offers({"defaults": DEFAULTS})
+    tiny = offers.for_version("fitness", 3, NUMBERS, rows=3)
+    assert sold(tiny.as_list()) == ["download", "query"]
+    with pytest.raises(OfferUnavailable) as refused:
+        tiny.terms("compute")
+    assert refused.value.status == 422 and refused.value.slug == "offer-unavailable"
+    assert refused.value.detail == (
+        "fitness v3: compute is not sold on this version: it has 3 rows, fewer than the 10 any analysis result "
+        "must rest on (no individual rows are disclosed), so the jobs service would refuse every job on it; "
+        "order download or query on it instead, or compute on a version with numeric columns and at least 10 "
+        "rows (see `datacoop catalog`)")
+    assert sold(offers.for_version("fitness", 4, NUMBERS, rows=10).as_list()) == ["download", "query", "compute"]
+    stricter = Offers({"defaults": DEFAULTS}, compute_min_rows=50)
+    assert "compute" not in sold(stricter.for_version("fitness", 4, NUMBERS, rows=49).as_list())
+    assert stricter.for_version("fitness", 4, NUMBERS, rows=50).terms("compute").price_units == 2
+
+
+def test_a_version_without_rows_sells_nothing_and_says_so() -> None:
+    empty = Offers({"defaults": DEFAULTS}).for_version("fitness", 5, NUMBERS, rows=0)
+    assert empty.as_list() == []
+    for offer, why in (("download", "the download would be an empty file"),
+                       ("query", "every answer would be noise alone"), ("compute", "no analysis can run on it")):
+        with pytest.raises(OfferUnavailable) as refused:
+            empty.terms(offer)  # type: ignore[arg-type]
+        assert refused.value.detail.startswith(f"fitness v5: {offer} is not sold on this version: it has no rows, "
+                                               f"so {why}; nothing is sold on it"), refused.value.detail
+        assert "(see `datacoop catalog`)" in refused.value.detail
+
+
+def test_a_query_offer_on_a_version_too_small_for_any_group_by_cell_says_so_in_the_catalog() -> None:
+    """A group-by cell shows only above the partition-selection threshold: on a version with fewer rows in
+    all, grouped answers show (almost surely) nothing; the offer is still sold (ungrouped answers are
+    whole) but says so before anyone pays."""
+    offers = Offers({"defaults": DEFAULTS})
+    small = offers.for_version("survey", 1, NUMBERS, rows=12, query_cell_rows=15.1)
+    [query] = [o for o in small.as_list() if o["offer"] == "query"]
+    assert query["note"].startswith("group-by answers on this version will show few or no cells: a cell is shown "
+                                    "only when its noisy count passes about 15 rows")
+    assert "the version has 12 rows in all" in query["note"] and "ungrouped aggregates" in query["note"]
+    assert all("note" not in o for o in small.as_list() if o["offer"] != "query")
+    large = offers.for_version("survey", 2, NUMBERS, rows=300, query_cell_rows=15.1)
+    assert all("note" not in o for o in large.as_list())
+    assert all("note" not in o for o in offers.for_version("survey", 3, NUMBERS, rows=12).as_list()), \
+        "no group-by on the version: nothing to warn about"

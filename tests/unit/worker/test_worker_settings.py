@@ -49,3 +49,46 @@ def test_a_key_file_that_is_not_a_key_is_named(tmp_path: Path) -> None:
         worker_main._key(str(bad))
     bad.write_text("0x" + KEY)
     assert worker_main._key(str(bad)) == "0x" + KEY
+
+
+def test_the_default_worker_id_is_the_same_on_every_run_of_one_machine_and_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --worker-id a worker registers under the same id each time it starts on this machine with this
+    key, so its provider's record carries over; another key or machine gets another id."""
+    from eth_account import Account
+
+    from datacoop.kit import logs
+    from services.worker import worker as worker_module
+
+    started: list[str] = []
+
+    class Idle:
+        jobs_done = 0
+
+        def __init__(self, session: object, *_: object, **__: object) -> None:
+            started.append(session.worker_id)  # type: ignore[attr-defined]
+
+        def run_forever(self, max_jobs: int | None = None) -> None:
+            return None
+
+    monkeypatch.setattr(worker_module, "Worker", Idle)
+    monkeypatch.setattr(worker_main.signal, "signal", lambda *_: None)
+    monkeypatch.setattr(logs, "configure", lambda *_, **__: None)  # leave this process's logging alone
+    monkeypatch.setattr(worker_main.socket, "gethostname", lambda: "vm")
+    for name in ("DATACOOP_WORKER_MIN_GROUP_SIZE", "DATACOOP_WORKER_DELAY_S"):
+        monkeypatch.delenv(name, raising=False)
+    other = "cd" * 32
+    for key in (KEY, KEY, "0x" + KEY, other):
+        worker_main.run("http://127.0.0.1:9", key)
+    assert started[0] == started[1] == started[2] != started[3]
+    assert started[0] == worker_main.default_worker_id(Account.from_key(KEY).address, "vm")
+    assert started[0].startswith("vm-") and worker_main.WORKER_ID.fullmatch(started[0])
+    worker_main.run("http://127.0.0.1:9", KEY, worker_id="my-gpu-box")
+    assert started[-1] == "my-gpu-box", "--worker-id still wins"
+
+    address = Account.from_key(KEY).address
+    assert worker_main.default_worker_id(address.lower(), "vm") == worker_main.default_worker_id(address, "vm")
+    assert worker_main.default_worker_id(address, "vm") != worker_main.default_worker_id(address, "vm2")
+    for host in ("gpu box/1 ☃", "x" * 300, ""):
+        worker_id = worker_main.default_worker_id(address, host)
+        assert worker_main.WORKER_ID.fullmatch(worker_id), worker_id
