@@ -102,7 +102,7 @@ def test_member_commands_register_grant_list_receipt_and_verify(
 
 def test_cli_without_a_key_or_url_says_what_to_do(tmp_path: Path) -> None:
     result = datacoop("member", "register", env={"DATACOOP_KEY": ""})
-    assert result.returncode == 1
+    assert result.returncode == 2, "no key is a usage error"
     assert "--key-file" in result.stderr
 
 
@@ -126,7 +126,7 @@ def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> No
     assert refused.returncode == 1 and "use .jsonl or .csv (or pass --format" in refused.stderr
     xml = datacoop("contribute", str(notes), "--category", "fitness", "--format", "xml",
                    env={"DATACOOP_KEY": "11" * 32})
-    assert xml.returncode == 1 and "--format must be jsonl or csv, not 'xml'" in xml.stderr
+    assert xml.returncode == 2 and "--format must be jsonl or csv, not 'xml'" in xml.stderr
     empty = tmp_path / "empty.csv"
     empty.write_text("\n")
     nothing = datacoop("contribute", str(empty), "--category", "fitness", env={"DATACOOP_KEY": "11" * 32})

@@ -12,13 +12,44 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from datacoop.cli import stack as stack_mod
 from datacoop.cli.common import fail
 from infra.local import InfraError
 
 err = Console(stderr=True)
+
+
+def _argument_name(param: TyperArgument) -> str:
+    """An argument as help and usage lines name it: its metavar, else its name in capitals without `_id`
+    (`order_id` -> ORDER, `query_file` -> QUERY_FILE), as the README writes them."""
+    if param.metavar is not None:
+        return param.metavar
+    return (param.name or "").upper().removesuffix("_ID") or (param.name or "").upper()
+
+
+def _usage_name(param: TyperArgument) -> str:
+    """An argument in a usage line: ORDER when required, [ORDER] when not (typer's own writes {order_id})."""
+    name = _argument_name(param)
+    name = name if param.required else f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")
+
+
+def _flag_type(param: TyperOption, ctx: Any) -> str | None:
+    """No value type after a flag (`--debug`, `--help` take none; typer's own help writes `<bool>`)."""
+    if param.is_flag:
+        return None
+    return _typed_option_type(param, ctx)
+
+
+_typed_option_type = TyperOption.display_type_rich
+# typer (0.29) writes arguments as `{order_id}` in usage lines and `<bool>` after flags: datacoop's help reads as
+# the README does instead (ORDER QUERY_FILE, flags bare). These are the only formatting hooks typer offers, and
+# they are set once here, for this program.
+TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[method-assign,assignment]
+TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign,assignment]
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign,assignment]
 
 
 class OneLineUsageErrors(TyperGroup):
@@ -35,9 +66,12 @@ class OneLineUsageErrors(TyperGroup):
             if type(exc).__name__ == "NoArgsIsHelpError":  # the help, printed already
                 sys.exit(exc.exit_code)
             message = exc.format_message().rstrip(".")
+            command = _command_path(getattr(exc, "ctx", None))
+            if getattr(exc, "option_name", None) == "--debug" and command != "datacoop":  # a root option
+                message = (f"--debug goes before the command, not after it: `datacoop --debug "
+                           f"{command.removeprefix('datacoop ')} ...`")
             err.print(f"[red]error:[/red] {escape(message[:1].lower() + message[1:])}; see "
-                      f"`{escape(_command_path(getattr(exc, 'ctx', None)))} --help`", highlight=False,
-                      soft_wrap=True)
+                      f"`{escape(command)} --help`", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except typer.Abort:
             err.print("[red]error:[/red] aborted", highlight=False)
@@ -54,8 +88,7 @@ def _command_path(ctx: Any) -> str:
     return " ".join(["datacoop", *names])
 
 
-app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="datacoop: members own their data and are paid on-chain when researchers use it.")
+app = typer.Typer(cls=OneLineUsageErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 __all__ = ["app", "fail", "main"]
 
@@ -65,7 +98,11 @@ class State:
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False) -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors; it goes before the "
+                                                              "command: `datacoop --debug orders`")] = False) -> None:
+    """datacoop: members own their data and are paid on-chain when researchers use it.
+
+    Errors are one red line: exit status 1 when a command fails, 2 for a usage error. For the traceback behind one, put --debug before the command: `datacoop --debug COMMAND ...`."""  # noqa: E501 (one paragraph of help)
     State.debug = debug
 
 
@@ -119,7 +156,7 @@ def up(
     only = [s for s in services.split(",") if s]
     unknown = sorted(set(only) - set(known))
     if unknown:
-        fail(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known) or '(none yet)'}")
+        fail(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(known) or '(none yet)'}", 2)
     if exit_after_demo and not demo:
         fail("--exit-after-demo stops the stack once the demo scenario has played, and without --demo none plays; "
              "add --demo (`datacoop up --demo --exit-after-demo`), or drop --exit-after-demo")

@@ -5,21 +5,22 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datacoop.cli.common import console, fail, operator_token, print_table, service_url
-from services.anonymizer.client import AnonymizerClient, ApiError
+from datacoop.cli.common import call_at, console, fail, operator_token, print_table, service_url, shaped
+from services.anonymizer.client import AnonymizerClient
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
 
 UrlOption = Annotated[str | None, typer.Option("--anonymizer-url", help="anonymizer URL (default: the stack's)")]
 
 
-def _client(url: str | None, token: str | None = None) -> AnonymizerClient:
-    return AnonymizerClient(service_url("anonymizer", url), token)
+def _client(url: str | None, token: str | None = None) -> tuple[AnonymizerClient, str]:
+    """The anonymizer's client, and its URL."""
+    base = service_url("anonymizer", url)
+    return AnonymizerClient(base, token), base
 
 
 def _guarantees(v: dict[str, Any]) -> str:
@@ -27,19 +28,11 @@ def _guarantees(v: dict[str, Any]) -> str:
             f"{v['suppressed_rows']:,} suppressed, information loss {v['information_loss']:.4f}")
 
 
-def _problem(exc: ApiError) -> str:
-    return f"{exc.status}: {exc.problem.get('detail', exc.problem)}"
-
-
 @dataset_app.command("list")
 def list_datasets(anonymizer_url: UrlOption = None) -> None:
     """The catalog: every dataset and its newest version on offer."""
-    try:
-        catalog = _client(anonymizer_url).catalog()
-    except ApiError as exc:
-        fail(_problem(exc))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    client, url = _client(anonymizer_url)
+    catalog = shaped("anonymizer", url, call_at("anonymizer", url, client.catalog), "dataset_id", "newest_version")
     table = Table(title="datasets")
     for col in ("dataset", "purpose", "categories", "newest version", "guarantees"):
         table.add_column(col)
@@ -59,14 +52,11 @@ def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
     if version is not None and version < 1:
         fail(f"--version {version} is no version: versions are numbered from 1 (`datacoop dataset show {dataset_id}` "
              "lists them)")
-    client = _client(anonymizer_url)
-    try:
-        defined = None if version is not None else client.definition(dataset_id)
-        versions = [client.version(dataset_id, version)] if version is not None else client.versions(dataset_id)
-    except ApiError as exc:
-        fail(_problem(exc))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
+    client, url = _client(anonymizer_url)
+    defined = None if version is not None else call_at("anonymizer", url, client.definition, dataset_id)
+    versions = ([call_at("anonymizer", url, client.version, dataset_id, version)] if version is not None
+                else call_at("anonymizer", url, client.versions, dataset_id))
+    shaped("anonymizer", url, versions, "version", "superseded")
     if defined is not None:
         _print_definition(defined)
     if not versions:
@@ -104,25 +94,26 @@ def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
     """Build a new version now and follow it with a progress bar (nothing is published when the newest version
     on offer already holds exactly the records eligible now, or exactly the rows and contributors they give,
     unless --force)."""
-    client = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
-    try:
-        build_id = client.request_build(dataset_id, force)["build_id"]
-        status = _follow(client, dataset_id, build_id, timeout_s)
-        if status.get("outcome") == "unchanged":
-            console.print(f"nothing published: version {status.get('version')} of {dataset_id} already holds "
-                          f"exactly the records eligible now, or the same rows and contributors they give; "
-                          f"`datacoop dataset build {dataset_id} --force` publishes them again "
-                          "(e.g. after changing the anonymizer's mode)", highlight=False, markup=False)
-            return
-        if status.get("outcome") != "published":
-            fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")
-        v = client.version(dataset_id, int(status["version"]))
-    except ApiError as exc:
-        fail(_problem(exc))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the anonymizer ({exc}); is the stack up (`datacoop up`)?")
-    console.print(f"published {dataset_id} version {v['version']}: {_guarantees(v)}; "
-                  f"{v['contributors']} contributor(s)", highlight=False)
+    client, url = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
+    v = call_at("anonymizer", url, _build, client, dataset_id, force, timeout_s)
+    if v is not None:
+        console.print(f"published {dataset_id} version {v['version']}: {_guarantees(v)}; "
+                      f"{v['contributors']} contributor(s)", highlight=False)
+
+
+def _build(client: AnonymizerClient, dataset_id: str, force: bool, timeout_s: float) -> dict[str, Any] | None:
+    """Request a build and follow it: the version it published, or None when it published nothing."""
+    build_id = client.request_build(dataset_id, force)["build_id"]
+    status = _follow(client, dataset_id, build_id, timeout_s)
+    if status.get("outcome") == "unchanged":
+        console.print(f"nothing published: version {status.get('version')} of {dataset_id} already holds "
+                      f"exactly the records eligible now, or the same rows and contributors they give; "
+                      f"`datacoop dataset build {dataset_id} --force` publishes them again "
+                      "(e.g. after changing the anonymizer's mode)", highlight=False, markup=False)
+        return None
+    if status.get("outcome") != "published":
+        fail(f"build {build_id} of {dataset_id} failed: {status.get('detail') or 'no reason given'}")
+    return client.version(dataset_id, int(status["version"]))
 
 
 def _follow(client: AnonymizerClient, dataset_id: str, build_id: str, timeout_s: float) -> dict[str, Any]:

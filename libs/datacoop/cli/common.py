@@ -70,20 +70,97 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def call_service(service: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a client call; a refusal (its problem+json detail) or an unreachable service is one red line."""
+# -- another service's URL, or none at all: the one check every area uses ------------------------------------
+
+_CALLED = {"marketplace": "the marketplace", "vault": "the vault", "anonymizer": "the anonymizer"}
+
+
+def called(name: str) -> str:
+    """How a message names the service `name` (as its GET /healthz does): "the consent service", "the vault"."""
+    return _CALLED.get(name, f"the {name} service")
+
+
+def url_option(name: str) -> str:
+    return _URL_OPTION.get(name, f"--{name}-url")
+
+
+def call_at(name: str, url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a client call on the service `name` at `url`, failing in one line that says what to do: a 404 or
+    405 from something that is not that service (another service's URL) names what answers there; another
+    refusal gives its problem+json detail; no answer, or none in time, names the service and the URL."""
     try:
         return fn(*args, **kwargs)
     except ApiError as exc:
-        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
+        refused(name, url, exc.status, exc.problem.get("detail", exc.problem))
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the {service} ({exc}); is the stack up (`datacoop up`)?")
+        unreachable(name, url, exc)
+
+
+def refused(name: str, url: str, status: int, detail: object) -> NoReturn:
+    """Fail on a refusal from `url`; a 404 or 405 first asks GET /healthz whether `name` is what answered."""
+    if status in (404, 405):
+        expect_service(name, url)
+    fail(f"{status}: {detail}")
+
+
+def unreachable(name: str, url: str, exc: httpx.HTTPError) -> NoReturn:
+    """Fail on a request to the service `name` at `url` that got no answer (refused, or not in time)."""
+    option = url_option(name)
+    if isinstance(exc, httpx.TimeoutException):
+        fail(f"{called(name)} at {url} did not answer in time ({exc or 'timed out'}); it may be stuck or busy: "
+             f"check it (`datacoop status`, its log in var/run/logs/) and try again, or pass {option}")
+    fail(f"cannot reach {called(name)} at {url} ({exc}); start the stack (`datacoop up`) or pass {option} with "
+         f"{called(name)}'s URL")
+
+
+def expect_service(name: str, url: str, unknown_ok: bool = False, code: int = 1) -> None:
+    """Return when the service at `url` says (GET /healthz) that it is `name`; otherwise fail with `code`,
+    naming what answers there (with `unknown_ok`, return too when no datacoop service answers: nothing to tell)."""
+    found = service_at(url)
+    if found == name or (unknown_ok and found is None):
+        return
+    not_the_service(name, url, found, code)
+
+
+def not_the_service(name: str, url: str, found: str | None, code: int = 1) -> NoReturn:
+    """Fail on a URL that is not the service `name`'s, naming what answers there (`found`, its GET /healthz)
+    and where `name` is."""
+    there = f"it answers as the {found} service" if found else "no datacoop service answers GET /healthz there"
+    option, env = url_option(name), f"DATACOOP_{name.upper()}_URL"
+    known = known_url(name)
+    where = (f"{called(name)}'s URL is {known}: pass it with {option}" if known and known != url
+             else f"pass {called(name)}'s URL with {option}")
+    fail(f"{url} is not {called(name)} ({there}); {where} (or set {env}; `datacoop status` lists the stack's "
+         "services)", code)
+
+
+def known_url(name: str) -> str | None:
+    """Where the service `name` is: DATACOOP_<NAME>_URL, else the running stack's, else its default port here."""
+    env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
+    if env:
+        return env.rstrip("/")
+    stack = stack_mod.running_stack() or {}
+    running = (stack.get("services") or {}).get(name)
+    if isinstance(running, dict) and running.get("url"):
+        return str(running["url"])
+    port = next((s.default_port for s in stack_mod.SERVICES if s.name == name), None)
+    return f"http://127.0.0.1:{port} on a local stack (`datacoop up`)" if port else None
+
+
+def shaped(name: str, url: str, data: Any, *keys: str) -> Any:
+    """`data` when it is an object with `keys` (or a list of such objects): an answer without them is not
+    the service `name`'s, and the failure names what answers at `url`."""
+    items = data if isinstance(data, list) else [data]
+    if not all(isinstance(item, dict) and all(k in item for k in keys) for item in items):
+        not_the_service(name, url, service_at(url))
+    return data
 
 
 def checked_url(value: str, where: str) -> str:
-    """`value` without a trailing slash, or a failure naming `where` it came from when it is no http(s) URL."""
+    """`value` without a trailing slash, or a failure naming `where` it came from when it is no http(s) URL
+    (a usage error: exit status 2)."""
     if not re.match(r"^https?://[^/\s]+", value):
-        fail(f"{where} {value!r} is not a URL: give http://HOST:PORT (https for a remote service)")
+        fail(f"{where} {value!r} is not a URL: give http://HOST:PORT (https for a remote service)", 2)
     return value.rstrip("/")
 
 
@@ -131,25 +208,26 @@ def without_service(name: str, stack: dict[str, Any]) -> str:
             f"and start it again {again}; or pass {option} / set DATACOOP_{name.upper()}_URL")
 
 
-def read_key(key_file: Path | None, env: str = "DATACOOP_KEY") -> str:
+def read_key(key_file: Path | None, env: str = "DATACOOP_KEY", bad_key_code: int = 1) -> str:
     """A hex private key from --key-file, else the variable `env`; a failure naming the file (or variable) at
-    fault."""
+    fault. No key, or a --key-file that does not exist, is a usage error (exit status 2); a key that is not one
+    fails with `bad_key_code`."""
     if key_file is None:
         raw = os.environ.get(env, "").strip()
         if not raw:
-            fail(f"no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set {env}")
+            fail(f"no wallet key: pass --key-file FILE (make one with `datacoop wallet new`) or set {env}", 2)
         where = env
     else:
         if not key_file.exists():
-            fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`")
+            fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`", 2)
         raw = read_text_file(key_file, "key file", "the file `datacoop wallet new` wrote").strip()
         where = f"key file {key_file}"
     if not _HEX_KEY.match(raw):
         fail(f"{where} does not hold a wallet key: 32 bytes of hex (64 hex digits, optional 0x), as "
-             "`datacoop wallet new --out FILE` writes")
+             "`datacoop wallet new --out FILE` writes", bad_key_code)
     if not 1 <= int(raw.removeprefix("0x"), 16) < SECP256K1_ORDER:
         fail(f"{where} does not hold a valid secp256k1 private key (it must be between 1 and n-1, n the curve's "
-             "order: not all zeros, nor all f's); make a new one with `datacoop wallet new --out FILE`")
+             "order: not all zeros, nor all f's); make a new one with `datacoop wallet new --out FILE`", bad_key_code)
     return raw if raw.startswith("0x") else "0x" + raw
 
 
@@ -158,11 +236,33 @@ def read_text_file(path: Path, what: str, expected: str) -> str:
     if path.is_dir():
         fail(f"{what} {path} is a folder; pass {expected}")
     try:
-        return path.read_text()
-    except UnicodeDecodeError:
-        fail(f"{what} {path} is not text; pass {expected}")
+        data = path.read_bytes()
     except OSError as exc:
         fail(f"cannot read {what} {path}: {exc.strerror}; pass {expected}")
+    return utf8_text(data, f"{what} {path}", f"pass {expected}")
+
+
+def utf8_text(data: bytes, what: str, then: str) -> str:
+    """`data` decoded as UTF-8 (a UTF-8 BOM dropped), or a failure saying what the bytes are instead: UTF-16
+    (its BOM), binary (NUL bytes), or text in another encoding, with the line and column of the first byte
+    that is not UTF-8 and how to convert the file. `what` names the file ("receipt file r.json"), `then` what
+    to do once it is text."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        fail(f"{what} is UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8 (e.g. `iconv -f "
+             f"utf-16 -t utf-8 FILE > NEW`), then {then}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = exc.start
+    if b"\x00" in data[:8192]:
+        fail(f"{what} is a binary file, not text (it holds NUL bytes); {then}")
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    line = data.count(b"\n", start, bad) + 1
+    line_start = data.rfind(b"\n", start, bad) + 1 or start
+    column = len(data[line_start:bad].decode("utf-8", errors="replace")) + 1
+    fail(f"{what} is not UTF-8 text: byte 0x{data[bad]:02x} on line {line}, column {column} is not UTF-8 (the file "
+         "is likely Latin-1 or Windows-1252); save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > NEW`), "
+         f"then {then}")
 
 
 def print_table(table: Table, whole: tuple[int, ...] = (), out: Console | None = None) -> None:

@@ -19,9 +19,22 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich import box
 from rich.markup import escape
+from rich.table import Table
 
-from datacoop.cli.common import console, fail, read_key, service_url
+from datacoop.cli.common import (
+    call_at,
+    console,
+    expect_service,
+    fail,
+    not_the_service,
+    print_table,
+    read_key,
+    service_at,
+    service_url,
+    shaped,
+)
 from datacoop.cli.market import ApiKeyFile, _api_key
 
 job_app = typer.Typer(no_args_is_help=True, help="Analytics jobs on a paid compute order.")
@@ -29,10 +42,12 @@ JOB_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the jobs service's id shape
 JobsUrl = Annotated[str | None, typer.Option("--jobs-url", help="jobs service URL (default: the stack's)")]
 
 
-def _researcher(jobs_url: str | None, api_key_file: Path | None) -> Any:
+def _researcher(jobs_url: str | None, api_key_file: Path | None) -> tuple[Any, str]:
+    """The researcher's client of the jobs service, and its URL."""
     from services.worker.client import ResearcherJobs
 
-    return ResearcherJobs(service_url("jobs", jobs_url), _api_key(api_key_file))
+    url = service_url("jobs", jobs_url)
+    return ResearcherJobs(url, _api_key(api_key_file)), url
 
 
 def _job_id(job_id: str) -> str:
@@ -47,17 +62,13 @@ def _finite_only(constant: str) -> Any:
     fail(f"--params holds {constant}, which JSON results can't carry; use finite numbers")
 
 
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from services.worker.client import ApiError, ResultInvalid
+def _call(url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from services.worker.client import ResultInvalid
 
     try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        fail(f"{exc.status}: {exc.problem.get('detail', exc.problem)}")
+        return call_at("jobs", url, fn, *args, **kwargs)
     except ResultInvalid as exc:
         fail(f"the result does not verify: {exc}")
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the jobs service ({exc}); is the stack up (`datacoop up`)?")
 
 
 def worker(
@@ -67,7 +78,9 @@ def worker(
     cores: Annotated[int | None, typer.Option("--cores", min=1, envvar="DATACOOP_WORKER_CORES",
                                               help="CPU threads to offer (BLAS threads)")] = None,
     worker_id: Annotated[str | None, typer.Option("--worker-id", envvar="DATACOOP_WORKER_ID",
-                                                  help="default: host name + random suffix")] = None,
+                                                  help="default: host name + a hash of the provider address and "
+                                                       "host name (the same on every run of this machine with this "
+                                                       "key)")] = None,
     object_store: Annotated[str | None, typer.Option("--object-store", envvar="DATACOOP_WORKER_OBJECT_STORE",
                                                      help="folder of relative locations")] = None,
 ) -> None:
@@ -76,11 +89,13 @@ def worker(
     from services.worker.main import run
     from services.worker.worker import WorkerCannotStart
 
-    key = read_key(key_file)
+    key = read_key(key_file, bad_key_code=2)  # docs/jobs.md: a setting it can't use stops it with status 2
+    url = service_url("jobs", jobs_url)
     os.environ.setdefault("DATACOOP_LOG_JSON", "false")  # a person reads this terminal, not a log shipper
     try:
-        run(service_url("jobs", jobs_url), key, worker_id, cores, object_store)
+        run(url, key, worker_id, cores, object_store)
     except WorkerCannotStart as exc:
+        expect_service("jobs", url, unknown_ok=True, code=2)  # refused by another service (its URL given)?
         fail(f"the worker cannot run: {exc}", code=2)
 
 
@@ -102,11 +117,11 @@ def submit(
         fail(f"--params is not JSON ({exc.msg}); e.g. --params '{{\"column\": \"age\"}}'")
     if not isinstance(parsed, dict):
         fail("--params must be a JSON object")
-    client = _researcher(jobs_url, api_key_file)
-    job = _call(client.submit, order_id, analysis, parsed, redundancy)
+    client, url = _researcher(jobs_url, api_key_file)
+    job = shaped("jobs", url, _call(url, client.submit, order_id, analysis, parsed, redundancy), "job_id", "redundancy")
     console.print(f"job {job['job_id']} submitted ({analysis}, redundancy {job['redundancy']})", highlight=False)
     if wait:
-        job = _call(client.wait, job["job_id"], 600)
+        job = _call(url, client.wait, job["job_id"], 600)
         console.print(f"job {job['job_id']} is {job['status']}", highlight=False)
         if job["status"] == "failed":
             fail(f"job {job['job_id']} failed: {job['failure']}")
@@ -116,7 +131,8 @@ def submit(
 def status(job_id: str, jobs_url: JobsUrl = None, api_key_file: ApiKeyFile = None) -> None:
     """A job's state, progress and leases."""
     _job_id(job_id)
-    job = _call(_researcher(jobs_url, api_key_file).status, job_id)
+    client, url = _researcher(jobs_url, api_key_file)
+    job = shaped("jobs", url, _call(url, client.status, job_id), "status", "progress", "leases")
     console.print(f"job {job_id}: {job['status']} ({job['progress']:.0%}) {job['analysis']} on "
                   f"{job['dataset_id']}@{job['version']}", highlight=False)
     for lease in job["leases"]:
@@ -130,16 +146,19 @@ def status(job_id: str, jobs_url: JobsUrl = None, api_key_file: ApiKeyFile = Non
 def results(
     job_id: str,
     plot_out: Annotated[Path | None, typer.Option("--plot-out", help="write the PNG plot here")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a file already at --plot-out")] = False,
     jobs_url: JobsUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
     """The accepted result as JSON, after checking its hash and the worker's signature."""
     if plot_out is not None and plot_out.is_dir():
         fail(f"--plot-out {plot_out} is a folder; name the file to write, e.g. --plot-out {plot_out / 'plot.png'}")
+    if plot_out is not None and plot_out.exists() and not overwrite:
+        fail(f"{plot_out} already exists; pass --overwrite to replace it, or another --plot-out")
     _job_id(job_id)
-    client = _researcher(jobs_url, api_key_file)
-    answer = _call(client.result, job_id)
+    client, url = _researcher(jobs_url, api_key_file)
+    answer = shaped("jobs", url, _call(url, client.result, job_id), "has_plot", "result")
     if plot_out is not None and answer["has_plot"]:
-        png = _call(client.plot, job_id)
+        png = _call(url, client.plot, job_id)
         try:
             plot_out.parent.mkdir(parents=True, exist_ok=True)
             plot_out.write_bytes(png)
@@ -150,6 +169,63 @@ def results(
     if plot_out is not None and not answer["has_plot"]:  # the result is what was asked for; say what is missing
         console.print(f"[yellow]note[/yellow]: job {job_id}'s analysis draws no plot (histogram, pca and kmeans "
                       f"do); nothing was written to {escape(str(plot_out))}", highlight=False, soft_wrap=True)
+
+
+@job_app.command("analyses")
+def analyses(jobs_url: JobsUrl = None) -> None:
+    """The vetted analyses a job may run, with each one's parameters: type, required or optional, default."""
+    from datacoop.http import check
+
+    url = service_url("jobs", jobs_url)
+    catalog = call_at("jobs", url, lambda: check(httpx.get(f"{url}/analyses", timeout=30)))
+    if not isinstance(catalog, dict) or not all(isinstance(s, dict) for s in catalog.values()):
+        not_the_service("jobs", url, service_at(url))
+    table = Table(title="analyses (`datacoop job submit ORDER ANALYSIS --params JSON`)", box=box.SIMPLE_HEAD)
+    for col in ("analysis", "parameter", "type", "required", "default"):
+        table.add_column(col)
+    for name, schema in catalog.items():
+        required = set(schema.get("required") or [])
+        for param, spec in (schema.get("properties") or {}).items():
+            table.add_row(name, param, _type(spec), "required" if param in required else "optional",
+                          "-" if param in required or "default" not in spec else json.dumps(spec["default"]))
+    print_table(table, whole=(0, 1))
+    console.print('--params is a JSON object of these, e.g. --params \'{"column": "age", "bins": 20}\' for histogram',
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+def _type(spec: dict[str, Any]) -> str:
+    """A JSON schema (pydantic's) in a few words: `list of string (1-256)`, `integer (1-1000)`, `pearson|spearman`."""
+    if "anyOf" in spec:
+        return " or ".join(_type(option) for option in spec["anyOf"])
+    if "const" in spec:
+        return json.dumps(spec["const"])
+    if "enum" in spec:
+        return "|".join(str(v) for v in spec["enum"])
+    kind = spec.get("type", "any")
+    if kind == "array":
+        if "prefixItems" in spec:
+            return "[" + ", ".join(_type(item) for item in spec["prefixItems"]) + "]"
+        words = f"list of {_type(spec.get('items') or {})}"
+        return words + _bounds(spec.get("minItems"), spec.get("maxItems"), " items")
+    if kind == "object" and isinstance(spec.get("additionalProperties"), dict):
+        words = "{name: " + _type(spec["additionalProperties"]) + "}"
+        return words + _bounds(spec.get("minProperties"), spec.get("maxProperties"), " names")
+    words = str(kind)
+    if "exclusiveMinimum" in spec:
+        words += f" (> {spec['exclusiveMinimum']:g}" + (f", <= {spec['maximum']:g})" if "maximum" in spec else ")")
+        return words
+    return words + _bounds(spec.get("minimum"), spec.get("maximum"), "")
+
+
+def _bounds(least: Any, most: Any, unit: str) -> str:
+    """` (1 to 256 items)`, ` (>= 0)`, ` (<= 4 items)`, or nothing without bounds."""
+    if least is None and most is None:
+        return ""
+    if most is None:
+        return f" (>= {least:g}{unit})"
+    if least is None:
+        return f" (<= {most:g}{unit})"
+    return f" ({least:g} to {most:g}{unit})"
 
 
 def register(app: typer.Typer) -> None:

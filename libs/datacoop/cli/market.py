@@ -20,9 +20,8 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -31,18 +30,19 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from datacoop.cli.common import (
-    call_service,
+    call_at,
     console,
     fail,
+    not_the_service,
     print_table,
     read_key,
     read_text_file,
     service_at,
     service_url,
+    shaped,
     wallet_address,
 )
 from datacoop.cli.stack import RESEARCHER_KEY_FILE
-from datacoop.http import ApiError
 
 T = TypeVar("T")
 
@@ -57,6 +57,7 @@ ApiKeyFile = Annotated[Path | None, typer.Option("--api-key-file", help="file ho
 # the prefix; the jobs service's stand-in marketplace for tests mints 32): the prefix is what tells a key
 _API_KEY = re.compile(r"^dcr_[A-Za-z0-9_-]{16,128}$")
 _REGISTER = "`datacoop researcher register --name N` prints one and saves it"
+_KEY_RULE = "dcr_ then 16 to 128 letters, digits, - or _; `researcher register` prints one of 43"
 
 
 def _api_key(path: Path | None) -> str:
@@ -64,7 +65,7 @@ def _api_key(path: Path | None) -> str:
     checked here: anything else (a wallet's private key, say) is refused before it is sent anywhere."""
     if path is not None:
         if not path.exists():
-            fail(f"API key file {path} does not exist; {_REGISTER}")
+            fail(f"API key file {path} does not exist; {_REGISTER}", 2)
         return _checked_api_key(read_text_file(path, "API key file", "the file holding your API key").strip(),
                                 f"--api-key-file {path}")
     env = os.environ.get("DATACOOP_API_KEY", "").strip()
@@ -73,54 +74,32 @@ def _api_key(path: Path | None) -> str:
     if RESEARCHER_KEY_FILE.exists():  # `datacoop up` removes it: a new stack has never seen the key
         return _checked_api_key(read_text_file(RESEARCHER_KEY_FILE, "API key file", "the file holding your API key")
                                 .strip(), str(RESEARCHER_KEY_FILE))
-    fail("no API key: register with `datacoop researcher register --name N` (a key from an earlier "
-         "`datacoop up` is gone with that stack), or pass --api-key-file / set "
-         "DATACOOP_API_KEY")
+    fail("no API key: pass --api-key-file FILE (where `--save FILE` kept it) or set DATACOOP_API_KEY; without a "
+         "key, register with `datacoop researcher register --name N` (a key saved by an earlier `datacoop up` is "
+         "gone with that stack)", 2)
 
 
 def _checked_api_key(key: str, where: str) -> str:
     if not _API_KEY.match(key):
-        fail(f"{where} does not hold a researcher API key (dcr_ then letters, digits, - or _); nothing was sent. "
+        fail(f"{where} does not hold a researcher API key ({_KEY_RULE}: it has {_shape(key)}); nothing was sent. "
              f"Pass the file of your API key ({_REGISTER})")
     return key
+
+
+def _shape(key: str) -> str:
+    """What is wrong with `key` in words, never the key itself (a secret)."""
+    if not key.startswith("dcr_"):
+        return "no dcr_ prefix"
+    rest = key.removeprefix("dcr_")
+    if re.fullmatch(r"[A-Za-z0-9_-]*", rest):
+        return f"{len(rest)} character(s) after dcr_"
+    return "a character other than letters, digits, - or _ after dcr_"
 
 
 def _client(url: str, api_key_file: Path | None) -> Any:
     from services.marketplace.client import ResearcherClient
 
     return ResearcherClient(url, _api_key(api_key_file))
-
-
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return call_service("marketplace", fn, *args, **kwargs)
-
-
-def _call_at(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`_call`, but a 404 or 405 from something that is not the marketplace (another service's URL passed as
-    --market-url) says so, instead of that service's "Not Found"."""
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as exc:
-        if exc.status in (404, 405) and (service := service_at(url)) != "marketplace":
-            _not_the_marketplace(url, service)
-        return _call(_raise, exc)
-
-
-def _raise(exc: Exception) -> NoReturn:
-    raise exc
-
-
-def _not_the_marketplace(url: str, service: str | None) -> NoReturn:
-    there = f"it answers as the {service} service" if service else "no datacoop service answers GET /healthz there"
-    fail(f"{url} is not the marketplace ({there}); pass the marketplace's URL with --market-url (or set "
-         "DATACOOP_MARKETPLACE_URL; `datacoop status` lists the stack's services)")
-
-
-def _shaped(url: str, data: Any, *keys: str) -> Any:
-    """`data` when it is an object with `keys`: an answer without them is not the marketplace's."""
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        _not_the_marketplace(url, service_at(url))
-    return data
 
 
 def _order_id(value: str) -> str:
@@ -164,8 +143,8 @@ def register_cmd(
         fail(f"an API key is already saved at {save} (shown once when it was made); keep it and pass --save "
              "ANOTHER_FILE for this account, or --overwrite to replace it")
     url = service_url("marketplace", market_url)
-    result = _shaped(url, _call_at(url, register_researcher, url, name, wallet, organisation), "api_key",
-                     "researcher_id")
+    registered = call_at("marketplace", url, register_researcher, url, name, wallet, organisation)
+    result = shaped("marketplace", url, registered, "api_key", "researcher_id")
     try:
         save.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(save, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, even briefly
@@ -184,21 +163,27 @@ def catalog(market_url: MarketUrl = None) -> None:
     from services.consent.client import check
 
     url = service_url("marketplace", market_url)
-    data = _shaped(url, _call_at(url, lambda: check(httpx.get(f"{url}/catalog", timeout=30))), "versions")
+    answer = call_at("marketplace", url, lambda: check(httpx.get(f"{url}/catalog", timeout=30)))
+    data = shaped("marketplace", url, answer, "versions")
     if not data["versions"]:
         console.print("nothing is on sale yet: a dataset version is listed here once the anonymizer publishes one "
                       "(`datacoop dataset list` shows the datasets defined and their versions; the operator builds "
                       "one now with `datacoop dataset build ID`)", highlight=False)
         return
     table = Table(title="datacoop catalog", box=box.SIMPLE_HEAD)
-    for col in ("dataset (purpose)", "version", "rows", "guarantees", "offers (price units)"):
+    for col in ("dataset", "purpose", "version", "rows", "guarantees", "offers (price units)"):
         table.add_column(col)
     for v in data["versions"]:
         g = v["guarantees"]
         offers = ", ".join(f"{o['offer']} {o['price_units']:,}" for o in v["offers"]) or "-"
-        table.add_row(f"{v['dataset_id']}\n[dim]{v['purpose']}[/dim]", f"{v['version']} {v['status']}",
+        table.add_row(v["dataset_id"], f"[dim]{v['purpose']}[/dim]", f"{v['version']} {v['status']}",
                       f"{v['rows']:,}", f"k {g['k']}, l {g['l_diversity']:g}, ε {g['epsilon']:g}", offers)
-    print_table(table, whole=(0, 4))  # ids and prices
+    print_table(table, whole=(0, 5))  # ids and prices
+    for v in data["versions"]:  # what an offer gives less of than one may expect (group-by cells on a small version)
+        for o in v["offers"]:
+            if o.get("note"):
+                console.print(f"note: {v['dataset_id']} v{v['version']} {o['offer']}: {o['note']}", highlight=False,
+                              markup=False, soft_wrap=True)
 
 
 def order(
@@ -214,13 +199,15 @@ def order(
     url = service_url("marketplace", market_url)
     client = _client(url, api_key_file)
     try:
-        placed = (_call_at(url, client.order, m["dataset"], int(m["version"]), m["offer"]) if m["version"]
-                  else _call_at(url, client.order_current, m["dataset"], m["offer"]))
+        placed = (call_at("marketplace", url, client.order, m["dataset"], int(m["version"]), m["offer"]) if m["version"]
+                  else call_at("marketplace", url, client.order_current, m["dataset"], m["offer"]))
     except LookupError as exc:
         fail(str(exc))
     console.print(f"order {placed['order_id']}: {placed['offer']} of {placed['dataset_id']} v{placed['version']} "
                   f"for {placed['price_units']:,} units; pay before {placed['expires_at']} with "
                   f"`datacoop buy {placed['order_id']} --key-file K`", highlight=False)
+    if placed.get("offer_note"):
+        console.print(f"note: {placed['offer_note']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def buy(
@@ -238,7 +225,7 @@ def buy(
     order_id = _order_id(order_id)
     url = service_url("marketplace", market_url)
     client = _client(url, api_key_file)
-    found = _shaped(url, _call_at(url, client.get_order, order_id), "status", "price_units")
+    found = shaped("marketplace", url, call_at("marketplace", url, client.get_order, order_id), "status", "price_units")
     if found["status"] == "paid":
         fail(f"order {order_id} is already paid (tx {found['tx_hash']})")
     if found["status"] in ("expired", "refund-due"):
@@ -246,7 +233,9 @@ def buy(
                                    "`datacoop order`")
     if found.get("note"):  # e.g. its version was withdrawn from sale: a payment now would be refused
         fail(f"not paying: {found['note']}")
-    payment = _shaped(url, _call_at(url, client.catalog), "payment")["payment"]
+    if found.get("offer_note"):  # what the offer gives less of: said, not a reason to refuse
+        console.print(f"note: {found['offer_note']}", highlight=False, markup=False, soft_wrap=True)
+    payment = shaped("marketplace", url, call_at("marketplace", url, client.catalog), "payment")["payment"]
     if not payment.get("market") or not payment.get("token"):
         fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); ask the operator")
     key = read_key(key_file)
@@ -280,7 +269,7 @@ def download(
                   console=console, transient=True,
                   disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("downloading", total=None)
-        result = _call_at(url, client.download, order_id, out,
+        result = call_at("marketplace", url, client.download, order_id, out,
                        on_progress=lambda done, total: progress.update(task, completed=done, total=total or None))
     console.print(f"wrote {result['bytes']:,} bytes to {result['path']} (sha256 {result['sha256'][:16]}…, as "
                   "published)", highlight=False)
@@ -296,7 +285,7 @@ def query(
     if query_file.is_dir():
         fail(f"query file {query_file} is a folder; pass the JSON file holding the query (see docs/marketplace.md)")
     if not query_file.is_file():
-        fail(f"query file {query_file} does not exist; write the query as JSON (see docs/marketplace.md)")
+        fail(f"query file {query_file} does not exist; write the query as JSON (see docs/marketplace.md)", 2)
     try:
         body = json.loads(query_file.read_text())
     except OSError as exc:
@@ -304,7 +293,7 @@ def query(
     except ValueError as exc:
         fail(f"{query_file} is not JSON ({exc}); write the query as JSON (see docs/marketplace.md)")
     url = service_url("marketplace", market_url)
-    console.print_json(data=_call_at(url, _client(url, api_key_file).query, order_id, body))
+    console.print_json(data=call_at("marketplace", url, _client(url, api_key_file).query, order_id, body))
 
 
 def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> None:
@@ -313,9 +302,13 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
         table.add_column(col)
     url = service_url("marketplace", market_url)
-    orders = _call_at(url, _client(url, api_key_file).orders)
+    orders = call_at("marketplace", url, _client(url, api_key_file).orders)
     if not isinstance(orders, list) or any(not isinstance(o, dict) or "order_id" not in o for o in orders):
-        _not_the_marketplace(url, service_at(url))
+        not_the_service("marketplace", url, service_at(url))
+    if not orders:
+        console.print("no orders yet: place one with `datacoop order DATASET:OFFER` (`datacoop catalog` lists what is "
+                      "on sale)", highlight=False, soft_wrap=True)
+        return
     for o in orders:
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
@@ -325,22 +318,14 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
 
 def _market_get(url: str, path: str) -> Any:
     """GET `path` of the marketplace, no API key (the operator's reads): a failure in words otherwise."""
-    try:
-        resp = httpx.get(f"{url.rstrip('/')}{path}", timeout=30)
-    except httpx.HTTPError as exc:
-        fail(f"the marketplace at {url} does not answer ({exc}); start it (`datacoop up`) or pass --market-url")
-    if resp.status_code in (404, 405) and (service := service_at(url)) != "marketplace":
-        _not_the_marketplace(url, service)
-    if resp.status_code != 200:
-        fail(f"the marketplace at {url} answered {resp.status_code} to GET {path}: {resp.text[:300]}")
-    try:
-        return resp.json()
-    except ValueError:
-        _not_the_marketplace(url, service_at(url))
+    from datacoop.http import check
+
+    answer = call_at("marketplace", url, lambda: check(httpx.get(f"{url.rstrip('/')}{path}", timeout=30)))
+    return answer
 
 
 def _payment_contracts(url: str) -> dict[str, str]:
-    payment = _shaped(url, _market_get(url, "/catalog"), "payment")["payment"]
+    payment = shaped("marketplace", url, _market_get(url, "/catalog"), "payment")["payment"]
     if not payment.get("market") or not payment.get("token"):
         fail("the marketplace does not know the market contract (DATACOOP_MARKET_ADDRESS); set it where the "
              "marketplace runs")
@@ -376,7 +361,7 @@ def refunds(
     url = service_url("marketplace", market_url)
     unmatched = _market_get(url, "/payments/unmatched")
     if not isinstance(unmatched, list) or any(not isinstance(p, dict) or "order_id" not in p for p in unmatched):
-        _not_the_marketplace(url, service_at(url))
+        not_the_service("marketplace", url, service_at(url))
     if not unmatched:
         console.print("no payment waits for a refund: every payment on chain paid its order", highlight=False,
                       soft_wrap=True)

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,13 +18,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from datacoop.cli.common import (
-    call_service,
+    call_at,
     console,
+    expect_service,
     fail,
     print_table,
     read_key,
     read_text_file,
     service_url,
+    shaped,
     wallet_address,
 )
 from datacoop.http import ApiError, check
@@ -42,18 +45,18 @@ consent_app = typer.Typer(help="Grant, revoke and list consents; fetch receipts.
 receipt_app = typer.Typer(help="Consent receipts.", no_args_is_help=True)
 
 
-def _wallet(key_file: Path | None, consent_url: str | None) -> MemberWallet:
-    try:
-        return MemberWallet(read_key(key_file), service_url("consent", consent_url))
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the consent service ({exc}); is the stack up (`datacoop up`)?")
+def _wallet(key_file: Path | None, consent_url: str | None) -> tuple[MemberWallet, str]:
+    """The member's wallet, signing for the consent service, and that service's URL."""
+    key = read_key(key_file)
+    url = service_url("consent", consent_url)
+    return call_at("consent", url, MemberWallet, key, url), url  # asks GET /eip712
 
 
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return call_service("consent service", fn, *args, **kwargs)
+def _call(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return call_at("consent", url, fn, *args, **kwargs)
 
 
-def _write(unsure: str, fn: Callable[..., T], *args: Any) -> T:
+def _write(url: str, unsure: str, fn: Callable[..., T], *args: Any) -> T:
     """`_call` for a command that writes: when the service could not confirm it (503 event-log-unavailable, or
     no answer in time) it may have been recorded all the same, and `unsure` says what to check before
     sending it again."""
@@ -66,7 +69,7 @@ def _write(unsure: str, fn: Callable[..., T], *args: Any) -> T:
             raise
         except httpx.ReadTimeout:
             fail(unsure)
-    return _call(attempt)
+    return _call(url, attempt)
 
 
 def _consent_id(value: str, what: str, then: str) -> str:
@@ -107,7 +110,8 @@ def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write t
 def wallet_fund(
     key_file: KeyFile = None,
     address: Annotated[str | None, typer.Option("--address", help="fund this address instead of the key's")] = None,
-    eth: Annotated[int, typer.Option("--eth", min=0, max=1000, help="whole test ETH for gas")] = 1,
+    eth: Annotated[str, typer.Option("--eth", metavar="ETH", help="test ETH for gas, 0 to 1000, e.g. 0.01 (at most "
+                                                                  "18 decimals)")] = "1",
     units: Annotated[int, typer.Option("--units", min=0, help="MockStablecoin base units to mint "
                                                             "(6 decimals: 1,000,000 = 1 USD)")] = 100_000_000,
     rpc: Annotated[str | None, typer.Option("--rpc", help="local chain JSON-RPC (default: the stack's)")] = None,
@@ -120,6 +124,7 @@ def wallet_fund(
     from datacoop.cli.stack import load_stack_file
     from infra.local import InfraError
 
+    eth_wei = _wei(eth)
     if address is not None:
         to = Web3.to_checksum_address(wallet_address(address, "--address"))
     else:
@@ -136,26 +141,42 @@ def wallet_fund(
         admin_key = str(chain.get("DATACOOP_ADMIN_KEY") or ADMIN_KEY)
     wallet_address(token, "--token")  # a contract address has the same form
     try:
-        balances = fund_local(rpc, token, to, eth_wei=eth * 10**18, units=units, admin_key=admin_key)
+        balances = fund_local(rpc, token, to, eth_wei=eth_wei, units=units, admin_key=admin_key)
     except ChainError as exc:
         fail(str(exc))
     console.print(f"{to} now holds {balances['eth_wei'] / 10**18:,.4f} ETH and {balances['units']:,} stablecoin units "
                   f"({balances['units'] / 10**6:,.2f} USD)", highlight=False)
 
 
+def _wei(eth: str) -> int:
+    """--eth in wei, exactly (a decimal number of ETH, 1 ETH = 10**18 wei); a usage error otherwise."""
+    try:
+        amount = Decimal(eth.strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not amount.is_finite():
+        fail(f"--eth {eth!r} is not a number; give ETH as a decimal number, e.g. --eth 0.01", 2)
+    if not 0 <= amount <= 1000:
+        fail(f"--eth {eth} is out of range; give 0 to 1000 ETH", 2)
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -18:
+        fail(f"--eth {eth} has more than 18 decimals (1 wei is 0.000000000000000001 ETH); round it", 2)
+    return int(amount.scaleb(18))
+
+
 @member_app.command("register")
 def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Register the wallet as a member (signs RegisterMember)."""
-    wallet = _wallet(key_file, consent_url)
-    view = _call(wallet.register)
+    wallet, url = _wallet(key_file, consent_url)
+    view = _call(url, wallet.register)
     console.print(f"registered {view['member']} (next nonce {view['next_nonce']})")
 
 
 @member_app.command("show")
 def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Your member state and consents as JSON."""
-    wallet = _wallet(key_file, consent_url)
-    console.print_json(data=_call(wallet.state))
+    wallet, url = _wallet(key_file, consent_url)
+    console.print_json(data=_call(url, wallet.state))
 
 
 @member_app.command("erase")
@@ -164,8 +185,8 @@ def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this 
     """Ask to be forgotten: every consent ends and the vault destroys your data key."""
     if not yes:
         fail("erasure cannot be undone; run again with --yes to confirm")
-    wallet = _wallet(key_file, consent_url)
-    _call(wallet.erase)
+    wallet, url = _wallet(key_file, consent_url)
+    _call(url, wallet.erase)
     console.print(f"erasure requested for {wallet.address}; your records can no longer be read by anyone")
 
 
@@ -173,7 +194,8 @@ def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this 
 def consent_catalog(consent_url: ConsentUrl = None) -> None:
     """The purposes and data categories a consent can name (no key needed)."""
     url = service_url("consent", consent_url)
-    catalog = call_service("consent service", lambda: check(httpx.get(f"{url}/catalog", timeout=10)))
+    catalog = shaped("consent", url, call_at("consent", url, lambda: check(httpx.get(f"{url}/catalog", timeout=10))),
+                     "version", "purposes", "categories")
     version = f"catalog version {catalog['version']}"
     for heading, entries, title in [("purpose (--purpose)", catalog["purposes"], version),
                                     ("category (--categories)", catalog["categories"], None)]:
@@ -216,7 +238,7 @@ def consent_grant(
     if consent_id is not None:
         _consent_id(consent_id, "--consent-id", "choose another, or leave --consent-id out for a fresh one")
     consent_id = consent_id or str(uuid.uuid4())
-    wallet = _wallet(key_file, consent_url)
+    wallet, url = _wallet(key_file, consent_url)
     key = _key_option(key_file)
 
     def grant() -> dict[str, Any] | None:
@@ -227,10 +249,10 @@ def consent_grant(
                 return None  # a retry (--consent-id) of a grant that was recorded
             raise
 
-    view = _write(f"the consent service could not confirm that consent {consent_id} was recorded (the event log "
-                  f"did not answer); it may have been: check `datacoop consent list{key}` before granting again, and "
-                  f"if {consent_id} is not listed, retry with the same id: add --consent-id {consent_id} (a grant "
-                  "is never recorded twice under one id)", grant)
+    view = _write(url, f"the consent service could not confirm that consent {consent_id} was recorded (the "
+                  f"event log did not answer); it may have been: check `datacoop consent list{key}` before granting "
+                  f"again, and if {consent_id} is not listed, retry with the same id: add --consent-id {consent_id} "
+                  "(a grant is never recorded twice under one id)", grant)
     if view is None:
         console.print(f"consent {consent_id} was already recorded (an earlier try of this grant landed); nothing "
                       f"to do: `datacoop consent list{key}` shows it", highlight=False, soft_wrap=True)
@@ -250,10 +272,10 @@ def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: Conse
     """Withdraw a consent (signs RevokeConsent)."""
     key = _key_option(key_file)
     _consent_id(consent_id, "consent", f"list yours with `datacoop consent list{key}`")
-    wallet = _wallet(key_file, consent_url)
-    view = _write(f"the consent service could not confirm that consent {consent_id} was revoked (the event log did "
-                  f"not answer); it may have been: check `datacoop consent list{key}`, and if {consent_id} is still "
-                  "active, revoke it again", wallet.revoke, consent_id)
+    wallet, url = _wallet(key_file, consent_url)
+    view = _write(url, f"the consent service could not confirm that consent {consent_id} was revoked (the "
+                  f"event log did not answer); it may have been: check `datacoop consent list{key}`, and if "
+                  f"{consent_id} is still active, revoke it again", wallet.revoke, consent_id)
     console.print(f"consent {consent_id} is now {view['state']}", highlight=False)
     covering = view.get("still_covered_by") or []
     if covering:
@@ -267,22 +289,26 @@ def consent_revoke(consent_id: str, key_file: KeyFile = None, consent_url: Conse
 @consent_app.command("list")
 def consent_list(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Your consents with their state (active, revoked, expired)."""
-    wallet = _wallet(key_file, consent_url)
+    wallet, url = _wallet(key_file, consent_url)
     table = Table("consent", "purpose", "categories", "state", "expires")
-    for c in _call(wallet.consents):
+    for c in _call(url, wallet.consents):
         table.add_row(c["consent_id"], c["purpose"], ", ".join(c["categories"]), c["state"], c["expires_at"] or "-")
     print_table(table, whole=(0,))  # a whole id: `revoke` and `receipt` take it
 
 
 @consent_app.command("receipt")
 def consent_receipt(consent_id: str, out: Annotated[Path, typer.Option("--out", help="file to write")],
+                    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a file already at --out")]
+                    = False,
                     key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Save the signed consent receipt (verify it with `datacoop receipt verify FILE`)."""
     if out.is_dir():
         fail(f"--out {out} is a folder; name the file to write, e.g. --out {out / 'receipt.json'}")
+    if out.exists() and not overwrite:
+        fail(f"{out} already exists; pass --overwrite to replace it, or another --out")
     _consent_id(consent_id, "consent", f"list yours with `datacoop consent list{_key_option(key_file)}`")
-    wallet = _wallet(key_file, consent_url)
-    receipt = _call(wallet.receipt, consent_id)
+    wallet, url = _wallet(key_file, consent_url)
+    receipt = _call(url, wallet.receipt, consent_id)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(receipt, indent=2) + "\n")
@@ -318,9 +344,20 @@ def receipt_verify(
         url = service_url("consent", consent_url)
         try:
             public_key = str(check(httpx.get(f"{url}/receipt-key", timeout=10))["public_key"])
-        except (httpx.HTTPError, ApiError, KeyError, TypeError, ValueError) as exc:
-            fail(f"cannot fetch the cooperative's receipt key from {url}/receipt-key ({exc}); to check offline "
-                 "pass --public-key with the key from GET /receipt-key")
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                expect_service("consent", url)
+            fail(f"cannot fetch the cooperative's receipt key from {url}/receipt-key ({exc.status}: "
+                 f"{exc.problem.get('detail', exc.problem)}); to check offline pass --public-key with the key from "
+                 "GET /receipt-key")
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the consent service at {url} for the cooperative's receipt key ({exc}); start the "
+                 "stack (`datacoop up`) or pass --consent-url; to check offline pass --public-key with the key from "
+                 "GET /receipt-key")
+        except (KeyError, TypeError, ValueError):  # a 200 without the key: not the consent service's answer
+            expect_service("consent", url)
+            fail(f"the consent service at {url} answered GET /receipt-key without a key; to check offline pass "
+                 "--public-key with the key from GET /receipt-key")
         key_note = f"the cooperative's key from {url}/receipt-key"
     try:
         verify_receipt(document, public_key)

@@ -77,12 +77,26 @@ def _detail(resp: httpx.Response) -> str:
         return resp.text
 
 
+class SettlementRefused(RuntimeError):
+    """The settlement service (or what answers at its URL) refused a request: its status and detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"settlement service refused: {detail}")
+        self.status, self.detail = status, detail
+
+
 def fetch_payout(settlement_url: str, address: str) -> dict[str, Any]:
-    """GET /payouts/{address}; raises RuntimeError with what to do when the service can't answer."""
+    """GET /payouts/{address}; raises RuntimeError with what to do when the service can't answer
+    (SettlementRefused when it refuses)."""
     resp = _request(settlement_url, "GET", f"/payouts/{address}")
     if resp.status_code != 200:
-        raise RuntimeError(f"settlement service refused: {_detail(resp)}")
-    data: dict[str, Any] = resp.json()
+        raise SettlementRefused(resp.status_code, _detail(resp))
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or any(k not in data for k in ("account", "earned_units", "epoch", "proof")):
+        raise SettlementRefused(404, f"GET /payouts/{address} answered without a payout")  # not the settlement's
     return data
 
 
@@ -118,6 +132,13 @@ def claim_with_key(key: str, settlement_url: str, rpc_url: str) -> dict[str, Any
     return result
 
 
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
 def _epoch_line(epoch: dict[str, Any]) -> str:
     state = f"posted in {epoch['tx_hash']}" if epoch.get("posted") else "prepared, not yet posted"
     return (f"epoch {epoch['epoch']}: {epoch['total_units']} units over {epoch['accounts']} account(s), "
@@ -127,7 +148,15 @@ def _epoch_line(epoch: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     from datacoop.cli import console, fail
-    from datacoop.cli.common import checked_url, operator_token, read_key, wallet_address
+    from datacoop.cli.common import (
+        checked_url,
+        expect_service,
+        operator_token,
+        read_key,
+        refused,
+        shaped,
+        wallet_address,
+    )
 
     epoch_app = typer.Typer(help="Payout epochs: the Merkle roots members claim against.", no_args_is_help=True)
     app.add_typer(epoch_app, name="epoch")
@@ -135,9 +164,14 @@ def register(app: typer.Typer) -> None:
     def _epochs(settlement_url: str | None, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = settlement_url_of(settlement_url)  # outside the try: its failure (typer.Exit) is a RuntimeError too
         try:  # posting waits for the chain
-            return _request(url, method, path, timeout_s=120, **kwargs)
+            resp = _request(url, method, path, timeout_s=120, **kwargs)
         except RuntimeError as exc:
             fail(str(exc))
+        if resp.status_code in (404, 405):  # the settlement's "no epoch yet", or another service's "Not Found"
+            expect_service("settlement", url)
+        elif resp.status_code == 200:
+            shaped("settlement", url, _json(resp), "epoch", "root", "total_units")
+        return resp
 
     @epoch_app.command("post")
     def epoch_post(
@@ -177,6 +211,8 @@ def register(app: typer.Typer) -> None:
         url = settlement_url_of(settlement_url)
         try:
             info = fetch_payout(url, address)
+        except SettlementRefused as exc:
+            refused("settlement", url, exc.status, exc.detail)
         except RuntimeError as exc:
             fail(str(exc))
         console.print(f"account      {info['account']}")
@@ -205,6 +241,8 @@ def register(app: typer.Typer) -> None:
         key = read_key(key_file)  # outside the try: its failure (typer.Exit) is an Exception too
         try:
             result = claim_with_key(key, url, chain)
+        except SettlementRefused as exc:
+            refused("settlement", url, exc.status, exc.detail)
         except Exception as exc:  # chain errors included: one red line
             fail(str(exc))
         if result["claimed_units"] == 0:

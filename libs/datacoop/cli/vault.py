@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +24,18 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from datacoop.cli import stack as stack_mod
-from datacoop.cli.common import console, err, fail, read_key, service_at, service_url
+from datacoop.cli.common import (
+    console,
+    err,
+    expect_service,
+    fail,
+    not_the_service,
+    read_key,
+    service_at,
+    service_url,
+    unreachable,
+    utf8_text,
+)
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
 from services.vault.client import VaultClient
@@ -73,17 +82,20 @@ def contribute(
                                                                         "extension)")] = None,
 ) -> None:
     """Contribute a file of records: signed by your wallet, encrypted by the vault, all rows or none."""
+    if not file.exists():
+        fail(f"{file} does not exist; give a .jsonl or .csv file of records", 2)
     if not file.is_file():
-        fail(f"{file} does not exist or is not a file; give a .jsonl or .csv file of records")
+        fail(f"{file} is not a file; give a .jsonl or .csv file of records")
     if upload_format is not None and upload_format not in ("jsonl", "csv"):
-        fail(f"--format must be jsonl or csv, not {upload_format!r}")
+        fail(f"--format must be jsonl or csv, not {upload_format!r}", 2)
     upload_format = upload_format or format_of(file)
     if upload_format not in ("jsonl", "csv"):
         fail(f"cannot tell the format of {file.name}: use .jsonl or .csv (or pass --format jsonl|csv)")
     try:
-        content = file.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {file} as UTF-8 text ({exc})")
+        data = file.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    content = utf8_text(data, str(file), "contribute it again")
     if not content.strip():
         fail(f"{file} is empty: nothing to contribute; give a file with at least one record")
     url = service_url("vault", vault_url)
@@ -92,15 +104,15 @@ def contribute(
         try:
             client = VaultClient(key, url)  # asks GET /eip712
         except (ValueError, KeyError, TypeError):  # a 200 that is not a datacoop service's EIP-712 domain
-            _not_the_vault(url, service_at(url))
+            not_the_service("vault", url, service_at(url))
         body = json.dumps(client.contribute_body(category, content, upload_format)).encode()
         result = _retrying_not_ready(lambda: _upload(client, body))
     except ApiError as exc:
-        if exc.status in (404, 405) and (service := service_at(url)) != "vault":
-            _not_the_vault(url, service)
+        if exc.status in (404, 405):
+            expect_service("vault", url)
         _refused(exc, file)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the vault at {url} ({exc}); is the stack up (`datacoop up`)?")
+        unreachable("vault", url, exc)
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
                   f"{result['upload_id']} (schema v{result['schema_version']}), encrypted with your data key")
 
@@ -122,28 +134,6 @@ def _retrying_not_ready(upload: Callable[[], dict[str, Any]]) -> dict[str, Any]:
                           f"for up to {RETRY_FOR_S:.0f} s", markup=False, highlight=False, soft_wrap=True)
                 said = True
             time.sleep(min(2.0, max(0.5, float(exc.problem.get("retry_after_s") or 1))))
-
-
-def _not_the_vault(url: str, service: str | None) -> NoReturn:
-    """Fail on a URL that is not the vault's (a 404 or 405 from something else: the consent service's URL, a
-    port of another service), naming what answers there (`service`, its GET /healthz) and where the vault is."""
-    there = (f"it answers as the {service} service" if service else
-             "no datacoop service answers GET /healthz there")
-    fail(f"{url} is not the vault ({there}); the vault's URL is {_vault_url()}: pass it with --vault-url "
-         "(or set DATACOOP_VAULT_URL)")
-
-
-def _vault_url() -> str:
-    """Where the vault is: DATACOOP_VAULT_URL, else the running stack's, else its default port on this host."""
-    env = os.environ.get("DATACOOP_VAULT_URL")
-    if env:
-        return env
-    stack = stack_mod.running_stack() or {}
-    vault = (stack.get("services") or {}).get("vault")
-    if isinstance(vault, dict) and vault.get("url"):
-        return str(vault["url"])
-    port = next(s.default_port for s in stack_mod.SERVICES if s.name == "vault")
-    return f"http://127.0.0.1:{port} on a local stack (`datacoop up`)"
 
 
 def _upload(client: VaultClient, body: bytes) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def test_a_key_file_without_a_hex_key_is_named(monkeypatch: pytest.MonkeyPatch, 
     receipt = tmp_path / "r1.json"
     receipt.write_text('{"record_id": "x"}')
     result = _invoke("worker", "--key-file", str(receipt), "--jobs-url", NOWHERE)
-    assert result.exit_code == 1 and f"key file {receipt} does not hold a wallet key" in result.output
+    assert result.exit_code == 2 and f"key file {receipt} does not hold a wallet key" in result.output  # docs/jobs.md
     from_env = _invoke("member", "show", "--consent-url", NOWHERE, env={"DATACOOP_KEY": "not-hex"})
     assert from_env.exit_code == 1 and "DATACOOP_KEY does not hold a wallet key" in from_env.output
 
