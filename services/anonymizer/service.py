@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import time
 import traceback
@@ -214,7 +215,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         self.queue: list[BuildRequest] = []
         self.current: BuildRequest | None = None
         self.live_progress: dict[str, dict[str, Any]] = {}
-        self._changed: dict[str, float] = {}
+        self._changed: dict[str, float] = {}  # dataset -> when its inputs last changed (monotonic)
+        self._first_changed: dict[str, float] = {}  # dataset -> the first change not built yet
+        self._build_started: dict[str, float] = {}  # dataset -> when its last build began (monotonic)
         self._retry: set[str] = set()  # datasets whose last build failed for a passing reason (vault down)
         self._all_changed_at: float | None = time.monotonic()
         self._wake = asyncio.Event()
@@ -324,12 +327,17 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         if self._all_changed_at is not None:
             for d in self.projection.definitions():
                 self._changed[d["dataset_id"]] = max(self._changed.get(d["dataset_id"], 0.0), self._all_changed_at)
+                self._first_changed.setdefault(d["dataset_id"], self._all_changed_at)
             self._all_changed_at = None
-        quiet = time.monotonic() - self.config.anonymizer_debounce_s
+        now = time.monotonic()
+        quiet, waited = now - self.config.anonymizer_debounce_s, now - self.config.anonymizer_max_wait_s
         for dataset_id, changed_at in list(self._changed.items()):
-            if changed_at > quiet:
-                continue
+            if changed_at > quiet and self._first_changed.get(dataset_id, changed_at) > waited:
+                continue  # changes still coming, and the first of them not waiting too long yet
+            if now - self._build_started.get(dataset_id, -math.inf) < self.config.anonymizer_min_interval_s:
+                continue  # built a short while ago: the version on sale stays a while (its unpaid orders)
             del self._changed[dataset_id]
+            self._first_changed.pop(dataset_id, None)
             definition = self.projection.definition(dataset_id)
             if definition is None:
                 continue
@@ -439,6 +447,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                                    "publish it again, e.g. after changing the anonymizer's mode)")
                 await self._finish(req, same, "", started=False)  # older versions still on offer: replaced by it
                 return
+            self._build_started[req.dataset_id] = time.monotonic()
             await self._append(req.dataset_id, [VersionBuildStarted(
                 dataset_id=req.dataset_id, build_id=req.build_id, trigger=req.trigger,
                 definition_version=state.definition_version, inputs_sha256=fingerprint, members=len(members),
@@ -454,7 +463,9 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                             "".join(traceback.format_tb(exc.__traceback__)))  # frames, not the message
                 if isinstance(exc, DecryptRefused | httpx.HTTPError):  # try again later, inputs unchanged or not
                     self._retry.add(req.dataset_id)
-                    self._changed[req.dataset_id] = time.monotonic() + RETRY_AFTER_S
+                    self._changed[req.dataset_id] = self._first_changed[req.dataset_id] = \
+                        time.monotonic() + RETRY_AFTER_S
+                    self._build_started.pop(req.dataset_id, None)  # a retry is not held back by the interval
                 await self._finish(req, None, detail)
                 live.update(stage="failed", outcome="failed", version=None, detail=detail)
             else:

@@ -30,6 +30,13 @@ class AnonymizerSettings(ServiceSettings):
                                                     "default <repo>/datasets")
     anonymizer_debounce_s: float = Field(5.0, ge=0, description="quiet time after a consent, erasure or record "
                                          "change before a new version is built")
+    anonymizer_max_wait_s: float = Field(300.0, gt=0, description="the longest a change waits for that quiet: "
+                                         "contributions arriving without a pause still get a version")
+    anonymizer_min_interval_s: float = Field(900.0, ge=0, description="fewest seconds between a dataset's builds "
+                                             "started by changes (each replaces the version on sale, whose unpaid "
+                                             "orders can then no longer be paid: keep it in step with the offers' "
+                                             "order_ttl_s); a member who left still takes versions off sale at "
+                                             "once, and builds on demand are not held back")
     anonymizer_poll_s: float = Field(0.5, gt=0, description="how often the builder looks for work")
     anonymizer_mode: Literal["global", "multidimensional"] = Field("global",
                                                                    description="anonymization mode of the engine")

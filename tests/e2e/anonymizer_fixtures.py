@@ -56,7 +56,8 @@ def anonymizer_env(service_env: dict[str, str], tmp_path: Path) -> Callable[[Ser
                 "DATACOOP_ANONYMIZER_OPERATOR_TOKEN": OPERATOR_TOKEN,
                 "DATACOOP_ANONYMIZER_PSEUDONYM_KEY": PSEUDONYM_SECRET,
                 "DATACOOP_ANONYMIZER_OBJECT_STORE": str(tmp_path / "objects"),
-                "DATACOOP_ANONYMIZER_DEBOUNCE_S": "0.5", "DATACOOP_ANONYMIZER_POLL_S": "0.2"}
+                "DATACOOP_ANONYMIZER_DEBOUNCE_S": "0.5", "DATACOOP_ANONYMIZER_POLL_S": "0.2",
+                "DATACOOP_ANONYMIZER_MIN_INTERVAL_S": "0"}
     return env
 
 

@@ -277,6 +277,7 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_OBJECT_STORE_DIR": str(RUN_DIR / "objects"),
         "DATACOOP_ANONYMIZER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_ANONYMIZER_DEBOUNCE_S": "1",
+        "DATACOOP_ANONYMIZER_MIN_INTERVAL_S": "10",  # a local stack shows changes soon, without a version a second
         "DATACOOP_WORKER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_GRANT_KEY_FILE": str(RUN_DIR / "keys" / "marketplace-grant-key.pem"),
         "DATACOOP_LOG_JSON": "true",

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import count
@@ -23,6 +24,7 @@ from datacoop.events.datasets import (
     DatasetVersionSuperseded,
     VersionBuildFinished,
     VersionBuildFinishedV1,
+    VersionBuildStarted,
 )
 from datacoop.events.envelope import Envelope
 from datacoop.events.members import ConsentGranted, ConsentRevoked
@@ -88,7 +90,7 @@ def service(tmp_path: Path) -> AnonymizerService:
     settings = AnonymizerSettings(data_dir=tmp_path, anonymizer_operator_token="o" * 24,
                                   vault_service_token="v" * 24, anonymizer_pseudonym_key="p" * 32,
                                   anonymizer_object_store=str(tmp_path / "objects"),
-                                  anonymizer_definitions_dir=tmp_path / "no-definitions")
+                                  anonymizer_definitions_dir=tmp_path / "no-definitions", anonymizer_min_interval_s=0)
     svc = AnonymizerService(settings, clock=lambda: NOW)
     svc.writer = AppliedAtOnce(svc)  # type: ignore[assignment]
     svc._warmed = True
@@ -303,6 +305,40 @@ def test_a_build_of_the_same_rows_again_ends_unchanged_on_the_topic_and_the_trig
         replayed.apply(tx, [_delivery(e, DATASET) for e in _events(service)])
     assert sorted(b["outcome"] for b in replayed.builds(DATASET)) == ["published", "unchanged"]
     assert replayed.newest_live_inputs(DATASET) == service.projection.newest_live_inputs(DATASET)
+
+
+def _change_builds(svc: AnonymizerService) -> int:
+    return sum(1 for e in _events(svc) if isinstance(e, VersionBuildStarted) and e.trigger == "change")
+
+
+def test_builds_on_changes_wait_the_minimum_interval_after_the_last_build(service) -> None:
+    """Each build replaces the version on sale, whose unpaid orders can then no longer be paid: a dataset whose
+    members contribute one by one got a new version every few seconds. Changes now wait until the interval
+    since its last build has passed, then build once."""
+    _with_newcomer(service)  # an on-demand build just began and published version 1
+    service.config.anonymizer_debounce_s = 0.0
+    service.config.anonymizer_min_interval_s = 900.0
+    asyncio.run(service.builder_once())
+    assert _change_builds(service) == 0 and DATASET in service._changed, "held back, not forgotten"
+    service._build_started[DATASET] -= 901  # the interval has passed
+    asyncio.run(service.builder_once())
+    assert _change_builds(service) == 1 and DATASET not in service._changed
+
+
+def test_changes_that_never_pause_still_get_a_build_after_the_longest_wait(service) -> None:
+    """Quiet for the debounce never comes while members keep contributing: the first change waiting longer than
+    DATACOOP_ANONYMIZER_MAX_WAIT_S builds all the same (no build ever came before)."""
+    _with_newcomer(service)
+    service.config.anonymizer_debounce_s = 60.0
+    service.config.anonymizer_min_interval_s = 0.0
+    now = time.monotonic()
+    service._changed[DATASET] = now  # the latest change a moment ago
+    service._first_changed[DATASET] = now - 10
+    asyncio.run(service.builder_once())
+    assert _change_builds(service) == 0, "the first change waited 10 s of 300: keep waiting for a pause"
+    service._first_changed[DATASET] = now - service.config.anonymizer_max_wait_s - 1
+    asyncio.run(service.builder_once())
+    assert _change_builds(service) == 1
 
 
 def test_a_v1_log_reads_a_kept_version_as_unchanged_and_the_rest_as_written(service) -> None:
