@@ -363,6 +363,12 @@ def build_router(ctx: Any) -> APIRouter:
                 "cells": answer.cells}
 
     # -- members and operators --------------------------------------------------------------
+    @router.get("/eip712", tags=["members"])
+    async def get_eip712() -> dict[str, Any]:
+        """The EIP-712 domain a member signs the ReadMemberData of `GET /members/{member}/orders` with."""
+        return {"domain": ctx.eip712_domain.as_dict(),
+                "types": {"ReadMemberData": [{"name": f, "type": t} for f, t in eip712.TYPES["ReadMemberData"]]}}
+
     @router.get("/members/{member}/orders", tags=["members"])
     async def member_orders(member: MemberPath, auth: eip712.ReadAuth = None) -> list[dict[str, Any]]:
         """Paid orders of dataset versions that hold the member's records, with how many of them: to the

@@ -191,3 +191,16 @@ def refund(rpc_url: str, token: str, market: str, operator_key: str, order_id: s
                              "refunds no settled order") from exc
         raise ChainError(f"the market contract refused the refund ({exc})") from exc
     return "0x" + bytes(receipt["transactionHash"]).hex(), amount, buyer
+
+
+def member_orders(base_url: str, private_key: str) -> list[dict[str, Any]]:
+    """The paid orders of versions holding the key's member's records (`GET /members/{member}/orders`), signed as a
+    read of the member's own data against the marketplace's EIP-712 domain (its `GET /eip712`)."""
+    from eth_account import Account
+
+    from services.consent import eip712
+
+    account = Account.from_key(private_key)
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        domain = eip712.fetch_domain(http)
+        return list(check(http.get(f"/members/{account.address}/orders", headers=eip712.read_auth(account, domain))))

@@ -16,7 +16,9 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 from eth_account import Account
+from typer.testing import CliRunner
 
+from datacoop.cli import app as datacoop_app
 from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.marketplace.client import ApiError, ResearcherClient, register_researcher
 from services.marketplace.grants import verify_document
@@ -117,6 +119,14 @@ def test_researcher_buys_with_the_stablecoin_downloads_the_rows_and_members_see_
     nobody = Account.create()
     assert s.get(f"/members/{nobody.address}/orders",
                  headers=member_wallet(s, nobody.key.hex()).read_headers()).json() == []
+    member_key = tmp_path / "member.key"  # the member's own view from the CLI, signed with the marketplace's domain
+    member_key.write_text(MEMBER_KEYS[0])
+    mine = CliRunner().invoke(datacoop_app, ["member", "orders", "--key-file", str(member_key), "--market-url", s.url])
+    assert mine.exit_code == 0, mine.output
+    assert order_id in mine.output and "health-survey" in mine.output and " 60 " in mine.output, mine.output
+    member_key.write_text(nobody.key.hex())
+    none = CliRunner().invoke(datacoop_app, ["member", "orders", "--key-file", str(member_key), "--market-url", s.url])
+    assert none.exit_code == 0 and "no paid order has used your records yet" in none.output, none.output
     receipt = client.receipt(order_id)
     assert verify_document(receipt, s.get("/grant-key").json()["public_key"])
     assert receipt["sha256"] == s.get("/catalog/health-survey/1").json()["sha256"]

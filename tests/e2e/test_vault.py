@@ -16,7 +16,9 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from datacoop.cli import app
 from infra.local import REPO_ROOT, Broker
 from services.consent import eip712
 from services.consent.client import ApiError
@@ -148,6 +150,16 @@ def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
     dora.contribute("fitness", FITNESS_CSV, fmt="csv")
     ed.contribute("fitness", FITNESS_CSV.replace("187654", "5000"), fmt="csv")
     assert {r["member"] for r in reader.records(category="fitness")} == {dora.address, ed.address}
+    dora_key = tmp_path / "dora.key"  # her own view from the CLI: a signed read of her uploads
+    dora_key.write_text(dora.account.key.hex())
+
+    def her_records() -> str:
+        shown = CliRunner().invoke(app, ["member", "records", "--key-file", str(dora_key), "--vault-url",
+                                         vault_svc.url])
+        assert shown.exit_code == 0, shown.output
+        return str(shown.output)
+    listed = her_records()
+    assert "fitness" in listed and dora.address in listed and "asked to be forgotten" not in listed, listed
     key_store = data_dir(vault_env) / "vault-keys.duckdb"
     backup = tmp_path / "keys-backup.duckdb"  # a backup taken before the erasure (file copy, with its log)
     shutil.copy(key_store, backup)
@@ -161,6 +173,7 @@ def test_erasure_shreds_the_key_and_no_rebuild_reads_the_records_again(
                           headers={"Authorization": f"Bearer {SERVICE_TOKEN}"}).status_code == 410
     wait_for(refused, "the decrypt API to refuse the erased member")
     wait_for(lambda: dora.summary()["keys_shredded"], "the KeysShredded event")
+    assert "asked to be forgotten: the vault destroyed the data key" in her_records()
     assert {r["member"] for r in reader.records(category="fitness")} == {ed.address}
     with pytest.raises(ApiError) as gone:
         dora.contribute("fitness", FITNESS_CSV.replace("4321", "4322"), fmt="csv")

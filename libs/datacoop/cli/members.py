@@ -179,6 +179,58 @@ def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> Non
     console.print_json(data=_call(url, wallet.state))
 
 
+@member_app.command("records")
+def member_records(key_file: KeyFile = None, vault_url: Annotated[str | None, typer.Option(
+        "--vault-url", help="vault URL (default: the stack's)")] = None) -> None:
+    """Your uploads at the vault: category, records, when (no contents; a signed read of your own data)."""
+    from services.vault.client import VaultClient
+
+    key = read_key(key_file)
+    url = service_url("vault", vault_url)
+    client = call_at("vault", url, VaultClient, key, url)  # asks GET /eip712
+    data = shaped("vault", url, call_at("vault", url, client.summary), "uploads")
+    if data.get("keys_shredded") or data.get("erased"):
+        console.print(f"{data['member']} asked to be forgotten: the vault destroyed the data key, so no record of "
+                      "yours can be read by anyone", highlight=False, soft_wrap=True)
+    if not data["uploads"]:
+        console.print("no uploads yet: contribute a file with `datacoop contribute FILE --category C`",
+                      highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"uploads of {data['member']}")
+    for col in ("upload", "category", "records", "schema", "contributed (UTC)"):
+        table.add_column(col)
+    for u in data["uploads"]:
+        table.add_row(u["upload_id"], u["category"], f"{u['records']:,}", f"v{u['schema_version']}",
+                      str(u["contributed_at"]))
+    print_table(table, whole=(0,))
+
+
+@member_app.command("orders")
+def member_orders_cmd(key_file: KeyFile = None, market_url: Annotated[str | None, typer.Option(
+        "--market-url", help="marketplace URL (default: the stack's)")] = None) -> None:
+    """Paid orders of dataset versions that hold your records: who bought what, and how many of your rows."""
+    from services.marketplace.client import member_orders
+
+    key = read_key(key_file)
+    url = service_url("marketplace", market_url)
+    orders = call_at("marketplace", url, member_orders, url, key)
+    if not isinstance(orders, list):
+        shaped("marketplace", url, orders, "order_id")  # names the service answering there instead
+    if not orders:
+        console.print("no paid order has used your records yet (`datacoop payouts ADDRESS` shows what you earned)",
+                      highlight=False, soft_wrap=True)
+        return
+    table = Table(title="paid orders of versions holding your records")
+    for col in ("order", "dataset", "v", "offer", "price", "your rows", "researcher", "paid (UTC)"):
+        table.add_column(col)
+    for o in orders:
+        who = o["researcher"]
+        buyer = " / ".join(x for x in (who.get("name"), who.get("organisation")) if x) or "-"
+        table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
+                      f"{o['your_records']:,}", buyer, str(o["paid_at"]))
+    print_table(table, whole=(0,))
+
+
 @member_app.command("erase")
 def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
                  key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
