@@ -200,10 +200,15 @@ def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_k
         else:
             arrays[name] = pa.array(values, pa.string())
     arrow = pa.table(arrays)
+    if PSEUDONYM_COLUMN in published.columns:  # the definition refuses such a column; never overwrite pseudonyms
+        raise BuildError(f"column {PSEUDONYM_COLUMN!r} is reserved for the members' pseudonyms; rename it")
     achieved_k, achieved_l = achieved_guarantees(arrow, list(definition.hierarchies), definition.sensitive)
     if arrow.num_rows and achieved_k < definition.model.k:  # the last check, on what would be written
         raise PrivacyViolation(f"a class of the version holds {achieved_k} distinct member(s), fewer than "
                                f"k={definition.model.k}; nothing is published")
+    if arrow.num_rows and definition.sensitive and achieved_l < definition.model.l:  # entropy-l needs >= l values too
+        raise PrivacyViolation(f"a class of the version holds {achieved_l} distinct value(s) of a sensitive "
+                               f"attribute, fewer than l={definition.model.l}; nothing is published")
     sink = io.BytesIO()
     pq.write_table(arrow, sink, compression="zstd")
     parquet = sink.getvalue()

@@ -41,6 +41,7 @@ MAX_K = 1_000_000  # members per class: more than any cooperative has
 MAX_L = 10_000
 MAX_ROWS_PER_MEMBER = 1_000_000
 MAX_DOMAIN = 2_000_000  # values a quasi-identifier's domain may have: each is checked against its hierarchy
+RESERVED_COLUMNS = frozenset({"pseudonym"})  # build.PSEUDONYM_COLUMN: no declared column may take its name
 Int32 = Annotated[int, Field(ge=-INT32_MAX, le=INT32_MAX)]
 Width = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Prefix = Annotated[int, Field(ge=0, le=64)]
@@ -184,6 +185,9 @@ def resolve(definition: DatasetDefinition, shared: Path | None = None) -> Resolv
     base = shared or shared_dir()
     problems: list[str] = []
     known = set(d.columns)
+    for name in sorted({*d.columns, *d.quasi_identifiers, *d.sensitive} & RESERVED_COLUMNS):
+        problems.append(f"column {name!r} is reserved: the build writes each member's keyed pseudonym under that "
+                        "name and counts k in it; rename the column")
     for q in d.quasi_identifiers:
         if q not in known:
             problems.append(f"quasi-identifier {q!r} is not a column; add it to columns or remove it")

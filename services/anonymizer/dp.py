@@ -4,9 +4,9 @@ Neighbouring tables differ by one member's rows added or removed: at most ``rows
 (the build keeps each member to the definition's ``max_rows_per_member``). Cells are disjoint, so one
 row touches one cell (parallel composition), and one member's rows change the counts by at most
 ``rows_per_member`` in all, spread over cells or in one (L1 and L2 sensitivity both at most that).
-Per cell we release a count and, if a value column is given, a sum; the definition's epsilon is
-split evenly between them (sequential composition), and the mean is noisy_sum / noisy_count
-(post-processing, no extra cost).
+Per cell we release a count and, if a value column is given, a sum; the definition's epsilon (and,
+for the Gaussian mechanism, its delta) is split evenly between them (sequential composition adds both),
+and the mean is noisy_sum / noisy_count (post-processing, no extra cost).
 
 Sensitivity: count ``rows_per_member`` (1 for one row per member). Sum: values are first clamped to
 ``[lower, upper]``, so one row changes a sum by at most ``max(|lower|, |upper|)`` and one member's rows
@@ -111,7 +111,9 @@ def cell_aggregates(keys: Sequence[Hashable], epsilon: float, rng: np.random.Gen
     index = np.fromiter((position[k] for k in keys), dtype=np.int64, count=len(keys))
     counts = np.bincount(index, minlength=len(universe)).astype(np.float64)
     share = epsilon / 2 if values is not None else epsilon
-    noisy_counts = counts + noise(mechanism, share, float(rows_per_member), len(universe), rng, delta)
+    # sequential composition adds deltas as well as epsilons: count and sum each get half of delta too
+    delta_share = None if delta is None else (delta / 2 if values is not None else delta)
+    noisy_counts = counts + noise(mechanism, share, float(rows_per_member), len(universe), rng, delta_share)
     if values is None:
         return [CellAggregate(c, float(n), None, None) for c, n in zip(universe, noisy_counts, strict=True)]
     assert bounds is not None
@@ -119,7 +121,7 @@ def cell_aggregates(keys: Sequence[Hashable], epsilon: float, rng: np.random.Gen
     clamped = np.clip(np.asarray(values, dtype=np.float64), lower, upper)
     sums = np.bincount(index, weights=clamped, minlength=len(universe))
     sensitivity = rows_per_member * (max(abs(lower), abs(upper)) or 1.0)
-    noisy_sums = sums + noise(mechanism, share, sensitivity, len(universe), rng, delta)
+    noisy_sums = sums + noise(mechanism, share, sensitivity, len(universe), rng, delta_share)
     out = []
     for c, n, s in zip(universe, noisy_counts, noisy_sums, strict=True):
         mean = float(np.clip(s / n, lower, upper)) if n >= 1 else None

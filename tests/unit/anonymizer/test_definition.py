@@ -169,3 +169,19 @@ def test_a_quasi_identifier_domain_too_large_to_check_is_refused() -> None:
     raw["quasi_identifiers"]["age"] = {"numeric_bands": {"min": 0, "max": 2_000_000_000, "widths": [10]}}
     problems = refused(raw)
     assert any("spans 2000000001 values" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("role", ["column", "quasi_identifier", "sensitive"])
+def test_a_column_named_like_the_pseudonym_column_is_refused(role) -> None:
+    """The build writes each member's keyed pseudonym in a column named `pseudonym` and counts k in its
+    distinct values. A declared column of that name would overwrite it in the written table: the records'
+    own `pseudonym` field published raw in place of the keyed one, and the last k check counting that
+    field's values (which members write) instead of members."""
+    raw = adult_raw()
+    raw["columns"]["pseudonym"] = {"type": "categorical"}
+    if role == "quasi_identifier":
+        raw["quasi_identifiers"]["pseudonym"] = {"csv": "data/adult/adult_hierarchy_sex.csv"}
+    elif role == "sensitive":
+        raw["sensitive"] = ["pseudonym"]
+    problems = refused(raw)
+    assert any("'pseudonym'" in p and "reserved" in p for p in problems)

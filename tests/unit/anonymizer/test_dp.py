@@ -73,3 +73,27 @@ def test_a_cell_outside_the_given_ones_is_counted_not_quoted() -> None:
     with pytest.raises(DPError) as refused:
         cell_aggregates([("secret-85",), ("secret-85",)], 1.0, np.random.default_rng(0), cells=[("20-29",)])
     assert "2 row(s)" in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_gaussian_count_and_sum_together_spend_the_stated_delta_not_twice_it(monkeypatch) -> None:
+    """Count and sum are two mechanisms on the same rows (sequential composition): their epsilons AND their
+    deltas add up. Each drawn at the full delta would make a release stated (epsilon, delta) only
+    (epsilon, 2 delta)-DP."""
+    import services.anonymizer.dp as dp
+
+    spent: list[tuple[float, float | None]] = []
+    real = dp.noise
+
+    def recording(mechanism, epsilon, sensitivity, size, rng, delta=None):  # type: ignore[no-untyped-def]
+        spent.append((epsilon, delta))
+        return real(mechanism, epsilon, sensitivity, size, rng, delta)
+
+    monkeypatch.setattr(dp, "noise", recording)
+    cell_aggregates(["a", "b"], 1.0, np.random.default_rng(0), [1.0, 2.0], (0.0, 10.0), mechanism="gaussian",
+                    delta=1e-6)
+    assert len(spent) == 2
+    assert sum(e for e, _ in spent) == pytest.approx(1.0)
+    assert sum(d for _, d in spent if d is not None) <= 1e-6 * (1 + 1e-12)
+    spent.clear()
+    cell_aggregates(["a", "b"], 1.0, np.random.default_rng(0), mechanism="gaussian", delta=1e-6)
+    assert spent == [(1.0, 1e-6)]  # a count alone spends the whole epsilon and delta

@@ -156,3 +156,23 @@ def test_a_failed_build_never_quotes_a_records_value(definition, records, poison
         build.build_version(build.rows_to_table(rows, resolved), resolved, KEY, np.random.default_rng(0))
     assert MARKER not in str(failed.value) and MARKER.lower() not in str(failed.value).lower()
     assert "1" in str(failed.value)  # counted instead
+
+
+def test_the_last_check_on_the_written_rows_refuses_a_class_short_of_l(records, monkeypatch) -> None:
+    """The build re-measures k and l on the table it writes; l short of the definition's must refuse too,
+    whatever the engine returned (here an engine whose output lost every class's diversity)."""
+    from dataclasses import replace
+
+    definition = resolve(parse_definition(census_definition(k=5, l=2)))
+    real = build.anonymize
+
+    def undiverse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        columns = dict(out.columns)
+        columns["salary-class"] = ["<=50K"] * len(columns["salary-class"])
+        return replace(out, columns=columns)
+
+    monkeypatch.setattr(build, "anonymize", undiverse)
+    table = build.rows_to_table(records, definition)
+    with pytest.raises(build.PrivacyViolation, match="l=2"):
+        build.build_version(table, definition, build.dataset_key(KEY, "census-stats"), np.random.default_rng(7))
