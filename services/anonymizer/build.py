@@ -59,6 +59,13 @@ def dataset_key(master_secret: bytes, dataset_id: str) -> bytes:
     return hmac.digest(master_secret, b"datacoop-pseudonym|" + dataset_id.encode(), "sha256")
 
 
+def version_key(master_secret: bytes, dataset_id: str, version: int) -> bytes:
+    """The pseudonym key of one version: a member's pseudonym differs from version to version, so two versions
+    (or datasets) cannot be joined row to row on it (which would intersect their generalizations, and name the
+    pseudonym that appears or vanishes when one member joins or leaves)."""
+    return hmac.digest(dataset_key(master_secret, dataset_id), b"version|" + str(version).encode(), "sha256")
+
+
 def pseudonyms(key: bytes, members: Iterable[str]) -> dict[str, str]:
     """member address -> 32 hex digits of HMAC-SHA256(key, lower-case address)."""
     return {m: hmac.digest(key, m.lower().encode(), "sha256")[:16].hex() for m in set(members)}
@@ -162,6 +169,21 @@ class BuiltVersion:
     achieved_k: int  # fewest distinct members (pseudonyms) in an equivalence class (>= the model's k)
     achieved_l: int  # fewest distinct values of a sensitive attribute in a class (1 without any)
     rows_over_member_bound: int = 0  # records left out: beyond their member's max_rows_per_member
+    table: pa.Table | None = None  # the rows written, and whose each row is: to write them under another key
+    row_members: tuple[str, ...] = ()
+
+
+def parquet_under(built: BuiltVersion, pseudonym_key: bytes) -> tuple[bytes, str]:
+    """The version's Parquet and its sha256 with the pseudonyms under `pseudonym_key` (another version's key):
+    what that version would hold if these rows were it, to tell whether a build gives a version on offer again."""
+    assert built.table is not None
+    by_member = pseudonyms(pseudonym_key, built.row_members)
+    column = pa.array([by_member[m] for m in built.row_members], pa.string())
+    table = built.table.set_column(built.table.schema.get_field_index(PSEUDONYM_COLUMN), PSEUDONYM_COLUMN, column)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    parquet = sink.getvalue()
+    return parquet, hashlib.sha256(parquet).hexdigest()
 
 
 def achieved_guarantees(table: pa.Table, quasi_identifiers: list[str], sensitive: list[str],
@@ -219,7 +241,7 @@ def build_version(table: InputTable, definition: ResolvedDefinition, pseudonym_k
         columns={f.name: str(f.type) for f in arrow.schema},
         contributor_weights=dict(Counter(members_of_rows)), aggregates=aggregates,
         quasi_identifiers=list(definition.hierarchies), achieved_k=achieved_k, achieved_l=achieved_l,
-        rows_over_member_bound=over_bound)
+        rows_over_member_bound=over_bound, table=arrow, row_members=tuple(members_of_rows))
 
 
 # -- where a version lands -----------------------------------------------------------------------

@@ -496,14 +496,15 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 left = domain.departed(built.contributor_weights, self._eligible(req.dataset_id))
                 if not left:
                     same = self._identical_on_offer(req.dataset_id, built)
+                    as_offered = self._sha_as(req.dataset_id, built, self.projection.newest_offered(req.dataset_id))
                     try:
                         if same is not None and not req.force:
-                            detail = unchanged_detail(same, built.sha256)
+                            detail = unchanged_detail(same, as_offered)
                             with contextlib.suppress(OfferChanged):  # it went off sale meanwhile: publish
                                 await self._append_end(req, same, detail, kept=built)
                                 return BuildEnded(same, "unchanged", detail)
                             same = None
-                        detail = "" if same is None else forced_detail(same, version, built.sha256)
+                        detail = "" if same is None else forced_detail(same, version, as_offered)
                         written = version
                         published = await self._write(req, resolved, version, built)
                         await self._append_end(req, version, detail, published=published)
@@ -534,8 +535,21 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
             raise AppendFailed(f"appending the end of build {req.build_id} of {req.dataset_id} failed") from exc
 
     def _identical_on_offer(self, dataset_id: str, built: pipeline.BuiltVersion) -> int | None:
-        return domain.identical_on_offer(self.projection.newest_offered(dataset_id), built.sha256,
-                                         built.contributor_weights, self._eligible(dataset_id))
+        return self._same_as_offered(dataset_id, built, self._eligible(dataset_id))
+
+    def _same_as_offered(self, dataset_id: str, built: pipeline.BuiltVersion, eligible: set[str]) -> int | None:
+        """The version on offer when `built` is exactly it again: compared as that version would hold these rows
+        (under its own pseudonym key), since every version has pseudonyms of its own."""
+        on_offer = self.projection.newest_offered(dataset_id)
+        return domain.identical_on_offer(on_offer, self._sha_as(dataset_id, built, on_offer),
+                                         built.contributor_weights, eligible)
+
+    def _sha_as(self, dataset_id: str, built: pipeline.BuiltVersion, on_offer: dict[str, Any] | None) -> str:
+        """sha256 of `built`'s Parquet with the pseudonyms of the version `on_offer` (its own when none)."""
+        if on_offer is None or built.table is None:
+            return built.sha256
+        key = pipeline.version_key(self.master_secret, dataset_id, int(on_offer["version"]))
+        return pipeline.parquet_under(built, key)[1]
 
     def _eligible(self, dataset_id: str) -> set[str]:
         d = next((x for x in self.projection.definitions() if x["dataset_id"] == dataset_id), None)
@@ -570,8 +584,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 left = domain.departed(built.contributor_weights, eligible)
                 if left:
                     raise ContributorsLeft(left)
-            if kept is not None and version != domain.identical_on_offer(
-                    self.projection.newest_offered(req.dataset_id), kept.sha256, kept.contributor_weights, eligible):
+            if kept is not None and version != self._same_as_offered(req.dataset_id, kept, eligible):
                 raise OfferChanged(f"version {version} of {req.dataset_id} is no longer on offer")
             events: list[Event] = [published] if published is not None else []
             if started:
@@ -602,7 +615,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         """The next version number and the version built in memory (nothing written yet)."""
         await self._progress(req, "anonymizing", 0, len(rows))
         version = domain.next_version(self.projection.latest_version(req.dataset_id))
-        key = pipeline.dataset_key(self.master_secret, req.dataset_id)
+        key = pipeline.version_key(self.master_secret, req.dataset_id, version)
         mode = self.config.anonymizer_mode
 
         def work() -> pipeline.BuiltVersion:

@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from services.anonymizer.build import PSEUDONYM_COLUMN, dataset_key, pseudonyms
+from services.anonymizer.build import PSEUDONYM_COLUMN, pseudonyms, version_key
 from services.anonymizer.definition import shared_dir
 from tests.e2e.conftest import ServiceProcess
 from tests.e2e.vault_fixtures import SERVICE_TOKEN
@@ -61,8 +61,9 @@ def anonymizer_env(service_env: dict[str, str], tmp_path: Path) -> Callable[[Ser
     return env
 
 
-def pseudonym_of(member: str, dataset_id: str = DATASET) -> str:
-    return pseudonyms(dataset_key(PSEUDONYM_SECRET.encode(), dataset_id), [member])[member]
+def pseudonym_of(member: str, version: int, dataset_id: str = DATASET) -> str:
+    """The member's pseudonym in `version` of `dataset_id` (each version has its own key)."""
+    return pseudonyms(version_key(PSEUDONYM_SECRET.encode(), dataset_id, version), [member])[member]
 
 
 def read_version(version: dict[str, Any]) -> Any:

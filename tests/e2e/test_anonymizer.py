@@ -97,9 +97,9 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     client.build(DATASET)  # the vault may still be projecting some uploads: wait for the version holding all
     v1 = _offered_when(client, "a version of every record", lambda v: v["rows"] + v["suppressed_rows"] == 8 * BOUND)
     table = _check(v1)
-    assert set(table.column("pseudonym").to_pylist()) <= {pseudonym_of(a) for a in everyone}
+    assert set(table.column("pseudonym").to_pylist()) <= {pseudonym_of(a, v1["version"]) for a in everyone}
     assert v1["contributors"] >= 6
-    assert pseudonym_of(outsider.address) not in table.column("pseudonym").to_pylist()
+    assert pseudonym_of(outsider.address, v1["version"]) not in table.column("pseudonym").to_pylist()
     assert v1["rows"] + v1["suppressed_rows"] == 8 * BOUND
     aggregates = client.aggregates(DATASET, v1["version"])
     assert aggregates["epsilon"] == 1.0 and aggregates["cells"]
@@ -112,7 +112,7 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     assert "consent ended" in left["superseded_reason"]
     # off sale as soon as she left, not when the version without her was ready
     assert _at(left["superseded_at"]) < _at(v2["published_at"])
-    assert pseudonym_of(alice.address) not in _check(v2).column("pseudonym").to_pylist()
+    assert pseudonym_of(alice.address, v2["version"]) not in _check(v2).column("pseudonym").to_pylist()
     assert v2["rows"] + v2["suppressed_rows"] == 7 * BOUND
 
     bob.erase()
@@ -120,7 +120,7 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     left = client.version(DATASET, v2["version"])
     assert left["superseded"] and left["superseded_by"] == v3["version"]
     assert _at(left["superseded_at"]) < _at(v3["published_at"])
-    assert pseudonym_of(bob.address) not in _check(v3).column("pseudonym").to_pylist()
+    assert pseudonym_of(bob.address, v3["version"]) not in _check(v3).column("pseudonym").to_pylist()
     offered = {d["dataset_id"]: d for d in client.catalog()}
     assert offered[DATASET]["newest_version"]["version"] == v3["version"]
 
@@ -146,7 +146,7 @@ def test_revocation_and_erasure_end_to_end_and_after_a_full_replay(
     assert v3_now["superseded"] and v3_now["superseded_by"] == last + 1
     assert f"replaced by version {last + 1}" in v3_now["superseded_reason"]
     pseudonyms = set(_check(v4).column("pseudonym").to_pylist())
-    assert not ({pseudonym_of(alice.address), pseudonym_of(bob.address)} & pseudonyms)
+    assert not ({pseudonym_of(alice.address, v4["version"]), pseudonym_of(bob.address, v4["version"])} & pseudonyms)
     assert v4["rows"] + v4["suppressed_rows"] == 6 * BOUND
     builds = client.builds(DATASET)
     failed = [(b["trigger"], b["detail"]) for b in builds if b["outcome"] != "published"]

@@ -133,8 +133,9 @@ def _pseudonyms_in(svc: AnonymizerService, version: DatasetVersionPublished) -> 
     return set(table.column(pipeline.PSEUDONYM_COLUMN).to_pylist())
 
 
-def _pseudonym(svc: AnonymizerService, member: str) -> str:
-    return pipeline.pseudonyms(pipeline.dataset_key(svc.master_secret, DATASET), [member])[member]
+def _pseudonym(svc: AnonymizerService, member: str, version: int) -> str:
+    """The member's pseudonym in `version` (each version has its own key)."""
+    return pipeline.pseudonyms(pipeline.version_key(svc.master_secret, DATASET, version), [member])[member]
 
 
 def test_a_member_who_revokes_during_a_build_is_not_in_the_version_it_publishes(service) -> None:
@@ -147,7 +148,7 @@ def test_a_member_who_revokes_during_a_build_is_not_in_the_version_it_publishes(
     asyncio.run(service.run_build(BuildRequest(DATASET, "on-demand")))
     (version,) = _published(service)
     assert leaver not in version.contributor_weights and len(version.contributor_weights) == len(MEMBERS) - 1
-    assert _pseudonym(service, leaver) not in _pseudonyms_in(service, version)
+    assert _pseudonym(service, leaver, version.version) not in _pseudonyms_in(service, version)
     finished = [e for e in _events(service) if isinstance(e, VersionBuildFinished)]
     assert [(f.outcome, f.version) for f in finished] == [("published", 1)]
 
@@ -181,7 +182,7 @@ def test_a_version_holding_a_member_who_left_goes_off_sale_at_once_even_during_a
     assert events[gone].superseded_by is None and "consent ended" in events[gone].reason  # type: ignore[attr-defined]
     assert gone < next(i for i, e in enumerate(events) if isinstance(e, DatasetVersionPublished) and e.version == 2)
     v2 = _published(service)[1]
-    assert leaver not in v2.contributor_weights and _pseudonym(service, leaver) not in _pseudonyms_in(service, v2)
+    assert leaver not in v2.contributor_weights and _pseudonym(service, leaver, 2) not in _pseudonyms_in(service, v2)
     v1 = service.projection.version(DATASET, 1)
     assert v1 is not None and v1["superseded"] and v1["superseded_by"] == 2  # its successor, named when published
     assert "consent ended" in v1["superseded_reason"]
@@ -227,7 +228,7 @@ def test_members_who_leave_while_the_version_is_written_are_not_in_it(service, m
     if leavers == 1:
         (version,) = _published(service)
         assert finished.outcome == "published" and not set(gone) & set(version.contributor_weights)
-        assert _pseudonym(service, gone[0]) not in _pseudonyms_in(service, version)
+        assert _pseudonym(service, gone[0], version.version) not in _pseudonyms_in(service, version)
         assert parquet.exists()
     else:
         assert finished.outcome == "failed" and not _published(service)
@@ -360,12 +361,31 @@ def test_a_v1_log_reads_a_kept_version_as_unchanged_and_the_rest_as_written(serv
     assert REGISTRY.decode(VersionBuildFinishedV1.type_name(), failed).outcome == "failed"  # type: ignore[attr-defined]
 
 
+def test_each_version_has_its_own_pseudonyms_so_two_versions_cannot_be_joined_row_to_row(service) -> None:
+    """The same rows published again as version 2 share no pseudonym with version 1 (one key per dataset made
+    them equal: versions joined on them, and the pseudonym that appears or vanishes named who joined or left);
+    within a version each member still has one pseudonym, under that version's key."""
+    _with_newcomer(service)
+    asyncio.run(service.run_build(BuildRequest(DATASET, "on-demand", force=True)))
+    v1, v2 = _published(service)
+    first, second = _pseudonyms_in(service, v1), _pseudonyms_in(service, v2)
+    assert first and second and not first & second
+    assert {_pseudonym(service, m, 2) for m in v2.contributor_weights} == second
+    assert {_pseudonym(service, m, 1) for m in v1.contributor_weights} == first
+
+
 def test_a_forced_build_publishes_the_same_rows_again_and_says_so(service) -> None:
     _with_newcomer(service)
     req = BuildRequest(DATASET, "on-demand", force=True)
     asyncio.run(service.run_build(req))
     v1, v2 = _published(service)
-    assert (v2.version, v2.sha256, v2.contributor_weights) == (2, v1.sha256, v1.contributor_weights)
+    assert (v2.version, v2.contributor_weights) == (2, v1.contributor_weights)
+    assert v2.sha256 != v1.sha256, "the same rows under version 2's own pseudonyms"
+
+    def rows(v: DatasetVersionPublished) -> list[dict[str, Any]]:
+        table = pq.read_table(io.BytesIO(Path(v.location.removeprefix("file://")).read_bytes()))
+        return table.drop_columns([pipeline.PSEUDONYM_COLUMN]).to_pylist()
+    assert rows(v2) == rows(v1)
     finished = [e for e in _events(service) if isinstance(e, VersionBuildFinished)][-1]
     assert (finished.outcome, finished.version) == ("published", 2)
     assert "forced: the same rows and contributors as version 1" in finished.detail
@@ -400,7 +420,7 @@ def test_a_member_who_leaves_is_never_kept_on_offer_by_an_identical_build(servic
     asyncio.run(service.run_build(BuildRequest(DATASET, "change")))
     v1, v2 = _published(service)
     assert NEWCOMER not in v2.contributor_weights and v2.sha256 != v1.sha256
-    assert _pseudonym(service, NEWCOMER) not in _pseudonyms_in(service, v2)
+    assert _pseudonym(service, NEWCOMER, 2) not in _pseudonyms_in(service, v2)
     old = service.projection.version(DATASET, 1)
     assert old is not None and old["superseded"] and old["superseded_by"] == 2
     assert "consent ended" in old["superseded_reason"]
