@@ -96,7 +96,7 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     tampered = datacoop("receipt", "verify", str(receipt), "--public-key", coop_key)
     assert tampered.returncode == 1 and "NOT valid" in tampered.stderr
 
-    assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 1, "erase needs --yes"
+    assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 2, "erase needs --yes (usage)"
     assert datacoop("member", "erase", "--yes", "--key-file", str(key), env=env).returncode == 0
 
 

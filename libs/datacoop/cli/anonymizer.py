@@ -51,7 +51,7 @@ def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
     what each guarantees."""
     if version is not None and version < 1:
         fail(f"--version {version} is no version: versions are numbered from 1 (`datacoop dataset show {dataset_id}` "
-             "lists them)")
+             "lists them)", 2)
     client, url = _client(anonymizer_url)
     defined = None if version is not None else call_at("anonymizer", url, client.definition, dataset_id)
     versions = ([call_at("anonymizer", url, client.version, dataset_id, version)] if version is not None

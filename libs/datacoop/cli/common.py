@@ -41,8 +41,8 @@ def wallet_address(value: str, what: str) -> str:
     except ValidationError as exc:
         error = exc.errors()[0]
         if error["type"] == "wallet_address":  # the shape: say it as the other CLI checks do
-            fail(f"{what} {value!r} is not a wallet address: 0x followed by 40 hex digits")
-        fail(f"{what} {value!r} {error['msg']}")
+            fail(f"{what} {value!r} is not a wallet address: 0x followed by 40 hex digits", 2)
+        fail(f"{what} {value!r} {error['msg']}", 2)
 
 
 def operator_token(given: str | None, setting: str) -> str:
@@ -113,7 +113,7 @@ def unreachable(name: str, url: str, exc: httpx.HTTPError) -> NoReturn:
          f"{called(name)}'s URL")
 
 
-def expect_service(name: str, url: str, unknown_ok: bool = False, code: int = 1) -> None:
+def expect_service(name: str, url: str, unknown_ok: bool = False, code: int = 2) -> None:
     """Return when the service at `url` says (GET /healthz) that it is `name`; otherwise fail with `code`,
     naming what answers there (with `unknown_ok`, return too when no datacoop service answers: nothing to tell)."""
     found = service_at(url)
@@ -122,7 +122,7 @@ def expect_service(name: str, url: str, unknown_ok: bool = False, code: int = 1)
     not_the_service(name, url, found, code)
 
 
-def not_the_service(name: str, url: str, found: str | None, code: int = 1) -> NoReturn:
+def not_the_service(name: str, url: str, found: str | None, code: int = 2) -> NoReturn:
     """Fail on a URL that is not the service `name`'s, naming what answers there (`found`, its GET /healthz)
     and where `name` is."""
     there = f"it answers as the {found} service" if found else "no datacoop service answers GET /healthz there"

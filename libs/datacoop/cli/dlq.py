@@ -54,15 +54,21 @@ def dlq_cmd(
 ) -> None:
     """What the consumers dead-lettered (`<topic>.dlq`): when, from where, which consumer, and why."""
     from datacoop.bus.deadletters import read_dead_letters
+    from datacoop.kit.app import broker_unreachable
 
     wanted = [_topic(t) for t in topics] if topics else list(TOPICS)
     server = _bootstrap(bootstrap)
     names = {qualified(topic_prefix, dlq(t)): t for t in wanted}
+    unreachable = broker_unreachable(server, 0)
+    if unreachable:  # before aiokafka, which logs its own lines and warnings about the failed client
+        fail(f"no Kafka broker answers at {server} ({unreachable}); start the stack (`datacoop up`) or pass "
+             "--bootstrap HOST:PORT of yours")
     try:
         letters = asyncio.run(read_dead_letters(server, list(names)))
-    except Exception as exc:  # unreachable broker, timeout: one line, not aiokafka's traceback
-        fail(f"cannot read the dead-letter topics from the broker at {server} ({type(exc).__name__}: {exc}); is it "
-             "up (`datacoop up`), or pass --bootstrap")
+    except Exception as exc:  # a timeout, a broker that went away meanwhile: one line, not aiokafka's traceback
+        said = str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        fail(f"cannot read the dead-letter topics from the broker at {server} ({said}); is it up (`datacoop up`), "
+             "or pass --bootstrap")
     total = sum(len(found) for found in letters.values())
     if total == 0:
         console.print(f"nothing dead-lettered on {', '.join(wanted)}: every event read was applied", highlight=False,

@@ -59,7 +59,7 @@ def _job_id(job_id: str) -> str:
 
 
 def _finite_only(constant: str) -> Any:
-    fail(f"--params holds {constant}, which JSON results can't carry; use finite numbers")
+    fail(f"--params holds {constant}, which JSON results can't carry; use finite numbers", 2)
 
 
 def _call(url: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -114,9 +114,9 @@ def submit(
     try:
         parsed = json.loads(params, parse_constant=_finite_only)
     except json.JSONDecodeError as exc:
-        fail(f"--params is not JSON ({exc.msg}); e.g. --params '{{\"column\": \"age\"}}'")
+        fail(f"--params is not JSON ({exc.msg}); e.g. --params '{{\"column\": \"age\"}}'", 2)
     if not isinstance(parsed, dict):
-        fail("--params must be a JSON object")
+        fail("--params must be a JSON object", 2)
     client, url = _researcher(jobs_url, api_key_file)
     job = shaped("jobs", url, _call(url, client.submit, order_id, analysis, parsed, redundancy), "job_id", "redundancy")
     console.print(f"job {job['job_id']} submitted ({analysis}, redundancy {job['redundancy']})", highlight=False)

@@ -108,7 +108,7 @@ def _order_id(value: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         fail(f"ORDER {value!r} is not an order id: an order id is a UUID such as "
-             "3f2b1c0e-8d4a-4b6e-9f10-2a3b4c5d6e7f, as `datacoop order` printed it (`datacoop orders` lists yours)")
+             "3f2b1c0e-8d4a-4b6e-9f10-2a3b4c5d6e7f, as `datacoop order` printed it (`datacoop orders` lists yours)", 2)
 
 
 @researcher_app.command("register")
@@ -131,11 +131,11 @@ def register_cmd(
         wallet = wallet_address(wallet, "--wallet")
         if key_file is not None and Account.from_key(read_key(key_file)).address.lower() != wallet.lower():
             fail(f"--wallet {wallet} is not the address of --key-file {key_file} "
-                 f"({Account.from_key(read_key(key_file)).address}); pass one of them")
+                 f"({Account.from_key(read_key(key_file)).address}); pass one of them", 2)
     else:
         if key_file is None and not os.environ.get("DATACOOP_KEY"):
             fail("no paying wallet: pass --wallet 0x… (the address that pays), or --key-file FILE / "
-                 "DATACOOP_KEY to take it from your key")
+                 "DATACOOP_KEY to take it from your key", 2)
         wallet = wallet_address(Account.from_key(read_key(key_file)).address, "wallet")
     if save.is_dir():
         fail(f"--save {save} is a folder; name the file to keep the API key in, e.g. --save {save / 'api.key'}")
@@ -158,13 +158,21 @@ def register_cmd(
     console.print(f"API key (shown once, saved to {save}): {result['api_key']}", highlight=False)
 
 
-def catalog(market_url: MarketUrl = None) -> None:
-    """Every dataset version on sale: guarantees and offers."""
+def catalog(market_url: MarketUrl = None, every: Annotated[bool, typer.Option(
+        "--all", help="superseded versions too (no longer on sale)")] = False) -> None:
+    """Every dataset version on sale: guarantees and offers (--all: superseded versions too)."""
     from services.consent.client import check
 
     url = service_url("marketplace", market_url)
     answer = call_at("marketplace", url, lambda: check(httpx.get(f"{url}/catalog", timeout=30)))
     data = shaped("marketplace", url, answer, "versions")
+    if not every:
+        hidden = sum(1 for v in data["versions"] if v.get("status") == "superseded")
+        data = {**data, "versions": [v for v in data["versions"] if v.get("status") != "superseded"]}
+        if hidden and not data["versions"]:
+            console.print(f"no version is on sale now ({hidden} superseded: `datacoop catalog --all` lists them)",
+                          highlight=False, soft_wrap=True)
+            return
     if not data["versions"]:
         console.print("nothing is on sale yet: a dataset version is listed here once the anonymizer publishes one "
                       "(`datacoop dataset list` shows the datasets defined and their versions; the operator builds "
@@ -195,7 +203,7 @@ def order(
     m = _OFFER.match(offer)
     if not m:
         fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
-             "compute (e.g. adult-census:query or census-demo@2:download)")
+             "compute (e.g. adult-census:query or census-demo@2:download)", 2)
     url = service_url("marketplace", market_url)
     client = _client(url, api_key_file)
     try:
@@ -269,8 +277,12 @@ def download(
                   console=console, transient=True,
                   disable=not console.is_terminal) as progress:  # no bar (nor its blank line) in a pipe
         task = progress.add_task("downloading", total=None)
-        result = call_at("marketplace", url, client.download, order_id, out,
-                       on_progress=lambda done, total: progress.update(task, completed=done, total=total or None))
+        try:
+            result = call_at("marketplace", url, client.download, order_id, out,
+                             on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                             total=total or None))
+        except OSError as exc:  # the file can't be written there (a read-only or special folder, a full disk)
+            fail(f"cannot write --out {out}: {exc.strerror or exc}; pass an --out in a folder you can write to")
     console.print(f"wrote {result['bytes']:,} bytes to {result['path']} (sha256 {result['sha256'][:16]}…, as "
                   "published)", highlight=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -236,7 +237,7 @@ def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this 
                  key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
     """Ask to be forgotten: every consent ends and the vault destroys your data key."""
     if not yes:
-        fail("erasure cannot be undone; run again with --yes to confirm")
+        fail("erasure cannot be undone; run again with --yes to confirm", 2)
     wallet, url = _wallet(key_file, consent_url)
     _call(url, wallet.erase)
     console.print(f"erasure requested for {wallet.address}; your records can no longer be read by anyone")
@@ -274,19 +275,19 @@ def consent_grant(
         try:
             expires_at = datetime.fromisoformat(expires)
         except ValueError:
-            fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z")
+            fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z", 2)
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         problem = expiry_problem(expires_at, datetime.now(UTC), none="leave --expires out")
         if problem:
-            fail(f"--expires {expires} {problem}")
+            fail(f"--expires {expires} {problem}", 2)
     cats = [c.strip() for c in categories.split(",") if c.strip()]
     if not cats:
-        fail("--categories needs at least one category, e.g. --categories health,fitness")
+        fail("--categories needs at least one category, e.g. --categories health,fitness", 2)
     twice = sorted({c for c in cats if cats.count(c) > 1})
     if twice:
         fail(f"--categories names {', '.join(twice)} more than once; name each category once, e.g. "
-             f"--categories {','.join(dict.fromkeys(cats))}")
+             f"--categories {','.join(dict.fromkeys(cats))}", 2)
     if consent_id is not None:
         _consent_id(consent_id, "--consent-id", "choose another, or leave --consent-id out for a fresh one")
     consent_id = consent_id or str(uuid.uuid4())
@@ -382,7 +383,7 @@ def receipt_verify(
     from services.consent.receipts import ReceiptInvalid, verify_receipt
 
     if not file.exists():
-        fail(f"{file} does not exist; pass a receipt saved by `datacoop consent receipt ID --out FILE`")
+        fail(f"{file} does not exist; pass a receipt saved by `datacoop consent receipt ID --out FILE`", 2)
     text = read_text_file(file, "receipt file", "a receipt saved by `datacoop consent receipt ID --out FILE`")
     try:
         document = json.loads(text)
@@ -411,6 +412,13 @@ def receipt_verify(
             fail(f"the consent service at {url} answered GET /receipt-key without a key; to check offline pass "
                  "--public-key with the key from GET /receipt-key")
         key_note = f"the cooperative's key from {url}/receipt-key"
+    if key_note == "the given key":  # a malformed --public-key is the flag's fault, not the receipt's
+        try:
+            if len(base64.b64decode(public_key, validate=True)) != 32:
+                raise ValueError
+        except ValueError:
+            fail(f"--public-key {public_key!r} is not an Ed25519 public key (32 bytes, base64); copy it from "
+                 "GET /receipt-key of the consent service", 2)
     try:
         verify_receipt(document, public_key)
     except ReceiptInvalid as exc:

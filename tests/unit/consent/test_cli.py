@@ -44,14 +44,14 @@ def _run(*args: str) -> tuple[int, str]:
 def test_an_expiry_out_of_range_is_refused_before_signing(key: Path, expires: str, words: str) -> None:
     code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires",
                         expires, "--key-file", str(key), "--consent-url", NOBODY)
-    assert code == 1 and words in output, output
+    assert code == 2 and words in output, output
     assert "UnsignedIntegerEncoder" not in output and "cannot reach" not in output
 
 
 def test_duplicate_categories_are_refused_naming_the_duplicate(key: Path) -> None:
     code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness,health",
                         "--key-file", str(key), "--consent-url", NOBODY)
-    assert code == 1 and "--categories names health more than once" in output, output
+    assert code == 2 and "--categories names health more than once" in output, output
     assert "--categories health,fitness" in output
 
 

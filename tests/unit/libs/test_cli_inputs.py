@@ -19,7 +19,7 @@ WIDE = {"COLUMNS": "200"}
 ])
 def test_a_bad_address_is_named(args: list[str], expected: str) -> None:
     result = CliRunner().invoke(app, args, env=WIDE)
-    assert result.exit_code == 1 and expected in result.output, result.output
+    assert result.exit_code == 2 and expected in result.output, result.output
     assert "Traceback" not in result.output and "refused" not in result.output
 
 
@@ -46,7 +46,7 @@ def test_a_wallet_that_is_not_the_key_files_address_is_refused(tmp_path: Path) -
     result = CliRunner().invoke(app, ["researcher", "register", "--name", "M", "--key-file", str(key),
                                       "--wallet", other, "--save", str(tmp_path / "api.key"),
                                       "--market-url", "http://127.0.0.1:9"], env=WIDE)
-    assert result.exit_code == 1 and f"--wallet {other} is not the address of --key-file" in result.output
+    assert result.exit_code == 2 and f"--wallet {other} is not the address of --key-file" in result.output
 
 
 def test_a_bad_wallet_is_named_before_a_saved_api_key_is_mentioned(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_a_bad_wallet_is_named_before_a_saved_api_key_is_mentioned(tmp_path: Pat
     saved.write_text("k\n")
     result = CliRunner().invoke(app, ["researcher", "register", "--name", "M", "--wallet", "0xbad",
                                       "--save", str(saved)], env=WIDE)
-    assert result.exit_code == 1 and "'0xbad' is not a wallet address" in result.output, result.output
+    assert result.exit_code == 2 and "'0xbad' is not a wallet address" in result.output, result.output
     assert "already saved" not in result.output
 
 

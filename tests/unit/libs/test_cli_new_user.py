@@ -178,7 +178,7 @@ def test_another_services_url_is_named_as_such(monkeypatch: pytest.MonkeyPatch, 
     called = {"marketplace": "the marketplace", "anonymizer": "the anonymizer"}.get(wanted, f"the {wanted} service")
     assert f"{url} is not {called} (it answers as the {there} service)" in line, line
     assert "no epoch yet" not in result.output and "Not Found" not in line
-    assert result.exit_code == (2 if args[0] == "worker" else 1), "docs/jobs.md: a worker setting it can't use is 2"
+    assert result.exit_code == 2, "another service's URL is an option's value the command can't use: a usage error"
 
 
 def test_the_right_services_own_404_is_passed_on(serve: Any) -> None:
@@ -290,6 +290,27 @@ def test_the_catalog_in_a_pipe_is_one_line_a_row(serve: Any) -> None:
         assert len(rows) == 1 and "public-statistics" in rows[0] and "1,000,000" in rows[0], result.output
 
 
+def test_the_catalog_lists_what_is_on_sale_and_all_versions_with_all(serve: Any) -> None:
+    """It listed every superseded version too (36 rows around 2 on sale after members joined one by one)."""
+    old = {**CATALOG["versions"][0], "dataset_id": "census-old", "status": "superseded", "offers": []}
+    url = serve("marketplace", {"/catalog": {**CATALOG, "versions": [old, *CATALOG["versions"]]}})
+    on_sale = _invoke("catalog", "--market-url", url)
+    assert on_sale.exit_code == 0 and "census-0" in on_sale.output and "census-old" not in on_sale.output
+    assert "census-old" in _invoke("catalog", "--all", "--market-url", url).output
+    none = _invoke("catalog", "--market-url", serve("marketplace", {"/catalog": {**CATALOG, "versions": [old]}}))
+    assert "no version is on sale now (1 superseded: `datacoop catalog --all` lists them)" in none.output
+
+
+def test_dlq_without_a_broker_is_one_line() -> None:
+    """aiokafka's own connection error line and 'Unclosed AIOKafkaConsumer' came around the error before."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = _invoke("dlq", "--bootstrap", f"127.0.0.1:{port}")
+    assert result.exit_code == 1 and f"no Kafka broker answers at 127.0.0.1:{port}" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Unclosed" not in result.output, result.output
+
+
 def test_no_orders_is_a_sentence(serve: Any) -> None:
     result = _invoke("orders", "--market-url", serve("marketplace", {"/orders": []}),
                      env={"DATACOOP_API_KEY": API_KEY})
@@ -330,3 +351,14 @@ def test_job_analyses_lists_each_parameter_with_type_requirement_and_default(ser
     assert "required" in rows[("histogram", "column")] and "string" in rows[("histogram", "column")]
     assert "pearson|spearman" in rows[("correlation", "method")]
     assert {name for name, _ in rows} == set(schemas)
+
+
+def test_a_malformed_public_key_is_the_flags_fault_not_the_receipts(tmp_path: Path) -> None:
+    """It said "receipt NOT valid: the public key given is not an Ed25519 public key", exit 1."""
+    receipt = tmp_path / "r.json"
+    receipt.write_text('{"record_id": "c-1", "proof": {"public_key": "x", "signature": "y"}}')
+    result = _invoke("receipt", "verify", str(receipt), "--public-key", "abc")
+    assert result.exit_code == 2 and "--public-key 'abc' is not an Ed25519 public key" in result.output, result.output
+    assert "NOT valid" not in result.output
+    missing = _invoke("receipt", "verify", str(tmp_path / "none.json"), "--public-key", "abc")
+    assert missing.exit_code == 2 and "does not exist" in missing.output

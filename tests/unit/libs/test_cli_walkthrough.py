@@ -224,10 +224,10 @@ def test_dataset_show_version_zero_is_refused_not_every_version(monkeypatch: pyt
 
     monkeypatch.setattr("datacoop.cli.anonymizer.AnonymizerClient", Anonymizer)
     zero = _invoke("dataset", "show", "census-demo", "--version", "0", "--anonymizer-url", NOWHERE)
-    assert zero.exit_code == 1 and "numbered from 1" in zero.output, zero.output
+    assert zero.exit_code == 2 and "numbered from 1" in zero.output, zero.output
     assert asked == []
     one = _invoke("dataset", "show", "census-demo", "--version", "1", "--anonymizer-url", NOWHERE)
-    assert one.exit_code == 1 and asked == ["version 1"], one.output
+    assert one.exit_code == 2 and asked == ["version 1"], one.output  # no anonymizer at NOWHERE: the URL is wrong
 
 
 # -- 8: files named, no raw OS errors ---------------------------------------------------------------

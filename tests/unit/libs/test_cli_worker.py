@@ -47,7 +47,7 @@ def test_a_bad_worker_id_is_named_as_the_flag(tmp_path: Path) -> None:
 def test_job_params_with_nan_name_the_flag(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["job", "submit", "o-1", "kmeans", "--params", '{"tol": NaN}',
                                       "--jobs-url", "http://127.0.0.1:9"], env={"DATACOOP_API_KEY": "dcr_abc"})
-    assert result.exit_code == 1 and "--params holds NaN" in result.output and "finite numbers" in result.output
+    assert result.exit_code == 2 and "--params holds NaN" in result.output and "finite numbers" in result.output
 
 
 @pytest.mark.parametrize("job_id", ["?x=1", "x?y", "a/b", ""])

@@ -30,7 +30,7 @@ def run(*args: str) -> Any:
                                   ["download", "nope", "--out", "x.parquet"]])
 def test_an_order_id_that_is_no_uuid_is_refused_before_anything_is_sent(args: list[str]) -> None:
     result = run(*args, "--market-url", "http://127.0.0.1:9")
-    assert result.exit_code == 1 and "is not an order id: an order id is a UUID" in result.output, result.output
+    assert result.exit_code == 2 and "is not an order id: an order id is a UUID" in result.output, result.output
     assert "Traceback" not in result.output and "reach" not in result.output
 
 
@@ -66,7 +66,7 @@ def other_service() -> Iterator[str]:
 @pytest.mark.parametrize("args", [["catalog"], ["buy", OID], ["orders"]])
 def test_another_services_url_is_named_as_not_the_marketplace(other_service: str, args: list[str]) -> None:
     result = run(*args, "--market-url", other_service)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert f"{other_service} is not the marketplace (it answers as the vault service)" in result.output
     assert "Traceback" not in result.output
 

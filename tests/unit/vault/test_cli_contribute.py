@@ -105,7 +105,7 @@ def test_another_services_url_is_named_as_not_the_vault(records: list[str], monk
     monkeypatch.setattr("datacoop.cli.vault._upload", upload)
     monkeypatch.setattr(httpx, "get", get)
     result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:8101")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     line = " ".join(result.output.split())
     assert f"http://127.0.0.1:8101 is not the vault ({said}); the vault's URL is http://127.0.0.1:8102" in line, line
     assert "404: Not Found" not in line and asked == ["http://127.0.0.1:8101/healthz"]
