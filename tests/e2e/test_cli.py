@@ -115,7 +115,7 @@ def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> No
         assert build.returncode == 1 and "datacoop-dev-operator-token" in build.stderr
 
     bad_offer = datacoop("order", "census-demo")
-    assert bad_offer.returncode == 1 and "adult-census" in bad_offer.stderr and "adult-income" not in bad_offer.stderr
+    assert bad_offer.returncode == 2 and "adult-census" in bad_offer.stderr and "adult-income" not in bad_offer.stderr
 
     cores = datacoop("worker", "--cores", "0")
     assert cores.returncode == 2 and "--cores" in cores.stderr
@@ -132,7 +132,7 @@ def test_cli_errors_name_real_options_examples_and_formats(tmp_path: Path) -> No
     nothing = datacoop("contribute", str(empty), "--category", "fitness", env={"DATACOOP_KEY": "11" * 32})
     assert nothing.returncode == 1 and "is empty: nothing to contribute" in nothing.stderr
     bracketed = datacoop("wallet", "fund", "--address", "0x[a-z]")  # rich must not eat the brackets
-    assert bracketed.returncode == 1 and "'0x[a-z]'" in bracketed.stderr, bracketed.stderr
+    assert bracketed.returncode == 2 and "'0x[a-z]'" in bracketed.stderr, bracketed.stderr
 
     checked = datacoop("schemas", "check")
     assert checked.returncode == 0 and "up to date" in checked.stdout
@@ -147,7 +147,7 @@ def test_consent_grant_and_revoke_say_which_other_consents_cover_the_same_use(
     assert datacoop("member", "register", "--key-file", str(key), env=env).returncode == 0
     twice = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,health",
                      "--key-file", str(key), env=env)
-    assert twice.returncode == 1 and "--categories names health more than once" in twice.stderr, twice.stderr
+    assert twice.returncode == 2 and "--categories names health more than once" in twice.stderr, twice.stderr
     first = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(key), env=env)
     assert first.returncode == 0, first.stderr
