@@ -186,8 +186,9 @@ def analyses(jobs_url: JobsUrl = None) -> None:
     for name, schema in catalog.items():
         required = set(schema.get("required") or [])
         for param, spec in (schema.get("properties") or {}).items():
-            table.add_row(name, param, _type(spec), "required" if param in required else "optional",
-                          "-" if param in required or "default" not in spec else json.dumps(spec["default"]))
+            table.add_row(escape(name), escape(param), escape(_type(spec)),  # `[number, number]` is text, not markup
+                          "required" if param in required else "optional",
+                          "-" if param in required or "default" not in spec else escape(json.dumps(spec["default"])))
     print_table(table, whole=(0, 1))
     console.print('--params is a JSON object of these, e.g. --params \'{"column": "age", "bins": 20}\' for histogram',
                   highlight=False, markup=False, soft_wrap=True)

@@ -350,6 +350,7 @@ def test_job_analyses_lists_each_parameter_with_type_requirement_and_default(ser
     assert rows[("histogram", "bins")].rstrip().endswith("30")
     assert "required" in rows[("histogram", "column")] and "string" in rows[("histogram", "column")]
     assert "pearson|spearman" in rows[("correlation", "method")]
+    assert "[number, number] or null" in rows[("histogram", "range")], "brackets are text, not rich markup"
     assert {name for name, _ in rows} == set(schemas)
 
 
