@@ -496,7 +496,10 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 left = domain.departed(built.contributor_weights, self._eligible(req.dataset_id))
                 if not left:
                     same = self._identical_on_offer(req.dataset_id, built)
-                    as_offered = self._sha_as(req.dataset_id, built, self.projection.newest_offered(req.dataset_id))
+                    # identical: the version on offer's own sha256 is the one these rows give under its key (no
+                    # second Parquet write to say so)
+                    as_offered = "" if same is None else str((self.projection.newest_offered(req.dataset_id)
+                                                              or {}).get("sha256", ""))
                     try:
                         if same is not None and not req.force:
                             detail = unchanged_detail(same, as_offered)
