@@ -21,7 +21,6 @@ from eth_account import Account
 from typer.testing import CliRunner
 
 from datacoop.cli import app
-from datacoop.cli import stack as stack_mod
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens
 OID = str(uuid.uuid4())
@@ -30,15 +29,7 @@ API_KEY = "dcr_" + secrets.token_urlsafe(32)
 DOMAIN = {"domain": {"name": "datacoop", "version": "1", "chainId": 31337}}  # GET /eip712 of consent, jobs, vault
 
 
-@pytest.fixture(autouse=True)
-def no_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No running stack, no service URL, key or API key from the environment of whoever runs the tests."""
-    monkeypatch.setattr(stack_mod, "STACK_FILE", tmp_path / "stack.json")
-    monkeypatch.setattr("datacoop.cli.market.RESEARCHER_KEY_FILE", tmp_path / "researcher.apikey")
-    for name in ("CONSENT", "VAULT", "ANONYMIZER", "MARKETPLACE", "JOBS", "SETTLEMENT", "CHAIN"):
-        monkeypatch.delenv(f"DATACOOP_{name}_URL", raising=False)
-    for name in ("DATACOOP_KEY", "DATACOOP_API_KEY", "DATACOOP_WORKER_KEY_FILE"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_stack")  # tests/unit/libs/conftest.py
 
 
 def _invoke(*args: str, env: dict[str, str] | None = None) -> Any:

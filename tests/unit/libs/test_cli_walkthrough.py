@@ -20,7 +20,6 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 from datacoop.cli import app
-from datacoop.cli import stack as stack_mod
 from datacoop.cli.common import print_table
 from datacoop.http import ApiError
 from datacoop.keys import public_key_b64
@@ -30,16 +29,7 @@ NOWHERE = "http://127.0.0.1:9"  # nothing listens: a command that got this far w
 WIDE = {"COLUMNS": "200"}
 
 
-@pytest.fixture(autouse=True)
-def no_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No running stack, no service URL, key or API key from the environment of whoever runs the tests."""
-    monkeypatch.setattr(stack_mod, "STACK_FILE", tmp_path / "stack.json")
-    monkeypatch.setattr("datacoop.cli.market.RESEARCHER_KEY_FILE", tmp_path / "researcher.apikey")
-    for name in ("CONSENT", "VAULT", "ANONYMIZER", "MARKETPLACE", "JOBS", "SETTLEMENT", "CHAIN"):
-        monkeypatch.delenv(f"DATACOOP_{name}_URL", raising=False)
-    for name in ("DATACOOP_KEY", "DATACOOP_API_KEY", "DATACOOP_WORKER_KEY_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path / "stack.json"
+pytestmark = pytest.mark.usefixtures("no_stack")  # tests/unit/libs/conftest.py
 
 
 def _invoke(*args: str, env: dict[str, str] | None = None) -> Any:
