@@ -7,7 +7,10 @@ A worker that can't work (DATACOOP_WORKER_BACKEND=cupy without a CUDA device, a 
 jobs service refuses: a worker id another provider owns, a bad key) exits with status 2 and one
 line saying why, instead of taking jobs it would fail. So does a setting it can't use (a key file
 missing or not a key, DATACOOP_WORKER_CORES=abc, a jobs URL that is not http(s)://...): one line
-naming the flag or variable, status 2, no traceback.
+naming the flag or variable, status 2, no traceback. A jobs service that never answers its first
+registration (a wrong --jobs-url, a service not running) ends it after DATACOOP_WORKER_START_WAIT_S
+(120 s; 0 waits for ever) with status 3 and one line; once registered, it waits for a restarting
+service for ever.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlparse
 
+START_WAIT_S = 120.0  # how long a worker's first registration waits for the jobs service (DATACOOP_WORKER_START_WAIT_S)
 WORKER_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # the jobs service's id shape
 
 
@@ -99,6 +103,8 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
     try:
         check_settings(jobs_url, worker_id, cores)
         delay_s = _number("DATACOOP_WORKER_DELAY_S", os.environ.get("DATACOOP_WORKER_DELAY_S"), float, 0) or 0.0
+        start_wait = _number("DATACOOP_WORKER_START_WAIT_S", os.environ.get("DATACOOP_WORKER_START_WAIT_S"), float, 0)
+        start_wait_s = START_WAIT_S if start_wait is None else (float(start_wait) or None)  # 0: for ever
         from services.worker.analytics.disclosure import configured_min_group_size
 
         min_group_size = configured_min_group_size()
@@ -124,7 +130,7 @@ def run(jobs_url: str, key: str, worker_id: str | None = None, cores: int | None
         raise WorkerCannotStart(f"the provider key is not usable ({exc}); give 64 hex digits") from None
     worker = Worker(session, Path(object_store or os.environ.get("DATACOOP_WORKER_OBJECT_STORE", "var/objects")),
                     cores=cores, tamper_results=os.environ.get("DATACOOP_WORKER_TAMPER") == "1",
-                    delay_s=delay_s, min_group_size=min_group_size)
+                    delay_s=delay_s, min_group_size=min_group_size, start_wait_s=start_wait_s)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.stop(interrupt_poll=True)  # an idle worker stops now; one running a job finishes it first
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cores", type=int, default=None, help="CPU threads to offer; else DATACOOP_WORKER_CORES")
     parser.add_argument("--object-store", default=None, help="folder relative locations are read from")
     args = parser.parse_args(argv)
-    from services.worker.worker import WorkerCannotStart
+    from services.worker.worker import JobsServiceUnreachable, WorkerCannotStart
 
     try:
         cores = args.cores if args.cores is not None else _number(  # 0: every core, as unset
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
             args.object_store)
     except (WorkerCannotStart, SettingInvalid) as exc:
         print(f"datacoop worker: cannot run: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(3 if isinstance(exc, JobsServiceUnreachable) else 2) from None
 
 
 if __name__ == "__main__":

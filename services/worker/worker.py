@@ -50,6 +50,12 @@ class WorkerCannotStart(Exception):
     registration); the message says what to do. The process exits non-zero with it."""
 
 
+class JobsServiceUnreachable(WorkerCannotStart):
+    """The jobs service never answered the first registration within the worker's start wait: most
+    likely a wrong --jobs-url, or a service that is not running. The process exits 3 with it (as a
+    service does that never reaches its broker)."""
+
+
 class LeaseLost(Exception):
     """The jobs service no longer holds this lease for us: stop the job, report nothing."""
 
@@ -147,7 +153,7 @@ class Worker:
     def __init__(self, session: WorkerSession, object_store: Path, *, cores: int | None = None,
                  xp: ModuleType | None = None, tamper_results: bool = False, delay_s: float = 0.0,
                  progress_interval_s: float = 0.5, retry_first_s: float = 1.0, deliver_for_s: float = 120.0,
-                 min_group_size: int = DEFAULT_MIN_GROUP_SIZE) -> None:
+                 min_group_size: int = DEFAULT_MIN_GROUP_SIZE, start_wait_s: float | None = None) -> None:
         self.session = session
         self.object_store = object_store
         self.xp = xp if xp is not None else check_backend()
@@ -157,6 +163,8 @@ class Worker:
         self.retry_first_s = retry_first_s
         self.deliver_for_s = deliver_for_s
         self.min_group_size = min_group_size
+        self.start_wait_s = start_wait_s  # how long the first registration may wait for the service; None: for ever
+        self._registered = False  # once registered, an unreachable service is a restart: wait for it for ever
         self.hardware = detect_hardware()
         if cores is not None and cores > self.hardware.cpu_cores:
             log.warning("%d cores offered but %d detected; registering %d", cores, self.hardware.cpu_cores,
@@ -209,11 +217,14 @@ class Worker:
         """Register, retrying with backoff while the service is unreachable, restarting or not ready;
         WorkerCannotStart with the service's reason when it refuses (a 4xx: retrying won't help)."""
         delay_s = self.retry_first_s
+        deadline = (time.monotonic() + self.start_wait_s
+                    if self.start_wait_s is not None and not self._registered else None)
         while not self._stop.is_set():
             try:
                 self.session.register(self.hardware_body(), list(self._held))
                 log.info("registered as %s (provider %s, %s, %d cores)", self.session.worker_id,
                          self.session.provider, backend_name(self.xp), self.cores)
+                self._registered = True
                 return
             except Exception as exc:
                 if not is_transient(exc):
@@ -221,6 +232,13 @@ class Worker:
                     status = f"{exc.status} " if isinstance(exc, ApiError) else ""
                     raise WorkerCannotStart(f"the jobs service at {self.session.base_url} refused to register "
                                             f"worker {self.session.worker_id}: {status}{detail}") from exc
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise JobsServiceUnreachable(
+                        f"no jobs service answered at {self.session.base_url} for {self.start_wait_s:g} s (last: "
+                        f"{exc}); check --jobs-url (or DATACOOP_JOBS_URL) and that the jobs service runs "
+                        "(`datacoop status`); DATACOOP_WORKER_START_WAIT_S sets how long to wait, 0 for ever") from exc
+                if deadline is not None:
+                    delay_s = max(min(delay_s, deadline - time.monotonic()), 0.0)
                 log.warning("cannot register with the jobs service at %s (%s); retrying in %.0f s",
                             self.session.base_url, exc, delay_s)
                 self._stop.wait(delay_s)

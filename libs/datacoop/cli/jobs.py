@@ -87,13 +87,15 @@ def worker(
     """Run a worker: register this machine with your payout address, heartbeat, take and run jobs.
     Exits non-zero, saying why, when it can't (its backend can't run here, its registration is refused)."""
     from services.worker.main import run
-    from services.worker.worker import WorkerCannotStart
+    from services.worker.worker import JobsServiceUnreachable, WorkerCannotStart
 
     key = read_key(key_file, bad_key_code=2)  # docs/jobs.md: a setting it can't use stops it with status 2
     url = service_url("jobs", jobs_url)
     os.environ.setdefault("DATACOOP_LOG_JSON", "false")  # a person reads this terminal, not a log shipper
     try:
         run(url, key, worker_id, cores, object_store)
+    except JobsServiceUnreachable as exc:
+        fail(f"the worker cannot run: {exc}", code=3)
     except WorkerCannotStart as exc:
         expect_service("jobs", url, unknown_ok=True, code=2)  # refused by another service (its URL given)?
         fail(f"the worker cannot run: {exc}", code=2)

@@ -23,7 +23,15 @@ from services.worker import main as worker_main
 from services.worker import worker as worker_module
 from services.worker.analytics import HardwareInfo, backend, schema_of
 from services.worker.client import ApiError
-from services.worker.worker import DataUnavailable, Worker, WorkerCannotStart, load_verified, resolve, tamper
+from services.worker.worker import (
+    DataUnavailable,
+    JobsServiceUnreachable,
+    Worker,
+    WorkerCannotStart,
+    load_verified,
+    resolve,
+    tamper,
+)
 
 
 def test_a_file_that_differs_from_its_published_sha256_is_refused(tmp_path: Path) -> None:
@@ -133,6 +141,31 @@ def test_registration_is_retried_while_the_service_is_unreachable_or_not_ready(
         make_worker(tmp_path, session)._register()
     assert [name for name, _ in session.calls] == ["register"] * 4
     assert "jobs service at http://127.0.0.1:9 ([Errno 111] Connection refused); retrying in" in caplog.text
+
+
+def test_a_first_registration_nobody_answers_ends_after_the_start_wait_but_a_restart_is_waited_for(
+        tmp_path: Path) -> None:
+    """A wrong --jobs-url (nothing answers the first registration) ends the worker with a line naming the URL
+    and the option; once registered, a service that goes away is a restart and is waited for."""
+    refused = [httpx.ConnectError("[Errno 111] Connection refused") for _ in range(1000)]
+    worker = make_worker(tmp_path, FakeSession(refused))
+    worker.retry_first_s, worker.start_wait_s = 0.01, 0.2
+    started = time.monotonic()
+    with pytest.raises(JobsServiceUnreachable) as stopped:
+        worker._register()
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert str(stopped.value).startswith("no jobs service answered at http://127.0.0.1:9 for 0.2 s (last: [Errno 111]")
+    assert "check --jobs-url (or DATACOOP_JOBS_URL)" in str(stopped.value)
+
+    session = FakeSession([])
+    worker = make_worker(tmp_path, session)
+    worker.retry_first_s, worker.start_wait_s = 0.01, 0.2
+    worker._register()
+    session.register_errors = [httpx.ConnectError("[Errno 111] Connection refused") for _ in range(6)]
+    started = time.monotonic()
+    worker._register()  # a re-registration after a restart outlasts the start wait (0.01 s doubling, 6 times)
+    assert time.monotonic() - started > 0.5
+    assert len(session.calls) == 8
 
 
 def test_a_job_that_does_not_fit_its_data_fails_and_a_worker_fault_gives_the_lease_back(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ KEY = "ab" * 32
      "DATACOOP_WORKER_CORES='abc' is not a whole number"),
     (["--jobs-url", "http://127.0.0.1:9"], {"DATACOOP_WORKER_DELAY_S": "abc", "DATACOOP_KEY": KEY},
      "DATACOOP_WORKER_DELAY_S='abc' is not a number"),
+    (["--jobs-url", "http://127.0.0.1:9"], {"DATACOOP_WORKER_START_WAIT_S": "-1", "DATACOOP_KEY": KEY},
+     "DATACOOP_WORKER_START_WAIT_S='-1' is not a number >= 0"),
     (["--jobs-url", "http://127.0.0.1:9"], {"DATACOOP_WORKER_MIN_GROUP_SIZE": "0", "DATACOOP_KEY": KEY},
      "DATACOOP_WORKER_MIN_GROUP_SIZE='0' is not a whole number >= 1"),
     (["--jobs-url", "http://127.0.0.1:9", "--key-file", "/nowhere/provider.key"], {},
@@ -31,7 +33,7 @@ def test_a_bad_setting_is_one_line_naming_it_and_exit_2(argv: list[str], env: di
                                                         monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("DATACOOP_KEY", "DATACOOP_WORKER_CORES", "DATACOOP_WORKER_DELAY_S", "DATACOOP_WORKER_KEY_FILE",
-                 "DATACOOP_WORKER_MIN_GROUP_SIZE", "DATACOOP_WORKER_ID"):
+                 "DATACOOP_WORKER_MIN_GROUP_SIZE", "DATACOOP_WORKER_ID", "DATACOOP_WORKER_START_WAIT_S"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -92,3 +94,19 @@ def test_the_default_worker_id_is_the_same_on_every_run_of_one_machine_and_key(
     for host in ("gpu box/1 ☃", "x" * 300, ""):
         worker_id = worker_main.default_worker_id(address, host)
         assert worker_main.WORKER_ID.fullmatch(worker_id), worker_id
+
+
+def test_a_jobs_url_where_nothing_answers_ends_the_worker_with_status_3_and_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a retry loop for ever: after DATACOOP_WORKER_START_WAIT_S it says where it looked and what to check."""
+    monkeypatch.setenv("DATACOOP_KEY", KEY)
+    monkeypatch.setenv("DATACOOP_WORKER_START_WAIT_S", "0.3")
+    monkeypatch.setenv("DATACOOP_LOG_JSON", "false")
+    monkeypatch.delenv("DATACOOP_WORKER_BACKEND", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        worker_main.main(["--jobs-url", "http://127.0.0.1:9", "--worker-id", "w-1"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 3
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("datacoop worker: cannot run: no jobs service answered at http://127.0.0.1:9 for 0.3 s")
+    assert "check --jobs-url (or DATACOOP_JOBS_URL)" in line and "Traceback" not in err
