@@ -3,13 +3,21 @@
     python -m datacoop.schemas write   # regenerate schemas/ (make schemas)
     python -m datacoop.schemas check   # exit 1 when schemas/ is stale or a change breaks compatibility
 
-Compatibility rule: a published version's fields may gain optional fields, never lose or retype a
-field and never gain a required one. Anything else needs a new version (and an upcaster).
+Compatibility rule: a published version's fields may gain optional fields and an enum may gain values
+(every event already in the log still reads); a field is never lost or retyped and never becomes
+required. Anything else needs a new version (and an upcaster).
+
+"Published" means every shape of `schemas/events/<type>.vN.json` ever committed, read from git history,
+besides the file on disk: `make schemas` (write) refuses to overwrite a published file with a shape
+that breaks it, and the check compares each model with every committed revision of its file, so
+neither regenerating nor hand-editing schemas/ lets a version change shape. The check needs a git
+checkout (an export without .git fails it, saying so); a shallow clone checks the commits it holds.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,7 +103,20 @@ def _dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+class IncompatibleChange(ValueError):
+    """`make schemas` would replace a published schema with one that breaks it; `problems` say which."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def write(root: Path = ROOT, registry: EventRegistry = REGISTRY) -> list[str]:
+    """Regenerate schemas/ from the models; IncompatibleChange, with nothing written, when a model breaks the
+    schema on disk or any committed revision of it (see the module's compatibility rule)."""
+    problems = compatibility(root, registry)
+    if problems:
+        raise IncompatibleChange(problems)
     files = generate(registry)
     for rel, text in files.items():
         path = root / rel
@@ -131,42 +152,124 @@ def _normalise(schema: Any) -> Any:
     return schema
 
 
-def incompatibilities(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Why `new` cannot replace the published `old` under the same type and version."""
+def _reads(old: Any, new: Any) -> bool:
+    """Whether a value valid under the normalised schema `old` is valid under `new`, judged by shape: equal,
+    or the same but for enums that gained values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        if set(old) != set(new):
+            return False
+        for key, value in old.items():
+            if key == "enum" and isinstance(value, list) and isinstance(new[key], list):
+                if not all(v in new[key] for v in value):
+                    return False
+            elif not _reads(value, new[key]):
+                return False
+        return True
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_reads(a, b) for a, b in zip(old, new, strict=True))
+    return bool(old == new)
+
+
+def incompatibilities(old: dict[str, Any], new: dict[str, Any], where: str = "") -> list[str]:
+    """Why `new` cannot replace the published `old` under the same type and version (`where`: which
+    published revision `old` is, for the message)."""
     name = old.get("x-event-type", old.get("title", "event"))
+    since = f" since {where}" if where else ""
     problems = []
     old_props, new_props = old.get("properties", {}), new.get("properties", {})
     for field, spec in old_props.items():
         if field not in new_props:
-            problems.append(f"{name}: field '{field}' was dropped; publish a new version with an upcaster")
-        elif _normalise(spec) != _normalise(new_props[field]):
-            problems.append(f"{name}: field '{field}' changed type; publish a new version with an upcaster")
+            problems.append(f"{name}: field '{field}' was dropped{since}; publish a new version with an upcaster")
+        elif not _reads(_normalise(spec), _normalise(new_props[field])):
+            problems.append(f"{name}: field '{field}' changed type{since}; publish a new version with an upcaster")
     added_required = set(new.get("required", [])) - set(old.get("required", []))
     for field in sorted(added_required):
-        problems.append(f"{name}: field '{field}' became required; old events lack it: add a default or a new version")
-    if _normalise(old.get("$defs", {})) != _normalise(new.get("$defs", {})):
-        problems.append(f"{name}: a nested type changed; publish a new version")
+        problems.append(f"{name}: field '{field}' became required{since}; old events lack it: add a default or a "
+                        "new version")
+    if not _reads(_normalise(old.get("$defs", {})), _normalise(new.get("$defs", {}))):
+        problems.append(f"{name}: a nested type changed{since}; publish a new version")
     return problems
 
 
+def published_revisions(root: Path = ROOT) -> list[tuple[str, str, dict[str, Any]]]:
+    """(commit, file name, schema) for every committed revision of every file under `root`/events, newest
+    commit first, from git (a shallow clone gives the commits it holds). HistoryUnavailable when `root` is
+    not in a git checkout."""
+    def git(*args: str, stdin: bytes | None = None) -> bytes:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = exc.stderr.decode(errors="replace").strip() if isinstance(exc, subprocess.CalledProcessError) \
+                else str(exc)
+            raise HistoryUnavailable(f"cannot read the history of {root} from git ({detail}); the compatibility "
+                                     "check compares the models with every committed schema: run it in a clone "
+                                     "of the repository") from None
+        return done.stdout
+
+    revisions: list[tuple[str, str]] = []
+    commit = ""
+    for line in git("log", "--format=C %H", "--name-only", "--relative", "--", "events").decode().splitlines():
+        if line.startswith("C "):
+            commit = line[2:]
+        elif line.strip().endswith(".json"):
+            revisions.append((commit, line.strip()))
+    if not revisions:
+        return []
+    out = git("cat-file", "--batch", stdin="".join(f"{c}:./{rel}\n" for c, rel in revisions).encode())
+    found: list[tuple[str, str, dict[str, Any]]] = []
+    at = 0
+    for commit, rel in revisions:
+        end = out.index(b"\n", at)
+        header = out[at:end].split()
+        if header[-1] == b"missing":  # the commit deleted it
+            at = end + 1
+            continue
+        size = int(header[2])
+        found.append((commit, Path(rel).name, json.loads(out[end + 1:end + 1 + size])))
+        at = end + 1 + size + 1
+    return found
+
+
+class HistoryUnavailable(RuntimeError):
+    """git cannot give the committed revisions of schemas/ (not a checkout, a shallow clone, no git)."""
+
+
 def compatibility(root: Path = ROOT, registry: EventRegistry = REGISTRY) -> list[str]:
-    """Compare every published schema in schemas/events with the model of the same type and version."""
-    problems = []
-    for path in sorted((root / "events").glob("*.json")):
-        published = json.loads(path.read_text())
-        type_name = published.get("x-event-type", path.stem)
+    """Compare every published schema (each file in schemas/events, and every revision of it in git history)
+    with the model of the same type and version."""
+    problems: list[str] = []
+    published = [("", path.name, json.loads(path.read_text())) for path in sorted((root / "events").glob("*.json"))]
+    try:
+        published += published_revisions(root)
+    except HistoryUnavailable as exc:
+        problems.append(str(exc))
+    gone: set[str] = set()
+    for commit, file_name, schema in published:
+        type_name = schema.get("x-event-type", file_name.removesuffix(".json"))
         model = registry.models.get(type_name)
         if model is None:
-            problems.append(f"{type_name}: published but no longer registered; keep old versions registered")
+            if type_name not in gone:
+                gone.add(type_name)
+                problems.append(f"{type_name}: published but no longer registered; keep old versions registered")
             continue
-        problems += incompatibilities(published, event_schema(model))
+        where = f"schemas/events/{file_name} at {commit[:10]}" if commit else ""
+        for problem in incompatibilities(schema, event_schema(model), where):
+            if problem not in problems:
+                problems.append(problem)
     return problems
 
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "check"
     if command == "write":
-        written = write()
+        try:
+            written = write()
+        except IncompatibleChange as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print("nothing written: a published type and version keeps its shape; register the changed event as a "
+                  "new version (with an upcaster from the old one) and run `make schemas` again", file=sys.stderr)
+            return 1
         print(f"wrote {len(written)} files under {ROOT}")
         return 0
     if command == "check":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from pydantic import create_model
 
 from datacoop import schemas
@@ -91,3 +93,59 @@ def test_new_version_of_a_changed_event_passes_while_old_version_stays_published
         ConsentGranted.event_type, 2, ConsentGranted.topic)
     reg.register(GrantedV2)
     assert schemas.compatibility(schemas.ROOT, reg) == []
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                   check=True, capture_output=True)
+
+
+def _published_copy(tmp_path: Path) -> Path:
+    """schemas/ as committed here, in a git repository of its own (one commit)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(schemas.ROOT, repo / "schemas")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "schemas")
+    _git(repo, "commit", "-q", "-m", "published")
+    return repo / "schemas"
+
+
+def test_make_schemas_refuses_to_overwrite_a_published_schema_with_a_breaking_shape(tmp_path: Path) -> None:
+    """The drift and compatibility checks both compare with schemas/ on disk: if `make schemas` rewrote it from
+    a model retyped under the same version, both would pass. It writes nothing instead."""
+    root = _published_copy(tmp_path)
+    before = {p.name: p.read_text() for p in (root / "events").glob("*.json")}
+    reg = _copy_registry_with(_edited_consent_granted(nonce=str, expires_at=None))
+    with pytest.raises(schemas.IncompatibleChange) as refused:
+        schemas.write(root, reg)
+    assert any("field 'nonce' changed type" in p for p in refused.value.problems)
+    assert any("field 'expires_at' was dropped" in p for p in refused.value.problems)
+    assert {p.name: p.read_text() for p in (root / "events").glob("*.json")} == before, "nothing written"
+
+
+def test_a_schema_rewritten_and_committed_in_a_breaking_shape_still_fails_against_its_history(tmp_path: Path) -> None:
+    root = _published_copy(tmp_path)
+    reg = _copy_registry_with(_edited_consent_granted(nonce=str))
+    for rel, text in schemas.generate(reg).items():  # by hand, around `make schemas`
+        (root / rel).write_text(text)
+    _git(root.parent, "commit", "-q", "-am", "retype nonce")
+    assert schemas.drift(root, reg) == []
+    problems = schemas.compatibility(root, reg)
+    assert any(p.startswith("datacoop.consent.granted.v1: field 'nonce' changed type since "
+                            "schemas/events/datacoop.consent.granted.v1.json at ") for p in problems), problems
+
+
+def test_the_compatibility_check_says_so_when_it_has_no_history(tmp_path: Path) -> None:
+    root = tmp_path / "schemas"
+    shutil.copytree(schemas.ROOT, root)  # not in a git checkout
+    problems = schemas.compatibility(root, REGISTRY)
+    assert len(problems) == 1 and "cannot read the history of" in problems[0] and "clone" in problems[0]
+
+
+def test_an_enum_may_gain_values_but_not_lose_them() -> None:
+    old = {"x-event-type": "datacoop.t.e.v1", "properties": {"reason": {"enum": ["a", "b"], "type": "string"}}}
+    wider = {"properties": {"reason": {"enum": ["a", "b", "c"], "type": "string"}}}
+    narrower = {"properties": {"reason": {"enum": ["a"], "type": "string"}}}
+    assert schemas.incompatibilities(old, wider) == []
+    assert schemas.incompatibilities(old, narrower) == ["datacoop.t.e.v1: field 'reason' changed type; publish a "
+                                                        "new version with an upcaster"]
