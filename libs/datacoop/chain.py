@@ -302,6 +302,29 @@ def order_paid_logs(market: Contract, from_block: int, to_block: int | str = "la
     return sorted(found, key=lambda p: (p.block_number, p.log_index))
 
 
+@dataclass(frozen=True)
+class OrderRefunded:
+    """One `OrderRefunded` log: `amount_units` went back to `buyer`."""
+
+    order_id: bytes
+    buyer: str
+    amount_units: int
+    block_number: int
+    tx_hash: str
+    log_index: int
+
+
+def order_refunded_logs(market: Contract, from_block: int, to_block: int | str = "latest") -> list[OrderRefunded]:
+    """OrderRefunded events with from_block <= block <= to_block, in chain order."""
+    logs = market.events.OrderRefunded().get_logs(from_block=from_block, to_block=to_block)
+    found = [
+        OrderRefunded(bytes(log["args"]["orderId"]), log["args"]["buyer"], int(log["args"]["amount"]),
+                      int(log["blockNumber"]), "0x" + bytes(log["transactionHash"]).hex(), int(log["logIndex"]))
+        for log in logs
+    ]
+    return sorted(found, key=lambda r: (r.block_number, r.log_index))
+
+
 # ---------------------------------------------------------------- the payout side
 
 

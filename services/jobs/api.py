@@ -207,6 +207,9 @@ def build_router(ctx: Any) -> APIRouter:
         if order.offer != "compute":
             raise DomainError(f"order {body.order_id} is a {order.offer} order; jobs need a `compute` order",
                               status=422, slug="not-a-compute-order")
+        if order.refunded:
+            raise DomainError(f"order {body.order_id}'s payment was refunded, so it buys no jobs; place and pay a "
+                              "new compute order (`datacoop order`)", status=402, slug="order-refunded")
         if not order.paid:
             raise DomainError(f"order {body.order_id} is not paid yet; pay it, then submit", status=402,
                               slug="order-unpaid")

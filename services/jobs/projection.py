@@ -4,6 +4,9 @@ land in DuckDB, and the queries the API needs.
 One row per entity holding its state as JSON (jobs and workers evolved by the domain). Every row is
 also held in memory (jobs are few and small next to the rows they analyse): the maps change only
 when the transaction that wrote them commits, and are loaded back from the table on start.
+A compute order whose payment was refunded (settlement's PaymentRefunded, on datacoop.payouts, which the
+service reads for it) is unpaid for good, whichever of OrderPaid and the refund comes first: no job can be
+submitted on it (jobs already submitted run on).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.events.jobs import JobCompleted, WorkerMarked, WorkerRegistered
 from datacoop.events.orders import OrderPaid, OrderPlaced, ResearcherRegistered
+from datacoop.events.payouts import PaymentRefunded
 from datacoop.store import ProjectionStore
 from datacoop.topics import JOBS
 from services.jobs.domain import Job, Worker, evolve, evolve_worker, provider_marks
@@ -48,6 +52,7 @@ class ComputeOrder:
     price_units: int = 0
     placed: bool = False
     paid: bool = False
+    refunded: bool = False  # the payment went back (PaymentRefunded): never paid again, whatever came before
 
 
 @dataclass(frozen=True)
@@ -126,9 +131,10 @@ class JobsProjection:
                 staged[("order", ev.order_id)] = replace(
                     order, researcher_id=ev.researcher_id, dataset_id=ev.dataset_id, version=ev.version,
                     offer=ev.offer, price_units=ev.price_units, placed=True)
-            elif isinstance(ev, OrderPaid):
-                staged[("order", ev.order_id)] = replace(get("order", ev.order_id, ComputeOrder(ev.order_id)),
-                                                         paid=True)
+            elif isinstance(ev, OrderPaid | PaymentRefunded):
+                order = get("order", ev.order_id, ComputeOrder(ev.order_id))
+                refunded = order.refunded or isinstance(ev, PaymentRefunded)
+                staged[("order", ev.order_id)] = replace(order, paid=not refunded, refunded=refunded)
             elif isinstance(ev, DatasetVersionPublished):
                 key = f"{ev.dataset_id}@{ev.version}"
                 staged[("version", key)] = Version(ev.dataset_id, ev.version, ev.location, ev.sha256, ev.rows,

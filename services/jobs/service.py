@@ -38,7 +38,7 @@ from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
 from datacoop.kit.problems import Unauthorized, secret_sha256
-from datacoop.topics import DATASETS, JOBS, ORDERS, WORKERS
+from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS, WORKERS
 from services.consent import eip712
 from services.jobs import domain
 from services.jobs.api import build_router
@@ -58,7 +58,7 @@ class JobsService(ServiceRuntime[JobsProjection]):
 
     def __init__(self, settings: JobsSettings, clock: Callable[[], datetime] = utcnow, *,
                  end_polls_on_signals: bool = False) -> None:
-        super().__init__("jobs", settings, JobsProjection, reads=[ORDERS, DATASETS, WORKERS], writes=JOBS,
+        super().__init__("jobs", settings, JobsProjection, reads=[ORDERS, DATASETS, WORKERS, PAYOUTS], writes=JOBS,
                          schema_sql=SCHEMA_SQL)
         self.settings: JobsSettings = settings
         self.clock = clock

@@ -96,19 +96,27 @@ def order_view(o: domain.Order, version_superseded: bool = False,
     (`not_sold`: why, e.g. compute on a version too small for any analysis, ordered before that was
     refused), says not to pay it (`note`: `datacoop buy` refuses to pay an order with one). What the offer
     gives less of than expected (`offer_note`, e.g. group-by cells on a small version) is told apart, as
-    `offer_note`, since it does not stop a payment. The order's events and status stay as they were."""
+    `offer_note`, since it does not stop a payment. A `refunded` order (the operator sent its payment back
+    on chain) says when, how much, to whom and in which tx, and its refused payments are no longer
+    `refund_due`. The order's events and status stay as they were."""
+    refunded = o.status == "refunded"
+    refund = {"refunded_at": o.refunded_at, "refund_tx_hash": o.refund_tx_hash} if refunded else {}
     view: dict[str, Any] = {
         "order_id": o.order_id, "chain_order_id": "0x" + order_id_from_uuid(uuid.UUID(o.order_id)).hex(),
         "researcher_id": o.researcher_id, "buyer": o.buyer, "dataset_id": o.dataset_id, "version": o.version,
         "offer": o.offer, "price_units": o.price_units, "status": o.status, "placed_at": o.placed_at,
         "expires_at": o.expires_at, "paid_at": o.paid_at, "paid_units": o.paid_units, "tx_hash": o.tx_hash,
-        "grants": o.grants,
+        "grants": o.grants, "refunded_at": o.refunded_at, "refunded_units": o.refunded_units,
+        "refunded_to": o.refunded_to, "refund_tx_hash": o.refund_tx_hash,
         "refused_payments": [{"payment_event_id": p.payment_event_id, "amount_units": p.amount_units,
                               "tx_hash": p.tx_hash, "reason": p.reason, "detail": p.detail,
-                              "refused_at": p.refused_at, "refund_due": True} for p in o.refused_payments]}
+                              "refused_at": p.refused_at, "refund_due": not refunded, **refund}
+                             for p in o.refused_payments]}
     if short_payments and o.status != "paid":
         view["short_payments"] = short_payments
-    if o.refused_payments and o.status != "paid":
+    if refunded:
+        view["note"] = domain.refund_note(o)
+    elif o.refused_payments and o.status != "paid":
         view["note"] = o.refused_payments[-1].detail
     elif short_payments and o.status != "paid":
         p = short_payments[-1]
@@ -266,7 +274,8 @@ def build_router(ctx: Any) -> APIRouter:
         """A signed receipt of a paid order: what was bought, the payment, the version's guarantees."""
         order = own_order(order_id, who)
         if order.status != "paid":
-            why = order.refused_payments[-1].detail if order.refused_payments else \
+            why = domain.refund_note(order) if order.status == "refunded" else \
+                order.refused_payments[-1].detail if order.refused_payments else \
                 f"order {order_id} is {order.status}; a receipt exists once it is paid"
             raise DomainError(why, status=402, slug="payment-required")
         v = published(order.dataset_id, order.version)
@@ -381,7 +390,9 @@ def build_router(ctx: Any) -> APIRouter:
     @router.get("/payments/unmatched", tags=["orders"])
     async def unmatched() -> list[dict[str, Any]]:
         """Payments confirmed on chain that paid no order: unknown order ids, amounts short of the price, and
-        payments refused because the order had expired or its version was superseded (`refund_due`)."""
+        payments refused because the order had expired or its version was superseded (`refund_due`). A payment
+        the operator refunded on chain stays listed with `refunded: true`, `refunded_at` and `refund_tx_hash`,
+        and `refund_due: false`: nothing is owed on it any more."""
         return ctx.projection.unmatched_payments()  # type: ignore[no-any-return]
 
     return router

@@ -8,6 +8,9 @@ after a member's revocation or erasure), pays nothing: it is refused (PaymentRef
 it as `refund-due`, and the money is to be refunded. When a payment was made is its block's timestamp
 (PaymentConfirmed.paid_at), not when the marketplace gets to it: a payment made in time pays its order
 however late settlement confirms it, even after the sweeper expired the order (see `payment_late`).
+Once the operator refunds the payment on chain (`refund(orderId)`; settlement records the contract's log
+as PaymentRefunded), the order is `refunded` for good: the contract takes no second payment of an order
+id, so it can never be paid, and a refund of a paid order closes its access too.
 An order paid before its version was superseded keeps its access (versions already sold stay with
 their buyers). Budgets are integers in micro-epsilon, so spends add up exactly: a query whose cost
 exceeds what is left is refused whole.
@@ -31,9 +34,10 @@ from datacoop.events.orders import (
     PaymentRefused,
     QueryAnswered,
 )
+from datacoop.events.payouts import PaymentRefunded
 from datacoop.events.registry import Event
 
-OrderStatus = Literal["placed", "paid", "expired", "refund-due"]
+OrderStatus = Literal["placed", "paid", "expired", "refund-due", "refunded"]
 
 
 class OrderRefused(Refused):
@@ -75,6 +79,10 @@ class Order:
     tx_hash: str | None = None
     expired_at: datetime | None = None
     refused_payments: tuple[RefusedPayment, ...] = ()
+    refunded_at: datetime | None = None
+    refunded_units: int = 0
+    refunded_to: str | None = None
+    refund_tx_hash: str | None = None
 
     @property
     def remaining_micro(self) -> int:
@@ -225,7 +233,7 @@ def _confirm_payment(cmd: ConfirmPayment, order: Order, now: datetime) -> list[E
     times (`paid_at` of OrderPaid, `refused_at`) are `now`, when the marketplace decided: access opens
     then; when the payment was made is the PaymentConfirmed's `paid_at`."""
     decided = {p.payment_event_id for p in order.refused_payments}
-    if order.status == "paid" or cmd.payment_event_id in decided or cmd.amount_units < order.price_units:
+    if order.status in ("paid", "refunded") or cmd.payment_event_id in decided or cmd.amount_units < order.price_units:
         return []
     what = f"{order.dataset_id} v{order.version}"
     refund = (f"the payment of {cmd.amount_units} units (tx {cmd.tx_hash}) opens nothing and is to be refunded "
@@ -274,11 +282,29 @@ def payment_late(order: Order, paid_at: datetime | None, now: datetime) -> bool:
 
 
 def _require_paid(order: Order) -> None:
+    if order.status == "refunded":
+        raise OrderRefused("payment_required", refund_note(order))
     if order.refused_payments and order.status != "paid":
         raise OrderRefused("payment_required", order.refused_payments[-1].detail)
     if order.status != "paid":
         raise OrderRefused("payment_required", f"order {order.order_id} is {order.status}, not paid; pay it with "
                                                f"`datacoop buy {order.order_id}` and wait for the confirmation")
+
+
+def refunded(order: Order, refunded_at: datetime, units: int, to: str, tx_hash: str) -> Order:
+    """`order` once its payment went back on chain: `refunded` is final (the contract takes no second payment
+    of an order id). The projection also calls it for a refund read before its OrderPlaced (the two come on
+    different topics, so a rebuild may read the refund first)."""
+    return replace(order, status="refunded", refunded_at=refunded_at, refunded_units=units, refunded_to=to,
+                   refund_tx_hash=tx_hash)
+
+
+def refund_note(order: Order) -> str:
+    """What a refunded order says to its researcher."""
+    return (f"the payment of order {order.order_id} ({order.refunded_units} units) was refunded to {order.refunded_to} "
+            f"in tx {order.refund_tx_hash} at {order.refunded_at.isoformat() if order.refunded_at else '?'}; "
+            "the order opens nothing and cannot be paid again: place a new order "
+            f"(`datacoop order {order.dataset_id}:{order.offer}`, see `datacoop catalog`)")
 
 
 def check_budget(order: Order, epsilon_micro: int) -> None:
@@ -300,15 +326,17 @@ def evolve(order: Order | None, event: Event) -> Order | None:
                               budget_micro=event.query_budget_micro)
     if order is None:
         return None
-    if isinstance(event, OrderPaid):
-        return replace(order, status="paid", paid_at=event.paid_at, paid_units=event.amount_units,
-                       tx_hash=event.tx_hash)
+    if isinstance(event, PaymentRefunded):
+        return refunded(order, event.refunded_at, event.amount_units, event.buyer, event.tx_hash)
+    if isinstance(event, OrderPaid):  # one decided before its payment's refund reached the marketplace pays nothing
+        return order if order.status == "refunded" else replace(
+            order, status="paid", paid_at=event.paid_at, paid_units=event.amount_units, tx_hash=event.tx_hash)
     if isinstance(event, PaymentRefused):
         if any(p.payment_event_id == event.payment_event_id for p in order.refused_payments):
             return order
         refused = RefusedPayment(event.payment_event_id, event.amount_units, event.tx_hash, event.reason,
                                  event.detail, event.refused_at)
-        return replace(order, status="refund-due" if order.status != "paid" else order.status,
+        return replace(order, status=order.status if order.status in ("paid", "refunded") else "refund-due",
                        refused_payments=(*order.refused_payments, refused))
     if isinstance(event, OrderExpired):
         return replace(order, status="expired" if order.status == "placed" else order.status,

@@ -7,6 +7,9 @@ what each event means) plus the columns queries filter on. Versions keep their p
 their contributors get a table of their own so "which orders used my records" is one join. Dataset
 definitions and build starts are kept so that each published version records, when it lands, the
 columns its queries may group by (from the definition the build used: query.groupable_columns).
+Refunds (settlement's PaymentRefunded, from the contract's OrderRefunded log) turn the order `refunded`
+and are kept by order id (the contract takes one payment per order id, so one refund each), so that a
+refunded payment is no longer decided, short, or owed.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from datacoop.events.orders import (
     QueryAnswered,
     ResearcherRegistered,
 )
-from datacoop.events.payouts import PaymentConfirmed
-from services.marketplace.domain import Order, VersionInfo, evolve
+from datacoop.events.payouts import PaymentConfirmed, PaymentRefunded
+from services.marketplace.domain import Order, VersionInfo, evolve, refunded
 from services.marketplace.query import groupable_columns
 
 SCHEMA_SQL = """
@@ -72,6 +75,9 @@ CREATE TABLE IF NOT EXISTS payments (  -- paid_at: the block's timestamp (NULL i
 CREATE TABLE IF NOT EXISTS refused_payments (
     payment_event_id VARCHAR PRIMARY KEY, order_id VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR NOT NULL,
     refused_at TIMESTAMPTZ NOT NULL);
+CREATE TABLE IF NOT EXISTS refunds (  -- PaymentRefunded: the order's payment went back to `buyer`
+    order_id VARCHAR PRIMARY KEY, amount_units HUGEINT NOT NULL, buyer VARCHAR NOT NULL, tx_hash VARCHAR NOT NULL,
+    refunded_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS grants (
     grant_id VARCHAR NOT NULL, order_id VARCHAR NOT NULL, granted_at TIMESTAMPTZ NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL, revoked_at TIMESTAMPTZ);
@@ -92,7 +98,8 @@ class PendingPayment(NamedTuple):
 
 
 _ORDER = TypeAdapter(Order)
-_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, PaymentRefused, AccessGranted, AccessRevoked, QueryAnswered)
+_ORDER_EVENTS = (OrderPlaced, OrderPaid, OrderExpired, PaymentRefused, PaymentRefunded, AccessGranted, AccessRevoked,
+                 QueryAnswered)
 _VERSION = TypeAdapter(DatasetVersionPublished)
 
 
@@ -138,6 +145,7 @@ class MarketProjection:
             elif isinstance(ev, PaymentConfirmed):
                 tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?, ?)",
                            [d.envelope.id, ev.order_id, ev.amount_units, ev.tx_hash, ev.confirmed_at, ev.paid_at])
+        self._refunds_read_first(tx, states, touched)
         for oid in touched:
             o = states[oid]
             if o is None:
@@ -149,6 +157,21 @@ class MarketProjection:
                 tx.execute("INSERT INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [o.order_id, _ORDER.dump_json(o).decode(), o.researcher_id, o.status, o.dataset_id,
                             o.version, o.price_units, o.expires_at])
+
+    @staticmethod
+    def _refunds_read_first(tx: duckdb.DuckDBPyConnection, states: dict[str, Order | None], touched: set[str]) -> None:
+        """Apply the refunds already recorded to the touched orders not refunded yet: a PaymentRefunded
+        (datacoop.payouts) may be read before its order's OrderPlaced (datacoop.orders), in a rebuild above all,
+        when evolve had no order to apply it to."""
+        open_ids = [oid for oid in touched if (o := states.get(oid)) is not None and o.status != "refunded"]
+        if not open_ids:
+            return
+        rows = tx.execute("SELECT order_id, refunded_at, amount_units, buyer, tx_hash FROM refunds "
+                          "WHERE order_id IN (SELECT unnest(?::VARCHAR[]))", [open_ids]).fetchall()
+        for oid, at, units, to, tx_hash in rows:
+            order = states[oid]
+            assert order is not None
+            states[oid] = refunded(order, at.astimezone(UTC), int(units), to, tx_hash)
 
     @staticmethod
     def _record_group_by(tx: duckdb.DuckDBPyConnection, ev: DatasetVersionPublished) -> None:
@@ -180,6 +203,9 @@ class MarketProjection:
         elif isinstance(ev, PaymentRefused):
             tx.execute("INSERT OR IGNORE INTO refused_payments VALUES (?, ?, ?, ?, ?)",
                        [ev.payment_event_id, ev.order_id, ev.reason, ev.detail, ev.refused_at])
+        elif isinstance(ev, PaymentRefunded):
+            tx.execute("INSERT OR IGNORE INTO refunds VALUES (?, ?, ?, ?, ?)",
+                       [ev.order_id, ev.amount_units, ev.buyer, ev.tx_hash, ev.refunded_at])
         elif isinstance(ev, QueryAnswered):
             tx.execute("INSERT INTO spends VALUES (?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.query_id, ev.epsilon_micro, ev.spent_micro, ev.aggregate, ev.answered_at])
@@ -239,12 +265,13 @@ class MarketProjection:
         return [r[0] for r in rows]
 
     def payments_to_apply(self, limit: int = 1000) -> list[PendingPayment]:
-        """Payments covering an order not yet paid, and not yet refused: the reactor decides each once
-        (OrderPaid or PaymentRefused)."""
+        """Payments covering an order not yet paid, and not yet refused nor refunded: the reactor decides each
+        once (OrderPaid or PaymentRefused)."""
         rows = self.conn.execute(
             """SELECT p.payment_event_id, p.order_id, p.amount_units, p.tx_hash, p.paid_at FROM payments p
                JOIN orders o USING (order_id)
-               WHERE o.status <> 'paid' AND p.amount_units >= o.price_units
+               WHERE o.status NOT IN ('paid', 'refunded') AND p.amount_units >= o.price_units
+                 AND p.order_id NOT IN (SELECT order_id FROM refunds)
                  AND p.payment_event_id NOT IN (SELECT payment_event_id FROM refused_payments)
                ORDER BY p.confirmed_at LIMIT ?""", [limit]).fetchall()
         return [PendingPayment(r[0], r[1], int(r[2]), r[3], r[4].astimezone(UTC) if r[4] is not None else None)
@@ -252,27 +279,35 @@ class MarketProjection:
 
     def unmatched_payments(self) -> list[dict[str, Any]]:
         """Payments confirmed on chain that paid no order: for no order we know, short of the order's
-        price, or refused (the order had expired or its version was superseded: to be refunded)."""
+        price, or refused (the order had expired or its version was superseded: to be refunded). One the
+        operator refunded stays listed, with `refunded: true` and the refund's time and tx, and is no longer
+        `refund_due` (a refunded paid order is listed too: its payment paid nothing in the end)."""
         rows = self.conn.execute(
-            """SELECT p.order_id, p.amount_units, p.tx_hash, o.price_units, r.reason, r.detail FROM payments p
+            """SELECT p.order_id, p.amount_units, p.tx_hash, o.price_units, r.reason, r.detail, f.refunded_at,
+                      f.tx_hash FROM payments p
                LEFT JOIN orders o USING (order_id)
                LEFT JOIN refused_payments r USING (payment_event_id)
-               WHERE o.order_id IS NULL OR r.payment_event_id IS NOT NULL
+               LEFT JOIN refunds f ON f.order_id = p.order_id
+               WHERE o.order_id IS NULL OR r.payment_event_id IS NOT NULL OR f.order_id IS NOT NULL
                   OR (o.status <> 'paid' AND p.amount_units < o.price_units)
                ORDER BY p.confirmed_at""").fetchall()
         out = []
-        for order_id, amount, tx_hash, price, refused, detail in rows:
-            reason = refused or ("unknown order" if price is None else f"short of the price {int(price)}")
+        for order_id, amount, tx_hash, price, refused, detail, refunded_at, refund_tx in rows:
+            reason = refused or ("unknown order" if price is None else
+                                 "refunded" if int(amount) >= int(price) else
+                                 f"short of the price {int(price)}")
+            refund = {"refunded_at": refunded_at.astimezone(UTC), "refund_tx_hash": refund_tx} if refund_tx else {}
             out.append({"order_id": order_id, "amount_units": int(amount), "tx_hash": tx_hash, "reason": reason,
-                        "refund_due": refused is not None, **({"detail": detail} if detail else {})})
+                        "refund_due": refused is not None and not refund_tx, "refunded": bool(refund_tx), **refund,
+                        **({"detail": detail} if detail else {})})
         return out
 
     def short_payments(self, order_id: str) -> list[dict[str, Any]]:
-        """Payments confirmed for `order_id` short of its price and not refused, while it is unpaid: the
-        researcher's money arrived but paid nothing (see unmatched_payments)."""
+        """Payments confirmed for `order_id` short of its price and not refused, while it is unpaid and not
+        refunded: the researcher's money arrived but paid nothing (see unmatched_payments)."""
         rows = self.conn.execute(
             """SELECT p.amount_units, p.tx_hash, p.confirmed_at FROM payments p JOIN orders o USING (order_id)
-               WHERE p.order_id = ? AND o.status <> 'paid' AND p.amount_units < o.price_units
+               WHERE p.order_id = ? AND o.status NOT IN ('paid', 'refunded') AND p.amount_units < o.price_units
                  AND p.payment_event_id NOT IN (SELECT payment_event_id FROM refused_payments)
                ORDER BY p.confirmed_at""", [order_id]).fetchall()
         return [{"amount_units": int(a), "tx_hash": t, "confirmed_at": c, "reason": "short of the price"}

@@ -106,7 +106,8 @@ def build_router(ctx: SettlementService) -> APIRouter:
 
     @router.get("/payments/waiting", tags=["orders"])
     async def waiting() -> list[dict[str, Any]]:
-        """Payments confirmed but not allocated: their order or version is not known yet, or they are flagged."""
+        """Payments confirmed but not allocated: their order or version is not known yet, or they are flagged.
+        A refunded payment (PaymentRefunded) is not listed: nothing of it is held any more."""
         return ctx.projection.waiting_payments()
 
     @router.get("/balances", tags=["payouts"])

@@ -28,6 +28,7 @@ from datacoop.events.payouts import (
     JobFeeAllocated,
     PaymentConfirmed,
     PaymentFlagged,
+    PaymentRefunded,
     RevenueAllocated,
 )
 from datacoop.events.registry import Event
@@ -54,6 +55,19 @@ class PaidLog:
     block_number: int
     log_index: int
     paid_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RefundedLog:
+    """An OrderRefunded log as read from the chain; `refunded_at` is its block's timestamp."""
+
+    chain_order_id: bytes
+    buyer: str
+    amount_units: int
+    tx_hash: str
+    block_number: int
+    log_index: int
+    refunded_at: datetime
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,18 @@ def confirm_payment(log: PaidLog, already_confirmed: bool, now: datetime) -> lis
             detail=f"order id {subject} was not made from a UUID; no order can match it. "
                    "Refund it (OPERATOR_ROLE) before the next epoch settles it"))
     return events
+
+
+def record_refund(log: RefundedLog, already_recorded: bool) -> list[Event]:
+    """PaymentRefunded for a refund log not yet recorded. Recorded whatever the payment's state: an order
+    allocated before it was refunded is the case the epoch's refund check refuses to post over."""
+    if already_recorded:
+        return []
+    subject, _ = order_subject(log.chain_order_id)
+    return [PaymentRefunded(
+        order_id=subject, chain_order_id="0x" + bytes(log.chain_order_id).hex(), buyer=log.buyer,
+        amount_units=log.amount_units, tx_hash=log.tx_hash.lower(), block_number=log.block_number,
+        log_index=log.log_index, refunded_at=log.refunded_at)]
 
 
 def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[str, int], fee_bps: int,

@@ -3,7 +3,9 @@
 Inputs: DatasetVersionPublished (contributor weights), OrderPlaced (dataset, version, price), and the
 settlement's own payouts events read back from the log (so deleting the file rebuilds everything).
 Balances are derived from allocation events only, each credited once (the allocation row's primary
-key guards it on top of the consumer's dropping of applied ids).
+key guards it on top of the consumer's dropping of applied ids). A refunded payment (PaymentRefunded)
+is never allocated and no longer waits; one allocated before its refund keeps its allocation (reversing
+it is not implemented: the epoch's refund check refuses to post over it).
 
 The chain cursor (next block to read) lives here too; it only moves after the events its blocks
 produced were appended, and re-reading blocks is harmless (decisions check `payment_confirmed`).
@@ -26,6 +28,7 @@ from datacoop.events.payouts import (
     JobFeeAllocated,
     PaymentConfirmed,
     PaymentFlagged,
+    PaymentRefunded,
     RevenueAllocated,
 )
 from services.settlement import domain
@@ -45,6 +48,9 @@ CREATE TABLE IF NOT EXISTS payments (
     order_id VARCHAR PRIMARY KEY, buyer VARCHAR NOT NULL, amount_units HUGEINT NOT NULL,
     tx_hash VARCHAR NOT NULL, block_number BIGINT NOT NULL, log_index INTEGER NOT NULL,
     allocatable BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS refunds (  -- OrderRefunded logs: the payment went back to its buyer
+    order_id VARCHAR PRIMARY KEY, buyer VARCHAR NOT NULL, amount_units HUGEINT NOT NULL, tx_hash VARCHAR NOT NULL,
+    block_number BIGINT NOT NULL, refunded_at TIMESTAMPTZ NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (  -- the marketplace's call on a payment that covers the price
     order_id VARCHAR PRIMARY KEY, paid BOOLEAN NOT NULL, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS flags (
@@ -89,6 +95,9 @@ class SettlementProjection:
             _, is_uuid = domain.order_subject(bytes.fromhex(ev.chain_order_id[2:]))
             tx.execute("INSERT OR IGNORE INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [ev.order_id, ev.buyer, ev.amount_units, ev.tx_hash, ev.block_number, ev.log_index, is_uuid])
+        elif isinstance(ev, PaymentRefunded):
+            tx.execute("INSERT OR IGNORE INTO refunds VALUES (?, ?, ?, ?, ?, ?)",
+                       [ev.order_id, ev.buyer, ev.amount_units, ev.tx_hash, ev.block_number, ev.refunded_at])
         elif isinstance(ev, PaymentFlagged):
             tx.execute("INSERT OR IGNORE INTO flags VALUES (?, ?, ?)", [ev.order_id, ev.reason, ev.detail])
         elif isinstance(ev, RevenueAllocated | JobFeeAllocated):
@@ -125,6 +134,9 @@ class SettlementProjection:
     def payment_confirmed(self, order_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM payments WHERE order_id = ?", [order_id]).fetchone() is not None
 
+    def payment_refunded(self, order_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM refunds WHERE order_id = ?", [order_id]).fetchone() is not None
+
     def allocated(self, subject: str) -> bool:
         return self.conn.execute("SELECT 1 FROM allocations WHERE subject = ?", [subject]).fetchone() is not None
 
@@ -132,7 +144,8 @@ class SettlementProjection:
         """Confirmed payments whose order and version are known and that are not allocated yet. A payment
         that covers the price waits for the marketplace's call: OrderPaid releases it; PaymentRefused (the
         order had expired, or its version was withdrawn from sale) holds it for a refund, never allocated.
-        A short payment pays no order, so no call comes: it is allocated as paid (and flagged)."""
+        A short payment pays no order, so no call comes: it is allocated as paid (and flagged). A refunded
+        payment is never allocated, whatever the call."""
         rows = self.conn.execute(
             """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, v.weights,
                       o.offer
@@ -140,7 +153,8 @@ class SettlementProjection:
                JOIN versions v ON v.dataset_id = o.dataset_id AND v.version = o.version
                LEFT JOIN allocations a ON a.subject = p.order_id
                LEFT JOIN decisions d ON d.order_id = p.order_id
-               WHERE a.subject IS NULL AND p.allocatable
+               LEFT JOIN refunds f ON f.order_id = p.order_id
+               WHERE a.subject IS NULL AND p.allocatable AND f.order_id IS NULL
                  AND (d.paid OR (d.paid IS NULL AND p.amount_units < o.price_units))
                ORDER BY p.block_number, p.log_index LIMIT ?""",
             [limit]).fetchall()
@@ -170,13 +184,16 @@ class SettlementProjection:
         return [r[0] for r in rows]
 
     def waiting_payments(self) -> list[dict[str, Any]]:
-        """Payments held: confirmed but not allocated (order or version unknown yet, or flagged)."""
+        """Payments held: confirmed but not allocated (order or version unknown yet, or flagged), and not
+        refunded (a refunded payment is no longer in escrow: nothing waits; `GET /orders/{id}` shows it)."""
         rows = self.conn.execute(
             """SELECT p.order_id, p.amount_units, p.tx_hash, o.order_id IS NOT NULL, p.allocatable,
                       p.amount_units >= o.price_units, d.paid, d.detail
                FROM payments p LEFT JOIN orders o USING (order_id)
                LEFT JOIN decisions d ON d.order_id = p.order_id
-               LEFT JOIN allocations a ON a.subject = p.order_id WHERE a.subject IS NULL
+               LEFT JOIN allocations a ON a.subject = p.order_id
+               LEFT JOIN refunds f ON f.order_id = p.order_id
+               WHERE a.subject IS NULL AND f.order_id IS NULL
                ORDER BY p.block_number, p.log_index""").fetchall()
         return [{"order_id": r[0], "amount_units": int(r[1]), "tx_hash": r[2], "order_known": bool(r[3]),
                  "allocatable": bool(r[4]), "marketplace": _decision(r[5], r[6], r[7])} for r in rows]
@@ -217,6 +234,8 @@ class SettlementProjection:
         flags = self.conn.execute("SELECT reason, detail FROM flags WHERE order_id = ?", [order_id]).fetchall()
         known = self.conn.execute("SELECT price_units FROM orders WHERE order_id = ?", [order_id]).fetchone()
         decided = self.conn.execute("SELECT paid, detail FROM decisions WHERE order_id = ?", [order_id]).fetchone()
+        refund = self.conn.execute("SELECT buyer, amount_units, tx_hash, block_number, refunded_at FROM refunds "
+                                   "WHERE order_id = ?", [order_id]).fetchone()
         if pay is None and alloc is None and known is None:
             return None
         covers = pay is not None and known is not None and int(pay[0]) >= int(known[0])
@@ -224,6 +243,8 @@ class SettlementProjection:
                 "marketplace": _decision(covers, decided[0] if decided else None, decided[1] if decided else None),
                 "payment": ({"amount_units": int(pay[0]), "tx_hash": pay[1], "block_number": int(pay[2])}
                             if pay else None),
+                "refund": ({"buyer": refund[0], "amount_units": int(refund[1]), "tx_hash": refund[2],
+                            "block_number": int(refund[3]), "refunded_at": refund[4]} if refund else None),
                 "allocation": json.loads(alloc[0]) if alloc else None,
                 "flags": [{"reason": r, "detail": d} for r, d in flags]}
 

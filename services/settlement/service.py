@@ -1,9 +1,9 @@
 """Bootstrap of the settlement service: settings, store, bus, the chain, the settlement loop; `main()`.
 
 One loop (after the projection has caught up with the log) does, in order:
-1. watch: read OrderPaid logs up to head - confirmations from the stored cursor, with the timestamps of
-   their blocks (when each was paid); PaymentConfirmed per log (id derived from tx hash + log index);
-   then move the cursor;
+1. watch: read OrderPaid and OrderRefunded logs up to head - confirmations from the stored cursor, with
+   the timestamps of their blocks (when each was paid or refunded); in chain order, PaymentConfirmed per
+   payment and PaymentRefunded per refund (ids derived from tx hash + log index); then move the cursor;
 2. allocate: every confirmed payment whose order and version are known gets its RevenueAllocated
    (id derived from the order id), so each order is split once whatever happens;
 3. epoch: finish an epoch that was prepared and not posted; else, when due, record EpochPrepared
@@ -39,6 +39,7 @@ from datacoop.chain import (
     market_mismatch,
     order_id_from_uuid,
     order_paid_logs,
+    order_refunded_logs,
     root_posted_log,
     send,
 )
@@ -122,7 +123,8 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
 
     # -- 1. payments --------------------------------------------------------------------------
     async def watch_once(self) -> int:
-        """Confirm the payments of the next block range; returns how many logs were read."""
+        """Confirm the payments and record the refunds of the next block range, in chain order; returns how
+        many logs were read."""
         assert self.writer is not None
         head = await asyncio.to_thread(lambda: self.w3.eth.block_number)
         start = self.projection.cursor(self.cfg.start_block)
@@ -132,19 +134,23 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         for number in [n for n in self._block_times if n < start]:  # behind the cursor: never read again
             del self._block_times[number]
         logs = await asyncio.to_thread(read_payments, self.w3, self.contracts.market, start, end, self._block_times)
-        for paid in logs:
-            subject, _ = domain.order_subject(paid.chain_order_id)
-            cause = f"payment:{paid.tx_hash.lower()}:{paid.log_index}"
-
-            def decide(paid: domain.PaidLog = paid, subject: str = subject) -> list[Event]:
-                return domain.confirm_payment(paid, self.projection.payment_confirmed(subject), self.clock())
-
-            await self.writer.execute(subject, decide, causation_id=cause, id_for=_derived(cause))
+        for found in logs:
+            subject, _ = domain.order_subject(found.chain_order_id)
+            kind = "refund" if isinstance(found, domain.RefundedLog) else "payment"
+            cause = f"{kind}:{found.tx_hash.lower()}:{found.log_index}"
+            await self.writer.execute(subject, self._watched(found, subject), causation_id=cause,
+                                      id_for=_derived(cause))
             self.crash_point("after_payment")
         async with self.store.lock:
             with self.store.transaction() as tx:
                 self.projection.save_cursor(tx, end + 1)
         return len(logs)
+
+    def _watched(self, found: domain.PaidLog | domain.RefundedLog, subject: str) -> Callable[[], list[Event]]:
+        """What one log of the chain gives, decided under the subject's lock (a re-read gives nothing)."""
+        if isinstance(found, domain.RefundedLog):
+            return lambda: domain.record_refund(found, self.projection.payment_refunded(subject))
+        return lambda: domain.confirm_payment(found, self.projection.payment_confirmed(subject), self.clock())
 
     # -- 2. allocations -----------------------------------------------------------------------
     async def allocate_once(self) -> int:
@@ -318,15 +324,17 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
 
 
 def read_payments(w3: Web3, market: Contract, start: int, end: int,
-                  block_times: dict[int, datetime]) -> list[domain.PaidLog]:
-    """The OrderPaid logs of blocks start..end in chain order, each paid at its block's timestamp.
+                  block_times: dict[int, datetime]) -> list[domain.PaidLog | domain.RefundedLog]:
+    """The OrderPaid and OrderRefunded logs of blocks start..end in chain order (block, log index), each at
+    its block's timestamp: a refund always comes after the payment it returns.
 
-    Blocking, for one worker thread: one eth_getLogs, then the headers of the blocks holding a log whose
-    time `block_times` (a cache, filled here) does not know yet, in JSON-RPC batches; blocks without a
-    payment are never read. A block's timestamp never changes under `confirmations` (reorgs deeper are
-    not handled anyway), so a range read again after a failure asks for nothing more."""
+    Blocking, for one worker thread: one eth_getLogs per event, then the headers of the blocks holding a
+    log whose time `block_times` (a cache, filled here) does not know yet, in JSON-RPC batches; blocks
+    without a payment or refund are never read. A block's timestamp never changes under `confirmations`
+    (reorgs deeper are not handled anyway), so a range read again after a failure asks for nothing more."""
     found = order_paid_logs(market, start, end)
-    missing = sorted({p.block_number for p in found} - block_times.keys())
+    refunds = order_refunded_logs(market, start, end)
+    missing = sorted(({p.block_number for p in found} | {r.block_number for r in refunds}) - block_times.keys())
     for i in range(0, len(missing), BLOCKS_PER_BATCH):
         numbers = missing[i:i + BLOCKS_PER_BATCH]
         with w3.batch_requests() as batch:
@@ -335,8 +343,12 @@ def read_payments(w3: Web3, market: Contract, start: int, end: int,
             blocks = batch.execute()
         for number, block in zip(numbers, blocks, strict=True):
             block_times[number] = datetime.fromtimestamp(int(cast(BlockData, block)["timestamp"]), UTC)
-    return [domain.PaidLog(p.order_id, p.buyer, p.amount_units, p.tx_hash, p.block_number, p.log_index,
-                           block_times[p.block_number]) for p in found]
+    logs: list[domain.PaidLog | domain.RefundedLog] = [
+        domain.PaidLog(p.order_id, p.buyer, p.amount_units, p.tx_hash, p.block_number, p.log_index,
+                       block_times[p.block_number]) for p in found]
+    logs += [domain.RefundedLog(r.order_id, r.buyer, r.amount_units, r.tx_hash, r.block_number, r.log_index,
+                                block_times[r.block_number]) for r in refunds]
+    return sorted(logs, key=lambda log: (log.block_number, log.log_index))
 
 
 def _derived(cause: str) -> Callable[[Event], str]:

@@ -52,6 +52,8 @@ datasets:
     order_ttl_s: 1
   lapsing:
     order_ttl_s: 1
+  refunding:
+    order_ttl_s: 1
 """
 DEFINITION: dict[str, Any] = {
     "columns": {"age_band": {"type": "integer", "min": 18, "max": 90}, "sex": {"type": "categorical"},

@@ -1,13 +1,15 @@
 """The marketplace as a process on the real broker and anvil, beside the settlement service: a version
 is published as Parquet, a researcher orders, pays with the stablecoin, downloads exactly the version's
 rows; members see who bought; access needs a paid order and the right grant; a payment that arrives
-after its order expired or its version was superseded opens nothing and is listed to be refunded; query
+after its order expired or its version was superseded opens nothing and is listed to be refunded, and
+once the operator refunds it on chain the order reads `refunded` and nothing lists it as owed; query
 budgets are spent to the last unit and survive a restart and a rebuild from the log; bad input is
 refused plainly."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from eth_account import Account
 from typer.testing import CliRunner
 
+from datacoop.chain import order_id_from_uuid, send_receipt
 from datacoop.cli import app as datacoop_app
 from datacoop.kit.settings import DEV_OPERATOR_TOKEN
 from services.marketplace.client import ApiError, ResearcherClient, register_researcher
@@ -332,15 +335,66 @@ def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_
     assert again.exit_code == 1 and "refunded already" in again.output, again.output
     nothing = cli(s, "refund", "00000000-0000-4000-8000-00000000beef", env=operator)
     assert nothing.exit_code == 1 and "no payment" in nothing.output, nothing.output
-    after = cli(s, "refunds").output
+    s.mine()  # one confirmation of the refund
+    after = cli(s, "refunds", "--all").output
     assert "refunded" in after.split(late["order_id"])[1].split("\n")[0], after
+    wait_for(lambda: ada.get_order(late["order_id"])["status"] == "refunded", "the refund to reach the order")
 
     s.stop_market(wipe=True)  # rebuilt from the topics: the same decisions, none taken twice
     s.start_market()
     ada.http.base_url = httpx.URL(s.url)
-    refused(late["order_id"], "version-superseded", "superseded")
+    assert ada.get_order(late["order_id"])["status"] == "refunded"
+    assert ada.get_order(late["order_id"])["refused_payments"][0]["reason"] == "version-superseded"
     refused(lapsed["order_id"], "order-expired", "expired")
     assert ada.get_order(sold["order_id"])["status"] == "paid"
+
+
+def test_a_refused_payment_refunded_on_chain_reads_refunded_and_is_owed_nowhere(stack: Stack) -> None:
+    """The operator's `refund(orderId)` lands on the topics (settlement's PaymentRefunded from the contract's
+    OrderRefunded log): the order reads `refunded` with the refund's tx, `GET /payments/unmatched` and
+    settlement's `GET /payments/waiting` no longer hold it as owed, and a rebuild from the log agrees."""
+    s = stack
+    s.publish_version("refunding", 1)
+    bea = researcher(s, BUYER_KEYS[1], name="Bea")
+    placed = bea.order("refunding", 1, "download")
+    oid = placed["order_id"]
+    wait_for(lambda: bea.get_order(oid)["status"] == "expired", "the unpaid order to expire")
+    s.pay(BUYER_KEYS[1], oid, placed["price_units"])
+    wait_for(lambda: bea.get_order(oid)["status"] == "refund-due", "the late payment to be refused")
+    waiting = f"{s.settlement.url}/payments/waiting"
+    wait_for(lambda: any(p["order_id"] == oid for p in httpx.get(waiting, timeout=10).json()),
+             "settlement to hold the refused payment")
+    assert next(p for p in s.get("/payments/unmatched").json() if p["order_id"] == oid)["refund_due"]
+
+    receipt = send_receipt(s.contracts.w3, s.contracts.market.functions.refund(order_id_from_uuid(uuid.UUID(oid))),
+                           s.chain_env["DATACOOP_OPERATOR_KEY"])
+    refund_tx = "0x" + bytes(receipt["transactionHash"]).hex()
+    s.mine()  # one confirmation
+    wait_for(lambda: bea.get_order(oid)["status"] == "refunded", "the refund to reach the order")
+
+    def reads_refunded() -> None:
+        o = bea.get_order(oid)
+        assert o["status"] == "refunded" and o["refund_tx_hash"] == refund_tx and o["refunded_at"], o
+        assert o["refunded_units"] == placed["price_units"] and "was refunded" in o["note"], o
+        [p] = o["refused_payments"]
+        assert p["reason"] == "order-expired" and p["refund_due"] is False and p["refund_tx_hash"] == refund_tx
+        [listed] = [p for p in s.get("/payments/unmatched").json() if p["order_id"] == oid]
+        assert (listed["refund_due"], listed["refunded"], listed["refund_tx_hash"]) == (False, True, refund_tx)
+        assert [o["status"] for o in bea.orders() if o["order_id"] == oid] == ["refunded"]
+        with pytest.raises(ApiError) as err:
+            bea.grant(oid)
+        assert err.value.status == 402 and refund_tx in status_of(err)[1]
+
+    reads_refunded()
+    wait_for(lambda: all(p["order_id"] != oid for p in httpx.get(waiting, timeout=10).json()),
+             "settlement to stop holding the refunded payment")
+    assert oid not in cli(s, "refunds").output
+    assert oid in cli(s, "refunds", "--all").output
+
+    s.stop_market(wipe=True)  # rebuilt from the topics
+    s.start_market()
+    bea.http.base_url = httpx.URL(s.url)
+    reads_refunded()
 
 
 def test_the_demo_chapter_buys_downloads_and_spends_the_budget(stack: Stack) -> None:

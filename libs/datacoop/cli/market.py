@@ -6,8 +6,8 @@
     datacoop buy ORDER --key-file K                     (approve + purchase on chain)
     datacoop download ORDER --out FILE                  (signed grant, streamed, sha256 checked)
     datacoop query ORDER QUERY.json                     (a DP aggregate; spends epsilon)
-    datacoop orders
-    datacoop refunds                                    (operator: payments that paid no order)
+    datacoop orders                                     (placed, paid, expired, refund-due, refunded)
+    datacoop refunds [--all]                            (operator: payments that paid no order)
     datacoop refund ORDER [--key-file K]                (operator: refund(orderId) on chain)
 
 The API key comes from --api-key-file, else DATACOOP_API_KEY, else var/run/researcher.apikey (where
@@ -26,6 +26,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -236,7 +237,7 @@ def buy(
     found = shaped("marketplace", url, call_at("marketplace", url, client.get_order, order_id), "status", "price_units")
     if found["status"] == "paid":
         fail(f"order {order_id} is already paid (tx {found['tx_hash']})")
-    if found["status"] in ("expired", "refund-due"):
+    if found["status"] in ("expired", "refund-due", "refunded"):
         fail(found.get("note") or f"order {order_id} expired at {found['expires_at']}; place a new one with "
                                    "`datacoop order`")
     if found.get("note"):  # e.g. its version was withdrawn from sale: a payment now would be refused
@@ -308,8 +309,24 @@ def query(
     console.print_json(data=call_at("marketplace", url, _client(url, api_key_file).query, order_id, body))
 
 
+# how `datacoop orders` shows each status (GET /orders): what is done dim, what waits on someone in yellow
+_STATUS_STYLE = {"placed": "", "paid": "green", "expired": "dim", "refund-due": "yellow", "refunded": "dim"}
+
+
+def _status_cell(o: dict[str, Any]) -> str:
+    """An order's status as listed: an unpaid order that must not be paid (its version left the sale, or
+    it was ordered before its offer was refused; GET /orders/{id} and `datacoop buy` say so) reads `placed,
+    do not pay`, so the list agrees with them."""
+    status = str(o["status"])
+    if status == "placed" and o.get("note"):
+        return "[yellow]placed, do not pay[/yellow]"
+    style = _STATUS_STYLE.get(status, "")
+    return f"[{style}]{escape(status)}[/{style}]" if style else escape(status)
+
+
 def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> None:
-    """Your orders and their state."""
+    """Your orders and their state: placed (pay it with `datacoop buy`), paid, expired (unpaid in time),
+    refund-due (a payment that paid nothing, to be refunded by the operator) or refunded (it was)."""
     table = Table(title="your orders")
     for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
         table.add_column(col)
@@ -324,8 +341,11 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
     for o in orders:
         left = f"{o['budget']['remaining']:g}" if "budget" in o else "-"
         table.add_row(o["order_id"], o["dataset_id"], str(o["version"]), o["offer"], f"{o['price_units']:,}",
-                      o["status"], left)
+                      _status_cell(o), left)
     print_table(table, whole=(0, 1, 4))
+    for o in orders:
+        if o["status"] == "placed" and o.get("note"):
+            console.print(f"{o['order_id']}: {o['note']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _market_get(url: str, path: str) -> Any:
@@ -358,12 +378,14 @@ def _operator_key(key_file: Path | None) -> str:
 
 
 def refunds(
+    show_all: Annotated[bool, typer.Option("--all", help="payments refunded already too")] = False,
     market_url: MarketUrl = None,
     rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC (default: DATACOOP_CHAIN_URL / the "
                                                           "stack's)")] = None,
 ) -> None:
     """Payments that paid no order (GET /payments/unmatched), with what the market contract says of each:
-    the operator's list of refunds to make with `datacoop refund ORDER`."""
+    the operator's list of refunds to make with `datacoop refund ORDER`. Those refunded already (recorded on
+    the topics once settlement confirms the refund) are left out unless --all."""
     from web3 import Web3
 
     from datacoop.chain import Contracts, order_id_from_uuid
@@ -374,9 +396,13 @@ def refunds(
     unmatched = _market_get(url, "/payments/unmatched")
     if not isinstance(unmatched, list) or any(not isinstance(p, dict) or "order_id" not in p for p in unmatched):
         not_the_service("marketplace", url, service_at(url))
+    done = [p for p in unmatched if p.get("refunded")]
+    if not show_all:
+        unmatched = [p for p in unmatched if not p.get("refunded")]
     if not unmatched:
-        console.print("no payment waits for a refund: every payment on chain paid its order", highlight=False,
-                      soft_wrap=True)
+        console.print("no payment waits for a refund: every payment on chain paid its order"
+                      + (f" or was refunded ({len(done)}; `datacoop refunds --all` lists them)" if done else ""),
+                      highlight=False, soft_wrap=True)
         return
     where = _payment_contracts(url)
     contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc or rpc_url_default())), where["token"], where["market"])
@@ -395,8 +421,10 @@ def refunds(
             state = "?"
         except Exception as exc:  # the chain is away: the list is still worth showing
             state = f"unknown ({type(exc).__name__})"
-        table.add_row(p["order_id"], f"{p['amount_units']:,}", p["reason"], state, p["tx_hash"])
+        table.add_row(p["order_id"], f"{p['amount_units']:,}", escape(p["reason"]), state, p["tx_hash"])
     print_table(table, whole=(0, 1))
+    if done and not show_all:
+        console.print(f"{len(done)} refunded already: `datacoop refunds --all` lists them", highlight=False)
 
 
 def refund(

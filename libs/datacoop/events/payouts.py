@@ -45,6 +45,27 @@ class PaymentConfirmed(Event):
                                                       "before it was recorded")
 
 
+@event("datacoop.settlement.payment_refunded", 1, topic=PAYOUTS)
+class PaymentRefunded(Event):
+    """An `OrderRefunded` log of the market contract, `confirmations` blocks deep: the operator sent the
+    order's payment back (`refund(orderId)`, OPERATOR_ROLE). Read from the same blocks as the payments,
+    in chain order, so it always follows the order's `PaymentConfirmed` on the order's subject.
+
+    The payment can no longer pay anything: the marketplace shows the order `refunded` and no longer
+    lists the payment as owed; settlement never allocates it (one allocated before the refund is what
+    stops roots from being posted, docs/payments.md "Refunds"). `refunded_at` is the timestamp of the
+    block holding the log (the chain's clock)."""
+
+    order_id: str = Field(min_length=1, description="order UUID, or the raw bytes32 hex when not a UUID id")
+    chain_order_id: str = Field(pattern=_HASH, description="bytes32 order id as on chain")
+    buyer: Address = Field(description="the wallet the units went back to (the one that paid)")
+    amount_units: int = Field(gt=0, description="units refunded: the whole payment")
+    tx_hash: HexHash = Field(pattern=_HASH, description="the refund's transaction")
+    block_number: int = Field(ge=0)
+    log_index: int = Field(ge=0)
+    refunded_at: UtcTime
+
+
 @event("datacoop.settlement.payment_flagged", 1, topic=PAYOUTS)
 class PaymentFlagged(Event):
     """A payment that needs a person: the amount differs from the order's price, the order id is not

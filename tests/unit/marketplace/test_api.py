@@ -1,5 +1,5 @@
 """The marketplace's request models and routes without a bus: strict numbers, bounded integers, worded
-refusals of registrations, grants whose told expiry is the one signed, and short payments shown."""
+refusals of registrations, grants whose told expiry is the one signed, short payments and refunds shown."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from datacoop.events.datasets import DatasetVersionPublished
-from datacoop.events.orders import OrderPaid, OrderPlaced
+from datacoop.events.orders import OrderPaid, OrderPlaced, PaymentRefused
+from datacoop.events.payouts import PaymentRefunded
 from datacoop.kit import problems
 from services.marketplace import domain
 from services.marketplace.api import GrantBody, OrderBody, RegisterBody, build_router, order_view
@@ -217,3 +218,31 @@ def test_orders_placed_before_the_rule_keep_their_state_and_say_what_they_buy() 
     seen = client.get(f"/orders/{OID}", headers=auth).json()
     assert seen["status"] == "paid" and "note" not in seen
     assert "it has 3 rows, fewer than the 10" in seen["offer_note"] and "ask the operator" in seen["offer_note"]
+
+
+def test_a_refunded_order_says_so_opens_nothing_and_owes_nothing() -> None:
+    """After the operator's refund lands (PaymentRefunded), the order is `refunded`: its refused payment is no
+    longer `refund_due`, it says when and in which tx the money went back, and a grant is refused in those
+    words."""
+    placed = domain.evolve(None, OrderPlaced(order_id=OID, researcher_id="r1", buyer=CHECKSUMMED, dataset_id="adult",
+                                             version=2, offer="download", price_units=1_000, placed_at=T0,
+                                             expires_at=T0 + timedelta(hours=1)))
+    refused = domain.evolve(placed, PaymentRefused(
+        order_id=OID, payment_event_id="p1", amount_units=1_000, tx_hash="0x" + "11" * 32, reason="order-expired",
+        detail="expired; to be refunded", refused_at=T0 + timedelta(hours=2)))
+    refund_tx = "0x" + "44" * 32
+    order = domain.evolve(refused, PaymentRefunded(
+        order_id=OID, chain_order_id="0x" + "22" * 32, buyer=CHECKSUMMED, amount_units=1_000, tx_hash=refund_tx,
+        block_number=9, log_index=0, refunded_at=T0 + timedelta(hours=3)))
+    assert order is not None
+    view = order_view(order)
+    assert view["status"] == "refunded" and view["refund_tx_hash"] == refund_tx
+    assert (view["refunded_at"], view["refunded_units"], view["refunded_to"]) == \
+        (T0 + timedelta(hours=3), 1_000, CHECKSUMMED)
+    [p] = view["refused_payments"]
+    assert p["refund_due"] is False and p["refund_tx_hash"] == refund_tx and p["refunded_at"] == view["refunded_at"]
+    assert f"was refunded to {CHECKSUMMED} in tx {refund_tx}" in view["note"]
+    with pytest.raises(domain.OrderRefused) as refusal:
+        domain.decide(domain.GrantAccess(OID, "r1", "adult", 2, 60, "g1"), order, T0)
+    assert refusal.value.kind == "payment_required" and refund_tx in str(refusal.value)
+    assert domain.decide(domain.ExpireDue(OID), order, T0 + timedelta(days=1)) == []

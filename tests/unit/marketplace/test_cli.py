@@ -116,3 +116,62 @@ def test_a_known_custom_error_is_a_sentence(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ChainError, match="paused by its operator") as info:
         _pay(monkeypatch, _Chain((0, 0)), paused)
     assert "OrderAlreadyPaid" not in str(info.value) and "b'" not in str(info.value)
+
+
+def _answering(routes: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
+    class Handler(_OtherService):
+        def do_GET(self) -> None:
+            found = routes.get(self.path)
+            body = json.dumps(found if found is not None else {"detail": "Not Found"}).encode()
+            self.send_response(200 if found is not None else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def marketplace() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A stand-in marketplace answering the GETs in the returned dict (path -> JSON)."""
+    routes: dict[str, Any] = {"/healthz": {"status": "ok", "service": "marketplace"}}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(routes))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    server.shutdown()
+    server.server_close()
+
+
+def _listed(order_id: str, status: str, note: str | None = None) -> dict[str, Any]:
+    return {"order_id": order_id, "dataset_id": "clinic", "version": 1, "offer": "download", "price_units": 5_000,
+            "status": status, **({"note": note} if note else {})}
+
+
+def test_orders_lists_an_unpaid_order_of_a_superseded_version_as_not_to_be_paid_and_a_refund_as_refunded(
+        marketplace: tuple[str, dict[str, Any]]) -> None:
+    """GET /orders/{id} and `datacoop buy` say a placed order of a version withdrawn from sale must not be
+    paid: the list says so too, with the reason; a refunded order reads `refunded`."""
+    url, routes = marketplace
+    superseded, refunded, placed = OID, OID[:-1] + "2", OID[:-1] + "3"
+    why = f"clinic v1 was superseded (no longer on sale): do not pay order {superseded}"
+    routes["/orders"] = [_listed(superseded, "placed", why), _listed(refunded, "refunded", "refunded to 0xb"),
+                         _listed(placed, "placed")]
+    result = run("orders", "--market-url", url)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.count("│") > 2}
+    assert "placed, do not pay" in rows[superseded] and "refunded" in rows[refunded], result.output
+    assert "do not pay" not in rows[placed] and "placed" in rows[placed]
+    assert f"{superseded}: {why}" in " ".join(result.output.split())
+
+
+def test_refunds_leaves_out_payments_refunded_already_unless_asked(marketplace: tuple[str, dict[str, Any]]) -> None:
+    url, routes = marketplace
+    routes["/payments/unmatched"] = [{"order_id": OID, "amount_units": 5_000, "tx_hash": "0x" + "1" * 64,
+                                      "reason": "order-expired", "refund_due": False, "refunded": True,
+                                      "refunded_at": "2026-01-01T00:00:00Z", "refund_tx_hash": "0x" + "2" * 64}]
+    result = run("refunds", "--market-url", url)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "no payment waits for a refund" in said and "or was refunded (1; `datacoop refunds --all`" in said

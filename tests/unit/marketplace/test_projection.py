@@ -1,5 +1,6 @@
-"""The marketplace projection: refused payments are listed as refundable and never paid, and the
-group-by columns of each version come from the definition its build used; both rebuild from the log."""
+"""The marketplace projection: refused payments are listed as refundable and never paid, refunded ones
+turn their order `refunded` and are owed no more, and the group-by columns of each version come from
+the definition its build used; all rebuild from the log."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from datacoop.events.datasets import (
 )
 from datacoop.events.envelope import Envelope
 from datacoop.events.orders import OrderExpired, OrderPlaced, PaymentRefused
-from datacoop.events.payouts import PaymentConfirmed
+from datacoop.events.payouts import PaymentConfirmed, PaymentRefunded
 from datacoop.events.registry import Event
 from datacoop.store import ProjectionStore
 from services.marketplace.projection import SCHEMA_SQL, MarketProjection
@@ -24,6 +25,7 @@ from services.marketplace.service import decide_payment
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TX = "0x" + "11" * 32
+REFUND_TX = "0x" + "33" * 32
 _offsets = count()
 COLUMNS = {"pseudonym": "VARCHAR", "age": "VARCHAR", "sex": "VARCHAR", "diagnosis": "VARCHAR",
            "note": "VARCHAR", "visit": "VARCHAR", "income": "BIGINT"}
@@ -181,3 +183,66 @@ def test_a_payment_short_of_the_price_is_listed_on_its_order_until_it_is_paid() 
     [listed] = proj.short_payments(oid)
     assert (listed["amount_units"], listed["tx_hash"]) == (999, TX)
     assert proj.short_payments("0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0ab") == []
+
+
+def refunded(oid: str, amount_units: int = 1_000) -> PaymentRefunded:
+    return PaymentRefunded(order_id=oid, chain_order_id="0x" + "22" * 32, buyer="0x" + "b" * 40,
+                           amount_units=amount_units, tx_hash=REFUND_TX, block_number=5, log_index=1,
+                           refunded_at=T0 + timedelta(hours=3))
+
+
+def test_a_refused_payment_refunded_on_chain_turns_the_order_refunded_and_is_no_longer_owed() -> None:
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0c1"
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)]
+    log += react(project(log), T0 + timedelta(hours=2))  # refused: the order had expired
+    log.append(delivery(refunded(oid), oid))
+    proj = project(log)
+    o = proj.order(oid)
+    assert o is not None and o.status == "refunded" and o.refunded_at == T0 + timedelta(hours=3)
+    assert (o.refund_tx_hash, o.refunded_units, o.refunded_to) == (REFUND_TX, 1_000, "0x" + "b" * 40)
+    assert o.refused_payments[0].reason == "order-expired", "the refusal stays in the order's history"
+    [listed] = proj.unmatched_payments()
+    assert (listed["refund_due"], listed["refunded"], listed["refund_tx_hash"]) == (False, True, REFUND_TX)
+    assert listed["refunded_at"] == T0 + timedelta(hours=3) and listed["reason"] == "order-expired"
+    assert proj.payments_to_apply() == [] and react(proj, T0 + timedelta(days=1)) == []
+    assert project(log).order(oid) == o, "rebuilt from the topics, the same"
+
+
+def test_a_payment_refunded_before_the_marketplace_decided_it_pays_nothing() -> None:
+    """The operator may refund before the reactor gets to a payment (or its OrderPaid may land after the
+    refund): the order stays refunded, and no decision is taken on a refunded payment."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0c2"
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)]
+    decided = react(project(log), T0)
+    assert [type(d.event).__name__ for d in decided] == ["OrderPaid"]
+    refund_first = project([*log, delivery(refunded(oid), oid)])
+    assert refund_first.payments_to_apply() == []
+    late_paid = project([*log, delivery(refunded(oid), oid), *decided])
+    o = late_paid.order(oid)
+    assert o is not None and o.status == "refunded" and o.paid_at is None
+    paid_then_refunded = project([*log, *decided, delivery(refunded(oid), oid)]).order(oid)
+    assert paid_then_refunded is not None and paid_then_refunded.status == "refunded"
+
+
+def test_a_short_payment_refunded_is_no_longer_short_on_its_order() -> None:
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0c3"
+    short = payment(oid).model_copy(update={"amount_units": 999})
+    proj = project([delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(short, oid),
+                    delivery(refunded(oid, 999), oid)])
+    assert proj.short_payments(oid) == []
+    [listed] = proj.unmatched_payments()
+    assert listed["refunded"] and not listed["refund_due"] and listed["reason"] == "short of the price 1000"
+
+
+def test_a_refund_read_before_its_order_still_turns_it_refunded() -> None:
+    """The refund comes on datacoop.payouts, the order on datacoop.orders: a rebuild may read the refund first."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0c4"
+    store = ProjectionStore(":memory:", SCHEMA_SQL)
+    proj = MarketProjection(store.conn)
+    for batch in ([delivery(version(1), "clinic"), delivery(payment(oid), oid), delivery(refunded(oid), oid)],
+                  [delivery(order(oid), oid), delivery(OrderExpired(order_id=oid, expired_at=T0), oid)]):
+        with store.transaction() as tx:
+            proj.apply(tx, batch)
+    o = proj.order(oid)
+    assert o is not None and o.status == "refunded" and o.refund_tx_hash == REFUND_TX
+    assert o.refunded_at == T0 + timedelta(hours=3) and proj.payments_to_apply() == []

@@ -1,0 +1,97 @@
+"""Refunds on the payouts topic: an OrderRefunded log gives one PaymentRefunded (the same id when read
+again), and settlement's projection never allocates a refunded payment nor lists it as waiting."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events import Envelope, derived_event_id
+from datacoop.events.datasets import DatasetVersionPublished
+from datacoop.events.orders import OrderPlaced, PaymentRefused
+from datacoop.events.payouts import PaymentConfirmed, PaymentRefunded
+from datacoop.events.registry import Event
+from services.settlement import domain
+from services.settlement.projection import SCHEMA_SQL, SettlementProjection
+from services.settlement.service import _derived
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+ANA, BEN = "0x" + "a" * 40, "0x" + "b" * 40
+ORDER = uuid.UUID("0192f1d2-0000-7000-8000-000000000001")
+CHAIN_ID = ORDER.bytes + bytes(16)
+REFUND_TX = "0x" + "ab" * 32
+
+
+def refund_log(chain_order_id: bytes = CHAIN_ID, amount: int = 1_000_000) -> domain.RefundedLog:
+    return domain.RefundedLog(chain_order_id, BEN, amount, "0x" + "AB" * 32, 9, 3,
+                              NOW - timedelta(minutes=5))
+
+
+def deliver(*events: Event) -> list[Delivery]:
+    return [Delivery("t", 0, i, Envelope(source="test", type=e.type_name(), subject="s", seq=i + 1,
+                                         data=e.model_dump(mode="json")), e) for i, e in enumerate(events)]
+
+
+def test_a_refund_log_is_recorded_under_its_order_with_its_blocks_time() -> None:
+    [ev] = domain.record_refund(refund_log(), already_recorded=False)
+    assert isinstance(ev, PaymentRefunded)
+    assert (ev.order_id, ev.buyer, ev.amount_units, ev.tx_hash, ev.block_number, ev.log_index) == \
+        (str(ORDER), BEN, 1_000_000, REFUND_TX, 9, 3)
+    assert ev.refunded_at == NOW - timedelta(minutes=5) and ev.chain_order_id == "0x" + CHAIN_ID.hex()
+
+
+def test_a_refund_read_again_after_a_crash_gives_nothing_or_the_same_id() -> None:
+    assert domain.record_refund(refund_log(), already_recorded=True) == []
+    [ev] = domain.record_refund(refund_log(), already_recorded=False)
+    cause = f"refund:{REFUND_TX}:3"
+    assert _derived(cause)(ev) == derived_event_id(cause, PaymentRefunded.type_name()) == _derived(cause)(ev)
+
+
+def _projection() -> tuple[duckdb.DuckDBPyConnection, SettlementProjection]:
+    conn = duckdb.connect()
+    conn.execute(SCHEMA_SQL)
+    return conn, SettlementProjection(conn)
+
+
+def _paid_and_refused() -> list[Event]:
+    oid = str(ORDER)
+    return [
+        DatasetVersionPublished(dataset_id="ds", version=1, purpose="health-research", categories=["health"], location="file:///x",
+                                sha256="0" * 64, rows=10, suppressed_rows=0, k=5, l_diversity=2.0,
+                                privacy_model="distinct-l", information_loss=0.1, epsilon=1.0, columns={"a": "VARCHAR"},
+                                contributor_weights={ANA: 1}, published_at=NOW),
+        OrderPlaced(order_id=oid, researcher_id="r", buyer=BEN, dataset_id="ds", version=1, offer="download",
+                    price_units=1_000_000, placed_at=NOW, expires_at=NOW + timedelta(hours=1)),
+        PaymentConfirmed(order_id=oid, chain_order_id="0x" + CHAIN_ID.hex(), buyer=BEN, amount_units=1_000_000,
+                         tx_hash="0x" + "11" * 32, block_number=7, log_index=0, confirmed_at=NOW, paid_at=NOW),
+    ]
+
+
+def test_a_refunded_payment_no_longer_waits_and_is_never_allocated() -> None:
+    conn, projection = _projection()
+    projection.apply(conn, deliver(*_paid_and_refused(), PaymentRefused(
+        order_id=str(ORDER), payment_event_id="p-1", amount_units=1_000_000, tx_hash="0x" + "11" * 32,
+        reason="order-expired", detail="expired; to be refunded", refused_at=NOW)))
+    assert [p["order_id"] for p in projection.waiting_payments()] == [str(ORDER)]
+    [refund] = domain.record_refund(refund_log(), already_recorded=False)
+    projection.apply(conn, deliver(refund, refund))
+    assert projection.payment_refunded(str(ORDER))
+    assert projection.waiting_payments() == []
+    view = projection.order_view(str(ORDER))
+    assert view is not None and view["refund"]["tx_hash"] == REFUND_TX and view["refund"]["amount_units"] == 1_000_000
+
+
+def test_a_short_payment_refunded_before_it_was_allocated_is_never_allocated() -> None:
+    """A short payment is allocated without waiting for the marketplace; one refunded in the same blocks
+    (recorded before the allocation step runs) is not."""
+    conn, projection = _projection()
+    events = _paid_and_refused()
+    short = events[2].model_copy(update={"amount_units": 400_000})
+    projection.apply(conn, deliver(*events[:2], short))
+    assert [p.order_id for p, _, _ in projection.ready_to_allocate()] == [str(ORDER)]
+    [refund] = domain.record_refund(refund_log(amount=400_000), already_recorded=False)
+    projection.apply(conn, deliver(refund))
+    assert projection.ready_to_allocate() == [] and projection.waiting_payments() == []
