@@ -100,6 +100,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         self.registration_wait_s = REGISTRATION_WAIT_S
         self._wake = asyncio.Event()
         self._restored_checked = False  # keys of shredded members looked for since start
+        self._deleted_uncompacted = False  # a key deleted and the store not compacted since
         self.runner.add_listener(self._on_applied)
         self.add_background(self.shred_forever)
 
@@ -245,10 +246,13 @@ class VaultService(ServiceRuntime[VaultProjection]):
         try:
             done = await self._shred_erased()
         finally:
-            if done or self._restored_checked is False:
+            # also when the pass failed after deleting a key (its KeysShredded not appended: the broker is
+            # away): the deleted key must not wait in the file's free blocks for the next pass that succeeds
+            if done or self._deleted_uncompacted or self._restored_checked is False:
                 self._shred_restored()
                 self.keys.compact()
                 self._restored_checked = True
+                self._deleted_uncompacted = False
         return done
 
     def _shred_restored(self) -> None:
@@ -267,6 +271,7 @@ class VaultService(ServiceRuntime[VaultProjection]):
         for member in self.projection.erased_unshredded():
             now = self.clock()
             self.keys.shred(member, now)  # first the key, then the fact: a crash between re-runs both
+            self._deleted_uncompacted = True
 
             def decide(member: str = member, now: datetime = now) -> list[Event]:
                 return domain.decide(domain.ShredKeys(member), self.projection.get(member), now=now)

@@ -134,3 +134,39 @@ def test_a_rotation_that_fails_says_which_kek_the_store_opens_with(tmp_path: Pat
     assert "No space left on device" in result.output
     assert "nothing was put in place: the store still opens with the current KEK" in result.output
     assert KeyStore(tmp_path / "vault-keys.duckdb", Kek(parse_kek(kek_b64))).get(MEMBERS[0]) == key
+
+
+async def test_a_key_deleted_by_a_shredder_pass_that_then_fails_is_compacted_out_of_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is deleted before its KeysShredded is appended; when the append fails (the broker is away), the
+    deleted key's bytes must not stay in the key store's free blocks until some later pass succeeds."""
+    from types import SimpleNamespace
+
+    from services.vault.domain import VaultMember
+    from services.vault.service import VaultService
+    from services.vault.settings import VaultSettings
+
+    service = VaultService(VaultSettings(data_dir=tmp_path, vault_kek=new_kek_b64(), dev_secrets=True,
+                                         log_json=False))
+    victim, kept = MEMBERS[0], MEMBERS[1]
+    for member in MEMBERS:
+        service.keys.get_or_create(member)
+    wrapped = _wrapped(service.keys, victim)
+
+    async def broker_away(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("the broker is away")
+
+    monkeypatch.setattr(VaultService, "ready", property(lambda self: True))
+    service.writer = SimpleNamespace(execute=broker_away)  # type: ignore[assignment]
+    service._restored_checked = True  # the start's own compaction is done
+    monkeypatch.setattr(service.projection, "erased_unshredded", lambda limit=1000: [victim])
+    monkeypatch.setattr(service.projection, "get", lambda member: VaultMember(
+        member, registered=True, erased=True, erasure_event_id="e-1"))
+    monkeypatch.setattr(service.projection, "shredded_members", lambda: [])
+    with pytest.raises(ConnectionError):
+        await service.shred_once()
+    path = tmp_path / "vault-keys.duckdb"
+    assert service.keys.holding([victim, kept]) == [kept]
+    assert not _holds(path, wrapped), "the deleted key is still in the file"
+    service.keys.close()
+    service.store.close()
