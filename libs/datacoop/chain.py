@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from eth_abi.abi import decode as abi_decode
 from eth_account import Account
@@ -280,8 +280,8 @@ class Contracts:
 
 
 @dataclass(frozen=True)
-class OrderPaid:
-    """One `OrderPaid` log."""
+class OrderLog:
+    """One log of the market contract about an order's money: its order id, the wallet, the units."""
 
     order_id: bytes
     buyer: str
@@ -289,40 +289,35 @@ class OrderPaid:
     block_number: int
     tx_hash: str
     log_index: int
+
+
+class OrderPaid(OrderLog):
+    """One `OrderPaid` log: `buyer` paid `amount_units` into escrow."""
+
+
+class OrderRefunded(OrderLog):
+    """One `OrderRefunded` log: `amount_units` went back to `buyer`."""
+
+
+_L = TypeVar("_L", bound=OrderLog)
+
+
+def _order_logs(event: Any, kind: type[_L], from_block: int, to_block: int | str) -> list[_L]:
+    logs = event().get_logs(from_block=from_block, to_block=to_block)
+    found = [kind(bytes(log["args"]["orderId"]), log["args"]["buyer"], int(log["args"]["amount"]),
+                  int(log["blockNumber"]), "0x" + bytes(log["transactionHash"]).hex(), int(log["logIndex"]))
+             for log in logs]
+    return sorted(found, key=lambda p: (p.block_number, p.log_index))
 
 
 def order_paid_logs(market: Contract, from_block: int, to_block: int | str = "latest") -> list[OrderPaid]:
     """OrderPaid events with from_block <= block <= to_block, in chain order."""
-    logs = market.events.OrderPaid().get_logs(from_block=from_block, to_block=to_block)
-    found = [
-        OrderPaid(bytes(log["args"]["orderId"]), log["args"]["buyer"], int(log["args"]["amount"]),
-                  int(log["blockNumber"]), "0x" + bytes(log["transactionHash"]).hex(), int(log["logIndex"]))
-        for log in logs
-    ]
-    return sorted(found, key=lambda p: (p.block_number, p.log_index))
-
-
-@dataclass(frozen=True)
-class OrderRefunded:
-    """One `OrderRefunded` log: `amount_units` went back to `buyer`."""
-
-    order_id: bytes
-    buyer: str
-    amount_units: int
-    block_number: int
-    tx_hash: str
-    log_index: int
+    return _order_logs(market.events.OrderPaid, OrderPaid, from_block, to_block)
 
 
 def order_refunded_logs(market: Contract, from_block: int, to_block: int | str = "latest") -> list[OrderRefunded]:
     """OrderRefunded events with from_block <= block <= to_block, in chain order."""
-    logs = market.events.OrderRefunded().get_logs(from_block=from_block, to_block=to_block)
-    found = [
-        OrderRefunded(bytes(log["args"]["orderId"]), log["args"]["buyer"], int(log["args"]["amount"]),
-                      int(log["blockNumber"]), "0x" + bytes(log["transactionHash"]).hex(), int(log["logIndex"]))
-        for log in logs
-    ]
-    return sorted(found, key=lambda r: (r.block_number, r.log_index))
+    return _order_logs(market.events.OrderRefunded, OrderRefunded, from_block, to_block)
 
 
 # ---------------------------------------------------------------- the payout side
