@@ -5,7 +5,6 @@ and the help's own words. The services here are small real HTTP servers that ans
 
 from __future__ import annotations
 
-import json
 import secrets
 import socket
 import threading
@@ -21,6 +20,7 @@ from eth_account import Account
 from typer.testing import CliRunner
 
 from datacoop.cli import app
+from datacoop.testing.http import answer_json
 
 NOWHERE = "http://127.0.0.1:9"  # nothing listens
 OID = str(uuid.uuid4())
@@ -52,13 +52,7 @@ class _Answers(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         path = self.path.split("?")[0]
-        found = {"/healthz": {"status": "ok", "service": self.server.name}, **self.server.routes}.get(path)
-        body = json.dumps(found if found is not None else {"detail": "Not Found"}).encode()
-        self.send_response(200 if found is not None else 404)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer_json(self, {"/healthz": {"status": "ok", "service": self.server.name}, **self.server.routes}.get(path))
 
     def do_GET(self) -> None:
         self._answer()

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import datacoop.chain
 from datacoop.chain import ChainError, TxReverted
 from datacoop.cli import app
+from datacoop.testing.http import answer_json
 from services.marketplace import client as market_client
 
 WIDE = {"COLUMNS": "200", "DATACOOP_API_KEY": "dcr_" + "a" * 43}
@@ -121,13 +122,7 @@ def test_a_known_custom_error_is_a_sentence(monkeypatch: pytest.MonkeyPatch) -> 
 def _answering(routes: dict[str, Any]) -> type[BaseHTTPRequestHandler]:
     class Handler(_OtherService):
         def do_GET(self) -> None:
-            found = routes.get(self.path)
-            body = json.dumps(found if found is not None else {"detail": "Not Found"}).encode()
-            self.send_response(200 if found is not None else 404)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            answer_json(self, routes.get(self.path))
 
     return Handler
 
