@@ -1,5 +1,6 @@
 """The marketplace chapter of the demo: a researcher buys a download and a query budget, pays on chain,
-downloads the Parquet, asks DP queries until the budget is gone; members see who bought their data.
+downloads the Parquet, asks DP queries until the budget is gone; members see who bought their data; an
+order paid short is refunded by the operator.
 
     from services.marketplace.demo import researcher_buys
     researcher_buys(market_url, rpc_url, buyer_key, console, minter_key=admin_key)
@@ -33,7 +34,7 @@ from datacoop.events.datasets import DatasetVersionPublished
 from datacoop.http import check
 from datacoop.topics import DATASETS, qualified
 from services.consent.client import MemberWallet
-from services.marketplace.client import ResearcherClient, pay, register_researcher
+from services.marketplace.client import ResearcherClient, pay, refund, register_researcher
 
 
 def publish_sample_version(bootstrap: str, topic_prefix: str, object_store_dir: Path, members: Sequence[str],
@@ -78,11 +79,12 @@ def _wait_paid(client: ResearcherClient, order_id: str, rpc_url: str, timeout_s:
 
 def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Console, *,
                     minter_key: str | None = None, dataset_id: str | None = None,
-                    member: MemberWallet | None = None) -> dict[str, Any]:
+                    member: MemberWallet | None = None, operator_key: str | None = None) -> dict[str, Any]:
     """Register, buy a download and a query order of the newest current version, pay both on chain,
     download, query until the budget is spent; print what happened. `minter_key` mints the mock
     stablecoin to the buyer first (local chains); `member` (a contributor's wallet, which signs the read)
-    is shown the sales that used their records. Returns a summary."""
+    is shown the sales that used their records; with `operator_key` (OPERATOR_ROLE), a third order is paid
+    short and refunded (`underpaid_and_refunded`). Returns a summary."""
     buyer = Account.from_key(buyer_key).address
     reg = register_researcher(market_url, "Dr. Demo", buyer, "Demo University")
     client = ResearcherClient(market_url, reg["api_key"])
@@ -102,6 +104,7 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
         contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc_url)), catalog["payment"]["token"],
                                  catalog["payment"]["market"])
         total = sum(o["price_units"] for o in v["offers"] if o["offer"] in ("download", "query"))
+        total += next((o["price_units"] for o in v["offers"] if o["offer"] == "download"), 0)  # the short one
         send_receipt(contracts.w3, contracts.stablecoin.functions.mint(buyer, total), minter_key)
     orders = {}
     for offer in ("download", "query"):
@@ -150,5 +153,34 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
         console.print(f"  member {member.address} sees {len(sales)} paid order(s) that used their records: "
                       + ", ".join(f"{s['offer']} of {s['dataset_id']} v{s['version']} ({s['your_records']} of "
                                   "their records)" for s in sales))
+    short = underpaid_and_refunded(client, rpc_url, buyer_key, operator_key, catalog["payment"], v["dataset_id"],
+                                   console) if operator_key is not None else None
     return {"researcher_id": reg["researcher_id"], "orders": orders, "rows": rows, "refused": refused,
-            "version": (v["dataset_id"], v["version"]), "member_sales": sales}
+            "version": (v["dataset_id"], v["version"]), "member_sales": sales, "refunded": short}
+
+
+def underpaid_and_refunded(client: ResearcherClient, rpc_url: str, buyer_key: str, operator_key: str,
+                           payment: dict[str, str], dataset_id: str, console: Console,
+                           timeout_s: float = 60) -> dict[str, Any]:
+    """A download order paid one unit short (the contract takes one payment per order id, so it can't be
+    topped up): it opens nothing and settlement holds it instead of paying members; the operator refunds
+    it on chain and the order reads `refunded`. Returns the order id, its status and the units refunded."""
+    o = client.order_current(dataset_id, "download")
+    pay(rpc_url, payment["token"], payment["market"], buyer_key, o["order_id"], o["price_units"] - 1)
+    deadline = time.monotonic() + timeout_s
+    while not client.get_order(o["order_id"]).get("short_payments"):  # settlement confirms it, then the marketplace
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the short payment of order {o['order_id']} was not confirmed within {timeout_s} s")
+        httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine", "params": []}, timeout=5)
+        time.sleep(0.3)
+    console.print(f"  a download order {o['order_id']} paid {o['price_units'] - 1:,} of {o['price_units']:,} units "
+                  "opens nothing (one payment per order id); the operator refunds it")
+    tx, units, buyer = refund(rpc_url, payment["token"], payment["market"], operator_key, o["order_id"])
+    while (found := client.get_order(o["order_id"]))["status"] != "refunded":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"order {o['order_id']} did not read refunded within {timeout_s} s of its refund")
+        httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine", "params": []}, timeout=5)
+        time.sleep(0.3)
+    console.print(f"  refunded {units:,} units to {buyer} (tx {tx[:18]}…): the order reads {found['status']}, and "
+                  "no member was paid for it")
+    return {"order_id": o["order_id"], "status": found["status"], "units": units}

@@ -106,8 +106,10 @@ def build_router(ctx: SettlementService) -> APIRouter:
 
     @router.get("/payments/waiting", tags=["orders"])
     async def waiting() -> list[dict[str, Any]]:
-        """Payments confirmed but not allocated: their order or version is not known yet, or they are flagged.
-        A refunded payment (PaymentRefunded) is not listed: nothing of it is held any more."""
+        """Payments confirmed but not allocated: their order or version is not known yet, the marketplace's
+        call is awaited, or they are held for a refund (refused, short of the price, not an order id): each
+        with `marketplace` saying which. A refunded payment (PaymentRefunded) is not listed: nothing of it
+        is held any more."""
         return ctx.projection.waiting_payments()
 
     @router.get("/balances", tags=["payouts"])

@@ -4,14 +4,15 @@ No I/O here: the service reads the projection and the chain, calls these, and ap
 return. Every function is deterministic in its inputs, so a restarted service that decides again
 on the same facts produces the same events (with ids derived from their causes, duplicates).
 
-Flagged payments (docs/payments.md): a payment whose amount differs from its order's price is
-flagged *and still allocated on the amount actually paid*. The money is in escrow and the next
-posted root settles it irrevocably (the contract refuses refunds of settled orders), so holding it
-back would strand it; the marketplace sees the flag and does not grant access for an underpayment.
-A payment whose order id was not made from a UUID cannot belong to any order: it is flagged and
-never allocated (it stays in escrow, refundable by the operator until a root settles it). A sale of a
-version with no contributor records left (everyone erased) is flagged and goes wholly to the
-cooperative, so no money is stranded.
+Flagged payments (docs/payments.md): a payment short of its order's price pays no order (the contract
+takes one payment per order id, so it can never be topped up): it is flagged and held for a refund,
+never allocated, exactly like a payment the marketplace refused; allocating it would pay members for
+a sale that sold nothing, and its refund would then stop every later root. A payment above the price
+does pay its order: it is flagged and allocated on the whole amount paid. A payment whose order id was
+not made from a UUID cannot belong to any order: it is flagged and never allocated. Both held kinds
+stay in escrow, refundable by the operator until a root settles them. A sale of a version with no
+contributor records left (everyone erased) is flagged and goes wholly to the cooperative, so no money
+is stranded.
 """
 
 from __future__ import annotations
@@ -125,22 +126,36 @@ def record_refund(log: RefundedLog, already_recorded: bool) -> list[Event]:
         log_index=log.log_index, refunded_at=log.refunded_at)]
 
 
+def hold_short_payment(payment: Payment, order: Order, already_flagged: bool, refunded: bool) -> list[Event]:
+    """The flag of a payment short of its order's price (once; none once it is refunded): it pays no order
+    and can't be topped up, so it is held for the operator's refund and never allocated."""
+    if already_flagged or refunded or not payment.allocatable or payment.amount_units >= order.price_units:
+        return []
+    return [PaymentFlagged(
+        order_id=order.order_id, reason="amount-mismatch", amount_units=payment.amount_units,
+        price_units=order.price_units, allocated=False,
+        detail=f"paid {payment.amount_units} units for a price of {order.price_units}: short of the price, it pays "
+               "no order and can't be topped up (the contract takes one payment per order id). Refund it "
+               "(`datacoop refund ORDER`, OPERATOR_ROLE) before the next epoch settles it; it is never allocated")]
+
+
 def allocate_order(payment: Payment, order: Order, contributor_weights: Mapping[str, int], fee_bps: int,
                    cooperative: str, already_allocated: bool, compute_reserve_bps: int = 0) -> list[Event]:
-    """The split of one paid order (once): RevenueAllocated, preceded by a flag on a price mismatch.
+    """The split of one paid order (once): RevenueAllocated, preceded by a flag on an overpayment. A payment
+    short of the price gives nothing here, ever (`hold_short_payment`).
 
     A compute order holds `compute_reserve_bps` of what was paid back in escrow for the providers of
     its jobs; the rest is split as usual. So job fees are always backed by escrow, and a root never
     promises more than the contract holds."""
-    if already_allocated or not payment.allocatable:
+    if already_allocated or not payment.allocatable or payment.amount_units < order.price_units:
         return []
     events: list[Event] = []
-    if payment.amount_units != order.price_units:
+    if payment.amount_units > order.price_units:
         events.append(PaymentFlagged(
             order_id=order.order_id, reason="amount-mismatch", amount_units=payment.amount_units,
             price_units=order.price_units, allocated=True,
-            detail=f"paid {payment.amount_units} units for a price of {order.price_units}; the amount paid is "
-                   "allocated, access is the marketplace's call"))
+            detail=f"paid {payment.amount_units} units for a price of {order.price_units}; the order is paid and "
+                   "the whole amount paid is allocated"))
     reserve_units = payment.amount_units * compute_reserve_bps // 10_000 if order.offer == "compute" else 0
     base_units = payment.amount_units - reserve_units
     fee_units = base_units * fee_bps // 10_000

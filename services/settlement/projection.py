@@ -3,9 +3,10 @@
 Inputs: DatasetVersionPublished (contributor weights), OrderPlaced (dataset, version, price), and the
 settlement's own payouts events read back from the log (so deleting the file rebuilds everything).
 Balances are derived from allocation events only, each credited once (the allocation row's primary
-key guards it on top of the consumer's dropping of applied ids). A refunded payment (PaymentRefunded)
-is never allocated and no longer waits; one allocated before its refund keeps its allocation (reversing
-it is not implemented: the epoch's refund check refuses to post over it).
+key guards it on top of the consumer's dropping of applied ids). A payment the marketplace refused, or
+one short of its order's price, is held for a refund and never allocated. A refunded payment
+(PaymentRefunded) is never allocated and no longer waits; one allocated before its refund keeps its
+allocation (reversing it is not implemented: the epoch's refund check refuses to post over it).
 
 The chain cursor (next block to read) lives here too; it only moves after the events its blocks
 produced were appended, and re-reading blocks is harmless (decisions check `payment_confirmed`).
@@ -140,12 +141,16 @@ class SettlementProjection:
     def allocated(self, subject: str) -> bool:
         return self.conn.execute("SELECT 1 FROM allocations WHERE subject = ?", [subject]).fetchone() is not None
 
+    def flagged(self, order_id: str, reason: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM flags WHERE order_id = ? AND reason = ?",
+                                 [order_id, reason]).fetchone() is not None
+
     def ready_to_allocate(self, limit: int = 500) -> list[tuple[domain.Payment, domain.Order, dict[str, int]]]:
         """Confirmed payments whose order and version are known and that are not allocated yet. A payment
         that covers the price waits for the marketplace's call: OrderPaid releases it; PaymentRefused (the
         order had expired, or its version was withdrawn from sale) holds it for a refund, never allocated.
-        A short payment pays no order, so no call comes: it is allocated as paid (and flagged). A refunded
-        payment is never allocated, whatever the call."""
+        A short payment pays no order, so no call comes: it is held for a refund too (`short_payments`),
+        never allocated. A refunded payment is never allocated, whatever the call."""
         rows = self.conn.execute(
             """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, v.weights,
                       o.offer
@@ -155,11 +160,27 @@ class SettlementProjection:
                LEFT JOIN decisions d ON d.order_id = p.order_id
                LEFT JOIN refunds f ON f.order_id = p.order_id
                WHERE a.subject IS NULL AND p.allocatable AND f.order_id IS NULL
-                 AND (d.paid OR (d.paid IS NULL AND p.amount_units < o.price_units))
+                 AND d.paid AND p.amount_units >= o.price_units
                ORDER BY p.block_number, p.log_index LIMIT ?""",
             [limit]).fetchall()
         return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5]), r[7]),
                  json.loads(r[6])) for r in rows]
+
+    def short_payments(self, limit: int = 500) -> list[tuple[domain.Payment, domain.Order]]:
+        """Confirmed payments short of their known order's price, not flagged `amount-mismatch` yet, not
+        allocated (by a release that allocated them) and not refunded: each is to be flagged and held."""
+        rows = self.conn.execute(
+            """SELECT p.order_id, p.amount_units, p.allocatable, o.dataset_id, o.version, o.price_units, o.offer
+               FROM payments p JOIN orders o USING (order_id)
+               LEFT JOIN flags fl ON fl.order_id = p.order_id AND fl.reason = 'amount-mismatch'
+               LEFT JOIN allocations a ON a.subject = p.order_id
+               LEFT JOIN refunds f ON f.order_id = p.order_id
+               WHERE p.amount_units < o.price_units AND p.allocatable
+                 AND fl.order_id IS NULL AND a.subject IS NULL AND f.order_id IS NULL
+               ORDER BY p.block_number, p.log_index LIMIT ?""",
+            [limit]).fetchall()
+        return [(domain.Payment(r[0], int(r[1]), bool(r[2])), domain.Order(r[0], r[3], int(r[4]), int(r[5]), r[6]))
+                for r in rows]
 
     def reserve_left(self, order_id: str) -> int | None:
         row = self.conn.execute("SELECT reserved_units - spent_units FROM compute_reserves WHERE order_id = ?",
@@ -184,8 +205,9 @@ class SettlementProjection:
         return [r[0] for r in rows]
 
     def waiting_payments(self) -> list[dict[str, Any]]:
-        """Payments held: confirmed but not allocated (order or version unknown yet, or flagged), and not
-        refunded (a refunded payment is no longer in escrow: nothing waits; `GET /orders/{id}` shows it)."""
+        """Payments held: confirmed but not allocated (order or version unknown yet, the marketplace's call
+        awaited, refused, short of the price, or not an order id), and not refunded (a refunded payment is
+        no longer in escrow: nothing waits; `GET /orders/{id}` shows it)."""
         rows = self.conn.execute(
             """SELECT p.order_id, p.amount_units, p.tx_hash, o.order_id IS NOT NULL, p.allocatable,
                       p.amount_units >= o.price_units, d.paid, d.detail
@@ -238,7 +260,7 @@ class SettlementProjection:
                                    "WHERE order_id = ?", [order_id]).fetchone()
         if pay is None and alloc is None and known is None:
             return None
-        covers = pay is not None and known is not None and int(pay[0]) >= int(known[0])
+        covers = int(pay[0]) >= int(known[0]) if pay is not None and known is not None else None
         return {"order_id": order_id, "order_known": known is not None,
                 "marketplace": _decision(covers, decided[0] if decided else None, decided[1] if decided else None),
                 "payment": ({"amount_units": int(pay[0]), "tx_hash": pay[1], "block_number": int(pay[2])}
@@ -250,7 +272,11 @@ class SettlementProjection:
 
 
 def _decision(covers_price: bool | None, paid: bool | None, detail: str | None) -> str | None:
-    """What the marketplace decided about a payment, as settlement holds it."""
+    """What settlement holds a payment for: short of the price, or the marketplace's call (None: no call
+    yet and the payment or its order not known yet)."""
+    if covers_price is False:
+        return ("short of the price: it pays no order and can't be topped up (the contract takes one payment per "
+                "order id), so it is held for a refund and never allocated")
     if paid is True:
         return "paid: the marketplace paid the order (OrderPaid); allocated once its order and version are known"
     if paid is False:

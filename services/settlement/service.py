@@ -4,8 +4,10 @@ One loop (after the projection has caught up with the log) does, in order:
 1. watch: read OrderPaid and OrderRefunded logs up to head - confirmations from the stored cursor, with
    the timestamps of their blocks (when each was paid or refunded); in chain order, PaymentConfirmed per
    payment and PaymentRefunded per refund (ids derived from tx hash + log index); then move the cursor;
-2. allocate: every confirmed payment whose order and version are known gets its RevenueAllocated
-   (id derived from the order id), so each order is split once whatever happens;
+2. allocate: every payment short of its known order's price is flagged (PaymentFlagged, allocated=false)
+   and held for a refund, never allocated; every confirmed payment the marketplace paid (OrderPaid) whose
+   order and version are known gets its RevenueAllocated (ids derived from the order id), so each order
+   is split once whatever happens;
 3. epoch: finish an epoch that was prepared and not posted; else, when due, record EpochPrepared
    (the whole tree) *before* sending postRoot, then EpochPosted once the receipt (or, after a crash,
    the contract's RootPosted log for that epoch) shows it landed.
@@ -154,8 +156,9 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
 
     # -- 2. allocations -----------------------------------------------------------------------
     async def allocate_once(self) -> int:
+        """Hold the short payments (a flag each), then split the paid orders; returns the events appended."""
         assert self.writer is not None
-        done = 0
+        done = await self.hold_short_once()
         for payment, order, weights in self.projection.ready_to_allocate():
             cause = f"allocation:{order.order_id}"
 
@@ -172,6 +175,22 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                 log.error("order %s cannot be allocated: %s", order.order_id, exc)
                 continue
             self.crash_point("after_allocation")
+        return done
+
+    async def hold_short_once(self) -> int:
+        """Flag each payment short of its order's price once: it is held for a refund and never allocated.
+        Same cause as an allocation of the order, so a flag re-sent after a crash is a duplicate."""
+        assert self.writer is not None
+        done = 0
+        for payment, order in self.projection.short_payments():
+            cause = f"allocation:{order.order_id}"
+
+            def decide(payment: domain.Payment = payment, order: domain.Order = order) -> list[Event]:
+                return domain.hold_short_payment(payment, order,
+                                                 self.projection.flagged(order.order_id, "amount-mismatch"),
+                                                 self.projection.payment_refunded(order.order_id))
+
+            done += len(await self.writer.execute(order.order_id, decide, causation_id=cause, id_for=_derived(cause)))
         return done
 
     async def pay_jobs_once(self) -> int:

@@ -407,6 +407,10 @@ def test_the_demo_chapter_buys_downloads_and_spends_the_budget(stack: Stack) -> 
     wait_for(lambda: any(v["dataset_id"] == "demo-survey" for v in s.get("/catalog").json()["versions"]),
              "the sample version listed")
     summary = researcher_buys(s.url, s.chain.url, BUYER_KEYS[1], Console(record=True), minter_key=ADMIN_KEY,
-                              dataset_id="demo-survey", member=member_wallet(s, MEMBER_KEYS[0]))
+                              dataset_id="demo-survey", member=member_wallet(s, MEMBER_KEYS[0]),
+                              operator_key=s.chain_env["DATACOOP_OPERATOR_KEY"])
     assert summary["rows"] == 120 and "left" in summary["refused"]
-    assert {o["offer"] for o in summary["member_sales"]} == {"download", "query"}
+    assert {o["offer"] for o in summary["member_sales"]} == {"download", "query"}, "the refunded order sold nothing"
+    assert summary["refunded"]["status"] == "refunded" and summary["refunded"]["units"] > 0, summary["refunded"]
+    unmatched = {p["order_id"]: p for p in s.get("/payments/unmatched").json()}
+    assert unmatched[summary["refunded"]["order_id"]]["refunded"] is True

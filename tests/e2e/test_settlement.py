@@ -13,7 +13,7 @@ import pytest
 from eth_account import Account
 from typer.testing import CliRunner
 
-from datacoop.chain import root_posted_log
+from datacoop.chain import order_id_from_uuid, root_posted_log, send_receipt
 from datacoop.cli import app
 from datacoop.cli.settlement import claim_with_key
 from infra.local import Broker, Chain
@@ -146,19 +146,43 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
     assert claim_with_key(MEMBER_KEYS[0], s.url, chain.url)["claimed_units"] == 0, "a second claim pays nothing"
 
 
-def test_a_payment_that_differs_from_the_price_is_flagged_and_split_on_what_was_paid(
+def test_a_short_payment_is_held_for_a_refund_and_an_overpayment_is_split_on_what_was_paid(
     settlement: Settlement, broker: Broker, prefix: str  # noqa: F811
 ) -> None:
+    """A short payment pays no order and can't be topped up (the contract takes one payment per order id):
+    it is flagged and held for the operator's refund, never split, so refunding it leaves the next root
+    free to be posted (had it been allocated, the refund would stop every root: refunded-after-allocation).
+    An overpayment pays its order: flagged, and split on the whole amount paid."""
     s = settlement
     s.start()
     publish_version(broker.bootstrap, prefix, "mobility", 1, V2)
-    order = uuid.uuid4()
-    publish_order(broker.bootstrap, prefix, order, "mobility", 1, 1_000_000)
-    buy(s, order, 999_999, marketplace=None)  # a short payment pays no order: the marketplace makes no call
-    wait_for(lambda: allocated(s, order), "the underpaid order allocated")
-    view = s.get(f"/orders/{order}").json()
-    assert [f["reason"] for f in view["flags"]] == ["amount-mismatch"]
-    assert view["allocation"]["amount_units"] == 999_999
+    short, over = uuid.uuid4(), uuid.uuid4()
+    for order in (short, over):
+        publish_order(broker.bootstrap, prefix, order, "mobility", 1, 1_000_000)
+    buy(s, short, 999_999, marketplace=None)  # a short payment pays no order: the marketplace makes no call
+    buy(s, over, 1_000_001)
+    wait_for(lambda: allocated(s, over), "the overpaid order allocated")
+    wait_for(lambda: s.get(f"/orders/{short}").json()["flags"] != [], "the short payment flagged")
+    time.sleep(0.5)  # many polls of the loop (0.05 s): the short payment may not be allocated meanwhile
+    view = s.get(f"/orders/{short}").json()
+    assert [f["reason"] for f in view["flags"]] == ["amount-mismatch"] and "Refund it" in view["flags"][0]["detail"]
+    assert view["allocation"] is None
+    [waiting] = s.get("/payments/waiting").json()
+    assert waiting["order_id"] == str(short) and "short of the price" in waiting["marketplace"]
+    assert "held for a refund" in waiting["marketplace"]
+    overpaid = s.get(f"/orders/{over}").json()
+    assert [f["reason"] for f in overpaid["flags"]] == ["amount-mismatch"]
+    assert overpaid["allocation"]["amount_units"] == 1_000_001
+    members, coop = expected_split(1_000_001, V2)  # the short payment is in no balance
+    assert s.get("/balances").json() == {**{a.lower(): u for a, u in members.items()}, s.coop.lower(): coop}
+
+    send_receipt(s.w3, s.contracts.market.functions.refund(order_id_from_uuid(short)), s.env["DATACOOP_OPERATOR_KEY"])
+    s.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]  # one confirmation
+    wait_for(lambda: s.get("/payments/waiting").json() == [], "the refunded short payment no longer held")
+    assert s.get(f"/orders/{short}").json()["refund"]["amount_units"] == 999_999
+    posted = s.post_epoch()
+    assert posted is not None and posted.status_code == 200, posted and posted.text
+    assert posted.json()["total_units"] == 1_000_001 and s.contracts.market.functions.currentEpoch().call() == 1
 
 
 def test_a_payment_is_allocated_only_once_the_marketplace_pays_the_order_and_never_when_it_refuses(
@@ -315,8 +339,6 @@ def test_threshold_posts_epochs_by_itself_and_a_second_epoch_pays_only_the_diffe
 def test_no_root_is_posted_over_an_order_refunded_after_it_was_allocated(
     settlement: Settlement, broker: Broker, prefix: str  # noqa: F811
 ) -> None:
-    from datacoop.chain import order_id_from_uuid, send_receipt
-
     s = settlement
     s.start()
     publish_version(broker.bootstrap, prefix, "health-survey", 1, V1)

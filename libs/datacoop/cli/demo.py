@@ -137,8 +137,9 @@ def chapter_erasure(state: DemoState, console: Console) -> None:
 
 
 def chapter_market(state: DemoState, console: Console) -> None:
-    console.rule("marketplace: a researcher buys a download and a query order, paid on chain")
-    from datacoop.chain import ADMIN_KEY, ANVIL_KEYS
+    console.rule("marketplace: a researcher buys a download and a query order, paid on chain; one paid short is "
+                 "refunded")
+    from datacoop.chain import ADMIN_KEY, ANVIL_KEYS, OPERATOR_KEY
     from services.anonymizer.client import AnonymizerClient
     from services.marketplace.demo import researcher_buys
 
@@ -155,7 +156,8 @@ def chapter_market(state: DemoState, console: Console) -> None:
     _until(market_offers_only_the_newest, timeout_s=60)
     member = state.dataset_members[1] if len(state.dataset_members) > 1 else None
     researcher_buys(market_url, chain["url"], ANVIL_KEYS[9], console,
-                    minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member)
+                    minter_key=ADMIN_KEY, dataset_id=DEMO_DATASET, member=member,
+                    operator_key=chain.get("DATACOOP_OPERATOR_KEY", OPERATOR_KEY))
 
 
 FITNESS_DATASET = "fitness-demo"

@@ -74,7 +74,7 @@ ORDER_ROW = domain.Order(str(ORDER), "health-survey", 1, 1_000_003)
     [
         (1_000_003, {ANA: 1, BEN: 2}, 250, {ANA: 325_001, BEN: 650_002}, 25_000, 0, False),
         (1_000_003, {ANA: 1, BEN: 1, CY: 1}, 0, {ANA: 333_334, BEN: 333_334, CY: 333_334}, 0, 1, False),
-        (10, {ANA: 1, BEN: 1, CY: 1}, 0, {ANA: 3, BEN: 3, CY: 3}, 0, 1, True),
+        (1_000_006, {ANA: 1, BEN: 1, CY: 1}, 0, {ANA: 333_335, BEN: 333_335, CY: 333_335}, 0, 1, True),
         (1_000_003, {ANA: 3}, 10_000, {ANA: 0}, 1_000_003, 0, False),
     ],
 )
@@ -90,6 +90,27 @@ def test_an_order_is_split_exactly_with_remainders_to_the_cooperative(
     assert (alloc.fee_units, alloc.remainder_units) == (fee, remainder)
     assert sum(alloc.allocations.values()) + alloc.cooperative_units == amount
     assert [f.reason for f in flags] == (["amount-mismatch"] if flagged else [])  # type: ignore[attr-defined]
+
+
+def test_an_overpayment_pays_the_order_and_is_flagged_allocated_on_the_whole_amount() -> None:
+    flag, alloc = domain.allocate_order(domain.Payment(str(ORDER), 1_200_000, True), ORDER_ROW, {ANA: 1}, 250, COOP,
+                                        already_allocated=False)
+    assert isinstance(flag, PaymentFlagged) and (flag.reason, flag.allocated) == ("amount-mismatch", True)
+    assert isinstance(alloc, RevenueAllocated) and alloc.amount_units == 1_200_000
+
+
+def test_a_short_payment_is_never_allocated_only_flagged_once_and_held_for_a_refund() -> None:
+    """The contract takes one payment per order id: a short one can't be topped up and opens nothing, so
+    splitting it would pay members for nothing (and its refund would stop every later root)."""
+    short = domain.Payment(str(ORDER), 1_000_002, True)
+    assert domain.allocate_order(short, ORDER_ROW, {ANA: 1}, 250, COOP, already_allocated=False) == []
+    [flag] = domain.hold_short_payment(short, ORDER_ROW, already_flagged=False, refunded=False)
+    assert isinstance(flag, PaymentFlagged)
+    assert (flag.reason, flag.allocated, flag.amount_units, flag.price_units) == \
+        ("amount-mismatch", False, 1_000_002, 1_000_003)
+    assert domain.hold_short_payment(short, ORDER_ROW, already_flagged=True, refunded=False) == []
+    assert domain.hold_short_payment(short, ORDER_ROW, already_flagged=False, refunded=True) == []
+    assert domain.hold_short_payment(domain.Payment(str(ORDER), 1_000_003, True), ORDER_ROW, False, False) == []
 
 
 def test_an_order_is_allocated_once() -> None:

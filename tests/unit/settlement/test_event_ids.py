@@ -12,8 +12,8 @@ ORDER = domain.Order("o-1", "ds-1", 1, 1_000)
 
 
 def _allocation() -> list[str]:
-    """The ids of an allocation that flags twice: paid off the price, for a version with no contributors."""
-    events = domain.allocate_order(domain.Payment("o-1", 900, True), ORDER, {}, 500, COOP, already_allocated=False)
+    """The ids of an allocation that flags twice: paid above the price, for a version with no contributors."""
+    events = domain.allocate_order(domain.Payment("o-1", 1_100, True), ORDER, {}, 500, COOP, already_allocated=False)
     assert [type(e) for e in events] == [PaymentFlagged, PaymentFlagged, RevenueAllocated]
     id_for = _derived("allocation:o-1")
     return [id_for(e) for e in events]

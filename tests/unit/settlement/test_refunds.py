@@ -1,5 +1,6 @@
 """Refunds on the payouts topic: an OrderRefunded log gives one PaymentRefunded (the same id when read
-again), and settlement's projection never allocates a refunded payment nor lists it as waiting."""
+again), and settlement's projection never allocates a refunded payment nor lists it as waiting; a payment
+short of its order's price is held for such a refund, never allocated."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import duckdb
 from datacoop.bus.consumer import Delivery
 from datacoop.events import Envelope, derived_event_id
 from datacoop.events.datasets import DatasetVersionPublished
-from datacoop.events.orders import OrderPlaced, PaymentRefused
-from datacoop.events.payouts import PaymentConfirmed, PaymentRefunded
+from datacoop.events.orders import OrderPaid, OrderPlaced, PaymentRefused
+from datacoop.events.payouts import PaymentConfirmed, PaymentFlagged, PaymentRefunded
 from datacoop.events.registry import Event
 from services.settlement import domain
 from services.settlement.projection import SCHEMA_SQL, SettlementProjection
@@ -84,14 +85,43 @@ def test_a_refunded_payment_no_longer_waits_and_is_never_allocated() -> None:
     assert view is not None and view["refund"]["tx_hash"] == REFUND_TX and view["refund"]["amount_units"] == 1_000_000
 
 
-def test_a_short_payment_refunded_before_it_was_allocated_is_never_allocated() -> None:
-    """A short payment is allocated without waiting for the marketplace; one refunded in the same blocks
-    (recorded before the allocation step runs) is not."""
+def test_a_short_payment_is_held_for_a_refund_never_allocated_and_leaves_waiting_once_refunded() -> None:
+    """A short payment pays no order and can't be topped up (one payment per order id): it is flagged
+    allocated=false and held like a refused one, so its refund never finds an allocated order (which
+    would stop every later root). Even an OrderPaid for it would not release it."""
     conn, projection = _projection()
     events = _paid_and_refused()
     short = events[2].model_copy(update={"amount_units": 400_000})
     projection.apply(conn, deliver(*events[:2], short))
-    assert [p.order_id for p, _, _ in projection.ready_to_allocate()] == [str(ORDER)]
+    assert projection.ready_to_allocate() == []
+    [(payment, order)] = projection.short_payments()
+    assert domain.allocate_order(payment, order, {ANA: 1}, 250, ANA, already_allocated=False) == []
+    [flag] = domain.hold_short_payment(payment, order, already_flagged=False, refunded=False)
+    assert isinstance(flag, PaymentFlagged)
+    assert (flag.reason, flag.allocated, flag.amount_units, flag.price_units) == \
+        ("amount-mismatch", False, 400_000, 1_000_000)
+    assert "refund" in flag.detail.lower()
+    projection.apply(conn, deliver(flag, OrderPaid(order_id=str(ORDER), payment_event_id="p-1", amount_units=400_000,
+                                                   tx_hash="0x" + "11" * 32, paid_at=NOW)))
+    assert projection.flagged(str(ORDER), "amount-mismatch") and projection.short_payments() == []
+    assert projection.ready_to_allocate() == [] and projection.balances() == {}
+    [waiting] = projection.waiting_payments()
+    assert waiting["order_id"] == str(ORDER) and waiting["amount_units"] == 400_000
+    assert "short of the price" in waiting["marketplace"] and "held for a refund" in waiting["marketplace"]
+    view = projection.order_view(str(ORDER))
+    assert view is not None and view["allocation"] is None and "short of the price" in view["marketplace"]
+
     [refund] = domain.record_refund(refund_log(amount=400_000), already_recorded=False)
     projection.apply(conn, deliver(refund))
-    assert projection.ready_to_allocate() == [] and projection.waiting_payments() == []
+    assert projection.waiting_payments() == [] and projection.ready_to_allocate() == []
+    assert projection.allocated_orders_paid_since(0) == [], "nothing for the epoch's refund check to refuse"
+
+
+def test_a_short_payment_refunded_before_it_was_flagged_is_neither_flagged_nor_allocated() -> None:
+    conn, projection = _projection()
+    events = _paid_and_refused()
+    short = events[2].model_copy(update={"amount_units": 400_000})
+    [refund] = domain.record_refund(refund_log(amount=400_000), already_recorded=False)
+    projection.apply(conn, deliver(*events[:2], short, refund))
+    assert projection.short_payments() == [] and projection.ready_to_allocate() == []
+    assert projection.waiting_payments() == []
