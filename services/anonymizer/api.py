@@ -71,7 +71,7 @@ def build_router(svc: Any) -> APIRouter:
             raise refused_definition(exc) from exc
         return {"valid": True, "dataset_id": resolved.definition.name,
                 "privacy_model": domain.privacy_model_text(resolved),
-                "quasi_identifiers": list(resolved.hierarchies)}
+                "quasi_identifiers": list(resolved.hierarchies), "published_as_is": resolved.passthrough}
 
     @router.post("/definitions", status_code=status.HTTP_201_CREATED, tags=["definitions"])
     async def create(definition: Annotated[dict[str, Any], Body()],

@@ -3,7 +3,12 @@
 Definitions are versioned YAML files under ``datasets/`` at the repo root. ``load_definition`` parses
 one, ``resolve`` checks it against its hierarchies and returns everything the engine needs. Both
 refuse a bad definition with ``DefinitionError`` listing *every* problem found (unknown columns,
-hierarchy values missing for a column's domain, impossible parameters), each with its fix.
+a column in no role or in two, hierarchy values missing for a column's domain, impossible parameters),
+each with its fix.
+
+Every column has exactly one role: a quasi-identifier (generalized), sensitive, or ``published_as_is``
+(published unchanged). A column left out of all three would be published raw although nobody chose to,
+so a definition being accepted is refused for it; one replayed from the log is not (``resolve``).
 
 Hierarchy CSV paths are relative to the shared data directory: ``$DATACOOP_SHARED_DIR`` if set, else
 ``<repo>/../shared`` (a clone with shared/ beside it).
@@ -136,6 +141,7 @@ class DatasetDefinition(_Strict):
     columns: dict[str, ColumnSpec]
     quasi_identifiers: dict[str, HierarchySpec]
     sensitive: list[str] = []
+    published_as_is: list[str] = []  # columns published unchanged: named, so none is published raw by omission
     privacy: PrivacySpec
     aggregates: AggregatesSpec
 
@@ -154,7 +160,9 @@ class ResolvedDefinition:
 
     @property
     def passthrough(self) -> list[str]:
-        """Columns published unchanged: neither quasi-identifier nor sensitive."""
+        """Columns published unchanged, in column order: neither quasi-identifier nor sensitive. For a definition
+        accepted with every column in a role these are its ``published_as_is``; for one replayed from the log
+        that predates the rule, also the columns it left in no role, as they were published then."""
         d = self.definition
         return [c for c in d.columns if c not in d.quasi_identifiers and c not in d.sensitive]
 
@@ -179,13 +187,19 @@ def parse_definition(raw: Any, source: str = "<memory>") -> DatasetDefinition:
         raise DefinitionError(source, problems) from e
 
 
-def resolve(definition: DatasetDefinition, shared: Path | None = None) -> ResolvedDefinition:
-    """Check ``definition`` for consistency and build its hierarchies; DefinitionError lists all problems."""
+def resolve(definition: DatasetDefinition, shared: Path | None = None, *,
+            replayed: bool = False) -> ResolvedDefinition:
+    """Check ``definition`` for consistency and build its hierarchies; DefinitionError lists all problems.
+
+    ``replayed``: the definition comes from the log, where it was accepted before every column needed a role.
+    Its columns in no role are then not refused but published unchanged, as they were when it was accepted,
+    so its versions build as before. Every definition being accepted (API, ``datasets/`` files) is checked
+    without it."""
     d = definition
     base = shared or shared_dir()
     problems: list[str] = []
     known = set(d.columns)
-    for name in sorted({*d.columns, *d.quasi_identifiers, *d.sensitive} & RESERVED_COLUMNS):
+    for name in sorted({*d.columns, *d.quasi_identifiers, *d.sensitive, *d.published_as_is} & RESERVED_COLUMNS):
         problems.append(f"column {name!r} is reserved: the build writes each member's keyed pseudonym under that "
                         "name and counts k in it; rename the column")
     for q in d.quasi_identifiers:
@@ -196,6 +210,7 @@ def resolve(definition: DatasetDefinition, shared: Path | None = None) -> Resolv
             problems.append(f"sensitive attribute {s!r} is not a column; add it to columns or remove it")
         if s in d.quasi_identifiers:
             problems.append(f"{s!r} is both a quasi-identifier and sensitive; pick one")
+    problems += _role_problems(d, replayed)
     agg = d.aggregates
     if agg.value_column is not None and agg.value_column not in known:
         problems.append(f"aggregates.value_column {agg.value_column!r} is not a column; name one of {sorted(known)}")
@@ -234,6 +249,29 @@ def resolve(definition: DatasetDefinition, shared: Path | None = None) -> Resolv
     if problems or model is None:
         raise DefinitionError(d.name, problems)
     return ResolvedDefinition(d, hierarchies, model)
+
+
+def _role_problems(d: DatasetDefinition, replayed: bool) -> list[str]:
+    """``published_as_is`` names columns, each once and in no other role; unless ``replayed``, every column
+    has a role."""
+    problems: list[str] = []
+    listed: set[str] = set()
+    for c in d.published_as_is:
+        if c in listed:
+            problems.append(f"{c!r} is listed twice in published_as_is; list it once")
+        listed.add(c)
+        if c not in d.columns:
+            problems.append(f"published_as_is names {c!r}, which is not a column; add it to columns or remove it")
+        if c in d.quasi_identifiers:
+            problems.append(f"{c!r} is both a quasi-identifier and published as is; pick one")
+        if c in d.sensitive:
+            problems.append(f"{c!r} is both sensitive and published as is; pick one")
+    if not replayed:
+        for c in d.columns:
+            if c not in d.quasi_identifiers and c not in d.sensitive and c not in listed:
+                problems.append(f"column {c!r} is in no role: list it under quasi_identifiers (generalized), "
+                                "sensitive, or published_as_is (published unchanged)")
+    return problems
 
 
 def _build_hierarchy(name: str, spec: HierarchySpec, base: Path) -> Hierarchy:

@@ -42,12 +42,15 @@ class Vocabulary:
 
 
 def check_definition(raw: Any, vocabulary: Vocabulary, shared: Path | None = None,
-                     source: str = "<api>") -> ResolvedDefinition:
-    """The resolved definition, or DefinitionError listing every problem (the engine's and ours)."""
+                     source: str = "<api>", *, replayed: bool = False) -> ResolvedDefinition:
+    """The resolved definition, or DefinitionError listing every problem (the engine's and ours).
+
+    ``replayed`` for a definition read back from the log: it was accepted under the rules of its day, so a
+    column it left in no role is published unchanged as it was then (``definition.resolve``), not refused."""
     definition = parse_definition(raw, source)
     problems: list[str] = []
     try:
-        resolved: ResolvedDefinition | None = resolve(definition, shared)
+        resolved: ResolvedDefinition | None = resolve(definition, shared, replayed=replayed)
     except DefinitionError as exc:
         resolved, problems = None, list(exc.problems)
     d = definition

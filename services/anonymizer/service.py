@@ -235,12 +235,14 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
 
     # -- definitions -----------------------------------------------------------------------------
     def resolved(self, dataset_id: str) -> ResolvedDefinition | None:
+        """The dataset's newest definition in the log, checked as a replayed one: a definition accepted before
+        every column needed a role still builds, its columns in no role published unchanged as before."""
         state = self.projection.definition(dataset_id)
         if state is None:
             return None
         key = (dataset_id, state.definition_version)
         if key not in self._resolved:
-            self._resolved[key] = domain.check_definition(state.definition, self.vocabulary)
+            self._resolved[key] = domain.check_definition(state.definition, self.vocabulary, replayed=True)
         return self._resolved[key]
 
     async def define(self, raw: dict[str, Any], source: str) -> tuple[ResolvedDefinition, bool]:

@@ -168,12 +168,21 @@ def test_bad_definitions_are_refused_with_every_problem_and_the_operator_api_nee
     assert refused.value.status == 422
     problems = " | ".join(refused.value.problem["problems"])
     assert "spying" in problems and "shoe-size" in problems and "k=1" in problems
+    assert "column 'shoe-size' is in no role" in problems, "a forgotten column is never published raw"
     with pytest.raises(ApiError) as unauthorized:
         AnonymizerClient(anon.url, "not-the-operator-token").define(census_definition())
     assert unauthorized.value.status == 401
     assert httpx.post(f"{anon.url}/datasets/{DATASET}/build").status_code == 401
     ok = AnonymizerClient(anon.url, OPERATOR_TOKEN)
     assert ok.validate(census_definition())["valid"] is True
+    unplaced = census_definition(l=1) | {"sensitive": []}  # salary-class in no role
+    with pytest.raises(ApiError) as in_no_role:
+        ok.validate(unplaced)
+    assert in_no_role.value.status == 422 and in_no_role.value.problem["problems"] == [
+        "column 'salary-class' is in no role: list it under quasi_identifiers (generalized), sensitive, "
+        "or published_as_is (published unchanged)"]
+    placed = ok.validate(unplaced | {"published_as_is": ["salary-class"]})
+    assert placed["valid"] is True and placed["published_as_is"] == ["salary-class"]
     assert ok.define(census_definition())["created"] is True
     assert ok.define(census_definition())["created"] is False
     changed = census_definition(k=4)

@@ -76,7 +76,8 @@ def _print_definition(d: dict[str, Any]) -> None:
     console.print(f"[bold]{d['dataset_id']}[/bold] (definition v{d.get('definition_version')}): purpose "
                   f"{d.get('purpose')}, categories {', '.join(d.get('categories') or [])}", highlight=False)
     console.print(f"  quasi-identifiers: {', '.join(body.get('quasi_identifiers') or {}) or '-'}; sensitive: "
-                  f"{', '.join(body.get('sensitive') or []) or '-'}", highlight=False)
+                  f"{', '.join(body.get('sensitive') or []) or '-'}; published as is: "
+                  f"{', '.join(body.get('published_as_is') or []) or '-'}", highlight=False)
     console.print(f"  privacy: {model or '-'}" + (f"; aggregates epsilon {aggregates['epsilon']}"
                                                   if "epsilon" in aggregates else ""), highlight=False)
 

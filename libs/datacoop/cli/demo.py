@@ -164,14 +164,16 @@ FITNESS_DATASET = "fitness-demo"
 
 
 def fitness_definition() -> dict[str, Any]:
-    """Daily activity: the day is generalized (month, year) until k-anonymous; counts pass through."""
+    """Daily activity: the day is generalized (month, year) until k-anonymous; the workout and the counts are
+    published as they are (`published_as_is`)."""
     return {"name": FITNESS_DATASET, "version": 1, "purpose": "health-research", "data_categories": ["fitness"],
             "columns": {"day": {"type": "date", "first": "2026-01-01", "last": "2026-12-31"},
                         "workout": {"type": "categorical", "values": ["none", "walk", "run", "cycle"]},
                         "steps": {"type": "integer", "min": 0, "max": 200_000},
                         "active_minutes": {"type": "integer", "min": 0, "max": 1440}},
             "quasi_identifiers": {"day": {"dates": {"first": "2026-01-01", "last": "2026-12-31"}}},
-            "sensitive": [], "privacy": {"k": 3, "suppression_limit": 0.1, "max_rows_per_member": 30},
+            "sensitive": [], "published_as_is": ["workout", "steps", "active_minutes"],
+            "privacy": {"k": 3, "suppression_limit": 0.1, "max_rows_per_member": 30},
             "aggregates": {"epsilon": 1.0, "mechanism": "laplace", "value_column": "steps",
                            "value_bounds": [0, 200_000]}}
 

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
 import copy
+import csv
 from pathlib import Path
 
 import pytest
 import yaml
 
-from services.anonymizer.definition import DATASETS_DIR, DefinitionError, load_resolved, parse_definition, resolve
+from services.anonymizer.definition import (
+    DATASETS_DIR,
+    DefinitionError,
+    load_resolved,
+    parse_definition,
+    resolve,
+    shared_dir,
+)
 
 ADULT = DATASETS_DIR / "adult-census.yaml"
 
@@ -95,7 +103,7 @@ def test_generated_hierarchies_anonymize_a_table_end_to_end() -> None:
             "age": {"numeric_bands": {"min": 0, "max": 99, "widths": [5, 10, 50]}},
             "zip": {"postcode_prefix": {"length": 4, "keep": [3, 2, 1]}},
             "visit": {"dates": {"first": "2024-01-01", "last": "2024-12-31"}}},
-        "sensitive": ["diagnosis"],
+        "sensitive": ["diagnosis"], "published_as_is": ["note"],
         "privacy": {"k": 3, "l": 2, "suppression_limit": 0.1},
         "aggregates": {"epsilon": 1.0},
     }
@@ -185,3 +193,68 @@ def test_a_column_named_like_the_pseudonym_column_is_refused(role) -> None:
         raw["sensitive"] = ["pseudonym"]
     problems = refused(raw)
     assert any("'pseudonym'" in p and "reserved" in p for p in problems)
+
+
+# -- every column in exactly one role ---------------------------------------------------------------
+
+def _with_steps_and_postcode(**roles: list[str]) -> dict:
+    """Adult plus two columns that identify in combination, placed in no role unless ``roles`` says."""
+    raw = adult_raw()
+    raw["columns"] |= {"steps": {"type": "integer", "min": 0, "max": 100_000}, "postcode": {"type": "categorical"}}
+    raw.update(roles)
+    return raw
+
+
+def test_a_column_in_no_role_is_refused_naming_each_and_the_fix() -> None:
+    """A column the author forgot to list would otherwise be published raw, silently."""
+    problems = refused(_with_steps_and_postcode())
+    for column in ("steps", "postcode"):
+        assert (f"column {column!r} is in no role: list it under quasi_identifiers (generalized), sensitive, "
+                "or published_as_is (published unchanged)") in problems, problems
+    assert len(problems) == 2, "every other Adult column is a quasi-identifier"
+
+
+def test_a_name_in_published_as_is_that_is_not_a_column_is_refused() -> None:
+    problems = refused(_with_steps_and_postcode(published_as_is=["steps", "postcode", "shoe-size"]))
+    assert problems == ["published_as_is names 'shoe-size', which is not a column; add it to columns or remove it"]
+
+
+@pytest.mark.parametrize(("other_role", "expected"), [
+    ("quasi_identifiers", "'age' is both a quasi-identifier and published as is; pick one"),
+    ("sensitive", "'salary-class' is both sensitive and published as is; pick one"),
+])
+def test_a_column_in_two_roles_is_refused(other_role, expected) -> None:
+    raw = _with_steps_and_postcode(published_as_is=["steps", "postcode"])
+    if other_role == "quasi_identifiers":
+        raw["published_as_is"].append("age")
+    else:
+        del raw["quasi_identifiers"]["salary-class"]
+        raw["sensitive"] = ["salary-class"]
+        raw["published_as_is"].append("salary-class")
+    assert expected in refused(raw)
+
+
+def test_columns_published_as_is_are_published_unchanged() -> None:
+    from services.anonymizer import anonymize
+
+    definition = resolve(parse_definition(_with_steps_and_postcode(published_as_is=["steps", "postcode"])))
+    assert definition.passthrough == ["steps", "postcode"]
+    with (shared_dir() / "data" / "adult" / "adult.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter=";"))[:2001]
+    columns: dict[str, list[object]] = {name: [r[i] for r in rows[1:]] for i, name in enumerate(rows[0])}
+    columns["steps"] = [(7919 * i) % 100_000 for i in range(2000)]
+    columns["postcode"] = [f"{(31 * i) % 97_000:05d}" for i in range(2000)]
+    version = anonymize(columns, definition)
+    kept = version.source_rows
+    assert version.report.rows_published > 0
+    assert version.columns["steps"] == [str(columns["steps"][r]) for r in kept]  # published as strings
+    assert version.columns["postcode"] == [columns["postcode"][r] for r in kept]
+
+
+def test_a_definition_replayed_from_the_log_with_a_column_in_no_role_still_builds_as_before() -> None:
+    """Definitions accepted before the rule are in the log: replayed, their columns in no role are published
+    unchanged, as they were then; the rule applies only to definitions being accepted."""
+    raw = _with_steps_and_postcode()
+    definition = resolve(parse_definition(raw), replayed=True)
+    assert definition.passthrough == ["steps", "postcode"]
+    assert refused(raw), "the same definition offered for acceptance is refused"

@@ -145,6 +145,7 @@ def test_a_failed_build_never_quotes_a_records_value(definition, records, poison
         fields["occupation"] = MARKER
     else:  # a published integer column, or the aggregates' value column, holding text
         raw["columns"]["hours"] = {"type": "integer", "min": 0, "max": 99}
+        raw["published_as_is"] = ["hours"]
         if poison == "value":
             raw["aggregates"]["value_column"] = "hours"
             raw["aggregates"]["value_bounds"] = [0, 99]

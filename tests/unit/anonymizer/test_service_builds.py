@@ -20,6 +20,7 @@ import pytest
 
 from datacoop.bus.consumer import Delivery
 from datacoop.events.datasets import (
+    DatasetDefined,
     DatasetVersionPublished,
     DatasetVersionSuperseded,
     VersionBuildFinished,
@@ -32,7 +33,7 @@ from datacoop.events.records import RecordsContributed
 from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
 from services.anonymizer import build as pipeline
-from services.anonymizer.definition import shared_dir
+from services.anonymizer.definition import DefinitionError, shared_dir
 from services.anonymizer.projection import SCHEMA_SQL, AnonymizerProjection
 from services.anonymizer.service import AnonymizerService, BuildRequest
 from services.anonymizer.settings import AnonymizerSettings
@@ -424,3 +425,19 @@ def test_a_member_who_leaves_is_never_kept_on_offer_by_an_identical_build(servic
     old = service.projection.version(DATASET, 1)
     assert old is not None and old["superseded"] and old["superseded_by"] == 2
     assert "consent ended" in old["superseded_reason"]
+
+
+def test_a_logged_definition_with_a_column_in_no_role_still_builds_but_is_refused_when_offered_again(service) -> None:
+    """Before every column needed a role, a column in none was published as it is. Such a definition in the log
+    still builds, that column unchanged; offered again (a datasets/ file at start, the API), it is refused."""
+    old = census_definition(k=3, l=1, max_rows_per_member=ROWS_EACH) | {"name": "census-old", "sensitive": []}
+    apply(service, [_delivery(DatasetDefined(dataset_id="census-old", definition_version=1, purpose=PURPOSE,
+                                             categories=["demographics"], definition=old, source="file",
+                                             defined_at=NOW), "census-old")])
+    asyncio.run(service.run_build(BuildRequest("census-old", "on-demand")))
+    (version,) = _published(service)
+    table = pq.read_table(io.BytesIO(Path(version.location.removeprefix("file://")).read_bytes()))
+    assert set(table.column("salary-class").to_pylist()) == {"<=50K", ">50K"}, "published unchanged, as before"
+    with pytest.raises(DefinitionError) as refused:
+        asyncio.run(service.define(old, "file"))
+    assert any("'salary-class' is in no role" in p for p in refused.value.problems)
