@@ -328,9 +328,10 @@ def evolve(order: Order | None, event: Event) -> Order | None:
         return None
     if isinstance(event, PaymentRefunded):
         return refunded(order, event.refunded_at, event.amount_units, event.buyer, event.tx_hash)
-    if isinstance(event, OrderPaid):  # one decided before its payment's refund reached the marketplace pays nothing
-        return order if order.status == "refunded" else replace(
-            order, status="paid", paid_at=event.paid_at, paid_units=event.amount_units, tx_hash=event.tx_hash)
+    if isinstance(event, OrderPaid):  # one decided before its payment's refund reached the marketplace opens nothing
+        # (the payment is still recorded, so a rebuild that reads the refund first ends in the same state)
+        return replace(order, status="refunded" if order.status == "refunded" else "paid", paid_at=event.paid_at,
+                       paid_units=event.amount_units, tx_hash=event.tx_hash)
     if isinstance(event, PaymentRefused):
         if any(p.payment_event_id == event.payment_event_id for p in order.refused_payments):
             return order

@@ -262,7 +262,8 @@ class SettlementProjection:
             return None
         covers = int(pay[0]) >= int(known[0]) if pay is not None and known is not None else None
         return {"order_id": order_id, "order_known": known is not None,
-                "marketplace": _decision(covers, decided[0] if decided else None, decided[1] if decided else None),
+                "marketplace": _decision(covers, decided[0] if decided else None, decided[1] if decided else None,
+                                         allocated=alloc is not None),
                 "payment": ({"amount_units": int(pay[0]), "tx_hash": pay[1], "block_number": int(pay[2])}
                             if pay else None),
                 "refund": ({"buyer": refund[0], "amount_units": int(refund[1]), "tx_hash": refund[2],
@@ -271,9 +272,12 @@ class SettlementProjection:
                 "flags": [{"reason": r, "detail": d} for r, d in flags]}
 
 
-def _decision(covers_price: bool | None, paid: bool | None, detail: str | None) -> str | None:
+def _decision(covers_price: bool | None, paid: bool | None, detail: str | None, allocated: bool = False) -> str | None:
     """What settlement holds a payment for: short of the price, or the marketplace's call (None: no call
     yet and the payment or its order not known yet)."""
+    if covers_price is False and allocated:  # releases before 9b7d9a8 allocated short payments
+        return ("short of the price, but allocated to members by an earlier release (its split is in the log): it "
+                "must not be refunded, since a refund of an allocated order stops every later root")
     if covers_price is False:
         return ("short of the price: it pays no order and can't be topped up (the contract takes one payment per "
                 "order id), so it is held for a refund and never allocated")

@@ -159,7 +159,12 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         """Hold the short payments (a flag each), then split the paid orders; returns the events appended."""
         assert self.writer is not None
         done = await self.hold_short_once()
-        for payment, order, weights in self.projection.ready_to_allocate():
+        ready = self.projection.ready_to_allocate()
+        refunded = await asyncio.to_thread(self._refunded_on_chain, [order.order_id for _, order, _ in ready])
+        for payment, order, weights in ready:
+            if order.order_id in refunded:  # mined, not yet `confirmations` deep: its PaymentRefunded will come
+                log.info("order %s was refunded on chain before its allocation; it is never allocated", order.order_id)
+                continue
             cause = f"allocation:{order.order_id}"
 
             def decide(payment: domain.Payment = payment, order: domain.Order = order,
@@ -176,6 +181,14 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
                 continue
             self.crash_point("after_allocation")
         return done
+
+    def _refunded_on_chain(self, order_ids: list[str]) -> set[str]:
+        """Which of `order_ids` the contract holds as refunded at its latest block. Settlement learns of a refund
+        from its log `confirmations` blocks deep; a refund mined before the allocation but not that deep yet
+        must still stop it (else its allocation, refunded, would stop every later root). Blocking."""
+        market = self.contracts.market.functions
+        return {o for o in order_ids
+                if market.orders(order_id_from_uuid(uuid.UUID(o))).call(block_identifier="latest")[1] == ORDER_REFUNDED}
 
     async def hold_short_once(self) -> int:
         """Flag each payment short of its order's price once: it is held for a refund and never allocated.

@@ -112,6 +112,38 @@ async def test_a_refund_landing_between_the_refund_check_and_the_post_puts_no_ro
     assert market.currentEpoch().call() == 0
 
 
+async def test_a_refund_mined_before_the_allocation_but_not_yet_confirmed_stops_the_allocation(
+        service: SettlementService) -> None:
+    """Settlement learns of a refund from its log `confirmations` blocks deep; one mined before the allocation but
+    not that deep yet (the operator refunded while GET /orders/{id} showed no allocation, as docs/payments.md
+    says) must still keep the order from being allocated, else every later root would be refused."""
+    order = uuid.uuid4()
+    receipt = pay_order(service.contracts, BUYER_KEY, order, 5 * USD, minter_key=ADMIN_KEY)
+    assert await service.watch_once() == 1
+    view = service.projection.order_view(str(order))
+    assert view is not None and view["allocation"] is None
+    send_receipt(service.w3, service.contracts.market.functions.refund(order_id_from_uuid(order)), OPERATOR_KEY)
+    await sell(service, order, 5 * USD, "0x" + bytes(receipt["transactionHash"]).hex().removeprefix("0x"))
+    # the refund's log is not read yet (as with confirmations still to come): the allocation asks the chain
+    assert await service.allocate_once() == 0
+    assert service.projection.balances() == {}
+    assert await service.watch_once() == 1  # the PaymentRefunded
+    assert service.projection.payment_refunded(str(order))
+    assert await service.allocate_once() == 0
+    other = uuid.uuid4()  # a second sale: its root is posted, since nothing refunded was allocated
+    pay_order(service.contracts, BUYER_KEY, other, 5 * USD, minter_key=ADMIN_KEY)
+    assert await service.watch_once() == 1
+    bootstrap, prefix = service.settings.bootstrap, service.settings.topic_prefix.removesuffix(".")
+    await asyncio.to_thread(publish_order, bootstrap, prefix, other, "ds", 1, 5 * USD)
+    await asyncio.to_thread(publish, bootstrap, prefix, ORDERS, str(other), "datacoop/marketplace", OrderPaid(
+        order_id=str(other), payment_event_id=f"pay-{other}", amount_units=5 * USD, tx_hash="0x" + "ab" * 32,
+        paid_at=NOW))
+    await until(lambda: len(service.projection.ready_to_allocate()) == 1, "the second sale to reach settlement")
+    assert await service.allocate_once() == 1
+    posted = await service.run_epoch(forced=True)
+    assert posted is not None and posted["posted"]
+
+
 async def test_no_second_post_root_is_sent_while_the_first_is_still_pending(
         broker: Broker, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its receipt did not come within the wait (the chain mines nothing here): the next attempt sends

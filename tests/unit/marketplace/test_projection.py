@@ -219,9 +219,31 @@ def test_a_payment_refunded_before_the_marketplace_decided_it_pays_nothing() -> 
     assert refund_first.payments_to_apply() == []
     late_paid = project([*log, delivery(refunded(oid), oid), *decided])
     o = late_paid.order(oid)
-    assert o is not None and o.status == "refunded" and o.paid_at is None
+    assert o is not None and o.status == "refunded" and o.paid_units == 1_000
     paid_then_refunded = project([*log, *decided, delivery(refunded(oid), oid)]).order(oid)
-    assert paid_then_refunded is not None and paid_then_refunded.status == "refunded"
+    assert paid_then_refunded == o, "the same state whichever of the refund and the OrderPaid is read first"
+
+
+def test_a_paid_then_refunded_order_rebuilds_the_same_however_the_topics_interleave() -> None:
+    """PaymentRefunded (datacoop.payouts) and the order's events (datacoop.orders) come on two topics: a rebuild
+    may read them in any interleaving and cut its batches anywhere."""
+    oid = "0b7c9a3e-8e0f-4f5e-9a40-4f1ad1f0a0d1"
+    log = [delivery(version(1), "clinic"), delivery(order(oid), oid), delivery(payment(oid), oid)]
+    [paid] = react(project(log), T0 + timedelta(minutes=1))
+    refund = delivery(refunded(oid), oid)
+
+    def state(*batches: list[Delivery]) -> Any:
+        store = ProjectionStore(":memory:", SCHEMA_SQL)
+        proj = MarketProjection(store.conn)
+        for batch in batches:
+            with store.transaction() as tx:
+                proj.apply(tx, batch)
+        return proj.order(oid)
+
+    live = state(log, [paid], [refund])
+    assert live is not None and live.status == "refunded" and live.paid_at is not None
+    for batches in ([[refund, *log, paid]], [[refund], log, [paid]], [log, [refund], [paid]], [[*log, refund, paid]]):
+        assert state(*batches) == live, batches
 
 
 def test_a_short_payment_refunded_is_no_longer_short_on_its_order() -> None:

@@ -125,3 +125,22 @@ def test_a_short_payment_refunded_before_it_was_flagged_is_neither_flagged_nor_a
     projection.apply(conn, deliver(*events[:2], short, refund))
     assert projection.short_payments() == [] and projection.ready_to_allocate() == []
     assert projection.waiting_payments() == []
+
+
+def test_a_short_payment_an_earlier_release_allocated_is_not_called_held_for_a_refund() -> None:
+    """Releases before 9b7d9a8 split short payments: for such an order the operator's view must not say it is held
+    for a refund (refunding an allocated order stops every later root)."""
+    conn, proj = _projection()
+    paid_and_refused = _paid_and_refused()
+    short = paid_and_refused[2].model_copy(update={"amount_units": 400_000})
+    proj.apply(conn, deliver(*paid_and_refused[:2], short))
+    held = proj.order_view(str(ORDER))
+    assert held is not None and "held for a refund" in held["marketplace"]
+    split = domain.allocate_order(domain.Payment(str(ORDER), 400_000, True),
+                                  domain.Order(str(ORDER), "ds", 1, 400_000, "download"), {ANA: 1}, 500, ANA, False)
+    legacy_flag = PaymentFlagged(order_id=str(ORDER), reason="amount-mismatch", amount_units=400_000,
+                                 price_units=1_000_000, allocated=True, detail="the amount paid is allocated")
+    proj.apply(conn, deliver(legacy_flag, *split))
+    view = proj.order_view(str(ORDER))
+    assert view is not None and view["allocation"] is not None
+    assert "held for a refund" not in view["marketplace"] and "must not be refunded" in view["marketplace"]
