@@ -126,6 +126,13 @@ class Stack:
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=30, **kwargs)
 
+    def settlement_get(self, path: str) -> Any:
+        """GET `path` of the settlement service with its (development) operator token, as JSON."""
+        from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+
+        return httpx.get(f"{self.settlement.url}{path}", timeout=30,
+                         headers={"Authorization": f"Bearer {DEV_OPERATOR_TOKEN}"}).json()
+
     def pay(self, buyer_key: str, order_id: str, price_units: int) -> None:
         """Buy on chain (minting the mock stablecoin first) and mine one block for the confirmation."""
         pay_order(self.contracts, buyer_key, uuid.UUID(order_id), price_units, minter_key=ADMIN_KEY)
@@ -185,7 +192,11 @@ def cli(stack: Stack, *args: str, api_key_file: Path | None = None, env: dict[st
     extra = ["--market-url", stack.url]
     if api_key_file is not None:
         extra += ["--api-key-file", str(api_key_file)]
-    return CliRunner().invoke(_CLI, [*args, *extra], env={"DATACOOP_CHAIN_URL": stack.chain.url, **(env or {})})
+    from datacoop.kit.settings import DEV_OPERATOR_TOKEN
+
+    return CliRunner().invoke(_CLI, [*args, *extra], env={
+        "DATACOOP_CHAIN_URL": stack.chain.url, "DATACOOP_SETTLEMENT_URL": stack.settlement.url,
+        "DATACOOP_SETTLEMENT_OPERATOR_TOKEN": DEV_OPERATOR_TOKEN, **(env or {})})
 
 
 def member_wallet(stack: Stack, key: str) -> MemberWallet:

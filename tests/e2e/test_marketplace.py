@@ -335,6 +335,12 @@ def test_a_payment_after_expiry_or_supersession_opens_nothing_and_is_listed_for_
     assert again.exit_code == 1 and "refunded already" in again.output, again.output
     nothing = cli(s, "refund", "00000000-0000-4000-8000-00000000beef", env=operator)
     assert nothing.exit_code == 1 and "no payment" in nothing.output, nothing.output
+    settled_view = lambda: s.settlement_get(f"/orders/{sold['order_id']}")  # noqa: E731
+    wait_for(lambda: settled_view().get("allocation") is not None, "settlement to allocate the sold order")
+    before = balance()
+    allocated = cli(s, "refund", sold["order_id"], env=operator)
+    assert allocated.exit_code == 1 and "settlement allocated order" in allocated.output, allocated.output
+    assert "refunded-after-allocation" in allocated.output and balance() == before, "nothing was sent"
     s.mine()  # one confirmation of the refund
     after = cli(s, "refunds", "--all").output
     assert "refunded" in after.split(late["order_id"])[1].split("\n")[0], after

@@ -316,8 +316,11 @@ _STATUS_STYLE = {"placed": "", "paid": "green", "expired": "dim", "refund-due": 
 def _status_cell(o: dict[str, Any]) -> str:
     """An order's status as listed: an unpaid order that must not be paid (its version left the sale, or
     it was ordered before its offer was refused; GET /orders/{id} and `datacoop buy` say so) reads `placed,
-    do not pay`, so the list agrees with them."""
+    do not pay`, so the list agrees with them; one paid short of its price (the payment opens nothing and
+    waits for the operator's refund) reads `placed, paid short: refund due` (`expired, ...` once expired)."""
     status = str(o["status"])
+    if status in ("placed", "expired") and o.get("short_payments"):
+        return f"[yellow]{status}, paid short: refund due[/yellow]"
     if status == "placed" and o.get("note"):
         return "[yellow]placed, do not pay[/yellow]"
     style = _STATUS_STYLE.get(status, "")
@@ -326,7 +329,8 @@ def _status_cell(o: dict[str, Any]) -> str:
 
 def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> None:
     """Your orders and their state: placed (pay it with `datacoop buy`), paid, expired (unpaid in time),
-    refund-due (a payment that paid nothing, to be refunded by the operator) or refunded (it was)."""
+    refund-due (a payment that paid nothing, to be refunded by the operator), paid short (the same, for a
+    payment short of the price) or refunded (it was)."""
     table = Table(title="your orders")
     for col in ("order", "dataset", "v", "offer", "price", "status", "budget left"):
         table.add_column(col)
@@ -344,7 +348,7 @@ def orders(market_url: MarketUrl = None, api_key_file: ApiKeyFile = None) -> Non
                       _status_cell(o), left)
     print_table(table, whole=(0, 1, 4))
     for o in orders:
-        if o["status"] == "placed" and o.get("note"):
+        if (o["status"] == "placed" and o.get("note")) or (o["status"] == "expired" and o.get("short_payments")):
             console.print(f"{o['order_id']}: {o['note']}", highlight=False, markup=False, soft_wrap=True)
 
 
@@ -406,7 +410,7 @@ def refunds(
         return
     where = _payment_contracts(url)
     contracts = Contracts.at(Web3(Web3.HTTPProvider(rpc or rpc_url_default())), where["token"], where["market"])
-    table = Table(title="payments that paid no order")
+    table = Table(title="payments that paid no order" + (", and those refunded" if show_all and done else ""))
     for col in ("order", "units", "reason", "on chain", "tx"):
         table.add_column(col)
     for p in unmatched:
@@ -434,8 +438,15 @@ def refund(
     rpc: Annotated[str | None, typer.Option("--rpc", help="chain JSON-RPC (default: DATACOOP_CHAIN_URL / the "
                                                           "stack's)")] = None,
     market_url: MarketUrl = None,
+    settlement_url: Annotated[str | None, typer.Option("--settlement-url", help="settlement service URL, asked "
+                                                       "whether the order is allocated (default: "
+                                                       "DATACOOP_SETTLEMENT_URL / the stack's)")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="settlement's operator token (default: "
+                                              "DATACOOP_SETTLEMENT_OPERATOR_TOKEN, else the local stack's)")] = None,
 ) -> None:
-    """Return an order's payment to the wallet that paid it (the operator's; the order must not be settled)."""
+    """Return an order's payment to the wallet that paid it (the operator's). Refused when the order is settled
+    (the contract's word) or when settlement allocated it to members already (its GET /orders/{id}): a refund
+    of an allocated order would stop every later payout root, since reversing allocations is not built."""
     from datacoop.chain import ChainError
     from datacoop.cli.settlement import rpc_url_default
     from services.marketplace import client
@@ -444,12 +455,46 @@ def refund(
     url = service_url("marketplace", market_url)
     where = _payment_contracts(url)
     key = _operator_key(key_file)
+    _not_allocated(order_id, settlement_url, token)
     try:
         tx, amount, buyer = client.refund(rpc or rpc_url_default(), where["token"], where["market"], key, order_id)
     except (ChainError, ValueError) as exc:
         fail(f"refund not made: {exc}")
     console.print(f"refunded order {order_id}: {amount:,} units back to {buyer} in tx {tx}", highlight=False,
                   soft_wrap=True)
+
+
+def _not_allocated(order_id: str, settlement_url: str | None, token: str | None) -> None:
+    """Return when settlement has not allocated `order_id`'s payment (it asks the contract before allocating,
+    so an order refunded first is never allocated); otherwise fail, with nothing sent."""
+    from datacoop.cli.common import expect_service, operator_token, unreachable
+    from datacoop.cli.settlement import settlement_url_of
+
+    url = settlement_url_of(settlement_url)
+    secret = operator_token(token, "DATACOOP_SETTLEMENT_OPERATOR_TOKEN")
+    try:
+        resp = httpx.get(f"{url.rstrip('/')}/orders/{order_id}", headers={"Authorization": f"Bearer {secret}"},
+                         timeout=10)
+    except httpx.HTTPError as exc:
+        unreachable("settlement", url, exc)
+    if resp.status_code == 404:
+        expect_service("settlement", url, code=1)  # another service's URL also answers 404
+        return  # settlement has not seen the payment yet
+    if resp.status_code == 401:
+        fail(f"refund not made: settlement at {url} refused the operator token; pass --token or set "
+             "DATACOOP_SETTLEMENT_OPERATOR_TOKEN (settlement must say the order is not allocated first)")
+    if resp.status_code != 200:
+        fail(f"refund not made: settlement at {url} answered {resp.status_code} for order {order_id} "
+             f"({resp.text[:300]}); it must say the order is not allocated first: try again once it is ready")
+    try:
+        answer = resp.json()
+    except ValueError:
+        answer = None
+    view = shaped("settlement", url, answer, "allocation")
+    if view["allocation"]:
+        fail(f"refund not made: settlement allocated order {order_id}'s payment to the members of the version sold; "
+             "refunding it now would make settlement refuse every later payout root (refunded-after-allocation), "
+             "since reversing an allocation is not built (docs/payments.md, Refunds)")
 
 
 def register(app: typer.Typer) -> None:

@@ -71,7 +71,7 @@ class RunningService:
     def state(self) -> str:
         if self.proc.poll() is not None:
             return f"exited ({self.proc.returncode})"
-        return "ready" if _ready(self.url) else "starting"
+        return "ready" if _ready(self.url, self.proc.pid) else "starting"
 
     @property
     def moved(self) -> bool:
@@ -79,12 +79,17 @@ class RunningService:
         return self.port != self.entry.default_port
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, pid: int | None = None) -> bool:
+    """The service at `url` answers /readyz with 200 and, given `pid`, is that process: when the port this stack
+    chose was taken by another process meanwhile (another stack's service, say), that one answers, not ours."""
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
+            if resp.status != 200:
+                return False
+            body = json.loads(resp.read() or b"{}")
+    except (urllib.error.URLError, OSError, ValueError):
         return False
+    return pid is None or (isinstance(body, dict) and body.get("pid") == pid)
 
 
 @dataclass
@@ -329,7 +334,11 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, should_stop: Callable[[], 
                 if should_stop():  # it ended on the same Ctrl-C that is stopping us
                     return
                 tail = svc.log_path.read_text(errors="replace")[-1500:]
-                raise InfraError(f"service {name} {state} while starting; its log ({svc.log_path}) ends:\n{tail}")
+                taken = (f" Port {svc.port} was taken by another process after this stack chose it (another "
+                         "stack?): run `datacoop up` again, or stop what listens there (`datacoop status`)."
+                         if "address already in use" in tail.lower() else "")
+                raise InfraError(f"service {name} {state} while starting.{taken} Its log ({svc.log_path}) "
+                                 f"ends:\n{tail}")
         if pending and time.monotonic() > deadline and not should_stop():
             raise InfraError(f"not ready after {timeout_s:.0f} s: {', '.join(pending)}; see var/run/logs/")
         time.sleep(0.1)
@@ -388,7 +397,7 @@ def status_rows(described: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if not (isinstance(pid, int) and _alive(pid)):
             state = "exited" if component.startswith("worker") else "stopped"
         elif component.startswith("service"):
-            state = "ready" if _ready(address) else "starting"
+            state = "ready" if _ready(address, pid) else "starting"
         else:
             state = "running"
         rows.append((component, address, str(pid), state))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -137,14 +138,14 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
-        """Alive: the process answers."""
-        return {"status": "ok", "service": runtime.name}
+        """Alive: the process answers (`pid`: which process, so a supervisor can tell it from another)."""
+        return {"status": "ok", "service": runtime.name, "pid": os.getpid()}
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> Response:
         """Ready: the projection has caught up with the topics it reads (fetch high-water mark)."""
         runner = runtime.runner
-        body = {"service": runtime.name, "ready": runtime.ready, "applied": runner.applied_count,
+        body = {"service": runtime.name, "pid": os.getpid(), "ready": runtime.ready, "applied": runner.applied_count,
                 "dead_lettered": runner.dead_count, "partitions": runner.lag(), "failing": runner.failing}
         if runtime.ready:
             return JSONResponse(body)

@@ -88,6 +88,37 @@ def test_status_rows_check_each_process_now() -> None:
     assert rows["worker 1"][3] == "exited"
 
 
+def test_a_service_is_ready_only_when_the_process_started_answers_its_port() -> None:
+    """The port chosen for a service can be taken by another process before the service binds it (another
+    stack's service, say): that one's /readyz must not make ours look ready while ours fails to start."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from datacoop.testing.http import answer_json
+
+    answering = {"pid": os.getpid()}
+
+    class Readyz(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer_json(self, {"service": "consent", "ready": True, "pid": answering["pid"]})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        rows = {r[0]: r for r in stack_mod.status_rows(_described(_dead_pid(), url))}
+        assert rows["service consent"][3] == "ready"
+        answering["pid"] = _dead_pid()  # another process answers on the service's port
+        rows = {r[0]: r for r in stack_mod.status_rows(_described(_dead_pid(), url))}
+        assert rows["service consent"][3] == "starting"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_status_prints_the_table_and_never_a_private_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     stack_file = tmp_path / "stack.json"
     stack_file.write_text(json.dumps(_described(_dead_pid(), f"http://127.0.0.1:{free_port()}")))

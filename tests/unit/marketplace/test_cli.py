@@ -161,6 +161,27 @@ def test_orders_lists_an_unpaid_order_of_a_superseded_version_as_not_to_be_paid_
     assert f"{superseded}: {why}" in " ".join(result.output.split())
 
 
+def test_orders_shows_an_order_paid_short_as_waiting_for_its_refund_before_and_after_it_expires(
+        marketplace: tuple[str, dict[str, Any]]) -> None:
+    """A payment short of the price opens nothing and can't be topped up: the list says the order is paid short
+    and its refund is due, with the reason under the table, placed or expired (not `do not pay`, which is for a
+    version that left the sale, nor a bare `expired`, which reads as never paid)."""
+    url, routes = marketplace
+    placed, expired = OID, OID[:-1] + "4"
+    short = [{"amount_units": 4_999, "tx_hash": "0x" + "1" * 64, "reason": "short of the price"}]
+    why = "a payment of 4999 units arrived, short of its price 5000: ask the operator to refund it"
+    routes["/orders"] = [{**_listed(placed, "placed", why), "short_payments": short},
+                         {**_listed(expired, "expired", why), "short_payments": short}]
+    result = run("orders", "--market-url", url)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.count("│") > 2}
+    said = " ".join(result.output.split())
+    assert "paid short" in said and "do not pay" not in said, result.output
+    assert rows[placed].split("│")[6].strip().startswith("placed, paid") and rows[expired].split("│")[6].strip() \
+        .startswith("expired, paid"), result.output
+    assert f"{placed}: {why}" in said and f"{expired}: {why}" in said
+
+
 def test_refunds_leaves_out_payments_refunded_already_unless_asked(marketplace: tuple[str, dict[str, Any]]) -> None:
     url, routes = marketplace
     routes["/payments/unmatched"] = [{"order_id": OID, "amount_units": 5_000, "tx_hash": "0x" + "1" * 64,
