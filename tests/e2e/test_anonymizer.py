@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import typer
+import yaml
 from typer.testing import CliRunner
 
 from services.anonymizer.client import AnonymizerClient, ApiError
@@ -192,18 +193,36 @@ def test_bad_definitions_are_refused_with_every_problem_and_the_operator_api_nee
     assert ok.define(census_definition(k=4, version=2))["definition_version"] == 2
 
 
-def test_cli_builds_a_version_with_progress_and_fails_in_one_red_line(
+def test_cli_defines_and_builds_a_version_with_progress_and_fails_in_one_red_line(
         consent_svc: ServiceProcess, vault_svc: ServiceProcess, launch: Callable[..., ServiceProcess],
-        anonymizer_env: Callable[[ServiceProcess], dict[str, str]]) -> None:
+        anonymizer_env: Callable[[ServiceProcess], dict[str, str]], tmp_path: Path) -> None:
     from datacoop.cli import anonymizer as cli
 
     anon = launch("anonymizer", anonymizer_env(vault_svc))
-    AnonymizerClient(anon.url, OPERATOR_TOKEN).define(census_definition())
-    _members(consent_svc, vault_svc, 4)
     app = typer.Typer()
     cli.register(app)
     runner = CliRunner()
-    env = {"DATACOOP_ANONYMIZER_URL": anon.url, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN": OPERATOR_TOKEN}
+    env = {"DATACOOP_ANONYMIZER_URL": anon.url, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN": OPERATOR_TOKEN,
+           "COLUMNS": "200"}
+    unplaced = tmp_path / "unplaced.yaml"
+    unplaced.write_text(yaml.safe_dump(census_definition(l=1) | {"sensitive": []}))
+    refused = runner.invoke(app, ["dataset", "define", str(unplaced)], env=env)
+    assert refused.exit_code == 1 and "1 problem(s)" in refused.output, refused.output
+    assert "column 'salary-class' is in no role: list it under quasi_identifiers" in refused.output
+    good = tmp_path / "census.yaml"
+    good.write_text(yaml.safe_dump(census_definition()))
+    checked = runner.invoke(app, ["dataset", "define", str(good), "--check"], env=env)
+    assert checked.exit_code == 0 and "is a valid definition of" in checked.output, checked.output
+    assert runner.invoke(app, ["dataset", "list"], env=env).output.count(DATASET) == 0, "--check defines nothing"
+    defined = runner.invoke(app, ["dataset", "define", str(good)], env=env)
+    assert defined.exit_code == 0 and f"defined {DATASET} definition version 1" in defined.output, defined.output
+    again = runner.invoke(app, ["dataset", "define", str(good)], env=env)
+    assert again.exit_code == 0 and "already defined, unchanged" in again.output, again.output
+    not_yaml = tmp_path / "broken.yaml"
+    not_yaml.write_text("name: [unclosed\n")
+    broken = runner.invoke(app, ["dataset", "define", str(not_yaml)], env=env)
+    assert broken.exit_code == 2 and "is not YAML or JSON at line" in broken.output, broken.output
+    _members(consent_svc, vault_svc, 4)
     built = runner.invoke(app, ["dataset", "build", DATASET], env=env)
     assert built.exit_code == 0, built.output
     assert "version 1" in built.output and "k=" in built.output

@@ -1,15 +1,32 @@
-"""Dataset commands: `datacoop dataset list | show ID | build ID` (build follows the API with a progress bar)."""
+"""Dataset commands: `datacoop dataset list | show ID | define FILE | build ID` (build follows the API with a
+progress bar)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datacoop.cli.common import call_at, console, fail, operator_token, print_table, service_url, shaped
+from datacoop.cli.common import (
+    call_at,
+    console,
+    err,
+    fail,
+    operator_token,
+    print_table,
+    read_text_file,
+    refused,
+    service_url,
+    shaped,
+    unreachable,
+)
+from datacoop.http import ApiError
 from services.anonymizer.client import AnonymizerClient
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: the catalog, versions and their guarantees, builds.")
@@ -80,6 +97,50 @@ def _print_definition(d: dict[str, Any]) -> None:
                   f"{', '.join(body.get('published_as_is') or []) or '-'}", highlight=False)
     console.print(f"  privacy: {model or '-'}" + (f"; aggregates epsilon {aggregates['epsilon']}"
                                                   if "epsilon" in aggregates else ""), highlight=False)
+
+
+@dataset_app.command("define")
+def define(file: Annotated[Path, typer.Argument(help="the definition, YAML or JSON (format: docs/anonymization.md)")],
+           check_only: Annotated[bool, typer.Option("--check", help="only check it (POST /definitions/validate); "
+                                                    "define nothing")] = False,
+           token: Annotated[str | None, typer.Option("--token", help="operator token (default: "
+                                                     "DATACOOP_ANONYMIZER_OPERATOR_TOKEN, else the local "
+                                                     "stack's development token)")] = None,
+           anonymizer_url: UrlOption = None) -> None:
+    """Define a dataset, or a new version of its definition, from a file (POST /definitions): the anonymizer
+    checks it and, when it refuses it, every problem is listed with its fix. Then `datacoop dataset build`."""
+    text = read_text_file(file, "definition file", "a dataset definition in YAML or JSON")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        fail(f"definition file {file} is not YAML or JSON{at} ({getattr(exc, 'problem', None) or exc}); fix it", 2)
+    if not isinstance(raw, dict):
+        fail(f"definition file {file} must hold one mapping (name, version, purpose, columns, quasi_identifiers, "
+             "...; docs/anonymization.md), not a list or a single value", 2)
+    client, url = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
+    try:
+        answer = client.validate(raw) if check_only else client.define(raw)
+    except ApiError as exc:
+        problems = exc.problem.get("problems")
+        if exc.status == 422 and isinstance(problems, list) and problems:
+            err.print(f"[red]error:[/red] the anonymizer refused {file} ({len(problems)} problem(s)):", highlight=False)
+            for problem in problems:
+                err.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        refused("anonymizer", url, exc.status, exc.problem.get("detail", exc.problem))
+    except httpx.HTTPError as exc:
+        unreachable("anonymizer", url, exc)
+    if check_only:
+        console.print(f"{file} is a valid definition of {answer['dataset_id']} ({answer['privacy_model']}); "
+                      f"generalized: {', '.join(answer['quasi_identifiers']) or 'none'}; published as is: "
+                      f"{', '.join(answer['published_as_is']) or 'none'}", highlight=False, soft_wrap=True)
+        return
+    what = "defined" if answer.get("created") else "already defined, unchanged:"
+    console.print(f"{what} {answer.get('dataset_id', raw.get('name'))} definition version "
+                  f"{answer.get('definition_version', raw.get('version'))}; build a version with `datacoop dataset "
+                  f"build {answer.get('dataset_id', raw.get('name'))}`", highlight=False, soft_wrap=True)
 
 
 @dataset_app.command("build")
