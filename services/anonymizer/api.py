@@ -55,6 +55,16 @@ def build_router(svc: Any) -> APIRouter:
         """Every dataset definition (the newest version of each)."""
         return [{k: v for k, v in d.items() if k != "definition"} for d in svc.projection.definitions()]
 
+    @router.get("/definition-files", tags=["definitions"])
+    async def definition_files() -> list[dict[str, Any]]:
+        """The definition files read at start (DATACOOP_ANONYMIZER_DEFINITIONS_DIR, default datasets/) and what
+        became of each: `defined`, `unchanged` (that version was defined already), `refused` or `unreadable`, with
+        the problems. 503 until they have been read (after the projection caught up)."""
+        files: list[dict[str, Any]] | None = svc.definition_files
+        if files is None:
+            raise NotReady("the definition files are read once the projection has caught up; retry shortly")
+        return files
+
     @router.get("/definitions/{dataset_id}", tags=["definitions"])
     async def get_definition(dataset_id: DatasetPath) -> dict[str, Any]:
         """One definition with its full content."""

@@ -25,6 +25,9 @@ class AnonymizerClient:
     def definitions(self) -> list[dict[str, Any]]:
         return list(check(self.http.get("/definitions")))
 
+    def definition_files(self) -> list[dict[str, Any]]:
+        return list(check(self.http.get("/definition-files")))
+
     def definition(self, dataset_id: str) -> dict[str, Any]:
         return dict(check(self.http.get(f"/definitions/{dataset_id}")))
 

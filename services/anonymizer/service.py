@@ -223,6 +223,7 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         self._wake = asyncio.Event()
         self._departed = asyncio.Event()  # a consent ended or an erasure arrived: look for versions to supersede
         self._resolved: dict[tuple[str, int], ResolvedDefinition] = {}
+        self.definition_files: list[dict[str, Any]] | None = None  # what became of each file, once read at start
         self.runner.add_listener(self._on_applied)
         self.add_background(self.builder_forever)
         self.add_background(self.supersede_forever)
@@ -267,19 +268,28 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
         return resolved, bool(deliveries)
 
     async def load_definition_files(self) -> None:
+        """Define the datasets of the definition files (at start); what became of each file is kept for
+        GET /definition-files (`datacoop dataset list` shows the refused ones), not only logged."""
         directory = Path(self.config.anonymizer_definitions_dir or DATASETS_DIR)
+        read: list[dict[str, Any]] = []
         for path in sorted(directory.glob("*.yaml")):  # noqa: ASYNC240 - a few small files, once at start
+            problems: list[str] = []
             try:
                 raw = yaml.safe_load(path.read_text(encoding="utf-8"))
                 _, new = await self.define(raw, "file")
+                outcome = "defined" if new else "unchanged"
                 if new:
                     log.info("defined dataset from %s", path)
             except DefinitionError as exc:
-                log.warning("dataset definition %s is refused: %s", path, "; ".join(exc.problems))
+                outcome, problems = "refused", list(exc.problems)
             except domain.Refused as exc:
-                log.warning("dataset definition %s is refused: %s", path, exc.message)
-            except (OSError, yaml.YAMLError) as exc:
-                log.warning("cannot read dataset definition %s: %s", path, exc)
+                outcome, problems = "refused", [exc.message]
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                outcome, problems = "unreadable", [f"cannot read it: {exc}"]
+            if problems:
+                log.warning("dataset definition %s is %s: %s", path, outcome, "; ".join(problems))
+            read.append({"file": str(path), "outcome": outcome, "problems": problems})
+        self.definition_files = read
 
     # -- requests --------------------------------------------------------------------------------
     def request_build(self, dataset_id: str, trigger: BuildTrigger = "on-demand", *,

@@ -198,12 +198,25 @@ def test_cli_defines_and_builds_a_version_with_progress_and_fails_in_one_red_lin
         anonymizer_env: Callable[[ServiceProcess], dict[str, str]], tmp_path: Path) -> None:
     from datacoop.cli import anonymizer as cli
 
-    anon = launch("anonymizer", anonymizer_env(vault_svc))
+    files = tmp_path / "definitions"  # read at start: one the anonymizer refuses, one it cannot read
+    files.mkdir()
+    (files / "unplaced.yaml").write_text(yaml.safe_dump(census_definition(l=1) | {"sensitive": []}))
+    (files / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    anon = launch("anonymizer", {**anonymizer_env(vault_svc), "DATACOOP_ANONYMIZER_DEFINITIONS_DIR": str(files)})
     app = typer.Typer()
     cli.register(app)
     runner = CliRunner()
     env = {"DATACOOP_ANONYMIZER_URL": anon.url, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN": OPERATOR_TOKEN,
            "COLUMNS": "200"}
+    deadline = time.monotonic() + 30
+    while (read := httpx.get(f"{anon.url}/definition-files")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    outcomes = {Path(f["file"]).name: f for f in read.json()}
+    assert outcomes["unplaced.yaml"]["outcome"] == "refused" and outcomes["latin1.yaml"]["outcome"] == "unreadable"
+    assert "column 'salary-class' is in no role" in outcomes["unplaced.yaml"]["problems"][0]
+    listed = runner.invoke(app, ["dataset", "list"], env=env)
+    assert listed.exit_code == 0 and "unplaced.yaml was refused at start: column 'salary-class' is in no role" \
+        in " ".join(listed.output.split()), listed.output
     unplaced = tmp_path / "unplaced.yaml"
     unplaced.write_text(yaml.safe_dump(census_definition(l=1) | {"sensitive": []}))
     refused = runner.invoke(app, ["dataset", "define", str(unplaced)], env=env)

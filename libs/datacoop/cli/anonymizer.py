@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -58,6 +59,21 @@ def list_datasets(anonymizer_url: UrlOption = None) -> None:
         table.add_row(d["dataset_id"], d["purpose"], ", ".join(d["categories"]), str(v["version"]) if v else "-",
                       _guarantees(v) if v else "no version yet")
     print_table(table, whole=(0,))
+    _refused_files(client)
+
+
+def _refused_files(client: AnonymizerClient) -> None:
+    """A warning per definition file the anonymizer refused at start (else only its log says so)."""
+    try:
+        files = client.definition_files()
+    except (ApiError, httpx.HTTPError):  # not read yet (503), or an anonymizer without the route: nothing to add
+        return
+    for f in files:
+        if isinstance(f, dict) and f.get("outcome") in ("refused", "unreadable"):
+            problems = "; ".join(map(str, f.get("problems") or []))
+            err.print("[yellow]warning:[/yellow] " + escape(
+                f"the definition file {f.get('file')} was {f['outcome']} at start: {problems}; fix it and restart the "
+                "anonymizer, or define it with `datacoop dataset define FILE`"), highlight=False, soft_wrap=True)
 
 
 @dataset_app.command("show")
