@@ -99,6 +99,7 @@ def build_router(ctx: SettlementService) -> APIRouter:
         names each member of the version sold and their share, which would link wallets to pseudonyms."""
         require_bearer(authorization, ctx.operator_token, what="an operator token",
                        setting="DATACOOP_SETTLEMENT_OPERATOR_TOKEN", slug="bad-operator-token")
+        ready()  # a projection still catching up would say "not allocated" of an allocated order
         view = ctx.projection.order_view(order_id)
         if view is None:
             raise NotFound(f"settlement knows nothing of order {order_id} yet (no OrderPlaced, no payment)")

@@ -3,6 +3,7 @@ progress bar)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,6 +126,8 @@ def define(file: Annotated[Path, typer.Argument(help="the definition, YAML or JS
            anonymizer_url: UrlOption = None) -> None:
     """Define a dataset, or a new version of its definition, from a file (POST /definitions): the anonymizer
     checks it and, when it refuses it, every problem is listed with its fix. Then `datacoop dataset build`."""
+    if not file.exists():
+        fail(f"definition file {file} does not exist; pass a dataset definition in YAML or JSON", 2)
     text = read_text_file(file, "definition file", "a dataset definition in YAML or JSON")
     try:
         raw = yaml.safe_load(text)
@@ -135,6 +138,10 @@ def define(file: Annotated[Path, typer.Argument(help="the definition, YAML or JS
     if not isinstance(raw, dict):
         fail(f"definition file {file} must hold one mapping (name, version, purpose, columns, quasi_identifiers, "
              "...; docs/anonymization.md), not a list or a single value", 2)
+    try:  # YAML's dates and the like as JSON sends them (the service reads "2026-01-01" as a date)
+        raw = json.loads(json.dumps(raw, default=str, allow_nan=False))
+    except ValueError as exc:
+        fail(f"definition file {file} holds a value JSON cannot carry ({exc}); write numbers as finite numbers", 2)
     client, url = _client(anonymizer_url, operator_token(token, "DATACOOP_ANONYMIZER_OPERATOR_TOKEN"))
     try:
         answer = client.validate(raw) if check_only else client.define(raw)

@@ -478,12 +478,14 @@ def _not_allocated(order_id: str, settlement_url: str | None, token: str | None)
     except httpx.HTTPError as exc:
         unreachable("settlement", url, exc)
     if resp.status_code == 404:
-        expect_service("settlement", url, code=1)  # another service's URL also answers 404
+        expect_service("settlement", url)  # another service's URL also answers 404
         return  # settlement has not seen the payment yet
     if resp.status_code == 401:
+        expect_service("settlement", url)  # another service's URL (the marketplace also serves /orders/{id})
         fail(f"refund not made: settlement at {url} refused the operator token; pass --token or set "
              "DATACOOP_SETTLEMENT_OPERATOR_TOKEN (settlement must say the order is not allocated first)")
     if resp.status_code != 200:
+        expect_service("settlement", url)
         fail(f"refund not made: settlement at {url} answered {resp.status_code} for order {order_id} "
              f"({resp.text[:300]}); it must say the order is not allocated first: try again once it is ready")
     try:

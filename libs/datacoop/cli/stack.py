@@ -63,6 +63,7 @@ class RunningService:
     port: int
     proc: subprocess.Popen[bytes]
     log_path: Path
+    log_start: int = 0  # this run's lines begin here
 
     @property
     def url(self) -> str:
@@ -89,7 +90,7 @@ def _ready(url: str, pid: int | None = None) -> bool:
             body = json.loads(resp.read() or b"{}")
     except (urllib.error.URLError, OSError, ValueError):
         return False
-    return pid is None or (isinstance(body, dict) and body.get("pid") == pid)
+    return pid is None or (isinstance(body, dict) and body.get("pid", pid) == pid)  # no pid: an older service
 
 
 @dataclass
@@ -299,10 +300,11 @@ def spawn_service(entry: ServiceEntry, stack: Stack) -> RunningService:
     port = port_or_free(entry.default_port)
     log_path = RUN_DIR / "logs" / f"{entry.name}.log"
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
+    log_start = out.tell()  # where this run's lines begin (the file keeps earlier runs')
     proc = subprocess.Popen([sys.executable, "-m", entry.module], env=service_env(entry, stack, port),
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
                             preexec_fn=die_with_parent())  # a killed `up` takes its services along
-    return RunningService(entry, port, proc, log_path)
+    return RunningService(entry, port, proc, log_path, log_start)
 
 
 def port_or_free(preferred: int) -> int:
@@ -333,7 +335,9 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, should_stop: Callable[[], 
             elif state.startswith("exited"):
                 if should_stop():  # it ended on the same Ctrl-C that is stopping us
                     return
-                tail = svc.log_path.read_text(errors="replace")[-1500:]
+                with svc.log_path.open("rb") as log_file:
+                    log_file.seek(svc.log_start)
+                    tail = log_file.read().decode(errors="replace")[-1500:]
                 taken = (f" Port {svc.port} was taken by another process after this stack chose it (another "
                          "stack?): run `datacoop up` again, or stop what listens there (`datacoop status`)."
                          if "address already in use" in tail.lower() else "")

@@ -191,3 +191,20 @@ def test_refunds_leaves_out_payments_refunded_already_unless_asked(marketplace: 
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "no payment waits for a refund" in said and "or was refunded (1; `datacoop refunds --all`" in said
+
+
+def test_refund_against_another_service_as_settlement_says_so_and_sends_nothing(
+        marketplace: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marketplace also serves GET /orders/{id} (and refuses the operator token there): given as
+    --settlement-url, it is named as not the settlement service, a usage error, not a token to fix."""
+    url, routes = marketplace
+    routes["/catalog"] = {"items": [], "payment": {"market": "0x" + "1" * 40, "token": "0x" + "2" * 40}}
+
+    def sent(*_: Any) -> None:
+        raise AssertionError("a refund was sent")
+
+    monkeypatch.setattr(market_client, "refund", sent)
+    result = CliRunner().invoke(app, ["refund", OID, "--market-url", url, "--settlement-url", url, "--token", "t" * 32],
+                                env={**WIDE, "DATACOOP_OPERATOR_KEY": "0x" + "11" * 32})
+    assert result.exit_code == 2, result.output
+    assert "is not the settlement service (it answers as the marketplace service)" in " ".join(result.output.split())
