@@ -116,6 +116,9 @@ def test_dataset_list_in_a_pipe_shows_the_whole_guarantees(monkeypatch: pytest.M
             return [{"dataset_id": "census-demo", "purpose": "public-statistics", "categories": ["demographics"],
                      "newest_version": version}]
 
+        def definition_files(self) -> list[dict[str, Any]]:
+            return [{"file": "datasets/census-demo.yaml", "outcome": "unchanged", "problems": []}]
+
     monkeypatch.setattr("datacoop.cli.anonymizer.AnonymizerClient", Anonymizer)
     result = CliRunner().invoke(app, ["dataset", "list", "--anonymizer-url", NOWHERE], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
