@@ -16,10 +16,10 @@ import asyncio
 import hashlib
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pyarrow as pa
@@ -67,14 +67,24 @@ def publish_sample_version(bootstrap: str, topic_prefix: str, object_store_dir: 
     return dataset_id
 
 
-def _wait_paid(client: ResearcherClient, order_id: str, rpc_url: str, timeout_s: float = 60) -> None:
+T = TypeVar("T")
+
+
+def _mining_until(rpc_url: str, found: Callable[[], T | None], failure: str, timeout_s: float = 60) -> T:
+    """What `found()` gives once it gives something, mining a block between tries (settlement confirms logs a
+    block deep); RuntimeError(`failure`) after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.get_order(order_id)["status"] == "paid":
-            return
+    while (value := found()) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(failure)
         httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine", "params": []}, timeout=5)
         time.sleep(0.3)
-    raise RuntimeError(f"order {order_id} was not confirmed paid within {timeout_s} s; is settlement running?")
+    return value
+
+
+def _wait_paid(client: ResearcherClient, order_id: str, rpc_url: str, timeout_s: float = 60) -> None:
+    _mining_until(rpc_url, lambda: True if client.get_order(order_id)["status"] == "paid" else None,
+                  f"order {order_id} was not confirmed paid within {timeout_s} s; is settlement running?", timeout_s)
 
 
 def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Console, *,
@@ -167,20 +177,18 @@ def underpaid_and_refunded(client: ResearcherClient, rpc_url: str, buyer_key: st
     it on chain and the order reads `refunded`. Returns the order id, its status and the units refunded."""
     o = client.order_current(dataset_id, "download")
     pay(rpc_url, payment["token"], payment["market"], buyer_key, o["order_id"], o["price_units"] - 1)
-    deadline = time.monotonic() + timeout_s
-    while not client.get_order(o["order_id"]).get("short_payments"):  # settlement confirms it, then the marketplace
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the short payment of order {o['order_id']} was not confirmed within {timeout_s} s")
-        httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine", "params": []}, timeout=5)
-        time.sleep(0.3)
+    _mining_until(rpc_url, lambda: client.get_order(o["order_id"]).get("short_payments"),  # settlement, then market
+                  f"the short payment of order {o['order_id']} was not confirmed within {timeout_s} s", timeout_s)
     console.print(f"  a download order {o['order_id']} paid {o['price_units'] - 1:,} of {o['price_units']:,} units "
                   "opens nothing (one payment per order id); the operator refunds it")
     tx, units, buyer = refund(rpc_url, payment["token"], payment["market"], operator_key, o["order_id"])
-    while (found := client.get_order(o["order_id"]))["status"] != "refunded":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"order {o['order_id']} did not read refunded within {timeout_s} s of its refund")
-        httpx.post(rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine", "params": []}, timeout=5)
-        time.sleep(0.3)
+
+    def refunded_view() -> dict[str, Any] | None:
+        view = client.get_order(o["order_id"])
+        return view if view["status"] == "refunded" else None
+
+    found = _mining_until(rpc_url, refunded_view,
+                          f"order {o['order_id']} did not read refunded within {timeout_s} s of its refund", timeout_s)
     console.print(f"  refunded {units:,} units to {buyer} (tx {tx[:18]}…): the order reads {found['status']}, and "
                   "no member was paid for it")
     return {"order_id": o["order_id"], "status": found["status"], "units": units}
