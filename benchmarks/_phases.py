@@ -230,6 +230,7 @@ async def _micro() -> None:
     import pyarrow as pa
     from eth_account import Account
     from eth_utils import to_checksum_address
+    from pydantic import TypeAdapter, create_model
     from sha3 import keccak_256
 
     from benchmarks import bus, members
@@ -255,6 +256,15 @@ async def _micro() -> None:
         return LEDGER_REGISTRY.decode(envelope.type, envelope.data)
 
     print(f"    envelope, then its data (two steps)      {best_us(two_steps, 20_000):6.2f} us")
+    plain = create_model("PlainEnvelope", **{name: (field.annotation, ...) for name, field in typed.model_fields.items()
+                                             if name != "data"}, data=(dict[str, Any], ...))
+    plain_us = best_us(lambda: plain.model_validate_json(value), 20_000)
+    print(f"    a plain model of its fields' types       {plain_us:6.2f} us")
+    batch = [encode(e).value for e in bus._envelopes(2_000)]
+    as_list = TypeAdapter(list[typed])  # type: ignore[valid-type]
+    array = b"[" + b",".join(batch) + b"]"
+    print(f"    one of {len(batch):,} validated as one JSON array   "
+          f"{best_us(lambda: as_list.validate_json(array), 5) / len(batch):6.2f} us")
 
     folder = tempfile.TemporaryDirectory()
     conn = duckdb.connect(str(Path(folder.name) / "micro.duckdb"))  # on disk, as a service's projection is

@@ -46,8 +46,8 @@ class SettlementRefused(Refused):
 
 
 @dataclass(frozen=True)
-class PaidLog:
-    """An OrderPaid log as read from the chain; `paid_at` is its block's timestamp (None: not read)."""
+class _ChainLog:
+    """A log of the market contract about an order's money, where it lies in the chain."""
 
     chain_order_id: bytes
     buyer: str
@@ -55,19 +55,19 @@ class PaidLog:
     tx_hash: str
     block_number: int
     log_index: int
+
+
+@dataclass(frozen=True)
+class PaidLog(_ChainLog):
+    """An OrderPaid log as read from the chain; `paid_at` is its block's timestamp (None: not read)."""
+
     paid_at: datetime | None = None
 
 
 @dataclass(frozen=True)
-class RefundedLog:
+class RefundedLog(_ChainLog):
     """An OrderRefunded log as read from the chain; `refunded_at` is its block's timestamp."""
 
-    chain_order_id: bytes
-    buyer: str
-    amount_units: int
-    tx_hash: str
-    block_number: int
-    log_index: int
     refunded_at: datetime
 
 

@@ -32,7 +32,7 @@ from fastapi import FastAPI
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract import Contract
-from web3.types import BlockData
+from web3.types import BlockData, BlockIdentifier
 
 from datacoop.chain import (
     ChainError,
@@ -160,9 +160,12 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         assert self.writer is not None
         done = await self.hold_short_once()
         ready = self.projection.ready_to_allocate()
-        refunded = await asyncio.to_thread(self._refunded_on_chain, [order.order_id for _, order, _ in ready])
+        # a refund mined before the allocation but not yet `confirmations` deep (its PaymentRefunded comes later)
+        # must still stop it: allocated and then refunded, it would stop every later root
+        refunded = set(await asyncio.to_thread(self._refunded_on_chain, [o.order_id for _, o, _ in ready], "latest")
+                       ) if ready else set()
         for payment, order, weights in ready:
-            if order.order_id in refunded:  # mined, not yet `confirmations` deep: its PaymentRefunded will come
+            if order.order_id in refunded:
                 log.info("order %s was refunded on chain before its allocation; it is never allocated", order.order_id)
                 continue
             cause = f"allocation:{order.order_id}"
@@ -182,13 +185,11 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
             self.crash_point("after_allocation")
         return done
 
-    def _refunded_on_chain(self, order_ids: list[str]) -> set[str]:
-        """Which of `order_ids` the contract holds as refunded at its latest block. Settlement learns of a refund
-        from its log `confirmations` blocks deep; a refund mined before the allocation but not that deep yet
-        must still stop it (else its allocation, refunded, would stop every later root). Blocking."""
+    def _refunded_on_chain(self, order_ids: list[str], block: BlockIdentifier) -> list[str]:
+        """Which of `order_ids` (UUIDs) the market contract holds as refunded at `block`. Blocking."""
         market = self.contracts.market.functions
-        return {o for o in order_ids
-                if market.orders(order_id_from_uuid(uuid.UUID(o))).call(block_identifier="latest")[1] == ORDER_REFUNDED}
+        return [o for o in order_ids
+                if market.orders(order_id_from_uuid(uuid.UUID(o))).call(block_identifier=block)[1] == ORDER_REFUNDED]
 
     async def hold_short_once(self) -> int:
         """Flag each payment short of its order's price once: it is held for a refund and never allocated.
@@ -316,12 +317,9 @@ class SettlementService(ServiceRuntime[SettlementProjection]):
         candidates = self.projection.allocated_orders_paid_since(since)
 
         def refunded() -> tuple[list[str], int]:
-            market = self.contracts.market.functions
             block = self.w3.eth.block_number
-            total = int(market.totalRefunded().call(block_identifier=block))
-            return [o for o in candidates
-                    if market.orders(order_id_from_uuid(uuid.UUID(o))).call(block_identifier=block)[1]
-                    == ORDER_REFUNDED], total
+            total = int(self.contracts.market.functions.totalRefunded().call(block_identifier=block))
+            return self._refunded_on_chain(candidates, block), total
 
         found, refunded_units = await asyncio.to_thread(refunded)
         if found:
