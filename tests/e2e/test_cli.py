@@ -72,6 +72,16 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     listed = datacoop("consent", "list", "--key-file", str(key), env={**env, "COLUMNS": "80"})
     assert consent_id in listed.stdout and "active" in listed.stdout, "the whole id, even in 80 columns"
 
+    shown = datacoop("member", "show", "--key-file", str(key), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "registered" in shown.stdout and "next nonce 2" in shown.stdout, shown.stdout
+    assert consent_id in shown.stdout and "health-research" in shown.stdout and "2099-01-01" in shown.stdout
+    assert "{" not in shown.stdout, "a person reads a table, not the service's JSON"
+    as_json = datacoop("member", "show", "--json", "--key-file", str(key), env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    view = json.loads(as_json.stdout)
+    assert view["next_nonce"] == 2 and [c["consent_id"] for c in view["consents"]] == [consent_id]
+
     receipt = tmp_path / "receipt.json"
     assert datacoop("consent", "receipt", consent_id, "--out", str(receipt), "--key-file", str(key),
                     env=env).returncode == 0
@@ -98,6 +108,9 @@ def test_member_commands_register_grant_list_receipt_and_verify(
 
     assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 2, "erase needs --yes (usage)"
     assert datacoop("member", "erase", "--yes", "--key-file", str(key), env=env).returncode == 0
+    erased = datacoop("member", "show", "--key-file", str(key), env=env)
+    assert erased.returncode == 0, erased.stderr
+    assert "erased (" in erased.stdout and "erasure requested" in erased.stdout, erased.stdout
 
 
 def test_cli_without_a_key_or_url_says_what_to_do(tmp_path: Path) -> None:

@@ -174,10 +174,32 @@ def member_register(key_file: KeyFile = None, consent_url: ConsentUrl = None) ->
 
 
 @member_app.command("show")
-def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
-    """Your member state and consents as JSON."""
+def member_show(key_file: KeyFile = None, consent_url: ConsentUrl = None, as_json: Annotated[bool, typer.Option(
+        "--json", help="the consent service's answer as JSON (each consent's history included)")] = False) -> None:
+    """Your member state: registration, the next nonce your wallet signs with, and your consents."""
     wallet, url = _wallet(key_file, consent_url)
-    console.print_json(data=_call(url, wallet.state))
+    view = shaped("consent", url, _call(url, wallet.state), "member", "registered", "next_nonce", "consents")
+    if as_json:
+        console.print_json(data=view)
+        return
+    if view.get("erased"):
+        state = "erased (you asked to be forgotten: your consents ended, and the vault destroys your data key)"
+    else:
+        state = f"registered {view.get('registered_at') or ''}".rstrip() if view["registered"] else "not registered"
+    console.print(f"member {view['member']}: {state} (next nonce {view['next_nonce']})", highlight=False,
+                  soft_wrap=True)
+    if not view["consents"]:
+        console.print("no consents yet: `datacoop consent catalog` lists what you can grant, then "
+                      f"`datacoop consent grant --purpose P --categories C{_key_option(key_file)}`",
+                      highlight=False, soft_wrap=True)
+        return
+    table = Table("consent", "purpose", "categories", "state", "granted (UTC)", "expires", "ended (UTC)",
+                  title="consents", title_justify="left")
+    for c in view["consents"]:
+        ended = [h for h in c.get("history") or [] if h["state"] != "active"]
+        table.add_row(c["consent_id"], c["purpose"], ", ".join(c["categories"]), c["state"], str(c["granted_at"]),
+                      c["expires_at"] or "-", f"{ended[-1]['at']}: {ended[-1]['reason']}" if ended else "-")
+    print_table(table, whole=(0,))  # a whole id: `revoke` and `receipt` take it
 
 
 @member_app.command("records")
