@@ -61,7 +61,7 @@ class DefinitionError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # YAML has .inf and .nan
 
 
 class ColumnSpec(_Strict):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from datacoop.events.registry import REGISTRY, Event, event
-from datacoop.events.types import Address, Sha256, Slug, UtcTime
+from datacoop.events.types import Address, JsonObject, Sha256, Slug, UtcTime
 from datacoop.topics import DATASETS
 
 
@@ -57,7 +57,7 @@ class DatasetDefined(Event):
     definition_version: int = Field(ge=1)
     purpose: Slug
     categories: list[Slug] = Field(min_length=1)
-    definition: dict[str, Any]
+    definition: JsonObject
     source: Literal["file", "api"]
     defined_at: UtcTime
 

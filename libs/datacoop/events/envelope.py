@@ -40,7 +40,7 @@ class Envelope(BaseModel):
     stay in order on one partition.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(default_factory=new_event_id, min_length=1)

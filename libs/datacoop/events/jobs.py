@@ -12,12 +12,12 @@ there is one, as base64. Money (`fee_units`) is int base units of the stablecoin
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from datacoop.events.registry import Event, event
-from datacoop.events.types import Address, HexSignature, Sha256, Slug, UtcTime
+from datacoop.events.types import Address, HexSignature, JsonObject, Sha256, Slug, UtcTime
 from datacoop.topics import JOBS, WORKERS
 
 WorkerId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
@@ -32,7 +32,7 @@ class WorkerRegistered(Event):
     backend: Literal["numpy", "cupy"]
     cpu_cores: int = Field(ge=1)
     memory_bytes: int = Field(ge=0)
-    gpus: list[dict[str, Any]] = Field(default_factory=list, description="index, name, memory_bytes, "
+    gpus: list[JsonObject] = Field(default_factory=list, description="index, name, memory_bytes, "
                                                                          "compute_capability")
     issued_at: int = Field(ge=0, description="unix seconds, signed")
     signature: HexSignature
@@ -49,7 +49,7 @@ class JobSubmitted(Event):
     dataset_id: Slug
     version: int = Field(ge=1)
     analysis: str = Field(min_length=1)
-    params: dict[str, Any]
+    params: JsonObject
     redundancy: int = Field(ge=1, le=2, description="workers whose results must agree")
     fee_units: int = Field(ge=0, description="what the provider is paid when the job completes")
     submitted_at: UtcTime
@@ -93,7 +93,7 @@ class JobResultReported(Event):
     worker_id: WorkerId
     lease_id: str = Field(min_length=1, max_length=64)
     provider: Address
-    result: dict[str, Any]
+    result: JsonObject
     plot_png_b64: str | None = None
     result_sha256: Sha256
     signature: HexSignature

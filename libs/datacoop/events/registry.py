@@ -19,9 +19,10 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Event(BaseModel):
-    """Base of every event's data model: small, immutable, no unknown fields."""
+    """Base of every event's data model: small, immutable, no unknown fields, and no NaN or Infinity (JSON
+    has none: the log would hold null where the writer applied the number)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     event_type: ClassVar[str] = ""
     event_version: ClassVar[int] = 0

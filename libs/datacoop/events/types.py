@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
@@ -62,3 +63,28 @@ HexSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$", description
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{1,63}$")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _finite(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError(
+            "finite_number", "{where} is {value}: JSON has no NaN or Infinity, so the log could not hold it as "
+            "given (it would read back as null); give a finite number", {"where": where or "a value", "value": value})
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _finite(item, f"{where}[{index}]")
+
+
+def _finite_object(value: dict[str, Any]) -> dict[str, Any]:
+    _finite(value, "")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite_object)]
+"""A free-form JSON object inside an event (a definition, job parameters, a result): any JSON value, but no
+NaN or Infinity anywhere in it. Event models refuse non-finite floats (allow_inf_nan=False), and these values
+too, since JSON cannot carry them: the writer would apply the value, while the log, and every projection
+rebuilt from it, would hold null."""

@@ -258,3 +258,13 @@ def test_a_definition_replayed_from_the_log_with_a_column_in_no_role_still_build
     definition = resolve(parse_definition(raw), replayed=True)
     assert definition.passthrough == ["steps", "postcode"]
     assert refused(raw), "the same definition offered for acceptance is refused"
+
+
+@pytest.mark.parametrize("text", [".inf", ".nan", "1e999"])
+def test_a_non_finite_number_is_refused_at_parse_time(text: str) -> None:
+    """YAML writes Infinity as .inf and NaN as .nan (and 1e999 overflows to inf): `epsilon > 0` alone let
+    an infinite epsilon through, a budget with no privacy, and no event can carry one."""
+    raw = adult_raw()
+    raw["aggregates"]["epsilon"] = yaml.safe_load(text)
+    with pytest.raises(DefinitionError, match=r"aggregates.epsilon.*finite number"):
+        parse_definition(raw)

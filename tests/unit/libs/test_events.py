@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from datacoop.events import Envelope, Event, EventRegistry, derived_event_id, event, new_event_id
 from datacoop.events.codec import DecodeError, decode, encode, header
@@ -130,3 +130,38 @@ def test_the_typed_envelope_cache_holds_registered_types_only() -> None:
     for i in range(100):
         assert registry.typed_envelope(f"datacoop.x.junk_{i}.v1") is None
     assert registry._typed == {}
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_events_refuse_numbers_json_cannot_carry(bad: float) -> None:
+    """JSON has no NaN or Infinity (pydantic writes null): an event holding one would be applied by its writer
+    as the number while the log, and every projection rebuilt from it, holds null. Refused when made."""
+    reg = EventRegistry()
+
+    @event("datacoop.test.measured", 1, topic="t", registry=reg)
+    class Measured(Event):
+        x: float = Field(gt=0)  # the shape of VersionBuilt.epsilon: gt=0 alone lets inf through
+
+    assert Measured(x=2.5).x == 2.5
+    with pytest.raises(ValidationError, match="finite number"):
+        Measured(x=bad)
+
+
+def test_free_form_event_objects_refuse_non_finite_numbers_anywhere_and_name_where() -> None:
+    from datacoop.events.jobs import JobResultReported
+    from datacoop.events.types import JsonObject
+
+    fine = {"mean": 1.5, "rows": [{"n": 3, "share": None}], "label": "NaN"}  # a string "NaN" is text
+    assert TypeAdapter(JsonObject).validate_python(fine) == fine
+    with pytest.raises(ValidationError) as refused:
+        TypeAdapter(JsonObject).validate_python({"rows": [{"n": 3}, {"share": float("nan")}]})
+    assert "rows[1].share is nan" in str(refused.value) and "give a finite number" in str(refused.value)
+    with pytest.raises(ValidationError, match=r"result\n.*mean is inf"):
+        JobResultReported.model_validate({**_a_result_report(), "result": {"mean": float("inf")}})
+    assert JobResultReported.model_validate(_a_result_report()).result == {"mean": 1.5}
+
+
+def _a_result_report() -> dict[str, object]:
+    return {"worker_id": "w-1", "lease_id": "l-1", "provider": "0x" + "ab" * 20, "result": {"mean": 1.5},
+            "result_sha256": "0" * 64, "signature": "0x" + "11" * 65, "compute_ms": 5,
+            "reported_at": datetime(2026, 1, 1, tzinfo=UTC)}
