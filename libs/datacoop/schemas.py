@@ -7,6 +7,14 @@ Compatibility rule: a published version's fields may gain optional fields and an
 (every event already in the log still reads); a field is never lost or retyped and never becomes
 required. Anything else needs a new version (and an upcaster).
 
+A field's JSON Schema does not show every rule: a check written as a function (an AfterValidator such as
+the EIP-55 checksum of WalletAddress, or UtcTime's) leaves it unchanged. So each schema also records, under
+`x-field-checks`, the functions that check each field, and a published field may lose checks but not gain
+one (an event already in the log could fail it and be dead-lettered on replay). A revision committed before
+the checks were recorded has nothing to compare there. And what a model writes must be what it reads: its
+schema in serialization mode must equal the one in validation mode (a field excluded from the output, or
+written through a serializer as another type, breaks the log for every later reader).
+
 "Published" means every shape of `schemas/events/<type>.vN.json` ever committed, read from git history,
 besides the file on disk: `make schemas` (write) refuses to overwrite a published file with a shape
 that breaks it, and the check compares each model with every committed revision of its file, so
@@ -39,8 +47,84 @@ def event_schema(model: type[Any]) -> dict[str, Any]:
         "$id": f"{SCHEMA_BASE}/events/{model.type_name()}.json",
         "x-event-type": model.type_name(),
         "x-topic": model.topic,
+        "x-field-checks": field_checks(model),
         **schema,
     }
+
+
+_FUNCTION_SCHEMAS = {"function-after", "function-before", "function-wrap", "function-plain"}
+_NOT_VALIDATION = {"serialization", "metadata", "function", "cls", "config"}  # subtrees that hold no validator
+MODEL_CHECKS = "(model)"  # the key of a model's own validators (model_validator) in x-field-checks
+
+
+def field_checks(model: type[Any]) -> dict[str, list[str]]:
+    """Per field (and MODEL_CHECKS for the model's own), the functions that validate it, by module and
+    qualified name, from pydantic's core schema (nested models and definitions followed); fields that have
+    none are left out."""
+    core: dict[str, Any] = model.__pydantic_core_schema__
+    refs: dict[str, Any] = {}
+
+    def index(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("ref"), str):
+                refs[node["ref"]] = node
+            for key, value in node.items():
+                if key not in _NOT_VALIDATION:
+                    index(value)
+        elif isinstance(node, list):
+            for value in node:
+                index(value)
+
+    def names(node: Any, seen: frozenset[str]) -> set[str]:
+        found: set[str] = set()
+        if isinstance(node, list):
+            for value in node:
+                found |= names(value, seen)
+        elif isinstance(node, dict):
+            if node.get("type") == "definition-ref":
+                ref = node["schema_ref"]
+                return set() if ref in seen or ref not in refs else names(refs[ref], seen | {ref})
+            if node.get("type") in _FUNCTION_SCHEMAS:
+                fn = node["function"]["function"]
+                found.add(f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}")
+            for key, value in node.items():
+                if key not in _NOT_VALIDATION:
+                    found |= names(value, seen)
+        return found
+
+    index(core)
+    node, own = core, set()
+    while node.get("type") != "model":  # definitions around it, or the model's own validators wrapping it
+        if node.get("type") in _FUNCTION_SCHEMAS:
+            own |= names({k: v for k, v in node.items() if k != "schema"}, frozenset())
+        node = node["schema"]
+    checks = {name: sorted(found) for name, field in node["schema"]["fields"].items()
+              if (found := names(field, frozenset()))}
+    if own:
+        checks[MODEL_CHECKS] = sorted(own)
+    return checks
+
+
+def written_as_read(model: type[Any]) -> list[str]:
+    """Where `model` writes a field otherwise than it reads it (its schema in serialization mode against
+    validation mode): an excluded field, or a serializer that changes the type."""
+    name = model.type_name()
+    read = model.model_json_schema(mode="validation")
+    written = model.model_json_schema(mode="serialization")
+    problems = []
+    for field, spec in read.get("properties", {}).items():
+        out = written.get("properties", {}).get(field)
+        if out is None:
+            problems.append(f"{name}: field '{field}' is read but never written (excluded from the output): every "
+                            "event written from now on would lack it; remove the exclusion")
+        elif _normalise(out) != _normalise(spec):
+            problems.append(f"{name}: field '{field}' is written as {_normalise(out)} but read as {_normalise(spec)}: "
+                            "what the log holds must read back and match schemas/; drop the serializer, or "
+                            "publish a new version whose field has the written type")
+    if _normalise(read.get("$defs", {})) != _normalise(written.get("$defs", {})):
+        problems.append(f"{name}: a nested type is written otherwise than it is read; make its output match its "
+                        "input")
+    return problems
 
 
 def generate(registry: EventRegistry = REGISTRY) -> dict[str, str]:
@@ -188,6 +272,15 @@ def incompatibilities(old: dict[str, Any], new: dict[str, Any], where: str = "")
                         "new version")
     if not _reads(_normalise(old.get("$defs", {})), _normalise(new.get("$defs", {}))):
         problems.append(f"{name}: a nested type changed{since}; publish a new version")
+    if "x-field-checks" in old:  # recorded: a field may lose checks, never gain one
+        old_checks, new_checks = old["x-field-checks"], new.get("x-field-checks", {})
+        for field in sorted(set(new_checks) & (set(old_props) | {MODEL_CHECKS})):
+            gained = sorted(set(new_checks[field]) - set(old_checks.get(field, [])))
+            if gained:
+                what = "the model" if field == MODEL_CHECKS else f"field '{field}'"
+                problems.append(f"{name}: {what} gained the check(s) {', '.join(gained)}{since}: an event already in "
+                                "the log may fail it and be dead-lettered on replay; publish a new version with the "
+                                "check (and an upcaster), or keep this version's checks")
     return problems
 
 
@@ -243,6 +336,8 @@ def compatibility(root: Path = ROOT, registry: EventRegistry = REGISTRY) -> list
         published += published_revisions(root)
     except HistoryUnavailable as exc:
         problems.append(str(exc))
+    for each in registry:
+        problems += written_as_read(each)
     gone: set[str] = set()
     for commit, file_name, schema in published:
         type_name = schema.get("x-event-type", file_name.removesuffix(".json"))

@@ -253,6 +253,67 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Checker]] = {
     "integer": _integer, "number": _number, "string": _string, "date": _date, "boolean": _boolean}
 
 
+
+# -- the sealed length: every record of a category is padded to one length before it is encrypted ---------------
+# AES-GCM hides a record's bytes, not its length (ciphertext = plaintext + 16 bytes), and the records topic is
+# readable by every consumer: a diagnosis, a smoker flag or an income band written at its own length would be
+# read off the ciphertext's size. So the vault pads each row's JSON with spaces (JSON ignores them) to the
+# longest row the category's schema allows in ASCII; a longer row (non-ASCII text near its max_length, or
+# characters JSON escapes) pads to a multiple of that length, telling only that it is an unusually long row.
+FLOAT_CHARS = 24
+"""The longest text orjson gives a 64-bit float (e.g. -1.2345678901234567e-308)."""
+UNBOUNDED_STEP = 1024
+"""A category with a field of no bounded length (a string with neither enum, max_length nor a bounded
+pattern) pads to multiples of this many bytes instead."""
+
+
+def _value_chars(spec: FieldSpec) -> int | None:
+    """The most characters a value of `spec` takes in the sealed JSON (ASCII text), or None: unbounded."""
+    rules = spec.rules
+    if spec.type == "integer":
+        lo, hi = rules.get("min"), rules.get("max")
+        return max(len(str(int(lo))), len(str(int(hi)))) if lo is not None and hi is not None \
+            else MAX_INTEGER_DIGITS + 1
+    if spec.type == "number":
+        return FLOAT_CHARS
+    if spec.type == "boolean":
+        return len("false")
+    if spec.type == "date":
+        return len('"YYYY-MM-DD"')
+    widths = []
+    if "enum" in rules:
+        widths.append(max(len(json.dumps(str(v))) for v in rules["enum"]))
+    if "max_length" in rules:
+        widths.append(int(rules["max_length"]) + 2)
+    if "pattern" in rules:
+        most = re._parser.parse(rules["pattern"]).getwidth()[1]  # type: ignore[attr-defined]
+        if most < re._parser.MAXREPEAT:  # type: ignore[attr-defined]
+            widths.append(most + 2)
+    return min(widths) if widths else None
+
+
+def sealed_length(schema: CategorySchema) -> int:
+    """The length every row of `schema` is padded to before sealing (see above); cached per schema."""
+    key = (schema.category, schema.version)
+    if key not in _SEALED_LENGTHS:
+        values = [_value_chars(f) for f in schema.fields]
+        if None in values:
+            _SEALED_LENGTHS[key] = UNBOUNDED_STEP
+        else:
+            keys = sum(len(json.dumps(f.name)) + 1 for f in schema.fields)  # "name":
+            longest = 2 + keys + sum(max(v or 0, len("null")) for v in values) + max(len(values) - 1, 0)
+            _SEALED_LENGTHS[key] = longest
+    return _SEALED_LENGTHS[key]
+
+
+def pad_to(plaintext: bytes, length: int) -> bytes:
+    """`plaintext` followed by spaces up to `length` bytes, or up to the next multiple of it when longer."""
+    target = length if len(plaintext) <= length else -(-len(plaintext) // length) * length
+    return plaintext + b" " * (target - len(plaintext))
+
+
+_SEALED_LENGTHS: dict[tuple[str, int], int] = {}
+
 _CHECKERS: dict[tuple[str, int], tuple[tuple[str, bool, Checker], ...]] = {}
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import pytest
-from pydantic import create_model
+from pydantic import Field, PlainSerializer, ValidationError, create_model, model_validator
 
 from datacoop import schemas
 from datacoop.events import REGISTRY, Event, EventRegistry
-from datacoop.events.members import ConsentGranted
+from datacoop.events.members import ConsentGranted, MemberRegistered
+from datacoop.events.types import HexSignature, WalletAddress
 
 
 def test_committed_schemas_are_what_the_models_generate() -> None:
@@ -149,3 +152,65 @@ def test_an_enum_may_gain_values_but_not_lose_them() -> None:
     assert schemas.incompatibilities(old, wider) == []
     assert schemas.incompatibilities(old, narrower) == ["datacoop.t.e.v1: field 'reason' changed type; publish a "
                                                         "new version with an upcaster"]
+
+
+# -- what a field's JSON Schema does not show: checks written as functions, and what a model writes ---------
+
+def _edited_member_registered(**types: object) -> type[Event]:
+    """A copy of MemberRegistered.v1 whose fields have the given types (the others as published)."""
+    fields: dict[str, object] = {name: (types[name], ...) if name in types else (info.annotation, info)
+                                 for name, info in MemberRegistered.model_fields.items()}
+    model = create_model("MemberRegistered", __base__=Event, **fields)  # type: ignore[call-overload]
+    model.event_type, model.event_version, model.topic = (
+        MemberRegistered.event_type, MemberRegistered.event_version, MemberRegistered.topic)
+    return model
+
+
+LOGGED = {"member": "0xAbCdEf0123456789abcdef0123456789ABCDEF01",  # mixed case, not its EIP-55 checksum
+          "registered_at": "2026-01-01T00:00:00Z", "nonce": 1, "signature": "0x" + "ab" * 65}
+
+
+def test_a_check_gained_under_the_same_version_is_refused_though_the_json_schema_is_the_same() -> None:
+    """Address -> WalletAddress: the same JSON Schema, but an AfterValidator enforcing EIP-55. An event the log
+    holds, accepted under Address, no longer reads: a replay would dead-letter it."""
+    edited = _edited_member_registered(member=WalletAddress)
+    MemberRegistered.model_validate(LOGGED)
+    with pytest.raises(ValidationError):
+        edited.model_validate(LOGGED)
+    assert schemas._normalise(schemas.event_schema(edited)["properties"]) == \
+        schemas._normalise(schemas.event_schema(MemberRegistered)["properties"])  # all but a description
+    problems = schemas.compatibility(schemas.ROOT, _copy_registry_with(edited))
+    assert any("field 'member' gained the check(s) datacoop.events.types._wallet_address" in p for p in problems)
+
+
+def test_a_model_validator_gained_is_refused_and_a_check_dropped_is_compatible() -> None:
+    class Checked(_edited_member_registered()):  # type: ignore[misc]
+        @model_validator(mode="after")
+        def _nonce_small(self) -> Checked:
+            return self
+
+    problems = schemas.compatibility(schemas.ROOT, _copy_registry_with(Checked))
+    assert any("the model gained the check(s)" in p and "_nonce_small" in p for p in problems)
+    loosened = _edited_member_registered(registered_at=datetime)  # UtcTime's check dropped: old events still read
+    assert schemas.compatibility(schemas.ROOT, _copy_registry_with(loosened)) == []
+
+
+def test_a_field_excluded_from_the_output_or_written_as_another_type_is_refused() -> None:
+    excluded = _edited_member_registered(signature=Annotated[HexSignature, Field(exclude=True)])
+    assert "signature" not in excluded.model_validate(LOGGED).model_dump(mode="json")
+    problems = schemas.compatibility(schemas.ROOT, _copy_registry_with(excluded))
+    assert any("field 'signature' is read but never written" in p for p in problems)
+    as_text = _edited_member_registered(nonce=Annotated[int, Field(ge=0), PlainSerializer(str, return_type=str)])
+    assert as_text.model_validate(LOGGED).model_dump(mode="json")["nonce"] == "1"
+    problems = schemas.compatibility(schemas.ROOT, _copy_registry_with(as_text))
+    assert any("field 'nonce' is written as" in p and "'string'" in p for p in problems)
+
+
+def test_the_checks_of_each_field_are_recorded_in_schemas() -> None:
+    checks = schemas.field_checks(MemberRegistered)
+    assert checks == {"registered_at": ["datacoop.events.types._utc"]}
+    from datacoop.events.payouts import EpochPrepared
+
+    assert schemas.MODEL_CHECKS in schemas.field_checks(EpochPrepared)
+    published = json.loads((schemas.ROOT / "events" / f"{MemberRegistered.type_name()}.json").read_text())
+    assert published["x-field-checks"] == checks

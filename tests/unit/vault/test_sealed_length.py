@@ -1,0 +1,89 @@
+"""AES-GCM hides a record's bytes, not its length, and the records topic is read by every consumer: each row of
+a category is padded to one length before it is sealed, so no ciphertext's size tells what its row holds."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import orjson
+import pytest
+from eth_account import Account
+from fastapi import FastAPI
+
+from datacoop.bus.consumer import Delivery
+from datacoop.events import Envelope
+from services.vault.categories import check_rows, load_schemas, pad_to, sealed_length
+from services.vault.client import sample_rows
+from services.vault.crypto import open_one
+from tests.unit.vault.test_api import _contribute, _register, _svc, vault
+
+__all__ = ["vault"]  # the fixture
+
+
+class _Published:
+    """The writer's contract without Kafka: what `decide` returns is kept (as the topic would hold it) and
+    projected."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.svc, self.events = _svc(app), []  # type: ignore[var-annotated]
+
+    async def execute(self, subject: str, decide: Any, **_: Any) -> list[Delivery]:
+        events = list(decide())
+        self.events += events
+        deliveries = [Delivery("records", 0, i, Envelope(source="datacoop/vault", type=e.type_name(), subject=subject,
+                                                         seq=1, data=e.model_dump(mode="json")), e)
+                      for i, e in enumerate(events)]
+        with self.svc.store.transaction() as tx:
+            self.svc.projection.apply(tx, deliveries)
+        return deliveries
+
+
+def _health(**fields: Any) -> str:
+    return json.dumps({"measured_on": "2026-03-01", **fields}) + "\n"
+
+
+def test_records_on_the_topic_all_have_one_length_and_read_back_as_sent(vault: FastAPI) -> None:
+    published = _Published(vault)
+    _svc(vault).writer = published  # type: ignore[assignment]
+    member = Account.create()
+    _register(vault, member)
+    rows = [{"condition": "Asthma", "icd10": "J45.909", "smoker": False},
+            {"condition": "Generalized anxiety disorder", "icd10": "F41.1", "smoker": True},
+            {},  # every optional field missing
+            {"condition": "x" * 120, "icd10": "A12.ABCD", "systolic_mmhg": 120, "weight_kg": 72.5}]
+    for row in rows:
+        answer = _contribute(vault, member, category="health", content=_health(**row))
+        assert answer.status_code == 201, answer.text
+    sealed = [r for event in published.events for r in event.records]
+    lengths = {len(base64.b64decode(r["ciphertext"])) for r in sealed}
+    assert lengths == {sealed_length(load_schemas()["health"]) + 16}, lengths  # + the GCM tag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(_svc(vault).keys.get_or_create(member.address))
+    opened = [json.loads(open_one(aead, member.address, r["record_id"], r["nonce"], r["ciphertext"])) for r in sealed]
+    assert [{k: v for k, v in o.items() if v is not None and k != "measured_on"} for o in opened] == rows
+
+
+@pytest.mark.parametrize("category", sorted(load_schemas()))
+def test_every_row_a_category_allows_in_ascii_fits_its_sealed_length(category: str) -> None:
+    schema = load_schemas()[category]
+    width = sealed_length(schema)
+    rows = check_rows(schema, [{k: v if v is None or isinstance(v, str) else json.dumps(v) for k, v in r.items()}
+                               for r in sample_rows(category, 3_000, seed=7)])
+    assert {len(pad_to(orjson.dumps(r), width)) for r in rows} == {width}
+
+
+def test_the_longest_health_row_fits_and_a_longer_one_pads_to_a_multiple() -> None:
+    schema = load_schemas()["health"]
+    width = sealed_length(schema)
+    longest = check_rows(schema, [{
+        "measured_on": "2100-12-31", "condition": "x" * 120, "icd10": "A12.ABCD", "systolic_mmhg": "260",
+        "diastolic_mmhg": "160", "heart_rate_bpm": "250", "weight_kg": "1.0000000000000002",
+        "height_cm": "259.99999999999994", "smoker": "false"}])[0]
+    assert len(orjson.dumps(longest)) <= width
+    accented = check_rows(schema, [{"measured_on": "2026-01-01", "condition": "é" * 120}])[0]  # 240 bytes of UTF-8
+    assert len(orjson.dumps(accented)) > width
+    padded = pad_to(orjson.dumps(accented), width)
+    assert len(padded) % width == 0 and json.loads(padded) == accented
