@@ -156,7 +156,18 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
         return problem_response(400, "invalid-request", "invalid request", message, request.url.path,
                                 errors=[{"field": "", "message": message}])
     slug = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status_code, "http-error")
-    return problem_response(exc.status_code, slug, slug.replace("-", " "), str(exc.detail), request.url.path)
+    headers = dict(exc.headers or {})  # a 405's Allow (RFC 9110: it must carry one)
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":  # the router's: no such path at all
+        detail = (f"this service has no {request.url.path}; its routes are listed at /docs (OpenAPI at "
+                  "/openapi.json): check the path, and the service's URL")
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        allowed = headers.get("allow") or headers.get("Allow") or ""
+        detail = (f"{request.method} is not allowed on {request.url.path}; "
+                  + (f"it takes {allowed}" if allowed else "see /docs for what it takes"))
+    response = problem_response(exc.status_code, slug, slug.replace("-", " "), detail, request.url.path)
+    response.headers.update(headers)
+    return response
 
 
 def unexpected_error_response(method: str, path: str, exc: BaseException) -> JSONResponse:

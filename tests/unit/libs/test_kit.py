@@ -197,3 +197,26 @@ def test_an_unsettled_earlier_write_is_a_503_that_says_nothing_of_this_request_w
     assert resp.status_code == 503 and resp.json()["type"].endswith("/event-log-unavailable")
     assert resp.json()["detail"].startswith("nothing of this request was written")
     assert "may or may not be recorded" not in resp.json()["detail"]
+
+
+def test_a_wrong_method_or_path_is_problem_json_that_says_what_the_service_takes() -> None:
+    app = FastAPI()
+    app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)  # as kit.app.create_app does
+
+    @app.get("/things")
+    def things() -> list[str]:
+        return []
+
+    @app.get("/things/{name}")
+    def thing(name: str) -> None:
+        raise StarletteHTTPException(404, f"no thing {name!r}; list them with GET /things")
+
+    http = TestClient(app)
+    wrong_method = http.post("/things", json={})
+    assert wrong_method.status_code == 405 and wrong_method.headers["content-type"] == "application/problem+json"
+    assert wrong_method.headers["allow"] == "GET", "RFC 9110: a 405 carries Allow"
+    assert wrong_method.json()["detail"] == "POST is not allowed on /things; it takes GET"
+    nowhere = http.get("/thinggs")
+    assert nowhere.status_code == 404 and "/thinggs" in nowhere.json()["detail"] and "/docs" in nowhere.json()["detail"]
+    own = http.get("/things/x")  # a route's own 404 keeps its words
+    assert own.status_code == 404 and own.json()["detail"] == "no thing 'x'; list them with GET /things"
