@@ -4,7 +4,12 @@ The loop: fetch a batch; decode and validate each record (what fails goes to `<t
 reason and source offset in headers); drop event ids already applied; apply the rest to the DuckDB
 projection and store the consumed offsets and applied ids in the same transaction. On start the
 runner assigns its partitions and seeks to the offsets stored in DuckDB, not Kafka's committed ones.
-"Caught up" is judged from the fetch high-water mark (the local broker's end_offsets is wrong).
+A record is dead-lettered before the transaction that moves past it (never skipped without its dead letter), so
+a new process that reads its batch again (after a crash before COMMIT) sends it again: the DLQ is at least once,
+and every copy bears the same `dlq_id` header (readers collapse them, deadletters.py). `dead_count` counts a
+record once that transaction has committed.
+"Caught up" is judged from the fetch high-water mark (the local broker's end_offsets is wrong); in group
+mode a rebalance that hands it partitions to read up clears it until they are read to that mark again.
 The writer of the same process moves the runner's offset past the events it has just applied, in its
 own transaction (`pass_over`), so the runner does not fetch what its process wrote.
 
@@ -33,6 +38,7 @@ from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
+from datacoop.bus.deadletters import dead_letter_id
 from datacoop.bus.publisher import Publisher
 from datacoop.events.codec import DecodeError, decode
 from datacoop.events.envelope import Envelope
@@ -136,12 +142,15 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
         self._unchecked: dict[TopicPartition, int] = {}  # stored positions not yet held against the log's end
+        # Records sent to the DLQ (acked) whose batch has not committed yet: a retry of the batch in this process
+        # does not send them again. (A new process does: the DLQ is at least once; `dlq_id` tells the copies.)
+        self._dead_sent: set[tuple[str, int, int]] = set()
         self._in_hand = False  # a fetched batch not yet committed: Kafka's positions run ahead of ours
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()
         self.applied_count = 0
-        self.dead_count = 0
+        self.dead_count = 0  # records this process moved past with their dead letter sent (committed)
         self.failing: str | None = None  # why the last poll failed, until one succeeds
 
     @property
@@ -178,6 +187,24 @@ class ConsumerRunner:
             self._kafka.seek(tp, offset)
             self._positions[tp] = offset
             self._unchecked[tp] = offset
+
+    def forget(self, revoked: set[TopicPartition]) -> None:
+        """Group mode: another instance reads `revoked` now; a retry must not seek them, nor readiness wait on them."""
+        for tp in revoked:
+            self._positions.pop(tp, None)
+            self._unchecked.pop(tp, None)
+        self._dead_sent = {(topic, partition, offset) for topic, partition, offset in self._dead_sent
+                           if TopicPartition(topic, partition) not in revoked}
+
+    def recheck_caught_up(self, assigned: set[TopicPartition]) -> None:
+        """Group mode: a partition just assigned starts at its stored position, which may lie far behind its end
+        (another instance read it, or nobody did for a while). Unless every one is known to start at its end, the
+        runner is not caught up until a fetch shows it has read them to the high-water mark (`_update_caught_up`)."""
+        for tp in assigned:
+            highwater = self._kafka.highwater(tp)
+            if highwater is None or self._positions.get(tp, 0) < highwater:
+                self.caught_up.clear()
+                return
 
     def run_in_background(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"consumer-{self.consumer_name}")
@@ -396,8 +423,10 @@ class ConsumerRunner:
                 seen.add(d.envelope.id)
                 fresh.append(d)
         offsets: dict[tuple[str, int], int] = {}
+        dead_letters = 0
         for f in fetched:
             offsets[(f.record.topic, f.record.partition)] = f.record.offset + 1
+            dead_letters += f.error is not None
         try:
             self._transaction(fetched, candidates, fresh, offsets)
         except AfterCommitFailed:  # the batch is in the database; only an in-memory cache missed it
@@ -405,6 +434,10 @@ class ConsumerRunner:
         for (topic, partition), offset in offsets.items():
             self._positions[TopicPartition(topic, partition)] = offset
         self.applied_count += len(fresh)
+        self.dead_count += dead_letters
+        if self._dead_sent:  # what this transaction moved past needs no second send
+            self._dead_sent = {(topic, partition, offset) for topic, partition, offset in self._dead_sent
+                               if offset >= self._positions.get(TopicPartition(topic, partition), 0)}
         if fresh:
             for listener in self._listeners:
                 try:
@@ -433,6 +466,10 @@ class ConsumerRunner:
             self.store.save_offsets(tx, self.consumer_name, offsets)
 
     async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """Send `rec` to its DLQ with the reason, unless this process already did since its batch last committed."""
+        source = (rec.topic, rec.partition, rec.offset)
+        if source in self._dead_sent:
+            return
         headers = [
             *[(k, v) for k, v in (rec.headers or ()) if not k.startswith("dlq_")],
             ("dlq_error", reason.encode()[:4000].decode(errors="ignore").encode()),  # whole characters
@@ -440,9 +477,10 @@ class ConsumerRunner:
             ("dlq_source_partition", str(rec.partition).encode()),
             ("dlq_source_offset", str(rec.offset).encode()),
             ("dlq_consumer", self.consumer_name.encode()),
+            ("dlq_id", dead_letter_id(self.consumer_name, *source).encode()),
         ]
         await self._dlq.send_raw(dlq(rec.topic), rec.value, key=rec.key, headers=headers)
-        self.dead_count += 1
+        self._dead_sent.add(source)
         log.warning("dead-lettered %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, reason)
 
     def _update_caught_up(self) -> None:
@@ -502,8 +540,8 @@ class _SeekOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        for tp in revoked:  # another instance reads them now; a retry must not seek them
-            self.runner._positions.pop(tp, None)
+        self.runner.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.runner.seek_to_stored(sorted(assigned))
+        self.runner.recheck_caught_up(assigned)

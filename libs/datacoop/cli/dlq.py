@@ -3,7 +3,8 @@
     datacoop dlq [TOPIC ...] [--bootstrap HOST:PORT] [--topic-prefix P] [--limit 20] [--full]
 
 TOPIC is a datacoop topic (`datacoop.members`, or `members`); every topic when none is named. The broker
-comes from --bootstrap, DATACOOP_BOOTSTRAP or the running local stack.
+comes from --bootstrap, DATACOOP_BOOTSTRAP or the running local stack. Each record a consumer set aside is
+listed once: the copies a runner sent again (it died before the transaction past the record) are counted.
 """
 
 from __future__ import annotations
@@ -78,15 +79,19 @@ def dlq_cmd(
         if not found:
             continue
         shown = found[-limit:]
+        records = sum(d.copies for d in found)
+        sent_again = records > len(found)
         table = Table(title=f"{dlq_topic}: {len(found)} dead-lettered"
+                            + (f" in {records} records (some sent again)" if sent_again else "")
                             + (f", the newest {len(shown)}" if len(shown) < len(found) else ""))
-        for col in ("offset", "when (UTC)", "source", "consumer", "event", "reason"):
+        columns = ["offset", "when (UTC)", "source", "consumer", "event", "reason"]
+        for col in [*columns, "copies"] if sent_again else columns:
             table.add_column(col)
         for d in shown:
             reason = d.reason if full or len(d.reason) <= REASON_CHARS else d.reason[:REASON_CHARS] + "…"
             event = f"{d.event_type or '?'} {d.event_id or ''}".strip()
-            table.add_row(str(d.offset), f"{d.dead_lettered_at:%Y-%m-%d %H:%M:%S}", d.source, d.consumer, event,
-                          reason)
+            row = [str(d.offset), f"{d.dead_lettered_at:%Y-%m-%d %H:%M:%S}", d.source, d.consumer, event, reason]
+            table.add_row(*[*row, str(d.copies)] if sent_again else row)
         print_table(table, whole=(0, 2))
 
 

@@ -80,8 +80,10 @@ class ServiceRuntime(Generic[P]):
     @property
     def ready(self) -> bool:
         """Caught up with the log and caches warmed, and still reading it: commands may run. Not while the
-        consumer's last batch failed (`runner.failing` says why; it retries) or after its task ended."""
-        return self._warmed and not self.runner.ended and self.runner.failing is None
+        consumer's last batch failed (`runner.failing` says why; it retries) or after its task ended, nor (group
+        mode) while partitions a rebalance handed over are read up to their end."""
+        behind = self.runner.group_id is not None and not self.runner.caught_up.is_set()  # after a rebalance
+        return self._warmed and not self.runner.ended and self.runner.failing is None and not behind
 
     async def _warm_when_caught_up(self) -> None:
         await self.runner.caught_up.wait()
