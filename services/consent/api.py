@@ -105,11 +105,14 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         return existing(member)
 
     def existing(member: str) -> domain.Member:
+        """The member as the whole log read so far says. Not while catching up (after a start, or a rebuild
+        of the projection): what is read so far may lack the registration, a revoke or the erasure, and a
+        receipt signed from it would attest a state the member has left, so 503 `not-ready` until caught up."""
+        if not ctx.ready:
+            raise NotReady(f"the consent service is still catching up with the event log and may not have read "
+                           f"all of member {member}'s actions yet; retry in a moment")
         m: domain.Member = ctx.projection.get(eip712.to_checksum(member))
         if not m.registered:
-            if not ctx.ready:  # after a start, the registration may be in the part of the log not read yet
-                raise NotReady(f"the consent service is still catching up with the event log and has not read "
-                               f"member {member}'s registration yet, if there is one; retry in a moment")
             raise NotFound(f"member {member} is not registered; register first: `datacoop member register` "
                            "(POST /members)")
         return m
@@ -185,9 +188,6 @@ def build_router(ctx: Any, catalog: Catalog, domain_sep: eip712.Domain, clock: C
         m = own(member, auth)
         consent = m.consents.get(consent_id)
         if consent is None:
-            if not ctx.ready:
-                raise NotReady(f"the consent service is still catching up with the event log and has not read "
-                               f"consent {consent_id} of {m.address} yet, if there is one; retry in a moment")
             raise NotFound(f"member {m.address} has no consent {consent_id}; list them with `datacoop consent "
                            f"list` (GET /members/{m.address}/consents)")
         return sign_receipt(build_receipt(m, consent, catalog, clock(), domain_sep), ctx.receipt_key)

@@ -195,8 +195,8 @@ def overlapping(state: Member, consent_id: str, now: datetime) -> list[Consent]:
 
 def decide(cmd: Command, state: Member, catalog: Catalog, now: datetime) -> list[Event]:
     """The events `cmd` causes in `state`, or ConsentRefused saying why not."""
-    if isinstance(cmd, ExpireDue):
-        return [ConsentExpired(member=state.address, consent_id=c.consent_id, expired_at=cmd.now)
+    if isinstance(cmd, ExpireDue):  # expired when its expiry passed, not when the sweep got to it
+        return [ConsentExpired(member=state.address, consent_id=c.consent_id, expired_at=c.expires_at)
                 for c in state.consents.values()
                 if c.status == "active" and c.expires_at is not None and c.expires_at <= cmd.now]
     if isinstance(cmd, RegisterMember):

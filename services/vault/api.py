@@ -101,6 +101,8 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         except eip712.SignatureInvalid as exc:
             raise Unauthorized(f"bad signature: {exc}; sign the ContributeRecords typed data with your wallet",
                                slug="bad-signature") from exc
+        except ValueError as exc:  # a field (or the domain) out of what its EIP-712 type holds
+            raise DomainError(f"cannot hash ContributeRecords: {exc}", status=422, slug="invalid-request") from exc
         try:
             return dict(await svc.contribute(member=member, signer=signer, category=body.category, fmt=body.format,
                                         content=body.content, issued_at=body.issued_at, content_hash=digest))
@@ -115,7 +117,10 @@ def build_router(svc: Any, domain_sep: eip712.Domain) -> APIRouter:
         alone (a fresh ReadMemberData signature in the X-Member-Auth header)."""
         member = eip712.to_checksum(member)
         eip712.require_read(domain_sep, member, auth)
-        state = await svc.settled_member(member)  # 503 while the registration may be in the log not read yet
+        if not svc.ready:  # what is read so far may lack uploads, the erasure or the shredding: no partial answer
+            raise CatchingUp(f"the vault is still catching up with the event log and may not have read all of "
+                             f"member {member}'s uploads and erasure yet; retry in a few seconds")
+        state = await svc.settled_member(member)  # 503 while a fresh registration may be in the log not read yet
         if not state.registered:
             raise NotFound(not_registered(member))
         return {"member": state.address, "erased": state.erased, "keys_shredded": state.shredded,

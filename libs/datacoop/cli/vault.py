@@ -191,6 +191,20 @@ def _which_kek_opens(path: Path, current: Kek, new: Kek, new_kek_file: Path) -> 
     return "neither KEK opens the store now; restore it from a backup"
 
 
+_LOCK_WORDS = ("conflicting lock", "could not set lock", "already open")
+
+
+def _unopenable_store(path: Path, exc: duckdb.Error) -> str:
+    """Why DuckDB could not open `path` as the key store, and what to do: "in use" only when it says another
+    process holds the file's lock (a running vault); any other refusal (not a DuckDB file: a wrong path, the
+    KEK file given by mistake) means the path is not the key store."""
+    said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if any(words in said.lower() for words in _LOCK_WORDS):
+        return f"the key store {path} is in use ({said}); stop the vault, then run this again"
+    return (f"{path} is not a vault key store (a DuckDB file); give the vault's key store with --keys-file "
+            f"(DuckDB: {said})")
+
+
 @vault_app.command("rotate-kek")
 def rotate_kek(
     new_kek_file: Annotated[Path, typer.Option(
@@ -230,7 +244,7 @@ def rotate_kek(
     except KekMismatch as exc:
         fail(str(exc))
     except duckdb.IOException as exc:
-        fail(f"the key store {path} is in use ({str(exc).splitlines()[0]}); stop the vault, then run this again")
+        fail(_unopenable_store(path, exc))
     try:
         new = _new_kek(new_kek_file, current)
         with Progress(TextColumn("re-wrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -142,7 +142,7 @@ def test_expiry_sweep_expires_only_due_active_consents_once() -> None:
                   granted("later", 2, NOW + timedelta(days=1)), granted("never", 3))
     later = NOW + timedelta(minutes=2)
     events = then(domain.ExpireDue(ALICE, later), state, later)
-    assert events == [ConsentExpired(member=ALICE, consent_id="soon", expired_at=later)]
+    assert events == [ConsentExpired(member=ALICE, consent_id="soon", expired_at=NOW + timedelta(minutes=1))]
     state = domain.evolve(state, events[0])
     assert then(domain.ExpireDue(ALICE, later), state, later) == []
     assert domain.effective_status(state.consents["later"], NOW + timedelta(days=2)) == "expired"
@@ -171,6 +171,29 @@ def test_erasure_leaves_a_consent_that_had_already_expired_expired_not_revoked()
                                                                                        "expiry reached")
     assert state.consents["open"].status == "revoked"
     assert then(domain.ExpireDue(ALICE, NOW + timedelta(hours=3)), state, NOW + timedelta(hours=3)) == []
+
+
+def test_a_late_sweep_records_the_expiry_at_the_consents_expiry_not_when_it_ran() -> None:
+    """The sweeper may run days late (the service was down): the expiry, and the history a signed receipt
+    shows, is when the consent ended, as the erasure path records it."""
+    expiry = NOW + timedelta(days=1)
+    state = given(REGISTERED, granted("c1", 1, expires=expiry))
+    late = NOW + timedelta(days=3)
+    events = then(domain.ExpireDue(ALICE, late), state, late)
+    assert events == [ConsentExpired(member=ALICE, consent_id="c1", expired_at=expiry)]
+    assert state_history(domain.evolve(state, events[0]), "c1")[-1] == ("expired", expiry, "expiry reached")
+
+
+def test_an_expiry_is_replayed_at_the_time_its_event_says() -> None:
+    """The log is the record: an expiry logged by an earlier sweep at the time it ran replays at that time."""
+    logged = NOW + timedelta(days=3)
+    state = given(REGISTERED, granted("c1", 1, expires=NOW + timedelta(days=1)),
+                  ConsentExpired(member=ALICE, consent_id="c1", expired_at=logged))
+    assert state_history(state, "c1")[-1] == ("expired", logged, "expiry reached")
+
+
+def state_history(state: domain.Member, consent_id: str) -> list[tuple[str, datetime, str]]:
+    return [(h.state, h.at, h.reason) for h in state.consents[consent_id].history]
 
 
 def test_history_records_every_state_change_in_order() -> None:
