@@ -246,7 +246,8 @@ def decide(cmd: Command, state: Member, catalog: Catalog, now: datetime) -> list
     if isinstance(cmd, RevokeConsent):
         consent = state.consents.get(cmd.consent_id)
         if consent is None:
-            raise ConsentRefused("not_found", f"member {cmd.member} has no consent {cmd.consent_id}")
+            raise ConsentRefused("not_found", f"member {cmd.member} has no consent {cmd.consent_id}; list them with "
+                                 f"`datacoop consent list` (GET /members/{cmd.member}/consents)")
         status = effective_status(consent, now)  # expired before the sweeper marked it: still expired
         if status == "expired" and consent.expires_at is not None:
             raise ConsentRefused("conflict", f"consent {cmd.consent_id} expired at {consent.expires_at.isoformat()}; "

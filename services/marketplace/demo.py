@@ -147,7 +147,13 @@ def researcher_buys(market_url: str, rpc_url: str, buyer_key: str, console: Cons
             break
         scale = a["noise"].get("sum_scale") or a["noise"].get("count_scale")
         selection = a["noise"].get("partition_selection") or {}
-        first = (str(a["cells"][0]) if a["cells"] else
+        cell = a["cells"][0] if a["cells"] else {}
+        words = [f"{column}={value}" for column, value in (cell.get("group") or {}).items()]
+        for name in (name for name in ("count", "sum", "mean") if name in cell):  # 1 decimal (3 digits below 1)
+            figure = cell[name]
+            words.append(f"{name} -" if figure is None else f"{name} ≈ {figure:,.1f}" if abs(figure) >= 1
+                         else f"{name} ≈ {figure:.3g}")
+        first = (", ".join(words) if cell else
                  f"no cell above the threshold ({selection.get('threshold', 0):,.0f} noisy rows) a group-by cell "
                  "needs to be shown")
         by = f" by {', '.join(query['group_by'])}" if query["group_by"] else ""

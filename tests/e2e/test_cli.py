@@ -72,6 +72,10 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     listed = datacoop("consent", "list", "--key-file", str(key), env={**env, "COLUMNS": "80"})
     assert consent_id in listed.stdout and "active" in listed.stdout, "the whole id, even in 80 columns"
 
+    unknown = datacoop("consent", "revoke", "no-such-consent", "--key-file", str(key), env=env)
+    assert unknown.returncode == 1 and "has no consent no-such-consent" in unknown.stderr, unknown.stderr
+    assert "`datacoop consent list`" in unknown.stderr and "(HTTP 404)" in unknown.stderr, unknown.stderr
+
     shown = datacoop("member", "show", "--key-file", str(key), env=env)
     assert shown.returncode == 0, shown.stderr
     assert "registered" in shown.stdout and "next nonce 2" in shown.stdout, shown.stdout
@@ -108,6 +112,8 @@ def test_member_commands_register_grant_list_receipt_and_verify(
 
     assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 2, "erase needs --yes (usage)"
     assert datacoop("member", "erase", "--yes", "--key-file", str(key), env=env).returncode == 0
+    again = datacoop("member", "erase", "--yes", "--key-file", str(key), env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout and "asked to be forgotten" in again.stdout
     erased = datacoop("member", "show", "--key-file", str(key), env=env)
     assert erased.returncode == 0, erased.stderr
     assert "erased (" in erased.stdout and "erasure requested" in erased.stdout, erased.stdout

@@ -100,7 +100,12 @@ def refused(name: str, url: str, status: int, detail: object) -> NoReturn:
     """Fail on a refusal from `url`; a 404 or 405 first asks GET /healthz whether `name` is what answered."""
     if status in (404, 405):
         expect_service(name, url)
-    fail(f"{status}: {detail}")
+    fail(refusal(status, detail))
+
+
+def refusal(status: int, detail: object) -> str:
+    """A service's refusal as the CLI says it: its words first, the HTTP status after them."""
+    return f"{detail} (HTTP {status})"
 
 
 def unreachable(name: str, url: str, exc: httpx.HTTPError) -> NoReturn:

@@ -5,7 +5,7 @@
     datacoop order DATASET[@VERSION]:OFFER              (offer: download | query | compute)
     datacoop buy ORDER --key-file K                     (approve + purchase on chain)
     datacoop download ORDER --out FILE                  (signed grant, streamed, sha256 checked)
-    datacoop query ORDER QUERY.json                     (a DP aggregate; spends epsilon)
+    datacoop query ORDER QUERY.json [--json]            (a DP aggregate; spends epsilon)
     datacoop orders                                     (placed, paid, expired, refund-due, refunded)
     datacoop refunds [--all]                            (operator: payments that paid no order)
     datacoop refund ORDER [--key-file K]                (operator: refund(orderId) on chain)
@@ -291,9 +291,11 @@ def download(
 def query(
     order_id: Annotated[str, typer.Argument(help="a paid query order")],
     query_file: Annotated[Path, typer.Argument(help="the query as JSON (see docs/marketplace.md)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the marketplace's answer as JSON")] = False,
     market_url: MarketUrl = None, api_key_file: ApiKeyFile = None,
 ) -> None:
-    """Ask a differentially private aggregate; prints the answer with its noise scale and budget left."""
+    """Ask a differentially private aggregate; prints its cells with the noise scale and the budget spent and
+    left (--json: the answer as the marketplace gives it)."""
     order_id = _order_id(order_id)
     if query_file.is_dir():
         fail(f"query file {query_file} is a folder; pass the JSON file holding the query (see docs/marketplace.md)")
@@ -306,7 +308,77 @@ def query(
     except ValueError as exc:
         fail(f"{query_file} is not JSON ({exc}); write the query as JSON (see docs/marketplace.md)")
     url = service_url("marketplace", market_url)
-    console.print_json(data=call_at("marketplace", url, _client(url, api_key_file).query, order_id, body))
+    answer = call_at("marketplace", url, _client(url, api_key_file).query, order_id, body)
+    if as_json:
+        console.print_json(data=answer)
+        return
+    _print_answer(shaped("marketplace", url, answer, "cells", "noise", "epsilon", "budget_remaining"))
+
+
+def rounded(value: Any) -> str:
+    """A figure as a reader takes it in: 3 significant digits, whole (with thousands separators) from 1,000 up;
+    a whole number as it is; `-` for none (a figure withheld or undefined)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def _total(value: Any) -> str:
+    """A noisy count or sum: one decimal (the noise makes more digits meaningless)."""
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def _print_answer(answer: dict[str, Any]) -> None:
+    """A query's answer as a table of its cells, then its noise and the budget it spent."""
+    group_by = [str(g) for g in answer.get("group_by") or []]
+    cells: list[dict[str, Any]] = answer["cells"]
+    figures = [f for f in ("count", "sum", "mean") if any(f in cell for cell in cells)]
+    binned = any("bin" in cell for cell in cells)
+    what = str(answer.get("aggregate", "query")) + (f" of {answer['column']}" if answer.get("column") else "") \
+        + (f" by {', '.join(group_by)}" if group_by else "")
+    console.print(f"query {answer.get('query_id', '?')} on order {answer.get('order_id', '?')}: {escape(what)}; "
+                  "every figure below has noise added", highlight=False, soft_wrap=True)
+    noise = answer["noise"]
+    selection = noise.get("partition_selection") or {}
+    if cells:
+        table = Table(box=box.SIMPLE_HEAD)
+        for col in [*group_by, *(["bin"] if binned else []), *(f"noisy {f}" for f in figures)]:
+            table.add_column(escape(col), justify="right" if col.startswith("noisy ") else "left")
+        for cell in cells:
+            group = cell.get("group") or {}
+            row = [escape("(null)" if group.get(g) is None else str(group.get(g))) for g in group_by]
+            if binned:
+                edges = cell.get("bin") or ()
+                row.append(" to ".join(rounded(float(edge)) for edge in edges) or "-")
+            row += [rounded(cell.get(f)) if f == "mean" else _total(cell.get(f)) for f in figures]
+            table.add_row(*row)
+        print_table(table)
+    else:
+        console.print(f"no cell was released: none had a noisy count above the threshold "
+                      f"({_total(selection.get('threshold'))} rows) a group-by cell needs to be shown",
+                      highlight=False, soft_wrap=True)
+    console.print(_noise_line(noise), highlight=False, soft_wrap=True)
+    if selection:
+        console.print(f"partition selection (threshold {_total(selection.get('threshold'))} noisy rows, δ "
+                      f"{selection.get('delta', 0):g}): {selection.get('rule', '')}", highlight=False, markup=False,
+                      soft_wrap=True)
+    console.print(f"privacy budget: this query spent ε {answer['epsilon']:g}; ε {answer['budget_remaining']:g} "
+                  "left on the order", highlight=False, soft_wrap=True)
+
+
+def _noise_line(noise: dict[str, Any]) -> str:
+    """`noise (laplace): count scale b 4 (std 5.66, sensitivity 1); ...`: each figure's noise as stated."""
+    sensitivity = noise.get("sensitivity") or {}
+    parts = [f"{figure} scale b {rounded(noise[f'{figure}_scale'])} (std {rounded(noise.get(f'{figure}_std'))}, "
+             f"sensitivity {rounded(sensitivity.get(figure))})"
+             for figure in ("count", "sum") if noise.get(f"{figure}_scale") is not None]
+    return f"noise ({noise.get('mechanism', '?')}) added to each figure: " + ("; ".join(parts) or "none stated")
 
 
 # how `datacoop orders` shows each status (GET /orders): what is done dim, what waits on someone in yellow
@@ -403,6 +475,10 @@ def refunds(
     done = [p for p in unmatched if p.get("refunded")]
     if not show_all:
         unmatched = [p for p in unmatched if not p.get("refunded")]
+    if not unmatched and show_all:  # nothing refunded either: --all is about those too
+        console.print("no unmatched or refunded payment: every payment on chain paid its order", highlight=False,
+                      soft_wrap=True)
+        return
     if not unmatched:
         console.print("no payment waits for a refund: every payment on chain paid its order"
                       + (f" or was refunded ({len(done)}; `datacoop refunds --all` lists them)" if done else ""),

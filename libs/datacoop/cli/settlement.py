@@ -114,7 +114,7 @@ def claim_with_key(key: str, settlement_url: str, rpc_url: str) -> dict[str, Any
     info = fetch_payout(settlement_url, account)
     cumulative = int(info["cumulative_units"])
     if cumulative == 0:
-        raise RuntimeError(f"{account} has nothing to claim yet (earned {info['earned_units']} units, none in a "
+        raise RuntimeError(f"{account} has nothing to claim yet (earned {units(info['earned_units'])}, none in a "
                            "posted epoch); wait for the next epoch (the operator posts one now with "
                            "`datacoop epoch post`)")
     w3 = Web3(Web3.HTTPProvider(rpc_url))
@@ -139,9 +139,17 @@ def _json(resp: httpx.Response) -> Any:
         return None
 
 
+def units(amount: Any) -> str:
+    """An amount of stablecoin units as the CLI writes money everywhere: `72,000,000 units`."""
+    try:
+        return f"{int(amount):,} units"
+    except (TypeError, ValueError):  # not a whole number: shown as given rather than hidden
+        return f"{amount} units"
+
+
 def _epoch_line(epoch: dict[str, Any]) -> str:
     state = f"posted in {epoch['tx_hash']}" if epoch.get("posted") else "prepared, not yet posted"
-    return (f"epoch {epoch['epoch']}: {epoch['total_units']} units over {epoch['accounts']} account(s), "
+    return (f"epoch {epoch['epoch']}: {units(epoch['total_units'])} over {epoch['accounts']} account(s), "
             f"root {epoch['root']}; {state}")
 
 
@@ -216,17 +224,17 @@ def register(app: typer.Typer) -> None:
         except RuntimeError as exc:
             fail(str(exc))
         console.print(f"account      {info['account']}")
-        console.print(f"earned       {info['earned_units']} units (all orders so far)")
+        console.print(f"earned       {units(info['earned_units'])} (all orders so far)")
         if info["epoch"] is None:
             console.print("claimable    0 units: no payout epoch has been posted yet")
         elif info.get("claimed_units") is None:
-            console.print(f"claimable    up to {info['cumulative_units']} units (cumulative in epoch {info['epoch']}; "
-                          "what you already claimed is unknown: the chain did not answer)")
+            console.print(f"claimable    up to {units(info['cumulative_units'])} (cumulative in epoch "
+                          f"{info['epoch']}; what you already claimed is unknown: the chain did not answer)")
         else:
-            console.print(f"claimed      {info['claimed_units']} units so far")
-            console.print(f"claimable    {info['claimable_units']} units now (cumulative {info['cumulative_units']} "
-                          f"in epoch {info['epoch']}; `datacoop claim` takes them)")
-        console.print(f"not yet in a posted epoch: {info['unposted_units']} units")
+            console.print(f"claimed      {units(info['claimed_units'])} so far")
+            console.print(f"claimable    {units(info['claimable_units'])} now (cumulative "
+                          f"{units(info['cumulative_units'])} in epoch {info['epoch']}; `datacoop claim` takes them)")
+        console.print(f"not yet in a posted epoch: {units(info['unposted_units'])}")
         console.print(f"proof        {len(info['proof'])} hashes; market {info['market_address']}")
 
     @app.command()
@@ -246,8 +254,9 @@ def register(app: typer.Typer) -> None:
         except Exception as exc:  # chain errors included: one red line
             fail(str(exc))
         if result["claimed_units"] == 0:
-            console.print(f"{result['account']}: nothing new to claim (cumulative {result['cumulative_units']} "
-                          "units already claimed)")
+            console.print(f"{result['account']}: nothing new to claim (cumulative "
+                          f"{units(result['cumulative_units'])} already claimed)")
         else:
-            console.print(f"{result['account']}: claimed {result['claimed_units']} units "
-                          f"(cumulative {result['cumulative_units']}, epoch {result['epoch']}) in {result['tx_hash']}")
+            console.print(f"{result['account']}: claimed {units(result['claimed_units'])} "
+                          f"(cumulative {units(result['cumulative_units'])}, epoch {result['epoch']}) in "
+                          f"{result['tx_hash']}")

@@ -8,12 +8,10 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import duckdb
 import httpx
 import typer
-from pydantic import ValidationError
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,6 +29,7 @@ from datacoop.cli.common import (
     fail,
     not_the_service,
     read_key,
+    refusal,
     service_at,
     service_url,
     unreachable,
@@ -38,11 +37,12 @@ from datacoop.cli.common import (
 )
 from datacoop.http import ApiError, check
 from datacoop.keys import write_secret
-from services.vault.client import VaultClient
-from services.vault.client import upload_format as format_of
-from services.vault.crypto import Kek, KeyUnwrapFailed, new_kek_b64, parse_kek
-from services.vault.keystore import KekMismatch, KeyStore
-from services.vault.settings import VaultSettings
+
+if TYPE_CHECKING:  # the vault's client (eth-account, Faker) and key store load with the command that needs them:
+    import duckdb  # `datacoop --help` took 2.4 s, most of it importing what no command but one uses
+
+    from services.vault.client import VaultClient
+    from services.vault.crypto import Kek
 
 vault_app = typer.Typer(no_args_is_help=True, help="Operator commands of the vault, run where the vault runs "
                                                    "(its environment), with the vault stopped.")
@@ -68,7 +68,7 @@ def _refused(exc: ApiError, file: Path) -> NoReturn:
     if rows and unlisted > 0:
         err.print(f"  … and {unlisted:,} more problem(s) the vault counted but did not list (it lists the first "
                   f"{len(rows)}): fix these and contribute again to see the rest", highlight=False, soft_wrap=True)
-    fail(f"{exc.status}: {problem.get('detail', problem)}" + (" (each listed above)" if rows else ""))
+    fail(refusal(exc.status, f"{problem.get('detail', problem)}" + (" (each listed above)" if rows else "")))
 
 
 def contribute(
@@ -88,6 +88,9 @@ def contribute(
         fail(f"{file} is not a file; give a .jsonl or .csv file of records")
     if upload_format is not None and upload_format not in ("jsonl", "csv"):
         fail(f"--format must be jsonl or csv, not {upload_format!r}", 2)
+    from services.vault.client import VaultClient
+    from services.vault.client import upload_format as format_of
+
     upload_format = upload_format or format_of(file)
     if upload_format not in ("jsonl", "csv"):
         fail(f"cannot tell the format of {file.name}: use .jsonl or .csv (or pass --format jsonl|csv)")
@@ -155,6 +158,8 @@ def _upload(client: VaultClient, body: bytes) -> dict[str, Any]:
 
 
 def _read_kek(path: Path, what: str) -> Kek:
+    from services.vault.crypto import Kek, parse_kek
+
     try:
         return Kek(parse_kek(path.read_text().strip()))
     except (OSError, UnicodeDecodeError) as exc:
@@ -165,6 +170,8 @@ def _read_kek(path: Path, what: str) -> Kek:
 
 def _new_kek(path: Path, current: Kek) -> Kek:
     """The KEK in `path`, or a new one generated into it: on disk before the key store depends on it."""
+    from services.vault.crypto import new_kek_b64
+
     if not path.exists():
         try:
             write_secret(path, (new_kek_b64() + "\n").encode())
@@ -179,6 +186,10 @@ def _new_kek(path: Path, current: Kek) -> Kek:
 
 def _which_kek_opens(path: Path, current: Kek, new: Kek, new_kek_file: Path) -> str:
     """After a failed rotation, what the store opens with now: it was put in place whole or not at all."""
+    import duckdb
+
+    from services.vault.keystore import KekMismatch, KeyStore
+
     for kek, words in ((new, f"the new store was put in place: it opens with the KEK in {new_kek_file}"),
                        (current, "nothing was put in place: the store still opens with the current KEK")):
         try:
@@ -221,6 +232,13 @@ def rotate_kek(
     The key store is rewritten into a fresh file that replaces the old one whole. Afterwards the store
     opens only with the new KEK: set DATACOOP_VAULT_KEK to it, start the vault, then destroy the old KEK,
     which leaves the old file's remnants on disk and every backup taken before unreadable."""
+    import duckdb
+    from pydantic import ValidationError
+
+    from services.vault.crypto import Kek, KeyUnwrapFailed, parse_kek
+    from services.vault.keystore import KekMismatch, KeyStore
+    from services.vault.settings import VaultSettings
+
     try:
         settings = VaultSettings()
     except ValidationError as exc:

@@ -348,3 +348,19 @@ def test_a_malformed_public_key_is_the_flags_fault_not_the_receipts(tmp_path: Pa
     assert "NOT valid" not in result.output
     missing = _invoke("receipt", "verify", str(tmp_path / "none.json"), "--public-key", "abc")
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_an_erased_member_without_uploads_is_not_told_to_contribute(serve: Any, tmp_path: Path) -> None:
+    key = tmp_path / "me.key"
+    key.write_text("11" * 32)
+    url = serve("vault", {"/eip712": DOMAIN, f"/members/{_address_of(key)}/records": {
+        "member": _address_of(key), "uploads": [], "erased": True, "keys_shredded": True}})
+    result = _invoke("member", "records", "--key-file", str(key), "--vault-url", url)
+    assert result.exit_code == 0, result.output
+    assert "asked to be forgotten" in result.output and "no uploads yet" not in result.output, result.output
+
+
+def _address_of(key: Path) -> str:
+    from eth_account import Account
+
+    return str(Account.from_key(key.read_text().strip()).address)

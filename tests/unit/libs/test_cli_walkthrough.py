@@ -292,7 +292,7 @@ def test_a_refused_upload_lists_every_problem_the_vault_named(monkeypatch: pytes
     def refuse(client: object, body: bytes) -> None:
         raise ApiError(422, problem)
 
-    monkeypatch.setattr("datacoop.cli.vault.VaultClient", Vault)
+    monkeypatch.setattr("services.vault.client.VaultClient", Vault)
     monkeypatch.setattr("datacoop.cli.vault._upload", refuse)
     bad = tmp_path / "bad.csv"
     bad.write_text("day,steps\n")
@@ -302,7 +302,8 @@ def test_a_refused_upload_lists_every_problem_the_vault_named(monkeypatch: pytes
     for n in range(1, 8):
         assert f"bad.csv row {n} steps: must be >= 0, not -{n}" in result.output
     assert "2 more problem(s)" in result.output
-    assert len(_error_lines(result.output)) == 1 and "422: 9 problem(s)" in _error_lines(result.output)[0]
+    errors = _error_lines(result.output)
+    assert len(errors) == 1 and "9 problem(s)" in errors[0] and errors[0].endswith("(HTTP 422)"), errors
 
 
 # -- 11: what the consent service answered ---------------------------------------------------------
@@ -326,7 +327,7 @@ def test_a_grant_echoes_the_answer_and_names_overlapping_consents(monkeypatch: p
     monkeypatch.setattr(_Member, "answers", {"grant": {
         "consent_id": "new-1", "purpose": "health-research", "categories": ["health"], "state": "active",
         "overlaps": [{"consent_id": "old-7", "purpose": "health-research", "categories": ["health", "fitness"]}]}})
-    monkeypatch.setattr("datacoop.cli.members.MemberWallet", _Member)
+    monkeypatch.setattr("services.consent.client.MemberWallet", _Member)
     result = _invoke("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(_key_file(tmp_path)), "--consent-url", NOWHERE)
     assert result.exit_code == 0, result.output
@@ -340,7 +341,7 @@ def test_a_revoke_names_the_consents_that_still_cover_the_use(monkeypatch: pytes
         "consent_id": "new-1", "purpose": "health-research", "categories": ["health"], "state": "revoked",
         "still_covered_by": [{"consent_id": "old-7", "purpose": "health-research",
                               "categories": ["health", "fitness"]}]}})
-    monkeypatch.setattr("datacoop.cli.members.MemberWallet", _Member)
+    monkeypatch.setattr("services.consent.client.MemberWallet", _Member)
     key = _key_file(tmp_path)
     result = _invoke("consent", "revoke", "new-1", "--key-file", str(key), "--consent-url", NOWHERE)
     assert result.exit_code == 0, result.output

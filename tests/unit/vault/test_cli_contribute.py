@@ -32,7 +32,7 @@ class _Vault:
 def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(stack_mod, "STACK_FILE", tmp_path / "stack.json")  # no running stack
     monkeypatch.delenv("DATACOOP_VAULT_URL", raising=False)
-    monkeypatch.setattr("datacoop.cli.vault.VaultClient", _Vault)
+    monkeypatch.setattr("services.vault.client.VaultClient", _Vault)
     monkeypatch.setattr("datacoop.cli.vault.time.sleep", lambda s: None)
     key = tmp_path / "me.key"
     key.write_text(Account.create().key.hex() + "\n")
@@ -73,7 +73,8 @@ def test_retrying_gives_up_after_a_few_seconds_with_the_vaults_words(records: li
     result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9")
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "503: the vault has not (yet) seen a registration" in errors[0], result.output
+    assert len(errors) == 1 and "the vault has not (yet) seen a registration" in errors[0], result.output
+    assert "(HTTP 503)" in errors[0], result.output
     assert "Traceback" not in result.output
 
 
@@ -119,4 +120,4 @@ def test_the_vaults_own_404_is_passed_on(records: list[str], monkeypatch: pytest
     monkeypatch.setattr("datacoop.cli.vault._upload", upload)
     monkeypatch.setattr(httpx, "get", lambda url, **kw: _Answer({"status": "ok", "service": "vault"}))
     result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:8102")
-    assert result.exit_code == 1 and "404: member 0xabc is not registered with the vault" in result.output
+    assert result.exit_code == 1 and "member 0xabc is not registered with the vault: … (HTTP 404)" in result.output
