@@ -284,6 +284,21 @@ for _area in (_members, _vault, _anonymizer, _market, _jobs, _settlement, _dlq):
     _area.register(app)
 
 
+def _one_paragraph_summaries(typer_app: typer.Typer) -> None:
+    """Each command's line in a --help list is its docstring's first paragraph with the line breaks of the
+    source folded (rich keeps them, and cut entries mid-sentence)."""
+    for info in typer_app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_paragraph_summaries(group.typer_instance)
+
+
+_one_paragraph_summaries(app)
+
+
 def main() -> None:
     try:
         app()

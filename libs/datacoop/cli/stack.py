@@ -6,6 +6,7 @@ import fcntl
 import importlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -238,7 +239,7 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
     another `datacoop up`'s stack is still running."""
     claim_stack()
     logs = RUN_DIR / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    set_aside_logs(logs)
     broker = start_broker(log_path=logs / "broker.log")
     chain = None
     try:
@@ -264,6 +265,16 @@ def start_stack(only: list[str] | None = None, with_chain: bool = True, fresh: b
             chain.stop()
         broker.stop()
         raise
+
+
+def set_aside_logs(logs: Path) -> None:
+    """Start `logs` empty: the previous `up`'s logs move to `<logs>.previous` (replacing the run before
+    that), so each log holds one run and the last one's stays readable after a restart."""
+    previous = logs.with_name(f"{logs.name}.previous")
+    if logs.is_dir() and any(logs.iterdir()):
+        shutil.rmtree(previous, ignore_errors=True)
+        logs.rename(previous)
+    logs.mkdir(parents=True, exist_ok=True)
 
 
 def forget_previous_stack(data_dir: Path, researcher_key: Path = RESEARCHER_KEY_FILE) -> None:

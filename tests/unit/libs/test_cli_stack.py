@@ -184,6 +184,19 @@ def _sleeper(*args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True)
 
 
+def test_each_up_starts_with_empty_logs_and_keeps_the_previous_runs_beside_them(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    stack_mod.set_aside_logs(logs)  # the first run: nothing to set aside
+    assert logs.is_dir() and not list(logs.iterdir())
+    (logs / "consent.log").write_text("run 1\n")
+    stack_mod.set_aside_logs(logs)
+    assert not list(logs.iterdir()), "a log holds one run"
+    assert (tmp_path / "logs.previous" / "consent.log").read_text() == "run 1\n"
+    (logs / "consent.log").write_text("run 2\n")
+    stack_mod.set_aside_logs(logs)
+    assert (tmp_path / "logs.previous" / "consent.log").read_text() == "run 2\n", "one run back, no more"
+
+
 def test_a_second_up_is_refused_while_another_up_holds_the_lock(monkeypatch: pytest.MonkeyPatch,
                                                                   run_dir: Path) -> None:
     """Even before the first `up` has written stack.json (starting takes seconds), a second one refuses,
@@ -275,3 +288,11 @@ def test_settlement_commands_say_when_the_running_stack_has_no_settlement(monkey
     assert shown.exit_code == 1 and "has no settlement service" in shown.output, shown.output
     monkeypatch.setattr(stack_mod, "running_stack", lambda: None)
     assert settlement_cli.settlement_url_default() == settlement_cli.DEFAULT_SETTLEMENT_URL
+
+
+def test_help_lists_each_command_in_whole_sentences() -> None:
+    """A docstring's first paragraph spans source lines; the list folds them (rich kept each break)."""
+    shown = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert "a refund of an allocated order would stop every later payout root" in shown.output
+    assert "take and run jobs. Exits non-zero, saying why" in shown.output
