@@ -303,7 +303,8 @@ def consent_grant(
     purpose: Annotated[str, typer.Option(help="a purpose from the catalog (`datacoop consent catalog` lists them)")],
     categories: Annotated[str, typer.Option(help="comma-separated data categories (see `datacoop consent "
                                                  "catalog`)")],
-    expires: Annotated[str | None, typer.Option(help="expiry, ISO date/time in UTC, e.g. 2027-06-30")] = None,
+    expires: Annotated[str | None, typer.Option(help="expiry, ISO date/time in UTC; a date alone means the end "
+                                                     "of that day, e.g. 2027-06-30 is 2027-06-30T23:59:59Z")] = None,
     consent_id: Annotated[str | None, typer.Option(
         "--consent-id", help="the new consent's id (default: a fresh UUID); give the id of a grant whose answer "
                              "was lost to retry it without recording it twice")] = None,
@@ -316,6 +317,8 @@ def consent_grant(
             expires_at = datetime.fromisoformat(expires)
         except ValueError:
             fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z", 2)
+        if len(expires.strip()) == len("YYYY-MM-DD"):  # a date alone: in effect through that day
+            expires_at = expires_at.replace(hour=23, minute=59, second=59)
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
         problem = expiry_problem(expires_at, datetime.now(UTC), none="leave --expires out")
@@ -350,8 +353,9 @@ def consent_grant(
         console.print(f"consent {consent_id} was already recorded (an earlier try of this grant landed); nothing "
                       f"to do: `datacoop consent list{key}` shows it", highlight=False, soft_wrap=True)
         return
+    until = f"until {view['expires_at']}" if view.get("expires_at") else "until you revoke it"
     console.print(f"consent {view['consent_id']} granted: {view['purpose']} on {', '.join(view['categories'])} "
-                  f"({view['state']})", highlight=False)
+                  f"({view['state']}, {until})", highlight=False)
     overlaps = view.get("overlaps") or []
     if overlaps:
         others = "; ".join(f"{o['consent_id']} ({', '.join(o['categories'])})" for o in overlaps)

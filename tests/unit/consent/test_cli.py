@@ -126,3 +126,21 @@ def test_a_grant_without_consent_id_names_the_id_it_made_when_its_answer_is_lost
     assert code == 1 and "could not confirm that consent " in output, output
     consent_id = output.split("could not confirm that consent ")[1].split()[0]
     assert f"add --consent-id {consent_id}" in output
+
+
+def test_a_date_alone_expires_at_the_end_of_that_day_and_the_grant_says_until_when(
+        api: Harness, key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.consent.client.MemberWallet",
+                        lambda private_key, url: MemberWallet(private_key, url, http=api.http))
+    member = Account.from_key(key.read_text().strip())
+    assert _run("member", "register", "--key-file", str(key), "--consent-url", NOBODY)[0] == 0
+    api.clock.now = datetime.now(UTC)
+    day = (api.clock.now + timedelta(days=30)).date().isoformat()
+    code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires",
+                        day, "--key-file", str(key), "--consent-url", NOBODY)
+    assert code == 0 and f"until {day}T23:59:59Z" in output, output
+    consents = api.http.get(f"/members/{member.address}/consents", headers=eip712.read_auth(member, DOMAIN)).json()
+    assert consents[0]["expires_at"] == f"{day}T23:59:59Z", "in effect through the day named"
+    code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "fitness", "--key-file",
+                        str(key), "--consent-url", NOBODY)
+    assert code == 0 and "until you revoke it" in output, output
