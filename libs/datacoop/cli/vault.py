@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from datacoop.cli import stack as stack_mod
 from datacoop.cli.common import (
     console,
     err,
@@ -118,6 +120,29 @@ def contribute(
         unreachable("vault", url, exc)
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
                   f"{result['upload_id']} (schema v{result['schema_version']}), encrypted with your data key")
+    _note_if_no_consent_covers(key, category)
+
+
+def _note_if_no_consent_covers(key: str, category: str) -> None:
+    """A yellow note when none of the member's active consents names `category`: the records are stored, but no
+    dataset may use them. Asked of the consent service where its URL is known (DATACOOP_CONSENT_URL, or the
+    running stack's); nothing is said when it is not, or does not answer: the upload itself is done."""
+    from services.consent.client import MemberWallet
+
+    services = (stack_mod.running_stack() or {}).get("services") or {}
+    url = os.environ.get("DATACOOP_CONSENT_URL") or (services.get("consent") or {}).get("url")
+    if not url:
+        return
+    try:
+        consents = MemberWallet(key, url, http=httpx.Client(base_url=url, timeout=5)).consents()
+    except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError):
+        return
+    if any(c.get("state") == "active" and category in (c.get("categories") or []) for c in consents):
+        return
+    console.print(f"[yellow]note[/yellow]: none of your active consents covers {category}: these records are "
+                  "stored, encrypted, but no dataset will use them (nor pay you for them) until you grant one: "
+                  f"`datacoop consent grant --purpose P --categories {category}` (`datacoop consent catalog` lists "
+                  "the purposes)", highlight=False, soft_wrap=True)
 
 
 def _retrying_not_ready(upload: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -121,3 +121,39 @@ def test_the_vaults_own_404_is_passed_on(records: list[str], monkeypatch: pytest
     monkeypatch.setattr(httpx, "get", lambda url, **kw: _Answer({"status": "ok", "service": "vault"}))
     result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:8102")
     assert result.exit_code == 1 and "member 0xabc is not registered with the vault: … (HTTP 404)" in result.output
+
+
+@pytest.mark.parametrize(("consents", "noted"), [
+    ([], True),
+    ([{"consent_id": "c1", "state": "revoked", "categories": ["fitness"]}], True),
+    ([{"consent_id": "c2", "state": "active", "categories": ["health"]}], True),
+    ([{"consent_id": "c3", "state": "active", "categories": ["health", "fitness"]}], False),
+])
+def test_an_upload_no_active_consent_covers_is_stored_with_a_note_saying_so(
+        records: list[str], monkeypatch: pytest.MonkeyPatch, consents: list[dict[str, Any]], noted: bool) -> None:
+    class _Member:
+        def __init__(self, key: str, url: str, http: object = None) -> None:
+            assert url == "http://consent.test"
+
+        def consents(self) -> list[dict[str, Any]]:
+            return consents
+
+    monkeypatch.setattr("datacoop.cli.vault._upload", lambda client, body: dict(DONE))
+    monkeypatch.setattr("services.consent.client.MemberWallet", _Member)
+    monkeypatch.setenv("DATACOOP_CONSENT_URL", "http://consent.test")
+    result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9")
+    assert result.exit_code == 0 and "contributed 1 record(s) of fitness" in result.output, result.output
+    said = "none of your active consents covers fitness" in result.output
+    assert said == noted, result.output
+    if noted:
+        assert "`datacoop consent grant --purpose P --categories fitness`" in " ".join(result.output.split())
+
+
+def test_no_note_when_the_consent_service_is_unknown_or_silent(records: list[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("datacoop.cli.vault._upload", lambda client, body: dict(DONE))
+    monkeypatch.delenv("DATACOOP_CONSENT_URL", raising=False)
+    assert "note" not in _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9").output
+    monkeypatch.setenv("DATACOOP_CONSENT_URL", "http://127.0.0.1:9")  # nothing listens
+    result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9")
+    assert result.exit_code == 0 and "note" not in result.output, result.output
