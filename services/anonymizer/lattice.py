@@ -386,8 +386,10 @@ def _no_node_message(engine: GlobalRecoding) -> str:
     m = engine.model
     rows = engine.table.n_rows
     if rows < m.row_k:
+        fewer = (f", or lower privacy.max_rows_per_member (now {m.max_rows_per_member}: classes are sized for "
+                 "members who each hold that many rows)") if m.max_rows_per_member > 1 else ""
         return (f"only {rows} row(s): {m.k_text} needs at least {m.row_k} in a class; wait for more members' "
-                "records (or lower k)")
+                f"records (or lower k{fewer})")
     model = ", ".join([m.k_text, *([f"l={m.l} ({m.l_kind})"] if m.l > 1 else []),
                        *([f"t={m.t}"] if m.t is not None else [])])
     return (f"no generalization of the {rows} rows meets {model} within the suppression limit "

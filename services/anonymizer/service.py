@@ -471,8 +471,11 @@ class AnonymizerService(ServiceRuntime[AnonymizerProjection]):
                 raise
             except Exception as exc:  # every failure of a build is reported, none stalls the builder
                 detail = failure_detail(exc)
-                log.warning("build %s of %s failed: %s\n%s", req.build_id, req.dataset_id, detail,
-                            "".join(traceback.format_tb(exc.__traceback__)))  # frames, not the message
+                if isinstance(exc, (*_WORDED, DecryptRefused, NothingToBuild, httpx.HTTPError)):  # expected: too
+                    log.warning("build %s of %s failed: %s", req.build_id, req.dataset_id, detail)  # few rows, ...
+                else:  # a bug: where it was raised (frames, not the message: it may quote a member's data)
+                    log.warning("build %s of %s failed: %s\n%s", req.build_id, req.dataset_id, detail,
+                                "".join(traceback.format_tb(exc.__traceback__)))
                 if isinstance(exc, DecryptRefused | httpx.HTTPError):  # try again later, inputs unchanged or not
                     self._retry.add(req.dataset_id)
                     self._changed[req.dataset_id] = self._first_changed[req.dataset_id] = \

@@ -53,6 +53,8 @@ def test_an_impossible_model_is_refused_with_advice(adult_subset, adult_hierarch
     few = encode({"sex": adult_subset["sex"][:3]}, {"sex": adult_hierarchies["sex"]})
     with pytest.raises(NoAnonymousNode, match=r"only 3 row\(s\): k=5 needs at least 5 in a class"):
         optimal_search(GlobalRecoding(few, PrivacyModel(k=5)))
+    with pytest.raises(NoAnonymousNode, match=r"lower k, or lower privacy.max_rows_per_member \(now 30"):
+        optimal_search(GlobalRecoding(few, PrivacyModel(k=3, max_rows_per_member=30)))
     one_value = {"q": ["a"] * 6 + ["b"], "s": ["x"] * 7}  # enough rows, never 2 sensitive values in a class
     table = encode(one_value, {"q": from_rows("q", [["a", "*"], ["b", "*"]])}, ["s"])
     with pytest.raises(NoAnonymousNode, match="raise the suppression limit, lower k/l") as refused:

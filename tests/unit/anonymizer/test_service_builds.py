@@ -206,6 +206,8 @@ def test_a_failed_build_never_quotes_a_records_value(service, poison, monkeypatc
     assert MARKER not in "".join(e.model_dump_json() for e in _events(service))
     assert MARKER not in str(service.projection.builds(DATASET)) + str(service.live_progress)
     assert MARKER not in caplog.text
+    traced = "Traceback" in caplog.text or 'File "' in caplog.text
+    assert traced == (poison == "unexpected"), "the frames of a bug, not of an expected refusal"
 
 
 @pytest.mark.parametrize("leavers", [1, len(MEMBERS) - 2])
