@@ -51,9 +51,11 @@ lint: install
 lock: install  ## re-pin the Python packages after changing pyproject.toml (name==version only, never a path)
 	$(PY) -m pip list --format=freeze --exclude-editable --exclude pip --exclude setuptools | grep -v '^datacoop' > requirements.lock
 
-compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed), secrets stood in for
+compose-config:  ## parse docker-compose.yml (Debian's docker-compose; no engine needed), secrets and chain stood in for
 	DATACOOP_VAULT_KEK=check DATACOOP_VAULT_SERVICE_TOKEN=check DATACOOP_ANONYMIZER_OPERATOR_TOKEN=check \
 	DATACOOP_ANONYMIZER_PSEUDONYM_KEY=check DATACOOP_SETTLEMENT_OPERATOR_TOKEN=check \
+	DATACOOP_CHAIN_URL=check DATACOOP_CHAIN_ID=check DATACOOP_MARKET_ADDRESS=check DATACOOP_TOKEN_ADDRESS=check \
+	DATACOOP_SETTLER_KEY=check DATACOOP_COOP_ADDRESS=check \
 	docker-compose -f docker-compose.yml config --quiet
 
 clean:

@@ -78,7 +78,16 @@ def market_mismatch(chain_url: str, market_address: str, token_address: str, tim
     """What is wrong with a service's DATACOOP_MARKET_ADDRESS / DATACOOP_TOKEN_ADDRESS on the chain at
     `chain_url`, in a sentence naming the setting and the fix; None when the market contract is there and
     takes that token, or when the chain does not answer (a service starts before its chain and waits for it).
-    A wrong address would otherwise show only later: payments never seen, researchers approving another token."""
+    A wrong address would otherwise show only later: payments never seen, researchers approving another token.
+    An install without the contract artifacts (a copy of the code away from the repository) is said to be that,
+    chain or no chain: it can't check any address, and blaming the address sent operators after the wrong thing."""
+    try:
+        market_abi = load_artifact("DatacoopMarket", ARTIFACTS_DIR).abi
+    except ChainError:
+        return (f"the contract artifact {ARTIFACTS_DIR / 'DatacoopMarket.json'} is missing: this install can't "
+                "check DATACOOP_MARKET_ADDRESS or talk to the market; run `make contracts` in the repository and run "
+                "the code from there (an editable install, as infra/docker/Dockerfile makes), not a copy in "
+                "site-packages")
     w3 = Web3(Web3.HTTPProvider(chain_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None))
     market = Web3.to_checksum_address(market_address)
     try:
@@ -90,7 +99,7 @@ def market_mismatch(chain_url: str, market_address: str, token_address: str, tim
                 f"{w3.eth.chain_id}); set the address the market contract was deployed at, or DATACOOP_CHAIN_URL "
                 "to the chain it was deployed on")
     try:
-        takes = str(w3.eth.contract(address=market, abi=load_artifact("DatacoopMarket").abi).functions.token().call())
+        takes = str(w3.eth.contract(address=market, abi=market_abi).functions.token().call())
     except Exception as exc:
         return (f"DATACOOP_MARKET_ADDRESS {market}: the contract there is not a DatacoopMarket (token() failed: "
                 f"{type(exc).__name__}); set the market contract's address")

@@ -20,8 +20,8 @@ TOPIC_ALREADY_EXISTS = 36
 
 _WHAT_TO_CHANGE = {
     37: "the partition count is datacoop's (datacoop.topics): create the topic yourself with a count the broker takes",
-    38: "the broker refuses replication factor {replication}: create the topic yourself with the replication "
-        "factor your cluster requires",
+    38: "the broker refuses replication factor {replication}: set DATACOOP_TOPIC_REPLICATION to one it takes (at "
+        "most the number of brokers), or create the topic yourself with the replication factor your cluster requires",
     29: "this client may not create topics: grant it CREATE on them (ACL), or create them yourself",
     44: "a create-topic policy of the broker refuses it: create the topic yourself as the policy allows",
 }
@@ -34,7 +34,11 @@ class TopicsRefused(RuntimeError):
 
 async def ensure_topics(bootstrap: str, names: Iterable[tuple[str, int]], replication: int = 1) -> list[str]:
     """Create (name, partitions) topics that don't exist; returns the names created. TopicsRefused when
-    the broker refuses any (each with its reason); one that exists by then counts as there."""
+    the broker refuses any (each with its reason); one that exists by then counts as there. ValueError for a
+    replication factor below 1, before the broker is asked (it would answer with a less telling refusal)."""
+    if replication < 1:
+        raise ValueError(f"replication factor {replication}: a topic needs at least 1 replica; "
+                         "set DATACOOP_TOPIC_REPLICATION to 1 or more")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="datacoop-admin")
     await admin.start()
     try:

@@ -103,7 +103,8 @@ class ServiceRuntime(Generic[P]):
         self._warmed = True
 
     async def start(self) -> None:
-        await ensure_topics(self.settings.bootstrap, standard_topics(self.settings.topic_prefix))
+        await ensure_topics(self.settings.bootstrap, standard_topics(self.settings.topic_prefix),
+                            replication=self.settings.topic_replication)
         await self.publisher.start()
         await self.runner.start()
         self.runner.run_in_background()

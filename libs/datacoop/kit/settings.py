@@ -37,6 +37,9 @@ class ServiceSettings(BaseSettings):
 
     bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
     topic_prefix: str = Field("", description="prefix of every topic name; '' in production")
+    topic_replication: int = Field(1, ge=1, description="replication factor of the topics a service creates when "
+                                                        "they are missing (existing ones keep theirs): at most the "
+                                                        "number of brokers; 3 on a cluster of three or more")
     data_dir: Path = Field(Path("var/data"), description="where the DuckDB projection lives")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
