@@ -239,8 +239,10 @@ class Worker:
                         "(`datacoop status`); DATACOOP_WORKER_START_WAIT_S sets how long to wait, 0 for ever") from exc
                 if deadline is not None:
                     delay_s = max(min(delay_s, deadline - time.monotonic()), 0.0)
-                log.warning("cannot register with the jobs service at %s (%s); retrying in %.0f s",
-                            self.session.base_url, exc, delay_s)
+                left = f"; giving up in {max(deadline - time.monotonic(), 0):.0f} s (DATACOOP_WORKER_START_WAIT_S)" \
+                    if deadline is not None else ""
+                log.warning("cannot register with the jobs service at %s (%s); retrying in %.0f s%s",
+                            self.session.base_url, exc, delay_s, left)
                 self._stop.wait(delay_s)
                 delay_s = min(delay_s * 2, self.RETRY_MAX_S)
 

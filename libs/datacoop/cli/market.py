@@ -58,7 +58,8 @@ ApiKeyFile = Annotated[Path | None, typer.Option("--api-key-file", help="file ho
 # the prefix; the jobs service's stand-in marketplace for tests mints 32): the prefix is what tells a key
 _API_KEY = re.compile(r"^dcr_[A-Za-z0-9_-]{16,128}$")
 _REGISTER = "`datacoop researcher register --name N` prints one and saves it"
-_KEY_RULE = "dcr_ then 16 to 128 letters, digits, - or _; `researcher register` prints one of 43"
+_KEY_RULE = ("dcr_ then 16 to 128 letters, digits, - or _ (`researcher register` prints one with 43 after the "
+             "prefix)")
 
 
 def _api_key(path: Path | None) -> str:

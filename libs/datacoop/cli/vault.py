@@ -70,7 +70,9 @@ def _refused(exc: ApiError, file: Path) -> NoReturn:
     if rows and unlisted > 0:
         err.print(f"  … and {unlisted:,} more problem(s) the vault counted but did not list (it lists the first "
                   f"{len(rows)}): fix these and contribute again to see the rest", highlight=False, soft_wrap=True)
-    fail(refusal(exc.status, f"{problem.get('detail', problem)}" + (" (each listed above)" if rows else "")))
+    counted = "; a row is a record: in a CSV file, row 1 is the first after the header" \
+        if rows and file.suffix.lower() == ".csv" else ""
+    fail(refusal(exc.status, f"{problem.get('detail', problem)}" + (f" (each listed above{counted})" if rows else "")))
 
 
 def contribute(

@@ -144,7 +144,7 @@ def test_registration_is_retried_while_the_service_is_unreachable_or_not_ready(
 
 
 def test_a_first_registration_nobody_answers_ends_after_the_start_wait_but_a_restart_is_waited_for(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A wrong --jobs-url (nothing answers the first registration) ends the worker with a line naming the URL
     and the option; once registered, a service that goes away is a restart and is waited for."""
     refused = [httpx.ConnectError("[Errno 111] Connection refused") for _ in range(1000)]
@@ -156,6 +156,7 @@ def test_a_first_registration_nobody_answers_ends_after_the_start_wait_but_a_res
     assert 0.2 <= time.monotonic() - started < 2.0
     assert str(stopped.value).startswith("no jobs service answered at http://127.0.0.1:9 for 0.2 s (last: [Errno 111]")
     assert "check --jobs-url (or DATACOOP_JOBS_URL)" in str(stopped.value)
+    assert "s (DATACOOP_WORKER_START_WAIT_S)" in caplog.text and "giving up in" in caplog.text, "says when it stops"
 
     session = FakeSession([])
     worker = make_worker(tmp_path, session)

@@ -304,6 +304,7 @@ def test_a_refused_upload_lists_every_problem_the_vault_named(monkeypatch: pytes
     assert "2 more problem(s)" in result.output
     errors = _error_lines(result.output)
     assert len(errors) == 1 and "9 problem(s)" in errors[0] and errors[0].endswith("(HTTP 422)"), errors
+    assert "row 1 is the first after the header" in errors[0], "a CSV's rows are records, not file lines"
 
 
 # -- 11: what the consent service answered ---------------------------------------------------------
