@@ -112,6 +112,15 @@ def wallet_new(out: Annotated[Path, typer.Option("--out", help="where to write t
     console.print(f"wallet {acct.address} written to {out}")
 
 
+@wallet_app.command("show")
+def wallet_show(key_file: KeyFile = None) -> None:
+    """Print the address of a wallet key file (or of DATACOOP_KEY): what `payouts`, `member orders` and others
+    name you by."""
+    from eth_account import Account
+
+    console.print(Account.from_key(read_key(key_file)).address, highlight=False)
+
+
 @wallet_app.command("fund")
 def wallet_fund(
     key_file: KeyFile = None,

@@ -211,10 +211,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def payouts(
-        address: Annotated[str, typer.Argument(help="wallet address (0x…)")],
+        address: Annotated[str | None, typer.Argument(help="wallet address (0x…); or give --key-file")] = None,
+        key_file: Annotated[Path | None, typer.Option("--key-file", help="your wallet's key file, for its address "
+                                                      "(instead of ADDRESS)")] = None,
         settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
     ) -> None:
-        """Show what ADDRESS has earned, what the latest posted epoch lets it claim, and its proof."""
+        """Show what ADDRESS (or your wallet's) has earned, what the latest posted epoch lets it claim, and its proof."""
+        if address is not None and key_file is not None:
+            fail("give ADDRESS or --key-file, not both", 2)
+        if address is None:
+            from eth_account import Account
+
+            address = str(Account.from_key(read_key(key_file)).address)
         address = wallet_address(address, "ADDRESS")
         url = settlement_url_of(settlement_url)
         try:

@@ -58,3 +58,20 @@ def test_claim_writes_what_it_claimed_with_thousands_separators(monkeypatch: pyt
                                env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "claimed 2,750,000 units (cumulative 4,000,000 units, epoch 3)" in " ".join(shown.output.split())
+
+
+def test_payouts_takes_the_wallets_key_file_instead_of_an_address(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Any) -> None:
+    from eth_account import Account
+
+    account = Account.create()
+    key = tmp_path / "me.key"
+    key.write_text(account.key.hex() + "\n")
+    asked: list[str] = []
+    monkeypatch.setattr(settlement_cli, "fetch_payout", lambda url, address: asked.append(address) or PAYOUT)
+    shown = CliRunner().invoke(app, ["payouts", "--key-file", str(key), "--settlement-url", NOWHERE])
+    assert shown.exit_code == 0 and asked == [account.address], shown.output
+    both = CliRunner().invoke(app, ["payouts", ADDRESS, "--key-file", str(key), "--settlement-url", NOWHERE])
+    assert both.exit_code == 2 and "ADDRESS or --key-file, not both" in both.output
+    address = CliRunner().invoke(app, ["wallet", "show", "--key-file", str(key)])
+    assert address.exit_code == 0 and address.output.strip() == account.address
