@@ -216,7 +216,8 @@ def register(app: typer.Typer) -> None:
                                                       "(instead of ADDRESS)")] = None,
         settlement_url: Annotated[str | None, typer.Option(help="settlement service URL")] = None,
     ) -> None:
-        """Show what ADDRESS (or your wallet's) has earned, what the latest posted epoch lets it claim, and its proof."""
+        """Show what ADDRESS (or your wallet's) has earned, what the latest posted epoch lets it claim, and its
+        proof."""
         if address is not None and key_file is not None:
             fail("give ADDRESS or --key-file, not both", 2)
         if address is None:
