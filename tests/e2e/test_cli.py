@@ -170,7 +170,7 @@ def test_consent_grant_and_revoke_say_which_other_consents_cover_the_same_use(
     first = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(key), env=env)
     assert first.returncode == 0, first.stderr
-    assert "health-research on health (active)" in first.stdout
+    assert "health-research on health (active, until you revoke it)" in first.stdout, first.stdout
     assert "note" not in first.stdout
     first_id = first.stdout.split()[1]
     second = datacoop("consent", "grant", "--purpose", "health-research", "--categories", "health,fitness",

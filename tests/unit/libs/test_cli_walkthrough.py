@@ -332,7 +332,7 @@ def test_a_grant_echoes_the_answer_and_names_overlapping_consents(monkeypatch: p
     result = _invoke("consent", "grant", "--purpose", "health-research", "--categories", "health",
                      "--key-file", str(_key_file(tmp_path)), "--consent-url", NOWHERE)
     assert result.exit_code == 0, result.output
-    assert "granted: health-research on health (active)" in result.output
+    assert "granted: health-research on health (active, until you revoke it)" in result.output, result.output
     assert "note" in result.output and "old-7 (health, fitness)" in result.output
 
 
