@@ -140,7 +140,7 @@ def test_three_orders_one_epoch_every_member_claims_to_the_unit(
     assert s.post_epoch().status_code == 409  # type: ignore[union-attr]
 
     out = CliRunner().invoke(app, ["payouts", MEMBERS[4], "--settlement-url", s.url])
-    assert out.exit_code == 0 and str(members[MEMBERS[4]]) in out.output
+    assert out.exit_code == 0 and f"{members[MEMBERS[4]]:,} units" in out.output, out.output
     claim_everyone(s, chain, tmp_path)
     assert_paid_exactly(s)
     assert claim_with_key(MEMBER_KEYS[0], s.url, chain.url)["claimed_units"] == 0, "a second claim pays nothing"
