@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
+from eth_account.signers.local import LocalAccount
 from typer.testing import CliRunner
 
 from datacoop.cli import app
@@ -91,13 +92,19 @@ def test_the_client_encodes_a_consent_id_as_one_path_segment() -> None:
     assert seen[2].endswith(b"/consents/a%20b%3Fc/receipt"), seen
 
 
-def test_a_grant_whose_answer_was_lost_says_to_check_and_retries_under_its_id(
-        api: Harness, key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _registered(api: Harness, key: Path, monkeypatch: pytest.MonkeyPatch) -> LocalAccount:
+    """The CLI's member wallet talking to the in-process consent API, registered; the clock set to now (the
+    CLI checks an expiry with the real time)."""
     monkeypatch.setattr("services.consent.client.MemberWallet",
                         lambda private_key, url: MemberWallet(private_key, url, http=api.http))
-    member = Account.from_key(key.read_text().strip())
     assert _run("member", "register", "--key-file", str(key), "--consent-url", NOBODY)[0] == 0
-    api.clock.now = datetime.now(UTC)  # the CLI checks the expiry with the real time
+    api.clock.now = datetime.now(UTC)
+    return Account.from_key(key.read_text().strip())
+
+
+def test_a_grant_whose_answer_was_lost_says_to_check_and_retries_under_its_id(
+        api: Harness, key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    member = _registered(api, key, monkeypatch)
     expires = (api.clock.now + timedelta(days=90)).replace(tzinfo=None, microsecond=0).isoformat()
     grant = ["consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires", expires,
              "--key-file", str(key), "--consent-url", NOBODY]
@@ -130,11 +137,7 @@ def test_a_grant_without_consent_id_names_the_id_it_made_when_its_answer_is_lost
 
 def test_a_date_alone_expires_at_the_end_of_that_day_and_the_grant_says_until_when(
         api: Harness, key: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("services.consent.client.MemberWallet",
-                        lambda private_key, url: MemberWallet(private_key, url, http=api.http))
-    member = Account.from_key(key.read_text().strip())
-    assert _run("member", "register", "--key-file", str(key), "--consent-url", NOBODY)[0] == 0
-    api.clock.now = datetime.now(UTC)
+    member = _registered(api, key, monkeypatch)
     day = (api.clock.now + timedelta(days=30)).date().isoformat()
     code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires",
                         day, "--key-file", str(key), "--consent-url", NOBODY)
