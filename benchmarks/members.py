@@ -2,8 +2,9 @@
 
 - records_per_s: the vault's contribute path on 10,000-row uploads (UCI Adult demographics as CSV):
   EIP-712 recover of the upload signature, parse + check every row against the category schema,
-  seal each row (JSON + AES-256-GCM under the member's data key), publish the chunked events with
-  acks=all and project them. Baseline encrypt_only_per_s: seal_many over the same serialized rows.
+  seal each row (JSON padded to the category's sealed length + AES-256-GCM under the member's data key),
+  publish the chunked events with acks=all and project them. Baseline encrypt_only_per_s: seal_many over the
+  same serialized, padded rows.
 - grants_per_s: signed consent grants verified (EIP-712 digest + recover), decided, published and
   projected by services.consent in-process (ConsentService + its writer, the API route's path minus
   HTTP), 2,000 members granting at once (concurrent commands share producer batches).
@@ -37,7 +38,7 @@ from services.consent import domain as consent_domain
 from services.consent import eip712
 from services.consent.service import ConsentService
 from services.consent.settings import ConsentSettings
-from services.vault.categories import check_rows, load_schemas, parse_upload
+from services.vault.categories import check_rows, load_schemas, pad_to, parse_upload, sealed_length
 from services.vault.crypto import new_data_key, new_kek_b64, seal_many
 from services.vault.service import VaultService
 from services.vault.settings import VaultSettings
@@ -113,7 +114,8 @@ async def _records(bootstrap: str, data_dir: Path) -> dict[str, float | int]:
 
     schema = load_schemas()["demographics"]
     rows = check_rows(schema, parse_upload(uploads[0][1], "csv"))
-    plain = [(f"u-{i:06d}", orjson.dumps(r)) for i, r in enumerate(rows)]  # as the vault serializes a row
+    width = sealed_length(schema)  # as the vault serializes a row: compact JSON padded to the category's length
+    plain = [(f"u-{i:06d}", pad_to(orjson.dumps(r), width)) for i, r in enumerate(rows)]
     key = new_data_key()
     reps = 5
     t0 = time.perf_counter()
