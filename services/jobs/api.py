@@ -48,7 +48,8 @@ class SubmitBody(BaseModel):
     job_id: IdStr | None = Field(None, description="choose one to make a retried submit idempotent-safe")
 
 
-GpuValue = Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)] | float | bool | None
+GpuValue = (Annotated[str, Field(max_length=200)] | Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
+            | Annotated[float, Field(allow_inf_nan=False)] | bool | None)  # JSON (and the log) has no NaN
 Gpu = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], GpuValue], Field(max_length=16)]
 
 

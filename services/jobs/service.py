@@ -37,7 +37,7 @@ from datacoop.events.jobs import WorkerRegistered
 from datacoop.events.registry import Event
 from datacoop.kit import ServiceRuntime, create_app, serve
 from datacoop.kit.logs import correlation_id
-from datacoop.kit.problems import Unauthorized, secret_sha256
+from datacoop.kit.problems import DomainError, Unauthorized, secret_sha256
 from datacoop.topics import DATASETS, JOBS, ORDERS, PAYOUTS, WORKERS
 from services.consent import eip712
 from services.jobs import domain
@@ -173,6 +173,8 @@ class JobsService(ServiceRuntime[JobsProjection]):
         except eip712.SignatureInvalid as exc:
             raise Unauthorized(f"bad signature: {exc}; sign the {primary_type} typed data (GET /eip712)",
                                slug="bad-signature") from exc
+        except ValueError as exc:  # a value the typed data cannot carry (a uint256 out of range)
+            raise DomainError(f"cannot hash {primary_type}: {exc}", status=422, slug="invalid-request") from exc
 
     async def execute(self, job_id: str, cmd: domain.Command, **kw: Any) -> list[Delivery]:
         def decide() -> list[Event]:

@@ -10,7 +10,8 @@ from datacoop.kit.settings import ServiceSettings
 
 class JobsSettings(ServiceSettings):
     port: int = Field(8106, ge=0, le=65535)
-    chain_id: int = Field(31337, description="EIP-712 domain chainId (worker registration, signed results)")
+    chain_id: int = Field(31337, ge=1, lt=2**256,
+                          description="EIP-712 domain chainId (worker registration, signed results; a uint256, from 1)")
     market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract, as the consent service uses")
     jobs_fee_units: int = Field(1_000_000, ge=0, description="what a completed job pays its provider, "

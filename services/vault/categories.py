@@ -193,6 +193,9 @@ def _number(rules: dict[str, Any]) -> Checker:
     return check
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, LF and CR: JSON writes them \u00XX
+
+
 def _string(rules: dict[str, Any]) -> Checker:
     allowed = frozenset(rules["enum"]) if "enum" in rules else None
     pattern = re.compile(rules["pattern"]) if "pattern" in rules else None
@@ -203,6 +206,10 @@ def _string(rules: dict[str, Any]) -> Checker:
                 and pattern is None:
             return value  # the common case of a value set, without the work below
         text = _text(value, "text")
+        control = _CONTROL.search(text)
+        if control is not None:
+            raise ValueError(f"{_shown(text)} holds the control character U+{ord(control.group()):04X} at character "
+                             f"{control.start() + 1}; remove it (text may hold tabs and line breaks, no other)")
         if allowed is not None and text not in allowed:
             shown = ", ".join(sorted(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
             raise ValueError(f"{_shown(text)} is not one of {shown}")
@@ -258,17 +265,22 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Checker]] = {
 # AES-GCM hides a record's bytes, not its length (ciphertext = plaintext + 16 bytes), and the records topic is
 # readable by every consumer: a diagnosis, a smoker flag or an income band written at its own length would be
 # read off the ciphertext's size. So the vault pads each row's JSON with spaces (JSON ignores them) to the
-# longest row the category's schema allows in ASCII; a longer row (non-ASCII text near its max_length, or
-# characters JSON escapes) pads to a multiple of that length, telling only that it is an unusually long row.
+# longest row the category's schema allows, in bytes: a free-text character takes up to 4 bytes of UTF-8 (a
+# condition in Chinese must not seal longer than one in English: that would tell the script a member writes),
+# and text refuses the control characters JSON would write as 6-byte escapes (a quote or backslash takes 2).
+# A row can exceed it only through a schema whose text has no bounded length: such a category pads to multiples
+# of UNBOUNDED_STEP.
 FLOAT_CHARS = 24
 """The longest text orjson gives a 64-bit float (e.g. -1.2345678901234567e-308)."""
+UTF8_MAX = 4
+"""The most bytes UTF-8 takes for one character (and JSON for one allowed character: 2 for a quote)."""
 UNBOUNDED_STEP = 1024
 """A category with a field of no bounded length (a string with neither enum, max_length nor a bounded
 pattern) pads to multiples of this many bytes instead."""
 
 
 def _value_chars(spec: FieldSpec) -> int | None:
-    """The most characters a value of `spec` takes in the sealed JSON (ASCII text), or None: unbounded."""
+    """The most bytes a value of `spec` takes in the sealed JSON, or None: unbounded."""
     rules = spec.rules
     if spec.type == "integer":
         lo, hi = rules.get("min"), rules.get("max")
@@ -282,13 +294,13 @@ def _value_chars(spec: FieldSpec) -> int | None:
         return len('"YYYY-MM-DD"')
     widths = []
     if "enum" in rules:
-        widths.append(max(len(json.dumps(str(v))) for v in rules["enum"]))
+        widths.append(max(len(json.dumps(str(v), ensure_ascii=False).encode()) for v in rules["enum"]))
     if "max_length" in rules:
-        widths.append(int(rules["max_length"]) + 2)
+        widths.append(UTF8_MAX * int(rules["max_length"]) + 2)
     if "pattern" in rules:
         most = re._parser.parse(rules["pattern"]).getwidth()[1]  # type: ignore[attr-defined]
         if most < re._parser.MAXREPEAT:  # type: ignore[attr-defined]
-            widths.append(most + 2)
+            widths.append(UTF8_MAX * most + 2)
     return min(widths) if widths else None
 
 

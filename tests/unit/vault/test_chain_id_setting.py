@@ -1,6 +1,6 @@
 """DATACOOP_CHAIN_ID is the EIP-712 domain's chainId, a uint256: a value out of that range would start the consent
-service and the vault, and then every signed request would fail (the vault answered each upload 500). Both
-refuse to start with it instead, naming the variable; and an upload whose typed data cannot be hashed is a 422
+service, the vault, the jobs service and the marketplace, and then every signed request would fail (the vault
+answered each upload 500, the jobs service each worker registration). Each refuses to start with it instead, naming the variable; and an upload whose typed data cannot be hashed is a 422
 that says why, never a 500."""
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from pydantic import ValidationError
 from datacoop.kit.app import serve
 from datacoop.kit.settings import ServiceSettings
 from services.consent.settings import ConsentSettings
+from services.jobs.settings import JobsSettings
+from services.marketplace.settings import MarketplaceSettings
 from services.vault.service import build_app as build_vault
 from services.vault.settings import VaultSettings
 from tests.unit.vault.test_api import _body, _register, _svc
 
-SETTINGS = [ConsentSettings, VaultSettings]
+SETTINGS = [ConsentSettings, VaultSettings, JobsSettings, MarketplaceSettings]
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
@@ -72,3 +74,17 @@ def test_an_upload_whose_typed_data_cannot_be_hashed_is_a_422_not_a_500(tmp_path
     finally:
         _svc(app).keys.close()
         _svc(app).store.close()
+
+
+def test_the_jobs_service_refuses_typed_data_it_cannot_hash_with_a_422() -> None:
+    from types import SimpleNamespace
+
+    from datacoop.kit.problems import DomainError
+    from services.consent import eip712
+    from services.jobs.service import JobsService
+
+    jobs = SimpleNamespace(domain_sep=eip712.Domain(chain_id=-1))  # what a settings check now keeps out
+    with pytest.raises(DomainError) as refused:
+        JobsService.recover(jobs, "RegisterWorker",  # type: ignore[arg-type]
+                            {"provider": "0x" + "11" * 20, "workerId": "w", "issuedAt": 1}, "0x" + "ab" * 65)
+    assert refused.value.status == 422 and "cannot hash RegisterWorker" in refused.value.detail

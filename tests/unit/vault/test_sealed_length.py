@@ -75,15 +75,29 @@ def test_every_row_a_category_allows_in_ascii_fits_its_sealed_length(category: s
     assert {len(pad_to(orjson.dumps(r), width)) for r in rows} == {width}
 
 
-def test_the_longest_health_row_fits_and_a_longer_one_pads_to_a_multiple() -> None:
+def test_the_longest_health_row_in_any_script_fits_its_sealed_length() -> None:
+    """Free text sized in UTF-8 bytes: a condition in Chinese or with accents seals as long as one in English
+    (a longer ciphertext would tell the script a member writes in)."""
     schema = load_schemas()["health"]
     width = sealed_length(schema)
-    longest = check_rows(schema, [{
-        "measured_on": "2100-12-31", "condition": "x" * 120, "icd10": "A12.ABCD", "systolic_mmhg": "260",
-        "diastolic_mmhg": "160", "heart_rate_bpm": "250", "weight_kg": "1.0000000000000002",
-        "height_cm": "259.99999999999994", "smoker": "false"}])[0]
-    assert len(orjson.dumps(longest)) <= width
-    accented = check_rows(schema, [{"measured_on": "2026-01-01", "condition": "é" * 120}])[0]  # 240 bytes of UTF-8
-    assert len(orjson.dumps(accented)) > width
-    padded = pad_to(orjson.dumps(accented), width)
-    assert len(padded) % width == 0 and json.loads(padded) == accented
+    longest = {"measured_on": "2100-12-31", "icd10": "A12.ABCD", "systolic_mmhg": "260", "diastolic_mmhg": "160",
+               "heart_rate_bpm": "250", "weight_kg": "1.0000000000000002", "height_cm": "259.99999999999994",
+               "smoker": "false"}
+    for condition in ["x" * 120, "é" * 120, "哮喘" * 60, "😷" * 120, '"\\' * 60, "a\tb\n" * 30]:
+        row = check_rows(schema, [{**longest, "condition": condition}])[0]
+        assert len(orjson.dumps(row)) <= width, condition[:10]
+        assert len(pad_to(orjson.dumps(row), width)) == width
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x01", "\x1b", "\x0b"])
+def test_text_refuses_control_characters_json_would_escape_at_six_bytes(control: str) -> None:
+    from services.vault.categories import UploadRefused
+
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(load_schemas()["health"], [{"measured_on": "2026-01-01", "condition": f"asthma{control}x"}])
+    assert f"control character U+{ord(control):04X} at character 7" in refused.value.errors[0].message
+
+
+def test_a_row_past_the_length_pads_to_a_multiple_of_it() -> None:
+    padded = pad_to(b'{"a": "' + b"x" * 300 + b'"}', 256)
+    assert len(padded) == 512 and json.loads(padded) == {"a": "x" * 300}
