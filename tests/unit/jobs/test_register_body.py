@@ -35,12 +35,18 @@ def _client(registered: list[Any]) -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
+def _body(utilization: str) -> str:
+    """A registration whose one GPU reports `utilization` as written (NaN is not JSON; Starlette reads it)."""
+    signed = f'"worker_id":"w1","provider":"{PROVIDER}","issued_at":{int(NOW.timestamp())},"signature":"0x{"ab" * 65}"'
+    gpus = f'"gpus":[{{"index":0,"utilization":{utilization}}}]'
+    return f'{{{signed},"hardware":{{"backend":"numpy","cpu_cores":4,"memory_bytes":1,{gpus}}}}}'
+
+
+
 @pytest.mark.parametrize("figure", ["NaN", "Infinity", "-Infinity"])
 def test_a_non_finite_gpu_figure_is_a_422_naming_it(figure: str) -> None:
     registered: list[Any] = []
-    body = ('{"worker_id":"w1","provider":"%s","issued_at":%d,"signature":"0x%s","hardware":{"backend":"numpy",'
-            '"cpu_cores":4,"memory_bytes":1,"gpus":[{"index":0,"utilization":%s}]}}'
-            % (PROVIDER, int(NOW.timestamp()), "ab" * 65, figure))
+    body = _body(figure)
     answer = _client(registered).post("/workers", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 422, (answer.status_code, answer.text)
     assert "utilization" in answer.text and not registered
@@ -48,9 +54,7 @@ def test_a_non_finite_gpu_figure_is_a_422_naming_it(figure: str) -> None:
 
 def test_a_finite_gpu_figure_registers() -> None:
     registered: list[Any] = []
-    body = ('{"worker_id":"w1","provider":"%s","issued_at":%d,"signature":"0x%s","hardware":{"backend":"numpy",'
-            '"cpu_cores":4,"memory_bytes":1,"gpus":[{"index":0,"utilization":0.5}]}}'
-            % (PROVIDER, int(NOW.timestamp()), "ab" * 65))
+    body = _body("0.5")
     answer = _client(registered).post("/workers", content=body, headers={"content-type": "application/json"})
     assert answer.status_code < 300, answer.text
     assert len(registered) == 1

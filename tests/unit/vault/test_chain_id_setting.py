@@ -1,7 +1,7 @@
 """DATACOOP_CHAIN_ID is the EIP-712 domain's chainId, a uint256: a value out of that range would start the consent
 service, the vault, the jobs service and the marketplace, and then every signed request would fail (the vault
-answered each upload 500, the jobs service each worker registration). Each refuses to start with it instead, naming the variable; and an upload whose typed data cannot be hashed is a 422
-that says why, never a 500."""
+answered each upload 500, the jobs service each worker registration). Each refuses to start with it instead,
+naming the variable; and an upload whose typed data cannot be hashed is a 422 that says why, never a 500."""
 
 from __future__ import annotations
 
