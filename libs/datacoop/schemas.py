@@ -85,8 +85,7 @@ def field_checks(model: type[Any]) -> dict[str, list[str]]:
                 ref = node["schema_ref"]
                 return set() if ref in seen or ref not in refs else names(refs[ref], seen | {ref})
             if node.get("type") in _FUNCTION_SCHEMAS:
-                fn = node["function"]["function"]
-                found.add(f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}")
+                found.add(check_id(node["function"]["function"]))
             for key, value in node.items():
                 if key not in _NOT_VALIDATION:
                     found |= names(value, seen)
@@ -105,6 +104,17 @@ def field_checks(model: type[Any]) -> dict[str, list[str]]:
     return checks
 
 
+def check_id(fn: Any) -> str:
+    """How x-field-checks names a validating function: its `__datacoop_check__` when it has one (set it to keep
+    a check's id across a rename or a move: the id, not the name, is what a published schema holds), else its
+    module and qualified name. Closures made by one factory share a name: tightening one's arguments goes
+    unseen, so a check that takes arguments should carry them in its id."""
+    declared = getattr(fn, "__datacoop_check__", None)
+    if isinstance(declared, str) and declared:
+        return declared
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def written_as_read(model: type[Any]) -> list[str]:
     """Where `model` writes a field otherwise than it reads it (its schema in serialization mode against
     validation mode): an excluded field, or a serializer that changes the type."""
@@ -121,6 +131,11 @@ def written_as_read(model: type[Any]) -> list[str]:
             problems.append(f"{name}: field '{field}' is written as {_normalise(out)} but read as {_normalise(spec)}: "
                             "what the log holds must read back and match schemas/; drop the serializer, or "
                             "publish a new version whose field has the written type")
+    for field in written.get("properties", {}):
+        if field not in read.get("properties", {}):
+            problems.append(f"{name}: field '{field}' is written but not read (a computed field, or a serializer that "
+                            "adds it): every event written would be refused on replay (unknown fields are "
+                            "forbidden); make it a field, or drop it from the output")
     if _normalise(read.get("$defs", {})) != _normalise(written.get("$defs", {})):
         problems.append(f"{name}: a nested type is written otherwise than it is read; make its output match its "
                         "input")

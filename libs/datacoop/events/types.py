@@ -21,6 +21,8 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+_utc.__datacoop_check__ = "datacoop.events.types._utc"  # type: ignore[attr-defined]  # id in schemas
+
 # EIP-55 in whole-string operations: per hex digit, a byte that is 0x20 where the digest's nibble is >= 8
 # (resp. where the address's digit is a letter); their AND, subtracted from the ASCII, upper-cases those
 # letters. Four times faster than a loop over the digits, and it runs in every signature check.
@@ -50,6 +52,8 @@ def _wallet_address(value: str) -> str:
             "so a character is likely mistyped; copy the address from your wallet again")
     return value
 
+
+_wallet_address.__datacoop_check__ = "datacoop.events.types._wallet_address"  # type: ignore[attr-defined]  # id in schemas
 
 Address = Annotated[str, Field(pattern=ADDRESS_PATTERN, description="EVM address, 0x + 40 hex")]
 """An address inside an event: the shape only, checked in pydantic's core, because it runs for every event
@@ -82,6 +86,8 @@ def _finite_object(value: dict[str, Any]) -> dict[str, Any]:
     _finite(value, "")
     return value
 
+
+_finite_object.__datacoop_check__ = "datacoop.events.types._finite_object"  # type: ignore[attr-defined]  # id in schemas
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_finite_object)]
 """A free-form JSON object inside an event (a definition, job parameters, a result): any JSON value, but no

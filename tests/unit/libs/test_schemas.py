@@ -214,3 +214,25 @@ def test_the_checks_of_each_field_are_recorded_in_schemas() -> None:
     assert schemas.MODEL_CHECKS in schemas.field_checks(EpochPrepared)
     published = json.loads((schemas.ROOT / "events" / f"{MemberRegistered.type_name()}.json").read_text())
     assert published["x-field-checks"] == checks
+
+
+def test_a_check_renamed_keeps_its_declared_id_and_a_field_written_but_not_read_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import computed_field
+
+    from datacoop.events import types
+
+    monkeypatch.setattr(types._utc, "__qualname__", "_as_utc")  # a rename: its declared id stays
+    assert schemas.compatibility(schemas.ROOT, _copy_registry_with(MemberRegistered)) == []
+    assert schemas.check_id(types._utc) == "datacoop.events.types._utc"
+
+    class Computed(_edited_member_registered()):  # type: ignore[misc]
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def nonce_twice(self) -> int:
+            return 2 * int(self.nonce)
+
+    with pytest.raises(ValidationError):  # what a replay would do with what it writes
+        Computed.model_validate(Computed.model_validate(LOGGED).model_dump(mode="json"))
+    problems = schemas.compatibility(schemas.ROOT, _copy_registry_with(Computed))
+    assert any("field 'nonce_twice' is written but not read" in p for p in problems), problems
