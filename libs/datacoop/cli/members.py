@@ -7,7 +7,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -307,6 +307,15 @@ def consent_catalog(consent_url: ConsentUrl = None) -> None:
         print_table(table, whole=(0,))
 
 
+def _date_alone(text: str) -> bool:
+    """Whether `text` is a date without a time (2027-06-30, or the compact 20270630 that ISO allows too)."""
+    try:
+        date.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
+
+
 @consent_app.command("grant")
 def consent_grant(
     purpose: Annotated[str, typer.Option(help="a purpose from the catalog (`datacoop consent catalog` lists them)")],
@@ -326,7 +335,7 @@ def consent_grant(
             expires_at = datetime.fromisoformat(expires)
         except ValueError:
             fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z", 2)
-        if len(expires.strip()) == len("YYYY-MM-DD"):  # a date alone: in effect through that day
+        if _date_alone(expires):  # in effect through that day
             expires_at = expires_at.replace(hour=23, minute=59, second=59)
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)

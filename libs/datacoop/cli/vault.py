@@ -122,24 +122,27 @@ def contribute(
         unreachable("vault", url, exc)
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
                   f"{result['upload_id']} (schema v{result['schema_version']}), encrypted with your data key")
-    _note_if_no_consent_covers(key, category)
+    from_stack = vault_url is None and not os.environ.get("DATACOOP_VAULT_URL")
+    _note_if_no_consent_covers(key, category, stack_vault=from_stack)
 
 
-def _note_if_no_consent_covers(key: str, category: str) -> None:
+def _note_if_no_consent_covers(key: str, category: str, stack_vault: bool) -> None:
     """A yellow note when none of the member's active consents names `category`: the records are stored, but no
-    dataset may use them. Asked of the consent service where its URL is known (DATACOOP_CONSENT_URL, or the
-    running stack's); nothing is said when it is not, or does not answer: the upload itself is done."""
+    dataset may use them. Asked of the consent service where its URL is known: DATACOOP_CONSENT_URL, or the
+    running stack's when the vault was the stack's too (not another deployment's). Best effort: nothing is
+    said when no URL is known or the service does not answer as expected; the upload itself is done."""
     from services.consent.client import MemberWallet
 
-    services = (stack_mod.running_stack() or {}).get("services") or {}
+    services = (stack_mod.running_stack() or {}).get("services") or {} if stack_vault else {}
     url = os.environ.get("DATACOOP_CONSENT_URL") or (services.get("consent") or {}).get("url")
     if not url:
         return
     try:
         consents = MemberWallet(key, url, http=httpx.Client(base_url=url, timeout=5)).consents()
-    except (ApiError, httpx.HTTPError, ValueError, KeyError, TypeError):
+        covered = any(c.get("state") == "active" and category in (c.get("categories") or []) for c in consents)
+    except Exception:  # a hint after a done upload must never fail the command
         return
-    if any(c.get("state") == "active" and category in (c.get("categories") or []) for c in consents):
+    if covered:
         return
     console.print(f"[yellow]note[/yellow]: none of your active consents covers {category}: these records are "
                   "stored, encrypted, but no dataset will use them (nor pay you for them) until you grant one: "

@@ -144,6 +144,10 @@ def test_a_date_alone_expires_at_the_end_of_that_day_and_the_grant_says_until_wh
     assert code == 0 and f"until {day}T23:59:59Z" in output, output
     consents = api.http.get(f"/members/{member.address}/consents", headers=eip712.read_auth(member, DOMAIN)).json()
     assert consents[0]["expires_at"] == f"{day}T23:59:59Z", "in effect through the day named"
+    compact = (api.clock.now + timedelta(days=31)).date()
+    code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires",
+                        compact.strftime("%Y%m%d"), "--key-file", str(key), "--consent-url", NOBODY)
+    assert code == 0 and f"until {compact.isoformat()}T23:59:59Z" in output, "ISO's compact date is a date too"
     code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "fitness", "--key-file",
                         str(key), "--consent-url", NOBODY)
     assert code == 0 and "until you revoke it" in output, output

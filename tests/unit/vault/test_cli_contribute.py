@@ -157,3 +157,6 @@ def test_no_note_when_the_consent_service_is_unknown_or_silent(records: list[str
     monkeypatch.setenv("DATACOOP_CONSENT_URL", "http://127.0.0.1:9")  # nothing listens
     result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9")
     assert result.exit_code == 0 and "note" not in result.output, result.output
+    monkeypatch.setenv("DATACOOP_CONSENT_URL", "http://[::1")  # not a URL: the upload is done all the same
+    result = _invoke("contribute", *records, "--vault-url", "http://127.0.0.1:9")
+    assert result.exit_code == 0 and "note" not in result.output and "Traceback" not in result.output, result.output
