@@ -3,7 +3,10 @@
 Sums, means and variances are computed in float64 whatever the column type, so the NumPy and CuPy
 paths agree to about 1e-12 relative; quantiles use linear interpolation (NumPy's default).
 No statistic rests on fewer than `min_group_size` rows (disclosure.py): smaller groups, bins and
-columns are suppressed and counted in the result.
+columns are suppressed and counted in the result. Nor is any one row's value reported as an extreme: a
+`min` or `max` is the mean of the `min_group_size` smallest or largest values (with 1, the exact min and
+max), and a histogram without a range runs between those two means, the values beyond them counted in
+its first and last bins (bottom- and top-coded).
 """
 
 from __future__ import annotations
@@ -45,9 +48,17 @@ class DescribeParams(AnalysisParams):
         require_numeric(schema, self.columns, "describe")
 
 
+def _extremes(xp: ModuleType, x: Any, k: int) -> tuple[Any, Any]:
+    """The means of the k smallest and of the k largest of the values `x` (at least k of them): extremes that
+    are no single row's value (with k = 1, the min and the max)."""
+    ordered = xp.sort(x)
+    return xp.mean(ordered[:k]), xp.mean(ordered[-k:])
+
+
 def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: Progress,
              min_group_size: int) -> AnalysisOutcome:
-    """Per column: count (non-null), nulls, mean, std (ddof=1), min, quartiles, max.
+    """Per column: count (non-null), nulls, mean, std (ddof=1), min, quartiles, max (min and max: the means of
+    the `min_group_size` most extreme values).
 
     Each column keeps all its own non-null rows (no listwise deletion across columns). A column with
     fewer than `min_group_size` values reports only its counts and is listed in `columns_suppressed`.
@@ -62,9 +73,10 @@ def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: 
         if 0 < n < min_group_size:
             suppressed.append(column)
         elif n:
-            q = xp.quantile(x, xp.asarray([0.0, 0.25, 0.5, 0.75, 1.0]))
+            q = xp.quantile(x, xp.asarray([0.25, 0.5, 0.75]))
+            low, high = _extremes(xp, x, min_group_size)
             entry.update(mean=xp.mean(x), std=xp.std(x, ddof=1) if n > 1 else None,
-                         min=q[0], q25=q[1], median=q[2], q75=q[3], max=q[4])
+                         min=low, q25=q[0], median=q[1], q75=q[2], max=high)
         stats[column] = entry
         progress((i + 1) / len(params.columns))
     return AnalysisOutcome(jsonable({"backend": backend_name(xp), "rows": table.num_rows, "columns": stats,
@@ -113,7 +125,9 @@ def _group_codes(table: pa.Table, group_by: list[str]) -> tuple[np.ndarray, list
     return inverse.reshape(-1), [list(row) for row in zip(*keys, strict=True)]
 
 
-def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequence[str]) -> dict[str, Any]:
+def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequence[str],
+             k: int = 1) -> dict[str, Any]:
+    """Per group: the `functions` of its values; min and max are the means of its k most extreme values."""
     valid = xp.isfinite(x)
     x, groups = x[valid], groups[valid]
     count = xp.bincount(groups, minlength=n_groups)
@@ -137,11 +151,16 @@ def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequ
         ordered = x[order]
         starts = xp.cumsum(count) - count
         present = count > 0
-        last = xp.maximum(starts + count - 1, 0)
         safe_starts = xp.minimum(starts, max(int(x.size) - 1, 0))
         if x.size:
-            out["min"] = xp.where(present, ordered[safe_starts], xp.nan)
-            out["max"] = xp.where(present, ordered[xp.minimum(last, x.size - 1)], xp.nan)
+            taken = xp.maximum(xp.minimum(count, k), 1)  # a group of fewer than k values is suppressed later
+            sums = xp.concatenate([xp.zeros(1), xp.cumsum(ordered)])
+            ends = starts + count
+            with np.errstate(invalid="ignore", divide="ignore"):
+                low = (sums[xp.minimum(starts + taken, x.size)] - sums[safe_starts]) / taken
+                high = (sums[xp.minimum(ends, x.size)] - sums[xp.maximum(ends - taken, 0)]) / taken
+            out["min"] = xp.where(present, low, xp.nan)
+            out["max"] = xp.where(present, high, xp.nan)
         else:
             out["min"] = out["max"] = xp.full(n_groups, xp.nan)
     return {f: out[f] for f in functions}
@@ -169,7 +188,7 @@ def aggregate(params: AggregateParams, table: pa.Table, xp: ModuleType,
     for i, (column, functions) in enumerate(params.aggregates.items()):
         x = xp.asarray(host_column(table, column, np.float64))
         values = {f: to_numpy(v)[shown_index] for f, v in _grouped(xp, x, groups, len(keys),
-                                                                     [*functions, "count"]).items()}
+                                                                     [*functions, "count"], min_group_size).items()}
         few = values["count"] < min_group_size
         columns[column] = {f: values[f] if f == "count" else np.where(few, np.nan, values[f]) for f in functions}
         progress((i + 1) / len(params.aggregates))
@@ -226,7 +245,9 @@ class HistogramParams(AnalysisParams):
 def histogram(params: HistogramParams, table: pa.Table, xp: ModuleType,
               progress: Progress, min_group_size: int) -> AnalysisOutcome:
     """Counts per bin, as numpy.histogram defines them (last bin closed); values outside the
-    range/edges are counted in `outside`, nulls in `nulls`. Without a range, min..max of the data.
+    range/edges are counted in `outside`, nulls in `nulls`. Without a range, from the mean of the
+    `min_group_size` smallest values to that of the largest, with the values beyond counted in the first
+    and last bins (with min_group_size 1: min..max of the data, as numpy's).
 
     A bin holding 1 to min_group_size - 1 values reports None (`bins_suppressed`, `rows_suppressed`):
     counts + outside + nulls + rows_suppressed = rows.
@@ -238,9 +259,15 @@ def histogram(params: HistogramParams, table: pa.Table, xp: ModuleType,
         raise AnalysisFailed(f"column {params.column!r} has no values; pick a column with data or give "
                              "a range")
     bins = xp.asarray(params.bins, dtype=xp.float64) if isinstance(params.bins, list) else params.bins
+    span = params.range
+    if span is None and isinstance(params.bins, int) and x.size >= min_group_size:
+        low, high = (float(v) for v in _extremes(xp, x, min_group_size))  # no row's own value as an edge
+        if high > low:
+            span = (low, high)
+            x = xp.clip(x, low, high)  # bottom- and top-coded into the first and last bins
     try:
         with np.errstate(all="ignore"):  # overflowing spans raise below, as the job's fault
-            counts, edges = xp.histogram(x, bins=bins, range=params.range)
+            counts, edges = xp.histogram(x, bins=bins, range=span)
     except (ValueError, FloatingPointError, OverflowError) as exc:
         raise AnalysisFailed(f"column {params.column!r} cannot be binned as asked ({exc}); its values span more "
                              "than float64 bins can hold: give a range or bin edges around the values of "

@@ -62,7 +62,11 @@ def test_histogram_bins_with_few_values_are_suppressed() -> None:
     table = _people()
     outcome = run_analysis("histogram", {"column": "age", "bins": 300}, table)
     result = outcome.result
-    counts, _ = np.histogram(table.column("age").to_numpy(), bins=300)
+    ages = np.sort(table.column("age").to_numpy().astype(float))
+    low, high = ages[:10].mean(), ages[-10:].mean()  # the edges: no one row's age
+    counts, _ = np.histogram(np.clip(ages, low, high), bins=300, range=(low, high))
+    assert result["edges"][0] == pytest.approx(low) and result["edges"][-1] == pytest.approx(high)
+    assert result["outside"] == 0, "the extremes are counted in the first and last bins"
     assert all(c is None or c == 0 or c >= 10 for c in result["counts"]) and None in result["counts"]
     assert result["bins_suppressed"] == int(((counts > 0) & (counts < 10)).sum())
     assert sum(c or 0 for c in result["counts"]) + result["rows_suppressed"] == table.num_rows
@@ -118,7 +122,7 @@ def test_values_out_of_range_are_named_not_dropped_or_called_collinear() -> None
 
 def test_a_histogram_of_extreme_values_fails_as_the_jobs_fault_and_a_plot_failure_keeps_the_result(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    table = pa.table({"v": np.array([-1e308, 1e308] + [0.0] * 20)})
+    table = pa.table({"v": np.array([-1e308] * 10 + [1e308] * 10 + [0.0] * 20)})
     with pytest.raises(AnalysisFailed, match="give a range or bin edges"):
         run_analysis("histogram", {"column": "v", "bins": 5}, table)
     from matplotlib.axes import Axes
@@ -130,3 +134,19 @@ def test_a_histogram_of_extreme_values_fails_as_the_jobs_fault_and_a_plot_failur
     outcome = run_analysis("histogram", {"column": "v", "bins": 5, "range": [-1, 1]}, table)
     assert outcome.plot_png is None and outcome.result["counts"][2] == 20
     json.dumps(outcome.result, allow_nan=False)
+
+
+def test_no_one_rows_value_is_reported_as_an_extreme() -> None:
+    """One member's 24,867 steps was printed as describe's max, aggregate's max and a histogram's last edge."""
+    steps = np.array([float(v) for v in range(1000, 1030)] + [24_867.0])  # one outlier among 31 rows
+    table = pa.table({"steps": steps, "g": ["a"] * 31})
+    described = run_analysis("describe", {"columns": ["steps"]}, table).result["columns"]["steps"]
+    assert described["max"] == pytest.approx(np.sort(steps)[-10:].mean()) and described["max"] != 24_867.0
+    assert described["min"] == pytest.approx(np.sort(steps)[:10].mean()) and described["min"] not in steps
+    aggregated = run_analysis("aggregate", {"group_by": ["g"], "aggregates": {"steps": ["min", "max"]}},
+                              table).result["aggregates"]["steps"]
+    assert aggregated["max"] == [pytest.approx(described["max"])]
+    assert aggregated["min"] == [pytest.approx(described["min"])]
+    histogram = run_analysis("histogram", {"column": "steps", "bins": 3}, table).result
+    assert 24_867.0 not in histogram["edges"] and 1000.0 not in histogram["edges"]
+    assert sum(c or 0 for c in histogram["counts"]) + histogram["rows_suppressed"] == 31, "every row counted"
