@@ -244,8 +244,10 @@ def build_router(ctx: Any) -> APIRouter:
         job = own_job(job_id, researcher_id)
         report = domain.accepted_report(job)
         if report is None:
-            raise DomainError(f"job {job_id} is {job.status}" + (f" ({job.failure})" if job.failure else "")
-                              + "; results come once it is completed", status=409, slug="no-result-yet")
+            then = ("; it has no result and never will: submit a new job (`datacoop job submit`) after fixing what "
+                    "the reason says" if job.status == "failed" else "; results come once it is completed")
+            raise DomainError(f"job {job_id} is {job.status}" + (f" ({job.failure})" if job.failure else "") + then,
+                              status=409, slug="no-result-yet")
         return {"job_id": job_id, "analysis": job.analysis, "result": report.result,
                 "result_sha256": report.result_sha256, "has_plot": report.plot_png_b64 is not None,
                 "signature": report.signature, "provider": report.provider, "worker_id": report.worker_id,

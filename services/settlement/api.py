@@ -90,7 +90,9 @@ def build_router(ctx: SettlementService) -> APIRouter:
         ready()
         row = await ctx.run_epoch(forced=True)  # a SettlementRefused is a 409 with its own slug
         if row is None:
-            raise Conflict("nothing new to post since the latest epoch", slug="nothing-to-post")
+            since = ("since the latest epoch" if ctx.projection.epoch() is not None
+                     else "yet: no paid order has been allocated to members (an epoch is posted once one has)")
+            raise Conflict(f"nothing new to post {since}", slug="nothing-to-post")
         return _epoch_view(row)
 
     @router.get("/orders/{order_id}", tags=["orders"])

@@ -43,8 +43,8 @@ def show_earnings_and_claim(settlement_url: str, rpc_url: str, member_keys: Sequ
     for key in member_keys:
         info = fetch_payout(settlement_url, Account.from_key(key).address)
         earnings[info["account"]] = int(info["earned_units"])
-        table.add_row(info["account"], str(info["earned_units"]), str(info["cumulative_units"]), str(info["epoch"]),
-                      _usd(int(info["earned_units"])))
+        table.add_row(info["account"], f"{int(info['earned_units']):,}", f"{int(info['cumulative_units'] or 0):,}",
+                      str(info["epoch"]), _usd(int(info["earned_units"])))
     console.print(table)
     claims = []
     w3 = Web3(Web3.HTTPProvider(rpc_url))
@@ -53,6 +53,6 @@ def show_earnings_and_claim(settlement_url: str, rpc_url: str, member_keys: Sequ
         claims.append(result)
         contracts = Contracts.at(w3, info["token_address"], info["market_address"])
         balance = int(contracts.stablecoin.functions.balanceOf(result["account"]).call())
-        console.print(f"{result['account']} claimed {result['claimed_units']} units on chain "
-                      f"(tx {result['tx_hash']}); wallet now holds {balance} units ({_usd(balance)} USD)")
+        console.print(f"{result['account']} claimed {int(result['claimed_units']):,} units on chain "
+                      f"(tx {result['tx_hash']}); wallet now holds {balance:,} units ({_usd(balance)} USD)")
     return {"epoch": info.get("epoch"), "earnings": earnings, "claims": claims}

@@ -481,8 +481,8 @@ def refunds(
                       soft_wrap=True)
         return
     if not unmatched:
-        console.print("no payment waits for a refund: every payment on chain paid its order"
-                      + (f" or was refunded ({len(done)}; `datacoop refunds --all` lists them)" if done else ""),
+        refunded = f" or was refunded ({len(done)} refunded; `datacoop refunds --all` lists them)" if done else ""
+        console.print("no payment waits for a refund: every payment on chain paid its order" + refunded,
                       highlight=False, soft_wrap=True)
         return
     where = _payment_contracts(url)

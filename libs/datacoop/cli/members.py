@@ -257,8 +257,8 @@ def member_orders_cmd(key_file: KeyFile = None, market_url: Annotated[str | None
     if not isinstance(orders, list):
         shaped("marketplace", url, orders, "order_id")  # names the service answering there instead
     if not orders:
-        console.print("no paid order has used your records yet (`datacoop payouts ADDRESS` shows what you earned)",
-                      highlight=False, soft_wrap=True)
+        console.print("no paid order has used your records yet (`datacoop payouts --key-file FILE` shows what you "
+                      "earned)", highlight=False, soft_wrap=True)
         return
     table = Table(title="paid orders of versions holding your records")
     for col in ("order", "dataset", "v", "offer", "price", "your rows", "researcher", "paid (UTC)"):

@@ -241,8 +241,10 @@ def register(app: typer.Typer) -> None:
                           f"{info['epoch']}; what you already claimed is unknown: the chain did not answer)")
         else:
             console.print(f"claimed      {units(info['claimed_units'])} so far")
+            take = ("`datacoop claim --key-file FILE` takes them" if info["claimable_units"]
+                    else "nothing to claim now: the next posted epoch holds what you earn from here")
             console.print(f"claimable    {units(info['claimable_units'])} now (cumulative "
-                          f"{units(info['cumulative_units'])} in epoch {info['epoch']}; `datacoop claim` takes them)")
+                          f"{units(info['cumulative_units'])} in epoch {info['epoch']}; {take})")
         console.print(f"not yet in a posted epoch: {units(info['unposted_units'])}")
         console.print(f"proof        {len(info['proof'])} hashes; market {info['market_address']}")
 

@@ -190,7 +190,7 @@ def test_refunds_leaves_out_payments_refunded_already_unless_asked(marketplace: 
     result = run("refunds", "--market-url", url)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "no payment waits for a refund" in said and "or was refunded (1; `datacoop refunds --all`" in said
+    assert "no payment waits for a refund" in said and "or was refunded (1 refunded; `datacoop refunds --all`" in said
 
 
 def test_refund_against_another_service_as_settlement_says_so_and_sends_nothing(

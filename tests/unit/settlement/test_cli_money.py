@@ -75,3 +75,13 @@ def test_payouts_takes_the_wallets_key_file_instead_of_an_address(monkeypatch: p
     assert both.exit_code == 2 and "ADDRESS or --key-file, not both" in both.output
     address = CliRunner().invoke(app, ["wallet", "show", "--key-file", str(key)])
     assert address.exit_code == 0 and address.output.strip() == account.address
+
+
+def test_payouts_with_nothing_claimable_says_so_instead_of_pointing_to_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    claimed = {**PAYOUT, "claimed_units": 4_000_000, "claimable_units": 0}
+    monkeypatch.setattr(settlement_cli, "fetch_payout", lambda url, address: claimed)
+    said = " ".join(CliRunner().invoke(app, ["payouts", ADDRESS, "--settlement-url", NOWHERE]).output.split())
+    assert "claimable 0 units now" in said and "nothing to claim now" in said and "datacoop claim" not in said, said
+    monkeypatch.setattr(settlement_cli, "fetch_payout", lambda url, address: PAYOUT)
+    said = " ".join(CliRunner().invoke(app, ["payouts", ADDRESS, "--settlement-url", NOWHERE]).output.split())
+    assert "`datacoop claim --key-file FILE` takes them" in said, said
