@@ -389,7 +389,7 @@ def analyses(jobs_url: JobsUrl = None) -> None:
                           "required" if param in required else "optional",
                           "-" if param in required or "default" not in spec else escape(json.dumps(spec["default"])))
     print_table(table, whole=(0, 1))
-    console.print('--params is a JSON object of these, e.g. --params \'{"column": "age", "bins": 20}\' for histogram',
+    console.print('--params is a JSON object of these, e.g. --params \'{"column": "steps", "bins": 20}\' for histogram',
                   highlight=False, markup=False, soft_wrap=True)
 
 

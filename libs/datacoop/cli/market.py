@@ -124,7 +124,7 @@ def register_cmd(
     = False,
     market_url: MarketUrl = None,
 ) -> None:
-    """Open a researcher account; the API key is shown once and saved to --save."""
+    """Open a researcher account; the API key is shown once and saved (to var/run/researcher.apikey, or --save)."""
     from eth_account import Account
 
     from services.marketplace.client import register_researcher

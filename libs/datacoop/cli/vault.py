@@ -77,7 +77,8 @@ def _refused(exc: ApiError, file: Path) -> NoReturn:
 
 def contribute(
     file: Annotated[Path, typer.Argument(metavar="FILE",
-                                         help="records as JSON lines (.jsonl) or CSV (.csv, header row, , or ;)")],
+                                         help="records as JSON lines (.jsonl) or CSV (.csv: a header row, "
+                                              "comma- or semicolon-separated)")],
     category: Annotated[str, typer.Option("--category", help="demographics | health | fitness | location | finance")],
     key_file: Annotated[Path | None, typer.Option("--key-file", help="file holding the wallet's hex private key")]
     = None,
