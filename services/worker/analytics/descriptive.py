@@ -52,7 +52,7 @@ def _extremes(xp: ModuleType, x: Any, k: int) -> tuple[Any, Any]:
     """The means of the k smallest and of the k largest of the values `x` (at least k of them): extremes that
     are no single row's value (with k = 1, the min and the max)."""
     ordered = xp.sort(x)
-    return xp.mean(ordered[:k]), xp.mean(ordered[-k:])
+    return xp.sum(ordered[:k] / k), xp.sum(ordered[-k:] / k)  # each part first: no overflow near 1e308
 
 
 def describe(params: DescribeParams, table: pa.Table, xp: ModuleType, progress: Progress,
@@ -154,11 +154,12 @@ def _grouped(xp: ModuleType, x: Any, groups: Any, n_groups: int, functions: Sequ
         safe_starts = xp.minimum(starts, max(int(x.size) - 1, 0))
         if x.size:
             taken = xp.maximum(xp.minimum(count, k), 1)  # a group of fewer than k values is suppressed later
-            sums = xp.concatenate([xp.zeros(1), xp.cumsum(ordered)])
-            ends = starts + count
-            with np.errstate(invalid="ignore", divide="ignore"):
-                low = (sums[xp.minimum(starts + taken, x.size)] - sums[safe_starts]) / taken
-                high = (sums[xp.minimum(ends, x.size)] - sums[xp.maximum(ends - taken, 0)]) / taken
+            step = xp.arange(k)[None, :]
+            used = step < taken[:, None]  # each group's k (or all its) most extreme values, as a gather
+            first = xp.minimum(safe_starts[:, None] + step, x.size - 1)
+            final = xp.clip(starts[:, None] + count[:, None] - 1 - step, 0, x.size - 1)
+            low = xp.where(used, ordered[first] / taken[:, None], 0.0).sum(axis=1)
+            high = xp.where(used, ordered[final] / taken[:, None], 0.0).sum(axis=1)
             out["min"] = xp.where(present, low, xp.nan)
             out["max"] = xp.where(present, high, xp.nan)
         else:
