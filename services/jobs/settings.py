@@ -5,13 +5,12 @@ from __future__ import annotations
 from pydantic import Field
 
 from datacoop.events.types import ADDRESS_PATTERN
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import LOCAL_CHAIN_ID, ChainId, ServiceSettings
 
 
 class JobsSettings(ServiceSettings):
     port: int = Field(8106, ge=0, le=65535)
-    chain_id: int = Field(31337, ge=1, lt=2**256,
-                          description="EIP-712 domain chainId (worker registration, signed results; a uint256, from 1)")
+    chain_id: ChainId = Field(LOCAL_CHAIN_ID, description="EIP-712 domain chainId (registrations, results)")
     market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract, as the consent service uses")
     jobs_fee_units: int = Field(1_000_000, ge=0, description="what a completed job pays its provider, "

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from datacoop.events.types import ADDRESS_PATTERN
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import LOCAL_CHAIN_ID, ChainId, ServiceSettings
 from services.worker.column_types import DEFAULT_MIN_GROUP_SIZE
 
 
@@ -23,8 +23,7 @@ class MarketplaceSettings(ServiceSettings):
     sweep_interval_s: float = Field(5.0, gt=0, description="how often unpaid orders are expired")
     payment_poll_s: float = Field(0.2, gt=0, description="how often confirmed payments are turned into paid "
                                                          "orders")
-    chain_id: int = Field(31337, ge=1, lt=2**256,
-                          description="where orders are paid (shown in the catalog; a uint256, from 1)")
+    chain_id: ChainId = Field(LOCAL_CHAIN_ID, description="where orders are paid (shown in the catalog)")
     chain_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC the CLI pays through")
     market_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="DatacoopMarket")
     token_address: str | None = Field(None, pattern=ADDRESS_PATTERN, description="the stablecoin")

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field
 
 from datacoop.events.types import ADDRESS_PATTERN
-from datacoop.kit.settings import ServiceSettings
+from datacoop.kit.settings import LOCAL_CHAIN_ID, ChainId, ServiceSettings
 
 DEV_SERVICE_TOKEN = "datacoop-dev-vault-token"
 
@@ -21,8 +21,7 @@ class VaultSettings(ServiceSettings):
                                                            "default <data_dir>/vault-keys.duckdb")
     vault_service_token: str = Field(DEV_SERVICE_TOKEN, min_length=16,
                                      description="bearer token other services present to POST /internal/decrypt")
-    chain_id: int = Field(31337, ge=1, lt=2**256,
-                          description="EIP-712 domain chainId (the same as the consent service's; a uint256, from 1)")
+    chain_id: ChainId = Field(LOCAL_CHAIN_ID, description="EIP-712 domain chainId (the consent service's)")
     market_address: str | None = Field(None, pattern=ADDRESS_PATTERN,
                                        description="EIP-712 verifyingContract (the same as the consent service's)")
     vault_freshness_s: float = Field(300.0, gt=0, description="how far a ContributeRecords issuedAt may be from now")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_OPERATOR_TOKEN = "datacoop-dev-operator-token"
 """The operator token services take when none is set (a local stack): each of them warns about it."""
+
+ChainId = Annotated[int, Field(ge=1, lt=2**256)]
+"""DATACOOP_CHAIN_ID: the EIP-712 domain's chainId, a uint256 from 1. Out of that range every signed request
+would fail to hash (a 500 for each), so the service refuses to start instead, naming the variable."""
+LOCAL_CHAIN_ID = 31337  # anvil's, the local stack's chain
 
 
 class SettingRefused(ValueError):

@@ -54,6 +54,13 @@ def anonymizer() -> Iterator[tuple[str, list[Any]]]:
     server.server_close()
 
 
+def _written(tmp_path: Path, epsilon: str) -> Path:
+    """The test definition, with `epsilon` as YAML text, in a file."""
+    path = tmp_path / "days.yaml"
+    path.write_text(DEFINITION % epsilon)
+    return path
+
+
 def _define(path: Path, url: str) -> Any:
     return CliRunner().invoke(app, ["dataset", "define", str(path), "--check", "--anonymizer-url", url], env=WIDE)
 
@@ -61,9 +68,7 @@ def _define(path: Path, url: str) -> Any:
 def test_dates_in_the_yaml_are_sent_as_the_iso_text_the_service_reads(
         anonymizer: tuple[str, list[Any]], tmp_path: Path) -> None:
     url, received = anonymizer
-    path = tmp_path / "days.yaml"
-    path.write_text(DEFINITION % "1.0")
-    result = _define(path, url)
+    result = _define(_written(tmp_path, "1.0"), url)
     assert result.exit_code == 0, result.output
     assert received[0]["columns"]["day"] == {"type": "date", "first": "2026-01-01", "last": "2026-12-31"}
 
@@ -71,9 +76,7 @@ def test_dates_in_the_yaml_are_sent_as_the_iso_text_the_service_reads(
 def test_a_value_json_cannot_carry_or_a_missing_file_is_a_usage_error(
         anonymizer: tuple[str, list[Any]], tmp_path: Path) -> None:
     url, received = anonymizer
-    path = tmp_path / "days.yaml"
-    path.write_text(DEFINITION % ".inf")
-    infinite = _define(path, url)
+    infinite = _define(_written(tmp_path, ".inf"), url)
     assert infinite.exit_code == 2 and "holds a value JSON cannot carry" in infinite.output, infinite.output
     missing = _define(tmp_path / "nope.yaml", url)
     assert missing.exit_code == 2 and "nope.yaml does not exist" in " ".join(missing.output.split())
