@@ -45,7 +45,7 @@ def _bootstrap(given: str | None) -> str:
 
 
 def dlq_cmd(
-    topics: Annotated[list[str] | None, typer.Argument(metavar="[TOPIC]...", show_default=False,
+    topics: Annotated[list[str] | None, typer.Argument(metavar="TOPIC", show_default=False,
                                                        help="datacoop topics (default: all)")] = None,
     bootstrap: Annotated[str | None, typer.Option("--bootstrap", help="Kafka bootstrap HOST:PORT (default: "
                                                   "DATACOOP_BOOTSTRAP, else the local stack's broker)")] = None,

@@ -360,6 +360,9 @@ def _print_answer(answer: dict[str, Any]) -> None:
             row += [rounded(cell.get(f)) if f == "mean" else _total(cell.get(f)) for f in figures]
             table.add_row(*row)
         print_table(table)
+        if "mean" in figures and any(cell.get("mean") is None for cell in cells):
+            console.print("a mean shown as - is withheld: its cell's noisy count was below 1, so a noisy sum "
+                          "divided by it would mean nothing", highlight=False, soft_wrap=True)
     else:
         console.print(f"no cell was released: none had a noisy count above the threshold "
                       f"({_total(selection.get('threshold'))} rows) a group-by cell needs to be shown",

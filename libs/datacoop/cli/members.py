@@ -379,7 +379,7 @@ def consent_grant(
         others = "; ".join(f"{o['consent_id']} ({', '.join(o['categories'])})" for o in overlaps)
         _note(f"your other active consent(s) for {view['purpose']} already cover some of these categories: "
               f"{others}. Datasets of that purpose use your records while any of them is active; to withdraw, "
-              "revoke each (`datacoop consent revoke ID`)")
+              f"revoke each (`datacoop consent revoke ID{key}`)")
 
 
 @consent_app.command("revoke")

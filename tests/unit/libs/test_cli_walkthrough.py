@@ -329,11 +329,13 @@ def test_a_grant_echoes_the_answer_and_names_overlapping_consents(monkeypatch: p
         "consent_id": "new-1", "purpose": "health-research", "categories": ["health"], "state": "active",
         "overlaps": [{"consent_id": "old-7", "purpose": "health-research", "categories": ["health", "fitness"]}]}})
     monkeypatch.setattr("services.consent.client.MemberWallet", _Member)
+    key = _key_file(tmp_path)
     result = _invoke("consent", "grant", "--purpose", "health-research", "--categories", "health",
-                     "--key-file", str(_key_file(tmp_path)), "--consent-url", NOWHERE)
+                     "--key-file", str(key), "--consent-url", NOWHERE)
     assert result.exit_code == 0, result.output
     assert "granted: health-research on health (active, until you revoke it)" in result.output, result.output
     assert "note" in result.output and "old-7 (health, fitness)" in result.output
+    assert f"`datacoop consent revoke ID --key-file {key}`" in result.output.replace("\n", " "), result.output
 
 
 def test_a_revoke_names_the_consents_that_still_cover_the_use(monkeypatch: pytest.MonkeyPatch,

@@ -72,6 +72,16 @@ def test_a_mean_is_shown_to_three_significant_digits(answered: Any) -> None:
     assert "mean of age;" in said and "spent ε 0.5; ε 0 left" in said
 
 
+def test_a_withheld_mean_is_explained(answered: Any) -> None:
+    result = answered({**MEAN, "group_by": ["sex"], "cells": [{"group": {"sex": "F"}, "mean": 40.2},
+                                                              {"group": {"sex": "M"}, "mean": None}]})
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "M -" in said and "a mean shown as - is withheld: its cell's noisy count was below 1" in said, said
+    shown = answered(MEAN)
+    assert "withheld" not in shown.output, "said only when a mean is missing"
+
+
 def test_an_answer_without_released_cells_says_why(answered: Any) -> None:
     result = answered({**GROUPED, "cells": []})
     assert result.exit_code == 0, result.output
