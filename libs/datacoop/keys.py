@@ -73,6 +73,26 @@ def sign_document(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str,
                                   "signature": base64.b64encode(key.sign(canonical(document))).decode()}}
 
 
+class RepeatedKey(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise RepeatedKey(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def load_document(text: str) -> Any:
+    """A signed document's JSON, refusing an object that repeats a key (RepeatedKey; json.JSONDecodeError for
+    text that is not JSON). A parser keeps one of a repeated key's values, Python the last and others the
+    first, so a document signed with one value of a key could carry another before it and read as that."""
+    return json.loads(text, object_pairs_hook=_pairs_once)
+
+
 def document_problem(document: dict[str, Any], trusted_public_key_b64: str, *, key_source: str) -> str | None:
     """None when `document`'s proof verifies under `trusted_public_key_b64` (from `key_source`, e.g.
     GET /receipt-key); else what is wrong. Anyone can sign a forged document with a key of their own

@@ -116,6 +116,11 @@ def digest(domain: Domain, primary_type: str, message: dict[str, Any]) -> bytes:
     return keccak(b"\x19\x01" + domain.separator + _hash_struct(primary_type, TYPES[primary_type], message))
 
 
+# secp256k1's group order n over 2: a signature (r, s) has a twin (r, n - s) that recovers the same signer; only
+# the low-s form is accepted (EIP-2, as OpenZeppelin's ECDSA), so one signed message has one signature
+_HALF_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2
+
+
 def recover(digest_bytes: bytes, signature_hex: str) -> str:
     """The checksummed address that signed `digest_bytes`; SignatureInvalid if none can be recovered."""
     try:
@@ -124,6 +129,9 @@ def recover(digest_bytes: bytes, signature_hex: str) -> str:
         raise SignatureInvalid("signature is not hex") from exc
     if len(sig) != 65:
         raise SignatureInvalid(f"signature must be 65 bytes (r, s, v), got {len(sig)}")
+    if int.from_bytes(sig[32:64]) > _HALF_ORDER:
+        raise SignatureInvalid("signature has s in the upper half of the curve order: a second form of some "
+                               "signature (EIP-2), which wallets never produce; sign again with the wallet")
     v = sig[64]
     rec_id = v - 27 if v >= 27 else v
     if rec_id not in (0, 1):

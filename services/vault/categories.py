@@ -193,7 +193,9 @@ def _number(rules: dict[str, Any]) -> Checker:
     return check
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")  # C0 controls but tab, LF and CR: JSON writes them \u00XX
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")  # C0 controls but tab, LF and CR (JSON
+# writes them \u00XX), and lone surrogates (a JSON escape like \ud800 that pairs with nothing: not a character)
 
 
 def _string(rules: dict[str, Any]) -> Checker:
@@ -208,7 +210,12 @@ def _string(rules: dict[str, Any]) -> Checker:
         text = _text(value, "text")
         control = _CONTROL.search(text)
         if control is not None:
-            raise ValueError(f"{_shown(text)} holds the control character U+{ord(control.group()):04X} at character "
+            code = ord(control.group())
+            if 0xD800 <= code <= 0xDFFF:
+                raise ValueError(f"{_shown(text)} holds U+{code:04X} at character {control.start() + 1}: half of a "
+                                 "UTF-16 surrogate pair without its other half, which is no character (an escape "
+                                 "such as \\ud800 in the JSON?); write the character itself, or its two halves")
+            raise ValueError(f"{_shown(text)} holds the control character U+{code:04X} at character "
                              f"{control.start() + 1}; remove it (text may hold tabs and line breaks, no other)")
         if allowed is not None and text not in allowed:
             shown = ", ".join(sorted(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
@@ -405,6 +412,12 @@ def parse_upload(content: str, fmt: UploadFormat) -> list[dict[str, Any]]:
     line that can't be read as a row stays in place as {MALFORMED: why}; a header that can't name the
     fields (a repeated or empty column name) or a file that is one JSON document (an array, an object over
     several lines) rather than JSON lines refuses the whole upload. A leading byte-order mark is dropped."""
+    lone = _SURROGATE.search(content)
+    if lone is not None:  # only a JSON body parsed leniently gets one here; no name or message may hold it
+        line = content.count("\n", 0, lone.start()) + 1
+        raise UploadRefused(f"the upload holds U+{ord(lone.group()):04X} on line {line}, half of a UTF-16 surrogate "
+                            "pair without its other half (not a character); save the file as UTF-8 and upload it "
+                            "again", [RowError(0, "(whole upload)", f"a lone surrogate on line {line}")])
     if fmt == "jsonl":
         return _parse_json_lines(content.removeprefix("\ufeff"))
     if fmt == "csv":
@@ -443,6 +456,11 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
         except _RepeatedField as exc:
             rows.append({MALFORMED: f"gives field {exc.name!r} more than once; a field takes one value a row: "
                                     "drop all but one", MALFORMED_FIELD: exc.name})
+            continue
+        if isinstance(row, dict) and "\\u" in line and any(_SURROGATE.search(name) for name in row):
+            rows.append({MALFORMED: "names a field with an escape such as \\ud800 that pairs with nothing (half of a "
+                                    "UTF-16 surrogate pair, not a character); write the field's name as the "
+                                    "category's schema spells it"})
             continue
         rows.append(row if isinstance(row, dict) else
                     {MALFORMED: "not a JSON object; each line must be an object of field: value"})

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from infra.local import REPO_ROOT
 from services.consent.receipts import sign_receipt
 from tests.e2e.conftest import ServiceProcess
+from tests.e2e.vault_fixtures import SERVICE_TOKEN, VAULT_KEK
 
 
 def datacoop(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -111,7 +112,13 @@ def test_member_commands_register_grant_list_receipt_and_verify(
     assert tampered.returncode == 1 and "NOT valid" in tampered.stderr
 
     assert datacoop("member", "erase", "--key-file", str(key), env=env).returncode == 2, "erase needs --yes (usage)"
-    assert datacoop("member", "erase", "--yes", "--key-file", str(key), env=env).returncode == 0
+    vault = launch("vault", {**service_env, "DATACOOP_VAULT_KEK": VAULT_KEK,
+                             "DATACOOP_VAULT_SERVICE_TOKEN": SERVICE_TOKEN, "DATACOOP_VAULT_SHRED_INTERVAL_S": "0.2"})
+    erased_now = datacoop("member", "erase", "--yes", "--key-file", str(key),
+                          env={**env, "DATACOOP_VAULT_URL": vault.url})
+    assert erased_now.returncode == 0, erased_now.stderr
+    said = " ".join(erased_now.stdout.split())
+    assert "every consent of yours has ended" in said and "the vault destroyed your data key" in said, said
     again = datacoop("member", "erase", "--yes", "--key-file", str(key), env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout and "asked to be forgotten" in again.stdout
     erased = datacoop("member", "show", "--key-file", str(key), env=env)

@@ -198,6 +198,15 @@ def service_url(name: str, given: str | None) -> str:
          "or start the stack with `datacoop up`")
 
 
+def configured_url(name: str, given: str | None) -> str | None:
+    """`service_url`'s answer where something names the service (the option, the variable, a running stack that
+    has it), else None: for a step a command may leave out instead of failing."""
+    if given or os.environ.get(f"DATACOOP_{name.upper()}_URL"):
+        return service_url(name, given)
+    running = ((stack_mod.running_stack() or {}).get("services") or {}).get(name)
+    return str(running["url"]) if isinstance(running, dict) and running.get("url") else None
+
+
 def without_service(name: str, stack: dict[str, Any]) -> str:
     """What to tell a user whose running stack (`stack`, var/run/stack.json) lacks the service `name`: why it
     is not there, and how to reach one anyway. Starting the stack is no advice: one runs."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from datacoop.cli.common import (
     call_at,
+    configured_url,
     console,
     expect_service,
     fail,
@@ -30,7 +32,7 @@ from datacoop.cli.common import (
     wallet_address,
 )
 from datacoop.http import ApiError, check
-from datacoop.keys import write_secret
+from datacoop.keys import RepeatedKey, load_document, write_secret
 from services.consent.domain import CONSENT_ID_MAX, CONSENT_ID_PATTERN, CONSENT_ID_RULE, expiry_problem
 
 if TYPE_CHECKING:  # eth-account takes ~0.8 s to import: loaded by the commands that sign, not by every start
@@ -273,8 +275,15 @@ def member_orders_cmd(key_file: KeyFile = None, market_url: Annotated[str | None
 
 @member_app.command("erase")
 def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
-                 key_file: KeyFile = None, consent_url: ConsentUrl = None) -> None:
-    """Ask to be forgotten: every consent ends and the vault destroys your data key."""
+                 wait: Annotated[float, typer.Option(
+                     "--wait", min=0, max=3600,
+                     help="seconds to wait for the vault to confirm it destroyed your data key (0: do not wait)")]
+                 = 30.0,
+                 key_file: KeyFile = None, consent_url: ConsentUrl = None,
+                 vault_url: Annotated[str | None, typer.Option("--vault-url", help="vault URL (default: the stack's)")]
+                 = None) -> None:
+    """Ask to be forgotten: every consent ends and the vault destroys your data key (this waits until the vault
+    confirms that, or --wait runs out)."""
     if not yes:
         fail("erasure cannot be undone; run again with --yes to confirm", 2)
     wallet, url = _wallet(key_file, consent_url)
@@ -289,7 +298,35 @@ def member_erase(yes: Annotated[bool, typer.Option("--yes", help="confirm: this 
                 raise typer.Exit(0) from None
             raise
     _call(url, erase)
-    console.print(f"erasure requested for {wallet.address}; your records can no longer be read by anyone")
+    console.print(f"erasure requested for {wallet.address}: every consent of yours has ended", highlight=False)
+    check_later = (f"the vault destroys your data key as soon as it reads the request from the event log; "
+                   f"`datacoop member records{_key_option(key_file)}` says when it has")
+    vurl = configured_url("vault", vault_url) if wait > 0 else None
+    if vurl is None:  # not asked to wait, or no vault named (--vault-url, DATACOOP_VAULT_URL, `datacoop up`)
+        console.print(check_later, highlight=False, soft_wrap=True)
+        return
+    from services.vault.client import VaultClient
+
+    key = read_key(key_file)
+    vault: VaultClient | None = None
+    deadline = time.monotonic() + wait
+    with console.status("waiting for the vault to destroy your data key"):
+        while True:
+            try:
+                vault = vault or VaultClient(key, vurl)  # asks GET /eip712
+                shredded = bool(vault.summary().get("keys_shredded"))
+            except (ApiError, httpx.HTTPError, ValueError) as exc:  # not ready, not reachable: asked again
+                shredded, why = False, str(exc.problem.get("detail", exc)) if isinstance(exc, ApiError) else str(exc)
+            else:
+                why = "it has not read the request yet"
+            if shredded:
+                console.print("the vault destroyed your data key: no record of yours can be read by anyone, now or "
+                              "from a replay of the log", highlight=False, soft_wrap=True)
+                return
+            if time.monotonic() >= deadline:
+                _note(f"the vault did not confirm within {wait:g} s ({why}); {check_later}")
+                return
+            time.sleep(0.25)
 
 
 @consent_app.command("catalog")
@@ -448,10 +485,13 @@ def receipt_verify(
         fail(f"{file} does not exist; pass a receipt saved by `datacoop consent receipt ID --out FILE`", 2)
     text = read_text_file(file, "receipt file", "a receipt saved by `datacoop consent receipt ID --out FILE`")
     try:
-        document = json.loads(text)
+        document = load_document(text)
     except json.JSONDecodeError as exc:
         fail(f"{file} is not JSON ({exc.msg} at line {exc.lineno}); pass a receipt saved by "
              "`datacoop consent receipt`")
+    except RepeatedKey as exc:  # one reader would see the signed value, another the value written beside it
+        fail(f"receipt NOT valid: {exc}, so it does not read the same to every reader; a receipt the "
+             "cooperative signed names each key once. Fetch it again with `datacoop consent receipt ID --out FILE`")
     if not isinstance(document, dict):
         fail(f"{file} holds JSON but not a receipt object")
     key_note = "the given key"

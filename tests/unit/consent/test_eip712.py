@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import coincurve
 import pytest
 from eth_account import Account
 from eth_account.messages import _hash_eip191_message, encode_typed_data
@@ -51,6 +52,25 @@ def test_malformed_signatures_are_refused_with_why() -> None:
         eip712.recover(digest, "0x" + "11" * 64 + "05")
     with pytest.raises(eip712.SignatureInvalid, match="hex"):
         eip712.recover(digest, "0xzz")
+
+
+def test_only_the_low_s_form_of_a_signature_is_accepted() -> None:
+    """(r, n - s, v ^ 1) recovers the same signer: accepting it gave one signed command two signatures, so a
+    retry check comparing them called a wallet's own retry a replay. Wallets sign low-s (EIP-2)."""
+    acct = Account.create()
+    message = {"member": acct.address, "nonce": 0}
+    digest = eip712.digest(DOMAINS[0], "RegisterMember", message)
+    signature = eip712.sign(acct, DOMAINS[0], "RegisterMember", message)
+    raw = bytes.fromhex(signature.removeprefix("0x"))
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    s = int.from_bytes(raw[32:64])
+    assert s <= n // 2 and eip712.recover(digest, signature) == acct.address
+    v = raw[64] - 27 if raw[64] >= 27 else raw[64]
+    twin = raw[:32] + (n - s).to_bytes(32) + bytes([27 + (v ^ 1)])
+    same = coincurve.PublicKey.from_signature_and_message(twin[:64] + bytes([v ^ 1]), digest, hasher=None)
+    assert same == coincurve.PublicKey.from_signature_and_message(raw[:64] + bytes([v]), digest, hasher=None)
+    with pytest.raises(eip712.SignatureInvalid, match="upper half of the curve order"):
+        eip712.recover(digest, "0x" + twin.hex())
 
 
 def test_checksum_matches_eth_utils() -> None:

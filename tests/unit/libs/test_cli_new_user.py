@@ -5,6 +5,7 @@ and the help's own words. The services here are small real HTTP servers that ans
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import threading
@@ -364,3 +365,23 @@ def _address_of(key: Path) -> str:
     from eth_account import Account
 
     return str(Account.from_key(key.read_text().strip()).address)
+
+
+def test_a_receipt_that_repeats_a_key_is_not_valid_whatever_its_signature(tmp_path: Path) -> None:
+    """Python keeps a repeated key's last value: a value put before the signed one read as VALID, while a reader
+    keeping the first (or a person) saw the forged one."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from datacoop.keys import public_key_b64
+    from services.consent.receipts import sign_receipt
+
+    coop = Ed25519PrivateKey.generate()
+    signed = json.dumps(sign_receipt({"record_id": "c-1", "state": "revoked"}, coop))
+    receipt = tmp_path / "r.json"
+    receipt.write_text(signed)
+    valid = _invoke("receipt", "verify", str(receipt), "--public-key", public_key_b64(coop))
+    assert valid.exit_code == 0 and "valid" in valid.output, valid.output
+    receipt.write_text('{"state": "active", ' + signed.removeprefix("{"))
+    forged = _invoke("receipt", "verify", str(receipt), "--public-key", public_key_b64(coop))
+    said = " ".join(forged.output.split())
+    assert forged.exit_code == 1 and "NOT valid: key 'state' appears twice in one object" in said, said

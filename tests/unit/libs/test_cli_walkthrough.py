@@ -354,6 +354,44 @@ def test_a_revoke_names_the_consents_that_still_cover_the_use(monkeypatch: pytes
     assert f"`datacoop consent revoke old-7 --key-file {key}`" in text, result.output
 
 
+def test_an_erasure_says_what_the_vault_confirmed_and_never_claims_more(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path) -> None:
+    class Member(_Member):
+        def erase(self) -> None:
+            pass
+
+    summaries: list[dict[str, Any]] = []
+
+    class Vault:
+        def __init__(self, key: str, url: str) -> None:
+            pass
+
+        def summary(self) -> dict[str, Any]:
+            return summaries.pop(0) if len(summaries) > 1 else summaries[0]
+
+    monkeypatch.setattr("services.consent.client.MemberWallet", Member)
+    monkeypatch.setattr("services.vault.client.VaultClient", Vault)
+    key = _key_file(tmp_path)
+    erase = ["member", "erase", "--yes", "--key-file", str(key), "--consent-url", NOWHERE]
+
+    unnamed = _invoke(*erase)  # no --vault-url, no DATACOOP_VAULT_URL, no stack: nothing to wait on
+    said = " ".join(unnamed.output.split())
+    assert unnamed.exit_code == 0 and "every consent of yours has ended" in said, unnamed.output
+    assert "destroys your data key as soon as it reads the request" in said and "destroyed" not in said, said
+    assert f"`datacoop member records --key-file {key}`" in said, said
+
+    summaries[:] = [{"keys_shredded": False}, {"keys_shredded": False}, {"keys_shredded": True}]
+    confirmed = _invoke(*erase, "--vault-url", "http://vault.test")
+    said = " ".join(confirmed.output.split())
+    assert confirmed.exit_code == 0 and "the vault destroyed your data key" in said, said
+
+    summaries[:] = [{"keys_shredded": False}]
+    late = _invoke(*erase, "--vault-url", "http://vault.test", "--wait", "0.3")
+    said = " ".join(late.output.split())
+    assert late.exit_code == 0 and "did not confirm within 0.3 s (it has not read the request yet)" in said, said
+    assert "the vault destroyed" not in said
+
+
 # -- 12: nothing built, nothing on sale, no plot -----------------------------------------------------
 
 def test_a_build_with_nothing_new_names_the_force_flag(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,6 +98,32 @@ def test_text_refuses_control_characters_json_would_escape_at_six_bytes(control:
     assert f"control character U+{ord(control):04X} at character 7" in refused.value.errors[0].message
 
 
+@pytest.mark.parametrize("line, field", [
+    ('{"measured_on": "2026-01-01", "condition": "flu \\ud800"}', "condition"),  # a value
+    ('{"measured_on": "2026-01-01", "condition": "flu", "\\udfff": 1}', "(whole row)"),  # a field's name
+])
+def test_a_lone_surrogate_escape_is_a_row_error_every_message_can_carry(line: str, field: str) -> None:
+    """JSON lets `\\ud800` stand alone; it is no character and UTF-8 cannot hold it: it used to pass the checks
+    and fail the upload as a 500 when the row was serialized (or when the refusal naming it was)."""
+    from services.vault.categories import UploadRefused, parse_upload
+
+    with pytest.raises(UploadRefused) as refused:
+        check_rows(load_schemas()["health"], parse_upload(line, "jsonl"))
+    (error,) = refused.value.errors
+    assert error.field == field and "surrogate pair" in error.message, error
+    orjson.dumps([{"field": e.field, "message": e.message} for e in refused.value.errors])  # what the API sends
+    paired = check_rows(load_schemas()["health"],
+                        parse_upload('{"measured_on": "2026-01-01", "condition": "flu \\ud83d\\ude37"}', "jsonl"))
+    assert paired[0]["condition"] == "flu 😷", "a whole pair is the character it encodes"
+
+
+def test_an_upload_holding_a_lone_surrogate_itself_is_refused_whole() -> None:
+    from services.vault.categories import UploadRefused, parse_upload
+
+    with pytest.raises(UploadRefused, match="U\\+D800 on line 2"):
+        parse_upload("day,steps\n2026-01-01,1\ud800\n", "csv")
+
+
 def test_a_row_past_the_length_pads_to_a_multiple_of_it() -> None:
     padded = pad_to(b'{"a": "' + b"x" * 300 + b'"}', 256)
     assert len(padded) == 512 and json.loads(padded) == {"a": "x" * 300}
