@@ -54,11 +54,14 @@ class ContributeBody(BaseModel):
     signature: HexSignature
 
 
+RECORD_ID_MAX = 128  # a record id is an upload's UUID and a row number (43 characters)
+
+
 class DecryptBody(BaseModel):
     category: CategoryName | None = None
     members: list[WalletAddress] | None = Field(None, max_length=10_000)
-    record_ids: list[str] | None = Field(None, max_length=10_000)
-    after: str = Field("", description="cursor: the next_after of the previous page")
+    record_ids: list[Annotated[str, Field(max_length=RECORD_ID_MAX)]] | None = Field(None, max_length=10_000)
+    after: str = Field("", max_length=RECORD_ID_MAX, description="cursor: the next_after of the previous page")
     limit: int = Field(1000, ge=1, le=10_000)
 
 

@@ -170,6 +170,15 @@ def test_a_category_in_the_wrong_case_is_answered_with_the_categories(vault: Fas
     assert decrypt.status_code == 422 and "unknown category 'Fitness'" in decrypt.json()["detail"], decrypt.text
 
 
+def test_a_decrypt_request_bounds_each_record_id(vault: FastAPI) -> None:
+    """A record id is an upload's UUID and a row number: 10,000 ids of a megabyte each were taken whole."""
+    client = TestClient(vault)
+    auth = {"Authorization": "Bearer " + "t" * 32}
+    for body in ({"record_ids": ["r" * 129]}, {"after": "r" * 129}):
+        answer = client.post("/internal/decrypt", json=body, headers=auth)
+        assert answer.status_code == 422 and "at most 128 characters" in answer.json()["detail"], answer.text
+
+
 # -- 10: a signature over other data ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("change", ["content", "domain"])
