@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +50,9 @@ from datacoop.topics import dlq
 log = logging.getLogger("datacoop.bus")
 
 RETRY_PAUSE_S = 0.5  # after a failed batch; doubles on each failure in a row
+# aiokafka does not raise when the broker cannot be reached: a fetch that fails is logged and answers nothing.
+# A runner with nothing in hand whose partitions have had no fetch answered for this long says so in `failing`.
+BROKER_SILENT_S = 10.0
 RETRY_PAUSE_MAX_S = 30.0
 # Failures of the database itself, not of an event's effects: a batch that meets one is retried whole, never
 # taken apart and dead-lettered event by event.
@@ -118,6 +122,7 @@ class ConsumerRunner:
         max_records: int = 5000,
         fetch_timeout_ms: int = 200,
         on_applied: Callable[[list[Delivery]], None] | None = None,
+        broker_silent_s: float = BROKER_SILENT_S,
     ) -> None:
         self.store = store
         self.projection = projection
@@ -128,6 +133,7 @@ class ConsumerRunner:
         self.writes_topics = writes_topics
         self.max_records = max_records
         self.fetch_timeout_ms = fetch_timeout_ms
+        self.broker_silent_s = broker_silent_s
         self._listeners: list[Callable[[list[Delivery]], None]] = [on_applied] if on_applied else []
         self._dlq = dlq_publisher
         self._config = dict(
@@ -142,9 +148,15 @@ class ConsumerRunner:
         self._consumer: AIOKafkaConsumer | None = None  # made in start(), on the loop
         self._positions: dict[TopicPartition, int] = {}
         self._unchecked: dict[TopicPartition, int] = {}  # stored positions not yet held against the log's end
+        # pass_over moved these positions past the writer's events at this time (unix ms); until a fetch sent after
+        # it answers (the second answer after it: `read_past`), a position past the high-water mark is expected
+        self._passed_ms: dict[TopicPartition, int] = {}
+        self._answered_after_pass: dict[TopicPartition, int] = {}
+        self._started_ms = 0
         # Records sent to the DLQ (acked) whose batch has not committed yet: a retry of the batch in this process
         # does not send them again. (A new process does: the DLQ is at least once; `dlq_id` tells the copies.)
         self._dead_sent: set[tuple[str, int, int]] = set()
+        self._last_poll_records = False  # the last poll returned records (buffered: no fetch is sent meanwhile)
         self._in_hand = False  # a fetched batch not yet committed: Kafka's positions run ahead of ours
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -161,6 +173,7 @@ class ConsumerRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self._started_ms = _now_ms()
         self._consumer = AIOKafkaConsumer(**self._config)
         await self._consumer.start()
         if self.group_id is None:
@@ -240,8 +253,31 @@ class ConsumerRunner:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX_S)
             else:
-                self.failing = None
+                silent = self.broker_silence()
+                if silent is not None and self.failing != silent:
+                    log.warning("consumer %s: %s", self.consumer_name, silent)
+                elif silent is None and self.failing is not None:
+                    log.info("consumer %s reads the log again", self.consumer_name)
+                self.failing = silent
                 pause = RETRY_PAUSE_S
+
+    def broker_silence(self) -> str | None:
+        """Why the broker counts as unreachable, or None: no fetch of a partition it holds has been answered for
+        BROKER_SILENT_S (aiokafka logs a failed fetch and returns nothing, so a poll alone never fails). Judged
+        only with nothing buffered (the last poll returned no record): a fetch waits while its partition has
+        records buffered. (`broker_silent_s`, BROKER_SILENT_S by default.)"""
+        if self._consumer is None or self._in_hand or self._last_poll_records:
+            return None
+        assignment = self._kafka.assignment()
+        if not assignment:
+            return None
+        answered = [ms for tp in assignment if (ms := self._kafka.last_poll_timestamp(tp)) is not None]
+        silent_s = (_now_ms() - max(answered, default=self._started_ms)) / 1000
+        if silent_s < self.broker_silent_s:
+            return None
+        servers = self._config["bootstrap_servers"]
+        return (f"BrokerSilent: the broker ({servers}) has answered no fetch for {silent_s:.0f} s: it is down or out "
+                "of reach (aiokafka's log says which); reading goes on when it answers")
 
     def _rewind(self) -> None:
         """Seek every partition still assigned to its stored position (what was fetched beyond is read again)."""
@@ -263,7 +299,14 @@ class ConsumerRunner:
             except Exception:  # it ended on an error it could not retry: say so, and close all the same
                 log.exception("consumer %s had stopped on an error", self.consumer_name)
         if self._consumer is not None:
-            await self._consumer.stop()
+            try:
+                await self._consumer.stop()
+            except asyncio.CancelledError:  # aiokafka lets its own cancelled fetch out when the broker is gone
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this stop itself was cancelled
+                log.warning("consumer %s: its Kafka client closed with a fetch cut short (the broker unreachable?)",
+                            self.consumer_name)
 
     # -- one batch ---------------------------------------------------------------------------
     async def poll_once(self) -> int:
@@ -273,6 +316,7 @@ class ConsumerRunner:
             tp, offset = next(iter(exc.args[0].items())) if exc.args and isinstance(exc.args[0], dict) else (None, None)
             raise LogMismatch(self._mismatch(tp, offset, "lies outside the log")) from exc
         applied = 0
+        self._last_poll_records = bool(batch)
         if batch:
             self._in_hand = True
             try:
@@ -330,9 +374,25 @@ class ConsumerRunner:
         return set(moved)
 
     def _seek_past(self, moved: dict[TopicPartition, int]) -> None:
+        now = _now_ms()
         for tp, offset in moved.items():  # what was fetched for the old position is discarded by aiokafka
             self._positions[tp] = offset
             self._kafka.seek(tp, offset)
+            self._passed_ms[tp] = now
+            self._answered_after_pass.pop(tp, None)
+
+    def _past_the_end_explained(self, tp: TopicPartition) -> bool:
+        """Whether this runner's position on `tp` may lie past the high-water mark it last saw because the writer's
+        pass_over moved it there and no fetch sent since then has answered yet (read_past's rule: the second
+        answer after the move)."""
+        passed = self._passed_ms.get(tp)
+        if passed is None:
+            return False
+        fetched: int | None = self._kafka.last_poll_timestamp(tp)
+        if fetched is None or fetched <= passed:
+            return True
+        first = self._answered_after_pass.setdefault(tp, fetched)
+        return fetched <= first
 
     def _decode(self, records: list[ConsumerRecord[bytes, bytes]]) -> list[_Fetched]:
         """Each event's envelope and data in one validation when its `ce_type` header names a current
@@ -495,8 +555,13 @@ class ConsumerRunner:
                 if stored > hw:  # the local broker answers a fetch past the end with nothing, no error
                     self._unchecked[tp] = stored  # and again on the retry
                     raise LogMismatch(self._mismatch(tp, stored, f"is past the log's end, offset {hw}"))
-            # (later, a position past the last fetch's high-water mark is normal: the writer's pass_over)
-            behind = behind or hw is None or self._positions.get(tp, 0) < hw
+            position = self._positions.get(tp, 0)
+            if hw is not None and position > hw and not self._past_the_end_explained(tp):
+                # the log got shorter under the runner: a broker whose log was lost, a topic deleted and made again
+                raise LogMismatch(self._mismatch(tp, position, f"is past the log's end, offset {hw}"))
+            if hw is not None and position <= hw:
+                self._passed_ms.pop(tp, None)  # the log holds what the writer passed over
+            behind = behind or hw is None or position < hw
         if not behind:
             self.caught_up.set()
 
@@ -515,6 +580,10 @@ class ConsumerRunner:
         return {f"{tp.topic}[{tp.partition}]": {"position": self._positions.get(tp),
                                                 "highwater": self._kafka.highwater(tp)}
                 for tp in self._kafka.assignment()}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _seq_of_undecodable(rec: ConsumerRecord[bytes, bytes]) -> tuple[str, str, int, int, int] | None:

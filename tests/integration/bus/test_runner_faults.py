@@ -30,7 +30,7 @@ from datacoop.kit.settings import ServiceSettings
 from datacoop.store import ProjectionStore
 from datacoop.testing.ledger import LEDGER_REGISTRY, LEDGER_SQL, LedgerProjection, make_envelope
 from datacoop.topics import MEMBERS, qualified
-from infra.local import Broker
+from infra.local import Broker, start_broker
 from tests.integration.bus.ledger_helpers import drain, ledger_topic, read_back
 from tests.integration.bus.test_dead_letters import _read_all
 
@@ -244,3 +244,72 @@ async def test_a_projection_built_from_another_log_is_refused_not_caught_up(
     assert "LogMismatch" in runner.failing and "offset 100, is past the log's end, offset 5" in runner.failing
     assert "Delete the database to rebuild" in runner.failing
     assert not runner.caught_up.is_set() and runner.applied_count == 0
+
+
+async def test_a_log_lost_under_a_running_runner_is_named_not_skipped(prefix: str) -> None:
+    """The broker comes back with an empty log (Tansu keeps it in memory; a topic deleted and made again is the
+    same): its offsets start again below the runner's position. Only the first fetch after a seek was checked,
+    so the runner read on from its old position, skipped every event the new log held below it, and stayed
+    ready. Now any fetch whose end lies below the position (no write of this process explains it) stops it."""
+    broker = start_broker()
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    runner: ConsumerRunner | None = None
+    try:
+        topic = await ledger_topic(broker, prefix)
+        async with Publisher(broker.bootstrap) as pub:
+            await pub.publish_many(topic, [make_envelope("a", i, 1) for i in range(1, 6)])
+        async with Publisher(broker.bootstrap) as dlq_pub:
+            runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                    topics=[topic], consumer_name="lost", dlq_publisher=dlq_pub,
+                                    registry=LEDGER_REGISTRY)
+            await runner.start()
+            runner.run_in_background()
+            await _until(lambda: runner is not None and runner.applied_count == 5, "the first log read")
+            port = broker.port
+            broker.stop()
+            broker = start_broker(port=port)  # the same address, an empty log
+            await ledger_topic(broker, prefix)
+            async with Publisher(broker.bootstrap) as pub:
+                await pub.publish_many(topic, [make_envelope("b", i, 100) for i in range(1, 4)])
+            await _until(lambda: "LogMismatch" in (runner.failing or ""), "the mismatch to be named", 60)
+            assert "offset 5, is past the log's end, offset 3" in (runner.failing or ""), runner.failing
+            assert runner.applied_count == 5, "nothing of the new log is applied on top of the old one"
+            await runner.stop()
+            runner = None
+    finally:
+        if runner is not None:
+            await runner.stop()
+        broker.stop()
+        store.close()
+
+
+async def test_a_broker_that_answers_no_fetch_is_named_until_it_answers_again(prefix: str) -> None:
+    """aiokafka logs a failed fetch and returns nothing, so a poll never failed: /readyz answered 200 while
+    the broker was down. A runner whose partitions have had no fetch answered for `broker_silent_s` says so in
+    `failing` (readiness reads it), and clears it once the broker answers again."""
+    broker = start_broker()
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    try:
+        topic = await ledger_topic(broker, prefix)
+        async with Publisher(broker.bootstrap) as dlq_pub:
+            runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(),
+                                    topics=[topic], consumer_name="silent", dlq_publisher=dlq_pub,
+                                    registry=LEDGER_REGISTRY, broker_silent_s=1.5)
+            await runner.start()
+            runner.run_in_background()
+            try:
+                await _until(runner.caught_up.is_set, "the empty topic read")
+                await asyncio.sleep(3)
+                assert runner.failing is None, "a broker answering fetches of an idle topic is not silent"
+                port = broker.port
+                broker.stop()
+                await _until(lambda: (runner.failing or "").startswith("BrokerSilent"), "the silence named", 30)
+                assert f"the broker (127.0.0.1:{port}) has answered no fetch for" in (runner.failing or "")
+                broker = start_broker(port=port)
+                await ledger_topic(broker, prefix)
+                await _until(lambda: runner.failing is None, "reading again once the broker answers", 60)
+            finally:
+                await runner.stop()
+    finally:
+        broker.stop()
+        store.close()
