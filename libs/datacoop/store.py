@@ -110,6 +110,36 @@ class AfterCommitFailed(RuntimeError):
     the callback's exception. The database holds the batch: applying it again would change nothing."""
 
 
+class StoreUnusable(RuntimeError):
+    """A service's database file cannot be opened; the message says why and what to do (`serve` prints it and
+    exits 2, not a traceback)."""
+
+
+def opened(path: str, what: str, *, rebuildable: bool) -> duckdb.DuckDBPyConnection:
+    """`duckdb.connect(path)` (its folder made first), or StoreUnusable naming the file and the fix: another process
+    holds it, it is not a DuckDB database, or its folder cannot be made or written. `rebuildable`: whether
+    deleting it loses nothing (a projection, rebuilt from the log), which the message then offers."""
+    try:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(path)
+    except OSError as exc:  # the folder: a file where it should be, no permission, a read-only disk
+        raise StoreUnusable(f"cannot make or use the folder of its {what} {path} ({exc.strerror or exc}); set "
+                            "DATACOOP_DATA_DIR to a folder this process can write") from exc
+    except (duckdb.IOException, duckdb.PermissionException) as exc:
+        said = str(exc)
+        if "lock" in said.lower():
+            why = ("another process holds it (another instance of this service on the same DATACOOP_DATA_DIR?): "
+                   "stop that one, or give this one a DATACOOP_DATA_DIR of its own")
+        elif "not a valid DuckDB database" in said or "database file" in said.lower():
+            why = ("it is not a DuckDB database (damaged, or another file put there): "
+                   + ("move it away (or delete it): the service rebuilds it from the event log" if rebuildable else
+                      "restore it from a backup; do not delete it, nothing else holds what it held"))
+        else:
+            why = f"{said.splitlines()[0]}; check the file and its folder (DATACOOP_DATA_DIR)"
+        raise StoreUnusable(f"cannot open its {what} {path}: {why}") from exc
+
+
 class ProjectionStore:
     """One DuckDB connection owned by one service process.
 
@@ -122,9 +152,9 @@ class ProjectionStore:
         self.path = str(path)
         fingerprint = hashlib.sha256(f"{_TRACKING_DDL}\n{schema_sql}".encode()).hexdigest()
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            opened(self.path, "database", rebuildable=True).close()  # a clear error for a file it cannot use
             _set_aside_if_built_by_another_schema(Path(self.path), fingerprint)
-        self.conn = duckdb.connect(self.path)
+        self.conn = opened(self.path, "database", rebuildable=True)
         self.conn.execute(_META_DDL)
         self.conn.execute("INSERT OR REPLACE INTO _dc_meta VALUES ('schema_sha256', ?)", [fingerprint])
         self.lock = asyncio.Lock()

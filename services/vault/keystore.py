@@ -31,6 +31,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from datacoop.store import opened
 from services.vault.crypto import KEY_BYTES, Kek, KeyUnwrapFailed, legacy_tag_key, new_data_key, upload_tag
 
 _DDL = """
@@ -54,9 +55,7 @@ class KeyShredded(LookupError):
 class KeyStore:
     def __init__(self, path: str | Path, kek: Kek) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.conn = duckdb.connect(self.path)
+        self.conn = opened(self.path, "key store", rebuildable=False)
         self.conn.execute(_DDL)
         self.kek = kek
         self._lock = threading.Lock()

@@ -266,6 +266,7 @@ def rotate_kek(
     import duckdb
     from pydantic import ValidationError
 
+    from datacoop.store import StoreUnusable
     from services.vault.crypto import Kek, KeyUnwrapFailed, parse_kek
     from services.vault.keystore import KekMismatch, KeyStore
     from services.vault.settings import VaultSettings
@@ -292,8 +293,9 @@ def rotate_kek(
         store = KeyStore(path, current)
     except KekMismatch as exc:
         fail(str(exc))
-    except duckdb.IOException as exc:
-        fail(_unopenable_store(path, exc))
+    except StoreUnusable as exc:  # the CLI's words: it was given the file, the vault was not started
+        cause = exc.__cause__
+        fail(_unopenable_store(path, cause) if isinstance(cause, duckdb.Error) else str(exc))
     try:
         new = _new_kek(new_kek_file, current)
         with Progress(TextColumn("re-wrapping data keys"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

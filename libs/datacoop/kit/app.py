@@ -23,6 +23,7 @@ from datacoop.kit import problems
 from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
 from datacoop.kit.settings import ServiceSettings, SettingRefused
+from datacoop.store import StoreUnusable
 
 
 class CorrelationIds:
@@ -180,7 +181,7 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         problems_ = "; ".join(f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
                               for e in exc.errors())
         _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
-    except SettingRefused as exc:
+    except (SettingRefused, StoreUnusable) as exc:
         _refuse_start(name, str(exc))
     unreachable = broker_unreachable(settings.bootstrap, BROKER_WAIT_S)
     if unreachable:
