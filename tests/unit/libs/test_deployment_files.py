@@ -166,6 +166,20 @@ def test_kafka_keeps_its_log_in_its_volume_under_a_fixed_cluster_id() -> None:
         "a fixed CLUSTER_ID (22 characters of base64url): the log dir is formatted with it"
 
 
+def test_kafka_takes_the_largest_batch_the_publisher_sends() -> None:
+    """Apache Kafka's message.max.bytes is 1 MiB by default; the publisher's batches run to its max_request_size
+    (8 MiB), so without the setting every batch over 1 MiB would be refused (MESSAGE_TOO_LARGE)."""
+    import inspect
+
+    from datacoop.bus.publisher import Publisher
+
+    largest = inspect.signature(Publisher).parameters["max_request_size"].default
+    kafka = _compose()["services"]["kafka"]["environment"]
+    assert int(kafka["KAFKA_MESSAGE_MAX_BYTES"]) >= largest, "the broker must take the publisher's largest batch"
+    assert int(kafka["KAFKA_REPLICA_FETCH_MAX_BYTES"]) >= int(kafka["KAFKA_MESSAGE_MAX_BYTES"]), \
+        "a follower must be able to copy the largest batch"
+
+
 def test_the_local_chain_is_opt_in_pinned_and_makes_blocks() -> None:
     chain = _compose()["services"]["chain"]
     assert chain.get("profiles") == ["local"]
