@@ -26,6 +26,7 @@ start with `_dc_arrow_`: the `_dc_` prefix is reserved for this module, no proje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -188,7 +189,13 @@ class ProjectionStore:
             self.conn.execute("ROLLBACK")
             self._after_commit = None
             raise
-        self.conn.execute("COMMIT")
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:  # a COMMIT that fails (I/O, a conflict found at commit) leaves nothing of it applied
+            self._after_commit = None
+            with contextlib.suppress(duckdb.Error):
+                self.conn.execute("ROLLBACK")  # where the failed COMMIT left the transaction open
+            raise
         callbacks, self._after_commit = self._after_commit, None
         failure: BaseException | None = None
         for callback in callbacks:  # every one runs: the applied-id index's first (see mark_applied)

@@ -46,6 +46,32 @@ def test_a_rolled_back_mark_is_not_remembered() -> None:
     assert store.conn.execute("SELECT count(*) FROM _dc_applied").fetchone() == (0,)
 
 
+def test_a_commit_that_fails_applies_nothing_and_leaves_no_transaction_open() -> None:
+    """A failed COMMIT left the callbacks armed (an on_commit outside any transaction was then taken) and the
+    transaction open (the next BEGIN failed)."""
+    store = ProjectionStore()
+    real = store.conn
+
+    class FailingCommit:
+        def execute(self, sql: str, *args: object) -> object:
+            if sql == "COMMIT":
+                raise duckdb.IOException("disk full")
+            return real.execute(sql, *args)
+
+    called: list[bool] = []
+    store.conn = FailingCommit()  # type: ignore[assignment]
+    with pytest.raises(duckdb.IOException), store.transaction() as tx:
+        store.save_offsets(tx, "c", {("t", 0): 5})
+        store.on_commit(lambda: called.append(True))
+    store.conn = real
+    assert called == [] and store.offsets("c") == {}
+    with pytest.raises(RuntimeError, match="only valid inside"):
+        store.on_commit(lambda: None)
+    ids = _ids(3)
+    _mark(store, ids)  # a new transaction begins
+    assert store.already_applied(ids) == set(ids)
+
+
 def test_the_index_learns_committed_ids_even_when_a_cache_callback_fails() -> None:
     """A projection's after-commit callback that raises must not leave committed ids out of the index
     (the caller then re-applies event by event, and only the index stands between it and a double)."""
