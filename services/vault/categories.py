@@ -466,7 +466,22 @@ def _parse_json_lines(content: str) -> list[dict[str, Any]]:
                     {MALFORMED: "not a JSON object; each line must be an object of field: value"})
     if unreadable:
         _refuse_one_document(content)
+        if unreadable == len(rows):
+            _refuse_csv_given_as_json_lines(content)
     return rows
+
+
+def _refuse_csv_given_as_json_lines(content: str) -> None:
+    """Of JSON lines none of which is JSON: refuse in one message a file whose first line reads as a CSV header
+    (names separated by `,` or `;`, no JSON in sight), rather than one "not JSON" for each of its lines."""
+    first = next((line.strip() for line in content.split("\n") if line.strip()), "")
+    separator = next((sep for sep in (",", ";") if sep in first), None)
+    if separator is None or first[:1] in "{[\"" or not all(name.strip() for name in first.split(separator)):
+        return
+    shown = first if len(first) <= 60 else first[:57] + "…"
+    raise UploadRefused(f"the upload is not JSON lines: it reads as CSV (its first line, {shown!r}, is a header); "
+                        "upload it as CSV (format csv: `datacoop contribute FILE --format csv`, or name the file "
+                        ".csv); nothing was stored", [RowError(0, "(whole upload)", "CSV given as JSON lines")])
 
 
 def _read_json(text: str, **options: Any) -> Any:

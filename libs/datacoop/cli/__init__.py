@@ -104,6 +104,9 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks o
 
     Errors are one red line: exit status 1 when a command fails, 2 for a usage error. For the traceback behind one, put --debug before the command: `datacoop --debug COMMAND ...`."""  # noqa: E501 (one paragraph of help)
     State.debug = debug
+    from datacoop.cli import common
+
+    common._KEY_FILE.clear()  # one command's key (a test runs many in one process)
 
 
 def _status_table(described: dict[str, Any]) -> Table:

@@ -103,9 +103,20 @@ def refused(name: str, url: str, status: int, detail: object) -> NoReturn:
     fail(refusal(status, detail))
 
 
+# the --key-file this command was given (read_key), which a service's hint to run a member command lacks
+_KEY_FILE: list[Path] = []
+# commands a service's refusal may tell a member to run: they sign with the member's key
+_SIGNED_HINTS = ("`datacoop member register`",)
+
+
 def refusal(status: int, detail: object) -> str:
-    """A service's refusal as the CLI says it: its words first, the HTTP status after them."""
-    return f"{detail} (HTTP {status})"
+    """A service's refusal as the CLI says it: its words first, the HTTP status after them. A hint in them to run
+    a command signed with the member's key gets the --key-file this command was given, so it runs as written."""
+    text = str(detail)
+    if _KEY_FILE:
+        for hint in _SIGNED_HINTS:
+            text = text.replace(hint, f"{hint[:-1]} --key-file {_KEY_FILE[-1]}`")
+    return f"{text} (HTTP {status})"
 
 
 def unreachable(name: str, url: str, exc: httpx.HTTPError) -> NoReturn:
@@ -236,6 +247,7 @@ def read_key(key_file: Path | None, env: str = "DATACOOP_KEY", bad_key_code: int
             fail(f"key file {key_file} does not exist; make one with `datacoop wallet new --out {key_file}`", 2)
         raw = read_text_file(key_file, "key file", "the file `datacoop wallet new` wrote").strip()
         where = f"key file {key_file}"
+        _KEY_FILE.append(key_file)
     if not _HEX_KEY.match(raw):
         fail(f"{where} does not hold a wallet key: 32 bytes of hex (64 hex digits, optional 0x), as "
              "`datacoop wallet new --out FILE` writes", bad_key_code)

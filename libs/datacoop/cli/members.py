@@ -370,8 +370,9 @@ def consent_grant(
     if expires:
         try:
             expires_at = datetime.fromisoformat(expires)
-        except ValueError:
-            fail(f"--expires {expires!r} is not an ISO date/time; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z", 2)
+        except ValueError as exc:  # the calendar's word where it is one ("day is out of range for month")
+            why = "is not an ISO date/time" if "isoformat" in str(exc) else f"is not a date: {exc}"
+            fail(f"--expires {expires!r} {why}; use e.g. 2027-06-30 or 2027-06-30T12:00:00Z", 2)
         if _date_alone(expires):  # in effect through that day
             expires_at = expires_at.replace(hour=23, minute=59, second=59)
         if expires_at.tzinfo is None:

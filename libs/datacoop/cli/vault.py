@@ -124,10 +124,11 @@ def contribute(
     console.print(f"contributed {result['records']} record(s) of {result['category']} as upload "
                   f"{result['upload_id']} (schema v{result['schema_version']}), encrypted with your data key")
     from_stack = vault_url is None and not os.environ.get("DATACOOP_VAULT_URL")
-    _note_if_no_consent_covers(key, category, stack_vault=from_stack)
+    _note_if_no_consent_covers(key, category, stack_vault=from_stack,
+                               key_option=f" --key-file {key_file}" if key_file is not None else "")
 
 
-def _note_if_no_consent_covers(key: str, category: str, stack_vault: bool) -> None:
+def _note_if_no_consent_covers(key: str, category: str, stack_vault: bool, key_option: str = "") -> None:
     """A yellow note when none of the member's active consents names `category`: the records are stored, but no
     dataset may use them. Asked of the consent service where its URL is known: DATACOOP_CONSENT_URL, or the
     running stack's when the vault was the stack's too (not another deployment's). Best effort: nothing is
@@ -147,7 +148,8 @@ def _note_if_no_consent_covers(key: str, category: str, stack_vault: bool) -> No
         return
     console.print(f"[yellow]note[/yellow]: none of your active consents covers {category}: these records are "
                   "stored, encrypted, but no dataset will use them (nor pay you for them) until you grant one: "
-                  f"`datacoop consent grant --purpose P --categories {category}` (`datacoop consent catalog` lists "
+                  f"`datacoop consent grant --purpose P --categories {category}{key_option}` (`datacoop consent "
+                  "catalog` lists "
                   "the purposes)", highlight=False, soft_wrap=True)
 
 

@@ -41,6 +41,8 @@ def _run(*args: str) -> tuple[int, str]:
                                   "9999-12-31T23:59:59Z"),
     ("1960-01-01", "--expires 1960-01-01 is in the past; choose a later time, or leave --expires out"),
     ("2020-01-01", "--expires 2020-01-01 is in the past"),
+    ("2027-02-30", "--expires '2027-02-30' is not a date: day is out of range for month"),
+    ("someday", "--expires 'someday' is not an ISO date/time; use e.g. 2027-06-30"),
 ])
 def test_an_expiry_out_of_range_is_refused_before_signing(key: Path, expires: str, words: str) -> None:
     code, output = _run("consent", "grant", "--purpose", "health-research", "--categories", "health", "--expires",

@@ -354,6 +354,24 @@ def test_a_revoke_names_the_consents_that_still_cover_the_use(monkeypatch: pytes
     assert f"`datacoop consent revoke old-7 --key-file {key}`" in text, result.output
 
 
+def test_a_hint_to_register_carries_the_key_file_the_command_was_given(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    class Member(_Member):
+        def consents(self) -> list[dict[str, Any]]:
+            raise ApiError(404, {"detail": "member 0xabc is not registered; register first: `datacoop member "
+                                           "register` (POST /members)"})
+
+    monkeypatch.setattr("services.consent.client.MemberWallet", Member)
+    monkeypatch.setattr("datacoop.cli.common.expect_service", lambda *args, **kwargs: None)  # it is the service
+    key = _key_file(tmp_path)
+    result = _invoke("consent", "list", "--key-file", str(key), "--consent-url", NOWHERE)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"`datacoop member register --key-file {key}` (POST /members)" in said, said
+    monkeypatch.setenv("DATACOOP_KEY", key.read_text().strip())
+    from_env = " ".join(_invoke("consent", "list", "--consent-url", NOWHERE).output.split())
+    assert "`datacoop member register` (POST /members)" in from_env, "no file given, none named"
+
+
 def test_an_erasure_says_what_the_vault_confirmed_and_never_claims_more(monkeypatch: pytest.MonkeyPatch,
                                                                         tmp_path: Path) -> None:
     class Member(_Member):

@@ -146,7 +146,9 @@ def test_an_upload_no_active_consent_covers_is_stored_with_a_note_saying_so(
     said = "none of your active consents covers fitness" in result.output
     assert said == noted, result.output
     if noted:
-        assert "`datacoop consent grant --purpose P --categories fitness`" in " ".join(result.output.split())
+        key_file = records[records.index("--key-file") + 1]
+        assert f"`datacoop consent grant --purpose P --categories fitness --key-file {key_file}`" in \
+            " ".join(result.output.split()), "the command to run, whole: with the key the upload was signed with"
 
 
 def test_no_note_when_the_consent_service_is_unknown_or_silent(records: list[str],

@@ -141,6 +141,20 @@ def test_objects_written_over_several_lines_are_refused_once(content: str) -> No
     assert len(refused.value.errors) == 1
 
 
+@pytest.mark.parametrize("content", ["day,steps\n2026-06-01,1\n2026-06-02,2\n", "\nday;steps\n2026-06-01;1\n"])
+def test_csv_given_as_json_lines_is_refused_once_naming_csv(content: str) -> None:
+    """It listed a "not JSON" error for every line, the header counted as row 1, and never said CSV."""
+    with pytest.raises(UploadRefused) as refused:
+        parse_upload(content, "jsonl")
+    assert "it reads as CSV" in refused.value.message and "--format csv" in refused.value.message
+    assert len(refused.value.errors) == 1 and refused.value.errors[0].row == 0
+
+
+def test_text_that_is_neither_is_still_a_row_error_per_line() -> None:
+    rows = parse_upload("hello there\nsteps: 5\n", "jsonl")
+    assert all(MALFORMED in r for r in rows) and len(rows) == 2
+
+
 def test_a_line_that_is_an_array_among_objects_is_still_a_row_error() -> None:
     rows = parse_upload('{"day": "2026-03-01", "steps": 5}\n[1, 2]\n{oops\n', "jsonl")
     assert [MALFORMED in r for r in rows] == [False, True, True]
