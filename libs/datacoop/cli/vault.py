@@ -319,7 +319,64 @@ def rotate_kek(
                   soft_wrap=True)
 
 
+def _allowed(spec: dict[str, Any]) -> str:
+    """What a field takes beyond its type, as a person reads it: a value set, a range, a length, a pattern."""
+    parts = []
+    if "enum" in spec:
+        parts.append(" | ".join(str(v) for v in spec["enum"]))
+    if "min" in spec or "max" in spec:
+        parts.append(f"{spec.get('min', '…')} to {spec.get('max', '…')}")
+    if "max_length" in spec:
+        parts.append(f"at most {spec['max_length']:,} characters")
+    if "pattern" in spec:
+        parts.append(f"matching {spec['pattern']}")
+    return "; ".join(parts) or "-"
+
+
+def categories(
+    category: Annotated[str | None, typer.Argument(help="one category: its fields (default: list them all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the vault's answer as JSON")] = False,
+    vault_url: Annotated[str | None, typer.Option("--vault-url", help="vault URL (default: the stack's)")] = None,
+) -> None:
+    """The data categories the vault takes, or one category's fields: type, required, allowed values (what a
+    `datacoop contribute` file must hold; no key needed)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from datacoop.cli.common import call_at, print_table, shaped
+
+    url = service_url("vault", vault_url)
+    found = call_at("vault", url, lambda: check(httpx.get(f"{url}/categories", timeout=10)))
+    if not isinstance(found, dict) or not all(isinstance(v, dict) and "fields" in v for v in found.values()):
+        shaped("vault", url, found, "fields")  # names what answers there instead
+    if category is not None and category not in found:
+        fail(f"no category {category!r}; the vault takes {', '.join(sorted(found))}", 2)
+    if as_json:
+        console.print_json(json.dumps(found[category] if category else found))
+        return
+    if category is None:
+        table = Table("category", "version", "fields (required first)", "what it holds")
+        for name, schema in sorted(found.items()):
+            fields = sorted(schema["fields"].items(), key=lambda kv: not kv[1].get("required"))
+            table.add_row(name, f"v{schema['version']}", ", ".join(f for f, _ in fields),
+                          escape(str(schema.get("description", ""))))
+        print_table(table, whole=(0,))
+        console.print("one category's fields and the values each takes: `datacoop categories NAME`",
+                      highlight=False)
+        return
+    schema = found[category]
+    table = Table("field", "type", "required", "allowed", title=f"{category} v{schema['version']}: "
+                  f"{escape(str(schema.get('description', '')))}", title_justify="left")
+    for name, spec in schema["fields"].items():
+        table.add_row(escape(name), str(spec.get("type", "?")), "yes" if spec.get("required") else "no",
+                      escape(_allowed(spec)))
+    print_table(table, whole=(0,))
+    console.print(f"upload rows of it as JSON lines or CSV (a header of these names): `datacoop contribute FILE "
+                  f"--category {category}`", highlight=False, soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root CLI."""
     app.command("contribute")(contribute)
+    app.command("categories")(categories)
     app.add_typer(vault_app, name="vault")
