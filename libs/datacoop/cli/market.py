@@ -314,6 +314,21 @@ def query(
         console.print_json(data=answer)
         return
     _print_answer(shaped("marketplace", url, answer, "cells", "noise", "epsilon", "budget_remaining"))
+    _note_clamped_means(body, answer)
+
+
+def _note_clamped_means(body: Any, answer: dict[str, Any]) -> None:
+    """A note when a noisy mean came out at one of the query's bounds: it was clamped there (a noisy sum divided by
+    a noisy count fell outside them), which says the noise swamped the cell, not that the mean is that bound."""
+    bounds = body.get("bounds") if isinstance(body, dict) else None
+    if answer.get("aggregate") != "mean" or not isinstance(bounds, list) or len(bounds) != 2:
+        return
+    clamped = [c for c in answer["cells"] if c.get("mean") is not None and c["mean"] in (bounds[0], bounds[1])]
+    if clamped:
+        console.print(f"[yellow]note[/yellow]: {len(clamped)} of {len(answer['cells'])} noisy mean(s) came out at a "
+                      f"bound of {bounds} (clamped there): the noise swamps those cells, too few rows for this ε and "
+                      "these bounds; a larger ε, narrower bounds, or fewer groups give a mean that says something",
+                      highlight=False, soft_wrap=True)
 
 
 def rounded(value: Any) -> str:

@@ -82,6 +82,16 @@ def test_a_withheld_mean_is_explained(answered: Any) -> None:
     assert "withheld" not in shown.output, "said only when a mean is missing"
 
 
+def test_a_mean_clamped_to_a_bound_is_noted(answered: Any, tmp_path: Path) -> None:
+    """A mean of 11 rows at ε 0.2 came back 0, the lower bound, twice, and nothing said the noise had swamped it."""
+    query_file = tmp_path / "q.json"
+    query_file.write_text('{"aggregate": "mean", "column": "age", "bounds": [0, 100], "epsilon": 0.5}')
+    result = answered({**MEAN, "cells": [{"mean": 0.0}]})
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "1 of 1 noisy mean(s) came out at a bound of [0, 100]" in said, said
+    assert "clamped" not in " ".join(answered(MEAN).output.split()), "a mean inside the bounds needs no note"
+
+
 def test_an_answer_without_released_cells_says_why(answered: Any) -> None:
     result = answered({**GROUPED, "cells": []})
     assert result.exit_code == 0, result.output
