@@ -275,6 +275,10 @@ def _histogram(result: dict[str, Any]) -> set[str]:
     console.print(f"nulls: {rounded(result['nulls'])}; outside the bins: {rounded(result['outside'])}; "
                   f"suppressed: {rounded(result['bins_suppressed'])} bin(s) holding "
                   f"{rounded(result['rows_suppressed'])} row(s), each under {smallest} rows", highlight=False)
+    if smallest > 1:
+        console.print(f"asked without a range, the bins span the mean of the {smallest} smallest values through "
+                      f"that of the {smallest} largest, and the first and last bins also count the values beyond",
+                      highlight=False)
     if result["bins_suppressed"] and not any(counts):
         _suppressed_note("bin" if all(c is None for c in counts) else "bin that held rows", smallest,
                          "the dataset version is too small for this histogram — try fewer bins")
@@ -284,7 +288,8 @@ def _histogram(result: dict[str, Any]) -> set[str]:
 def _describe(result: dict[str, Any]) -> set[str]:
     stats = ["mean", "std", "min", "q25", "median", "q75", "max"]
     smallest = result["min_group_size"]
-    table = _table(["column", "count", "nulls", *stats])
+    starred = smallest > 1  # min and max are the means of the smallest and the largest values, not one row's
+    table = _table(["column", "count", "nulls", *(f"{s}*" if starred and s in ("min", "max") else s for s in stats)])
     for column, entry in result["columns"].items():
         figures = [rounded(entry.get(stat)) for stat in stats]
         if column in result["columns_suppressed"]:
@@ -293,6 +298,9 @@ def _describe(result: dict[str, Any]) -> set[str]:
     print_table(table, whole=(0,))
     console.print(f"rows: {rounded(result['rows'])}; a column with fewer than {smallest} values shows its counts "
                   "only", highlight=False)
+    if starred:
+        console.print(f"min*, max*: the mean of the {smallest} smallest and of the {smallest} largest values, so no "
+                      "single row's value is shown (they can fall inside the quartiles)", highlight=False)
     if result["columns_suppressed"] and all(e["count"] == 0 or c in result["columns_suppressed"]
                                             for c, e in result["columns"].items()):
         _suppressed_note("column", smallest, "the dataset version is too small for these statistics")
