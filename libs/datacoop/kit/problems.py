@@ -104,11 +104,20 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
             message = _body_message(e, fields)
             return problem_response(422, "invalid-request", "invalid request", message, request.url.path,
                                     errors=[{"field": "", "message": message}])
-    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": _said(e)}
               for e in exc.errors()]
-    detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5])
+    # a check of the body as a whole (a model validator) has no field: its own words say what is wrong
+    detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
     return problem_response(422, "invalid-request", "invalid request",
                             f"{detail}. Fix these fields and send again.", request.url.path, errors=errors)
+
+
+def _said(error: Any) -> str:
+    """A validation error's message without pydantic's prefix for errors a validator raised ("Value error, ")."""
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
 
 
 _WHOLE_BODY_ERRORS = frozenset({"missing", "model_type", "model_attributes_type", "dict_type"})

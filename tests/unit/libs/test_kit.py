@@ -130,6 +130,8 @@ def test_a_model_level_check_keeps_its_own_message(body_client: TestClient) -> N
     body = _problem(body_client, json={"member": "0x1", "nonce": 1, "note": "bounds?"})
     assert "a sum needs bounds: pass lower and upper" in body["detail"]
     assert "must be a JSON object" not in body["detail"]
+    assert body["detail"].startswith("a sum needs bounds"), "no `body: Value error, ` before a validator's words"
+    assert body["errors"] == [{"field": "", "message": "a sum needs bounds: pass lower and upper"}]
 
 
 def test_each_request_runs_with_its_correlation_id_and_the_response_echoes_it() -> None:
