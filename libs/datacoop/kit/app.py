@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -24,6 +25,19 @@ from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
 from datacoop.kit.settings import ServiceSettings, SettingRefused
 from datacoop.store import StoreUnusable
+
+_QUIET_PATHS = frozenset({"/healthz", "/readyz"})  # polled by supervisors and `datacoop up`: a 503 there is no news
+access_log = logging.getLogger("datacoop.http.access")
+
+
+def _log_refusal(scope: Scope, status: int, seconds: float) -> None:
+    """One line for each request answered 4xx or 5xx (with the correlation id in hand): an operator sees what was
+    refused without a proxy's access log. The route's template, not the path: a member's address stays out."""
+    if status < 400 or scope.get("path") in _QUIET_PATHS:
+        return
+    route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    access_log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s answered %d (%.0f ms)",
+                   scope.get("method", ""), route, status, seconds * 1000)
 
 
 class CorrelationIds:
@@ -54,8 +68,10 @@ class CorrelationIds:
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-correlation-id"]
                 message = {**message, "headers": [*headers, (b"x-correlation-id", cid.encode("latin-1"))]}
+                _log_refusal(scope, int(message.get("status", 0)), time.monotonic() - began)
             await send(message)
 
+        began = time.monotonic()
         token = correlation_id.set(cid)
         try:
             await self.app(scope, receive, send_with_id)

@@ -160,6 +160,43 @@ def test_each_request_runs_with_its_correlation_id_and_the_response_echoes_it() 
     assert correlation_id.get() is None, "nothing leaks out of a request"
 
 
+def test_each_refusal_is_logged_once_by_its_route_under_its_correlation_id(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator saw 6 lines in a service's log after dozens of refused requests: no access log told of them."""
+    app = FastAPI()
+    app.add_middleware(CorrelationIds)
+    app.add_exception_handler(problems.DomainError, problems.domain_error_handler)
+    seen: list[str | None] = []
+
+    @app.get("/members/{member}")
+    async def member(member: str) -> dict[str, str]:
+        if member == "0xgone":
+            raise problems.DomainError("gone", status=410, slug="erased")
+        return {"member": member}
+
+    @app.get("/readyz")
+    async def readyz() -> None:
+        raise problems.DomainError("catching up", status=503, slug="not-ready")
+
+    class Under(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(correlation_id.get())
+
+    under = Under()
+    logging.getLogger("datacoop.http.access").addHandler(under)
+    try:
+        with caplog.at_level(logging.INFO, logger="datacoop.http.access"):
+            client = TestClient(app)
+            assert client.get("/members/0xok").status_code == 200
+            assert client.get("/members/0xgone", headers={"x-correlation-id": "req-9"}).status_code == 410
+            assert client.get("/readyz").status_code == 503
+    finally:
+        logging.getLogger("datacoop.http.access").removeHandler(under)
+    lines = [r.getMessage() for r in caplog.records if r.name == "datacoop.http.access"]
+    assert len(lines) == 1 and lines[0].startswith("GET /members/{member} answered 410 ("), lines
+    assert "0xgone" not in lines[0], "the route, not the member's address"
+    assert seen == ["req-9"], "logged under the request's correlation id"
+
+
 def test_a_bug_is_answered_inside_the_requests_correlation_id() -> None:
     """The 500 echoes the caller's correlation id, and its log line (with the traceback) is written under it."""
     app = FastAPI()
