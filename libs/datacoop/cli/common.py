@@ -199,6 +199,10 @@ def service_url(name: str, given: str | None) -> str:
     env = os.environ.get(f"DATACOOP_{name.upper()}_URL")
     if env:
         return checked_url(env, f"DATACOOP_{name.upper()}_URL")
+    misnamed = f"DATACOOP_{option.removeprefix('--').replace('-', '_').upper()}"  # from the option: MARKET_URL
+    if misnamed != f"DATACOOP_{name.upper()}_URL" and os.environ.get(misnamed):
+        fail(f"{misnamed} is set, but the {name}'s URL is read from DATACOOP_{name.upper()}_URL (or {option}): "
+             f"rename the variable", 2)
     stack = stack_mod.running_stack()
     if stack is not None:
         services = stack.get("services") or {}

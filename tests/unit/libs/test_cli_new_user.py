@@ -385,3 +385,14 @@ def test_a_receipt_that_repeats_a_key_is_not_valid_whatever_its_signature(tmp_pa
     forged = _invoke("receipt", "verify", str(receipt), "--public-key", public_key_b64(coop))
     said = " ".join(forged.output.split())
     assert forged.exit_code == 1 and "NOT valid: key 'state' appears twice in one object" in said, said
+
+
+def test_the_market_url_variable_named_after_the_option_is_not_ignored_in_silence(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--market-url invites DATACOOP_MARKET_URL; it is DATACOOP_MARKETPLACE_URL, and the guess was ignored."""
+    monkeypatch.delenv("DATACOOP_MARKETPLACE_URL", raising=False)
+    monkeypatch.setenv("DATACOOP_MARKET_URL", "http://127.0.0.1:8105")
+    result = _invoke("catalog")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "DATACOOP_MARKET_URL is set, but the marketplace's URL is read from DATACOOP_MARKETPLACE_URL" in said
