@@ -16,6 +16,7 @@ The API key comes from --api-key-file, else DATACOOP_API_KEY, else var/run/resea
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -48,6 +49,23 @@ from datacoop.cli.stack import RESEARCHER_KEY_FILE
 T = TypeVar("T")
 
 _OFFER = re.compile(r"^(?P<dataset>[a-z][a-z0-9-]{1,63})(@(?P<version>[0-9]+))?:(?P<offer>download|query|compute)$")
+
+def _offer_fault(text: str) -> str:
+    """Which part of a DATASET[@VERSION]:OFFER that does not match is wrong, as a clause (or "" when unclear)."""
+    dataset, colon, offer = text.rpartition(":")
+    if not colon:
+        return " (no `:OFFER` at its end)"
+    name, at, version = dataset.partition("@")
+    if offer not in ("download", "query", "compute"):
+        close = difflib.get_close_matches(offer, ["download", "query", "compute"], n=1)
+        return f" (unknown offer {offer!r}" + (f"; did you mean {close[0]}?)" if close else ")")
+    if not re.fullmatch(r"[a-z][a-z0-9-]{1,63}", name):
+        return (f" (dataset id {name!r}: lower-case letters, digits and hyphens, starting with a letter; "
+                "`datacoop catalog` lists them)")
+    if at and not version.isdigit():
+        return f" (version {version!r} is not a number)"
+    return ""
+
 
 researcher_app = typer.Typer(no_args_is_help=True, help="Researcher accounts of the marketplace.")
 MarketUrl = Annotated[str | None, typer.Option("--market-url", help="marketplace URL (default: the stack's)")]
@@ -204,8 +222,8 @@ def order(
     """Place an order; pay it with `datacoop buy ORDER` before it expires."""
     m = _OFFER.match(offer)
     if not m:
-        fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER, OFFER one of download, query, "
-             "compute (e.g. adult-census:query or census-demo@2:download)", 2)
+        fail(f"offer {offer!r} is not DATASET:OFFER or DATASET@VERSION:OFFER{_offer_fault(offer)}, OFFER one of "
+             "download, query, compute (e.g. adult-census:query or census-demo@2:download)", 2)
     url = service_url("marketplace", market_url)
     client = _client(url, api_key_file)
     try:

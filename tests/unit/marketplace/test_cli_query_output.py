@@ -112,3 +112,16 @@ def test_refunds_all_with_nothing_unmatched_nor_refunded_says_so(monkeypatch: py
     assert "no unmatched or refunded payment" in every.output and "waits for a refund" not in every.output
     waiting = CliRunner().invoke(app, ["refunds", "--market-url", NOWHERE], env=ENV)
     assert waiting.exit_code == 0 and "no payment waits for a refund" in waiting.output, waiting.output
+
+
+@pytest.mark.parametrize(("offer", "fault"), [
+    ("adult-census:downlaod", "(unknown offer 'downlaod'; did you mean download?)"),
+    ("adult_census:download", "(dataset id 'adult_census': lower-case letters, digits and hyphens"),
+    ("adult-census@x:query", "(version 'x' is not a number)"),
+    ("adult-census", "(no `:OFFER` at its end)"),
+])
+def test_an_offer_that_does_not_parse_names_the_part_at_fault(offer: str, fault: str) -> None:
+    """`order adult-census:downlaod` said only that the text was not DATASET:OFFER."""
+    result = CliRunner().invoke(app, ["order", offer, "--market-url", NOWHERE], env=ENV)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"offer {offer!r} is not DATASET:OFFER" in said and fault in said, said
