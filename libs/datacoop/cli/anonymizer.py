@@ -4,6 +4,7 @@ progress bar)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,8 +78,16 @@ def _refused_files(client: AnonymizerClient) -> None:
                 "anonymizer, or define it with `datacoop dataset define FILE`"), highlight=False, soft_wrap=True)
 
 
+def _dataset_id(value: str) -> str:
+    """A dataset id as the services take them (a slug), or a usage error that says the rule and where ids are."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]{1,63}", value):
+        fail(f"{value!r} is not a dataset id: one is 2 to 64 lower-case letters, digits and hyphens, starting with a "
+             "letter (`datacoop dataset list` lists them)", 2)
+    return value
+
+
 @dataset_app.command("show")
-def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
+def show(dataset_id: Annotated[str, typer.Argument(help="the dataset id", callback=_dataset_id)],
          version: Annotated[int | None, typer.Option("--version", help="a version (default: every one)")] = None,
          anonymizer_url: UrlOption = None) -> None:
     """A dataset's definition (without --version) and its versions: location, sha256, contributors and
@@ -167,7 +176,7 @@ def define(file: Annotated[Path, typer.Argument(help="the definition, YAML or JS
 
 
 @dataset_app.command("build")
-def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id")],
+def build(dataset_id: Annotated[str, typer.Argument(help="the dataset id", callback=_dataset_id)],
           token: Annotated[str | None, typer.Option("--token", help="operator token (default: "
                                                     "DATACOOP_ANONYMIZER_OPERATOR_TOKEN, else the local "
                                                     "stack's development token)")] = None,

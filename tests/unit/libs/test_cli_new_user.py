@@ -396,3 +396,11 @@ def test_the_market_url_variable_named_after_the_option_is_not_ignored_in_silenc
     said = " ".join(result.output.split())
     assert result.exit_code == 2, result.output
     assert "DATACOOP_MARKET_URL is set, but the marketplace's URL is read from DATACOOP_MARKETPLACE_URL" in said
+
+
+@pytest.mark.parametrize("command", ["show", "build"])
+def test_a_dataset_id_that_cannot_be_one_is_named_before_asking(command: str) -> None:
+    """`dataset show adult_census` passed the anonymizer's raw `path.dataset_id: String should match pattern ...`."""
+    result = _invoke("dataset", command, "adult_census")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "'adult_census' is not a dataset id" in said and "pattern" not in said, said
