@@ -199,6 +199,12 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
     except (SettingRefused, StoreUnusable) as exc:
         _refuse_start(name, str(exc))
+    try:
+        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # uvicorn's own refusal names neither the host nor the setting
+        _refuse_start(name, f"DATACOOP_HOST {settings.host!r} is no address this machine can listen on "
+                            f"({getattr(exc, 'strerror', None) or exc}); set it to an address of this host, e.g. "
+                            "0.0.0.0 (every interface) or 127.0.0.1")
     unreachable = broker_unreachable(settings.bootstrap, BROKER_WAIT_S)
     if unreachable:
         _refuse_start(name, f"no Kafka broker answers at {settings.bootstrap} (DATACOOP_BOOTSTRAP) after "

@@ -62,3 +62,12 @@ def test_a_broker_that_answers_is_found(broker: Any) -> None:
 
     assert broker_unreachable(f"127.0.0.1:{free_port()},{broker.bootstrap}", 0) is None
     assert broker_unreachable("nonsense", 0) is not None
+
+
+def test_a_host_that_is_no_address_names_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """It exited 3 with uvicorn's bare "[Errno -2] Name or service not known", naming no setting."""
+    with pytest.raises(SystemExit) as exited:
+        serve("x", ServiceSettings(host="not-a-host.invalid"), lambda settings: object())
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and "DATACOOP_HOST 'not-a-host.invalid' is no address" in said, said
+    assert "e.g. 0.0.0.0" in said and len(said.strip().splitlines()) == 1
