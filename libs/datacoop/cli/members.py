@@ -27,6 +27,7 @@ from datacoop.cli.common import (
     print_table,
     read_key,
     read_text_file,
+    refusal,
     service_url,
     shaped,
     wallet_address,
@@ -399,6 +400,8 @@ def consent_grant(
         except ApiError as exc:
             if exc.status == 409 and str(exc.problem.get("type", "")).endswith("/already-recorded"):
                 return None  # a retry (--consent-id) of a grant that was recorded
+            if exc.status == 422:  # what this command signs is well formed: the refusal is of the options given
+                fail(refusal(exc.status, exc.problem.get("detail", exc.problem)), 2)
             raise
 
     view = _write(url, f"the consent service could not confirm that consent {consent_id} was recorded (the "
