@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,17 @@ def chain() -> Iterator[Chain]:
     c = start_chain(log_path=LOG_DIR / "anvil.log")
     yield c
     c.stop()
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs `serve` configures the root logger (a JSON handler on the stderr of that moment): put
+    back what was there, so later tests' output is theirs alone."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

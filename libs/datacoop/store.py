@@ -87,7 +87,7 @@ def _set_aside_if_built_by_another_schema(path: Path, fingerprint: str) -> None:
     `fingerprint`'s, or before files recorded theirs: the caller then rebuilds it from the log."""
     if not path.exists():
         return
-    with duckdb.connect(str(path)) as conn:
+    with opened(str(path), "database", rebuildable=True) as conn:
         has_meta = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = '_dc_meta'"
                                 ).fetchone() == (1,)
         row = conn.execute("SELECT value FROM _dc_meta WHERE key = 'schema_sha256'").fetchone() if has_meta else None
@@ -153,7 +153,6 @@ class ProjectionStore:
         self.path = str(path)
         fingerprint = hashlib.sha256(f"{_TRACKING_DDL}\n{schema_sql}".encode()).hexdigest()
         if self.path != ":memory:":
-            opened(self.path, "database", rebuildable=True).close()  # a clear error for a file it cannot use
             _set_aside_if_built_by_another_schema(Path(self.path), fingerprint)
         self.conn = opened(self.path, "database", rebuildable=True)
         self.conn.execute(_META_DDL)

@@ -238,7 +238,7 @@ class KeyStore:
         _fsync(str(Path(self.path).parent))
         if os.path.exists(f"{self.path}.wal"):  # the old file's log, already checkpointed into it
             os.remove(f"{self.path}.wal")
-        self.conn = duckdb.connect(self.path)
+        self.conn = opened(self.path, "key store", rebuildable=False)
 
     def count(self) -> int:
         row = self.conn.execute("SELECT count(*) FROM data_keys").fetchone()

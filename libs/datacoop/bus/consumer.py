@@ -53,6 +53,7 @@ RETRY_PAUSE_S = 0.5  # after a failed batch; doubles on each failure in a row
 # aiokafka does not raise when the broker cannot be reached: a fetch that fails is logged and answers nothing.
 # A runner with nothing in hand whose partitions have had no fetch answered for this long says so in `failing`.
 BROKER_SILENT_S = 10.0
+LOOP_HELD_MS = 1000  # a gap between polls longer than this starts the silence count again (nothing was read)
 RETRY_PAUSE_MAX_S = 30.0
 # Failures of the database itself, not of an event's effects: a batch that meets one is retried whole, never
 # taken apart and dead-lettered event by event.
@@ -152,11 +153,15 @@ class ConsumerRunner:
         # it answers (the second answer after it: `read_past`), a position past the high-water mark is expected
         self._passed_ms: dict[TopicPartition, int] = {}
         self._answered_after_pass: dict[TopicPartition, int] = {}
-        self._started_ms = 0
+        # silence is counted from the later of a partition's last fetch answer and this (unix ms): the start, a seek
+        # (fetches in flight are dropped), a poll that returned records (a partition with records buffered is
+        # not fetched), a rebalance's assignment
+        self._quiet_since_ms = 0
+        self._polled_ms = 0  # when the last poll returned (unix ms)
+        self._answered_ms: dict[TopicPartition, int] = {}  # each partition's last fetch answer seen (unix ms)
         # Records sent to the DLQ (acked) whose batch has not committed yet: a retry of the batch in this process
         # does not send them again. (A new process does: the DLQ is at least once; `dlq_id` tells the copies.)
         self._dead_sent: set[tuple[str, int, int]] = set()
-        self._last_poll_records = False  # the last poll returned records (buffered: no fetch is sent meanwhile)
         self._in_hand = False  # a fetched batch not yet committed: Kafka's positions run ahead of ours
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -173,7 +178,7 @@ class ConsumerRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._started_ms = _now_ms()
+        self._quiet_since_ms = _now_ms()
         self._consumer = AIOKafkaConsumer(**self._config)
         await self._consumer.start()
         if self.group_id is None:
@@ -200,12 +205,15 @@ class ConsumerRunner:
             self._kafka.seek(tp, offset)
             self._positions[tp] = offset
             self._unchecked[tp] = offset
+        self._quiet_since_ms = _now_ms()
 
     def forget(self, revoked: set[TopicPartition]) -> None:
         """Group mode: another instance reads `revoked` now; a retry must not seek them, nor readiness wait on them."""
         for tp in revoked:
             self._positions.pop(tp, None)
             self._unchecked.pop(tp, None)
+            self._passed_ms.pop(tp, None)
+            self._answered_after_pass.pop(tp, None)
         self._dead_sent = {(topic, partition, offset) for topic, partition, offset in self._dead_sent
                            if TopicPartition(topic, partition) not in revoked}
 
@@ -254,7 +262,8 @@ class ConsumerRunner:
                 pause = min(pause * 2, RETRY_PAUSE_MAX_S)
             else:
                 silent = self.broker_silence()
-                if silent is not None and self.failing != silent:
+                was_silent = (self.failing or "").startswith("BrokerSilent")
+                if silent is not None and not was_silent:  # once when it falls silent (the seconds change)
                     log.warning("consumer %s: %s", self.consumer_name, silent)
                 elif silent is None and self.failing is not None:
                     log.info("consumer %s reads the log again", self.consumer_name)
@@ -263,21 +272,25 @@ class ConsumerRunner:
 
     def broker_silence(self) -> str | None:
         """Why the broker counts as unreachable, or None: no fetch of a partition it holds has been answered for
-        BROKER_SILENT_S (aiokafka logs a failed fetch and returns nothing, so a poll alone never fails). Judged
-        only with nothing buffered (the last poll returned no record): a fetch waits while its partition has
-        records buffered. (`broker_silent_s`, BROKER_SILENT_S by default.)"""
-        if self._consumer is None or self._in_hand or self._last_poll_records:
+        BROKER_SILENT_S (aiokafka logs a failed fetch and returns nothing, so a poll alone never fails), counted
+        per partition from the later of its last answer and `_quiet_since_ms` (no fetch is sent for a partition
+        whose records are buffered, nor kept after a seek). (`broker_silent_s`, BROKER_SILENT_S by default.)"""
+        if self._consumer is None or self._in_hand:
             return None
-        assignment = self._kafka.assignment()
-        if not assignment:
+        now = _now_ms()
+        for tp in self._kafka.assignment():  # remembered here: aiokafka may forget it (a reset partition state)
+            answered = self._kafka.last_poll_timestamp(tp)
+            if answered is not None and answered > self._answered_ms.get(tp, 0):
+                self._answered_ms[tp] = answered
+        silent = sorted(((now - max(self._answered_ms.get(tp, 0), self._quiet_since_ms), tp)
+                         for tp in self._kafka.assignment()), key=lambda x: x[0], reverse=True)
+        silent = [(age, tp) for age, tp in silent if age >= self.broker_silent_s * 1000]
+        if not silent:
             return None
-        answered = [ms for tp in assignment if (ms := self._kafka.last_poll_timestamp(tp)) is not None]
-        silent_s = (_now_ms() - max(answered, default=self._started_ms)) / 1000
-        if silent_s < self.broker_silent_s:
-            return None
+        which = ", ".join(f"{tp.topic}[{tp.partition}]" for _, tp in silent[:3]) + (" …" if len(silent) > 3 else "")
         servers = self._config["bootstrap_servers"]
-        return (f"BrokerSilent: the broker ({servers}) has answered no fetch for {silent_s:.0f} s: it is down or out "
-                "of reach (aiokafka's log says which); reading goes on when it answers")
+        return (f"BrokerSilent: no fetch of {which} answered for {silent[0][0] / 1000:.0f} s: the broker ({servers}) "
+                "is down or out of reach (aiokafka's log says which); reading goes on when it answers")
 
     def _rewind(self) -> None:
         """Seek every partition still assigned to its stored position (what was fetched beyond is read again)."""
@@ -285,6 +298,7 @@ class ConsumerRunner:
         for tp, offset in self._positions.items():
             if tp in assigned:
                 self._kafka.seek(tp, offset)
+        self._quiet_since_ms = _now_ms()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the batch in hand (or abandon it before its transaction), then close."""
@@ -310,13 +324,18 @@ class ConsumerRunner:
 
     # -- one batch ---------------------------------------------------------------------------
     async def poll_once(self) -> int:
+        now = _now_ms()
+        if now - self._polled_ms > LOOP_HELD_MS:  # the event loop was held (or no one polled): answers may wait unread
+            self._quiet_since_ms = now
         try:
             batch = await self._kafka.getmany(timeout_ms=self.fetch_timeout_ms, max_records=self.max_records)
         except OffsetOutOfRangeError as exc:  # Apache Kafka: a stored position outside the log
             tp, offset = next(iter(exc.args[0].items())) if exc.args and isinstance(exc.args[0], dict) else (None, None)
             raise LogMismatch(self._mismatch(tp, offset, "lies outside the log")) from exc
+        self._polled_ms = _now_ms()
+        if self._polled_ms - now > self.fetch_timeout_ms + LOOP_HELD_MS:  # held while it waited
+            self._quiet_since_ms = self._polled_ms
         applied = 0
-        self._last_poll_records = bool(batch)
         if batch:
             self._in_hand = True
             try:
@@ -325,6 +344,7 @@ class ConsumerRunner:
                 applied = await self._apply(fetched)
             finally:
                 self._in_hand = False
+                self._quiet_since_ms = _now_ms()
         self._update_caught_up()
         return applied
 
@@ -374,7 +394,7 @@ class ConsumerRunner:
         return set(moved)
 
     def _seek_past(self, moved: dict[TopicPartition, int]) -> None:
-        now = _now_ms()
+        now = self._quiet_since_ms = _now_ms()
         for tp, offset in moved.items():  # what was fetched for the old position is discarded by aiokafka
             self._positions[tp] = offset
             self._kafka.seek(tp, offset)

@@ -35,7 +35,7 @@ def _log_refusal(scope: Scope, status: int, seconds: float) -> None:
     refused without a proxy's access log. The route's template, not the path: a member's address stays out."""
     if status < 400 or scope.get("path") in _QUIET_PATHS:
         return
-    route = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    route = getattr(scope.get("route"), "path", None) or "(no route)"  # a raw path may hold a member's address
     access_log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s answered %d (%.0f ms)",
                    scope.get("method", ""), route, status, seconds * 1000)
 

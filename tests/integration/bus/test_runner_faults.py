@@ -283,7 +283,8 @@ async def test_a_log_lost_under_a_running_runner_is_named_not_skipped(prefix: st
         store.close()
 
 
-async def test_a_broker_that_answers_no_fetch_is_named_until_it_answers_again(prefix: str) -> None:
+async def test_a_broker_that_answers_no_fetch_is_named_until_it_answers_again(
+        prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     """aiokafka logs a failed fetch and returns nothing, so a poll never failed: /readyz answered 200 while
     the broker was down. A runner whose partitions have had no fetch answered for `broker_silent_s` says so in
     `failing` (readiness reads it), and clears it once the broker answers again."""
@@ -297,14 +298,19 @@ async def test_a_broker_that_answers_no_fetch_is_named_until_it_answers_again(pr
                                     registry=LEDGER_REGISTRY, broker_silent_s=1.5)
             await runner.start()
             runner.run_in_background()
+            caplog.set_level(logging.WARNING, logger="datacoop.bus")
             try:
                 await _until(runner.caught_up.is_set, "the empty topic read")
                 await asyncio.sleep(3)
                 assert runner.failing is None, "a broker answering fetches of an idle topic is not silent"
                 port = broker.port
-                broker.stop()
+                await asyncio.to_thread(broker.stop)  # the loop polls on meanwhile, as a service's would
                 await _until(lambda: (runner.failing or "").startswith("BrokerSilent"), "the silence named", 30)
-                assert f"the broker (127.0.0.1:{port}) has answered no fetch for" in (runner.failing or "")
+                assert f"no fetch of {topic}[0] answered for" in (runner.failing or "")
+                assert f"the broker (127.0.0.1:{port}) is down or out of reach" in (runner.failing or "")
+                await asyncio.sleep(2.5)
+                said = [r for r in caplog.records if "BrokerSilent" in r.getMessage()]
+                assert len(said) == 1, "said once when it falls silent, not once a second"
                 broker = start_broker(port=port)
                 await ledger_topic(broker, prefix)
                 await _until(lambda: runner.failing is None, "reading again once the broker answers", 60)
@@ -313,3 +319,36 @@ async def test_a_broker_that_answers_no_fetch_is_named_until_it_answers_again(pr
     finally:
         broker.stop()
         store.close()
+
+
+async def test_a_slow_catch_up_is_not_taken_for_a_silent_broker(broker: Broker, prefix: str) -> None:
+    """No fetch is sent for a partition while its records are buffered: a projection slower than the silence
+    bound made the first empty poll after a long catch-up count the whole of it as the broker's silence."""
+    class Slow(LedgerProjection):
+        def apply(self, tx: duckdb.DuckDBPyConnection, deliveries: list[Delivery]) -> None:
+            time.sleep(0.8)  # the event loop is held, as a heavy projection holds it
+            super().apply(tx, deliveries)
+
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(":memory:", LEDGER_SQL)
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope(f"s{i % 50}", i // 50 + 1, 1) for i in range(6000)])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=Slow(), topics=[topic],
+                                consumer_name="slow", dlq_publisher=pub, registry=LEDGER_REGISTRY, max_records=1000,
+                                broker_silent_s=1.5)
+        await runner.start()
+        runner.run_in_background()
+        seen: list[str] = []
+        try:
+            deadline = time.monotonic() + 60
+            while not (runner.caught_up.is_set() and runner.applied_count == 6000):
+                assert time.monotonic() < deadline, "the catch-up did not end"
+                seen.append(runner.failing or "")
+                await asyncio.sleep(0.05)
+            for _ in range(20):  # and the empty polls after it
+                seen.append(runner.failing or "")
+                await asyncio.sleep(0.05)
+        finally:
+            await runner.stop()
+            store.close()
+    assert not [s for s in seen if s], f"a healthy broker was called silent: {set(seen)}"

@@ -189,12 +189,14 @@ def test_each_refusal_is_logged_once_by_its_route_under_its_correlation_id(caplo
             assert client.get("/members/0xok").status_code == 200
             assert client.get("/members/0xgone", headers={"x-correlation-id": "req-9"}).status_code == 410
             assert client.get("/readyz").status_code == 503
+            assert client.get("/members/0xgone/recordz").status_code == 404  # no route: its path is not logged
     finally:
         logging.getLogger("datacoop.http.access").removeHandler(under)
     lines = [r.getMessage() for r in caplog.records if r.name == "datacoop.http.access"]
-    assert len(lines) == 1 and lines[0].startswith("GET /members/{member} answered 410 ("), lines
-    assert "0xgone" not in lines[0], "the route, not the member's address"
-    assert seen == ["req-9"], "logged under the request's correlation id"
+    assert len(lines) == 2 and lines[0].startswith("GET /members/{member} answered 410 ("), lines
+    assert lines[1].startswith("GET (no route) answered 404 ("), lines
+    assert not [line for line in lines if "0xgone" in line], "the route, not the member's address"
+    assert seen[0] == "req-9", "logged under the request's correlation id"
 
 
 def test_a_bug_is_answered_inside_the_requests_correlation_id() -> None:
