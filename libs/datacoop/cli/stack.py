@@ -293,8 +293,6 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
         "DATACOOP_DATA_DIR": str(stack.data_dir),
         "DATACOOP_OBJECT_STORE_DIR": str(RUN_DIR / "objects"),
         "DATACOOP_ANONYMIZER_OBJECT_STORE": str(RUN_DIR / "objects"),
-        "DATACOOP_ANONYMIZER_DEBOUNCE_S": "1",
-        "DATACOOP_ANONYMIZER_MIN_INTERVAL_S": "10",  # a local stack shows changes soon, without a version a second
         "DATACOOP_WORKER_OBJECT_STORE": str(RUN_DIR / "objects"),
         "DATACOOP_GRANT_KEY_FILE": str(RUN_DIR / "keys" / "marketplace-grant-key.pem"),
         "DATACOOP_LOG_JSON": "true",
@@ -302,6 +300,9 @@ def service_env(entry: ServiceEntry, stack: Stack, port: int) -> dict[str, str]:
     })
     env.update(stack.chain_env)
     env.setdefault("DATACOOP_CONFIRMATIONS", "1")
+    # a local stack shows changes soon, without a version a second; a value exported before `up` wins
+    env.setdefault("DATACOOP_ANONYMIZER_DEBOUNCE_S", "1")
+    env.setdefault("DATACOOP_ANONYMIZER_MIN_INTERVAL_S", "10")
     for name, svc in stack.services.items():
         env[f"DATACOOP_{name.upper()}_URL"] = svc.url
     return env

@@ -296,3 +296,22 @@ def test_help_lists_each_command_in_whole_sentences() -> None:
     assert shown.exit_code == 0, shown.output
     assert "a refund of an allocated order would stop every later payout root" in shown.output
     assert "take and run jobs. Exits non-zero, saying why" in shown.output
+
+
+def test_a_setting_exported_before_up_wins_over_the_local_stacks_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: a DATACOOP_* setting exported before `datacoop up` reaches the services. The anonymizer's build
+    pacing was overwritten by the stack's local values all the same; what must be the stack's still is."""
+    from datacoop.cli.stack import SERVICES, Stack, service_env
+
+    class _Broker:
+        bootstrap, pid = "127.0.0.1:1", 1
+
+    anonymizer = next(s for s in SERVICES if s.name == "anonymizer")
+    monkeypatch.setenv("DATACOOP_ANONYMIZER_MIN_INTERVAL_S", "600")
+    monkeypatch.setenv("DATACOOP_BOOTSTRAP", "elsewhere:9092")
+    env = service_env(anonymizer, Stack(broker=_Broker(), chain=None), 8103)  # type: ignore[arg-type]
+    assert env["DATACOOP_ANONYMIZER_MIN_INTERVAL_S"] == "600" and env["DATACOOP_ANONYMIZER_DEBOUNCE_S"] == "1"
+    assert env["DATACOOP_BOOTSTRAP"] == "127.0.0.1:1", "the stack's broker, whatever was exported"
+    monkeypatch.delenv("DATACOOP_ANONYMIZER_MIN_INTERVAL_S")
+    assert service_env(anonymizer, Stack(broker=_Broker(), chain=None), 8103)[  # type: ignore[arg-type]
+        "DATACOOP_ANONYMIZER_MIN_INTERVAL_S"] == "10"
