@@ -144,14 +144,21 @@ def order_view(o: domain.Order, version_superseded: bool = False,
 
 
 def version_view(v: DatasetVersionPublished, superseded: bool, offers: list[dict[str, Any]],
-                 group_by: list[str]) -> dict[str, Any]:
+                 group_by: list[str], not_sold: dict[str, str] | None = None) -> dict[str, Any]:
+    """A catalog entry; `not_sold`: each offer the version does not sell, and why (only while it is on sale)."""
     return {"dataset_id": v.dataset_id, "version": v.version, "status": "superseded" if superseded else "current",
             "purpose": v.purpose, "categories": v.categories, "columns": v.columns, "rows": v.rows,
             "published_at": v.published_at, "sha256": v.sha256, "contributors": len(v.contributor_weights),
             "guarantees": {"k": v.k, "l_diversity": v.l_diversity, "privacy_model": v.privacy_model,
                            "epsilon": v.epsilon, "suppressed_rows": v.suppressed_rows,
                            "information_loss": v.information_loss},
-            "offers": [] if superseded else offers, "query_group_by": group_by}
+            "offers": [] if superseded else offers, "query_group_by": group_by,
+            "not_sold": {} if superseded else dict(not_sold or {})}
+
+
+def _not_sold(offers: Any) -> dict[str, str]:
+    """Why each offer a version does not sell is not sold (VersionOffers.unavailable)."""
+    return {offer: why for offer in ("download", "query", "compute") if (why := offers.unavailable(offer))}
 
 
 async def current_researcher(request: Request, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
@@ -222,16 +229,17 @@ def build_router(ctx: Any) -> APIRouter:
     async def catalog() -> dict[str, Any]:
         """Every published dataset version, its guarantees and offers, and where orders are paid."""
         return {"payment": ctx.payment_info(),
-                "versions": [version_view(v, s, ctx.version_offers(v).as_list(),
-                                          ctx.projection.groupable(v.dataset_id, v.version))
+                "versions": [version_view(v, s, (offers := ctx.version_offers(v)).as_list(),
+                                          ctx.projection.groupable(v.dataset_id, v.version), _not_sold(offers))
                              for v, s in ctx.projection.versions()]}
 
     @router.get("/catalog/{dataset_id}/{version}", tags=["catalog"])
     async def catalog_entry(dataset_id: str, version: VersionPath) -> dict[str, Any]:
         v = published(dataset_id, version)
         superseded = ctx.projection.version(dataset_id, version)[1]
-        return version_view(v, superseded, ctx.version_offers(v).as_list(),
-                            ctx.projection.groupable(dataset_id, version))
+        offers = ctx.version_offers(v)
+        return version_view(v, superseded, offers.as_list(), ctx.projection.groupable(dataset_id, version),
+                            _not_sold(offers))
 
     @router.get("/grant-key", tags=["catalog"])
     async def grant_key() -> dict[str, str]:

@@ -270,6 +270,8 @@ def test_compute_is_not_sold_on_a_version_too_small_for_any_analysis(stack: Stac
     s.publish_version("tiny-ds", 1, rows=3, weights={m: 1 for m in MEMBERS[:3]})
     listed = s.get("/catalog/tiny-ds/1").json()
     assert [o["offer"] for o in listed["offers"]] == ["download", "query"], listed
+    shown = " ".join(cli(s, "catalog").output.split())
+    assert "tiny-ds v1: compute is not sold on this version: it has 3 rows, fewer than the 10" in shown, shown
     ada = researcher(s, BUYER_KEYS[0])
     api_file = tmp_path / "api.key"
     api_file.write_text(ada.http.headers["authorization"].removeprefix("Bearer "))

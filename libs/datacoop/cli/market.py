@@ -212,6 +212,9 @@ def catalog(market_url: MarketUrl = None, every: Annotated[bool, typer.Option(
             if o.get("note"):
                 console.print(f"note: {v['dataset_id']} v{v['version']} {o['offer']}: {o['note']}", highlight=False,
                               markup=False, soft_wrap=True)
+        for why in (v.get("not_sold") or {}).values():  # an offer missing from the list, and why
+            console.print(f"[dim]{escape(v['dataset_id'])} v{v['version']}: {escape(str(why))}[/dim]",
+                          highlight=False, soft_wrap=True)
 
 
 def order(

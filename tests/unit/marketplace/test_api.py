@@ -174,6 +174,10 @@ def test_compute_on_a_version_too_small_for_any_analysis_is_neither_listed_nor_o
     catalog = {v["version"]: v for v in client.get("/catalog").json()["versions"]}
     assert [o["offer"] for o in catalog[1]["offers"]] == ["download", "query"]
     assert [o["offer"] for o in catalog[2]["offers"]] == ["download", "query", "compute"]
+    assert list(catalog[1]["not_sold"]) == ["compute"], "the catalog says why an offer is missing"
+    assert "it has 3 rows, fewer than the 10" in catalog[1]["not_sold"]["compute"]
+    assert catalog[2]["not_sold"] == {} and client.get("/catalog/fitness/1").json()["not_sold"] == \
+        catalog[1]["not_sold"]
     refused = client.post("/orders", json={"dataset_id": "fitness", "version": 1, "offer": "compute"}, headers=auth)
     assert refused.status_code == 422, refused.text
     problem = refused.json()
