@@ -29,7 +29,7 @@ from typing import Any
 
 from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
-from datacoop.errors import EarlierWriteUnsettled
+from datacoop.errors import EarlierWriteUnsettled, EventLogSilent
 from datacoop.events.envelope import Envelope, new_event_id
 from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
@@ -166,6 +166,10 @@ class Writer:
         cancelled meanwhile: the next command on it must decide on the state they make. (The caller
         is answered after that, so a command queued on the subject may run before it resumes.)
         """
+        silent = self.reader.failing if self.reader is not None else None
+        if silent is not None and silent.startswith("BrokerSilent"):
+            raise EventLogSilent(f"the event log (Kafka) is not answering ({silent.removeprefix('BrokerSilent: ')}); "
+                                 "nothing was written: retry once it is back (`/readyz` says when)")
         if subject in self._busy:
             await self._wait_turn(subject)
         else:

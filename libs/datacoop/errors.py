@@ -50,3 +50,10 @@ class EarlierWriteUnsettled(KafkaTimeoutError):  # type: ignore[misc]
     """A command not written at all: its subject's previous write was not confirmed, and the log could not be read
     far enough to learn whether it landed (see `Writer`). A 503 like any event-log error, worded apart: unlike a
     write the broker did not confirm, nothing of this request can be in the log."""
+
+
+class EventLogSilent(DomainError):
+    """The broker has answered none of this service's fetches for a while (`ConsumerRunner.broker_silence`): a
+    command is refused before anything is written, rather than waiting out the producer's 40 s timeout."""
+
+    status, slug = 503, "event-log-unavailable"

@@ -352,3 +352,35 @@ async def test_a_slow_catch_up_is_not_taken_for_a_silent_broker(broker: Broker, 
             await runner.stop()
             store.close()
     assert not [s for s in seen if s], f"a healthy broker was called silent: {set(seen)}"
+
+
+async def test_a_command_while_the_broker_is_silent_is_refused_at_once_with_nothing_written(
+        prefix: str, tmp_path: Path) -> None:
+    """A command sent while the broker was down waited out the producer's 40 s request timeout before its 503.
+    Once the runner has found the broker silent, the writer refuses at once (503 event-log-unavailable), before
+    deciding or taking a seq; /readyz says the same."""
+    from datacoop.errors import EventLogSilent
+    from datacoop.testing.ledger import AmountRecorded
+
+    broker = start_broker()
+    settings = ServiceSettings(bootstrap=broker.bootstrap, topic_prefix=prefix + ".", data_dir=tmp_path)
+    runtime = ServiceRuntime("probe", settings, lambda store: LedgerProjection(), writes=MEMBERS, schema_sql=LEDGER_SQL)
+    runtime.runner.registry = LEDGER_REGISTRY
+    runtime.runner.broker_silent_s = 1.5
+    await runtime.start()
+    try:
+        await _until(lambda: runtime.ready, "the runtime to be ready")
+        assert runtime.writer is not None
+        await runtime.writer.execute("a", lambda: [AmountRecorded(amount_units=1)])
+        await asyncio.to_thread(broker.stop)
+        await _until(lambda: (runtime.runner.failing or "").startswith("BrokerSilent"), "the silence named", 30)
+        assert not runtime.ready
+        decided: list[bool] = []
+        started = time.monotonic()
+        with pytest.raises(EventLogSilent, match="nothing was written: retry once it is back") as refused:
+            await runtime.writer.execute("a", lambda: decided.append(True) or [AmountRecorded(amount_units=2)])
+        assert time.monotonic() - started < 1.0 and decided == [] and refused.value.status == 503
+        assert refused.value.slug == "event-log-unavailable"
+    finally:
+        await asyncio.wait_for(runtime.stop(), 60)
+        broker.stop()
