@@ -40,14 +40,19 @@ def build_receipt(member: Member, consent: Consent, catalog: Catalog, now: datet
                                 "signature": consent.signature}
     if eip712_domain is not None:
         evidence["domain"] = eip712_domain.as_dict()
+    state = effective_status(consent, now)
+    history = [{"state": h.state, "at": _iso(h.at), "reason": h.reason} for h in consent.history]
+    if state == "expired" and consent.status == "active":  # past its expiry, the sweeper's event not read yet:
+        history.append({"state": "expired", "at": _iso(consent.expires_at), "reason": "expiry reached"})  # as evolve
+    granted_under = catalog.at(consent.catalog_version)  # the wording the member agreed to
     return {
         "schema": RECEIPT_SCHEMA,
         "record_id": consent.consent_id,
         "data_subject": {"id": member.address, "id_type": "ethereum-address"},
         "controller": CONTROLLER,
-        "purposes": [{"purpose": consent.purpose, "description": catalog.purposes.get(consent.purpose, ""),
+        "purposes": [{"purpose": consent.purpose, "description": granted_under.purposes.get(consent.purpose, ""),
                       "legal_basis": "consent (GDPR Art. 6(1)(a) / 9(2)(a))"}],
-        "data_categories": [{"category": c, "description": catalog.categories.get(c, "")}
+        "data_categories": [{"category": c, "description": granted_under.categories.get(c, "")}
                             for c in consent.categories],
         "catalog_version": consent.catalog_version,
         "time_of_consent": _iso(consent.granted_at),
@@ -55,8 +60,8 @@ def build_receipt(member: Member, consent: Consent, catalog: Catalog, now: datet
         "withdrawal_method": ("sign a RevokeConsent EIP-712 message with your wallet and send it to "
                               f"POST /members/{member.address}/consents/{consent.consent_id}/revoke "
                               f"(or run `datacoop consent revoke {consent.consent_id}`)"),
-        "state": effective_status(consent, now),
-        "state_history": [{"state": h.state, "at": _iso(h.at), "reason": h.reason} for h in consent.history],
+        "state": state,
+        "state_history": history,
         "evidence": evidence,
         "issued_at": now.isoformat(),
     }
