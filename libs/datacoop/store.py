@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +142,30 @@ def opened(path: str, what: str, *, rebuildable: bool) -> duckdb.DuckDBPyConnect
         raise StoreUnusable(f"cannot open its {what} {path}: {why}") from exc
 
 
+@contextmanager
+def unusable_as(path: str, what: str, *, rebuildable: bool) -> Iterator[None]:
+    """Any DuckDB error inside (opening a file and reading or writing it at a service's start) as StoreUnusable
+    naming the file: a damaged block, a folder it cannot write. At the start it is the file's fault, no event's."""
+    try:
+        yield
+    except StoreUnusable:
+        raise
+    except duckdb.Error as exc:
+        said = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "corrupt" in said.lower() or "checksum" in said.lower():
+            fix = ("move it away (or delete it): the service rebuilds it from the event log" if rebuildable else
+                   "restore it from a backup; do not delete it, nothing else holds what it held")
+            why = f"it is damaged ({said}): {fix}"
+        else:
+            why = f"{said}; check the file and that its folder can be written (DATACOOP_DATA_DIR)"
+        raise StoreUnusable(f"cannot use its {what} {path}: {why}") from exc
+
+
+class CommitFailed(RuntimeError):
+    """COMMIT itself failed (the disk, the file's log): the database's fault, never the events' (the batch is read
+    again whole, not taken apart and dead-lettered). The transaction was rolled back."""
+
+
 class ProjectionStore:
     """One DuckDB connection owned by one service process.
 
@@ -152,21 +177,25 @@ class ProjectionStore:
     def __init__(self, path: str | Path = ":memory:", schema_sql: str = "") -> None:
         self.path = str(path)
         fingerprint = hashlib.sha256(f"{_TRACKING_DDL}\n{schema_sql}".encode()).hexdigest()
-        if self.path != ":memory:":
-            _set_aside_if_built_by_another_schema(Path(self.path), fingerprint)
-        self.conn = opened(self.path, "database", rebuildable=True)
-        self.conn.execute(_META_DDL)
-        self.conn.execute("INSERT OR REPLACE INTO _dc_meta VALUES ('schema_sha256', ?)", [fingerprint])
+        with unusable_as(self.path, "database", rebuildable=True):
+            if self.path != ":memory:":
+                _set_aside_if_built_by_another_schema(Path(self.path), fingerprint)
+            self.conn = opened(self.path, "database", rebuildable=True)
+            self.conn.execute(_META_DDL)
+            self.conn.execute("INSERT OR REPLACE INTO _dc_meta VALUES ('schema_sha256', ?)", [fingerprint])
+            # a write that must reach the file's log now: a folder it can read but not write fails here, at the
+            # start, not at the first event (where the event would be taken for the fault)
+            self.conn.execute("INSERT OR REPLACE INTO _dc_meta VALUES ('opened_at', ?)", [str(time.time_ns())])
+            self.conn.execute(_TRACKING_DDL)
+            if schema_sql:
+                self.conn.execute(schema_sql)
+            loaded = self.conn.execute("SELECT hash(event_id) AS h FROM _dc_applied").fetchnumpy()["h"]
         self.lock = asyncio.Lock()
         self._after_commit: list[Callable[[], None]] | None = None
         # Ids of events this process's writer applied and committed, not yet seen by its own consumer:
         # when the consumer reads them back it drops them by their `ce_id` header without decoding or
         # asking the database. Bounded; once cleared, the `_dc_applied` lookup does the same job.
         self.own_committed: dict[str, None] = {}  # insertion-ordered: the oldest go first when full
-        self.conn.execute(_TRACKING_DDL)
-        if schema_sql:
-            self.conn.execute(schema_sql)
-        loaded = self.conn.execute("SELECT hash(event_id) AS h FROM _dc_applied").fetchnumpy()["h"]
         self._applied = _AppliedHashes(np.asarray(loaded, dtype=np.uint64))
         self._hashes(["warm-up"])  # DuckDB's first Arrow scan in a process costs ~150 ms: pay it here
 
@@ -190,10 +219,13 @@ class ProjectionStore:
             raise
         try:
             self.conn.execute("COMMIT")
-        except BaseException:  # a COMMIT that fails (I/O, a conflict found at commit) leaves nothing of it applied
+        except BaseException as exc:  # a COMMIT that fails (I/O, the file's log) leaves nothing of it applied
             self._after_commit = None
             with contextlib.suppress(duckdb.Error):
                 self.conn.execute("ROLLBACK")  # where the failed COMMIT left the transaction open
+            if isinstance(exc, duckdb.Error):
+                raise CommitFailed(f"the database {self.path} could not commit: {str(exc).splitlines()[0]}; check "
+                                   "its disk and folder (DATACOOP_DATA_DIR)") from exc
             raise
         callbacks, self._after_commit = self._after_commit, None
         failure: BaseException | None = None

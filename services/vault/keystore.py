@@ -31,7 +31,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from datacoop.store import opened
+from datacoop.store import opened, unusable_as
 from services.vault.crypto import KEY_BYTES, Kek, KeyUnwrapFailed, legacy_tag_key, new_data_key, upload_tag
 
 _DDL = """
@@ -55,8 +55,9 @@ class KeyShredded(LookupError):
 class KeyStore:
     def __init__(self, path: str | Path, kek: Kek) -> None:
         self.path = str(path)
-        self.conn = opened(self.path, "key store", rebuildable=False)
-        self.conn.execute(_DDL)
+        with unusable_as(self.path, "key store", rebuildable=False):
+            self.conn = opened(self.path, "key store", rebuildable=False)
+            self.conn.execute(_DDL)
         self.kek = kek
         self._lock = threading.Lock()
         self._cache: dict[str, bytes] = {}

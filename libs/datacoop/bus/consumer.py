@@ -44,7 +44,7 @@ from datacoop.bus.publisher import Publisher
 from datacoop.events.codec import DecodeError, decode
 from datacoop.events.envelope import Envelope
 from datacoop.events.registry import REGISTRY, Event, EventRegistry
-from datacoop.store import AfterCommitFailed, ProjectionStore
+from datacoop.store import AfterCommitFailed, CommitFailed, ProjectionStore
 from datacoop.topics import dlq
 
 log = logging.getLogger("datacoop.bus")
@@ -58,7 +58,7 @@ RETRY_PAUSE_MAX_S = 30.0
 # Failures of the database itself, not of an event's effects: a batch that meets one is retried whole, never
 # taken apart and dead-lettered event by event.
 DATABASE_FAULTS = (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.FatalException,
-                   duckdb.InterruptException, duckdb.PermissionException)
+                   duckdb.InterruptException, duckdb.PermissionException, CommitFailed)
 
 
 @dataclass(frozen=True, slots=True)

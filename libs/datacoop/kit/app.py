@@ -24,7 +24,7 @@ from datacoop.kit import problems
 from datacoop.kit.logs import configure, correlation_id
 from datacoop.kit.runtime import ServiceRuntime
 from datacoop.kit.settings import ServiceSettings, SettingRefused
-from datacoop.store import StoreUnusable
+from datacoop.store import CommitFailed, StoreUnusable
 
 _QUIET_PATHS = frozenset({"/healthz", "/readyz"})  # polled by supervisors and `datacoop up`: a 503 there is no news
 access_log = logging.getLogger("datacoop.http.access")
@@ -149,6 +149,7 @@ def create_app(runtime: ServiceRuntime[Any], routers: list[APIRouter], *, title:
     app.add_exception_handler(RequestValidationError, problems.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, problems.http_error_handler)
     app.add_exception_handler(KafkaError, problems.event_log_error_handler)
+    app.add_exception_handler(CommitFailed, problems.database_error_handler)
 
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
     app.add_middleware(CorrelationIds)

@@ -91,8 +91,25 @@ def problem_response(status: int, slug: str, title: str, detail: str, instance: 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return problem_response(exc.status, exc.slug, exc.slug.replace("-", " "), exc.detail,
+    detail = exc.detail
+    if exc.slug == "not-ready":  # "still catching up" is untrue while the log cannot be read at all: say why
+        runtime = getattr(request.app.state, "runtime", None)
+        failing = getattr(getattr(runtime, "runner", None), "failing", None)
+        if failing:
+            detail = (f"the service cannot read the event log now ({failing}); retry once it reads again "
+                      "(its /readyz says when)")
+    return problem_response(exc.status, exc.slug, exc.slug.replace("-", " "), detail,
                             request.url.path, **exc.extra)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """The service's own database could not commit (its disk, its folder): 503, not a 500 "bug". A command's
+    events were written to the log before that commit: the service applies them when it reads the log again."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return problem_response(503, "database-unavailable", "database unavailable",
+                            f"{exc}. A command's events were written to the event log before this, and the service "
+                            "applies them once it can write again: check before sending it again (a repeat is "
+                            "refused, e.g. 409)", request.url.path)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

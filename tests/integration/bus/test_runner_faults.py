@@ -384,3 +384,38 @@ async def test_a_command_while_the_broker_is_silent_is_refused_at_once_with_noth
     finally:
         await asyncio.wait_for(runtime.stop(), 60)
         broker.stop()
+
+
+async def test_a_commit_the_disk_refuses_is_retried_whole_never_dead_lettered(
+        broker: Broker, prefix: str, tmp_path: Path) -> None:
+    """The database's log could not be written (an operator found it with a folder it could not write): COMMIT
+    failed, the runner took the batch for a projection bug, re-applied it event by event and dead-lettered a
+    valid event. A failed COMMIT is the database's fault: the batch waits and is read again whole."""
+    topic = await ledger_topic(broker, prefix)
+    store = ProjectionStore(tmp_path / "p.duckdb", LEDGER_SQL)
+    store.conn.execute("CHECKPOINT")  # no log file: the next commit makes one, where a folder now stands
+    blocker = tmp_path / "p.duckdb.wal"
+    blocker.mkdir()
+    async with Publisher(broker.bootstrap) as pub:
+        await pub.publish_many(topic, [make_envelope("a", i, 1) for i in range(1, 4)])
+        runner = ConsumerRunner(bootstrap=broker.bootstrap, store=store, projection=LedgerProjection(), topics=[topic],
+                                consumer_name="disk", dlq_publisher=pub, registry=LEDGER_REGISTRY)
+        dead: list[str] = []
+        send = runner._dead_letter
+
+        async def counted(rec: Any, reason: str) -> None:
+            dead.append(reason)
+            await send(rec, reason)
+
+        runner._dead_letter = counted  # type: ignore[method-assign]
+        await runner.start()
+        runner.run_in_background()
+        try:
+            await _until(lambda: "CommitFailed" in (runner.failing or ""), "the commit failure named")
+            assert runner.applied_count == 0 and runner.dead_count == 0
+            blocker.rmdir()
+            await _until(lambda: runner.applied_count == 3 and runner.failing is None, "the batch applied", 40)
+            assert runner.dead_count == 0 and dead == [], dead
+        finally:
+            await runner.stop()
+    store.close()

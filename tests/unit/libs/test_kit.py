@@ -261,3 +261,38 @@ def test_a_wrong_method_or_path_is_problem_json_that_says_what_the_service_takes
     assert nowhere.status_code == 404 and "/thinggs" in nowhere.json()["detail"] and "/docs" in nowhere.json()["detail"]
     own = http.get("/things/x")  # a route's own 404 keeps its words
     assert own.status_code == 404 and own.json()["detail"] == "no thing 'x'; list them with GET /things"
+
+
+def test_a_commit_failure_is_a_503_that_says_the_events_are_in_the_log() -> None:
+    """A command whose events were written but whose database commit failed was a 500 "this is a bug"."""
+    from datacoop.store import CommitFailed
+
+    app = FastAPI()
+    app.add_exception_handler(CommitFailed, problems.database_error_handler)
+
+    @app.post("/grants")
+    async def grant() -> None:
+        raise CommitFailed("the database /data/consent.duckdb could not commit: Cannot open file; check its disk")
+
+    answer = TestClient(app).post("/grants")
+    body = answer.json()
+    assert answer.status_code == 503 and body["type"].endswith("/database-unavailable"), body
+    assert "could not commit" in body["detail"] and "written to the event log before this" in body["detail"]
+
+
+def test_not_ready_says_why_when_the_log_cannot_be_read(body_client: TestClient) -> None:
+    """During a broker outage every member command said "still catching up; retry in a moment", which never ends."""
+    from types import SimpleNamespace
+
+    app = FastAPI()
+    app.add_exception_handler(problems.DomainError, problems.domain_error_handler)
+    app.state.runtime = SimpleNamespace(runner=SimpleNamespace(failing="BrokerSilent: no fetch answered for 12 s"))
+
+    @app.get("/members/x")
+    async def member() -> None:
+        raise problems.NotReady("the consent service is still catching up with the event log; retry in a moment")
+
+    body = TestClient(app).get("/members/x").json()
+    assert body["detail"].startswith("the service cannot read the event log now (BrokerSilent: no fetch"), body
+    app.state.runtime.runner.failing = None
+    assert "still catching up" in TestClient(app).get("/members/x").json()["detail"]

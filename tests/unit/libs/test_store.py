@@ -60,7 +60,8 @@ def test_a_commit_that_fails_applies_nothing_and_leaves_no_transaction_open() ->
 
     called: list[bool] = []
     store.conn = FailingCommit()  # type: ignore[assignment]
-    with pytest.raises(duckdb.IOException), store.transaction() as tx:
+    with pytest.raises(store_module.CommitFailed, match="could not commit: disk full"), \
+            store.transaction() as tx:
         store.save_offsets(tx, "c", {("t", 0): 5})
         store.on_commit(lambda: called.append(True))
     store.conn = real

@@ -70,3 +70,41 @@ def test_a_damaged_key_store_is_never_offered_for_deletion(tmp_path: Path) -> No
         KeyStore(path, Kek(new_data_key()))
     said = str(refused.value)
     assert "key store" in said and "restore it from a backup; do not delete it" in said and "rebuild" not in said
+
+
+def test_a_damaged_block_is_named_as_damage_with_the_fix(tmp_path: Path) -> None:
+    """A file whose checksum fails (a torn write, a bad disk) ended the start in DuckDB's traceback, exit 1."""
+    path = tmp_path / "consent.duckdb"
+    store = ProjectionStore(path, "CREATE TABLE IF NOT EXISTS t (a VARCHAR);")
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO t SELECT repeat('x', 100) FROM range(20000)")
+    store.conn.execute("CHECKPOINT")
+    store.close()
+    data = bytearray(path.read_bytes())
+    for at in range(12288, min(len(data), 12288 + 200_000), 4096):  # scribble over blocks past the headers
+        data[at:at + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreUnusable) as refused:
+        ProjectionStore(path, "CREATE TABLE IF NOT EXISTS t (a VARCHAR);")
+    said = str(refused.value)
+    assert said.startswith(f"cannot use its database {path}: it is damaged (Corrupt database file"), said
+    assert said.endswith("move it away (or delete it): the service rebuilds it from the event log"), said
+
+
+def test_a_commit_the_disk_refuses_is_a_commit_failure_not_the_events(tmp_path: Path) -> None:
+    """The file's log cannot be written (here a folder where it must go): COMMIT fails as CommitFailed, which the
+    consumer runner retries whole and the API answers 503, never a dead letter or a 500 "bug"."""
+    from datacoop.store import CommitFailed
+
+    path = tmp_path / "x.duckdb"
+    store = ProjectionStore(path, "CREATE TABLE IF NOT EXISTS t (a INT);")
+    store.conn.execute("CHECKPOINT")  # no log file now: the next commit makes one
+    (tmp_path / "x.duckdb.wal").mkdir()
+    with pytest.raises(CommitFailed, match="could not commit: .*x.duckdb.wal.*check its disk and folder"), \
+            store.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+    (tmp_path / "x.duckdb.wal").rmdir()
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (2)")
+    assert store.conn.execute("SELECT list(a) FROM t").fetchone() == ([2],)
+    store.close()
