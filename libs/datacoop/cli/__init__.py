@@ -228,11 +228,15 @@ def up(
 
 def _died(stk: stack_mod.Stack) -> str | None:
     """What to say when a service of the stack has exited on its own: which, how, where its log is."""
-    dead = [s for s in stk.services.values() if s.proc.poll() is not None]
+    dead = [f"service {s.entry.name} {_how(s.proc.returncode)} (its log: {s.log_path})"
+            for s in stk.services.values() if s.proc.poll() is not None]
+    # the broker and the chain too: the services would wait on them for ever (the broker's log is in memory: gone)
+    infra = (("broker", stk.broker), ("chain", stk.chain))
+    dead += [f"the {what} {_how(p.proc.returncode)} (its log: {p.log_path})"
+             for what, p in infra if p is not None and p.proc.poll() is not None]
     if not dead:
         return None
-    said = "; ".join(f"service {s.entry.name} {_how(s.proc.returncode)} (its log: {s.log_path})" for s in dead)
-    return f"{said}; the rest of the stack was stopped: see the log, then `datacoop up` again"
+    return f"{'; '.join(dead)}; the rest of the stack was stopped: see the log, then `datacoop up` again"
 
 
 def _how(returncode: int) -> str:

@@ -94,6 +94,24 @@ def _ready(url: str, pid: int | None = None) -> bool:
     return pid is None or (isinstance(body, dict) and body.get("pid", pid) == pid)  # no pid: an older service
 
 
+def _service_state(url: str, pid: int) -> str:
+    """`ready`, `starting` (not caught up yet, or not answering), or `not ready: <why>` where its /readyz says
+    its consumer is failing (the broker silent, the database unwritable) rather than still catching up."""
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
+            body = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:  # 503: not ready, the body says why
+        try:
+            body = json.loads(exc.read() or b"{}")
+        except ValueError:
+            return "starting"
+        failing = body.get("failing") if isinstance(body, dict) and body.get("pid", pid) == pid else None
+        return f"not ready: {str(failing)[:160]}" if failing else "starting"
+    except (urllib.error.URLError, OSError, ValueError):
+        return "starting"
+    return "ready" if isinstance(body, dict) and body.get("pid", pid) == pid else "starting"
+
+
 @dataclass
 class Stack:
     broker: Broker
@@ -413,7 +431,7 @@ def status_rows(described: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         if not (isinstance(pid, int) and _alive(pid)):
             state = "exited" if component.startswith("worker") else "stopped"
         elif component.startswith("service"):
-            state = "ready" if _ready(address, pid) else "starting"
+            state = _service_state(address, pid)
         else:
             state = "running"
         rows.append((component, address, str(pid), state))

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -96,12 +97,20 @@ def test_a_service_is_ready_only_when_the_process_started_answers_its_port() -> 
 
     from datacoop.testing.http import answer_json
 
-    answering: dict[str, int | None] = {"pid": os.getpid()}
+    answering: dict[str, Any] = {"pid": os.getpid(), "failing": None}
 
     class Readyz(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             pid = {"pid": answering["pid"]} if answering["pid"] is not None else {}
-            answer_json(self, {"service": "consent", "ready": True, **pid})
+            if answering["failing"] is None:
+                answer_json(self, {"service": "consent", "ready": True, **pid})
+                return
+            body = json.dumps({"status": 503, "ready": False, "failing": answering["failing"], **pid}).encode()
+            self.send_response(503)
+            self.send_header("content-type", "application/problem+json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -118,6 +127,10 @@ def test_a_service_is_ready_only_when_the_process_started_answers_its_port() -> 
         answering["pid"] = None  # a service of an older release names no pid: a stack started before still reads
         rows = {r[0]: r for r in stack_mod.status_rows(_described(_dead_pid(), url))}
         assert rows["service consent"][3] == "ready"
+        answering.update(pid=os.getpid(), failing="BrokerSilent: no fetch of x[0] answered for 12 s")
+        rows = {r[0]: r for r in stack_mod.status_rows(_described(_dead_pid(), url))}
+        assert rows["service consent"][3] == "not ready: BrokerSilent: no fetch of x[0] answered for 12 s", \
+            "why it is not ready, not `starting`, when its /readyz says"
     finally:
         server.shutdown()
         server.server_close()

@@ -77,6 +77,19 @@ def test_a_service_that_dies_stops_the_stack_with_exit_1_naming_it_and_its_log(
     assert fake_stack["stack"].broker.proc.poll() is not None, "the rest of the stack was stopped"
 
 
+def test_a_broker_that_dies_stops_the_stack_with_exit_1_naming_it(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> None:
+    """`up` went on printing "running" after its broker was killed, and stopped "cleanly" on Ctrl-C."""
+    def crash_broker(stk: stack_mod.Stack) -> None:
+        stk.broker.proc.send_signal(signal.SIGKILL)
+        stk.broker.proc.wait()
+
+    result = _up_with(monkeypatch, crash_broker)
+    assert result.exit_code == 1, result.output
+    assert "the broker was killed by SIGKILL" in result.output and "stopped cleanly" not in result.output
+    assert fake_stack["stack"].services["vault"].proc.poll() is not None, "the rest of the stack was stopped"
+
+
 def test_ctrl_c_stops_the_stack_cleanly(monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> None:
     result = _up_with(monkeypatch, lambda stk: fake_stack["handlers"][signal.SIGINT](signal.SIGINT, None))
     assert result.exit_code == 0, result.output
