@@ -33,10 +33,14 @@ def _topic(name: str) -> str:
 
 
 def _bootstrap(given: str | None) -> str:
-    if given:
-        return given
-    if os.environ.get("DATACOOP_BOOTSTRAP"):
-        return os.environ["DATACOOP_BOOTSTRAP"]
+    from datacoop.kit.settings import bootstrap_problem
+
+    for value, where in ((given, "--bootstrap"), (os.environ.get("DATACOOP_BOOTSTRAP"), "DATACOOP_BOOTSTRAP")):
+        if value:
+            problem = bootstrap_problem(value)
+            if problem:
+                fail(f"{where}: {problem}", code=2)
+            return value
     broker = ((stack_mod.running_stack() or {}).get("broker") or {}).get("bootstrap")
     if broker:
         return str(broker)

@@ -195,8 +195,8 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         configure(name, settings.log_level, settings.log_json)
         app = build(settings)
     except ValidationError as exc:
-        problems_ = "; ".join(f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-                              for e in exc.errors())
+        problems_ = "; ".join(f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: "
+                              f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors())
         _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
     except (SettingRefused, StoreUnusable) as exc:
         _refuse_start(name, str(exc))

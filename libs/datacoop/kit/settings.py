@@ -37,6 +37,17 @@ def dev_default_warned(value: str, default: str, setting: str, *, dev_secrets: b
     return value
 
 
+def bootstrap_problem(value: str) -> str | None:
+    """What is wrong with a Kafka bootstrap list (host:port[,host:port...]), or None."""
+    servers = [part.strip() for part in value.split(",")]
+    for server in servers:
+        host, colon, port = server.rpartition(":")
+        if not server or not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            return (f"{server!r} is not host:port (e.g. 127.0.0.1:9092; several separated by commas): give each "
+                    "Kafka broker's host and port")
+    return None
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DATACOOP_", extra="ignore")
 
@@ -58,6 +69,16 @@ class ServiceSettings(BaseSettings):
     dev_secrets: bool = Field(False, description="accept the development defaults of secrets (shared tokens, "
                                                  "a KEK generated beside the data): local development only; "
                                                  "`datacoop up` sets it")
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _servers(cls, value: str) -> str:
+        """host:port[,host:port...], each port a number 1-65535: anything else would be waited on as if it were a
+        broker that does not answer yet."""
+        problem = bootstrap_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -404,3 +404,9 @@ def test_a_dataset_id_that_cannot_be_one_is_named_before_asking(command: str) ->
     result = _invoke("dataset", command, "adult_census")
     said = " ".join(result.output.split())
     assert result.exit_code == 2 and "'adult_census' is not a dataset id" in said and "pattern" not in said, said
+
+
+def test_dlq_with_a_bootstrap_that_is_not_host_port_is_a_usage_error() -> None:
+    result = _invoke("dlq", "--bootstrap", "garbage")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--bootstrap: 'garbage' is not host:port" in said, said

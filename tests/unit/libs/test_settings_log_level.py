@@ -71,3 +71,20 @@ def test_a_host_that_is_no_address_names_the_setting(capsys: pytest.CaptureFixtu
     said = capsys.readouterr().err
     assert exited.value.code == 2 and "DATACOOP_HOST 'not-a-host.invalid' is no address" in said, said
     assert "e.g. 0.0.0.0" in said and len(said.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("bootstrap", ["garbage", "kafka:", ":9092", "kafka:99999", "a:1,,b:2"])
+def test_a_bootstrap_that_is_not_host_port_is_refused_at_once(bootstrap: str, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`garbage` was waited on for 30 s as a broker that did not answer yet, then exit 3."""
+    monkeypatch.setenv("DATACOOP_BOOTSTRAP", bootstrap)
+    with pytest.raises(SystemExit) as exited:
+        serve("x", ServiceSettings, lambda settings: object())
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and "DATACOOP_BOOTSTRAP: " in said and "is not host:port" in said, said
+    assert "Value error" not in said
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:9092", "kafka-1:9092,kafka-2:9092", "[::1]:9092"])
+def test_a_bootstrap_list_is_taken(bootstrap: str) -> None:
+    assert ServiceSettings(bootstrap=bootstrap).bootstrap == bootstrap
