@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import socket
@@ -193,6 +195,7 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         if isinstance(settings, type):
             settings = settings()
         configure(name, settings.log_level, settings.log_json)
+        _check_address(name, settings.host, settings.port)  # before the database is made or opened
         app = build(settings)
     except ValidationError as exc:
         problems_ = "; ".join(f"DATACOOP_{'_'.join(str(p) for p in e['loc']).upper()}: "
@@ -200,18 +203,34 @@ def serve(name: str, settings: ServiceSettings | type[ServiceSettings], build: C
         _refuse_start(name, f"bad settings ({problems_}); set them in the environment")
     except (SettingRefused, StoreUnusable) as exc:
         _refuse_start(name, str(exc))
-    try:
-        socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:  # uvicorn's own refusal names neither the host nor the setting
-        _refuse_start(name, f"DATACOOP_HOST {settings.host!r} is no address this machine can listen on "
-                            f"({getattr(exc, 'strerror', None) or exc}); set it to an address of this host, e.g. "
-                            "0.0.0.0 (every interface) or 127.0.0.1")
     unreachable = broker_unreachable(settings.bootstrap, BROKER_WAIT_S)
     if unreachable:
         _refuse_start(name, f"no Kafka broker answers at {settings.bootstrap} (DATACOOP_BOOTSTRAP) after "
                             f"{BROKER_WAIT_S:g} s ({unreachable}); start one (`datacoop up` runs a local one) or set "
                             "DATACOOP_BOOTSTRAP to your broker's host:port", code=3)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, **uvicorn_options)
+
+
+def _check_address(name: str, host: str, port: int) -> None:
+    """Refuse the start, naming the setting, where uvicorn would fail later with a bare errno: a DATACOOP_HOST
+    that is no address of this machine, a DATACOOP_PORT another process listens on."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # uvicorn's own refusal names neither the host nor the setting
+        _refuse_start(name, f"DATACOOP_HOST {host!r} is no address this machine can listen on "
+                            f"({getattr(exc, 'strerror', None) or exc}); set it to an address of this host, e.g. "
+                            "0.0.0.0 (every interface) or 127.0.0.1")
+    if port == 0:
+        return
+    with contextlib.closing(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _refuse_start(name, f"port {port} on {host} is taken by another process (DATACOOP_PORT): stop it, "
+                                    "or set DATACOOP_PORT to a free port")
+            # anything else (an address of another machine, no permission): uvicorn says it in its words
 
 
 BROKER_WAIT_S = 30.0  # how long a starting service waits for its broker (one started beside it) to listen

@@ -88,3 +88,20 @@ def test_a_bootstrap_that_is_not_host_port_is_refused_at_once(bootstrap: str, mo
 @pytest.mark.parametrize("bootstrap", ["127.0.0.1:9092", "kafka-1:9092,kafka-2:9092", "[::1]:9092"])
 def test_a_bootstrap_list_is_taken(bootstrap: str) -> None:
     assert ServiceSettings(bootstrap=bootstrap).bootstrap == bootstrap
+
+
+def test_a_port_another_process_listens_on_names_the_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    """It opened its database and the broker, then uvicorn's bare "[Errno 98] ... address already in use", exit 3
+    (the code for "no broker")."""
+    import socket
+
+    built: list[bool] = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            serve("x", ServiceSettings(port=port), lambda settings: built.append(True))
+    said = capsys.readouterr().err
+    assert exited.value.code == 2 and f"port {port} on 127.0.0.1 is taken by another process (DATACOOP_PORT)" in said
+    assert built == [], "refused before anything is built"
