@@ -296,3 +296,26 @@ def test_not_ready_says_why_when_the_log_cannot_be_read(body_client: TestClient)
     assert body["detail"].startswith("the service cannot read the event log now (BrokerSilent: no fetch"), body
     app.state.runtime.runner.failing = None
     assert "still catching up" in TestClient(app).get("/members/x").json()["detail"]
+
+
+def test_the_kafka_clients_repeats_are_held_back_and_counted() -> None:
+    """With the broker down, aiokafka logged ~40 lines a second; the line saying what is wrong was lost."""
+    import time as clock
+
+    from datacoop.kit.logs import Repeats
+
+    repeats = Repeats(window_s=0.3)
+
+    def record(name: str, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+
+    passed = [repeats.filter(record("aiokafka", "Unable connect to node with id %s: %s", 1, f"try {i}"))
+              for i in range(40)]
+    assert passed == [True] + [False] * 39
+    assert all(repeats.filter(record("datacoop.bus", "consumer c: BrokerSilent")) for _ in range(3)), \
+        "only the Kafka client's records are held back"
+    assert repeats.filter(record("aiokafka.consumer.fetcher", "Failed fetch messages from %s: %s", 1, "x"))
+    clock.sleep(0.35)
+    again = record("aiokafka", "Unable connect to node with id %s: %s", 1, "try 41")
+    assert repeats.filter(again) and again.getMessage() == \
+        "Unable connect to node with id 1: try 41 (and 39 more like this in the last 0.3 s)"
