@@ -21,15 +21,16 @@ import asyncio
 import contextlib
 import copy
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from datacoop.bus.consumer import ConsumerRunner, Delivery, Projection
+from datacoop.bus.consumer import WRITER_HEADER, ConsumerRunner, Delivery, Projection
 from datacoop.bus.publisher import Position, Publisher
-from datacoop.errors import EarlierWriteUnsettled, EventLogSilent
+from datacoop.errors import AnotherInstance, EarlierWriteUnsettled, EventLogSilent
 from datacoop.events.envelope import Envelope, new_event_id
 from datacoop.events.registry import REGISTRY, Event
 from datacoop.store import ProjectionStore
@@ -86,6 +87,11 @@ class Writer:
                  topic: str, source: str, reader: ConsumerRunner | None = None) -> None:
         self.store = store
         self.reader = reader  # the runner that reads `topic` back in this process: it skips what we applied
+        # on each record it writes (header `dc_writer`): a reader that finds another live instance's id on its
+        # service's own topic knows two instances write it (ConsumerRunner.other_writer)
+        self.instance = uuid.uuid4().hex.encode()
+        if reader is not None:
+            reader.own_writers.add(self.instance)
         self.publisher = publisher
         self.projection = projection
         self.topic = topic
@@ -166,10 +172,12 @@ class Writer:
         cancelled meanwhile: the next command on it must decide on the state they make. (The caller
         is answered after that, so a command queued on the subject may run before it resumes.)
         """
-        silent = self.reader.failing if self.reader is not None else None
-        if silent is not None and silent.startswith("BrokerSilent"):
-            raise EventLogSilent(f"the event log (Kafka) is not answering ({silent.removeprefix('BrokerSilent: ')}); "
+        failing = self.reader.failing if self.reader is not None else None
+        if failing is not None and failing.startswith("BrokerSilent"):
+            raise EventLogSilent(f"the event log (Kafka) is not answering ({failing.removeprefix('BrokerSilent: ')}); "
                                  "nothing was written: retry once it is back (`/readyz` says when)")
+        if failing is not None and failing.startswith("AnotherWriter"):
+            raise AnotherInstance(f"{failing.removeprefix('AnotherWriter: ')}; nothing was written")
         if subject in self._busy:
             await self._wait_turn(subject)
         else:
@@ -189,7 +197,8 @@ class Writer:
             command = _InFlight(subject, asyncio.get_running_loop().create_future())
             # From here the subject is released when the events settle (applied or failed), not when
             # this task resumes or is cancelled. The ack queues them for the next group commit directly.
-            acked = self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events))
+            acked = self.publisher.submit(self.topic, envelopes, then=partial(self._on_ack, command, envelopes, events),
+                                          headers=((WRITER_HEADER, self.instance),))
             acked.add_done_callback(_retrieved)  # the outcome reaches the caller through `then`
         except BaseException:
             self._release(subject)  # nothing is in flight

@@ -57,3 +57,10 @@ class EventLogSilent(DomainError):
     command is refused before anything is written, rather than waiting out the producer's 40 s timeout."""
 
     status, slug = 503, "event-log-unavailable"
+
+
+class AnotherInstance(DomainError):
+    """A second live instance of this service writes its topics (`ConsumerRunner.other_writer`): two deciders
+    would each accept what only one may (a nonce, a seq), so commands are refused until one is stopped."""
+
+    status, slug = 503, "another-instance"

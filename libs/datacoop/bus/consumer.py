@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
@@ -53,6 +54,10 @@ RETRY_PAUSE_S = 0.5  # after a failed batch; doubles on each failure in a row
 # aiokafka does not raise when the broker cannot be reached: a fetch that fails is logged and answers nothing.
 # A runner with nothing in hand whose partitions have had no fetch answered for this long says so in `failing`.
 BROKER_SILENT_S = 10.0
+WRITER_HEADER = "dc_writer"  # the instance id a Writer puts on each record it publishes
+# An event on a topic this service writes, by a writer not of this process, stamped this long after the runner
+# started, comes from another live instance (older ones are a previous run's; the margin covers clock skew)
+OTHER_WRITER_MARGIN_MS = 30_000
 LOOP_HELD_MS = 1000  # a gap between polls longer than this starts the silence count again (nothing was read)
 RETRY_PAUSE_MAX_S = 30.0
 # Failures of the database itself, not of an event's effects: a batch that meets one is retried whole, never
@@ -157,7 +162,10 @@ class ConsumerRunner:
         # (fetches in flight are dropped), a poll that returned records (a partition with records buffered is
         # not fetched), a rebalance's assignment
         self._quiet_since_ms = 0
+        self._started_ms = 2**62  # set by start(): until then no event counts as another instance's
         self._polled_ms = 0  # when the last poll returned (unix ms)
+        self.own_writers: set[bytes] = set()  # the `dc_writer` ids of this process's writers (Writer adds its own)
+        self.other_writer: str | None = None  # what another live instance wrote, once seen (it stays: restart)
         self._answered_ms: dict[TopicPartition, int] = {}  # each partition's last fetch answer seen (unix ms)
         # Records sent to the DLQ (acked) whose batch has not committed yet: a retry of the batch in this process
         # does not send them again. (A new process does: the DLQ is at least once; `dlq_id` tells the copies.)
@@ -178,7 +186,7 @@ class ConsumerRunner:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._quiet_since_ms = _now_ms()
+        self._quiet_since_ms = self._started_ms = _now_ms()
         self._consumer = AIOKafkaConsumer(**self._config)
         await self._consumer.start()
         if self.group_id is None:
@@ -265,10 +273,19 @@ class ConsumerRunner:
                 was_silent = (self.failing or "").startswith("BrokerSilent")
                 if silent is not None and not was_silent:  # once when it falls silent (the seconds change)
                     log.warning("consumer %s: %s", self.consumer_name, silent)
-                elif silent is None and self.failing is not None:
+                elif silent is None and self.failing is not None and self.other_writer is None:
                     log.info("consumer %s reads the log again", self.consumer_name)
-                self.failing = silent
+                self.failing = self.other_writer or silent
                 pause = RETRY_PAUSE_S
+
+    def _saw_other_writer(self, rec: ConsumerRecord[bytes, bytes], writer: bytes) -> None:
+        if self.other_writer is None:
+            when = datetime.fromtimestamp(rec.timestamp / 1000, UTC).isoformat(timespec="seconds")
+            self.other_writer = (
+                f"AnotherWriter: another instance of this service (writer {writer.decode(errors='replace')[:12]}) "
+                f"wrote {rec.topic}[{rec.partition}]@{rec.offset} at {when}: only one instance of a service may run, "
+                "as each decides commands on its own projection. Stop the other, then restart this one")
+            log.error("consumer %s: %s", self.consumer_name, self.other_writer)
 
     def broker_silence(self) -> str | None:
         """Why the broker counts as unreachable, or None: no fetch of a partition it holds has been answered for
@@ -436,6 +453,9 @@ class ConsumerRunner:
                     event_id = raw.decode(errors="replace")
                 elif key == "ce_type":
                     ce_type = raw.decode(errors="replace")
+                elif key == WRITER_HEADER and raw not in self.own_writers and rec.topic in self.writes_topics \
+                        and self.own_writers and rec.timestamp > self._started_ms + OTHER_WRITER_MARGIN_MS:
+                    self._saw_other_writer(rec, raw)
             if own and event_id is not None and event_id in own:
                 del own[event_id]  # applied already by the writer: only the offset moves
                 continue

@@ -166,15 +166,20 @@ class Publisher:
         return await self.submit(topic, envelopes)
 
     def submit(self, topic: str, envelopes: Sequence[Envelope], *,
-               then: Callable[[list[Position] | BaseException], None] | None = None) -> asyncio.Future[list[Position]]:
+               then: Callable[[list[Position] | BaseException], None] | None = None,
+               headers: Sequence[tuple[str, bytes]] = ()) -> asyncio.Future[list[Position]]:
         """Queue events as `publish_many` does, without waiting: the future resolves to their positions
         once every ack is in (or fails with the send's error). `then`, if given, is called with the same
         outcome right where the future is answered, without a turn of the event loop in between: for
-        callers that chain work onto the ack (the writer's group commit)."""
+        callers that chain work onto the ack (the writer's group commit). `headers` go on every record,
+        after the CloudEvents ones (the writer's instance id)."""
         self._running()
         if not envelopes:
             raise ValueError("submit() needs at least one envelope")
         records = [encode(e) for e in envelopes]
+        if headers:
+            for record in records:
+                record.headers.extend(headers)
         limit = self._max_request_size - REQUEST_HEADROOM  # room for the batch and request headers
         for envelope, record in zip(envelopes, records, strict=True):
             if len(record.value) + len(record.key) > limit:

@@ -95,7 +95,9 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
     if exc.slug == "not-ready":  # "still catching up" is untrue while the log cannot be read at all: say why
         runtime = getattr(request.app.state, "runtime", None)
         failing = getattr(getattr(runtime, "runner", None), "failing", None)
-        if failing:
+        if failing and failing.startswith("AnotherWriter"):
+            detail = failing.removeprefix("AnotherWriter: ")
+        elif failing:
             detail = (f"the service cannot read the event log now ({failing}); retry once it reads again "
                       "(its /readyz says when)")
     return problem_response(exc.status, exc.slug, exc.slug.replace("-", " "), detail,

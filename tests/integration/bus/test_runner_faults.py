@@ -419,3 +419,46 @@ async def test_a_commit_the_disk_refuses_is_retried_whole_never_dead_lettered(
         finally:
             await runner.stop()
     store.close()
+
+
+async def test_a_second_live_instance_is_found_and_commands_refused(
+        broker: Broker, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two instances of a service on their own data folders both accepted one nonce: each decides on its own
+    projection. A writer stamps its records with its instance id; a reader that finds another live instance's id
+    on its own service's topic says so (failing, /readyz 503) and its writer refuses commands. A previous run's
+    events (stamped before this one started) are no such sign."""
+    from datacoop.bus import consumer
+    from datacoop.errors import AnotherInstance
+    from datacoop.testing.ledger import AmountRecorded
+
+    def runtime(folder: str) -> ServiceRuntime:
+        settings = ServiceSettings(bootstrap=broker.bootstrap, topic_prefix=prefix + ".", data_dir=tmp_path / folder)
+        made = ServiceRuntime("probe", settings, lambda store: LedgerProjection(), writes=MEMBERS,
+                              schema_sql=LEDGER_SQL)
+        made.runner.registry = LEDGER_REGISTRY
+        return made
+
+    earlier = runtime("earlier")
+    await earlier.start()
+    try:
+        await _until(lambda: earlier.ready, "the first run ready")
+        assert earlier.writer is not None
+        await earlier.writer.execute("a", lambda: [AmountRecorded(amount_units=1)])
+    finally:
+        await earlier.stop()
+    monkeypatch.setattr(consumer, "OTHER_WRITER_MARGIN_MS", 0)  # no clock skew here
+    first, second = runtime("first"), runtime("second")
+    await first.start()
+    await second.start()
+    try:
+        await _until(lambda: first.ready and second.ready, "both ready")
+        assert first.runner.failing is None and first.runner.applied_count == 1, "a previous run's event is no sign"
+        assert second.writer is not None and first.writer is not None
+        await second.writer.execute("b", lambda: [AmountRecorded(amount_units=2)])
+        await _until(lambda: (first.runner.failing or "").startswith("AnotherWriter"), "the other instance found")
+        assert not first.ready and "only one instance of a service may run" in (first.runner.failing or "")
+        with pytest.raises(AnotherInstance, match="Stop the other, then restart this one; nothing was written"):
+            await first.writer.execute("b", lambda: [AmountRecorded(amount_units=3)])
+    finally:
+        await second.stop()
+        await first.stop()

@@ -110,14 +110,14 @@ async def test_after_a_lost_ack_the_next_seq_skips_past_the_one_that_may_have_la
         writer.warm()  # as a service does once caught up
         real_submit = pub.submit
 
-        def ack_lost(topic_: str, envelopes: list, *, then: Callable[[Any], None]) -> asyncio.Future:
+        def ack_lost(topic_: str, envelopes: list, *, then: Callable[[Any], None], headers: Any = ()) -> asyncio.Future:
             lost: asyncio.Future = asyncio.get_running_loop().create_future()  # the event lands; its ack doesn't
 
             def instead(_: object) -> None:
                 lost.set_exception(KafkaError("ack lost"))
                 then(KafkaError("ack lost"))
 
-            real_submit(topic_, envelopes, then=instead)
+            real_submit(topic_, envelopes, then=instead, headers=headers)
             return lost
 
         pub.submit = ack_lost  # type: ignore[method-assign]
@@ -273,12 +273,12 @@ def _lose_the_first_ack(pub: Publisher) -> list[Any]:
     """The first request's events land, but its caller hears a timeout (a lost ack); returns what it lost."""
     submit, lost = pub.submit, []
 
-    def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None) -> Any:
+    def ack_lost(topic: str, envelopes: Any, *, then: Callable[[Any], None] | None = None, headers: Any = ()) -> Any:
         def lose(outcome: Any) -> None:
             lost.append(outcome)
             assert then is not None
             then(KafkaError("the ack was lost"))
-        return submit(topic, envelopes, then=lose if not lost else then)
+        return submit(topic, envelopes, then=lose if not lost else then, headers=headers)
 
     pub.submit = ack_lost  # type: ignore[method-assign]
     return lost
