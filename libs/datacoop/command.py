@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -89,7 +91,7 @@ class Writer:
         self.reader = reader  # the runner that reads `topic` back in this process: it skips what we applied
         # on each record it writes (header `dc_writer`): a reader that finds another live instance's id on its
         # service's own topic knows two instances write it (ConsumerRunner.other_writer)
-        self.instance = uuid.uuid4().hex.encode()
+        self.instance = f"{socket.gethostname()[:40]}/{os.getpid()}/{uuid.uuid4().hex[:8]}".encode()  # which process
         if reader is not None:
             reader.own_writers.add(self.instance)
         self.publisher = publisher

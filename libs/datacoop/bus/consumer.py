@@ -281,8 +281,9 @@ class ConsumerRunner:
     def _saw_other_writer(self, rec: ConsumerRecord[bytes, bytes], writer: bytes) -> None:
         if self.other_writer is None:
             when = datetime.fromtimestamp(rec.timestamp / 1000, UTC).isoformat(timespec="seconds")
+            who = writer.decode(errors="replace")[:80]
             self.other_writer = (
-                f"AnotherWriter: another instance of this service (writer {writer.decode(errors='replace')[:12]}) "
+                f"AnotherWriter: another instance of this service (host/pid/writer {who}) "
                 f"wrote {rec.topic}[{rec.partition}]@{rec.offset} at {when}: only one instance of a service may run, "
                 "as each decides commands on its own projection. Stop the other, then restart this one")
             log.error("consumer %s: %s", self.consumer_name, self.other_writer)

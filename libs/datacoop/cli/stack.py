@@ -103,7 +103,7 @@ def _service_state(url: str, pid: int) -> str:
     except urllib.error.HTTPError as exc:  # 503: not ready, the body says why
         try:
             body = json.loads(exc.read() or b"{}")
-        except ValueError:
+        except (ValueError, OSError):
             return "starting"
         failing = body.get("failing") if isinstance(body, dict) and body.get("pid", pid) == pid else None
         return f"not ready: {str(failing)[:160]}" if failing else "starting"

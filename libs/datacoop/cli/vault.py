@@ -221,6 +221,7 @@ def _which_kek_opens(path: Path, current: Kek, new: Kek, new_kek_file: Path) -> 
     """After a failed rotation, what the store opens with now: it was put in place whole or not at all."""
     import duckdb
 
+    from datacoop.store import StoreUnusable
     from services.vault.keystore import KekMismatch, KeyStore
 
     for kek, words in ((new, f"the new store was put in place: it opens with the KEK in {new_kek_file}"),
@@ -229,7 +230,7 @@ def _which_kek_opens(path: Path, current: Kek, new: Kek, new_kek_file: Path) -> 
             KeyStore(path, kek).close()
         except KekMismatch:
             continue
-        except duckdb.Error as exc:
+        except (duckdb.Error, StoreUnusable) as exc:
             return f"the store can't be opened now to tell which KEK it takes ({exc}); try each later"
         return words
     return "neither KEK opens the store now; restore it from a backup"

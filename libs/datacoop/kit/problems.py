@@ -97,6 +97,8 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
         failing = getattr(getattr(runtime, "runner", None), "failing", None)
         if failing and failing.startswith("AnotherWriter"):
             detail = failing.removeprefix("AnotherWriter: ")
+        elif failing and failing.startswith("CommitFailed"):
+            detail = f"the service cannot write its database now ({failing}); retry once it can (its /readyz says when)"
         elif failing:
             detail = (f"the service cannot read the event log now ({failing}); retry once it reads again "
                       "(its /readyz says when)")

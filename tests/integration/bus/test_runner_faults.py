@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -457,6 +459,8 @@ async def test_a_second_live_instance_is_found_and_commands_refused(
         await second.writer.execute("b", lambda: [AmountRecorded(amount_units=2)])
         await _until(lambda: (first.runner.failing or "").startswith("AnotherWriter"), "the other instance found")
         assert not first.ready and "only one instance of a service may run" in (first.runner.failing or "")
+        assert f"(host/pid/writer {socket.gethostname()[:40]}/{os.getpid()}/" in (first.runner.failing or ""), \
+            "names the process to stop"
         with pytest.raises(AnotherInstance, match="Stop the other, then restart this one; nothing was written"):
             await first.writer.execute("b", lambda: [AmountRecorded(amount_units=3)])
     finally:

@@ -294,6 +294,9 @@ def test_not_ready_says_why_when_the_log_cannot_be_read(body_client: TestClient)
 
     body = TestClient(app).get("/members/x").json()
     assert body["detail"].startswith("the service cannot read the event log now (BrokerSilent: no fetch"), body
+    app.state.runtime.runner.failing = "CommitFailed: the database /d/consent.duckdb could not commit"
+    assert TestClient(app).get("/members/x").json()["detail"].startswith(
+        "the service cannot write its database now (CommitFailed"), "the disk, not the log"
     app.state.runtime.runner.failing = None
     assert "still catching up" in TestClient(app).get("/members/x").json()["detail"]
 

@@ -108,3 +108,13 @@ def test_a_commit_the_disk_refuses_is_a_commit_failure_not_the_events(tmp_path: 
         tx.execute("INSERT INTO t VALUES (2)")
     assert store.conn.execute("SELECT list(a) FROM t").fetchone() == ([2],)
     store.close()
+
+
+def test_after_a_failed_rotation_a_damaged_key_store_is_said_not_raised(tmp_path: Path) -> None:
+    """The key store's refusal became StoreUnusable, which rotate-kek's check of which KEK opens it let out."""
+    from datacoop.cli.vault import _which_kek_opens
+
+    path = tmp_path / "vault-keys.duckdb"
+    path.write_bytes(b"\x00garbage" * 1000)
+    said = _which_kek_opens(path, Kek(new_data_key()), Kek(new_data_key()), tmp_path / "new.kek")
+    assert said.startswith("the store can't be opened now to tell which KEK it takes (cannot"), said
