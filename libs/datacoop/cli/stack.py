@@ -358,6 +358,10 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, should_stop: Callable[[], 
     while pending:
         if should_stop():
             return
+        for what, proc in (("broker", stack.broker), ("chain", stack.chain)):
+            if proc is not None and proc.proc.poll() is not None and not should_stop():  # they would wait for ever
+                raise InfraError(f"the {what} exited with code {proc.proc.returncode} while the services started; "
+                                 f"its log: {proc.log_path}")
         for name, svc in list(pending.items()):
             state = svc.state()
             if state == "ready":
@@ -368,9 +372,10 @@ def wait_ready(stack: Stack, timeout_s: float = 60.0, should_stop: Callable[[], 
                 with svc.log_path.open("rb") as log_file:
                     log_file.seek(svc.log_start)
                     tail = log_file.read().decode(errors="replace")[-1500:]
+                lowered = tail.lower()
                 taken = (f" Port {svc.port} was taken by another process after this stack chose it (another "
                          "stack?): run `datacoop up` again, or stop what listens there (`datacoop status`)."
-                         if "address already in use" in tail.lower() else "")
+                         if "address already in use" in lowered or "is taken by another process" in lowered else "")
                 raise InfraError(f"service {name} {state} while starting.{taken} Its log ({svc.log_path}) "
                                  f"ends:\n{tail}")
         if pending and time.monotonic() > deadline and not should_stop():

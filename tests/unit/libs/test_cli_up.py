@@ -181,3 +181,32 @@ def test_exit_after_demo_without_demo_is_refused_before_anything_starts(fake_sta
     assert result.exit_code == 1, result.output
     assert "--exit-after-demo" in result.output and "add --demo" in result.output
     assert "stack" not in fake_stack, "nothing was started"
+
+
+def test_a_broker_that_dies_while_services_start_is_named_at_once(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any], started: list[str]) -> None:
+    """The services would wait on it until the readiness timeout, which named only them."""
+    def kill_broker() -> None:
+        fake_stack["stack"].broker.proc.kill()
+        fake_stack["stack"].broker.proc.wait()
+
+    _real_wait_ready(monkeypatch, kill_broker)
+    result = _up("--demo")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and "the broker exited with code -9 while the services started" in said, said
+    assert "not ready after" not in said and started == []
+
+
+def test_a_service_refused_its_port_points_to_another_stack(
+        monkeypatch: pytest.MonkeyPatch, fake_stack: dict[str, Any]) -> None:
+    """A service now refuses a taken port in its own words; `up`'s hint looked only for uvicorn's."""
+    def port_taken() -> None:
+        vault = fake_stack["stack"].services["vault"]
+        vault.log_path.write_text("datacoop vault: cannot start: port 8102 on 127.0.0.1 is taken by another "
+                                  "process (DATACOOP_PORT): stop it, or set DATACOOP_PORT to a free port\n")
+        vault.proc.kill()
+        vault.proc.wait()
+
+    _real_wait_ready(monkeypatch, port_taken)
+    said = " ".join(_up().output.split())
+    assert "was taken by another process after this stack chose it (another stack?)" in said, said
