@@ -174,12 +174,12 @@ class Writer:
         cancelled meanwhile: the next command on it must decide on the state they make. (The caller
         is answered after that, so a command queued on the subject may run before it resumes.)
         """
-        failing = self.reader.failing if self.reader is not None else None
-        if failing is not None and failing.startswith("BrokerSilent"):
-            raise EventLogSilent(f"the event log (Kafka) is not answering ({failing.removeprefix('BrokerSilent: ')}); "
-                                 "nothing was written: retry once it is back (`/readyz` says when)")
-        if failing is not None and failing.startswith("AnotherWriter"):
-            raise AnotherInstance(f"{failing.removeprefix('AnotherWriter: ')}; nothing was written")
+        if self.reader is not None and self.reader.other_writer is not None:
+            raise AnotherInstance(f"{self.reader.other_writer.removeprefix('AnotherWriter: ')}; nothing was written")
+        if self.reader is not None and self.reader.silent is not None:
+            why = self.reader.silent.removeprefix("BrokerSilent: ")
+            raise EventLogSilent(f"the event log (Kafka) is not answering ({why}); nothing was written: retry once "
+                                 "it is back (`/readyz` says when)")
         if subject in self._busy:
             await self._wait_turn(subject)
         else:

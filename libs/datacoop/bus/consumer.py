@@ -166,6 +166,7 @@ class ConsumerRunner:
         self._polled_ms = 0  # when the last poll returned (unix ms)
         self.own_writers: set[bytes] = set()  # the `dc_writer` ids of this process's writers (Writer adds its own)
         self.other_writer: str | None = None  # what another live instance wrote, once seen (it stays: restart)
+        self.silent: str | None = None  # the broker's silence after the last poll (broker_silence), or None
         self._answered_ms: dict[TopicPartition, int] = {}  # each partition's last fetch answer seen (unix ms)
         # Records sent to the DLQ (acked) whose batch has not committed yet: a retry of the batch in this process
         # does not send them again. (A new process does: the DLQ is at least once; `dlq_id` tells the copies.)
@@ -269,7 +270,7 @@ class ConsumerRunner:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX_S)
             else:
-                silent = self.broker_silence()
+                silent = self.silent = self.broker_silence()
                 was_silent = (self.failing or "").startswith("BrokerSilent")
                 if silent is not None and not was_silent:  # once when it falls silent (the seconds change)
                     log.warning("consumer %s: %s", self.consumer_name, silent)

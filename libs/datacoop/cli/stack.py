@@ -73,25 +73,12 @@ class RunningService:
     def state(self) -> str:
         if self.proc.poll() is not None:
             return f"exited ({self.proc.returncode})"
-        return "ready" if _ready(self.url, self.proc.pid) else "starting"
+        return "ready" if _service_state(self.url, self.proc.pid) == "ready" else "starting"
 
     @property
     def moved(self) -> bool:
         """True when the service's documented port was taken and it listens elsewhere."""
         return self.port != self.entry.default_port
-
-
-def _ready(url: str, pid: int | None = None) -> bool:
-    """The service at `url` answers /readyz with 200 and, given `pid`, is that process: when the port this stack
-    chose was taken by another process meanwhile (another stack's service, say), that one answers, not ours."""
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=1) as resp:
-            if resp.status != 200:
-                return False
-            body = json.loads(resp.read() or b"{}")
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-    return pid is None or (isinstance(body, dict) and body.get("pid", pid) == pid)  # no pid: an older service
 
 
 def _service_state(url: str, pid: int) -> str:

@@ -36,8 +36,8 @@ class JsonFormatter(logging.Formatter):
 class Repeats(logging.Filter):
     """Lets through the first record of each message template of the Kafka client's loggers, then holds back its
     repeats for `window_s`, saying how many it held back on the next one it lets through. With the broker down
-    aiokafka logs a failed connection ~40 times a second; the line that says what is wrong (the consumer's
-    BrokerSilent) drowned among them."""
+    aiokafka logs a failed connection on every reconnect attempt, many a second; the line that says what is
+    wrong (the consumer's BrokerSilent) drowned among them."""
 
     def __init__(self, prefix: str = "aiokafka", window_s: float = 60.0) -> None:
         super().__init__()
